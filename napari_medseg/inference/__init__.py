@@ -1,0 +1,1 @@
+"""Pure inference: tissue masks, tiling and blending, the tiled predictor, viewport preview."""

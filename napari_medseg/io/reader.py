@@ -1,0 +1,102 @@
+"""Dispatch a path to the reader for its format.
+
+``sniff(path)`` is cheap and never raises: it returns the format name or ``None`` for a path no reader
+here handles. ``open_path(path)`` returns a list of ``ImageSource`` (images first, then labels) or raises
+``UnreadableInputError`` with a message that names the file and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import MedsegError, UnreadableInputError
+from .source import ImageSource
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".scn", ".bif", ".qptiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _head(path: Path, n: int = 132) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _is_zarr_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zgroup", ".zarray", ".zattrs"))
+
+
+def _is_dicom_file(path: Path) -> bool:
+    return path.suffix.lower() in (".dcm", ".dicom") or _head(path)[128:132] == b"DICM"
+
+
+def sniff(path: str | os.PathLike) -> str | None:
+    """Name the format of ``path`` ("tiff", "zarr", "nifti", "dicom") or None. Never raises."""
+    try:
+        p = Path(path)
+        name = p.name.lower()
+        if p.is_dir():
+            if _is_zarr_dir(p) or name.endswith(".zarr"):
+                return "zarr"
+            # a DICOM series folder: any DICOM file among the first few entries
+            for i, child in enumerate(sorted(p.iterdir())):
+                if i > 64:
+                    break
+                if child.is_file() and _is_dicom_file(child):
+                    return "dicom"
+            return None
+        if name.endswith(NIFTI_SUFFIXES):
+            return "nifti"
+        if name.endswith(TIFF_SUFFIXES) or _head(p, 4) in TIFF_MAGIC:
+            return "tiff"
+        if _is_dicom_file(p):
+            return "dicom"
+        if name.endswith(".zarr"):
+            return "zarr"
+        return None
+    except Exception:  # a foreign or unreadable path is simply not ours
+        return None
+
+
+def open_path(path: str | os.PathLike) -> list[ImageSource]:
+    """Open ``path`` lazily. Raises ``UnreadableInputError`` (clear message) if it cannot be read."""
+    p = Path(path)
+    fmt = sniff(p)
+    if fmt is None:
+        raise UnreadableInputError(f"{p}: not a format napari-medseg reads (TIFF/SVS/NDPI/OME-TIFF, zarr/OME-Zarr, NIfTI, DICOM).")
+    if not p.exists():
+        raise UnreadableInputError(f"{p}: no such file or folder.")
+    if not os.access(p, os.R_OK):
+        raise UnreadableInputError(f"{p}: no permission to read it; check the file's permissions.")
+    try:
+        if fmt == "tiff":
+            from .tiff import open_tiff
+            return [open_tiff(p)]
+        if fmt == "zarr":
+            from .ngff import open_zarr
+            return open_zarr(p)
+        if fmt == "nifti":
+            from .volume import open_nifti
+            return [open_nifti(p)]
+        from .volume import open_dicom
+        return open_dicom(p)
+    except MedsegError:
+        raise
+    except PermissionError as e:
+        raise UnreadableInputError(f"{p}: no permission to read it ({e.strerror}).") from e
+    except MemoryError as e:
+        raise UnreadableInputError(f"{p}: its header claims a size that cannot be allocated; the file is probably corrupt.") from e
+    except Exception as e:
+        raise UnreadableInputError(f"{p}: could not be read as {fmt.upper()} ({type(e).__name__}: {e}).") from e
+
+
+def open_image(path: str | os.PathLike) -> ImageSource:
+    """The first image (not labels) in ``path``."""
+    for src in open_path(path):
+        if src.kind == "image":
+            return src
+    raise UnreadableInputError(f"{path}: holds labels but no image.")

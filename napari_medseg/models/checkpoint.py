@@ -1,0 +1,176 @@
+"""Checkpoints: atomic, self-describing, loaded safely.
+
+A checkpoint ``NAME.pt`` is a ``torch.save`` of a dict of tensors and plain values only: the weights,
+optionally the Mean Teacher's weights and the optimizer state (for resuming), and the model config, the
+class schema, the normalisation and run metadata as JSON strings. ``NAME.json`` beside it repeats the
+JSON for people and tools. Writing goes to a temporary file in the same folder, is fsynced and then
+renamed over the old file, so a crash never leaves a half-written checkpoint. Loading uses
+``torch.load(weights_only=True)``: a file that holds pickled code is refused and nothing in it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..io.classes import ClassSchema
+from ..io.errors import MedsegError
+from .config import ModelConfig
+from .normalization import NormConfig
+
+log = logging.getLogger(__name__)
+FORMAT = "napari-medseg-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    classes: ClassSchema = field(default_factory=ClassSchema)
+    norm: NormConfig = field(default_factory=NormConfig)
+    meta: dict[str, Any] = field(default_factory=dict)
+    teacher_state_dict: dict[str, torch.Tensor] | None = None
+    optimizer_state: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "model_config": self.model_config.to_dict(),
+                "classes": self.classes.to_dict(), "norm": self.norm.to_dict(), "meta": self.meta}
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` atomically to ``path`` (``.pt``) and its description to ``path.with_suffix('.json')``.
+
+    Raises ``MedsegError`` (the earlier file left intact) if the disk is full or not writable.
+    """
+    path = Path(path)
+    if path.suffix != ".pt":
+        path = path.with_suffix(".pt")
+    desc = ckpt.describe()
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "description": json.dumps(desc),
+        "state_dict": {k: v.detach().cpu() for k, v in ckpt.state_dict.items()},
+    }
+    if ckpt.teacher_state_dict is not None:
+        payload["teacher_state_dict"] = {k: v.detach().cpu() for k, v in ckpt.teacher_state_dict.items()}
+    if ckpt.optimizer_state is not None:
+        payload["optimizer_state"] = ckpt.optimizer_state
+    try:
+        _atomic_write(path, lambda f: torch.save(payload, f))
+        _atomic_write(path.with_suffix(".json"), lambda f: f.write(json.dumps(desc, indent=1).encode()))
+    except OSError as e:
+        raise MedsegError(f"could not write checkpoint {path} ({e.strerror or e}); the previous checkpoint is intact. "
+                          "Free disk space or choose another folder.") from e
+    log.info("saved checkpoint %s", path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load a napari-medseg checkpoint safely (tensors and plain values only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedsegError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # UnpicklingError for files holding code, RuntimeError for garbage
+        raise MedsegError(
+            f"{path} is not a safe napari-medseg checkpoint: it could not be loaded as tensors only "
+            f"({type(e).__name__}). Nothing in it was run."
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise MedsegError(f"{path} is not a napari-medseg checkpoint (no '{FORMAT}' marker); "
+                          "to start from a plain state dict use load_state_dict_report().")
+    try:
+        desc = json.loads(payload["description"])
+        return Checkpoint(
+            model_config=ModelConfig.from_dict(desc["model_config"]),
+            classes=ClassSchema.from_dict(desc["classes"]),
+            norm=NormConfig.from_dict(desc["norm"]),
+            meta=dict(desc.get("meta", {})),
+            state_dict=payload["state_dict"],
+            teacher_state_dict=payload.get("teacher_state_dict"),
+            optimizer_state=payload.get("optimizer_state"),
+        )
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
+        raise MedsegError(f"{path}: checkpoint description is damaged ({e})") from e
+
+
+@dataclass
+class LoadReport:
+    matched: list[str]
+    missing: list[str]
+    unexpected: list[str]
+    shape_mismatch: list[str]
+
+    def summary(self) -> str:
+        return (f"{len(self.matched)} matched, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+                f"{len(self.shape_mismatch)} with another shape")
+
+
+def load_state_dict_report(model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool = False) -> LoadReport:
+    """Load what fits of ``state_dict`` into ``model`` and report matched, missing and unexpected keys.
+
+    With ``strict=True`` any missing, unexpected or mis-shaped key raises ``MedsegError`` naming them.
+    """
+    own = model.state_dict()
+    matched = [k for k, v in state_dict.items() if k in own and own[k].shape == v.shape]
+    shape_mismatch = [k for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    unexpected = [k for k in state_dict if k not in own]
+    missing = [k for k in own if k not in state_dict]
+    report = LoadReport(matched, missing, unexpected, shape_mismatch)
+    if strict and (missing or unexpected or shape_mismatch):
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+        raise MedsegError(
+            f"checkpoint does not fit this model ({report.summary()}); e.g. missing: {few(missing)}; "
+            f"unexpected: {few(unexpected)}; other shape: {few(shape_mismatch)}. Is it another architecture?"
+        )
+    model.load_state_dict({k: state_dict[k] for k in matched}, strict=False)
+    return report
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", teacher: bool = False
+               ) -> tuple[nn.Module, Checkpoint]:
+    """Build the model a checkpoint describes and load its weights (the teacher's if asked and present)."""
+    from .registry import build_model
+
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt.model_config)
+    sd = ckpt.teacher_state_dict if (teacher and ckpt.teacher_state_dict is not None) else ckpt.state_dict
+    load_state_dict_report(model, sd, strict=True)
+    return model.to(device).eval(), ckpt

@@ -1,0 +1,1 @@
+"""Pure training engine: configs, patch sampling, augmentation, losses, Mean Teacher, the loop."""
