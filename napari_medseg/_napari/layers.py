@@ -1,0 +1,133 @@
+"""Bridges between napari layers and the pure engine: an ``ImageSource`` for an Image layer, the current
+view of a layer as a region at a pyramid level, and in-place updates of result layers.
+
+Everything here runs on the main thread (it touches layers); workers only get plain values from it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..io.source import ImageSource
+
+log = logging.getLogger(__name__)
+
+
+def medseg_meta(layer: Any) -> dict[str, Any]:
+    meta = getattr(layer, "metadata", None) or {}
+    m = meta.get("napari_medseg")
+    return m if isinstance(m, dict) else {}
+
+
+def source_from_layer(layer: Any) -> ImageSource:
+    """The ``ImageSource`` behind an Image layer: reopened lazily from its file when the plugin's reader
+    made it (so a worker never touches the layer), else wrapped around the layer's own (lazy) data."""
+    meta = medseg_meta(layer)
+    path = meta.get("path")
+    if path:
+        from ..io.reader import open_path
+
+        for src in open_path(path):
+            if src.kind == "image":
+                return src
+    data = list(layer.data) if getattr(layer, "multiscale", False) else [layer.data]
+    rgb = bool(getattr(layer, "rgb", False))
+    nd = data[0].ndim - (1 if rgb else 0)
+    if nd == 2:
+        axes = "YXC" if rgb else "YX"
+    elif nd == 3:
+        axes = "ZYX"
+    else:
+        raise ValueError(f"layer {layer.name!r} has {nd} spatial dimensions; napari-medseg trains on 2D and 3D images")
+    scale = tuple(float(s) for s in layer.scale[-nd:])
+    modality = meta.get("modality") or ("brightfield" if rgb else "unknown")
+    return ImageSource(levels=data, axes=axes, pixel_size=scale, unit=meta.get("unit", "micrometer"),
+                       name=layer.name, modality=modality, rgb=rgb, path=None)
+
+
+@dataclass(frozen=True)
+class ViewRequest:
+    """What the user is looking at: a region (spatial slices, in ``level`` pixel coordinates)."""
+
+    level: int
+    region: tuple[slice, ...]
+
+    @property
+    def key(self) -> tuple:
+        return (self.level, tuple((s.start, s.stop) for s in self.region))
+
+
+def _clamp(lo: int, hi: int, size: int, cap: int) -> tuple[int, int]:
+    lo, hi = max(0, lo), min(size, hi)
+    if hi - lo > cap:
+        c = (lo + hi) // 2
+        lo, hi = max(0, c - cap // 2), min(size, c - cap // 2 + cap)
+    return lo, max(hi, lo + 1)
+
+
+def current_view(viewer: Any, layer: Any, *, max_px: int = 1024, depth: int = 1) -> ViewRequest | None:
+    """The region of ``layer`` shown on the canvas, at the pyramid level napari is showing, capped at
+    ``max_px`` per axis around the view centre. For volumes shown as 2D slices the region is ``depth``
+    slices around the current one (1 for a 2D model, the model's patch depth for a 3D model)."""
+    try:
+        level = int(getattr(layer, "data_level", 0)) if getattr(layer, "multiscale", False) else 0
+        shapes = layer.level_shapes if getattr(layer, "multiscale", False) else [layer.data.shape]
+        shape = [int(s) for s in shapes[level]]
+        rgb = bool(getattr(layer, "rgb", False))
+        nd = len(shape) - (1 if rgb else 0)
+        shape = shape[:nd]
+        corners = np.asarray(layer.corner_pixels)[:, :nd]
+        region = []
+        displayed = list(viewer.dims.displayed)[-2:]
+        for ax in range(nd):
+            if ax in [d - (viewer.dims.ndim - nd) for d in displayed] or viewer.dims.ndisplay == 3:
+                lo, hi = int(corners[0, ax]), int(corners[1, ax]) + 1
+                if hi - lo < 2:  # corners not yet computed: whole axis
+                    lo, hi = 0, shape[ax]
+                region.append(slice(*_clamp(lo, hi, shape[ax], max_px if nd == 2 or ax > 0 else max(depth, 1))))
+            else:  # a sliced (not displayed) axis: the current slice, ``depth`` around it
+                world = list(viewer.dims.point)
+                data_pt = layer.world_to_data(world)[-nd:]
+                z = int(np.clip(round(float(data_pt[ax]) / (shapes[0][ax] / shape[ax])), 0, shape[ax] - 1))
+                lo = max(0, min(z - depth // 2, shape[ax] - depth))
+                region.append(slice(lo, min(shape[ax], lo + depth)))
+        return ViewRequest(level=level, region=tuple(region))
+    except Exception as e:  # the view is a hint; never break the GUI over it
+        log.debug("could not compute the current view: %s", e)
+        return None
+
+
+class LatestValue:
+    """A thread-safe box holding the newest value (the GUI writes the view; a worker reads it)."""
+
+    def __init__(self, value: Any = None) -> None:
+        self._lock = threading.Lock()
+        self._value = value
+
+    def set(self, value: Any) -> None:
+        with self._lock:
+            self._value = value
+
+    def get(self) -> Any:
+        with self._lock:
+            return self._value
+
+
+def upsert_layer(viewer: Any, name: str, kind: str, data: Any, **kwargs: Any) -> Any:
+    """Update layer ``name`` in place (data, translate, scale...) or add it; returns the layer."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer._type_string == kind:
+            for k, v in kwargs.items():
+                if k in ("translate", "scale", "opacity", "colormap", "contrast_limits", "visible"):
+                    setattr(layer, k, v)
+            layer.data = data
+            return layer
+        viewer.layers.remove(layer)
+    add = getattr(viewer, f"add_{kind}")
+    return add(data, name=name, **kwargs)

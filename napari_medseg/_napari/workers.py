@@ -1,0 +1,54 @@
+"""Run the engine's generators off the main thread (napari thread workers) and bring their events and
+errors back to the main thread as callbacks and napari notifications."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from ..io.errors import MedsegError
+
+log = logging.getLogger(__name__)
+
+
+def user_message(exc: BaseException) -> str:
+    """One sentence for the user: our own errors as they are, others with their type and a hint."""
+    if isinstance(exc, MedsegError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "Out of memory: use a smaller patch, batch or region, or close other programs, then try again."
+    return f"{type(exc).__name__}: {exc} (see the terminal for details; the widget is ready for another try)"
+
+
+def start_generator_worker(
+    gen_func: Callable[..., Generator[Any, Any, Any]],
+    *args: Any,
+    on_event: Callable[[Any], None],
+    on_finished: Callable[[], None],
+    on_error: Callable[[BaseException], None] | None = None,
+    progress: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Start ``gen_func(*args, **kwargs)`` in a napari thread worker. Events reach ``on_event`` on the main
+    thread; an exception becomes a napari error notification (and ``on_error``); ``on_finished`` always
+    runs last, so the widget returns to a usable state."""
+    worker = create_worker(gen_func, *args, _start_thread=False, _progress=progress or False, **kwargs)
+    worker.yielded.connect(on_event)
+
+    def _errored(exc: BaseException) -> None:
+        log.error("worker failed", exc_info=exc)
+        show_error(user_message(exc))
+        if on_error is not None:
+            on_error(exc)
+
+    worker.errored.connect(_errored)
+    worker.finished.connect(on_finished)
+    worker.start()
+    return worker
+
+
+__all__ = ["show_error", "show_info", "show_warning", "start_generator_worker", "user_message"]
