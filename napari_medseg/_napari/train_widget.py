@@ -251,7 +251,7 @@ class TrainWidget(QWidget):
         img, lab = self.image_combo.currentText(), self.labels_combo.currentText()
         self.image_combo.clear()
         self.labels_combo.clear()
-        self.image_combo.addItems([l.name for lay in self.viewer.layers if isinstance(lay, Image)
+        self.image_combo.addItems([lay.name for lay in self.viewer.layers if isinstance(lay, Image)
                                    and lay.name != UNCERTAINTY_LAYER])
         self.labels_combo.addItem(STORE_CHOICE)
         self.labels_combo.addItems([lay.name for lay in self.viewer.layers if isinstance(lay, Labels)
