@@ -1,0 +1,364 @@
+"""The prediction dock widget: predict the whole image out of core into an NGFF zarr (progress in napari's
+activity dock, the result appearing as a multiscale Labels layer as blocks finish, cancellable), accept
+the prediction into the label store for a correction round, and save / load / export the model."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..io.errors import MedsegError
+from .layers import current_view, source_from_layer
+from .session import session_for
+from .settings import load_settings, save_settings
+from .workers import show_error, show_info, start_generator_worker
+
+log = logging.getLogger(__name__)
+RESULT_SUFFIX = " prediction"
+
+
+class PredictWidget(QWidget):
+    SETTINGS = "predict"
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self._worker: Any = None
+        self._cancel = threading.Event()
+        self._result_layer: Any = None
+        self._progress: Any = None
+        self._build()
+        self._load_settings()
+        self._refresh_layers()
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._refresh_layers)
+
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        box = QGroupBox("Predict whole image")
+        f = QFormLayout(box)
+        self.image_combo = QComboBox()
+        ck = QHBoxLayout()
+        self.ckpt_edit = QLineEdit()
+        self.ckpt_edit.setPlaceholderText("the last trained checkpoint")
+        b = QPushButton("…")
+        b.setMaximumWidth(28)
+        b.clicked.connect(self._pick_ckpt)
+        ck.addWidget(self.ckpt_edit)
+        ck.addWidget(b)
+        out = QHBoxLayout()
+        self.out_edit = QLineEdit()
+        self.out_edit.setPlaceholderText("beside the image: <name>.prediction.zarr")
+        b2 = QPushButton("…")
+        b2.setMaximumWidth(28)
+        b2.clicked.connect(self._pick_out)
+        out.addWidget(self.out_edit)
+        out.addWidget(b2)
+        self.level_spin = QSpinBox()
+        self.level_spin.setRange(0, 16)
+        self.window_spin = QSpinBox()
+        self.window_spin.setRange(32, 4096)
+        self.window_spin.setSingleStep(32)
+        self.window_spin.setValue(512)
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0.0, 0.9)
+        self.overlap_spin.setSingleStep(0.05)
+        self.overlap_spin.setValue(0.25)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 256)
+        self.batch_spin.setValue(4)
+        self.blend_combo = QComboBox()
+        self.blend_combo.addItems(["gaussian", "crop"])
+        self.tissue_check = QCheckBox("skip background (tissue mask)")
+        self.tissue_check.setChecked(True)
+        self.tta_check = QCheckBox("flip test-time augmentation")
+        self.probs_check = QCheckBox("write class probabilities")
+        f.addRow("image", self.image_combo)
+        f.addRow("checkpoint", ck)
+        f.addRow("output", out)
+        f.addRow("pyramid level", self.level_spin)
+        f.addRow("window", self.window_spin)
+        f.addRow("overlap", self.overlap_spin)
+        f.addRow("batch", self.batch_spin)
+        f.addRow("blending", self.blend_combo)
+        f.addRow(self.tissue_check)
+        f.addRow(self.tta_check)
+        f.addRow(self.probs_check)
+        row = QHBoxLayout()
+        self.predict_btn = QPushButton("Predict whole image")
+        self.cancel_btn = QPushButton("Cancel")
+        self.predict_btn.clicked.connect(self.predict)
+        self.cancel_btn.clicked.connect(self.cancel)
+        row.addWidget(self.predict_btn)
+        row.addWidget(self.cancel_btn)
+        f.addRow(row)
+        lay.addWidget(box)
+
+        corr = QGroupBox("Correction round")
+        g = QVBoxLayout(corr)
+        self.accept_btn = QPushButton("Accept prediction in view into the labels")
+        self.accept_btn.setToolTip("Writes the prediction of the current view into the label store where nothing "
+                                   "is painted yet; your own strokes are never overwritten. Correct, then train again.")
+        self.accept_btn.clicked.connect(self.accept_view)
+        g.addWidget(self.accept_btn)
+        lay.addWidget(corr)
+
+        mdl = QGroupBox("Model")
+        h = QHBoxLayout(mdl)
+        for text, fn in (("Save as…", self.save_model), ("Export TorchScript…", lambda: self.export_model("torchscript")),
+                         ("Export ONNX…", lambda: self.export_model("onnx"))):
+            btn = QPushButton(text)
+            btn.clicked.connect(fn)
+            h.addWidget(btn)
+        lay.addWidget(mdl)
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.predict_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+
+    def _pick_ckpt(self) -> None:
+        p, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.pt)")
+        if p:
+            self.ckpt_edit.setText(p)
+
+    def _pick_out(self) -> None:
+        p, _ = QFileDialog.getSaveFileName(self, "Prediction output", "", "NGFF zarr (*.zarr)")
+        if p:
+            self.out_edit.setText(p if p.endswith(".zarr") else p + ".zarr")
+
+    def _values(self) -> dict[str, Any]:
+        return {"window": self.window_spin.value(), "overlap": self.overlap_spin.value(),
+                "batch": self.batch_spin.value(), "blend": self.blend_combo.currentText(),
+                "tissue": self.tissue_check.isChecked(), "tta": self.tta_check.isChecked(),
+                "probs": self.probs_check.isChecked()}
+
+    def _load_settings(self) -> None:
+        s = load_settings(self.SETTINGS)
+        self.window_spin.setValue(int(s.get("window", 512)))
+        self.overlap_spin.setValue(float(s.get("overlap", 0.25)))
+        self.batch_spin.setValue(int(s.get("batch", 4)))
+        self.blend_combo.setCurrentText(str(s.get("blend", "gaussian")))
+        self.tissue_check.setChecked(bool(s.get("tissue", True)))
+        self.tta_check.setChecked(bool(s.get("tta", False)))
+        self.probs_check.setChecked(bool(s.get("probs", False)))
+
+    def _refresh_layers(self, *_: Any) -> None:
+        from napari.layers import Image
+
+        cur = self.image_combo.currentText()
+        self.image_combo.clear()
+        self.image_combo.addItems([lay.name for lay in self.viewer.layers if isinstance(lay, Image)
+                                   and not lay.name.startswith("medseg ")])
+        if cur:
+            self.image_combo.setCurrentText(cur)
+
+    def _checkpoint(self) -> Path:
+        txt = self.ckpt_edit.text().strip()
+        ck = Path(txt) if txt else (self.session.best_checkpoint or self.session.last_checkpoint)
+        if ck is None:
+            raise MedsegError("No checkpoint yet: train a model in the Train widget or pick a checkpoint file.")
+        if not Path(ck).is_file():
+            raise MedsegError(f"Checkpoint {ck} does not exist; pick another file.")
+        return Path(ck)
+
+    def _image_layer(self) -> Any:
+        name = self.image_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise MedsegError("Choose an image layer to predict (open an image or a sample first).")
+        return self.viewer.layers[name]
+
+    def _default_out(self, layer: Any, source: Any) -> Path:
+        if source.path:
+            p = Path(source.path)
+            return p.with_name(p.name.split(".")[0] + ".prediction.zarr")
+        from platformdirs import user_data_dir
+
+        return Path(user_data_dir("napari-medseg")) / "predictions" / f"{layer.name}.prediction.zarr"
+
+    # -- whole-image prediction ---------------------------------------------------------------------
+    def predict(self) -> None:
+        if self._worker is not None:
+            show_info("A prediction is already running; cancel it first.")
+            return
+        try:
+            layer = self._image_layer()
+            source = source_from_layer(layer)
+            ckpt = self._checkpoint()
+            out = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else self._default_out(layer, source)
+        except MedsegError as e:
+            show_error(str(e))
+            return
+        except Exception as e:
+            log.exception("could not start prediction")
+            show_error(f"Could not start the prediction: {e}")
+            return
+        v = self._values()
+        save_settings(self.SETTINGS, v)
+        from ..inference import predict
+
+        self._cancel.clear()
+        self._out = out
+        self._image = layer
+        self._result_layer = None
+        self._set_running(True)
+        self.status.setText(f"predicting into {out}…")
+        from napari.utils import progress
+
+        self._progress = progress(total=0, desc="napari-medseg: predicting")
+        window = (v["window"],) * source.spatial_dims
+        self._worker = start_generator_worker(
+            predict, source, str(ckpt), str(out), level=self.level_spin.value(), window=window,
+            overlap=v["overlap"], batch_size=v["batch"], blend=v["blend"], tta=v["tta"],
+            tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
+            cancel=self._cancel, resume=True,
+            on_event=self._on_event, on_finished=self._on_finished,
+        )
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._cancel.set()
+            self.status.setText("cancelling; the output stays consistent and can be resumed…")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def _on_event(self, ev: Any) -> None:
+        kind = type(ev).__name__
+        try:
+            if kind == "PredictStart":
+                if self._progress is not None:
+                    self._progress.total = int(ev.total_blocks)
+                self._show_result()
+            elif kind == "BlockDone":
+                if self._progress is not None:
+                    self._progress.n = int(ev.done)
+                    self._progress.refresh()
+                self.status.setText(f"{ev.done}/{ev.total} blocks, {ev.mpix_s:.1f} MPix/s, eta {ev.eta_s:.0f} s")
+                if self._result_layer is not None:
+                    self._result_layer.refresh()
+            elif kind == "PredictWarning":
+                show_info(ev.message)
+            elif kind == "PredictDone":
+                self.status.setText(("cancelled" if ev.cancelled else "done") + f": {ev.out} "
+                                    f"({ev.blocks_done} blocks, {ev.seconds:.1f} s, {ev.mpix_s:.1f} MPix/s)")
+                self._show_result()
+                if self._result_layer is not None:
+                    self._result_layer.refresh()
+        except Exception:
+            log.exception("could not show a prediction event")
+
+    def _show_result(self) -> None:
+        """Open the output as a multiscale Labels layer over the image (once), colored like the classes."""
+        if self._result_layer is not None and self._result_layer in self.viewer.layers:
+            return
+        from ..inference import open_prediction
+        from .reader import layer_data_from_sources
+
+        try:
+            sources = [s for s in open_prediction(self._out) if s.kind == "labels"]
+        except Exception as e:  # the output may not exist yet at the very start
+            log.debug("prediction not openable yet: %s", e)
+            return
+        if not sources:
+            return
+        data, kwargs, _ = layer_data_from_sources(sources[:1])[0]
+        kwargs["name"] = self._image.name + RESULT_SUFFIX
+        kwargs["translate"] = tuple(self._image.translate)[-len(kwargs.get("scale", ())):] if kwargs.get("scale") else None
+        if kwargs["translate"] is None:
+            kwargs.pop("translate")
+        self._result_layer = self.viewer.add_labels(data, **kwargs)
+
+    # -- correction round ---------------------------------------------------------------------------
+    def accept_view(self) -> None:
+        """Copy the prediction of the current view into the label store where nothing is painted."""
+        try:
+            layer = self._image_layer()
+            res = self._result_layer
+            if res is None or res not in self.viewer.layers:
+                raise MedsegError("Predict the image first; then accept the prediction of the view into the labels.")
+            store = self.session.label_stores.get(layer.name)
+            if store is None:
+                raise MedsegError("Open or create a label store for this image in the Annotate widget first.")
+            view = current_view(self.viewer, layer, max_px=4096)
+            if view is None:
+                raise MedsegError("Could not tell which region is in view; zoom in on the region to accept.")
+            from ..io.accept_prediction import accept_prediction
+
+            source = source_from_layer(layer)
+            n = accept_prediction(store, self._out, source, view.level, view.region)
+        except MedsegError as e:
+            show_error(str(e))
+            return
+        show_info(f"accepted {n} pixels of prediction into the labels; correct them and train again")
+        self.viewer.layers.events.changed() if hasattr(self.viewer.layers.events, "changed") else None
+
+    # -- model --------------------------------------------------------------------------------------
+    def save_model(self) -> None:
+        try:
+            ck = self._checkpoint()
+        except MedsegError as e:
+            show_error(str(e))
+            return
+        p, _ = QFileDialog.getSaveFileName(self, "Save model as", ck.name, "Checkpoints (*.pt)")
+        if not p:
+            return
+        try:
+            from ..models import load_checkpoint, save_checkpoint
+
+            save_checkpoint(p, load_checkpoint(ck))
+            show_info(f"saved {p}")
+        except MedsegError as e:
+            show_error(str(e))
+
+    def export_model(self, fmt: str) -> None:
+        try:
+            ck = self._checkpoint()
+        except MedsegError as e:
+            show_error(str(e))
+            return
+        ext = ".ts" if fmt == "torchscript" else ".onnx"
+        p, _ = QFileDialog.getSaveFileName(self, f"Export {fmt}", ck.with_suffix(ext).name, f"*{ext}")
+        if not p:
+            return
+        try:
+            from ..models.export import export_checkpoint
+
+            export_checkpoint(ck, p, fmt)
+            show_info(f"exported {p} (checked against PyTorch on random input)")
+        except MedsegError as e:
+            show_error(str(e))
+        except Exception as e:
+            log.exception("export failed")
+            show_error(f"Export failed: {e}")
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        self.cancel()
+        super().closeEvent(event)
