@@ -79,3 +79,29 @@ def test_console_script_runs(args):
     out = subprocess.run([sys.executable, "-m", "napari_medseg.cli", *args], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.slow
+def test_wheel_install_carries_manifest_and_validates(tmp_path):
+    """Build a wheel, install it (no deps) into a venv that sees the system packages, and validate the
+    manifest there: the napari.yaml symlink must become a real file in the wheel."""
+    wheel_dir = tmp_path / "wheel"
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                          "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    wheel = next(wheel_dir.glob("napari_medseg-*.whl"))
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "napari_medseg/napari.yaml" in names
+    assert any(n.startswith("napari_medseg/sample_data/") and n.endswith(".json") for n in names), names
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=600)
+    where = subprocess.run([str(py), "-c", "import napari_medseg; print(napari_medseg.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert str(venv) in where.stdout, where.stdout + where.stderr
+    val = subprocess.run([str(py), "-m", "npe2", "validate", "napari-medseg"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert val.returncode == 0 and "valid" in val.stdout.lower(), val.stdout + val.stderr
