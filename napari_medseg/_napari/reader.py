@@ -1,0 +1,83 @@
+"""npe2 reader: whole slides, OME-Zarr and volumes as lazy (multiscale) napari layers.
+
+``get_reader(path)`` answers quickly: ``None`` for anything ``io.reader.sniff`` does not claim (it never
+raises on a foreign file). The returned function opens each path with ``io.open_path`` and returns
+LayerData tuples: images as ``"image"`` (multiscale when the source has several levels, ``scale`` from the
+pixel size), labels as ``"labels"`` with their NGFF colors.
+
+A file we claim but cannot read: the user gets one napari error notification naming the file and the
+reason, and the reader returns napari's "nothing to add" sentinel ``[(None,)]``, so the viewer keeps
+working and no second error dialog appears. Hints (e.g. "convert this strip TIFF") are shown as info
+notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from napari.utils.notifications import show_error, show_info
+
+from ..io.errors import MedsegError
+from ..io.reader import open_path, sniff
+from ..io.source import ImageSource
+
+logger = logging.getLogger(__name__)
+
+LayerData = tuple[Any, ...]
+
+
+def _paths(path: str | Sequence[str]) -> list[str]:
+    return [path] if isinstance(path, str) else [str(p) for p in path]
+
+
+def get_reader(path: str | Sequence[str]) -> Callable[[str | Sequence[str]], list[LayerData]] | None:
+    """The reader function if napari-medseg handles every path in ``path``, else None. Never raises."""
+    try:
+        paths = _paths(path)
+        if not paths or any(sniff(p) is None for p in paths):
+            return None
+    except Exception:  # a foreign object or path: simply not ours
+        return None
+    return read_layers
+
+
+def layer_data(src: ImageSource) -> LayerData:
+    """One napari LayerData tuple ``(data, kwargs, layer_type)`` for ``src``."""
+    kw = src.layer_kwargs()
+    data = kw.pop("data")
+    if src.kind == "labels":
+        colors = src.metadata.get("colors") or {}
+        if colors:
+            cmap: dict[Any, tuple[float, ...]] = {0: (0.0, 0.0, 0.0, 0.0), None: (0.0, 0.0, 0.0, 0.0)}
+            cmap.update({int(k): tuple(float(c) for c in v) for k, v in colors.items()})
+            kw["colormap"] = cmap
+        kw["units"] = src.unit
+        return (data, kw, "labels")
+    return (data, kw, "image")
+
+
+def read_layers(path: str | Sequence[str]) -> list[LayerData]:
+    """Open every path; unreadable ones become an error notification (see module docstring)."""
+    out: list[LayerData] = []
+    for p in _paths(path):
+        try:
+            sources = open_path(p)
+        except MedsegError as e:
+            logger.warning("napari-medseg could not open %s: %s", p, e)
+            show_error(f"napari-medseg could not open {p}: {_reason(e, p)}")
+            continue
+        for src in sources:
+            out.append(layer_data(src))
+            hint = src.metadata.get("hint")
+            if hint:
+                show_info(hint)
+    return out or [(None,)]
+
+
+def _reason(e: Exception, path: str) -> str:
+    """The error message without the leading ``<path>:`` our errors start with."""
+    msg = str(e)
+    prefix = f"{path}:"
+    return msg[len(prefix):].strip() if msg.startswith(prefix) else msg

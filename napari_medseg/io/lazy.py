@@ -1,0 +1,188 @@
+"""Shared helpers for lazy pyramids: dask wrapping on tile multiples, virtual (strided) lower levels,
+pruning levels that do not shrink, contrast from a small subsample, and length-unit conversion.
+
+Nothing here reads more pixels than it says: ``as_dask`` and ``virtual_levels`` build graphs only,
+``subsample_limits`` reads a few strided slices of the level it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: Target edge (pixels) of a dask chunk along Y/X: a multiple of the file's tile, near this size.
+TARGET_CHUNK = 1024
+#: Largest dask chunk in bytes when the file's own chunk is a full-width strip.
+MAX_CHUNK_BYTES = 64 * 2**20
+
+
+# -- units ------------------------------------------------------------------------------------------
+_LENGTH_IN_M = {
+    "m": 1.0, "meter": 1.0, "metre": 1.0,
+    "cm": 1e-2, "centimeter": 1e-2, "centimetre": 1e-2,
+    "mm": 1e-3, "millimeter": 1e-3, "millimetre": 1e-3,
+    "um": 1e-6, "µm": 1e-6, "μm": 1e-6, "micron": 1e-6, "microns": 1e-6, "micrometer": 1e-6,
+    "micrometre": 1e-6, "\\u00b5m": 1e-6,
+    "nm": 1e-9, "nanometer": 1e-9, "nanometre": 1e-9,
+    "å": 1e-10, "angstrom": 1e-10,
+    "in": 0.0254, "inch": 0.0254,
+}
+
+
+def unit_to_meter(unit: str | None) -> float | None:
+    """Meters per ``unit`` ("µm", "um", "micron", "mm", "nm", "cm", "inch"...), None if not a length."""
+    if unit is None:
+        return None
+    return _LENGTH_IN_M.get(str(unit).strip().lower())
+
+
+def convert_length(value: float, unit: str | None, target: str) -> float | None:
+    """``value`` in ``unit`` expressed in ``target`` (e.g. 0.5 "um" -> 0.0005 "millimeter"); None if
+    either unit is not a known length."""
+    a, b = unit_to_meter(unit), unit_to_meter(target)
+    if a is None or b is None:
+        return None
+    return float(value) * a / b
+
+
+# -- dask wrapping ----------------------------------------------------------------------------------
+def tile_multiple_chunks(file_chunks: Sequence[int], shape: Sequence[int], spatial: Sequence[int],
+                         itemsize: int, target: int = TARGET_CHUNK) -> tuple[int, ...]:
+    """Dask chunks that are whole multiples of the file's chunks (tiles or strips).
+
+    Along the spatial axes in ``spatial`` each chunk becomes ``k * tile`` with ``k * tile`` close to
+    ``target`` (at least one tile); other axes keep the file's chunk. Full-width strips keep their
+    width and stack strips up to ``MAX_CHUNK_BYTES``."""
+    out = [int(c) for c in file_chunks]
+    for ax in spatial:
+        c = max(1, int(file_chunks[ax]))
+        if c < target:
+            out[ax] = min(int(shape[ax]), c * max(1, target // c))
+    # a strip layout (chunks as wide as the image): stack whole strips up to MAX_CHUNK_BYTES
+    if len(spatial) >= 2:
+        y, x = spatial[-2], spatial[-1]
+        strip = max(1, int(file_chunks[y]))
+        if int(file_chunks[x]) >= int(shape[x]) > target:
+            row_bytes = int(np.prod([out[i] for i in range(len(out)) if i != y])) * itemsize
+            out[y] = min(int(shape[y]), strip * max(1, MAX_CHUNK_BYTES // max(1, strip * row_bytes)))
+    return tuple(min(int(s), max(1, int(c))) for s, c in zip(shape, out))
+
+
+def as_dask(arr: Any, chunks: Sequence[int], name: str) -> da.Array:
+    """Wrap an array-like (zarr array, memmap, ``StridedView``) as dask with ``chunks``; the explicit
+    ``name`` avoids hashing the source."""
+    return da.from_array(arr, chunks=tuple(int(c) for c in chunks), name=name, asarray=True, fancy=False,
+                         inline_array=True, lock=False)
+
+
+class StridedView:
+    """A lazy nearest-neighbour downsample of ``base`` by integer ``factor`` along ``axes``.
+
+    ``view[region]`` reads only the rows/columns it needs: basic slicing with a step for numpy arrays
+    and memmaps (untouched pages are never read), orthogonal integer selection for zarr arrays (only
+    the chunks that hold those rows/columns are decoded). Memory per read stays that of the output
+    plus one source chunk row."""
+
+    def __init__(self, base: Any, factor: int, axes: Sequence[int]) -> None:
+        self.base = base
+        self.factor = int(factor)
+        self.axes = tuple(axes)
+        self.dtype = np.dtype(base.dtype)
+        self.shape = tuple(math.ceil(s / self.factor) if i in self.axes else int(s)
+                           for i, s in enumerate(base.shape))
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        src: list[Any] = []
+        for i, (k, n) in enumerate(zip(key, self.shape)):
+            start, stop, step = k.indices(n) if isinstance(k, slice) else (int(k), int(k) + 1, 1)
+            if i in self.axes:
+                src.append(slice(start * self.factor, stop * self.factor, step * self.factor))
+            else:
+                src.append(slice(start, stop, step))
+        if isinstance(self.base, np.ndarray):
+            out = np.asarray(self.base[tuple(src)])
+        else:  # zarr: orthogonal selection with integer arrays along strided axes
+            sel = tuple(np.arange(s.start, s.stop, s.step) if (s.step or 1) != 1 else s for s in src)
+            if any(isinstance(s, np.ndarray) for s in sel):
+                out = np.asarray(self.base.get_orthogonal_selection(sel))
+            else:
+                out = np.asarray(self.base[sel])
+        squeeze = tuple(i for i, k in enumerate(key) if not isinstance(k, slice))
+        return out.squeeze(axis=squeeze) if squeeze else out
+
+
+def virtual_levels(base: Any, level0: da.Array, yx_axes: Sequence[int], name: str,
+                   min_side: int = 1024) -> list[da.Array]:
+    """Levels 1.. of a pyramid the file does not have: nearest-neighbour views of ``base`` by 2, 4, 8...
+    until the larger of Y/X is at most ``min_side``. Each level is chunked like ``level0`` (not like
+    ``level0`` strided), so a coarse view stays a handful of chunks."""
+    out: list[da.Array] = []
+    f = 2
+    while True:
+        view = StridedView(base, f, yx_axes)
+        chunks = tuple(min(s, max(c)) for s, c in zip(view.shape, level0.chunks))
+        out.append(as_dask(view, chunks, f"{name}-virtual{f}"))
+        if max(view.shape[a] for a in yx_axes) <= min_side:
+            return out
+        f *= 2
+
+
+def keep_shrinking(shapes: Sequence[Sequence[int]]) -> list[int]:
+    """Indices of levels to keep so spatial shapes shrink strictly (none grows, not all equal).
+    ``shapes`` are spatial shapes, level 0 first; a level that fails is dropped (and logged)."""
+    keep = [0]
+    for i in range(1, len(shapes)):
+        prev = shapes[keep[-1]]
+        cur = shapes[i]
+        if all(c <= p for c, p in zip(cur, prev)) and tuple(cur) != tuple(prev):
+            keep.append(i)
+        else:
+            logger.info("dropping pyramid level %d with shape %s after %s: it does not shrink", i, cur, prev)
+    return keep
+
+
+def subsample_limits(arr: Any, axes: str, n_slices: int = 8, max_side: int = 256,
+                     percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float] | None:
+    """Contrast limits from percentiles of a small strided subsample of ``arr`` (axes e.g. ``ZYX``,
+    ``YX``, ``CZYX``): at most ``n_slices`` Z slices, each strided to about ``max_side`` px."""
+    sel: list[Any] = []
+    for a, n in zip(axes, arr.shape):
+        if a == "Z":
+            sel.append(np.unique(np.linspace(0, n - 1, min(n, n_slices)).round().astype(int)))
+        elif a in "YX":
+            sel.append(slice(None, None, max(1, math.ceil(n / max_side))))
+        else:
+            sel.append(slice(None))
+    try:
+        parts = []
+        z = [i for i, a in enumerate(axes) if a == "Z"]
+        if z:
+            zi = z[0]
+            for idx in sel[zi]:
+                s = list(sel)
+                s[zi] = int(idx)
+                parts.append(np.asarray(arr[tuple(s)]).ravel())
+            sample = np.concatenate(parts)
+        else:
+            sample = np.asarray(arr[tuple(sel)]).ravel()
+    except Exception as e:  # contrast is a nicety; never fail an open on it
+        logger.debug("contrast subsample failed: %s", e)
+        return None
+    sample = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample
+    if sample.size == 0:
+        return None
+    lo, hi = (float(v) for v in np.percentile(sample, percentiles))
+    if hi <= lo:
+        hi = lo + 1.0
+    return lo, hi
