@@ -50,6 +50,7 @@ META_KEY = "napari_medseg"
 STORE_FORMAT = 1
 DEFAULT_CHUNKS = {2: (512, 512), 3: (32, 128, 128)}
 CACHE_BYTES = 96 * 2**20
+OVERVIEW_COARSEST = 1024  # the overview pyramid stops when its largest axis is at most this many pixels
 
 
 class StoreNotWritableError(MedsegError):
@@ -85,7 +86,8 @@ class LabelStore(LabelStoreOpsMixin):
     def __init__(self, *, shape: Sequence[int], chunks: Sequence[int], classes: ClassSchema,
                  pixel_size: Sequence[float] | None, unit: str | None, level: int,
                  image_path: str | None, image_shape: Sequence[int] | None, path: Path | None,
-                 mode: str, arrays: list[Any] | None, lock: StoreLock | None) -> None:
+                 mode: str, arrays: list[Any] | None, lock: StoreLock | None,
+                 coarsest: int = OVERVIEW_COARSEST) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.ndim = len(self.shape)
         self.chunks = tuple(int(c) for c in chunks)
@@ -105,7 +107,8 @@ class LabelStore(LabelStoreOpsMixin):
         self._filelock = lock
         self._disk_ok = arrays is not None and mode == "r+"
         self._closed = False
-        self.level_shapes, self.level_factors = ix.pyramid_geometry(self.shape, self.chunks)
+        self.coarsest = int(coarsest)
+        self.level_shapes, self.level_factors = ix.pyramid_geometry(self.shape, self.chunks, self.coarsest)
         self._cum = ix.cumulative_factors(self.level_factors)
         self._counts: dict[ix.Chunk, ix.Counts] = {}
         self._painted: list[set[ix.Chunk]] = [set() for _ in self.level_shapes]
@@ -122,7 +125,7 @@ class LabelStore(LabelStoreOpsMixin):
                chunks: Sequence[int] | None = None, pixel_size: Sequence[float] | None = None,
                unit: str | None = None, image_path: str | None = None, level: int = 0,
                overwrite: bool = False, image_shape: Sequence[int] | None = None,
-               on_readonly: str = "raise") -> LabelStore:
+               on_readonly: str = "raise", coarsest: int = OVERVIEW_COARSEST) -> LabelStore:
         """A new empty store at ``path`` (``None``: in memory only). ``shape`` is spatial (YX or ZYX).
 
         ``on_readonly="memory"`` keeps a store whose folder cannot be written in memory (see
@@ -137,7 +140,8 @@ class LabelStore(LabelStoreOpsMixin):
         chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
         classes = classes or ClassSchema()
         kw = dict(shape=shape, chunks=chunks, classes=classes, pixel_size=pixel_size, unit=unit, level=level,
-                  image_path=str(image_path) if image_path else None, image_shape=image_shape)
+                  image_path=str(image_path) if image_path else None, image_shape=image_shape,
+                  coarsest=coarsest)
         if path is None:
             return cls(path=None, mode="r+", arrays=None, lock=None, **kw)
         path = Path(path)
@@ -213,14 +217,15 @@ class LabelStore(LabelStoreOpsMixin):
         try:
             zmode = "r+" if (mode == "r+" and writable) else "r"
             arrays = []
-            n_levels = len(ix.pyramid_geometry(shape, meta["chunks"])[0])
+            coarsest = int(meta.get("overview_coarsest", OVERVIEW_COARSEST))
+            n_levels = len(ix.pyramid_geometry(shape, meta["chunks"], coarsest)[0])
             for k in range(n_levels):
                 arrays.append(zarr.open_array(store=LocalStore(path, read_only=zmode == "r"), path=str(k),
                                               mode=zmode, zarr_format=2))
             store = cls(shape=shape, chunks=meta["chunks"], classes=ClassSchema.from_dict(meta["classes"]),
                         pixel_size=meta.get("pixel_size"), unit=meta.get("unit"), level=level,
                         image_path=meta.get("image_path"), image_shape=meta.get("image_shape"), path=path,
-                        mode="r+" if mode == "r+" else "r", arrays=arrays, lock=lock)
+                        mode="r+" if mode == "r+" else "r", arrays=arrays, lock=lock, coarsest=coarsest)
             if reason:
                 store._disk_ok = False
                 store.not_saved_reason = reason
@@ -303,7 +308,7 @@ class LabelStore(LabelStoreOpsMixin):
         return {"label_store": STORE_FORMAT, "shape": list(self.shape), "chunks": list(self.chunks),
                 "axes": self.axes, "level": self.level, "pixel_size": list(self.pixel_size), "unit": self.unit,
                 "image_path": self.image_path, "image_shape": list(self.image_shape) if self.image_shape else None,
-                "classes": self.classes.to_dict(),
+                "classes": self.classes.to_dict(), "overview_coarsest": self.coarsest,
                 "values": {"0": "not annotated", "1": "background", "2..": "classes"}}
 
     def _write_attrs(self) -> None:

@@ -191,7 +191,8 @@ class LabelStoreOpsMixin:
         with self._write_lock:
             new = _LS.create(path, self.shape, classes=self.classes, chunks=self.chunks,
                              pixel_size=self.pixel_size, unit=self.unit, image_path=self.image_path,
-                             level=self.level, overwrite=overwrite, image_shape=self.image_shape)
+                             level=self.level, overwrite=overwrite, image_shape=self.image_shape,
+                             coarsest=self.coarsest)
             try:
                 pc = self.painted_chunks()
                 for i in range(0, len(pc), 64):
