@@ -206,3 +206,47 @@ def generic_path(tmp_path) -> Path:
 @pytest.fixture
 def ndpi_path(tmp_path) -> Path:
     return write_ndpi_like(tmp_path / "slide.ndpi")
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+def write_truncated(path: Path) -> Path:
+    """A pyramidal TIFF cut in half (tile data of level 0 runs past the end)."""
+    write_generic(path, shape=(1024, 1024), n_levels=2)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    return path
+
+
+def write_not_a_tiff(path: Path) -> Path:
+    """A file named like a slide (e.g. ``.svs``) holding something else."""
+    path.write_bytes(b"<html><body>404 Not Found</body></html>\n" * 20)
+    return path
+
+
+def make_empty_zarr(path: Path) -> Path:
+    """A zarr v2 group with nothing in it."""
+    import zarr
+
+    zarr.open_group(str(path), mode="w", zarr_format=2)
+    return path
+
+
+def write_absurd_size(path: Path, side: int = 10**7) -> Path:
+    """A 309-byte TIFF whose header claims ``side x side`` px (one 256x256 tile actually stored)."""
+    tifffile.imwrite(path, np.full((256, 256), 5, np.uint8), tile=(256, 256), compression="zlib", metadata=None)
+    with tifffile.TiffFile(path, mode="r+") as tf:
+        tags = tf.pages[0].tags
+        tags["ImageWidth"].overwrite(side)
+        tags["ImageLength"].overwrite(side)
+    return path
+
+
+def write_offsets_past_eof(path: Path) -> Path:
+    """A tiled TIFF whose last tile offset points 1 GB past the end of the file."""
+    tifffile.imwrite(path, np.full((512, 512), 5, np.uint8), tile=(256, 256), compression="zlib", metadata=None)
+    with tifffile.TiffFile(path, mode="r+") as tf:
+        tag = tf.pages[0].tags["TileOffsets"]
+        offsets = list(tag.value)
+        offsets[-1] = 10**9
+        tag.overwrite(offsets)
+    return path
