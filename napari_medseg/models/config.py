@@ -25,7 +25,8 @@ class ModelConfig:
     feature_size: int = 24
     depths: tuple[int, ...] = (2, 2, 2, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
-    window_size: int = 7
+    # 8 (not the papers' 7): with power-of-two patches (256, 512; 64, 128 in 3D) no stage needs padding.
+    window_size: int = 8
     dropout: float = 0.0
     norm: str = "instance"
 
@@ -39,6 +40,19 @@ class ModelConfig:
             )
         for f in ("channels", "depths", "num_heads"):
             object.__setattr__(self, f, tuple(int(v) for v in getattr(self, f)))
+
+    @classmethod
+    def preset(cls, name: str, size: str = "small", **kw: Any) -> ModelConfig:
+        """A named starting point: ``ModelConfig.preset("swin_unet", "base", in_channels=3, out_channels=4)``.
+
+        ``size`` is ``"small"`` (trains on a CPU in minutes on 256 x 256 patches; the defaults) or ``"base"``
+        (the papers' widths, for a GPU). Keyword arguments override any field.
+        """
+        if size not in PRESETS:
+            raise MedsegError(f"unknown preset size {size!r}; choose one of {', '.join(PRESETS)}")
+        fields = dict(PRESETS[size].get(name, {}))
+        fields.update(kw)
+        return cls(name=name, **fields)
 
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)
@@ -86,3 +100,16 @@ class ModelConfig:
         except json.JSONDecodeError as e:
             raise MedsegError(f"model config is not valid JSON: {e}") from e
         return cls.from_dict(d)
+
+
+# Per-model overrides of the defaults; "small" is the defaults. See docs/models.md.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "small": {},
+    "base": {
+        "unet": {"channels": (32, 64, 128, 256, 512)},
+        "attention_unet": {"channels": (32, 64, 128, 256, 512)},
+        "unetpp": {"channels": (32, 32, 64, 128, 256)},
+        "swin_unetr": {"feature_size": 48},
+        "swin_unet": {"feature_size": 96},
+    },
+}

@@ -8,6 +8,7 @@ raises an error that names the sizes that would work).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch.nn as nn
 
@@ -15,14 +16,30 @@ from ..io.errors import MedsegError
 from .config import ModelConfig
 
 Builder = Callable[[ModelConfig], nn.Module]
-_REGISTRY: dict[str, tuple[Builder, int, tuple[int, ...]]] = {}
+SizeRule = int | Callable[[ModelConfig], int]
 
 
-def register(name: str, multiple: int | Callable[[ModelConfig], int], dims: tuple[int, ...] = (2, 3)):
-    """Register a builder under ``name``; ``multiple`` is the factor every spatial size must divide by."""
+@dataclass(frozen=True)
+class _Entry:
+    builder: Builder
+    multiple: SizeRule
+    dims: tuple[int, ...]
+    min_size: SizeRule | None
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(name: str, multiple: SizeRule, dims: tuple[int, ...] = (2, 3), min_size: SizeRule | None = None):
+    """Register a builder under ``name``.
+
+    ``multiple`` is the factor every spatial size must divide by; ``min_size`` the smallest size per axis
+    the model trains on (default ``2 * multiple``: the coarsest feature map then has more than one pixel,
+    which instance normalisation needs in training).
+    """
 
     def deco(fn: Builder) -> Builder:
-        _REGISTRY[name] = (fn, multiple, dims)  # type: ignore[assignment]
+        _REGISTRY[name] = _Entry(fn, multiple, tuple(dims), min_size)
         return fn
 
     return deco
@@ -33,36 +50,54 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _entry(cfg: ModelConfig):
+def _entry(cfg: ModelConfig) -> _Entry:
     _load_builtin()
     if cfg.name not in _REGISTRY:
         raise MedsegError(f"unknown model {cfg.name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
-    fn, multiple, dims = _REGISTRY[cfg.name]
-    if cfg.spatial_dims not in dims:
-        raise MedsegError(f"model {cfg.name!r} is available for spatial_dims {list(dims)}, not {cfg.spatial_dims}")
-    return fn, multiple
+    e = _REGISTRY[cfg.name]
+    if cfg.spatial_dims not in e.dims:
+        raise MedsegError(f"model {cfg.name!r} is available for spatial_dims {list(e.dims)}, not {cfg.spatial_dims}")
+    return e
+
+
+def _rule(rule: SizeRule, cfg: ModelConfig) -> int:
+    return int(rule(cfg) if callable(rule) else rule)
 
 
 def required_multiple(cfg: ModelConfig) -> int:
-    _, multiple = _entry(cfg)
-    return int(multiple(cfg) if callable(multiple) else multiple)
+    """The factor every spatial size must divide by (e.g. 16 for a 5-level U-Net, 32 for the Swin models)."""
+    return _rule(_entry(cfg).multiple, cfg)
+
+
+def min_input_size(cfg: ModelConfig) -> int:
+    """The smallest spatial size per axis (a multiple of ``required_multiple``) the model trains on."""
+    e = _entry(cfg)
+    m = _rule(e.multiple, cfg)
+    return 2 * m if e.min_size is None else _rule(e.min_size, cfg)
+
+
+def valid_size(cfg: ModelConfig, size: int) -> int:
+    """The nearest size at or above ``size`` that ``cfg`` accepts (a multiple, at least the minimum)."""
+    m = required_multiple(cfg)
+    return max(min_input_size(cfg), -(-int(size) // m) * m)
 
 
 def check_input_size(cfg: ModelConfig, size: tuple[int, ...]) -> None:
-    """Raise ``MedsegError`` naming valid sizes if ``size`` (spatial) does not suit ``cfg``."""
+    """Raise ``MedsegError`` naming valid sizes if ``size`` (spatial, e.g. ZYX or YX) does not suit ``cfg``."""
     m = required_multiple(cfg)
-    bad = [s for s in size if s % m]
+    lo = min_input_size(cfg)
+    bad = [int(s) for s in size if s % m or s < lo]
     if bad:
-        sugg = sorted({max(m, round(s / m) * m) for s in size})
+        sugg = sorted({c for s in bad for c in (s // m * m, -(-s // m) * m) if c >= lo} or {lo})
         raise MedsegError(
-            f"{cfg.name} needs spatial sizes that are multiples of {m}; got {tuple(size)}. "
+            f"{cfg.name} needs spatial sizes that are multiples of {m} and at least {lo}; got {tuple(size)}. "
             f"Try {' or '.join(str(s) for s in sugg)}."
         )
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
-    fn, _ = _entry(cfg)
-    return fn(cfg)
+    """Build the model ``cfg`` names: ``(N, in_channels, *spatial) -> (N, out_channels, *spatial)`` logits."""
+    return _entry(cfg).builder(cfg)
 
 
 _loaded = False
@@ -72,8 +107,5 @@ def _load_builtin() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from . import unet_family  # noqa: F401  (registers unet, attention_unet, unetpp)
-        try:
-            from . import swin_family  # noqa: F401  (registers swin_unetr, swin_unet)
-        except ImportError:  # pragma: no cover - optional until implemented
-            pass
+        # importing registers: unet, attention_unet, unetpp; swin_unetr, swin_unet
+        from . import swin_family, unet_family  # noqa: F401
