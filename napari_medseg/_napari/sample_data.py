@@ -1,0 +1,58 @@
+"""File > Open Sample > napari-medseg: the H&E-like slide and the CT-like volume, each with ground truth.
+
+Each function returns napari LayerData: the image (the slide as a 5-level multiscale RGB pyramid at
+0.5 um/px; the CT as a ZYX volume in mm with the soft-tissue window W400/L40), then its ground truth as a
+Labels layer named "ground truth" in the label-store values (1 background, 2.. classes) with the class
+colours of ``sample_data/*_classes.json`` (background drawn transparent, as in predictions). The ground truth starts hidden on the slide (so it does not
+give away the answer while annotating) and at low opacity on the CT; tick its eye to compare.
+First use generates the files into the cache (slide about 20-40 s, CT a few seconds); later uses are
+instant.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..io.classes import ClassSchema
+from ..io.source import ImageSource
+
+logger = logging.getLogger(__name__)
+
+LayerData = tuple[Any, ...]
+
+
+def _image_layer(src: ImageSource) -> LayerData:
+    kw = src.layer_kwargs()
+    return (kw.pop("data"), kw, "image")
+
+
+def _labels_layer(src: ImageSource, schema: ClassSchema, *, visible: bool, opacity: float) -> LayerData:
+    from napari.utils.colormaps import DirectLabelColormap
+
+    kw = src.layer_kwargs()
+    data = kw.pop("data")
+    colors = schema.store_colors(alpha=1.0)
+    colors[1] = (0.0, 0.0, 0.0, 0.0)  # background transparent, as in predictions: only classes are drawn
+    kw["colormap"] = DirectLabelColormap(color_dict=colors)
+    kw["units"] = src.unit  # same units as the image, or napari ignores units for rendering
+    kw["visible"] = visible
+    kw["opacity"] = opacity
+    kw["metadata"]["napari_medseg"]["classes"] = schema.to_dict()
+    return (data, kw, "labels")
+
+
+def sample_slide() -> list[LayerData]:
+    """The sample slide (multiscale RGB) and its ground truth (multiscale labels, hidden)."""
+    from ..samples.slide import load_sample_slide, slide_classes
+
+    img, gt = load_sample_slide()
+    return [_image_layer(img), _labels_layer(gt, slide_classes(), visible=False, opacity=0.5)]
+
+
+def sample_ct() -> list[LayerData]:
+    """The sample CT (ZYX, HU, soft-tissue window) and its ground truth (labels at opacity 0.35)."""
+    from ..samples.ct import ct_classes, load_sample_ct
+
+    img, gt = load_sample_ct()
+    return [_image_layer(img), _labels_layer(gt, ct_classes(), visible=True, opacity=0.35)]
