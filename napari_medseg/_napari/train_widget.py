@@ -81,6 +81,12 @@ class TrainWidget(QWidget):
         self._stop = threading.Event()
         self._view = LatestValue()
         self._preview_opts = LatestValue({})
+        self._labels_box = LatestValue()
+        self._labels_fp: str | None = None
+        # Labels painted while training runs are picked up at the next refresh (a new consistent snapshot).
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setInterval(20_000)
+        self._refresh_timer.timeout.connect(self._maybe_refresh_labels)
         self._started_at = 0.0
         self._first_preview_s: float | None = None
         self._last_preview_t: float | None = None
@@ -322,8 +328,11 @@ class TrainWidget(QWidget):
         self._job = job
         self.status.setText(f"starting on {job['device']}…")
         self._set_running(True)
+        self._labels_box.set(None)
+        self._labels_fp = job["snapshot"].fingerprint()
+        self._refresh_timer.start()
         self._worker = start_generator_worker(
-            run_job, job, self._stop, self._view, self._preview_opts,
+            run_job, job, self._stop, self._view, self._preview_opts, self._labels_box,
             on_event=self._on_event, on_finished=self._on_finished,
         )
 
@@ -337,8 +346,26 @@ class TrainWidget(QWidget):
             self._stop.set()
             self.status.setText("stopping: saving a checkpoint…")
 
+    def _maybe_refresh_labels(self) -> None:
+        """Main thread: if the labels changed since the run's snapshot, hand the worker a new snapshot."""
+        if self._worker is None:
+            return
+        from .training_job import snapshot_labels
+
+        try:
+            snap, _ = snapshot_labels(self.session, self.viewer, self._image_layer(), self.labels_combo.currentText(),
+                                      STORE_CHOICE)
+        except MedsegError as e:  # e.g. the labels layer was deleted: keep training on the last snapshot
+            show_warning(f"Labels not refreshed: {e} Training goes on with the labels it has.")
+            return
+        fp = snap.fingerprint()
+        if fp != self._labels_fp and snap.painted_chunks():
+            self._labels_fp = fp
+            self._labels_box.set(snap)
+
     def _on_finished(self) -> None:
         self._worker = None
+        self._refresh_timer.stop()
         self._set_running(False)
 
     # -- events (main thread) -----------------------------------------------------------------------
