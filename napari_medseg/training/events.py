@@ -1,0 +1,91 @@
+"""Typed events yielded by ``training.train`` (the GUI and the CLI consume the same ones)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass
+class TrainEvent:
+    """Base class of every event ``train`` yields."""
+
+
+@dataclass
+class StartEvent(TrainEvent):
+    device: str
+    model_summary: str
+    n_labelled: int  # items with painted pixels
+    n_unlabelled: int  # items without paint (used for the consistency term only)
+    init_report: str | None = None  # LoadReport.summary() of the starting weights, or None from scratch
+    n_params: int = 0
+    patch_size: tuple[int, ...] = ()
+    batch: tuple[int, int] = (0, 0)  # (labelled, unlabelled) patches per step
+    n_val_patches: int = 0
+    round: int = 1
+    amp: str = "off"  # "bf16", "fp16" or "off"
+
+
+@dataclass
+class StepEvent(TrainEvent):
+    step: int
+    loss: float
+    loss_sup: float
+    loss_cons: float
+    cons_weight: float
+    lr: float
+    batch_size: int
+    step_time_s: float  # wall time of the whole step, data wait included
+    data_wait_s: float  # time the step waited for the loader
+
+
+@dataclass
+class ValidationEvent(TrainEvent):
+    step: int
+    dice_per_class: dict[str, float]  # on the held-out painted pixels (classes without such pixels: NaN)
+    mean_dice: float  # over the foreground classes that have held-out pixels (background if none)
+    hd95: dict[str, float] | None = None  # per class, where dense masks exist (in physical units)
+    dense_dice: dict[str, float] | None = None  # per class against dense masks, where they exist
+    n_pixels: int = 0  # held-out painted pixels scored
+
+
+@dataclass
+class CheckpointEvent(TrainEvent):
+    path: str
+    kind: Literal["last", "best"]
+    step: int
+
+
+@dataclass
+class WarningEvent(TrainEvent):
+    message: str
+
+
+@dataclass
+class PreviewEvent(TrainEvent):
+    step: int
+    payload: Any
+
+
+@dataclass
+class DoneEvent(TrainEvent):
+    reason: Literal["steps", "time", "stopped"]
+    last_checkpoint: str | None
+    best_checkpoint: str | None
+    steps: int
+
+
+@dataclass
+class TrainResult:
+    """The generator's return value (``StopIteration.value``; ``run_training`` returns it directly)."""
+
+    reason: str
+    steps: int
+    last_checkpoint: str | None
+    best_checkpoint: str | None
+    best_dice: float | None
+    model: Any = None  # the student nn.Module (eval mode, on the training device)
+    teacher: Any = None  # the Mean Teacher's nn.Module, or None
+    norm: Any = None  # the NormConfig used
+    history: list[dict[str, Any]] = field(default_factory=list)  # one dict per StepEvent/ValidationEvent
+    elapsed_s: float = 0.0

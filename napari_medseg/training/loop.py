@@ -1,0 +1,442 @@
+"""The training loop: a generator of typed events that a thread worker (GUI) or the CLI drives.
+
+``train(cfg, data, stop=..., init=..., preview_hook=...)`` yields ``StartEvent``, then per step a
+``StepEvent``, every ``val_every`` steps a ``ValidationEvent`` and ``CheckpointEvent``\\ s, ``PreviewEvent``\\ s
+every ``preview_every_s`` seconds, ``WarningEvent``\\ s, and finally a ``DoneEvent``; it returns a
+``TrainResult``. The stop flag is checked between steps; stopping saves the last checkpoint. Patches are
+``(N, C, *P)`` with ``P`` = ``YX`` or ``ZYX``; labels ``(N, *P)`` store values.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..io.errors import MedsegError
+from ..models.checkpoint import Checkpoint, load_state_dict_report, save_checkpoint
+from ..models.config import ModelConfig
+from ..models.normalization import NormConfig
+from ..models.registry import build_model, check_input_size
+from .augment import Augmenter
+from .config import TrainConfig
+from .data import TrainingData
+from .devices import DeviceSetup, free_memory, is_oom, select_device
+from .events import (
+    CheckpointEvent,
+    DoneEvent,
+    PreviewEvent,
+    StartEvent,
+    StepEvent,
+    TrainEvent,
+    TrainResult,
+    ValidationEvent,
+    WarningEvent,
+)
+from .losses import SparseSegLoss, consistency_loss
+from .mean_teacher import MeanTeacher
+from .metrics import confusion, dense_scores, dice_from_confusion
+from .prefetch import Prefetcher, to_tensors
+from .rounds import check_architecture, resolve_init, run_dir
+from .sampler import PatchSampler
+
+log = logging.getLogger(__name__)
+
+# Test hook: called with the step number inside the guarded step (e.g. to raise a simulated OOM once).
+_fault_hook: Callable[[int], None] | None = None
+
+PreviewHook = Callable[[nn.Module, "nn.Module | None", int], Any]
+
+
+def resolve_norm(cfg: TrainConfig, data: TrainingData, sampler: PatchSampler) -> tuple[NormConfig, list[str]]:
+    """The input normalisation for ``data`` (CT window in HU for CT, else per-channel percentiles)."""
+    warnings: list[str] = []
+    c = data.n_channels
+    modalities = {it.image.modality for it in data.items}
+    floats = any(it.image.dtype.kind == "f" for it in data.items)
+    sample, nonfinite = sampler.norm_samples() if (cfg.norm in ("auto", "percentile") or floats) else (None, False)
+    if nonfinite:
+        names = [it.key for it in data.items if it.image.dtype.kind == "f"]
+        warnings.append(f"image(s) {names[:3]} hold NaN or infinite values; they are read as the lowest (NaN, "
+                        "-inf) or highest (+inf) intensity")
+    mode = cfg.norm
+    if mode == "auto":
+        mode = "ct_window" if modalities == {"CT"} else "percentile"
+    if mode == "ct_window":
+        centre, width = cfg.ct_window
+        n = NormConfig.ct_window(centre, width)
+        return (n if c == 1 else NormConfig("ct_window", n.low * c, n.high * c)), warnings
+    if mode == "range":
+        dt = data.items[0].image.dtype
+        if dt.kind not in "ui":
+            raise MedsegError(f"norm 'range' needs integer images, these are {dt}; use 'percentile'")
+        info = np.iinfo(dt)
+        return NormConfig("range", (float(info.min),) * c, (float(info.max),) * c), warnings
+    assert sample is not None
+    return NormConfig.from_percentiles(sample, channel_axis=0), warnings
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        if cfg.lr_schedule == "poly":
+            return max(0.0, 1.0 - t) ** 0.9
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def _fit_model_config(cfg: TrainConfig, data: TrainingData) -> ModelConfig:
+    m = cfg.model
+    fit = m.replace(in_channels=data.n_channels, out_channels=data.classes.n_classes)
+    if fit != m:
+        log.info("model channels set from the data: in %d, out %d", fit.in_channels, fit.out_channels)
+    if fit.spatial_dims > data.spatial_dims:
+        raise MedsegError(f"a {fit.spatial_dims}D model needs {fit.spatial_dims}D images; these are "
+                          f"{data.spatial_dims}D ({data.items[0].image.axes})")
+    return fit
+
+
+class _Run:
+    """State of one run (kept out of the generator body to keep it readable)."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, model_cfg: ModelConfig,
+                 sampler: PatchSampler, norm: NormConfig, model: nn.Module, mt: MeanTeacher | None,
+                 out_dir: Path, round_: int) -> None:
+        self.cfg, self.data, self.setup, self.model_cfg = cfg, data, setup, model_cfg
+        self.sampler, self.norm, self.model, self.mt = sampler, norm, model, mt
+        self.out_dir, self.round = out_dir, round_
+        self.dims = model_cfg.spatial_dims
+        self.mf = setup.memory_format(self.dims)
+        self.dev = setup.device
+        if cfg.optimizer == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
+                                                              weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
+        self.scaler = torch.amp.GradScaler(self.dev.type) if setup.use_scaler else None
+        self.loss_fn = SparseSegLoss(cfg.loss, cfg.focal_gamma)
+        self.aug = Augmenter(self.dims, self.dev, seed=cfg.seed, elastic=cfg.elastic, enabled=cfg.augment)
+        self.n_l, self.n_u = cfg.split_batch()
+        self.last_val: dict[str, Any] = {}
+        self.best_val = -math.inf
+
+    def make_batch(self, index: int) -> dict[str, torch.Tensor]:
+        return to_tensors(self.sampler.batch(index, self.n_l, self.n_u), pin=self.dev.type == "cuda")
+
+    def step(self, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float, float, float]:
+        dev = self.dev
+        x = batch["x_l"].to(dev, non_blocking=True)
+        y = batch["y_l"].to(dev, non_blocking=True)
+        n_l = x.shape[0]
+        if "x_u" in batch:
+            xu = batch["x_u"].to(dev, non_blocking=True)
+            x = torch.cat([x, xu])
+            y = torch.cat([y, torch.zeros((xu.shape[0], *y.shape[1:]), dtype=y.dtype, device=dev)])
+        if _fault_hook is not None:
+            _fault_hook(step)
+        x = self.norm.apply(x)
+        xg, yg = self.aug.geometric(x, y)
+        xs = self.aug.photometric(xg, "strong").contiguous(memory_format=self.mf)
+        with self.setup.autocast():
+            logits = self.model(xs)
+        sup = self.loss_fn(logits[:n_l], yg[:n_l])
+        w = 0.0
+        cons = torch.zeros((), device=dev)
+        if self.mt is not None:
+            with self.setup.autocast():
+                probs, mask = self.mt.targets(xg.contiguous(memory_format=self.mf), step)
+            w = self.mt.cons_weight(step)
+            cons = consistency_loss(logits, probs, mask)
+        total = sup + w * cons
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.opt.step()
+        self.sched.step()
+        if self.mt is not None:
+            self.mt.update(self.model)
+        t, s, c = torch.stack([total.detach(), sup.detach(), cons.detach()]).float().tolist()
+        return t, s, c, w
+
+    def halve_batch(self) -> str:
+        total = self.n_l + self.n_u
+        if total <= 1:
+            raise MedsegError("out of memory even with one patch per step; choose a smaller patch size or model, "
+                              "or train on the CPU")
+        new = max(1, total // 2)
+        n_u = int(round(new * self.n_u / total)) if self.n_u else 0
+        n_u = min(n_u, new - 1)
+        old = (self.n_l, self.n_u)
+        self.n_l, self.n_u = new - n_u, n_u
+        return (f"out of memory with {total} patches per step ({old[0]} labelled + {old[1]} unlabelled); "
+                f"continuing with {new} ({self.n_l} + {self.n_u})")
+
+    def eval_model(self) -> nn.Module:
+        return self.mt.module if (self.mt is not None and self.cfg.eval_model == "teacher") else self.model
+
+    def validate(self, step: int, stop: threading.Event | None) -> ValidationEvent | None:
+        patches = self.sampler.validation_patches()
+        if not patches:
+            return None
+        model = self.eval_model()
+        was = model.training
+        model.eval()
+        k = self.model_cfg.out_channels
+        conf = torch.zeros(k, k, dtype=torch.long)
+        dense: list[tuple[list[float], list[float]]] = []
+        bs = max(1, self.n_l + self.n_u)
+        try:
+            with torch.inference_mode(), self.setup.autocast():
+                for i in range(0, len(patches), bs):
+                    if stop is not None and stop.is_set():
+                        return None
+                    chunk = patches[i:i + bs]
+                    x = torch.from_numpy(np.stack([p.image for p in chunk])).to(self.dev)
+                    x = self.norm.apply(x).contiguous(memory_format=self.mf)
+                    pred = model(x).argmax(1).cpu()
+                    for p, pr in zip(chunk, pred):
+                        conf += confusion(pr, torch.from_numpy(p.labels), k)
+                        if p.dense is not None:
+                            dense.append(dense_scores(pr.numpy(), p.dense, k, p.spacing))
+        finally:
+            model.train(was)
+        names = self.data.classes.names
+        dice = dict(zip(names, dice_from_confusion(conf)))
+        fg = [v for n, v in list(dice.items())[1:] if not math.isnan(v)]
+        mean = float(sum(fg) / len(fg)) if fg else float(dice[names[0]])
+        hd95 = dense_dice = None
+        if dense:
+            def avg(j: int, c: int) -> float:
+                vals = [d[j][c] for d in dense if not math.isnan(d[j][c])]
+                return float(sum(vals) / len(vals)) if vals else math.nan
+
+            dense_dice = {n: avg(0, c) for c, n in enumerate(names[1:])}
+            hd95 = {n: avg(1, c) for c, n in enumerate(names[1:])}
+        ev = ValidationEvent(step, dice, mean, hd95, dense_dice, int(conf.sum()))
+        self.last_val = {"val_dice": dice, "mean_dice": mean, "hd95": hd95, "val_step": step}
+        return ev
+
+    def save(self, kind: str, step: int) -> str:
+        cfg, s = self.cfg, self.sampler
+        v0 = s.views[s.labelled_items[0]]
+        src = v0.item.image
+        meta = {
+            "round": self.round, "step": step, "kind": kind, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "patch_size": list(cfg.patch_for(self.dims)), "spatial_dims": self.dims, "slice_wise": s.squeeze,
+            "level": v0.level, "pixel_size": list(v0.spacing), "level0_pixel_size": list(src.pixel_size),
+            "unit": src.unit, "axes": src.axes, "modality": src.modality, "rgb": src.rgb,
+            "mean_teacher": self.mt is not None, "predict_with": cfg.eval_model if self.mt is not None else "student",
+            "val_seed": s.val_seed, "val_block": list(s.val_block), "n_val_pixels_blocks": s.n_val_blocks,
+            "train_config": cfg.to_dict(), **self.last_val,
+        }
+        ck = Checkpoint(model_config=self.model_cfg, state_dict=self.model.state_dict(), classes=self.data.classes,
+                        norm=self.norm, meta=meta,
+                        teacher_state_dict=None if self.mt is None else self.mt.module.state_dict())
+        return str(save_checkpoint(self.out_dir / f"{kind}.pt", ck))
+
+
+def _preview(run: _Run, hook: PreviewHook, step: int) -> tuple[Any, str | None]:
+    model = run.model
+    model.eval()
+    try:
+        with torch.inference_mode():
+            return hook(model, None if run.mt is None else run.mt.module, step), None
+    except Exception as e:  # a failing preview must not end the run
+        log.exception("preview failed")
+        return None, f"live preview failed ({type(e).__name__}: {e}); training goes on"
+    finally:
+        model.train()
+
+
+def train(cfg: TrainConfig, data: TrainingData, *, stop: threading.Event | None = None,
+          init: str | Path | Checkpoint | dict | None = None, preview_hook: PreviewHook | None = None,
+          preview_every_s: float = 3.0) -> Generator[TrainEvent, None, TrainResult]:
+    """Fine-tune a model on ``data``; see the module docstring for the events. Raises ``MedsegError`` on bad
+    input before the first event (no painted pixels, labels beyond the classes, geometry mismatch, a refused
+    or mismatched checkpoint)."""
+    t_start = time.perf_counter()
+    setup = select_device(cfg.device, cfg.amp, cfg.channels_last)
+    prev_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        result = yield from _train(cfg, data, setup, stop, init, preview_hook, preview_every_s, t_start)
+    finally:
+        if cfg.threads:
+            torch.set_num_threads(prev_threads)
+    return result
+
+
+def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threading.Event | None, init: Any,
+           preview_hook: PreviewHook | None, preview_every_s: float, t_start: float
+           ) -> Generator[TrainEvent, None, TrainResult]:
+    warnings: list[str] = []
+    if setup.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    iw = resolve_init(init)
+    model_cfg = _fit_model_config(cfg, data)
+    if iw is not None:
+        check_architecture(iw, model_cfg)
+    patch = cfg.patch_for(model_cfg.spatial_dims)
+    check_input_size(model_cfg, patch)
+    meta = iw.meta if iw is not None else {}
+    sampler = PatchSampler(data, patch, model_cfg.spatial_dims, level=cfg.level, pixel_size=cfg.pixel_size,
+                           val_fraction=cfg.val_fraction, max_val_patches=cfg.max_val_patches, seed=cfg.seed,
+                           val_seed=meta.get("val_seed"), val_block=meta.get("val_block"))
+    warnings += sampler.warnings
+    if iw is not None and iw.norm is not None and iw.norm.channels in (1, data.n_channels):
+        norm = iw.norm  # keep the checkpoint's input pipeline across rounds
+    else:
+        norm, w = resolve_norm(cfg, data, sampler)
+        warnings += w
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg)
+    report = None
+    if iw is not None:
+        report = load_state_dict_report(model, iw.state_dict)
+        if not report.matched:
+            few = ", ".join(list(iw.state_dict)[:3])
+            raise MedsegError(f"none of the {len(iw.state_dict)} tensors in {iw.label} fit a '{model_cfg.name}' "
+                              f"model (its keys look like {few}); it is another architecture")
+        if report.missing or report.unexpected or report.shape_mismatch:
+            warnings.append(f"starting weights from {iw.label} only partly fit: {report.summary()} "
+                            f"(e.g. {(report.shape_mismatch + report.missing + report.unexpected)[:2]}); "
+                            "the rest starts fresh")
+    model = model.to(setup.device).to(memory_format=setup.memory_format(model_cfg.spatial_dims)).train()
+    mt = None
+    if cfg.mean_teacher:
+        mt = MeanTeacher(model, cfg.ema_decay, cfg.consistency_weight, cfg.rampup_steps, cfg.uncertainty_mask,
+                         cfg.uncertainty_threshold, cfg.uncertainty_samples)
+        if iw is not None and iw.teacher_state_dict is not None and report is not None and not report.shape_mismatch:
+            try:
+                mt.load_state_dict(iw.teacher_state_dict)
+            except RuntimeError:
+                log.info("checkpoint teacher does not fit; the teacher starts as a copy of the student")
+    out_dir = run_dir(cfg.checkpoint_dir)
+    run = _Run(cfg, data, setup, model_cfg, sampler, norm, model, mt, out_dir, (iw.round if iw else 0) + 1)
+    n_params = sum(p.numel() for p in model.parameters())
+    val_patches = sampler.validation_patches()
+    yield StartEvent(
+        device=setup.describe(), model_summary=f"{model_cfg.spatial_dims}D {model_cfg.name} {list(model_cfg.channels)}"
+        f" ({n_params / 1e6:.2f} M parameters), {model_cfg.in_channels} -> {model_cfg.out_channels} channels",
+        n_labelled=len(sampler.labelled_items), n_unlabelled=len(sampler.unlabelled_items),
+        init_report=None if report is None else report.summary(), n_params=n_params, patch_size=patch,
+        batch=(run.n_l, run.n_u), n_val_patches=len(val_patches), round=run.round, amp=setup.amp_name)
+    for w in warnings:
+        yield WarningEvent(w)
+
+    history: list[dict[str, Any]] = []
+    step, reason = 0, "steps"
+    best, best_path, last_path = -math.inf, None, None
+    t_loop = time.perf_counter()
+    last_preview = -math.inf if preview_hook is not None else math.inf
+    previewed_at_val = False
+    loader = Prefetcher(run.make_batch, cfg.prefetch, cfg.num_workers)
+    try:
+        while step < cfg.steps:
+            if stop is not None and stop.is_set():
+                reason = "stopped"
+                break
+            if cfg.time_budget_s is not None and time.perf_counter() - t_loop >= cfg.time_budget_s:
+                reason = "time"
+                break
+            t0 = time.perf_counter()
+            batch, wait = loader.get()
+            try:
+                loss, sup, cons, w = run.step(batch, step)
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                del batch
+                run.opt.zero_grad(set_to_none=True)
+                free_memory(setup.device)
+                msg = run.halve_batch()
+                loader.reset()
+                log.warning(msg)
+                yield WarningEvent(msg)
+                continue
+            step += 1
+            ev = StepEvent(step, loss, sup, cons, w, run.sched.get_last_lr()[0], run.n_l + run.n_u,
+                           time.perf_counter() - t0, wait)
+            history.append({"event": "step", **ev.__dict__})
+            if not math.isfinite(loss):
+                raise MedsegError(f"the loss became {loss} at step {step}; lower the learning rate (now {cfg.lr})")
+            yield ev
+            if preview_hook is not None and time.perf_counter() - last_preview >= preview_every_s:
+                payload, err = _preview(run, preview_hook, step)
+                last_preview = time.perf_counter()
+                yield WarningEvent(err) if err else PreviewEvent(step, payload)
+            if step % cfg.val_every == 0 and step < cfg.steps:
+                for e in _validate_and_save(run, step, stop, history):
+                    if isinstance(e, CheckpointEvent):
+                        last_path = e.path if e.kind == "last" else last_path
+                        best_path = e.path if e.kind == "best" else best_path
+                    if isinstance(e, ValidationEvent) and e.mean_dice > best:
+                        best = e.mean_dice
+                    yield e
+                if preview_hook is not None and not previewed_at_val:
+                    previewed_at_val = True
+                    payload, err = _preview(run, preview_hook, step)
+                    last_preview = time.perf_counter()
+                    yield WarningEvent(err) if err else PreviewEvent(step, payload)
+        # the end: validate (unless stopped) and save
+        if step > 0 or reason == "stopped":
+            for e in _validate_and_save(run, step, stop if reason != "stopped" else None, history,
+                                        validate=reason != "stopped"):
+                if isinstance(e, CheckpointEvent):
+                    last_path = e.path if e.kind == "last" else last_path
+                    best_path = e.path if e.kind == "best" else best_path
+                if isinstance(e, ValidationEvent) and e.mean_dice > best:
+                    best = e.mean_dice
+                yield e
+    finally:
+        loader.close()
+    if best_path is None:
+        best_path = last_path
+    yield DoneEvent(reason, last_path, best_path, step)  # type: ignore[arg-type]
+    model.eval()
+    return TrainResult(reason, step, last_path, best_path, None if best == -math.inf else best, model,
+                       None if mt is None else mt.module, norm, history, time.perf_counter() - t_start)
+
+
+def _validate_and_save(run: _Run, step: int, stop: threading.Event | None, history: list[dict[str, Any]],
+                       validate: bool = True) -> Generator[TrainEvent, None, None]:
+    ev = run.validate(step, stop) if validate else None
+    if ev is not None:
+        history.append({"event": "validation", **ev.__dict__})
+        yield ev
+    yield CheckpointEvent(run.save("last", step), "last", step)
+    if ev is not None and ev.mean_dice > run.best_val:
+        run.best_val = ev.mean_dice
+        yield CheckpointEvent(run.save("best", step), "best", step)
+
+
+def run_training(cfg: TrainConfig, data: TrainingData, on_event: Callable[[TrainEvent], None] | None = None,
+                 **kw: Any) -> TrainResult:
+    """Drive ``train`` to the end (``on_event`` sees every event) and return its ``TrainResult``."""
+    gen = train(cfg, data, **kw)
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as s:
+            return s.value
+        if on_event is not None:
+            on_event(ev)

@@ -1,0 +1,119 @@
+"""Starting weights and checkpoints across annotate-train rounds.
+
+``resolve_init`` accepts our checkpoint (path or ``Checkpoint``) or a compatible plain state dict (path or
+dict) and returns what to load, refusing a checkpoint of another architecture with the mismatch named and a
+file holding pickled code with nothing in it run (``torch.load(weights_only=True)``). The checkpoint written
+after each validation records what ``inference`` needs to reproduce the input pipeline (normalisation,
+classes, patch size, level and pixel size, axes) and what the next round reuses (round number, validation
+seed and block size).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..io.errors import MedsegError
+from ..models.checkpoint import FORMAT, Checkpoint, load_checkpoint
+from ..models.config import ModelConfig
+from ..models.normalization import NormConfig
+
+log = logging.getLogger(__name__)
+# Architecture fields that must agree to continue from a checkpoint (out_channels may grow with new classes).
+ARCH_FIELDS = ("name", "spatial_dims", "channels", "num_res_units", "feature_size", "depths", "num_heads",
+               "window_size", "norm")
+NESTED_KEYS = ("state_dict", "model", "model_state_dict", "network", "net", "student")
+
+
+@dataclass
+class InitWeights:
+    label: str  # where the weights came from (for messages)
+    state_dict: dict[str, torch.Tensor]
+    checkpoint: Checkpoint | None = None  # set when it is one of ours
+    teacher_state_dict: dict[str, torch.Tensor] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def norm(self) -> NormConfig | None:
+        return None if self.checkpoint is None else self.checkpoint.norm
+
+    @property
+    def round(self) -> int:
+        return int(self.meta.get("round", 0) or 0)
+
+
+def _plain_state_dict(obj: Any, label: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for k in NESTED_KEYS:
+            if isinstance(obj.get(k), dict) and obj[k] and all(isinstance(v, torch.Tensor) for v in obj[k].values()):
+                return obj[k]
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise MedsegError(f"{label} holds no model weights (a dict of tensors); give a napari-medseg checkpoint or "
+                      "a state dict")
+
+
+def resolve_init(init: str | os.PathLike | Checkpoint | dict | None) -> InitWeights | None:
+    """Load starting weights safely; ``None`` for training from scratch."""
+    if init is None:
+        return None
+    if isinstance(init, Checkpoint):
+        return InitWeights("the given checkpoint", init.state_dict, init, init.teacher_state_dict, dict(init.meta))
+    if isinstance(init, dict):
+        return InitWeights("the given state dict", _plain_state_dict(init, "the given state dict"))
+    path = Path(init)
+    try:
+        ck = load_checkpoint(path)
+        return InitWeights(str(path), ck.state_dict, ck, ck.teacher_state_dict, dict(ck.meta))
+    except MedsegError as e:
+        if FORMAT not in str(e):  # refused (pickled code), missing, or damaged: say so
+            raise
+    # not ours: a plain state dict, loaded tensors-only as well
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MedsegError(f"{path} could not be loaded as tensors only ({type(e).__name__}); nothing in it was "
+                          "run. Give a napari-medseg checkpoint or a plain state dict.") from e
+    return InitWeights(str(path), _plain_state_dict(obj, str(path)))
+
+
+def check_architecture(init: InitWeights, model_cfg: ModelConfig) -> None:
+    """Refuse a napari-medseg checkpoint whose architecture differs from ``model_cfg``, naming the fields."""
+    if init.checkpoint is None:
+        return
+    theirs = init.checkpoint.model_config
+    diff = [f for f in ARCH_FIELDS if getattr(theirs, f) != getattr(model_cfg, f)]
+    if diff:
+        parts = ", ".join(f"{f} {getattr(theirs, f)!r} vs {getattr(model_cfg, f)!r}" for f in diff)
+        raise MedsegError(
+            f"{init.label} holds a {theirs.spatial_dims}D '{theirs.name}' model that does not match the chosen "
+            f"{model_cfg.spatial_dims}D '{model_cfg.name}' ({parts}); choose the checkpoint's model settings "
+            "or start without it")
+
+
+def run_dir(checkpoint_dir: str | None) -> Path:
+    """The folder for this run's checkpoints: the given one, else a new one under the cache."""
+    if checkpoint_dir:
+        return Path(checkpoint_dir)
+    base = os.environ.get("NAPARI_MEDSEG_CACHE")
+    if not base:
+        try:
+            from platformdirs import user_cache_dir
+
+            base = user_cache_dir("napari-medseg")
+        except ImportError:  # pragma: no cover
+            base = str(Path.home() / ".cache" / "napari-medseg")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(base) / "runs" / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(base) / "runs" / f"{stamp}-{n}"
+    return path

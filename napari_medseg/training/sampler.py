@@ -1,0 +1,248 @@
+"""``PatchSampler``: labelled patches centred on painted pixels (balanced across classes), unlabelled
+patches from the rest of the images (tissue only on slides) and from images with no paint, and a fixed
+validation subset of painted pixels.
+
+The validation subset: level-0 space is cut into blocks one patch wide; a block holding paint is held out
+when a hash of (seed, item name, block) falls below ``val_fraction``. The choice depends on nothing else, so
+every earlier held-out pixel stays held out in later rounds (same seed, names and block size, which the
+checkpoint records and ``train`` reuses), and training patches never see held-out paint (it reads as 0).
+Arrays: image patches ``(C, *P)`` in the image's dtype, label patches ``(*P)`` uint8 store values;
+``P`` is ``YX`` or ``ZYX`` at the training level.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..io.errors import MedsegError
+from .data import ItemView, TrainingData, scan_painted, tissue_mask
+
+log = logging.getLogger(__name__)
+MIN_VAL_BLOCKS = 5
+
+
+@dataclass
+class ValPatch:
+    item: int
+    start: tuple[int, ...]
+    image: np.ndarray  # (C, *P)
+    labels: np.ndarray  # (*P) store values of this block's held-out paint only
+    dense: np.ndarray | None  # (*P) prediction values, where a dense mask exists
+    spacing: tuple[float, ...]
+
+
+def _block_keys(blocks: np.ndarray) -> np.ndarray:
+    """One int64 per block index row ``(N, ndim)`` (block indices are far below 2**20)."""
+    keys = np.zeros(len(blocks), np.int64)
+    for ax in range(blocks.shape[1]):
+        keys = keys * (1 << 20) + blocks[:, ax]
+    return keys
+
+
+def _block_hash(seed: int, key: str, block: tuple[int, ...]) -> float:
+    return zlib.crc32(f"{seed}|{key}|{','.join(map(str, block))}".encode()) / 2**32
+
+
+class PatchSampler:
+    def __init__(self, data: TrainingData, model_patch: tuple[int, ...], model_dims: int, *, level: int = 0,
+                 pixel_size: float | None = None, val_fraction: float = 0.1, max_val_patches: int = 64,
+                 seed: int = 0, val_seed: int | None = None, val_block: tuple[int, ...] | None = None,
+                 cap: int = 20000) -> None:
+        data.validate()
+        self.data = data
+        self.classes = data.classes
+        self.max_value = data.classes.max_store_value
+        self.seed = seed
+        self.warnings: list[str] = []
+        ddims = data.spatial_dims
+        if model_dims > ddims:
+            raise MedsegError(f"a {model_dims}D model needs {model_dims}D images; these are {ddims}D")
+        self.squeeze = model_dims < ddims  # a 2D model on volumes: patches are single Z slices
+        self.patch = ((1,) + tuple(model_patch)) if self.squeeze else tuple(model_patch)
+        self.views: list[ItemView] = []
+        for i, it in enumerate(data.items):
+            src = it.image
+            if pixel_size is not None:
+                lv = src.level_for_pixel_size(pixel_size)
+            else:
+                lv = min(level, len(src.levels) - 1)
+                if lv != level:
+                    self.warnings.append(f"'{it.key}' has no pyramid level {level}; training on its level {lv}")
+            self.views.append(ItemView(i, it, lv))
+
+        rng = np.random.default_rng(seed)
+        painted: list[dict[int, np.ndarray]] = []
+        for v in self.views:
+            painted.append({} if v.labels is None else scan_painted(v.labels, self.max_value, cap, rng, v.key))
+        self.labelled_items = [i for i, p in enumerate(painted) if p]
+        self.unlabelled_items = [i for i, p in enumerate(painted) if not p]
+        if not self.labelled_items:
+            raise MedsegError("no painted pixels in any training image: paint some background and at least one "
+                              "class (label values 1 and 2..) before training")
+        present = sorted({v for p in painted for v in p})
+        names = self.classes.names
+        if len(present) == 1:
+            only = names[present[0] - 1]
+            others = [n for j, n in enumerate(names) if j + 1 != present[0]]
+            self.warnings.append(f"only '{only}' is painted: the model can only learn to predict '{only}' "
+                                 f"everywhere; paint some {', '.join(repr(o) for o in others)} too")
+        elif len(present) < len(names):
+            missing = [n for j, n in enumerate(names) if j + 1 not in present]
+            self.warnings.append(f"no paint for {', '.join(repr(m) for m in missing)}: the model will not learn "
+                                 "to predict them")
+        self.present_values = present
+
+        # validation blocks (level-0 geometry, one training patch wide)
+        self.val_seed = seed if val_seed is None else val_seed
+        if val_block is None or len(val_block) != ddims:
+            v0 = self.views[self.labelled_items[0]]
+            val_block = tuple(max(1, int(round(p * f))) for p, f in zip(self.patch, v0.factor))
+        self.val_block = tuple(int(b) for b in val_block)
+        self.val_blocks: dict[int, set[tuple[int, ...]]] = {}
+        self._split(painted, val_fraction, max_val_patches)
+
+        # training coordinates per store value: rows (item, *level-0 coords)
+        rows: dict[int, list[np.ndarray]] = {}
+        for i, p in enumerate(painted):
+            vb = self.val_blocks.get(i)
+            held = _block_keys(np.asarray(sorted(vb))) if vb else None
+            for val, coords in p.items():
+                if held is not None:
+                    coords = coords[~np.isin(_block_keys(coords // np.asarray(self.val_block)), held)]
+                if len(coords):
+                    rows.setdefault(val, []).append(np.concatenate(
+                        [np.full((len(coords), 1), i, np.int64), coords], axis=1))
+        self.train_coords = {v: np.concatenate(r) for v, r in rows.items()}
+        self.train_values = sorted(self.train_coords)
+        self.tissue = {i: tissue_mask(v.item.image) for i, v in enumerate(self.views)}
+        self._val_patches: list[ValPatch] | None = None
+
+    # -- validation split ----------------------------------------------------------------------------
+    def _split(self, painted: list[dict[int, np.ndarray]], fraction: float, max_patches: int) -> None:
+        if fraction <= 0:
+            return
+        blocks: list[tuple[float, int, tuple[int, ...], frozenset[int]]] = []
+        vb = np.asarray(self.val_block)
+        for i, p in enumerate(painted):
+            per: dict[tuple[int, ...], set[int]] = {}
+            for val, coords in p.items():
+                for b in np.unique(coords // vb, axis=0).tolist():
+                    per.setdefault(tuple(b), set()).add(val)
+            for b, vals in per.items():
+                blocks.append((_block_hash(self.val_seed, self.views[i].key, b), i, b, frozenset(vals)))
+        if len(blocks) < MIN_VAL_BLOCKS:
+            self.warnings.append(
+                f"paint covers only {len(blocks)} patch-sized regions: too few to hold some out for validation, "
+                "so no validation Dice is reported; paint in a few more places")
+            return
+        held = sorted((b for b in blocks if b[0] < fraction), key=lambda b: b[0])[:max_patches]
+        held_keys = {(b[1], b[2]) for b in held}
+        train_vals = {v for b in blocks if (b[1], b[2]) not in held_keys for v in b[3]}
+        # a class painted only in held-out blocks goes back to training (it could not be learned otherwise)
+        lost = {v for b in held for v in b[3]} - train_vals
+        held = [b for b in held if not (b[3] & lost)]
+        for _, i, b, _ in held:
+            self.val_blocks.setdefault(i, set()).add(b)
+
+    @property
+    def n_val_blocks(self) -> int:
+        return sum(len(s) for s in self.val_blocks.values())
+
+    # -- windows -------------------------------------------------------------------------------------
+    def _clip_start(self, view: ItemView, start: np.ndarray) -> tuple[int, ...]:
+        hi = np.maximum(0, np.asarray(view.shape) - np.asarray(self.patch))
+        return tuple(int(s) for s in np.clip(start, 0, hi))
+
+    def labelled_window(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
+        """(item, window start): a class chosen uniformly, then one of its painted pixels, jittered."""
+        val = self.train_values[int(rng.integers(len(self.train_values)))]
+        rows = self.train_coords[val]
+        row = rows[int(rng.integers(len(rows)))]
+        view = self.views[int(row[0])]
+        c = np.floor(row[1:] / np.asarray(view.factor)).astype(np.int64)
+        p = np.asarray(self.patch)
+        jit = np.array([int(rng.integers(-(q // 4), q // 4 + 1)) for q in self.patch])
+        return view.index, self._clip_start(view, c - p // 2 + jit)
+
+    def unlabelled_window(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
+        """(item, window start): any image, uniformly; on slides a tissue pixel of the smallest level."""
+        view = self.views[int(rng.integers(len(self.views)))]
+        p = np.asarray(self.patch)
+        tis = self.tissue.get(view.index)
+        if tis is not None:
+            flat, shape, fac = tis
+            c_low = np.unravel_index(int(flat[int(rng.integers(len(flat)))]), shape)
+            c0 = (np.asarray(c_low) + rng.random(len(shape))) * np.asarray(fac)
+            c = np.floor(c0 / np.asarray(view.factor)).astype(np.int64)
+            return view.index, self._clip_start(view, c - p // 2)
+        hi = np.maximum(0, np.asarray(view.shape) - p)
+        return view.index, tuple(int(rng.integers(0, h + 1)) for h in hi)
+
+    def _squeeze(self, a: np.ndarray, lead: int) -> np.ndarray:
+        return a[(slice(None),) * lead + (0,)] if self.squeeze else a
+
+    def labelled_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        i, start = self.labelled_window(rng)
+        v = self.views[i]
+        img = v.read_image(start, self.patch)
+        lab = v.read_labels(start, self.patch, self.max_value, self.val_blocks.get(i), self.val_block)
+        return self._squeeze(img, 1), self._squeeze(lab, 0)
+
+    def unlabelled_patch(self, rng: np.random.Generator) -> np.ndarray:
+        i, start = self.unlabelled_window(rng)
+        return self._squeeze(self.views[i].read_image(start, self.patch), 1)
+
+    def batch(self, index: int, n_labelled: int, n_unlabelled: int) -> dict[str, np.ndarray]:
+        """Batch number ``index`` (deterministic for a seed): ``x_l`` (N_l, C, *P), ``y_l`` (N_l, *P) uint8,
+        ``x_u`` (N_u, C, *P)."""
+        rng = np.random.default_rng([self.seed, index])
+        pairs = [self.labelled_patch(rng) for _ in range(n_labelled)]
+        out = {"x_l": np.stack([p[0] for p in pairs]), "y_l": np.stack([p[1] for p in pairs])}
+        if n_unlabelled:
+            out["x_u"] = np.stack([self.unlabelled_patch(rng) for _ in range(n_unlabelled)])
+        return out
+
+    # -- validation patches --------------------------------------------------------------------------
+    def validation_patches(self) -> list[ValPatch]:
+        """One patch per held-out block (read once and cached), scoring only that block's paint."""
+        if self._val_patches is None:
+            out = []
+            for i, blocks in sorted(self.val_blocks.items()):
+                v = self.views[i]
+                for b in sorted(blocks):
+                    start0 = np.asarray(b) * np.asarray(self.val_block)
+                    start = tuple(int(np.floor(s / f)) for s, f in zip(start0, v.factor))
+                    img = v.read_image(start, self.patch)
+                    lab = v.read_labels(start, self.patch, self.max_value, block=self.val_block, only_block=b)
+                    dense = v.read_dense(start, self.patch) if v.dense is not None else None
+                    spacing = v.spacing[1:] if self.squeeze else v.spacing
+                    out.append(ValPatch(i, start, self._squeeze(img, 1), self._squeeze(lab, 0),
+                                        None if dense is None else self._squeeze(dense, 0), spacing))
+            self._val_patches = out
+        return self._val_patches
+
+    # -- normalisation statistics --------------------------------------------------------------------
+    def norm_samples(self, max_elems: int = 1 << 21) -> tuple[np.ndarray, bool]:
+        """Pixels ``(C, N)`` pooled over all images (their smallest levels, strided) and whether any was not
+        finite."""
+        parts, nonfinite = [], False
+        for v in self.views:
+            src = v.item.image
+            lvl = len(src.levels) - 1
+            arr = src.levels[lvl]
+            n = int(np.prod(src.level_shape(lvl)))
+            step = max(1, int(np.ceil((n / max_elems) ** (1 / src.spatial_dims))))
+            from .data import read
+
+            idx = tuple(slice(None, None, step) if a != "C" else slice(None) for a in src.axes)
+            a = read(arr, idx)
+            a = np.moveaxis(a, src.axes.index("C"), 0) if "C" in src.axes else a[None]
+            a = a.reshape(a.shape[0], -1)
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                nonfinite = True
+            parts.append(a)
+        return np.concatenate(parts, axis=1), nonfinite
