@@ -243,7 +243,9 @@ def open_tiff(path: str | os.PathLike) -> ImageSource:
     p = Path(path)
     try:
         tif = tifffile.TiffFile(p)
-    except tifffile.TiffFileError as e:
+    except (PermissionError, MemoryError):
+        raise
+    except Exception as e:  # TiffFileError, struct.error, ValueError...: the header is not a TIFF's
         raise UnreadableInputError(f"{p}: is not a readable TIFF file ({e}); it may be misnamed, "
                                    "damaged or truncated.") from e
     with tif:

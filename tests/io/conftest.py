@@ -81,7 +81,7 @@ def write_ome(path: Path, shape=SLIDE_SHAPE, n_levels: int = 3, pixel_size: floa
 
 
 def write_generic(path: Path, shape=SLIDE_SHAPE, n_levels: int = 3, mpp: float = 0.5, tile: int = 256,
-                  rgb: bool = True, subifds: bool = False) -> Path:
+                  rgb: bool = True, subifds: bool = False, compression: str | None = "zlib") -> Path:
     """A plain tiled pyramidal TIFF (levels as reduced pages or SubIFDs), resolution tags in centimeter."""
     img = rgb_image(*shape, seed=2)
     if not rgb:
@@ -89,7 +89,7 @@ def write_generic(path: Path, shape=SLIDE_SHAPE, n_levels: int = 3, mpp: float =
     levels = pyramid(img, n_levels)
     res = (1e4 / mpp, 1e4 / mpp)
     with tifffile.TiffWriter(path) as tw:
-        kw = dict(tile=(tile, tile), compression="zlib", photometric="rgb" if rgb else "minisblack",
+        kw = dict(tile=(tile, tile), compression=compression, photometric="rgb" if rgb else "minisblack",
                   metadata=None, resolutionunit="CENTIMETER")
         tw.write(levels[0], subifds=(n_levels - 1) if subifds else None, resolution=res, **kw)
         for i, lvl in enumerate(levels[1:], start=1):
