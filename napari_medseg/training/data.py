@@ -272,31 +272,19 @@ def _blocks(labels: Any):
         yield o, read(labels, sl)
 
 
-def tissue_mask(src: ImageSource, max_pixels: int = 1 << 24
-                ) -> tuple[np.ndarray, tuple[int, ...], tuple[float, ...]] | None:
-    """Tissue pixels of a brightfield slide on its smallest level: ``(flat indices, level shape, factor to
-    level 0)``; ``None`` if not a slide, the level is too large, or the mask finds (almost) nothing."""
+def tissue_mask(src: ImageSource) -> tuple[np.ndarray, tuple[int, ...], tuple[float, ...]] | None:
+    """Tissue pixels of a brightfield slide (``inference.tissue.compute_tissue_mask``, the mask prediction uses):
+    ``(flat indices, mask shape, factor to level 0)``; ``None`` if not a slide or the mask is (almost) empty or
+    full, in which case the whole image counts."""
     if src.spatial_dims != 2 or not (src.rgb or src.modality == "brightfield") or src.n_channels < 3:
         return None
-    lvl = len(src.levels) - 1
-    shape = src.level_shape(lvl)
-    if shape[0] * shape[1] > max_pixels:
-        return None
-    from skimage.filters import threshold_otsu
-    from skimage.morphology import binary_closing, disk
-
-    img = read(src.levels[lvl], (slice(None),) * src.levels[lvl].ndim)
-    if "C" in src.axes and src.axes.index("C") != 2:
-        img = np.moveaxis(img, src.axes.index("C"), -1)
-    rgb = img[..., :3].astype(np.float32)
-    mx, mn = rgb.max(-1), rgb.min(-1)
-    sat = (mx - mn) / np.maximum(mx, 1e-3)
     try:
-        thr = max(float(threshold_otsu(sat)), 0.05)
-    except ValueError:
+        from ..inference.tissue import compute_tissue_mask
+
+        tm = compute_tissue_mask(src)
+    except Exception as e:  # no mask is no reason to stop training: sample everywhere
+        log.info("no tissue mask for %s (%s); sampling unlabelled patches everywhere", src.name, e)
         return None
-    mask = binary_closing(sat > thr, disk(2))
-    frac = float(mask.mean())
-    if frac < 0.005 or frac > 0.98:
+    if not 0.005 <= tm.fraction <= 0.98:
         return None
-    return np.flatnonzero(mask.ravel()), shape, src.level_downsample(lvl)
+    return np.flatnonzero(tm.mask.ravel()), tuple(tm.mask.shape), tuple(tm.downsample)

@@ -24,6 +24,7 @@ class StartEvent(TrainEvent):
     n_val_patches: int = 0
     round: int = 1
     amp: str = "off"  # "bf16", "fp16" or "off"
+    norm: Any = None  # the NormConfig every input goes through (for live previews of the same pipeline)
 
 
 @dataclass

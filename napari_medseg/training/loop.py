@@ -339,7 +339,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
         f" ({n_params / 1e6:.2f} M parameters), {model_cfg.in_channels} -> {model_cfg.out_channels} channels",
         n_labelled=len(sampler.labelled_items), n_unlabelled=len(sampler.unlabelled_items),
         init_report=None if report is None else report.summary(), n_params=n_params, patch_size=patch,
-        batch=(run.n_l, run.n_u), n_val_patches=len(val_patches), round=run.round, amp=setup.amp_name)
+        batch=(run.n_l, run.n_u), n_val_patches=len(val_patches), round=run.round, amp=setup.amp_name, norm=norm)
     for w in warnings:
         yield WarningEvent(w)
 

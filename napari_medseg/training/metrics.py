@@ -60,7 +60,11 @@ def dense_scores(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor,
         kw = {"spacing": list(spacing)} if spacing is not None else {}
         present = [bool(po[0, c].any()) and bool(go[0, c].any()) for c in range(1, n_classes)]
         if any(present):
-            vals = hm(po, go, **kw)[0]
+            import warnings
+
+            with warnings.catch_warnings():  # MONAI's own deprecated argument inside get_mask_edges
+                warnings.simplefilter("ignore", FutureWarning)
+                vals = hm(po, go, **kw)[0]
             hds = [float(v) if ok and math.isfinite(float(v)) else math.nan for v, ok in zip(vals, present)]
     return dice, hds
 
@@ -82,8 +86,7 @@ def sliding_window_predict(model: nn.Module, image: np.ndarray, norm, patch: Seq
     model.eval()
     try:
         with autocast() if autocast is not None else contextlib.nullcontext():
-            out = sliding_window_inference(x, tuple(patch), batch_size, model, overlap=overlap, mode="gaussian",
-                                           padding_mode="reflect")
+            out = sliding_window_inference(x, tuple(patch), batch_size, model, overlap=overlap, mode="gaussian")
     finally:
         model.train(was)
     return torch.softmax(out.float(), dim=1)[0].cpu()
