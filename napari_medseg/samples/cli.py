@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def write_sample(which: str, out: Path, *, dicom: bool = False, force: bool = False) -> list[Path]:
     """Copy sample ``which`` ("slide" or "ct") with ground truth and classes into ``out``; returns paths."""
+    if dicom and which != "ct":
+        raise MedsegError("--dicom only applies to the ct sample.")
     if which == "slide":
         from .slide import SAMPLE_DATA, sample_slide_paths
 
@@ -42,8 +44,6 @@ def write_sample(which: str, out: Path, *, dicom: bool = False, force: bool = Fa
         classes = SAMPLE_DATA / "ct_classes.json"
     else:
         raise MedsegError(f"unknown sample {which!r}; choose 'slide' or 'ct'.")
-    if dicom and which != "ct":
-        raise MedsegError("--dicom only applies to the ct sample.")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
