@@ -1,0 +1,144 @@
+"""``napari-medseg predict CHECKPOINT INPUT... --out DIR``: tiled prediction of slides or volumes.
+
+Each input (a path, or a glob such as ``'slides/*.svs'``) is written to ``DIR/<name>.prediction.zarr``.
+Progress bars per slide. ``--workers N`` starts a local ``dask.distributed`` cluster of N worker
+processes and ``--scheduler ADDRESS`` uses an existing one; slides and their blocks are spread over the
+workers, each opening its own image and model. A rerun of the same command resumes unfinished outputs;
+``--overwrite`` replaces outputs of a different run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import sys
+from pathlib import Path
+
+from ..io.errors import MedsegError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="model checkpoint (.pt) written by napari-medseg train or the GUI")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="slide/volume paths or globs (quote globs)")
+    p.add_argument("--out", required=True, help="output folder; one NAME.prediction.zarr per input")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--level", type=int, default=0, help="pyramid level to predict (default 0, full resolution)")
+    g.add_argument("--pixel-size", type=float, default=None,
+                   help="predict at the coarsest level with at most this pixel size (e.g. microns)")
+    p.add_argument("--window", type=int, nargs="+", default=None,
+                   help="window size, one value or one per model axis (default 512 for 2D, 96 for 3D models)")
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--blend", choices=("gaussian", "crop"), default="gaussian")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--tissue-mask", default="auto",
+                   help="auto | on | off | otsu_saturation | otsu_intensity | otsu_fluorescence (default auto)")
+    p.add_argument("--probs", choices=("uint8", "float16", "float32"), default=None,
+                   help="also write class probabilities")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that hold a different run")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished output")
+    p.add_argument("--on-corrupt", choices=("stop", "skip"), default="stop",
+                   help="an undecodable source tile: stop (default) or predict around it with a warning")
+    p.add_argument("--workers", type=int, default=None, help="run on a local Dask cluster of N processes")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    p.add_argument("--blocks-per-task", type=int, default=4, help="blocks per Dask task (default 4)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (per worker with Dask)")
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Paths as given, globs expanded (sorted); an input matching nothing is an error."""
+    out: list[Path] = []
+    for it in items:
+        if Path(it).exists():
+            out.append(Path(it))
+            continue
+        hits = sorted(glob.glob(it, recursive=True))
+        if not hits:
+            raise MedsegError(f"input {it!r} does not exist and matches no file")
+        out.extend(Path(h) for h in hits)
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def output_paths(inputs: list[Path], out_dir: Path) -> list[Path]:
+    names: dict[str, int] = {}
+    outs = []
+    for p in inputs:
+        stem = p.name.split(".")[0] or p.name
+        n = names.get(stem, 0)
+        names[stem] = n + 1
+        outs.append(out_dir / (f"{stem}.prediction.zarr" if n == 0 else f"{stem}-{n}.prediction.zarr"))
+    return outs
+
+
+def _window(args: argparse.Namespace) -> tuple[int, ...] | None:
+    if args.window is None:
+        return None
+    return tuple(args.window)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from .distributed import predict_many
+    from .events import BlockDone, PredictDone, PredictStart, PredictWarning, TissueMaskReady
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise MedsegError(f"checkpoint {ckpt} does not exist")
+    inputs = expand_inputs(list(args.inputs))
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedsegError(f"--out {out_dir} is a file; give a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outs = output_paths(inputs, out_dir)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    window = _window(args)
+    if window is None:
+        from .modelrun import resolve_model
+
+        md = resolve_model(ckpt).spatial_dims or 2
+        window = (96, 96, 96) if md == 3 else (512, 512)
+    settings = dict(level=args.level, pixel_size=args.pixel_size, window=window, overlap=args.overlap,
+                    batch_size=args.batch_size, blend=args.blend, tta=args.tta,
+                    tissue_mask={"on": True, "off": False}.get(args.tissue_mask, args.tissue_mask),
+                    write_probs=args.probs, device=args.device, amp=not args.no_amp, on_corrupt=args.on_corrupt)
+    bars: dict[str, tqdm] = {}
+    failed = 0
+    gen = predict_many(inputs, str(ckpt), outs, workers=args.workers, scheduler=args.scheduler,
+                       blocks_per_task=args.blocks_per_task, torch_threads=args.threads or 1,
+                       resume=not args.no_resume, overwrite=args.overwrite, **settings)
+    try:
+        for ev in gen:
+            if isinstance(ev, TissueMaskReady):
+                log.info("tissue mask: %.1f%% tissue", 100 * ev.mask.fraction)
+            elif isinstance(ev, PredictStart):
+                bars[ev.name] = tqdm(total=ev.total_blocks, initial=ev.resumed_blocks, unit="block",
+                                     desc=ev.name[:30], position=len(bars), leave=True, file=sys.stderr)
+            elif isinstance(ev, BlockDone):
+                bar = bars.get(ev.name)
+                if bar is not None:
+                    bar.n = ev.done
+                    bar.set_postfix_str(f"{ev.mpix_s:.1f} MPix/s", refresh=True)
+            elif isinstance(ev, PredictWarning):
+                tqdm.write(f"warning: {ev.message}", file=sys.stderr)
+            elif isinstance(ev, PredictDone):
+                bar = bars.get(ev.name)
+                if bar is not None:
+                    bar.n = ev.blocks_done
+                    bar.refresh()
+                    bar.close()
+                failed += int(ev.cancelled)
+                state = "unfinished (rerun to resume)" if ev.cancelled else "done"
+                tqdm.write(f"{ev.name}: {state}: {ev.out} ({ev.blocks_done} blocks, {ev.seconds:.1f} s)")
+    finally:
+        for bar in bars.values():
+            bar.close()
+    return 1 if failed else 0

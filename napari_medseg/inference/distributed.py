@@ -1,0 +1,234 @@
+"""Many slides, and the blocks of each, spread over a ``dask.distributed`` cluster.
+
+The driver (``predict_many``) prepares every output (manifest, arrays, tissue mask: nothing is refused
+once work is sent), then submits tasks of a few neighbouring blocks each. Each worker process opens its
+own source (by path: tifffile's store holds a file lock and cannot be pickled) and its own model (from the
+checkpoint path, or the module scattered once), predicts its blocks into the shared output store (chunks
+are block-aligned, so there is one writer per chunk) and journals them. A task whose worker is lost is
+rescheduled by Dask; afterwards the driver compares the journal with the blocks due and resubmits any
+missing ones, then builds the coarse pyramid levels and marks the output complete.
+
+Without a cluster (``workers=None`` and no ``scheduler``) the slides are predicted one after the other in
+this process with ``predictor.predict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..io.errors import MedsegError
+from ..io.source import ImageSource
+from .events import BlockDone, PredictDone, PredictEvent, PredictStart, PredictWarning, TissueMaskReady
+from .job import Job, make_job, open_source
+from .output import OutputStore
+from .predictor import open_output, predict
+
+log = logging.getLogger(__name__)
+_JOBS: dict[tuple[str, str], Job] = {}  # per worker process: the job of each output, built once
+
+
+@dataclass
+class TaskSpec:
+    """Everything a worker needs to rebuild a slide's job (picklable; no open file handles)."""
+
+    out: str
+    source_path: str | None
+    source: ImageSource | None
+    model: Any                     # checkpoint path or nn.Module (set on the worker from run_task's argument)
+    settings: dict[str, Any]
+    identity: dict[str, Any]
+    torch_threads: int = 1
+    delay_s: float = 0.0           # testing: hold each task this long before it starts
+    token: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
+
+
+def _worker_job(spec: TaskSpec) -> Job:
+    key = (spec.out, spec.token)
+    job = _JOBS.get(key)
+    if job is None:
+        import torch
+
+        torch.set_num_threads(max(1, spec.torch_threads))
+        src = open_source(spec.source_path) if spec.source_path else spec.source
+        job = make_job(src, spec.model, **spec.settings)
+        if job.identity != spec.identity:
+            raise MedsegError(f"the worker sees a different image or model than the driver for {spec.out}; "
+                              "are all workers reading the same files?")
+        _JOBS.clear()
+        _JOBS[key] = job
+    return job
+
+
+def run_task(spec: TaskSpec, keys: Sequence[str], model: Any = None) -> dict[str, Any]:
+    """Predict the blocks ``keys`` of ``spec.out`` (skipping those already journaled) with ``model``
+    (a checkpoint path or a module; Dask resolves a scattered one before the call)."""
+    if spec.delay_s:
+        time.sleep(spec.delay_s)
+    if model is not None:
+        spec.model = model
+    job = _worker_job(spec)
+    store = OutputStore.open(spec.out)
+    done = store.done_blocks()
+    todo = [job.blocks.from_key(k) for k in keys if k not in done]
+    warnings: list[str] = []
+    try:
+        for item in job.run_blocks(store, todo):
+            if isinstance(item, str):
+                warnings.append(item)
+    finally:
+        store.close()
+    return {"out": spec.out, "keys": list(keys), "computed": len(todo), "warnings": warnings,
+            "pid": os.getpid()}
+
+
+def _source_ref(src: ImageSource) -> tuple[str | None, ImageSource | None]:
+    """Reopen by path on the workers when the path opens to the same image, else ship the (lazy) source."""
+    if src.path:
+        try:
+            from ..io.reader import sniff
+
+            if sniff(src.path) is not None:
+                again = open_source(src.path)
+                if again.shape == src.shape and again.axes == src.axes and len(again.levels) == len(src.levels):
+                    return str(src.path), None
+        except MedsegError:
+            pass
+    return None, src
+
+
+def _chunks(keys: list[str], n: int) -> list[list[str]]:
+    return [keys[i:i + n] for i in range(0, len(keys), n)]
+
+
+def make_client(workers: int | None = None, scheduler: str | None = None, threads_per_worker: int = 1,
+                processes: bool = True) -> Any:
+    """A ``distributed.Client``: to ``scheduler`` if given, else a local cluster of ``workers`` processes."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="20s")
+        except OSError as e:
+            raise MedsegError(f"could not reach the Dask scheduler at {scheduler} ({e}); check the address") from e
+    cluster = LocalCluster(n_workers=max(1, int(workers or 1)), threads_per_worker=threads_per_worker,
+                           processes=processes, dashboard_address=None)
+    return Client(cluster)
+
+
+def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: Sequence[str | Path], *,
+                 client: Any = None, workers: int | None = None, scheduler: str | None = None,
+                 blocks_per_task: int = 4, torch_threads: int = 1, cancel: Any = None,
+                 resume: bool = True, overwrite: bool = False, max_rounds: int = 3, delay_s: float = 0.0,
+                 **settings: Any) -> Generator[PredictEvent, None, list[Path]]:
+    """Predict each of ``inputs`` into the matching ``outs``; events carry the slide's ``name``.
+
+    ``model`` is a checkpoint path or an ``nn.Module``; ``settings`` are ``predict``'s keyword arguments
+    (window, overlap, level, tissue_mask, write_probs...). Without ``client``/``workers``/``scheduler``
+    the slides run here one by one. Returns the output paths.
+    """
+    if len(inputs) != len(outs):
+        raise MedsegError("need one output path per input")
+    if client is None and workers is None and scheduler is None:
+        for src, out in zip(inputs, outs):
+            yield from predict(src, model, out, cancel=cancel, resume=resume, overwrite=overwrite, **settings)
+        return [Path(o) for o in outs]
+    own_client = client is None
+    # prepare every slide before sending work: bad input is refused here, with nothing written elsewhere
+    jobs: list[tuple[Job, OutputStore, TaskSpec, list[str], int, str]] = []
+    model_arg = str(model) if isinstance(model, (str, Path)) else model
+    for src_in, out in zip(inputs, outs):
+        job = make_job(src_in, model_arg, **settings)
+        store, done = open_output(job, out, resume=resume, overwrite=overwrite)
+        keys = [job.blocks.key(b) for b in job.tissue_blocks]
+        todo = [k for k in keys if k not in done]
+        path, obj = _source_ref(job.source)
+        wsettings = dict(settings, tissue_mask=job.tissue if job.tissue is not None else False)
+        spec = TaskSpec(out=str(out), source_path=path, source=obj, model=None, settings=wsettings,
+                        identity=job.identity, torch_threads=torch_threads, delay_s=delay_s)
+        name = job.source.name
+        if job.tissue is not None:
+            yield TissueMaskReady(job.tissue, Path(out))
+        yield PredictStart(total_blocks=len(keys), skipped_blocks=job.blocks.n_blocks - len(keys), out=Path(out),
+                           level=job.level, shape=job.shape, resumed_blocks=len(keys) - len(todo), name=name)
+        if todo:
+            store.update_manifest(status="running")
+        jobs.append((job, store, spec, keys, len(keys) - len(todo), name))
+    from distributed import as_completed
+
+    client = client or make_client(workers, scheduler, threads_per_worker=1)
+    t0 = time.perf_counter()
+    try:
+        model_ref = model_arg if isinstance(model_arg, str) else client.scatter(model_arg, broadcast=True)
+        done_count = {i: j[4] for i, j in enumerate(jobs)}
+        pixels = 0
+        for rnd in range(max_rounds):
+            futures = {}
+            for i, (_job, store, spec, keys, _, _) in enumerate(jobs):
+                done = store.done_blocks()
+                missing = [k for k in keys if k not in done]
+                for part in _chunks(missing, max(1, blocks_per_task)):
+                    futures[client.submit(run_task, spec, part, model_ref, pure=False)] = i
+            if not futures:
+                break
+            if rnd:
+                yield PredictWarning(f"{len(futures)} task(s) were redone (a worker was lost or a block is missing)")
+            for fut in as_completed(list(futures)):
+                i = futures[fut]
+                job, store, spec, keys, _, name = jobs[i]
+                if cancel is not None and cancel.is_set():
+                    client.cancel(list(futures))
+                    break
+                try:
+                    res = fut.result()
+                except MedsegError:
+                    client.cancel(list(futures))
+                    raise
+                except Exception as e:  # a lost worker ends up here when Dask gives up; redone next round
+                    log.warning("task for %s failed: %s", name, e)
+                    yield PredictWarning(f"{name}: a task failed ({type(e).__name__}: {e}); its blocks will be redone",
+                                         name=name)
+                    continue
+                for w in res["warnings"]:
+                    yield PredictWarning(w, name=name)
+                for k in res["keys"]:
+                    done_count[i] += 1
+                    b = job.blocks.from_key(k)
+                    pixels += math.prod(hi - lo for lo, hi in job.blocks.box(b))
+                    dt = time.perf_counter() - t0
+                    left = sum(len(j[3]) for j in jobs) - sum(done_count.values())
+                    rate = pixels / 1e6 / max(dt, 1e-9)
+                    yield BlockDone(done=min(done_count[i], len(keys)), total=len(keys), region=job.blocks.slices(b),
+                                    mpix_s=rate, eta_s=dt / max(1, sum(done_count.values())) * max(0, left), name=name)
+            if cancel is not None and cancel.is_set():
+                break
+        outs_done = []
+        for job, store, _spec, keys, _, name in jobs:
+            done = store.done_blocks()
+            finished = all(k in done for k in keys)
+            cancelled = not finished
+            if finished:
+                store.finalize()
+                store.update_manifest(status="complete")
+            else:
+                store.update_manifest(status="cancelled" if cancel is not None and cancel.is_set() else "interrupted")
+            store.close()
+            n = sum(1 for k in keys if k in done)
+            px = sum(math.prod(b - a for a, b in job.blocks.box(job.blocks.from_key(k))) for k in keys)
+            sec = time.perf_counter() - t0
+            yield PredictDone(out=store.path, blocks_done=n, seconds=sec, mpix_s=px / 1e6 / max(sec, 1e-9),
+                              cancelled=cancelled, name=name)
+            outs_done.append(store.path)
+        return outs_done
+    finally:
+        if own_client:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None:
+                cluster.close()

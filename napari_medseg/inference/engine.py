@@ -1,0 +1,251 @@
+"""The block engine: windows through the model, blended into blocks, blocks handed out when complete.
+
+Blocks are processed in raster order (``tiling.BlockPlan``). For each block the engine reads its input
+(prefetched), sends it to the device as stored (e.g. uint8) and normalises it there, pads it with zeros
+where MONAI pads (outside the image, in normalised space), and queues its windows as views. Windows run in
+batches of fixed size that may span blocks (every window is computed with the same batch shape, so its
+output does not depend on its neighbours in the batch).
+
+Each window's probabilities times the importance map are added (one fused ``addcmul_``) to a float32
+*part* per (owner block, target block): the target's own windows fill a block-sized part, windows owned by
+an earlier block fill the strip they reach into. When every window writing to a block is done, its parts
+are summed in a fixed order (its own first, then the others' in raster order) and divided by the summed
+weights, as MONAI does. The sums therefore do not depend on which blocks a run processes: a resumed run,
+or a Dask task doing a share of the blocks, writes the very same bytes as one uninterrupted run.
+Crop blending writes each pixel from one window (weights 1 on its crop, 0 elsewhere).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..models.normalization import NormConfig
+from .blocks import BlockData, Box, Prefetcher, TileReader, boxes_overlap
+from .modelrun import WindowRunner
+from .tiling import BlockPlan, box_slices, importance_map, intersect
+
+log = logging.getLogger(__name__)
+Key = tuple[int, ...]
+
+
+@dataclass
+class FinishedBlock:
+    """A complete block: ``probs`` (C, *spatial) float32 on the device, zero where no window was computed;
+    ``covered`` (*spatial) bool; ``extra`` (*spatial) float32 blended extra map (e.g. uncertainty) or None."""
+
+    bidx: Key
+    box: Box
+    probs: torch.Tensor
+    covered: torch.Tensor
+    extra: torch.Tensor | None = None
+
+
+@dataclass
+class EngineStats:
+    windows: int = 0
+    windows_bad: int = 0
+    batches: int = 0
+    model_s: float = 0.0
+    wait_read_s: float = 0.0
+    blend_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class BlockEngine:
+    def __init__(self, plan: BlockPlan, reader: TileReader, runner: WindowRunner, norm: NormConfig,
+                 n_classes: int, *, sigma_scale: float = 0.125,
+                 extra_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, prefetch_depth: int = 1) -> None:
+        self.plan, self.reader, self.runner, self.norm = plan, reader, runner, norm
+        self.grid, self.blocks = plan.grid, plan.blocks
+        self.device = runner.device
+        self.n_classes = n_classes
+        self.extra_fn = extra_fn
+        self.n_out = n_classes + (1 if extra_fn is not None else 0)
+        self.gaussian = self.grid.blend == "gaussian"
+        self.wmap = importance_map(self.grid.window, self.grid.blend, sigma_scale, device=self.device)
+        self.prefetch_depth = prefetch_depth
+        self.stats = EngineStats()
+        self.parts: dict[Key, dict[Key, tuple[Box, torch.Tensor]]] = {}  # target -> owner -> (box, part)
+        self._pool: dict[tuple[int, ...], list[torch.Tensor]] = {}  # reused buffers (no page faults per part)
+        self._pool_lock = threading.Lock()
+        self._batch: torch.Tensor | None = None
+        self.part_box: dict[tuple[Key, Key], Box] = {}
+        self.owner_of: dict[Key, Key] = {}
+        for ws in plan.compute.values():
+            for w in ws:
+                o = plan.owner(w)
+                self.owner_of[w] = o
+                ob = self.grid.output_box(w)
+                for t in plan.targets[w]:
+                    inter = intersect(ob, self.blocks.box(t))
+                    if inter is None:
+                        continue
+                    old = self.part_box.get((o, t))
+                    self.part_box[(o, t)] = inter if old is None else tuple(
+                        (min(x0, y0), max(x1, y1)) for (x0, x1), (y0, y1) in zip(old, inter))
+
+    # -- accumulation ------------------------------------------------------------------------------------
+    def _part(self, owner: Key, t: Key) -> tuple[torch.Tensor, list[int]]:
+        parts = self.parts.setdefault(t, {})
+        got = parts.get(owner)
+        if got is None:
+            box = self.part_box[(owner, t)]
+            got = (box, self._zeros((self.n_out + 1, *(b - a for a, b in box))))
+            parts[owner] = got
+        box, part = got
+        return part, [a for a, _ in box]
+
+    def _zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        with self._pool_lock:
+            free = self._pool.get(shape)
+            got = free.pop() if free else None
+        if got is not None:
+            return got.zero_()
+        return torch.zeros(shape, dtype=torch.float32, device=self.device)
+
+    def release(self, t: torch.Tensor, keep: int = 4) -> None:
+        """Give a buffer back for reuse (thread-safe; e.g. a finished block's ``probs`` once written)."""
+        base = t if t._base is None else t._base
+        with self._pool_lock:
+            free = self._pool.setdefault(tuple(base.shape), [])
+            if len(free) < keep:
+                free.append(base)
+
+    def _finish(self, b: Key) -> FinishedBlock:
+        bbox = self.blocks.box(b)
+        origin = [a for a, _ in bbox]
+        parts = self.parts.pop(b, {})
+        own = parts.pop(b, None)
+        if own is not None and own[0] == bbox:
+            acc = own[1]
+        else:
+            acc = self._zeros((self.n_out + 1, *(hi - lo for lo, hi in bbox)))
+            if own is not None:
+                acc[(slice(None),) + box_slices(own[0], origin)] += own[1]
+                self.release(own[1])
+        for o in sorted(parts):  # fixed order: own part first, then the others' in raster order
+            box, part = parts[o]
+            acc[(slice(None),) + box_slices(box, origin)] += part
+            self.release(part)
+        n = self.n_classes
+        w = acc[self.n_out]
+        covered = w > 0
+        if self.gaussian:
+            inv = torch.where(covered, w, torch.ones_like(w))
+            probs = acc[:n].div_(inv)
+            extra = acc[n].div_(inv) if self.extra_fn is not None else None
+        else:
+            probs = acc[:n]
+            extra = acc[n] if self.extra_fn is not None else None
+        return FinishedBlock(b, bbox, probs, covered, extra)
+
+    # -- input -------------------------------------------------------------------------------------------
+    def _prepare(self, bd: BlockData) -> torch.Tensor:
+        """(C, *box) float32 normalised on the device, zero outside the image (MONAI's constant padding)."""
+        nd = len(bd.box)
+        t = torch.from_numpy(bd.data)
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        t = t.permute(nd, *range(nd))  # (C, *valid), the source dtype
+        if t.dtype.is_floating_point:
+            x = self.norm.apply(t[None])[0]
+        else:  # integers hold no NaN/inf: the same arithmetic as NormConfig.apply, in place
+            shape = (-1,) + (1,) * nd
+            lo = torch.tensor(self.norm.low, dtype=torch.float32, device=self.device).view(shape)
+            hi = torch.tensor(self.norm.high, dtype=torch.float32, device=self.device).view(shape)
+            x = t.float().sub_(lo).div_(hi - lo).clamp_(0.0, 1.0)
+        pads: list[int] = []
+        for (a, b), (va, vb) in zip(reversed(bd.box), reversed(bd.valid)):
+            pads += [va - a, b - vb]
+        if any(pads):
+            x = F.pad(x[None], pads, mode="constant", value=0.0)[0]
+        return x
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def _dispatch(self, items: list[tuple[Key, torch.Tensor, list[int]]]) -> list[Key]:
+        """Run a batch and add its windows to their parts; returns the blocks it completes."""
+        t0 = time.perf_counter()
+        views = [x[(slice(None),) + box_slices(self.grid.window_box(w), o)] for w, x, o in items]
+        shape = (len(views), *views[0].shape)
+        if self._batch is None or tuple(self._batch.shape) != shape:
+            self._batch = torch.empty(shape, dtype=torch.float32, device=self.device)
+        batch = torch.stack(views, out=self._batch)
+        probs = self.runner(batch)
+        if self.extra_fn is not None:
+            probs = torch.cat([probs, self.extra_fn(batch)[:, None].float()], dim=1)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t1 = time.perf_counter()
+        self.stats.model_s += t1 - t0
+        self.stats.batches += 1
+        done: list[Key] = []
+        for j, (w, _, _) in enumerate(items):
+            wbox = self.grid.window_box(w)
+            obox = self.grid.output_box(w)
+            owner = self.owner_of[w]
+            for t in self.plan.targets[w]:
+                inter = intersect(obox, self.blocks.box(t))
+                if inter is not None:
+                    part, origin = self._part(owner, t)
+                    src = box_slices(inter, [a for a, _ in wbox])
+                    dst = box_slices(inter, origin)
+                    wsrc = self.wmap[src]
+                    part[(slice(0, self.n_out),) + dst].addcmul_(probs[(j, slice(None)) + src], wsrc)
+                    part[(self.n_out,) + dst].add_(wsrc)
+                self.need[t] -= 1
+                if self.need[t] == 0:
+                    done.append(t)
+        self.stats.windows += len(items)
+        self.stats.blend_s += time.perf_counter() - t1
+        return done
+
+    def run(self, cancel: Any = None) -> Iterator[FinishedBlock | str]:
+        """Yields each block when complete, and warnings (str) about unreadable source tiles."""
+        order = self.plan.order
+        boxes = [self.plan.read_box(b) for b in order]
+        self.need = dict(self.plan.need)
+        for b in order:  # blocks no window writes to (e.g. all windows skipped) are complete at once
+            if self.need[b] == 0:
+                yield self._finish(b)
+        queue: deque[tuple[Key, torch.Tensor, list[int]]] = deque()
+        bs = self.runner.batch_size
+        with Prefetcher(self.reader, boxes, depth=self.prefetch_depth) as pf:
+            for i, b in enumerate(order):
+                if cancel is not None and cancel.is_set():
+                    return
+                t0 = time.perf_counter()
+                bd = pf.get(i)
+                self.stats.wait_read_s += time.perf_counter() - t0
+                if bd is not None:
+                    x = self._prepare(bd)
+                    origin = [a for a, _ in bd.box]
+                    for bad_box, why in bd.bad:
+                        yield (f"source tile at level {self.reader.level}, "
+                               f"{self.reader._describe(bad_box)} could not be decoded ({why}); "
+                               "the windows over it were skipped (predicted as background)")
+                    for w in self.plan.compute[b]:
+                        if bd.bad and any(boxes_overlap(self.grid.window_box(w), bb) for bb, _ in bd.bad):
+                            self.stats.windows_bad += 1
+                            for t in self.plan.targets[w]:
+                                self.need[t] -= 1
+                                if self.need[t] == 0:
+                                    yield self._finish(t)
+                            continue
+                        queue.append((w, x, origin))
+                    del x
+                last = i == len(order) - 1
+                while len(queue) >= bs or (queue and last):
+                    if cancel is not None and cancel.is_set():
+                        return
+                    items = [queue.popleft() for _ in range(min(bs, len(queue)))]
+                    for t in self._dispatch(items):
+                        yield self._finish(t)

@@ -1,0 +1,216 @@
+"""A prediction job: everything resolved and checked before any output is written.
+
+``make_job`` opens the source and the model, checks channels and window size, chooses the level, the
+window grid and the blocks, and computes the tissue mask. The job's ``identity`` (source, model hash and
+the settings that change the result) is stored in the output's manifest: a rerun of the same job resumes,
+another job is refused. ``Job.run_blocks`` predicts a set of blocks into the output store; the local
+predictor runs all of them, each Dask task a share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io.classes import ClassSchema
+from ..io.errors import MedsegError
+from ..io.source import ImageSource
+from ..models.normalization import NormConfig
+from .blocks import TileReader
+from .engine import BlockEngine, FinishedBlock
+from .modelrun import (
+    LoadedModel,
+    WindowRunner,
+    check_model_input,
+    default_classes,
+    default_norm,
+    model_window,
+    resolve_device,
+    resolve_model,
+)
+from .output import Layout, OutputStore
+from .tiling import BlockGrid, BlockPlan, WindowGrid, choose_block, plan_blocks
+from .tissue import TissueMask, compute_tissue_mask
+
+log = logging.getLogger(__name__)
+PROBS = (None, "uint8", "float16", "float32")
+
+
+def open_source(source: ImageSource | str | Path) -> ImageSource:
+    if isinstance(source, ImageSource):
+        return source
+    from ..io.reader import open_image
+
+    return open_image(source)
+
+
+def fingerprint(source: ImageSource, max_bytes: int = 64 << 20) -> str:
+    """sha1 of the smallest level that fits ``max_bytes`` (cheap; tells two images apart)."""
+    h = hashlib.sha1()
+    for lvl in reversed(source.levels):
+        nbytes = int(np.prod(lvl.shape)) * np.dtype(lvl.dtype).itemsize
+        if nbytes <= max_bytes:
+            h.update(np.ascontiguousarray(np.asarray(lvl)).tobytes())
+            break
+    h.update(str([tuple(lv.shape) for lv in source.levels]).encode())
+    return h.hexdigest()
+
+
+def default_block(window: tuple[int, ...], intervals: tuple[int, ...], shape: tuple[int, ...],
+                  model_dims: int) -> tuple[int, ...]:
+    if len(shape) == 2:
+        target: tuple[int, ...] = (1536, 1536)
+    elif model_dims == 2:  # a 2D model over a volume, slice by slice
+        target = (16, 1024, 1024)
+    else:
+        target = tuple(max(128, w) for w in window)
+    return choose_block(shape, window, intervals, target)
+
+
+def resolve_tissue(tissue_mask: bool | str | TissueMask, source: ImageSource) -> str | TissueMask | None:
+    """None (off), a method name, or a given mask."""
+    if isinstance(tissue_mask, TissueMask):
+        return tissue_mask
+    if tissue_mask is False or tissue_mask is None or tissue_mask in ("off", "none", "false"):
+        return None
+    if source.spatial_dims != 2:
+        if tissue_mask == "auto":
+            return None
+        raise MedsegError("tissue masks are for 2D slides; predict volumes with tissue_mask off")
+    if tissue_mask == "auto":
+        return "auto" if (source.rgb or source.modality in ("brightfield", "fluorescence")) else None
+    if tissue_mask is True or tissue_mask == "on":
+        return "auto"
+    return str(tissue_mask)
+
+
+@dataclass
+class Job:
+    source: ImageSource
+    model: LoadedModel
+    level: int
+    window: tuple[int, ...]
+    overlap: float
+    blend: str
+    tta: bool
+    norm: NormConfig
+    classes: ClassSchema
+    write_probs: str | None
+    device: torch.device
+    amp: bool
+    batch_size: int
+    on_corrupt: str
+    sigma_scale: float
+    grid: WindowGrid
+    blocks: BlockGrid
+    tissue: TissueMask | None
+    tissue_blocks: list[tuple[int, ...]]
+    identity: dict[str, Any]
+    layout: Layout
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.grid.shape
+
+    def keep_window(self):
+        if self.tissue is None:
+            return None
+        ds = self.source.level_downsample(self.level)
+        return lambda box: self.tissue.any_tissue(box, ds)
+
+    def plan(self, todo: list[tuple[int, ...]]) -> BlockPlan:
+        return plan_blocks(self.grid, self.blocks, todo, self.keep_window())
+
+    def run_blocks(self, store: OutputStore, todo: list[tuple[int, ...]], cancel: threading.Event | None = None,
+                   reader: TileReader | None = None) -> Iterator[FinishedBlock | str]:
+        """Predict ``todo`` blocks into ``store``; yields each block once queued for writing, and warnings."""
+        plan = self.plan(todo)
+        reader = reader or TileReader(self.source, self.level, on_corrupt=self.on_corrupt)
+        md = self.model.spatial_dims or len(self.window)
+        squeeze = 0 if md < len(self.window) else None
+        runner = WindowRunner(self.model.module, self.device, batch_size=self.batch_size, amp=self.amp, tta=self.tta,
+                              model_dims=md, squeeze_axis=squeeze)
+        engine = BlockEngine(plan, reader, runner, self.norm, self.classes.n_classes, sigma_scale=self.sigma_scale)
+        try:
+            for item in engine.run(cancel):
+                if isinstance(item, FinishedBlock):
+                    store.write_block(self.blocks.key(item.bidx), item.box, item.probs, on_done=engine.release)
+                yield item
+            store.flush()
+        finally:
+            self.stats.update({"windows": engine.stats.windows, "windows_skipped_tissue": plan.skipped_windows,
+                               "windows_bad": engine.stats.windows_bad, "model_s": round(engine.stats.model_s, 3),
+                               "blend_s": round(engine.stats.blend_s, 3),
+                               "wait_read_s": round(engine.stats.wait_read_s, 3), **reader.stats()})
+
+
+def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Path | LoadedModel, *,
+             norm: NormConfig | None = None, classes: ClassSchema | None = None, level: int = 0,
+             pixel_size: float | None = None, window: tuple[int, ...] | None = (512, 512), overlap: float = 0.25,
+             batch_size: int = 4, blend: str = "gaussian", tta: bool = False,
+             tissue_mask: bool | str | TissueMask = "auto", write_probs: str | None = None, device: str = "auto",
+             amp: bool = True, on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
+             sigma_scale: float = 0.125) -> Job:
+    src = open_source(source)
+    if pixel_size is not None:
+        level = src.level_for_pixel_size(float(pixel_size))
+    if not 0 <= int(level) < len(src.levels):
+        raise MedsegError(f"level {level} does not exist; the image has levels 0..{len(src.levels) - 1}")
+    level = int(level)
+    if write_probs not in PROBS:
+        raise MedsegError(f"write_probs must be one of None, 'uint8', 'float16'; got {write_probs!r}")
+    if on_corrupt not in ("stop", "skip"):
+        raise MedsegError(f"on_corrupt must be 'stop' or 'skip', got {on_corrupt!r}")
+    if int(batch_size) < 1:
+        raise MedsegError(f"batch size must be >= 1, got {batch_size}")
+    loaded = model if isinstance(model, LoadedModel) else resolve_model(model, norm=norm, classes=classes)
+    norm = norm or loaded.norm or default_norm(src)
+    dev = resolve_device(device)
+    if window is None:
+        window = (96, 96, 96) if loaded.spatial_dims == 3 else (512, 512)
+    win = model_window(loaded, src, tuple(window) if not isinstance(window, int) else (window,) * src.spatial_dims)
+    out_ch = check_model_input(loaded, src, win, dev, norm)
+    classes = classes or loaded.classes or default_classes(out_ch)
+    if out_ch != classes.n_classes:
+        raise MedsegError(f"the model predicts {out_ch} channels (classes with background) but the class schema "
+                          f"names {classes.n_classes}; pass the model's class schema")
+    shape = src.level_shape(level)
+    grid = WindowGrid(shape, win, float(overlap), blend)
+    md = loaded.spatial_dims or len(win)
+    blk = tuple(int(b) for b in block) if block is not None else default_block(win, grid.intervals, shape, md)
+    blocks = BlockGrid(shape, blk)
+    tissue_spec = resolve_tissue(tissue_mask, src)
+    tm = tissue_spec if isinstance(tissue_spec, TissueMask) else (
+        compute_tissue_mask(src, method=tissue_spec) if tissue_spec else None)
+    ds = src.level_downsample(level)
+    if tm is not None:
+        tissue_blocks = [b for b in blocks.indices() if tm.any_tissue(blocks.box(b), ds)]
+    else:
+        tissue_blocks = list(blocks.indices())
+    p0 = src.pixel_size
+    layout = Layout(shape=shape, block=blk, pixel_size=tuple(src.level_pixel_size(level)),
+                    translation=tuple((d - 1) / 2 * p for d, p in zip(ds, p0)), unit=src.unit,
+                    n_classes=classes.n_classes, write_probs=write_probs)
+    identity = {
+        "source": {"path": str(Path(src.path).resolve()) if src.path else None, "name": src.name,
+                   "shape": list(src.shape), "level": level, "level_shape": list(shape), "dtype": str(src.dtype),
+                   "axes": src.axes, "fingerprint": fingerprint(src)},
+        "model": loaded.model_hash,
+        "settings": {"window": list(win), "overlap": float(overlap), "blend": blend, "tta": bool(tta),
+                     "sigma_scale": sigma_scale, "norm": norm.to_dict(), "classes": classes.to_dict(),
+                     "write_probs": write_probs, "block": list(blk),
+                     "tissue": None if tm is None else {"method": tm.method, "level": tm.level,
+                                                        "threshold": tm.threshold,
+                                                        "sha1": hashlib.sha1(np.packbits(tm.mask).tobytes()).hexdigest()}},
+    }
+    return Job(src, loaded, level, win, float(overlap), blend, bool(tta), norm, classes, write_probs, dev, amp,
+               int(batch_size), on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout)

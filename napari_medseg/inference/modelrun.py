@@ -1,0 +1,236 @@
+"""Loading, checking and running the model for tiled prediction.
+
+``resolve_model`` accepts an ``nn.Module`` or a checkpoint path (whose ``model_config``, ``norm`` and
+``classes`` then come with it). ``check_model_input`` refuses, before any output is written, a model whose
+input channels differ from the image's and a window the model cannot take. ``WindowRunner`` maps a batch
+``(N, C, *window)`` of normalised windows to class probabilities ``(N, C_out, *window)`` (float32 softmax):
+fixed batch shapes (the last batch is padded, so every window is computed the same way in any run),
+inference mode, and on CUDA autocast and channels_last; optional flip test-time augmentation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..io.classes import DEFAULT_COLORS, ClassSchema
+from ..io.errors import MedsegError
+from ..io.source import ImageSource
+from ..models.config import ModelConfig
+from ..models.normalization import NormConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    config: ModelConfig | None
+    norm: NormConfig | None
+    classes: ClassSchema | None
+    model_hash: str
+    in_channels: int | None
+    spatial_dims: int | None
+    checkpoint: str | None = None
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise MedsegError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedsegError("device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'")
+    return dev
+
+
+def state_hash(module: nn.Module) -> str:
+    """sha256 of the weights (names, shapes and bytes): identifies the model of a run."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _first_weight(module: nn.Module) -> torch.Tensor | None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)):
+            return m.weight
+    return None
+
+
+def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = None,
+                  classes: ClassSchema | None = None, teacher: bool = False) -> LoadedModel:
+    """The model, its config, normalisation and classes (the checkpoint's, unless given explicitly)."""
+    ckpt_path = None
+    config = getattr(model, "medseg_config", None)
+    if isinstance(model, (str, Path)):
+        from ..models.checkpoint import load_model
+
+        ckpt_path = str(Path(model).resolve())
+        module, ckpt = load_model(model, device="cpu", teacher=teacher)
+        config = ckpt.model_config
+        norm = norm or ckpt.norm
+        classes = classes or ckpt.classes
+    elif isinstance(model, nn.Module):
+        module = model
+    else:
+        raise MedsegError(f"model must be an nn.Module or a checkpoint path, got {type(model).__name__}")
+    in_ch, dims = None, None
+    if isinstance(config, ModelConfig):
+        in_ch, dims = config.in_channels, config.spatial_dims
+    else:
+        w = _first_weight(module)
+        if w is not None and w.ndim in (4, 5):
+            in_ch, dims = int(w.shape[1]), w.ndim - 2
+    return LoadedModel(module.eval(), config if isinstance(config, ModelConfig) else None, norm, classes,
+                       state_hash(module), in_ch, dims, ckpt_path)
+
+
+def default_classes(n: int) -> ClassSchema:
+    names = ("background",) + tuple(f"class {i}" for i in range(1, n))
+    return ClassSchema(names=names, colors=tuple(DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)))
+
+
+def default_norm(source: ImageSource) -> NormConfig:
+    if source.dtype == "uint8":
+        return NormConfig.uint8(source.n_channels)
+    raise MedsegError(f"the image is {source.dtype}, not uint8: pass the model's normalisation (norm=...) "
+                      "or predict from a checkpoint, which carries it")
+
+
+def model_window(loaded: LoadedModel, source: ImageSource, window: tuple[int, ...]) -> tuple[int, ...]:
+    """The window over the source's spatial axes: a 2D window over a volume runs slice by slice (1, h, w)."""
+    window = tuple(int(w) for w in window)
+    sd = source.spatial_dims
+    md = loaded.spatial_dims or len(window)
+    if md > sd:
+        raise MedsegError(f"a {md}D model cannot predict a {sd}D image; use a {sd}D model")
+    if len(window) == md and md < sd:
+        window = (1,) * (sd - md) + window
+    if len(window) != sd:
+        raise MedsegError(f"window {window} needs {md} sizes for this {md}D model")
+    if any(w < 1 for w in window):
+        raise MedsegError(f"window sizes must be positive, got {window}")
+    return window
+
+
+def check_model_input(loaded: LoadedModel, source: ImageSource, window: tuple[int, ...], device: torch.device,
+                      norm: NormConfig) -> int:
+    """Refuse (``MedsegError``) a channel-count mismatch or a window the model cannot take; returns the
+    number of output channels (classes, background included)."""
+    n = source.n_channels
+    if loaded.in_channels is not None and loaded.in_channels != n:
+        raise MedsegError(f"the model takes {loaded.in_channels} input channel(s) but the image has {n} "
+                          f"({source.axes}); use a model trained on this kind of image")
+    if norm.channels not in (1, n):
+        raise MedsegError(f"the normalisation is set for {norm.channels} channels but the image has {n}")
+    md = loaded.spatial_dims or len(window)
+    mwin = window[len(window) - md:]
+    if loaded.config is not None:
+        from ..models.registry import check_input_size
+
+        check_input_size(loaded.config, mwin)
+        return loaded.config.out_channels
+    strides = getattr(loaded.module, "strides", None)
+    out_ch = getattr(loaded.module, "out_channels", None)
+    if type(loaded.module).__name__ == "UNet" and strides and isinstance(out_ch, int):
+        m = model_multiple(loaded)  # a MONAI UNet built without our config: its strides tell
+        bad = [s for s in mwin if s % m]
+        if bad:
+            sugg = sorted({max(m, round(s / m) * m) for s in mwin})
+            raise MedsegError(f"this UNet needs window sizes that are multiples of {m}; got {tuple(mwin)}. "
+                              f"Try {' or '.join(str(s) for s in sugg)}.")
+        return out_ch
+    # any other nn.Module without a config: one trial pass of a zero window tells
+    x = torch.zeros((1, n, *mwin), device=device)
+    try:
+        with torch.inference_mode():
+            y = loaded.module.to(device)(x)
+    except Exception as e:
+        raise MedsegError(f"the model cannot take a window of {tuple(mwin)} pixels ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}); choose a window the architecture accepts "
+                          "(e.g. a multiple of 32)") from e
+    if not isinstance(y, torch.Tensor) or tuple(y.shape[2:]) != tuple(mwin):
+        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise MedsegError(f"the model maps a {tuple(mwin)} window to {shape}, not to the same size; "
+                          "choose another window size")
+    return int(y.shape[1])
+
+
+class WindowRunner:
+    """Probabilities for batches of windows; fixed batch shape, optional flip TTA."""
+
+    def __init__(self, module: nn.Module, device: torch.device, *, batch_size: int = 4, amp: bool = True,
+                 tta: bool = False, model_dims: int = 2, squeeze_axis: int | None = None) -> None:
+        if batch_size < 1:
+            raise MedsegError(f"batch size must be >= 1, got {batch_size}")
+        self.device, self.batch_size, self.tta = device, int(batch_size), bool(tta)
+        self.amp = bool(amp) and device.type == "cuda"
+        self.channels_last = device.type == "cuda"
+        self.model_dims, self.squeeze_axis = model_dims, squeeze_axis
+        module = module.to(device).eval()
+        if self.channels_last:
+            fmt = torch.channels_last if model_dims == 2 else torch.channels_last_3d
+            module = module.to(memory_format=fmt)
+        self.module = module
+        self.windows = 0
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
+        if self.amp:
+            dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            with torch.autocast("cuda", dtype=dt):
+                y = self.module(x)
+        else:
+            y = self.module(x)
+        return torch.softmax(y.float(), dim=1)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """``batch``: (n, C, *window) float, n <= batch_size. Returns (n, C_out, *window) float32."""
+        n = batch.shape[0]
+        if self.squeeze_axis is not None:
+            batch = batch.squeeze(2 + self.squeeze_axis)
+        if n < self.batch_size:  # fixed shapes: pad the batch (results per window do not depend on it)
+            pad = batch.new_zeros((self.batch_size - n, *batch.shape[1:]))
+            batch = torch.cat([batch, pad])
+        with torch.inference_mode():
+            p = self._forward(batch)
+            if self.tta:
+                dims = list(range(2, batch.ndim))
+                for d in dims:
+                    p += torch.flip(self._forward(torch.flip(batch, [d])), [d])
+                p /= len(dims) + 1
+        self.windows += n
+        p = p[:n]
+        if self.squeeze_axis is not None:
+            p = p.unsqueeze(2 + self.squeeze_axis)
+        return p
+
+
+def model_multiple(loaded: LoadedModel, default: int = 32) -> int:
+    """Spatial sizes the model takes are multiples of this (from the config or a MONAI UNet's strides)."""
+    if loaded.config is not None:
+        from ..models.registry import required_multiple
+
+        return required_multiple(loaded.config)
+    strides: Any = getattr(loaded.module, "strides", None)
+    if strides:
+        m = 1
+        for s in strides:
+            m *= int(s if isinstance(s, int) else max(s))
+        return m
+    return default

@@ -1,0 +1,83 @@
+"""Opening a prediction output for napari (pure: builds ``ImageSource``s and layer tuples, imports no napari).
+
+``open_prediction(out)`` returns the labels (``kind="labels"``, multiscale, class colors in
+``metadata["colors"]``), then the probabilities (if written) and the tissue mask (if used). Levels are
+lazy dask arrays over the zarr chunks. ``metadata["translate"]`` places the output over the source image
+in level-0 physical units (non-zero when a coarser level was predicted).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..io.classes import ClassSchema
+from ..io.errors import MedsegError
+from ..io.ngff_meta import parse_multiscales
+from ..io.source import ImageSource
+from .output import Layout, read_manifest
+
+
+def _levels(group: Any) -> list[Any]:
+    import dask.array as da
+
+    ms = parse_multiscales(dict(group.attrs))
+    paths = ms["paths"] if ms else sorted((k for k in group.array_keys()), key=int)
+    return [da.from_zarr(group[p]) for p in paths if p in set(group.array_keys())]
+
+
+def open_prediction(out: str | Path) -> list[ImageSource]:
+    """The prediction at ``out`` as ``ImageSource``s: labels first, then probabilities and tissue mask."""
+    import zarr
+
+    p = Path(out)
+    m = read_manifest(p)
+    if m is None:
+        raise MedsegError(f"{p} is not a napari-medseg prediction (no {p.name}/medseg_run.json); "
+                          "run the prediction first")
+    layout = Layout.from_dict(m["layout"])
+    classes = ClassSchema.from_dict(m["classes"])
+    root = zarr.open_group(str(p), mode="r")
+    name = (root.attrs.get("napari_medseg") or {}).get("name") or p.stem
+    colors = {k: v for k, v in classes.prediction_colors().items() if k is not None}
+    common = {"status": m.get("status"), "translate": list(layout.translation), "classes": list(classes.names)}
+    out_sources = [ImageSource(
+        levels=_levels(root["labels/prediction"]), axes=layout.axes, pixel_size=layout.pixel_size, unit=layout.unit,
+        name=f"{name} prediction", path=str(p), kind="labels",
+        metadata={**common, "colors": colors, "ngff_path": "labels/prediction"})]
+    if layout.write_probs and "probs" in set(root.group_keys()):
+        uint8 = layout.write_probs == "uint8"
+        out_sources.append(ImageSource(
+            levels=_levels(root["probs"]), axes="C" + layout.axes, pixel_size=layout.pixel_size, unit=layout.unit,
+            name=f"{name} probabilities", path=str(p), kind="image", channel_names=tuple(classes.names),
+            contrast_limits=(0.0, 255.0 if uint8 else 1.0),
+            metadata={**common, "ngff_path": "probs", "scale_to_probability": 1 / 255 if uint8 else 1.0}))
+    labels = root["labels"]
+    if "tissue" in set(labels.group_keys()):
+        tg = labels["tissue"]
+        ms = parse_multiscales(dict(tg.attrs))
+        scale = tuple(ms["scales"][0]) if ms and ms["scales"][0] else layout.pixel_size
+        trans = list(ms["translations"][0]) if ms and ms["translations"][0] else [0.0, 0.0]
+        out_sources.append(ImageSource(
+            levels=_levels(tg), axes="YX", pixel_size=scale, unit=layout.unit, name=f"{name} tissue mask",
+            path=str(p), kind="labels",
+            metadata={"translate": trans, "colors": {1: (0.0, 0.8, 0.3, 0.35)}, "ngff_path": "labels/tissue"}))
+    return out_sources
+
+
+def prediction_layer_data(out: str | Path) -> list[tuple[Any, dict[str, Any], str]]:
+    """napari LayerData tuples for the prediction (labels with the class colors, probabilities, tissue)."""
+    layers = []
+    for src in open_prediction(out):
+        kw = src.layer_kwargs()
+        data = kw.pop("data")
+        kw["translate"] = tuple(src.metadata.get("translate") or (0.0,) * src.spatial_dims)
+        if src.kind == "labels":
+            kw["colormap"] = {**{int(k): tuple(v) for k, v in src.metadata["colors"].items()}, None: (0, 0, 0, 0)}
+            kw["opacity"] = 0.7
+            layers.append((data, kw, "labels"))
+        else:
+            kw["blending"] = "additive"
+            kw["visible"] = False
+            layers.append((data, kw, "image"))
+    return layers
