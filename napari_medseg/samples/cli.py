@@ -30,32 +30,28 @@ def write_sample(which: str, out: Path, *, dicom: bool = False, force: bool = Fa
     """Copy sample ``which`` ("slide" or "ct") with ground truth and classes into ``out``; returns paths."""
     if dicom and which != "ct":
         raise MedsegError("--dicom only applies to the ct sample.")
-    if which == "slide":
-        from .slide import SAMPLE_DATA, sample_slide_paths
-
-        src = sample_slide_paths()
-        names = ["sample-slide.ome.tif", "sample-slide-labels.ome.tif"]
-        classes = SAMPLE_DATA / "slide_classes.json"
-    elif which == "ct":
-        from .ct import SAMPLE_DATA, sample_ct_paths
-
-        src = sample_ct_paths()
-        names = ["sample-ct.nii.gz", "sample-ct-labels.nii.gz"]
-        classes = SAMPLE_DATA / "ct_classes.json"
-    else:
+    names = {"slide": ["sample-slide.ome.tif", "sample-slide-labels.ome.tif", "slide_classes.json"],
+             "ct": ["sample-ct.nii.gz", "sample-ct-labels.nii.gz", "ct_classes.json"]}.get(which)
+    if names is None:
         raise MedsegError(f"unknown sample {which!r}; choose 'slide' or 'ct'.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MedsegError(f"{out}: cannot create the output folder ({e.strerror}); choose another --out.") from e
-    targets = [out / n for n in names] + [out / classes.name]
-    if dicom:
-        targets.append(out / "sample-ct-dicom")
+    targets = [out / n for n in names] + ([out / "sample-ct-dicom"] if dicom else [])
     existing = [t for t in targets if t.exists()]
     if existing and not force:
         raise MedsegError(f"{existing[0]} already exists; pass --force to overwrite or choose another --out.")
     try:
-        for s, t in zip([*src, classes], targets):
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MedsegError(f"{out}: cannot create the output folder ({e.strerror}); choose another --out.") from e
+    if which == "slide":
+        from .slide import SAMPLE_DATA, sample_slide_paths
+
+        src = [*sample_slide_paths(), SAMPLE_DATA / names[2]]
+    else:
+        from .ct import SAMPLE_DATA, sample_ct_paths
+
+        src = [*sample_ct_paths(), SAMPLE_DATA / names[2]]
+    try:
+        for s, t in zip(src, targets):
             shutil.copyfile(s, t)
         if dicom:
             import numpy as np

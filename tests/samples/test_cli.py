@@ -9,6 +9,7 @@ from napari_medseg.cli import main
 from napari_medseg.io import ClassSchema, open_path
 
 
+@pytest.mark.slow
 def test_sample_ct_cli_with_dicom(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["sample", "ct", "--out", str(out), "--dicom"]) == 0

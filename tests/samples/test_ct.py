@@ -73,6 +73,16 @@ def test_nifti_roundtrip_through_reader(tmp_path, small):
     assert (tmp_path / "i.nii.gz").read_bytes() == (tmp_path / "j.nii.gz").read_bytes()
 
 
+def test_load_sample_ct():
+    t0 = time.perf_counter()
+    img, gt = ct.load_sample_ct()
+    print(f"load_sample_ct (incl. generation if not cached): {time.perf_counter() - t0:.1f} s")
+    assert img.shape == gt.shape == ct.SHAPE and img.pixel_size == pytest.approx(ct.SPACING)
+    assert img.modality == "CT" and img.dtype == np.int16
+    assert gt.kind == "labels" and gt.metadata["classes"]["names"] == list(ct.ct_classes().names)
+
+
+@pytest.mark.slow
 def test_full_sample_deterministic_across_cache_folders(tmp_path, monkeypatch):
     digests = []
     for name in ("a", "b"):
@@ -82,6 +92,3 @@ def test_full_sample_deterministic_across_cache_folders(tmp_path, monkeypatch):
         print(f"full CT sample generated in {time.perf_counter() - t0:.1f} s (reported only)")
         digests.append([hashlib.sha1(p.read_bytes()).hexdigest() for p in paths])
     assert digests[0] == digests[1]
-    img, gt = ct.load_sample_ct()
-    assert img.shape == gt.shape == ct.SHAPE and img.pixel_size == pytest.approx(ct.SPACING)
-    assert gt.kind == "labels" and gt.metadata["classes"]["names"] == list(ct.ct_classes().names)
