@@ -22,9 +22,12 @@ figure) rather than before them, and ``drop_path`` defaults to 0.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -64,17 +67,35 @@ class SwinStage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from monai.networks.nets.swin_unetr import compute_mask, get_window_size
+        from monai.networks.nets.swin_unetr import get_window_size
 
-        spatial = tuple(x.shape[1:-1])  # no int(): keeps sizes symbolic under torch.export
+        spatial = tuple(int(s) for s in x.shape[1:-1])
         window, shift = get_window_size(spatial, self.window_size, self.shift_size)
         mask = None
         if len(self.blocks) > 1 and any(s > 0 for s in shift):
-            padded = [(s + w - 1) // w * w for s, w in zip(spatial, window)]
-            mask = compute_mask(padded, window, shift, x.device)
+            padded = tuple((s + w - 1) // w * w for s, w in zip(spatial, window))
+            mask = shift_window_mask(padded, window, shift).to(x.device)
         for blk in self.blocks:
             x = blk(x, mask)
         return x
+
+
+@functools.lru_cache(maxsize=64)
+def shift_window_mask(dims: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]) -> torch.Tensor:
+    """The shifted-window attention mask ``(n_windows, w, w)`` (0 within a region, -100 across), as MONAI's
+    ``compute_mask`` but built in NumPy and cached: a traced or exported graph holds it as one constant
+    instead of hundreds of index operations, and training does not rebuild it every step."""
+    region = np.zeros(dims, dtype=np.float32)
+    cuts = [(slice(-w), slice(-w, -s), slice(-s, None)) for w, s in zip(window, shift)]
+    for cnt, idx in enumerate(itertools.product(*cuts)):
+        region[idx] = cnt
+    # window partition: (d0/w0, w0, d1/w1, w1, ...) -> (n_windows, prod(w))
+    shape = [v for d, w in zip(dims, window) for v in (d // w, w)]
+    nd = len(dims)
+    order = [2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)]
+    win = region.reshape(shape).transpose(order).reshape(-1, int(np.prod(window)))
+    diff = win[:, None, :] - win[:, :, None]
+    return torch.from_numpy(np.where(diff != 0, -100.0, 0.0).astype(np.float32))
 
 
 class PatchExpand(nn.Module):
