@@ -22,12 +22,13 @@ Readers (the training engine) use ``store[region]`` / ``read``, ``painted_chunks
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ class LabelStore(LabelStoreOpsMixin):
         self.stats = {"chunks_written": 0, "chunks_deleted": 0, "empty_chunk_writes": 0, "batches": 0,
                       "write_s": 0.0}
         self._arrays = arrays
+        self._files = self._chunk_files(arrays, path)
         self._filelock = lock
         self._disk_ok = arrays is not None and mode == "r+"
         self._closed = False
@@ -118,6 +120,7 @@ class LabelStore(LabelStoreOpsMixin):
         self._lock = threading.RLock()        # in-memory state (index, cache, unsaved) and disk reads
         self._write_lock = threading.RLock()  # one writer at a time: whole batches are serialised
         self._index_mtime: float | None = None
+        self._listeners: list[Callable[[list[ix.Chunk], Any], None]] = []
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -172,6 +175,7 @@ class LabelStore(LabelStoreOpsMixin):
                     str(k), shape=lshape, chunks=chunks, dtype="uint8", fill_value=0, compressors=_compressor(),
                     chunk_key_encoding={"name": "v2", "separator": "/"}, config={"write_empty_chunks": False}))
             store._arrays = arrays
+            store._files = store._chunk_files(arrays, path)
             store._disk_ok = True
             store._write_attrs()
             ix.write_json_atomic(path / ix.INDEX_NAME, ix.index_to_json({}))
@@ -382,7 +386,9 @@ class LabelStore(LabelStoreOpsMixin):
         for c in sorted(suspects):
             if c not in listed:
                 continue
-            blk = np.asarray(self._arrays[0][ix.chunk_slices(c, self.shape, self.chunks)])  # type: ignore[index]
+            blk = self._read_disk(0, c)
+            if blk is None:
+                continue
             cnt = ix.value_counts(blk)
             if cnt:
                 self._counts[c] = cnt
@@ -471,9 +477,24 @@ class LabelStore(LabelStoreOpsMixin):
                 return hit
             if self._arrays is None:
                 return None
-            blk = np.asarray(self._arrays[level][ix.chunk_slices(c, self.level_shapes[level], self.chunks)])
-            self._cache_put(key, blk)
+            blk = self._read_disk(level, c)
+            if blk is not None:
+                self._cache_put(key, blk)
             return blk
+
+    @staticmethod
+    def _chunk_files(arrays: list[Any] | None, path: Path | None) -> list[ix.ChunkFiles | None]:
+        if arrays is None or path is None:
+            return []
+        return [ix.ChunkFiles(a, path / str(k)) if ix.ChunkFiles.supports(a) else None
+                for k, a in enumerate(arrays)]
+
+    def _read_disk(self, level: int, c: ix.Chunk) -> np.ndarray | None:
+        sl = ix.chunk_slices(c, self.level_shapes[level], self.chunks)
+        files = self._files[level] if self._files else None
+        if files is not None:
+            return files.read(c, [s.stop - s.start for s in sl])
+        return np.asarray(self._arrays[level][sl])  # type: ignore[index]
 
     def _cache_put(self, key: tuple[int, ix.Chunk], blk: np.ndarray | None) -> None:
         old = self._cache.pop(key, None)
@@ -491,7 +512,7 @@ class LabelStore(LabelStoreOpsMixin):
     def _put_chunk(self, level: int, c: ix.Chunk, blk: np.ndarray | None) -> None:
         """Store one whole chunk (``None`` or all zeros: delete it). Never writes an empty chunk."""
         empty = blk is None or not blk.any()
-        blk = None if empty else np.ascontiguousarray(blk, dtype=np.uint8)
+        blk = None if empty else np.array(blk, dtype=np.uint8, order="C")  # our own copy: it is cached
         key = (level, c)
         on_disk = False
         if self._disk_ok:
@@ -499,7 +520,11 @@ class LabelStore(LabelStoreOpsMixin):
                 if empty:
                     self._delete_chunk_file(level, c)
                 else:
-                    self._arrays[level][ix.chunk_slices(c, self.level_shapes[level], self.chunks)] = blk  # type: ignore[index]
+                    files = self._files[level] if self._files else None
+                    if files is not None:
+                        files.write(c, blk)
+                    else:
+                        self._arrays[level][ix.chunk_slices(c, self.level_shapes[level], self.chunks)] = blk  # type: ignore[index]
                     self.stats["chunks_written"] += 1
                 on_disk = True
             except OSError as e:
@@ -620,8 +645,17 @@ class LabelStore(LabelStoreOpsMixin):
         if self.mode != "r+":
             raise MedsegError(f"label store {self.path} is open read-only; open it with mode='r+' to edit.")
 
-    def write(self, region: tuple[slice, ...], data: np.ndarray | int, *, overview: bool = True
-              ) -> list[ix.Chunk]:
+    def add_listener(self, callback: Callable[[list[ix.Chunk], Any], None]) -> None:
+        """Call ``callback(changed_chunks, origin)`` after every write batch that changed level-0 chunks
+        (in the writing thread; ``origin`` is what the writer passed, e.g. a painting controller)."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[list[ix.Chunk], Any], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
+    def write(self, region: tuple[slice, ...], data: np.ndarray | int, *, overview: bool = True,
+              origin: Any = None) -> list[ix.Chunk]:
         """Write ``data`` into ``region`` (slices, step 1). Merged into whole chunks; each chunk is written
         once, whole; chunks left empty are deleted. Raises ``LabelValueError`` before writing anything if
         values are beyond the schema, ``StoreNotWritableError`` (labels kept in memory) if the disk fails.
@@ -653,10 +687,10 @@ class LabelStore(LabelStoreOpsMixin):
                 blk = np.zeros([s.stop - s.start for s in cs], np.uint8) if cur is None else cur.copy()
                 blk[tuple(slice(x - s.start, y - s.start) for x, y, s in zip(a, b, cs))] = arr[src]
                 blocks[c] = blk
-            return self.write_chunks(blocks, overview=overview, validated=True)
+            return self.write_chunks(blocks, overview=overview, validated=True, origin=origin)
 
     def write_chunks(self, blocks: dict[ix.Chunk, np.ndarray], *, overview: bool = True,
-                     validated: bool = False) -> list[ix.Chunk]:
+                     validated: bool = False, origin: Any = None) -> list[ix.Chunk]:
         """Replace whole level-0 chunks (grid index -> full chunk content). Unchanged chunks are skipped;
         returns the chunks that changed. The batch is journaled so a crash leaves a repairable store."""
         self._require_writable()
@@ -708,9 +742,15 @@ class LabelStore(LabelStoreOpsMixin):
                 failed = OSError(self.not_saved_reason)
             self.stats["batches"] += 1
             self.stats["write_s"] += time.perf_counter() - t0
+        done = sorted(changed)
+        for cb in list(self._listeners):
+            try:
+                cb(done, origin)
+            except Exception:  # a listener must never break a write
+                log.exception("label store listener failed")
         if failed is not None:
             raise StoreNotWritableError(self.not_saved_reason or str(failed))
-        return sorted(changed)
+        return done
 
     def _update_overview(self, dirty: set[ix.Chunk]) -> None:
         """Recompute the overview chunks above ``dirty`` level-0 chunks, level by level (whole chunks)."""

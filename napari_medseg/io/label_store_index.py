@@ -64,15 +64,17 @@ def value_counts(block: np.ndarray) -> Counts:
 
 
 # -- atomic JSON -----------------------------------------------------------------------------------
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
+def write_json_atomic(path: str | os.PathLike, obj: Any, durable: bool = False) -> None:
+    """Write JSON to ``path`` via a temporary file in the same folder and ``os.replace`` (readers and a
+    killed process see the old or the new file). ``durable`` also fsyncs (power loss), at ~5 ms a call."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -169,3 +171,65 @@ def pool_max(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
 def parents(children: Iterable[Chunk], factor: Sequence[int]) -> set[Chunk]:
     """The chunks of the next level covering ``children`` (chunk sizes are equal on every level)."""
     return {tuple(c // f for c, f in zip(ch, factor)) for ch in children}
+
+
+# -- whole-chunk file IO ---------------------------------------------------------------------------
+class ChunkFiles:
+    """Read and write whole chunks of one zarr v2 array (``/`` chunk keys, C order, no filters, uint8)
+    directly as the files zarr reads: the array's own compressor, edge chunks padded to the full chunk
+    shape, each file written to a temporary name and renamed (atomic). About 5x faster than going
+    through zarr's asynchronous pipeline for one chunk, which matters on a busy GUI thread."""
+
+    def __init__(self, array: Any, array_dir: str | os.PathLike) -> None:
+        md = array.metadata
+        self.dir = Path(array_dir)
+        self.chunks = tuple(int(c) for c in md.chunks)
+        self.codec = md.compressor
+        self.array = array
+
+    @staticmethod
+    def supports(array: Any) -> bool:
+        md = array.metadata
+        return (getattr(md, "zarr_format", None) == 2 and not md.filters and md.order == "C"
+                and getattr(md, "dimension_separator", ".") == "/" and np.dtype(array.dtype) == np.uint8
+                and (md.compressor is None or hasattr(md.compressor, "encode")))
+
+    def path(self, c: Chunk) -> Path:
+        return self.dir.joinpath(*[str(i) for i in c])
+
+    def read(self, c: Chunk, shape: Sequence[int]) -> np.ndarray | None:
+        """The chunk cropped to ``shape`` (its extent inside the array), or None if it has no file."""
+        try:
+            raw = self.path(c).read_bytes()
+        except FileNotFoundError:
+            return None
+        if self.codec is not None:
+            raw = self.codec.decode(raw)
+        full = np.frombuffer(raw, np.uint8).reshape(self.chunks)
+        return full[tuple(slice(0, s) for s in shape)]
+
+    def write(self, c: Chunk, block: np.ndarray) -> None:
+        if block.shape != self.chunks:
+            pad = np.zeros(self.chunks, np.uint8)
+            pad[tuple(slice(0, s) for s in block.shape)] = block
+            block = pad
+        data = np.ascontiguousarray(block)
+        buf = self.codec.encode(data) if self.codec is not None else data.tobytes()
+        p = self.path(c)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(buf)
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def delete(self, c: Chunk) -> bool:
+        try:
+            self.path(c).unlink()
+        except FileNotFoundError:
+            return False
+        return True
