@@ -1,0 +1,89 @@
+"""Samples through the manifest in a real napari viewer, and the ``napari-medseg gui`` launcher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_medseg._napari import launch
+from napari_medseg.samples.ct import ct_classes
+from napari_medseg.samples.slide import slide_classes
+
+PLUGIN = "napari-medseg"
+
+
+def _color(layer, value):
+    return np.asarray(layer.colormap.map(np.array([value]))[0])
+
+
+def test_open_sample_ct(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(PLUGIN, "ct")
+    assert [ly.__class__.__name__ for ly in layers] == ["Image", "Labels"]
+    img, gt = layers
+    assert img.name == "sample CT" and gt.name == "ground truth"
+    assert img.data.shape == (64, 256, 256)
+    np.testing.assert_allclose(img.scale, (2.5, 1.5, 1.5))
+    np.testing.assert_allclose(gt.scale, img.scale)
+    assert tuple(img.contrast_limits) == (-160.0, 240.0)
+    assert img.colormap.name == "gray"
+    schema = ct_classes()
+    for k, hexcolor in enumerate(schema.colors[1:], start=2):  # store value k = class k-1
+        rgb = [int(hexcolor[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        np.testing.assert_allclose(_color(gt, k)[:3], rgb, atol=1e-3)
+    assert _color(gt, 1)[3] == 0 and _color(gt, 0)[3] == 0   # background and unannotated see-through
+    assert gt.visible and gt.opacity < 0.5
+    # the middle slice shows the liver on the viewer's left (patient's right: radiological view)
+    mid = np.asarray(gt.data[32])
+    assert np.argwhere(mid == 2)[:, 1].mean() < 128
+    viewer.dims.ndisplay = 3  # renders in 3D without error
+    viewer.dims.ndisplay = 2
+
+
+@pytest.mark.slow  # generates the 8192 px slide on first use (about 20-40 s)
+def test_open_sample_slide(make_napari_viewer):
+    viewer = make_napari_viewer()
+    img, gt = viewer.open_sample(PLUGIN, "slide")
+    assert img.multiscale and img.rgb and len(img.data) >= 3
+    assert img.data[0].shape == (8192, 8192, 3)
+    np.testing.assert_allclose(img.scale, (0.5, 0.5))
+    assert gt.__class__.__name__ == "Labels" and gt.multiscale and not gt.visible
+    np.testing.assert_allclose(gt.scale, img.scale)
+    rgb = [int(slide_classes().colors[3][i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    np.testing.assert_allclose(_color(gt, 4)[:3], rgb, atol=1e-3)   # nucleus colour
+    viewer.reset_view()
+
+
+def test_launcher_docks_widgets_and_survives_broken_ones(make_napari_viewer, monkeypatch):
+    viewer = make_napari_viewer()
+    real = launch.manifest_widgets()
+    assert real, "the manifest lists widgets"
+    monkeypatch.setattr(launch, "manifest_widgets", lambda: [("Missing widget", "napari-medseg.does_not_exist"), *real])
+    info = launch.setup_viewer(viewer, sample="ct")
+    assert info["layers"] == ["sample CT", "ground truth"]
+    assert any("Missing widget" in s for s in info["skipped"])
+    assert len(info["docked"]) + len(info["skipped"]) == len(real) + 1
+    assert len(viewer.layers) == 2
+
+
+def test_launcher_rejects_bad_path_before_window(tmp_path):
+    from napari_medseg.cli import main
+
+    (tmp_path / "broken.nii.gz").write_bytes(b"not gzip at all")
+    assert main(["gui", str(tmp_path / "broken.nii.gz")]) == 2
+    assert main(["gui", str(tmp_path / "missing.tif")]) == 2
+
+
+@pytest.mark.slow
+def test_gui_command_from_a_fresh_shell(tmp_path):
+    """The README quickstart: ``napari-medseg gui --sample ct`` in a new process (screenshot, then exit)."""
+    shot = tmp_path / "ct.png"
+    env = {**os.environ}
+    out = subprocess.run([sys.executable, "-m", "napari_medseg.cli", "gui", "--sample", "ct", "--screenshot", str(shot)],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 10_000
