@@ -9,8 +9,8 @@ Layout of ``OUT.zarr``::
     labels/tissue/0                  the tissue mask used (1 = tissue), when one was used
     probs/0, 1, ...                  optional class probabilities, axes CYX / CZYX, uint8 (p * 255), float16 or float32;
                                      all zero where no window was computed
-    medseg_run.json                  the run manifest: format, job (source, model hash, settings), status
-    medseg_journal/<block key>       one empty file per finished block (written after its chunks)
+    medseg/run.json                  the run manifest: format, job (source, model hash, settings), status
+    medseg/journal/<block key>       one empty file per finished block (written after its chunks)
 
 Output chunks are aligned to blocks (a chunk never straddles two blocks), so every chunk has exactly one
 writer: blocks can be written by several processes at once. Pyramid levels down to a block size of 64 px
@@ -45,8 +45,8 @@ from ..io.ngff_meta import image_label_attrs, multiscales_attrs
 log = logging.getLogger(__name__)
 FORMAT = "napari-medseg-prediction"
 VERSION = 1
-MANIFEST = "medseg_run.json"
-JOURNAL = "medseg_journal"
+MANIFEST = "medseg/run.json"   # inside a zarr group of its own, so zarr readers see no stray files
+JOURNAL = "medseg/journal"
 MIN_BLOCK_LEVEL_SIDE = 64
 SMALLEST_SIDE = 512
 
@@ -262,7 +262,8 @@ class OutputStore:
                                            metadata={"classes": classes.to_dict(), "dtype": dtype,
                                                      "scale": 255.0 if dtype == "uint8" else 1.0})
                 pg.attrs.update(pattrs)
-            (p / JOURNAL).mkdir(exist_ok=True)
+            root.require_group("medseg")
+            (p / JOURNAL).mkdir(parents=True, exist_ok=True)
             manifest = {"format": FORMAT, "version": VERSION, "job": job, "layout": layout.to_dict(),
                         "classes": classes.to_dict(), "status": "running", "created": time.time(),
                         "updated": time.time()}

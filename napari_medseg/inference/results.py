@@ -33,7 +33,7 @@ def open_prediction(out: str | Path) -> list[ImageSource]:
     p = Path(out)
     m = read_manifest(p)
     if m is None:
-        raise MedsegError(f"{p} is not a napari-medseg prediction (no {p.name}/medseg_run.json); "
+        raise MedsegError(f"{p} is not a napari-medseg prediction (no {p.name}/medseg/run.json); "
                           "run the prediction first")
     layout = Layout.from_dict(m["layout"])
     classes = ClassSchema.from_dict(m["classes"])
