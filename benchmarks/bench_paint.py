@@ -151,8 +151,10 @@ def make_viewer(img: Any) -> tuple[Any, Any, Any]:
 
 
 def set_view(viewer: Any, app: Any, center_world: tuple[float, float], zoom: float) -> None:
-    viewer.camera.center = center_world
-    viewer.camera.zoom = zoom
+    from napari_medseg._napari.painting import viewer_camera
+
+    viewer_camera(viewer).center = center_world
+    viewer_camera(viewer).zoom = zoom
     app.processEvents()
 
 

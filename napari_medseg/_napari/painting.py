@@ -58,6 +58,12 @@ def prediction_colormap(classes: ClassSchema) -> DirectLabelColormap:
     return DirectLabelColormap(color_dict=classes.prediction_colors())
 
 
+def viewer_camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def image_source_from_layer(layer: Any) -> ImageSource:
     """An ``ImageSource`` describing a napari image layer (levels, axes, pixel size, path)."""
     data = layer.data
@@ -179,6 +185,7 @@ class PaintingController(QObject):
                  notify: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.viewer, self.store, self.image_layer = viewer, store, image_layer
+        self._camera = viewer_camera(viewer)
         self.max_window = max(int(max_window), 1)
         self.volume_max_voxels = int(volume_max_voxels)
         self.follow = follow
@@ -225,8 +232,8 @@ class PaintingController(QObject):
         self.flushed.connect(self._after_flush)
         self._external.connect(self._apply_external)
         store.add_listener(self._on_store_change)
-        viewer.camera.events.center.connect(self._on_camera)
-        viewer.camera.events.zoom.connect(self._on_camera)
+        self._camera.events.center.connect(self._on_camera)
+        self._camera.events.zoom.connect(self._on_camera)
         viewer.dims.events.current_step.connect(self._on_camera)
         self.move_window(self.window_for_view(), flush=False)
 
@@ -263,8 +270,8 @@ class PaintingController(QObject):
             h, w = self.viewer.window._qt_viewer.canvas.size
         except Exception:  # no Qt window: assume a typical canvas
             h, w = 800, 1200
-        zoom = max(float(self.viewer.camera.zoom), 1e-9)
-        center = list(self.viewer.camera.center)[-2:]
+        zoom = max(float(self._camera.zoom), 1e-9)
+        center = list(self._camera.center)[-2:]
         half = [h / zoom / 2, w / zoom / 2]
         lo = [(c - hh - t) / s for c, hh, t, s in zip(center, half, self._translate[-2:], self._scale[-2:])]
         hi = [(c + hh - t) / s for c, hh, t, s in zip(center, half, self._translate[-2:], self._scale[-2:])]
@@ -366,7 +373,7 @@ class PaintingController(QObject):
             step = list(self.viewer.dims.point)
             step[-3] = world[0]
             self.viewer.dims.point = step
-        self.viewer.camera.center = tuple(world[-2:])
+        self._camera.center = tuple(world[-2:])
         if zoom:
             try:
                 h, w = self.viewer.window._qt_viewer.canvas.size
@@ -375,7 +382,7 @@ class PaintingController(QObject):
             ext = [max(r.stop - r.start, 64) * s for r, s in zip(region[-2:], self._scale[-2:])]
             cap = [self.max_window * s * 0.9 for s in self._scale[-2:]]
             ext = [min(e, c) for e, c in zip(ext, cap)]
-            self.viewer.camera.zoom = 0.8 * min(h / ext[0], w / ext[1])
+            self._camera.zoom = 0.8 * min(h / ext[0], w / ext[1])
         self._follow_timer.stop()
         self.move_window(self.window_for_view(center=mid))
 
@@ -540,8 +547,8 @@ class PaintingController(QObject):
             self._closed = True
             for t in (self._debounce, self._max_wait, self._follow_timer):
                 t.stop()
-            for em, cb in ((self.viewer.camera.events.center, self._on_camera),
-                           (self.viewer.camera.events.zoom, self._on_camera),
+            for em, cb in ((self._camera.events.center, self._on_camera),
+                           (self._camera.events.zoom, self._on_camera),
                            (self.viewer.dims.events.current_step, self._on_camera)):
                 with contextlib.suppress(Exception):
                     em.disconnect(cb)
