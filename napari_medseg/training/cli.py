@@ -162,23 +162,21 @@ def _data(args: argparse.Namespace) -> Any:
 
 
 def _open_labels(path: str, image: Any) -> tuple[Any, ClassSchema]:
-    p = Path(path)
-    try:
-        from ..io.label_store import LabelStore
-
-        store = LabelStore.open(p, image=image, mode="r")
-        return store, store.classes
-    except ImportError:  # pragma: no cover
-        pass
-    except MedsegError as e:
-        if "label store" not in str(e).lower() and "geometry" not in type(e).__name__.lower():
-            log.info("%s is not a label store (%s); reading it as a label image", p, e)
-        else:
-            raise
-    except (OSError, KeyError, ValueError) as e:
-        log.info("%s is not a label store (%s); reading it as a label image", p, e)
+    """A label store (a folder made by the Annotate widget), else a label image read like a mask."""
+    from ..io.errors import GeometryMismatchError
     from ..training import datasets
 
+    p = Path(path)
+    if p.is_dir():
+        try:
+            from ..io.label_store import LabelStore
+
+            store = LabelStore.open(p, image=image, mode="r")
+            return store, store.classes
+        except GeometryMismatchError:
+            raise
+        except (MedsegError, OSError, KeyError, ValueError) as e:
+            log.info("%s is not a label store (%s); reading it as a label image", p, e)
     arr = datasets.read_mask(p, image)
     k = max(1, int(arr.max(initial=0)) - 1)
     return arr, ClassSchema(("background",) + tuple(f"class {i}" for i in range(1, k + 1)))

@@ -12,8 +12,8 @@ Arrays: image patches ``(C, *P)`` in the image's dtype, label patches ``(*P)`` u
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +44,8 @@ def _block_keys(blocks: np.ndarray) -> np.ndarray:
 
 
 def _block_hash(seed: int, key: str, block: tuple[int, ...]) -> float:
-    return zlib.crc32(f"{seed}|{key}|{','.join(map(str, block))}".encode()) / 2**32
+    digest = hashlib.blake2b(f"{seed}|{key}|{','.join(map(str, block))}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64
 
 
 class PatchSampler:

@@ -1,0 +1,147 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medseg.models.checkpoint import load_checkpoint, load_model
+from napari_medseg.training import (
+    CheckpointEvent,
+    DoneEvent,
+    PreviewEvent,
+    StartEvent,
+    StepEvent,
+    ValidationEvent,
+    WarningEvent,
+    run_training,
+    train,
+)
+from napari_medseg.training import loop as loop_mod
+
+from ._synth import blob_data, events_of, tiny_cfg
+
+
+def test_events_checkpoints_and_meta(tmp_path):
+    data = blob_data((96, 96), n_items=2, unlabelled=1, dense=True, fraction=0.05)
+    cfg = tiny_cfg(tmp_path, steps=6, val_every=3, val_fraction=0.3)
+    events, result = events_of(train(cfg, data))
+    assert isinstance(events[0], StartEvent) and isinstance(events[-1], DoneEvent)
+    start = events[0]
+    assert start.n_labelled == 2 and start.n_unlabelled == 1 and start.batch == (2, 2) and start.norm is not None
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert [e.step for e in steps] == list(range(1, 7))
+    assert all(np.isfinite(e.loss) and e.batch_size == 4 and e.data_wait_s >= 0 for e in steps)
+    assert steps[-1].cons_weight > steps[0].cons_weight > 0
+    vals = [e for e in events if isinstance(e, ValidationEvent)]
+    assert [v.step for v in vals] == [3, 6]
+    assert set(vals[0].dice_per_class) == {"background", "foreground"} and vals[0].hd95 is not None
+    cks = [e for e in events if isinstance(e, CheckpointEvent)]
+    assert {c.kind for c in cks} == {"last", "best"}
+    done = events[-1]
+    assert done.reason == "steps" and done.steps == 6 and result.steps == 6
+    ck = load_checkpoint(done.last_checkpoint)
+    assert (tmp_path / "ck" / "last.json").is_file()
+    for key in ("round", "step", "patch_size", "level", "pixel_size", "axes", "val_seed", "val_block", "mean_dice",
+                "train_config"):
+        assert key in ck.meta, key
+    assert ck.meta["round"] == 1 and ck.meta["axes"] == "YX" and ck.norm == start.norm
+    assert ck.teacher_state_dict is not None and ck.classes == data.classes
+    model, _ = load_model(done.best_checkpoint)
+    assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+
+@pytest.mark.slow
+def test_learns_blobs(tmp_path):
+    data = blob_data((128, 128), n_items=2, dense=True, fraction=0.03)
+    cfg = tiny_cfg(tmp_path, steps=80, val_every=80, val_fraction=0.3, patch_size=(48,), batch_size=8)
+    result = run_training(cfg, data)
+    assert result.best_dice is not None and result.best_dice > 0.8
+
+
+def test_stop_flag_saves_a_checkpoint_quickly(tmp_path):
+    stop = threading.Event()
+    gen = train(tiny_cfg(tmp_path, steps=10**6, val_every=10**6), blob_data(), stop=stop)
+    t_stop = None
+    for ev in gen:
+        if isinstance(ev, StepEvent) and ev.step == 3:
+            stop.set()
+            t_stop = time.perf_counter()
+        if isinstance(ev, DoneEvent):
+            assert ev.reason == "stopped" and ev.steps == 3 and ev.last_checkpoint
+            assert load_checkpoint(ev.last_checkpoint).meta["step"] == 3
+            break
+    assert time.perf_counter() - t_stop < 5.0  # generous: the bound that matters is one step
+
+
+def test_time_budget(tmp_path):
+    events, res = events_of(train(tiny_cfg(tmp_path, steps=10**6, time_budget_s=0.5, val_every=10**6),
+                                  blob_data()))
+    assert events[-1].reason == "time" and res.steps >= 1
+
+
+def test_out_of_memory_halves_the_batch(tmp_path, monkeypatch):
+    calls = []
+
+    def fault(step):
+        if step == 2 and not calls:
+            calls.append(step)
+            raise torch.OutOfMemoryError("CUDA out of memory. (simulated)")
+
+    monkeypatch.setattr(loop_mod, "_fault_hook", fault)
+    events, res = events_of(train(tiny_cfg(tmp_path, steps=5, batch_size=4), blob_data()))
+    warn = [e for e in events if isinstance(e, WarningEvent) and "out of memory" in e.message]
+    assert len(warn) == 1
+    sizes = [e.batch_size for e in events if isinstance(e, StepEvent)]
+    assert sizes == [4, 4, 2, 2, 2] and res.steps == 5
+
+
+def test_preview_hook_runs_in_eval_and_inference_mode(tmp_path):
+    seen = []
+
+    def hook(model, teacher, step):
+        seen.append((model.training, torch.is_inference_mode_enabled(), teacher is not None, step))
+        return {"step": step}
+
+    events, res = events_of(train(tiny_cfg(tmp_path, steps=4, val_every=2), blob_data((96, 96), fraction=0.1),
+                                  preview_hook=hook, preview_every_s=0.0))
+    previews = [e for e in events if isinstance(e, PreviewEvent)]
+    assert previews and previews[0].payload == {"step": previews[0].step}
+    assert all(s[0] is False and s[1] and s[2] for s in seen)
+    assert res.model is not None
+
+
+def test_rounds_continue_from_the_checkpoint(tmp_path):
+    data = blob_data((128, 128), n_items=2, fraction=0.05)
+    cfg = tiny_cfg(tmp_path, steps=3, val_every=3, val_fraction=0.3)
+    ev1, r1 = events_of(train(cfg, data))
+    ck1 = load_checkpoint(r1.last_checkpoint)
+    cfg2 = cfg.replace(checkpoint_dir=str(tmp_path / "round2"), seed=99)  # a new seed must not move validation
+    ev2, r2 = events_of(train(cfg2, data, init=r1.last_checkpoint))
+    start2 = ev2[0]
+    assert start2.round == 2 and start2.init_report.startswith(f"{len(ck1.state_dict)} matched, 0 missing")
+    ck2 = load_checkpoint(r2.last_checkpoint)
+    assert ck2.meta["round"] == 2 and ck2.meta["val_seed"] == ck1.meta["val_seed"]
+    assert ck2.meta["val_block"] == ck1.meta["val_block"] and ck2.norm == ck1.norm
+    # a plain state dict works too, with a report
+    ev3, _ = events_of(train(cfg.replace(checkpoint_dir=str(tmp_path / "r3")), data, init=ck1.state_dict))
+    assert ev3[0].init_report.startswith(f"{len(ck1.state_dict)} matched")
+
+
+@pytest.mark.parametrize("kw", [dict(uncertainty_mask=True, uncertainty_samples=2), dict(mean_teacher=False),
+                                dict(loss="focal_dice", eval_model="teacher", optimizer="sgd", lr_schedule="poly")])
+def test_variants_run(tmp_path, kw):
+    events, res = events_of(train(tiny_cfg(tmp_path, steps=3, **kw), blob_data(fraction=0.1)))
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert len(steps) == 3 and all(np.isfinite(e.loss) for e in steps)
+    if kw.get("mean_teacher") is False:
+        assert res.teacher is None and all(e.loss_cons == 0 for e in steps)
+
+
+def test_3d_and_slice_wise(tmp_path):
+    data = blob_data((24, 24, 24), fraction=0.05)
+    events, res = events_of(train(tiny_cfg(tmp_path, dims=3, steps=2, batch_size=2), data))
+    assert events[0].patch_size == (16, 16, 16) and res.steps == 2
+    events, res = events_of(train(tiny_cfg(tmp_path, dims=2, steps=2, patch_size=(16,)), data))
+    ck = load_checkpoint(res.last_checkpoint)
+    assert ck.meta["slice_wise"] is True and ck.meta["spatial_dims"] == 2

@@ -1,0 +1,94 @@
+import math
+
+import pytest
+import torch
+
+from napari_medseg.training.losses import SparseSegLoss, consistency_loss
+from napari_medseg.training.mean_teacher import MeanTeacher, sigmoid_rampup, teacher_uncertainty
+
+from ._synth import TINY_2D
+
+
+def _store(shape=(2, 16, 16), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 3, shape, generator=g).to(torch.uint8)  # 0 unannotated, 1 bg, 2 fg
+
+
+@pytest.mark.parametrize("kind", ["ce_dice", "focal_dice", "ce"])
+def test_unannotated_pixels_do_not_count(kind):
+    loss = SparseSegLoss(kind)
+    y = _store()
+    logits = torch.randn(2, 2, 16, 16)
+    other = logits.clone()
+    other[:, :, ][(y == 0).unsqueeze(1).expand_as(other)] = 50.0  # change only unannotated pixels
+    assert torch.allclose(loss(logits, y), loss(other, y), atol=1e-5)
+
+
+def test_perfect_and_wrong_predictions():
+    loss = SparseSegLoss("ce_dice")
+    y = _store()
+    t = (y.long() - 1).clamp(min=0)
+    perfect = torch.nn.functional.one_hot(t, 2).permute(0, 3, 1, 2).float() * 20 - 10
+    assert float(loss(perfect, y)) < 1e-3
+    assert float(loss(-perfect, y)) > 2.0
+
+
+def test_nothing_painted_gives_zero_with_gradient():
+    logits = torch.randn(1, 2, 8, 8, requires_grad=True)
+    out = SparseSegLoss()(logits, torch.zeros(1, 8, 8, dtype=torch.uint8))
+    out.backward()
+    assert float(out) == 0.0 and logits.grad is not None
+
+
+def test_consistency_loss_and_mask():
+    s = torch.randn(2, 3, 8, 8)
+    p = torch.softmax(s, 1)
+    assert float(consistency_loss(s, p)) < 1e-10
+    q = torch.softmax(torch.randn(2, 3, 8, 8), 1)
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    assert float(consistency_loss(s, q, mask)) == 0.0
+    mask[0, :4] = True
+    full = float(consistency_loss(s, q))
+    part = float(consistency_loss(s, q, mask))
+    assert part > 0 and not math.isclose(part, full)
+
+
+def test_sigmoid_rampup():
+    vals = [sigmoid_rampup(s, 100) for s in (0, 25, 50, 100, 200)]
+    assert vals[0] == pytest.approx(math.exp(-5))
+    assert vals == sorted(vals) and vals[-1] == 1.0 and vals[-2] == 1.0
+    assert sigmoid_rampup(3, 0) == 1.0
+
+
+def test_teacher_is_an_ema_of_the_student():
+    from napari_medseg.models import build_model
+
+    torch.manual_seed(0)
+    student = build_model(TINY_2D)
+    mt = MeanTeacher(student, decay=0.9)
+    mt.update(student)  # first update copies
+    before = {k: v.clone() for k, v in mt.module.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    mt.update(student)
+    name = next(n for n, _ in student.named_parameters())
+    got = mt.module.state_dict()[name]
+    want = 0.9 * before[name] + 0.1 * student.state_dict()[name]
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not any(p.requires_grad for p in mt.teacher.parameters())
+
+
+def test_uncertainty_map_and_mask():
+    from napari_medseg.models import build_model
+
+    torch.manual_seed(0)
+    student = build_model(TINY_2D)
+    mt = MeanTeacher(student, uncertainty_mask=True, threshold=0.5, rampup_steps=10, n_samples=2)
+    x = torch.rand(2, 1, 16, 16)
+    u = teacher_uncertainty(mt.teacher, x, n_samples=3)
+    assert u.shape == (2, 16, 16) and float(u.min()) >= 0 and float(u.max()) <= 1 + 1e-6
+    probs, mask = mt.targets(x, step=0)
+    assert probs.shape == (2, 2, 16, 16) and mask.shape == (2, 16, 16) and mask.dtype == torch.bool
+    assert mt.current_threshold(0) < mt.current_threshold(10) == pytest.approx(1.0)
+    assert student.training  # the map did not leave the student in eval mode
