@@ -105,7 +105,8 @@ def _resolution_size(page: Any, target: str) -> tuple[float, float] | None:
     return (sy, sx) if sy and sx else None
 
 
-def _ome_pixels(tif: tifffile.TiffFile) -> dict[str, Any]:
+def _ome_pixels(tif: tifffile.TiffFile, image: int = 0) -> dict[str, Any]:
+    """Attributes of the ``Pixels`` element of OME ``Image`` number ``image`` (and its channels)."""
     xml = tif.ome_metadata
     if not xml:
         return {}
@@ -113,12 +114,12 @@ def _ome_pixels(tif: tifffile.TiffFile) -> dict[str, Any]:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return {}
-    out: dict[str, Any] = {}
-    for el in root.iter():
-        if el.tag.endswith("}Pixels") or el.tag == "Pixels":
-            out = dict(el.attrib)
-            out["channels"] = [dict(c.attrib) for c in el if c.tag.endswith("Channel")]
-            return out
+    pixels = [el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"]
+    if not pixels:
+        return {}
+    el = pixels[image] if image < len(pixels) else pixels[0]
+    out: dict[str, Any] = dict(el.attrib)
+    out["channels"] = [dict(c.attrib) for c in el if c.tag.endswith("Channel")]
     return out
 
 
@@ -139,7 +140,8 @@ def _imagej_size(tif: tifffile.TiffFile, page: Any, target: str) -> tuple[float 
     return sz, sy, sx
 
 
-def _physical_size(tif: tifffile.TiffFile, page: Any, fmt: str, volume: bool) -> tuple[dict[str, float], str, str]:
+def _physical_size(tif: tifffile.TiffFile, page: Any, fmt: str, volume: bool,
+                   image: int = 0) -> tuple[dict[str, float], str, str]:
     """Pixel size per axis name (``Z``/``Y``/``X``) in the target unit, the unit, and its source."""
     target = "millimeter" if volume else "micrometer"
     size: dict[str, float | None] = {"Z": None, "Y": None, "X": None}
@@ -153,7 +155,7 @@ def _physical_size(tif: tifffile.TiffFile, page: Any, fmt: str, volume: bool) ->
             size["Y"] = size["X"] = convert_length(float(mpp), "um", target)
             source = "svs ImageDescription MPP"
     if fmt == "ome" and size["X"] is None:
-        px = _ome_pixels(tif)
+        px = _ome_pixels(tif, image)
         size = {a: _ome_size(px, a, target) for a in "ZYX"}
         if size["X"]:
             source = "OME PhysicalSize"
@@ -253,20 +255,22 @@ def open_tiff(path: str | os.PathLike) -> ImageSource:
             series = tif.series
         except Exception as e:
             raise UnreadableInputError(f"{p}: the TIFF structure is damaged ({e}).") from e
-        if not series or not series[0].shape or 0 in series[0].shape:
+        if not series or not any(s.shape and 0 not in s.shape for s in series):
             raise UnreadableInputError(f"{p}: holds no image data.")
-        s0 = series[0]
+        # the main image: the largest series (series 0 in SVS/NDPI; some OME files put a label first)
+        index = max(range(len(series)), key=lambda i: (math.prod(series[i].shape or (0,)), -i))
+        s0 = series[index]
         fmt = _format_name(tif)
         _check_data_offsets(p, list(s0.levels))
         sel, kept, notes = _plan_axes(s0.axes, s0.shape)
         axes = _target_axes(kept)
         volume = "Z" in axes
         kf = s0.keyframe
-        sizes, unit, size_source = _physical_size(tif, kf, fmt, volume)
+        sizes, unit, size_source = _physical_size(tif, kf, fmt, volume, index)
         rgb = ("S" in s0.axes and axes == "YXC" and np.dtype(s0.dtype) == np.uint8
                and s0.shape[s0.axes.index("S")] in (3, 4))
         modality = "brightfield" if rgb else "unknown"
-        ome_px = _ome_pixels(tif) if fmt == "ome" else {}
+        ome_px = _ome_pixels(tif, index) if fmt == "ome" else {}
         if any("EmissionWavelength" in c or "ExcitationWavelength" in c for c in ome_px.get("channels", [])):
             modality = "fluorescence"
         channel_names: tuple[str, ...] = ()
@@ -276,7 +280,8 @@ def open_tiff(path: str | os.PathLike) -> ImageSource:
         meta: dict[str, Any] = {
             "format": fmt,
             "pixel_size_source": size_source,
-            "other_series": [{"name": s.name, "shape": list(s.shape), "axes": s.axes} for s in series[1:]],
+            "other_series": [{"name": s.name, "shape": list(s.shape), "axes": s.axes}
+                             for i, s in enumerate(series) if i != index],
         }
         if notes:
             meta["notes"] = notes
@@ -300,13 +305,13 @@ def open_tiff(path: str | os.PathLike) -> ImageSource:
     big_2d = not volume and len(s0.levels) == 1 and max(s0.shape[i] for i in spatial_idx) > VIRTUAL_PYRAMID_MIN_SIDE
     if big_2d and memmappable:
         try:
-            base = tifffile.memmap(p, series=0, mode="r")
+            base = tifffile.memmap(p, series=index, mode="r")
             if tuple(base.shape) != tuple(s0.shape):
                 base = None
         except Exception as e:  # fall back to the zarr store
             logger.debug("memmap of %s failed: %s", p, e)
             base = None
-    zlevels: list[Any] = [base] if base is not None else open_tiff_zarr(p)
+    zlevels: list[Any] = [base] if base is not None else open_tiff_zarr(p, series=index)
     if big_2d and base is None and compressed:
         chunk_bytes = math.prod(zlevels[0].chunks) * np.dtype(zlevels[0].dtype).itemsize
         if chunk_bytes > MAX_SINGLE_CHUNK_BYTES:

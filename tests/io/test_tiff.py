@@ -137,6 +137,21 @@ def test_generic_subifd_pyramid_grey(tmp_path):
     assert 0 <= lo < hi <= 255
 
 
+def test_main_image_is_the_largest_series(tmp_path):
+    """An OME-TIFF whose first image is a small label picture: the slide is the big pyramid after it."""
+    p = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(p, ome=True) as tw:
+        tw.write(np.full((100, 150, 3), 200, np.uint8), photometric="rgb", metadata={"Name": "label"})
+        levels = [np.zeros((800, 1000, 3), np.uint8), np.zeros((400, 500, 3), np.uint8)]
+        tw.write(levels[0], subifds=1, tile=(256, 256), photometric="rgb",
+                 metadata={"Name": "slide", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tw.write(levels[1], subfiletype=1, tile=(256, 256), photometric="rgb", metadata=None)
+    src = open_tiff(p)
+    assert [lvl.shape for lvl in src.levels] == [(800, 1000, 3), (400, 500, 3)]
+    assert [s["shape"] for s in src.metadata["other_series"]] == [[100, 150, 3]]
+    assert src.pixel_size == (0.5, 0.5) and src.unit == "micrometer"  # from this image's OME Pixels
+
+
 def test_no_resolution_means_unit_pixel(tmp_path):
     p = tmp_path / "nores.tif"
     tifffile.imwrite(p, np.zeros((64, 64, 3), np.uint8), photometric="rgb", metadata=None)
@@ -192,8 +207,12 @@ def test_plain_page_stack_is_a_volume(tmp_path):
 def test_big_flat_tiff_gets_virtual_levels_and_hint(tmp_path, monkeypatch, compression, rowsperstrip, caplog):
     monkeypatch.setattr(mtiff, "VIRTUAL_PYRAMID_MIN_SIDE", 1000)
     p = write_strip_rgb(tmp_path / "flat.tif", shape=(1200, 2600), rowsperstrip=rowsperstrip, compression=compression)
+    mapped = []
+    real_memmap = tifffile.memmap
+    monkeypatch.setattr(tifffile, "memmap", lambda *a, **k: mapped.append(1) or real_memmap(*a, **k))
     with caplog.at_level("INFO", logger="napari_medseg.io.tiff"):
         src = open_tiff(p)
+    assert bool(mapped) == (compression is None)  # uncompressed: memory-mapped, rows read on demand
     assert len(src.levels) >= 2 and src.levels[1].shape == (600, 1300, 3)
     assert "napari-medseg convert" in src.metadata["hint"]
     assert "napari-medseg convert" in caplog.text
