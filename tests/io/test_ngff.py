@@ -194,3 +194,26 @@ def test_write_blocks_one_writer_per_chunk(tmp_path):
         assert r[0].start % 64 == 0 and r[1].start % 64 == 0  # blocks start on chunk boundaries
         covered[r] += 1
     assert (covered == 1).all()
+
+
+def test_labels_writers_3d_roundtrip_and_refusals(tmp_path):
+    from napari_medseg.io import GeometryMismatchError
+    from napari_medseg.io.writers import write_labels_ngff, write_labels_tiff
+
+    vol = np.zeros((6, 40, 50), np.uint8)
+    vol[2:4, 10:30, 5:25] = 4
+    write_labels_ngff(tmp_path / "v.zarr", da.from_array(vol, chunks=(2, 20, 20)), pixel_size=(2.0, 0.5, 0.5),
+                      unit="millimeter", name="organ")
+    (src,) = open_path(tmp_path / "v.zarr")
+    assert src.kind == "labels" and src.axes == "ZYX" and src.pixel_size == (2.0, 0.5, 0.5)
+    np.testing.assert_array_equal(src.levels[0].compute(), vol)
+    write_labels_tiff(tmp_path / "v.tif", vol, pixel_size=(2.0, 0.5, 0.5), unit="millimeter")
+    (src,) = open_path(tmp_path / "v.tif")
+    assert src.axes == "ZYX" and src.unit == "millimeter" and src.pixel_size == pytest.approx((2.0, 0.5, 0.5))
+    np.testing.assert_array_equal(src.levels[0].compute(), vol)
+    with pytest.raises(MedsegError, match="must be integers"):
+        write_labels_ngff(tmp_path / "f.zarr", np.zeros((4, 4), np.float32))
+    _write_rgb_ngff(tmp_path / "img.zarr", shape=(64, 64), chunk=32)
+    with pytest.raises(GeometryMismatchError, match="new .zarr"):
+        write_labels_ngff(tmp_path / "img.zarr", np.zeros((10, 10), np.uint8))
+    assert not (tmp_path / "img.zarr" / "labels").exists()  # nothing half-written
