@@ -58,7 +58,11 @@ def fingerprint(source: ImageSource, max_bytes: int = 64 << 20) -> str:
     for lvl in reversed(source.levels):
         nbytes = int(np.prod(lvl.shape)) * np.dtype(lvl.dtype).itemsize
         if nbytes <= max_bytes:
-            h.update(np.ascontiguousarray(np.asarray(lvl)).tobytes())
+            try:
+                h.update(np.ascontiguousarray(np.asarray(lvl)).tobytes())
+            except Exception as e:  # an unreadable tile: the run reports it with its position
+                log.warning("could not read the smallest level for the image fingerprint: %s", e)
+                h.update(b"unreadable")
             break
     h.update(str([tuple(lv.shape) for lv in source.levels]).encode())
     return h.hexdigest()

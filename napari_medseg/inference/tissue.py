@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.errors import MedsegError
+from ..io.errors import MedsegError, UnreadableInputError
 from ..io.source import ImageSource
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ def compute_tissue_mask(source: ImageSource, *, level: int | None = None, method
                         min_threshold: float = 0.02, dilate: int = 1) -> TissueMask:
     """The tissue mask of a 2D slide, computed at about ``target_pixel_size`` (in the source's unit per
     pixel) or from ``level`` if given. ``method="auto"`` picks saturation for RGB, intensity otherwise."""
+    from scipy import ndimage
     from skimage import filters, morphology
 
     if source.spatial_dims != 2:
@@ -149,7 +150,14 @@ def compute_tissue_mask(source: ImageSource, *, level: int | None = None, method
         target_ds = max(source.level_downsample(level))
     else:
         target_ds = max(1.0, target_pixel_size / max(source.pixel_size))
-    low, lvl, ds = low_resolution(source, target_ds)
+    try:
+        low, lvl, ds = low_resolution(source, target_ds)
+    except MedsegError:
+        raise
+    except Exception as e:
+        raise UnreadableInputError(f"{source.path or source.name}: the low-resolution level could not be read for the "
+                                   f"tissue mask ({type(e).__name__}: {e}); repair the image or predict with "
+                                   "the tissue mask off") from e
     if method == "otsu_saturation":
         if low.ndim != 3 or low.shape[-1] < 3:
             raise MedsegError("saturation masks need an RGB slide; use method='otsu_intensity' for grey slides")
@@ -173,7 +181,7 @@ def compute_tissue_mask(source: ImageSource, *, level: int | None = None, method
         mask = morphology.remove_small_holes(mask, max_size=min_size) if _has_max_size() else \
             morphology.remove_small_holes(mask, area_threshold=min_size)
     if dilate > 0 and mask.any():
-        mask = morphology.binary_dilation(mask, morphology.disk(dilate)) if mask.ndim == 2 else mask
+        mask = ndimage.binary_dilation(mask, morphology.disk(dilate))
     scale = (source.pixel_size[0] * ds[0], source.pixel_size[1] * ds[1])
     tm = TissueMask(mask=np.ascontiguousarray(mask), level=lvl, downsample=ds, scale=scale, method=method,
                     threshold=thr, source_shape=source.shape)
