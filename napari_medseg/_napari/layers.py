@@ -77,10 +77,8 @@ def current_view(viewer: Any, layer: Any, *, max_px: int = 1024, depth: int = 1)
     try:
         level = int(getattr(layer, "data_level", 0)) if getattr(layer, "multiscale", False) else 0
         shapes = layer.level_shapes if getattr(layer, "multiscale", False) else [layer.data.shape]
-        shape = [int(s) for s in shapes[level]]
-        rgb = bool(getattr(layer, "rgb", False))
-        nd = len(shape) - (1 if rgb else 0)
-        shape = shape[:nd]
+        nd = int(layer.ndim)  # spatial dims (napari's ndim excludes an RGB channel axis)
+        shape = [int(s) for s in shapes[level]][:nd]
         corners = np.asarray(layer.corner_pixels)[:, :nd]
         region = []
         displayed = list(viewer.dims.displayed)[-2:]
@@ -118,8 +116,28 @@ class LatestValue:
             return self._value
 
 
+def camera_of(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def upsert_layer(viewer: Any, name: str, kind: str, data: Any, **kwargs: Any) -> Any:
-    """Update layer ``name`` in place (data, translate, scale...) or add it; returns the layer."""
+    """Update layer ``name`` in place (data, translate, scale...) or add it; returns the layer. The user's
+    layer selection is kept (a result layer never steals the active layer from the painter)."""
+    selected = set(viewer.layers.selection)
+    active = viewer.layers.selection.active
+    try:
+        return _upsert(viewer, name, kind, data, **kwargs)
+    finally:
+        if selected and set(viewer.layers.selection) != selected:
+            viewer.layers.selection.clear()
+            viewer.layers.selection.update({lay for lay in selected if lay in viewer.layers})
+            if active is not None and active in viewer.layers:
+                viewer.layers.selection.active = active
+
+
+def _upsert(viewer: Any, name: str, kind: str, data: Any, **kwargs: Any) -> Any:
     if name in viewer.layers:
         layer = viewer.layers[name]
         if layer._type_string == kind:

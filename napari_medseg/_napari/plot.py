@@ -76,6 +76,11 @@ class LivePlot(QWidget):
             pen.setWidthF(2.0 if name == "val_dice" else 1.3)
             p.setPen(pen)
             p.drawPolyline(poly)
+            if name == "val_dice":  # few points: draw them as dots so a single validation shows
+                p.setBrush(QColor(SERIES_COLORS["val_dice"]))
+                for pt in poly:
+                    p.drawEllipse(pt, 3.0, 3.0)
+                p.setBrush(Qt.NoBrush)
         p.setPen(QColor("#c8cbd0"))
         p.drawText(2, top + 10, f"{hi:.3g}")
         p.drawText(2, top + ph, f"{lo if use_log else 0:.2g}")

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.errors import MedsegError
-from .layers import LatestValue, current_view, medseg_meta, source_from_layer, upsert_layer
+from .layers import LatestValue, camera_of, current_view, medseg_meta, source_from_layer, upsert_layer
 from .plot import LivePlot
 from .session import session_for
 from .settings import load_settings, save_settings
@@ -101,8 +101,11 @@ class TrainWidget(QWidget):
         self._view_timer.setSingleShot(True)
         self._view_timer.setInterval(150)
         self._view_timer.timeout.connect(self._update_view)
-        napari_viewer.camera.events.connect(self._view_timer.start)
-        napari_viewer.dims.events.current_step.connect(self._view_timer.start)
+        camera_of(napari_viewer).events.connect(self._schedule_view_update)
+        napari_viewer.dims.events.current_step.connect(self._schedule_view_update)
+
+    def _schedule_view_update(self, _event: Any = None) -> None:
+        self._view_timer.start()
 
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -323,6 +326,7 @@ class TrainWidget(QWidget):
         self._first_preview_s = None
         self._last_preview_t = None
         self._preview_intervals = []
+        self._warned: set[str] = set()
         self._update_view()
         self._sync_preview_opts()
         self._job = job
@@ -385,7 +389,9 @@ class TrainWidget(QWidget):
             elif kind == "CheckpointEvent":
                 self.session.last_checkpoint = Path(ev.path)
             elif kind == "WarningEvent":
-                show_warning(ev.message)
+                if ev.message not in self._warned:  # a repeated warning is shown once per run
+                    self._warned.add(ev.message)
+                    show_warning(ev.message)
             elif kind == "StartEvent":
                 self.status.setText(f"training on {getattr(ev, 'device', '?')}")
             elif kind == "DoneEvent":

@@ -125,8 +125,7 @@ class ImageSource:
             if self.channel_names:
                 kw["name"] = [f"{self.name} [{c}]" for c in self.channel_names]
         if self.kind == "labels":
-            for k in ("rgb", "units"):
-                kw.pop(k)
+            kw.pop("rgb")
             return {"data": data, **kw}
         if self.contrast_limits is not None and not self.rgb:
             kw["contrast_limits"] = list(self.contrast_limits)
