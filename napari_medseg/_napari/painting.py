@@ -356,6 +356,7 @@ class PaintingController(QObject):
         tr = tuple(t + w.start * s for t, w, s in zip(self._translate, window, self._scale))
         self.layer.translate = tr
         self.layer.data = data
+        self.layer.editable = self.store.writable  # setting data makes a Labels layer editable again
         if hasattr(self.layer, "_reset_history"):
             self.layer._reset_history()  # undo history refers to the old window's pixels
         if self.overview_layer is not None:
