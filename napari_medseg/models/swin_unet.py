@@ -74,17 +74,19 @@ class SwinStage(nn.Module):
         mask = None
         if len(self.blocks) > 1 and any(s > 0 for s in shift):
             padded = tuple((s + w - 1) // w * w for s, w in zip(spatial, window))
-            mask = shift_window_mask(padded, window, shift).to(x.device)
+            mask = shift_window_mask(padded, window, shift, x.device)
         for blk in self.blocks:
             x = blk(x, mask)
         return x
 
 
 @functools.lru_cache(maxsize=64)
-def shift_window_mask(dims: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]) -> torch.Tensor:
+def shift_window_mask(dims: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...],
+                      device: torch.device | str = "cpu") -> torch.Tensor:
     """The shifted-window attention mask ``(n_windows, w, w)`` (0 within a region, -100 across), as MONAI's
-    ``compute_mask`` but built in NumPy and cached: a traced or exported graph holds it as one constant
-    instead of hundreds of index operations, and training does not rebuild it every step."""
+    ``compute_mask`` but built in NumPy and cached per device: a traced or exported graph holds it as one
+    constant instead of hundreds of index operations, and training neither rebuilds nor re-uploads it every
+    step. Treat the result as read-only (it is shared)."""
     region = np.zeros(dims, dtype=np.float32)
     cuts = [(slice(-w), slice(-w, -s), slice(-s, None)) for w, s in zip(window, shift)]
     for cnt, idx in enumerate(itertools.product(*cuts)):
@@ -95,7 +97,7 @@ def shift_window_mask(dims: tuple[int, ...], window: tuple[int, ...], shift: tup
     order = [2 * i for i in range(nd)] + [2 * i + 1 for i in range(nd)]
     win = region.reshape(shape).transpose(order).reshape(-1, int(np.prod(window)))
     diff = win[:, None, :] - win[:, :, None]
-    return torch.from_numpy(np.where(diff != 0, -100.0, 0.0).astype(np.float32))
+    return torch.from_numpy(np.where(diff != 0, -100.0, 0.0).astype(np.float32)).to(device)
 
 
 class PatchExpand(nn.Module):
