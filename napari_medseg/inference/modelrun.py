@@ -72,7 +72,7 @@ def _first_weight(module: nn.Module) -> torch.Tensor | None:
 
 
 def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = None,
-                  classes: ClassSchema | None = None, teacher: bool = False) -> LoadedModel:
+                  classes: ClassSchema | None = None, teacher: bool = False, hash_weights: bool = True) -> LoadedModel:
     """The model, its config, normalisation and classes (the checkpoint's, unless given explicitly)."""
     ckpt_path = None
     config = getattr(model, "medseg_config", None)
@@ -96,7 +96,7 @@ def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = No
         if w is not None and w.ndim in (4, 5):
             in_ch, dims = int(w.shape[1]), w.ndim - 2
     return LoadedModel(module.eval(), config if isinstance(config, ModelConfig) else None, norm, classes,
-                       state_hash(module), in_ch, dims, ckpt_path)
+                       state_hash(module) if hash_weights else "", in_ch, dims, ckpt_path)
 
 
 def default_classes(n: int) -> ClassSchema:

@@ -43,8 +43,7 @@ class RegionPrediction:
 
 def _loaded(model: nn.Module | str | Path) -> LoadedModel:
     if isinstance(model, nn.Module):
-        cfg = getattr(model, "medseg_config", None)
-        return LoadedModel(model, cfg, None, None, "", None, cfg.spatial_dims if cfg is not None else None)
+        return resolve_model(model, hash_weights=False)
     p = Path(model)
     key = (str(p.resolve()), p.stat().st_mtime_ns if p.exists() else 0)
     if key not in _MODELS:

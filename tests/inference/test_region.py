@@ -1,0 +1,69 @@
+"""Live preview: a region of one level, placed over the image, with probabilities and uncertainty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from infer_helpers import halve, monai_probs, small_unet, textured_rgb, zarr_source
+
+from napari_medseg.inference import predict_region
+from napari_medseg.io.errors import MedsegError
+from napari_medseg.models import NormConfig
+
+
+@pytest.fixture
+def slide(tmp_path):
+    img = textured_rgb(400, 500)
+    return zarr_source(tmp_path / "s.zarr", [img, halve(img, (0, 1))], "YXC", chunks=(64, 64, 3)), img
+
+
+def test_region_single_pass(slide, unet2d):
+    src, img = slide
+    r = predict_region(unet2d, src, 0, (slice(50, 150), slice(70, 231)), NormConfig.uint8(3), with_probs=True)
+    assert r.labels.shape == (100, 161) and r.labels.dtype == np.uint8
+    assert r.probs.shape == (3, 100, 161) and r.probs.dtype == np.float16
+    assert r.uncertainty is None
+    assert r.translate == (25.0, 35.0) and r.scale == (0.5, 0.5)
+    # the box grows to a size the model takes (multiple of 2) with real image context, then is cropped
+    x = torch.from_numpy(img[50:150, 70:232].transpose(2, 0, 1).astype(np.float32))[None] / 255
+    with torch.inference_mode():
+        p = torch.softmax(unet2d(x), 1)[0, :, :, :161].numpy()
+    assert np.abs(r.probs.astype(np.float32) - p).max() < 2e-3
+    assert (r.labels == p.argmax(0)).mean() > 0.99
+
+
+def test_region_sliding_window_is_monai(slide, unet2d):
+    src, img = slide
+    r = predict_region(unet2d, src, 0, (slice(0, 200), slice(0, 300)), NormConfig.uint8(3), window=(64, 64),
+                       with_probs=True)
+    ref = monai_probs(unet2d, img[:200, :300].transpose(2, 0, 1), (64, 64), 0.25)
+    assert np.abs(r.probs.astype(np.float32) - ref).max() < 1e-3
+
+
+def test_region_level_1_with_uncertainty(slide, unet2d):
+    src, _ = slide
+    teacher = small_unet(seed=5)
+    r = predict_region(unet2d, src, 1, (slice(10, 90), slice(None, None)), NormConfig.uint8(3),
+                       uncertainty_model=teacher)
+    assert r.labels.shape == (80, 250) and r.region == (slice(10, 90), slice(0, 250))
+    assert r.uncertainty.shape == (80, 250) and r.uncertainty.dtype == np.float32
+    assert 0.0 <= r.uncertainty.min() and r.uncertainty.max() <= 1.0 and r.uncertainty.max() > 0
+    assert r.scale == (1.0, 1.0) and r.translate == (10 * 1.0 + 0.25, 0.25)
+
+
+def test_region_volume_2d_model(tmp_path):
+    vol = np.random.default_rng(0).integers(0, 255, (6, 40, 50), dtype=np.uint8)
+    src = zarr_source(tmp_path / "v.zarr", [vol], "ZYX", pixel_size=(2.0, 1.0, 1.0))
+    r = predict_region(small_unet(1, 2), src, 0, (slice(2, 4), slice(0, 40), slice(5, 45)), NormConfig.uint8(1))
+    assert r.labels.shape == (2, 40, 40)
+
+
+def test_region_bad_input(slide, unet2d):
+    src, _ = slide
+    with pytest.raises(MedsegError, match="outside the image"):
+        predict_region(unet2d, src, 0, (slice(500, 600), slice(0, 10)), NormConfig.uint8(3))
+    with pytest.raises(MedsegError, match="level 3 does not exist"):
+        predict_region(unet2d, src, 3, (slice(0, 10), slice(0, 10)), NormConfig.uint8(3))
+    with pytest.raises(MedsegError, match="input channel"):
+        predict_region(small_unet(1, 2), src, 0, (slice(0, 10), slice(0, 10)), NormConfig.uint8(1))
