@@ -26,8 +26,15 @@ log = logging.getLogger(__name__)
 
 
 def device_name(choice: str) -> str:
-    """'cuda:0 (NVIDIA H200)' -> 'cuda:0'; 'cpu' -> 'cpu'."""
-    return choice.split(" ", 1)[0] if choice else "auto"
+    """The engine's device for a widget choice: 'cuda:0 (NVIDIA H200)' -> 'cuda', 'cpu' -> 'cpu'.
+
+    A GPU index is applied by ``select_gpu`` before training starts."""
+    return choice.split(" ", 1)[0].split(":", 1)[0] if choice else "auto"
+
+
+def gpu_index(choice: str) -> int | None:
+    head = choice.split(" ", 1)[0] if choice else ""
+    return int(head.split(":", 1)[1]) if head.startswith("cuda:") and head[5:].isdigit() else None
 
 
 def classes_for_layer(layer: Any, n_max: int) -> ClassSchema:
@@ -92,6 +99,13 @@ def prepare_job(viewer: Any, session: Any, source: ImageSource, image_layer: Any
     if not snap.painted_chunks():
         raise MedsegError(f"Nothing is painted in the {what}: paint at least one class and some background first.")
     cfg = build_config(settings, source, snap.classes, out)
+    idx = gpu_index(settings.get("device", ""))
+    if idx is not None:
+        import torch
+
+        if not torch.cuda.is_available() or idx >= torch.cuda.device_count():
+            raise MedsegError(f"GPU cuda:{idx} is not available on this machine; choose another device or cpu.")
+        torch.cuda.set_device(idx)
     return {"source": source, "snapshot": snap, "labels_what": what, "classes": snap.classes, "cfg": cfg,
             "init": init, "device": cfg.device, "refresh_s": float(settings.get("refresh_s", 20.0))}
 
