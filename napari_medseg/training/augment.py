@@ -130,7 +130,8 @@ class Augmenter:
             m = self._rand(n) < p_blur
             if bool(m.any()):
                 sigma = 0.5 + float(self._rand(1)) * 1.0
-                x = torch.where(m.view(bshape), gaussian_blur(x, sigma), x)
+                x = x.clone()
+                x[m] = gaussian_blur(x[m], sigma)
         # additive Gaussian noise
         std = self._rand(n) * (0.05 if strong else 0.02)
         x = x + self._randn(*x.shape) * std.view(bshape)

@@ -419,7 +419,15 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
 
 def _validate_and_save(run: _Run, step: int, stop: threading.Event | None, history: list[dict[str, Any]],
                        validate: bool = True) -> Generator[TrainEvent, None, None]:
-    ev = run.validate(step, stop) if validate else None
+    ev = None
+    if validate:
+        try:
+            ev = run.validate(step, stop)
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            free_memory(run.dev)
+            yield WarningEvent(f"validation at step {step} skipped: out of memory ({e}); training goes on")
     if ev is not None:
         history.append({"event": "validation", **ev.__dict__})
         yield ev
