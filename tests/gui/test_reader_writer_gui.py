@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,11 @@ PLUGIN = "napari-medseg"
 
 def _load_io_fixtures():
     """The synthetic-file writers of tests/io/conftest.py (plain functions, shared with the IO tests)."""
-    spec = importlib.util.spec_from_file_location("medseg_io_fixtures", Path(__file__).parents[1] / "io" / "conftest.py")
+    if "medseg_io_synth" in sys.modules:
+        return sys.modules["medseg_io_synth"]
+    spec = importlib.util.spec_from_file_location("medseg_io_synth", Path(__file__).parents[1] / "io" / "conftest.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     return mod
 

@@ -6,6 +6,7 @@ JPEG stays close to the source. Shapes are (Y, X[, C]); pyramids halve per level
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,11 @@ import pytest
 import tifffile
 
 SLIDE_SHAPE = (1500, 2000)  # (H, W) of level 0
+
+# Test modules import these helpers as ``medseg_io_synth``: a bare ``from conftest import`` can resolve to
+# another folder's conftest.py when several are loaded (pytest keeps only the last as "conftest").
+if getattr(sys.modules.get(__name__), "__file__", None) == __file__:
+    sys.modules["medseg_io_synth"] = sys.modules[__name__]
 
 
 def rgb_image(h: int, w: int, seed: int = 0) -> np.ndarray:

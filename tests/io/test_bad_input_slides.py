@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 import tifffile
-from conftest import (
+from medseg_io_synth import (
     make_empty_zarr,
     write_absurd_size,
     write_generic,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import write_generic, write_imagej_volume
+from medseg_io_synth import write_generic, write_imagej_volume
 
 from napari_medseg import cli
 from napari_medseg.io import MedsegError, open_path

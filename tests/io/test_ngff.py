@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
-from conftest import pyramid, rgb_image
+from medseg_io_synth import pyramid, rgb_image
 
 from napari_medseg.io import MedsegError, UnreadableInputError, open_path
 from napari_medseg.io.ngff import (

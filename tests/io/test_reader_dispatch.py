@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from conftest import write_generic, write_strip_rgb
+from medseg_io_synth import write_generic, write_strip_rgb
 
 from napari_medseg.io import UnreadableInputError, open_image, open_path, sniff
 from napari_medseg.io.ngff import create_labels_group, create_multiscale

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import tifffile
-from conftest import (
+from medseg_io_synth import (
     SLIDE_SHAPE,
     write_generic,
     write_imagej_volume,
