@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 
+import torch
 import torch.nn as nn
+from monai.networks.nets import SwinUNETR
 
 from ..io.errors import MedsegError
 from .config import ModelConfig
@@ -39,6 +41,19 @@ def _check_stages(cfg: ModelConfig, exactly: int | None = None) -> None:
                           f"must divide by their heads {h}; e.g. feature_size 24 with heads (3, 6, 12, 24)")
 
 
+class MedsegSwinUNETR(SwinUNETR):
+    """MONAI's SwinUNETR whose size check raises ``MedsegError`` (same weights, same state dict keys)."""
+
+    @torch.jit.unused
+    def _check_input_size(self, spatial_shape) -> None:
+        m = self.patch_size**5
+        shape = tuple(int(s) for s in spatial_shape)
+        if any(s % m for s in shape):
+            raise MedsegError(f"swin_unetr needs spatial sizes that are multiples of {m}; got {shape}. "
+                              f"Crop or pad to e.g. {max(m, round(shape[0] / m) * m)} "
+                              f"(check_input_size names the nearest valid sizes)")
+
+
 def _swin_unet_multiple(cfg: ModelConfig) -> int:
     return SWIN_UNET_PATCH * 2 ** (len(cfg.depths) - 1)
 
@@ -55,9 +70,7 @@ def build_swin_unetr(cfg: ModelConfig) -> nn.Module:
     if importlib.util.find_spec("einops") is None:
         raise MedsegError("swin_unetr needs the 'einops' package (MONAI uses it); install it with "
                           "'pip install einops' or choose swin_unet")
-    from monai.networks.nets import SwinUNETR
-
-    model = SwinUNETR(
+    model = MedsegSwinUNETR(
         in_channels=cfg.in_channels,
         out_channels=cfg.out_channels,
         patch_size=SWIN_UNETR_PATCH,

@@ -31,8 +31,9 @@ def test_swin_rejects_48_and_names_32_or_64(name):
     assert "32" in msg and "64" in msg and "(48, 48)" in msg
 
 
-def test_swin_unet_forward_with_48_raises_a_clear_error():
-    model = build_model(small_config("swin_unet", 2))
+@pytest.mark.parametrize("name", ["swin_unet", "swin_unetr"])
+def test_swin_forward_with_48_raises_a_clear_error(name):
+    model = build_model(small_config(name, 2))
     with pytest.raises(MedsegError, match="multiples of 32"):
         model(torch.zeros(1, 3, 48, 64))
 
