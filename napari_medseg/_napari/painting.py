@@ -359,8 +359,7 @@ class PaintingController(QObject):
         self.layer.editable = self.store.writable  # setting data makes a Labels layer editable again
         if hasattr(self.layer, "_reset_history"):
             self.layer._reset_history()  # undo history refers to the old window's pixels
-        if self.overview_layer is not None:
-            self.overview_layer.refresh()
+        self._refresh_overview()
         log.debug("window moved to %s in %.3f s", window, time.perf_counter() - t0)
         self.window_moved.emit(window)
         return True
@@ -500,12 +499,25 @@ class PaintingController(QObject):
             touched = True
         if touched:
             self.layer.refresh()
+        self._refresh_overview()
 
     def _after_flush(self, info: Any) -> None:
         if self.overview_layer is not None and not self._closed and self.overview_layer.visible:
             lo, hi = self.view_box()
             if any(a < w.start or b > w.stop for w, a, b in zip(self.window, lo, hi)):
-                self.overview_layer.refresh()
+                self._refresh_overview()
+
+    def _refresh_overview(self) -> None:
+        """Re-read the overview. napari keeps the coarsest level of a 2D multiscale layer in memory
+        (its thumbnail level); drop that copy too, or the zoomed-out view would never change."""
+        lyr = self.overview_layer
+        if lyr is None:
+            return
+        if hasattr(lyr, "_reset_thumbnail_level_data"):
+            lyr._reset_thumbnail_level_data()
+            lyr.refresh()
+        else:  # other napari versions: replacing the data resets every cache
+            lyr.data = list(lyr.data_raw)
 
     @property
     def unsaved(self) -> bool:

@@ -145,6 +145,17 @@ def test_moving_the_window_saves_loads_and_overview_shows_the_rest(slide):
     assert coarse.any()
 
 
+def test_zoomed_out_overview_shows_new_paint(slide):
+    viewer, store, ctl = slide
+    _goto(viewer, ctl, 1500, 2000, zoom=0.05)  # the whole slide in view
+    ctl.overview_layer.locked_data_level = len(store.level_shapes) - 1  # the level napari keeps cached
+    assert ctl.overview_layer.data_level == len(store.level_shapes) - 1
+    world = _world(ctl, 2950, 3950)
+    assert ctl.overview_layer.get_value(world, world=True) == (3, 0)  # (level, value): multiscale
+    store.write((slice(2940, 2960), slice(3940, 3960)), 3)  # outside the window, e.g. an imported mask
+    assert ctl.overview_layer.get_value(world, world=True) == (3, 3)
+
+
 def test_external_writes_reach_the_window_and_are_not_overwritten(slide):
     viewer, store, ctl = slide
     _goto(viewer, ctl, 1500, 2000)
