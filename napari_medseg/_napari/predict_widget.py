@@ -276,25 +276,32 @@ class PredictWidget(QWidget):
             log.exception("could not show a prediction event")
 
     def _show_result(self) -> None:
-        """Open the output as a multiscale Labels layer over the image (once), colored like the classes."""
+        """Open the output as a multiscale Labels layer over the image (once), colored like the classes,
+        and the tissue mask the run used (hidden) so the user can see what was skipped."""
         if self._result_layer is not None and self._result_layer in self.viewer.layers:
             return
-        from ..inference import open_prediction
-        from .reader import layer_data_from_sources
+        from ..inference import prediction_layer_data
 
         try:
-            sources = [s for s in open_prediction(self._out) if s.kind == "labels"]
+            layers = prediction_layer_data(self._out)
         except Exception as e:  # the output may not exist yet at the very start
             log.debug("prediction not openable yet: %s", e)
             return
-        if not sources:
-            return
-        data, kwargs, _ = layer_data_from_sources(sources[:1])[0]
-        kwargs["name"] = self._image.name + RESULT_SUFFIX
-        kwargs["translate"] = tuple(self._image.translate)[-len(kwargs.get("scale", ())):] if kwargs.get("scale") else None
-        if kwargs["translate"] is None:
-            kwargs.pop("translate")
-        self._result_layer = self.viewer.add_labels(data, **kwargs)
+        offset = tuple(self._image.translate)
+        for data, kw, kind in layers:
+            if kind != "labels":
+                continue
+            is_mask = "tissue" in str(kw.get("name", ""))
+            kw["name"] = self._image.name + (" tissue mask" if is_mask else RESULT_SUFFIX)
+            nd = len(kw.get("translate", ()))
+            kw["translate"] = tuple(a + b for a, b in zip(kw.get("translate", (0.0,) * nd), offset[-nd:]))
+            if kw["name"] in self.viewer.layers:
+                self.viewer.layers.remove(kw["name"])
+            layer = self.viewer.add_labels(data, **kw)
+            if is_mask:
+                layer.visible = False
+            else:
+                self._result_layer = layer
 
     # -- correction round ---------------------------------------------------------------------------
     def accept_view(self) -> None:

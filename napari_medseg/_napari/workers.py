@@ -36,7 +36,8 @@ def start_generator_worker(
     """Start ``gen_func(*args, **kwargs)`` in a napari thread worker. Events reach ``on_event`` on the main
     thread; an exception becomes a napari error notification (and ``on_error``); ``on_finished`` always
     runs last, so the widget returns to a usable state."""
-    worker = create_worker(gen_func, *args, _start_thread=False, _progress=progress or False, **kwargs)
+    worker = create_worker(gen_func, *args, _start_thread=False, _progress=progress or False,
+                           _ignore_errors=True, **kwargs)  # we notify ourselves, once, in plain words
     worker.yielded.connect(on_event)
 
     def _errored(exc: BaseException) -> None:

@@ -1,0 +1,99 @@
+"""The Predict widget in a real viewer: whole-image prediction appears as a multiscale Labels layer equal
+to the headless predictor's output; cancel and bad inputs leave the widget usable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_medseg._napari import predict_widget as pw
+from napari_medseg._napari.predict_widget import RESULT_SUFFIX, PredictWidget
+from napari_medseg.io.classes import ClassSchema
+from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, build_model, save_checkpoint
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    cfg = ModelConfig(name="unet", spatial_dims=2, in_channels=1, out_channels=3, channels=(8, 16, 32))
+    model = build_model(cfg)
+    ck = Checkpoint(cfg, model.state_dict(), classes=ClassSchema(names=("background", "a", "b")),
+                    norm=NormConfig.uint8(1))
+    return save_checkpoint(tmp_path / "model.pt", ck)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (300, 260), dtype=np.uint8)
+    viewer.add_image(img, name="img", scale=(0.5, 0.5))
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.window_spin.setValue(64)
+    w.tissue_check.setChecked(False)
+    return viewer, w, img
+
+
+def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_path):
+    viewer, w, img = widget
+    w.ckpt_edit.setText(str(checkpoint))
+    w.out_edit.setText(str(tmp_path / "gui.zarr"))
+    w.predict()
+    assert w._worker is not None
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    name = "img" + RESULT_SUFFIX
+    assert name in viewer.layers
+    layer = viewer.layers[name]
+    assert tuple(layer.scale) == (0.5, 0.5)
+    gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+    from napari_medseg._napari.layers import source_from_layer
+    from napari_medseg.inference import open_prediction, run_predict
+
+    run_predict(source_from_layer(viewer.layers["img"]), str(checkpoint), str(tmp_path / "cli.zarr"),
+                window=(64, 64), overlap=0.25, batch_size=4, tissue_mask=False)
+    headless = np.asarray([s for s in open_prediction(tmp_path / "cli.zarr") if s.kind == "labels"][0].levels[0])
+    assert gui.shape == img.shape
+    np.testing.assert_array_equal(gui, headless)
+    assert "done" in w.status.text()
+
+
+def test_predict_without_checkpoint_is_explained(widget, monkeypatch):
+    _, w, _ = widget
+    seen: list[str] = []
+    monkeypatch.setattr(pw, "show_error", seen.append)
+    w.predict()
+    assert w._worker is None and w.predict_btn.isEnabled()
+    assert seen and "No checkpoint" in seen[0]
+
+
+def test_model_with_other_channels_is_refused(widget, tmp_path, qtbot, monkeypatch):
+    viewer, w, _ = widget
+    cfg = ModelConfig(name="unet", spatial_dims=2, in_channels=3, out_channels=2, channels=(8, 16))
+    ck = save_checkpoint(tmp_path / "rgb.pt", Checkpoint(cfg, build_model(cfg).state_dict(), norm=NormConfig.uint8(3)))
+    seen: list[str] = []
+    monkeypatch.setattr("napari_medseg._napari.workers.show_error", seen.append)
+    w.ckpt_edit.setText(str(ck))
+    w.out_edit.setText(str(tmp_path / "x.zarr"))
+    w.predict()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
+    assert seen and "channel" in seen[0]
+    assert w.predict_btn.isEnabled()
+
+
+def test_cancel_leaves_a_resumable_output(widget, checkpoint, qtbot, tmp_path):
+    viewer, w, _ = widget
+    w.ckpt_edit.setText(str(checkpoint))
+    out = tmp_path / "cancel.zarr"
+    w.out_edit.setText(str(out))
+    w.window_spin.setValue(32)
+    w.predict()
+    w.cancel()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert w.predict_btn.isEnabled()
+    w.predict()  # resumes into the same output
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert "done" in w.status.text()
