@@ -107,7 +107,8 @@ def prepare_job(viewer: Any, session: Any, source: ImageSource, image_layer: Any
             raise MedsegError(f"GPU cuda:{idx} is not available on this machine; choose another device or cpu.")
         torch.cuda.set_device(idx)
     return {"source": source, "snapshot": snap, "labels_what": what, "classes": snap.classes, "cfg": cfg,
-            "init": init, "device": cfg.device, "refresh_s": float(settings.get("refresh_s", 20.0))}
+            "init": init, "device": cfg.device, "refresh_s": float(settings.get("refresh_s", 20.0)),
+            "extra_items": []}
 
 
 class _StopEither(threading.Event):
@@ -170,8 +171,10 @@ def run_job(job: dict[str, Any], stop: threading.Event, view: LatestValue, previ
     steps_done, t0 = 0, time.perf_counter()
     while True:
         inner = _StopEither(stop)
-        data = TrainingData(items=[TrainingItem(image=source, labels=snap, name=source.path or source.name)],
-                            classes=snap.classes)
+        # the viewed image first (its labels refresh while training), then any further (image, labels) pairs
+        items = [TrainingItem(image=source, labels=snap, name=source.path or source.name)]
+        items += [TrainingItem(image=src, labels=lab, name=src.path or src.name) for src, lab in job.get("extra_items", [])]
+        data = TrainingData(items=items, classes=snap.classes)
         remaining_t = None if cfg.time_budget_s is None else cfg.time_budget_s - (time.perf_counter() - t0)
         run_cfg = cfg.replace(steps=max(1, cfg.steps - steps_done), time_budget_s=remaining_t)
         refreshed = False
