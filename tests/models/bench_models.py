@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dims", type=int, default=2, choices=(2, 3))
     p.add_argument("--size", type=int, default=None, help="spatial size per axis (default 256 in 2D, 64 in 3D)")
     p.add_argument("--preset", default="small", choices=("small", "base"))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     p.add_argument("--models", default=",".join(NAMES))
     p.add_argument("--channels-last", action="store_true", help="channels_last(_3d) model and input")
     a = p.parse_args(argv)
