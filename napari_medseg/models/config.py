@@ -104,7 +104,7 @@ class ModelConfig:
 
 # Per-model overrides of the defaults (the defaults are "small" except swin_unetr's). See docs/models.md.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # SwinUNETR's convolutional decoder is 4x the cost of the others at feature_size 24: halve it
+    # SwinUNETR's full-resolution convolutional decoder makes feature_size 24 twice as slow on a CPU: halve it
     "small": {"swin_unetr": {"feature_size": 12}},
     "base": {
         "unet": {"channels": (32, 64, 128, 256, 512)},
