@@ -162,7 +162,10 @@ class _Run:
             w = self.mt.cons_weight(step)
             cons = consistency_loss(logits, probs, mask)
         total = sup + w * cons
+        t, s, c = torch.stack([total.detach(), sup.detach(), cons.detach()]).float().tolist()
         self.opt.zero_grad(set_to_none=True)
+        if not math.isfinite(t):  # skip the update: one bad batch must not ruin the weights
+            return t, s, c, w
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.step(self.opt)
@@ -173,7 +176,6 @@ class _Run:
         self.sched.step()
         if self.mt is not None:
             self.mt.update(self.model)
-        t, s, c = torch.stack([total.detach(), sup.detach(), cons.detach()]).float().tolist()
         return t, s, c, w
 
     def halve_batch(self) -> str:
@@ -349,6 +351,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     t_loop = time.perf_counter()
     last_preview = -math.inf if preview_hook is not None else math.inf
     previewed_at_val = False
+    bad_steps = 0
     loader = Prefetcher(run.make_batch, cfg.prefetch, cfg.num_workers)
     try:
         while step < cfg.steps:
@@ -373,12 +376,18 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                 log.warning(msg)
                 yield WarningEvent(msg)
                 continue
+            if not math.isfinite(loss):
+                bad_steps += 1
+                if bad_steps >= 5:
+                    raise MedsegError(f"the loss was not finite ({loss}) for 5 steps in a row at step {step}; lower "
+                                      f"the learning rate (now {cfg.lr}) or check the image for extreme values")
+                yield WarningEvent(f"step {step + 1} skipped: the loss was {loss}")
+                continue
+            bad_steps = 0
             step += 1
             ev = StepEvent(step, loss, sup, cons, w, run.sched.get_last_lr()[0], run.n_l + run.n_u,
                            time.perf_counter() - t0, wait)
             history.append({"event": "step", **ev.__dict__})
-            if not math.isfinite(loss):
-                raise MedsegError(f"the loss became {loss} at step {step}; lower the learning rate (now {cfg.lr})")
             yield ev
             if preview_hook is not None and time.perf_counter() - last_preview >= preview_every_s:
                 payload, err = _preview(run, preview_hook, step)
@@ -407,6 +416,14 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                 if isinstance(e, ValidationEvent) and e.mean_dice > best:
                     best = e.mean_dice
                 yield e
+    except Exception:
+        if step > 0:  # keep what was learnt before the failure
+            try:
+                last_path = run.save("last", step)
+                log.error("training failed at step %d; the last state is in %s", step, last_path)
+            except Exception:  # pragma: no cover - the original error matters more
+                log.exception("could not save a checkpoint after the failure")
+        raise
     finally:
         loader.close()
     if best_path is None:

@@ -145,3 +145,46 @@ def test_3d_and_slice_wise(tmp_path):
     events, res = events_of(train(tiny_cfg(tmp_path, dims=2, steps=2, patch_size=(16,)), data))
     ck = load_checkpoint(res.last_checkpoint)
     assert ck.meta["slice_wise"] is True and ck.meta["spatial_dims"] == 2
+
+
+def test_ct_volumes_use_a_hu_window(tmp_path):
+    from napari_medseg.io.source import ImageSource
+    from napari_medseg.training import TrainingData, TrainingItem
+
+    data = blob_data((16, 32, 32), fraction=0.1)
+    it = data.items[0]
+    hu = it.image.levels[0].astype(np.int16) * 4 - 600
+    src = ImageSource([hu], "ZYX", (2.0, 0.7, 0.7), unit="millimeter", modality="CT", name="ct")
+    ct = TrainingData([TrainingItem(src, it.labels, name="ct")], data.classes)
+    events, res = events_of(train(tiny_cfg(tmp_path, dims=3, steps=1, ct_window=(50.0, 350.0)), ct))
+    assert events[0].norm.mode == "ct_window" and events[0].norm.low == (50.0 - 175.0,)
+    meta = load_checkpoint(res.last_checkpoint).meta
+    assert meta["pixel_size"] == [2.0, 0.7, 0.7] and meta["unit"] == "millimeter" and meta["modality"] == "CT"
+
+
+def test_a_non_finite_loss_skips_the_step(tmp_path, monkeypatch):
+    from napari_medseg.training.losses import SparseSegLoss
+
+    real = SparseSegLoss.forward
+    calls = []
+
+    def flaky(self, logits, store):
+        calls.append(1)
+        out = real(self, logits, store)
+        return out * float("nan") if len(calls) == 2 else out
+
+    monkeypatch.setattr(SparseSegLoss, "forward", flaky)
+    events, res = events_of(train(tiny_cfg(tmp_path, steps=3, mean_teacher=False), blob_data()))
+    assert any("skipped" in e.message for e in events if isinstance(e, WarningEvent))
+    assert res.steps == 3 and all(torch.isfinite(p).all() for p in res.model.parameters())
+
+
+def test_an_unexpected_failure_keeps_the_last_state(tmp_path, monkeypatch):
+    def fault(step):
+        if step == 3:
+            raise RuntimeError("tile decoder crashed")
+
+    monkeypatch.setattr(loop_mod, "_fault_hook", fault)
+    with pytest.raises(RuntimeError, match="tile decoder"):
+        events_of(train(tiny_cfg(tmp_path, steps=10, val_every=100), blob_data()))
+    assert load_checkpoint(tmp_path / "ck" / "last.pt").meta["step"] == 3
