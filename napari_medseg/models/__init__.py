@@ -3,7 +3,14 @@
 from .checkpoint import Checkpoint, load_checkpoint, load_model, load_state_dict_report, save_checkpoint
 from .config import ModelConfig
 from .normalization import NormConfig
-from .registry import available_models, build_model, check_input_size, required_multiple
+from .registry import (
+    available_models,
+    build_model,
+    check_input_size,
+    min_input_size,
+    required_multiple,
+    valid_size,
+)
 
 __all__ = [
     "Checkpoint",
@@ -15,6 +22,8 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "load_state_dict_report",
+    "min_input_size",
     "required_multiple",
     "save_checkpoint",
+    "valid_size",
 ]

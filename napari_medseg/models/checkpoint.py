@@ -10,6 +10,7 @@ renamed over the old file, so a crash never leaves a half-written checkpoint. Lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -56,10 +57,8 @@ def _atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     try:  # make the rename durable
         dfd = os.open(path.parent, os.O_RDONLY)
