@@ -103,15 +103,22 @@ class AnnotateWidget(QWidget):
         form.addRow(btns)
         root.addWidget(box)
 
-        cbox = QGroupBox("Classes (store value: 0 = not annotated, 1 = background, 2.. = classes)")
+        cbox = QGroupBox("Classes")
         cl = QVBoxLayout(cbox)
         self.class_table = QTableWidget(0, 4)
         self.class_table.setHorizontalHeaderLabels(["Value", "Name", "Color", "Painted px"])
         self.class_table.verticalHeader().setVisible(False)
-        self.class_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.Stretch)
+        header = self.class_table.horizontalHeader()
+        for col in (0, 2, 3):
+            header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.Stretch)
         self.class_table.cellChanged.connect(self._on_cell_changed)
         self.class_table.cellClicked.connect(self._on_cell_clicked)
         cl.addWidget(self.class_table)
+        hint = QLabel("Value 0 = not annotated (ignored by training), 1 = background, 2.. = classes. Click a "
+                      "row to paint with it, a colour to change it.")
+        hint.setWordWrap(True)
+        cl.addWidget(hint)
         crow = QHBoxLayout()
         self.add_class_button = QPushButton("Add class")
         self.add_class_button.clicked.connect(lambda: self.add_class())
@@ -204,7 +211,7 @@ class AnnotateWidget(QWidget):
         text = self.path_edit.text().strip()
         try:
             src = image_source_from_layer(layer)
-            classes = _classes_from_layer(layer)
+            classes = _classes_from_layer(layer, self.viewer)
             p = Path(text).expanduser() if text else None
             if p is None:
                 store = LabelStore.for_image(src, classes=classes, on_readonly="memory", mode=mode)
@@ -228,6 +235,8 @@ class AnnotateWidget(QWidget):
 
     def _attach(self, store: LabelStore, layer: Any) -> None:
         self.store, self._image_layer = store, layer
+        if store.path is not None:
+            self.path_edit.setText(str(store.path))
         try:
             self.controller = PaintingController(self.viewer, store, layer, notify=show_warning)
         except Exception:
@@ -307,6 +316,7 @@ class AnnotateWidget(QWidget):
             show_error(str(e))
             return False
         show_info(f"Labels saved to {path}; editing continues there.")
+        self.path_edit.setText(str(path))
         self._update_enabled()
         self._update_status()
         return True
@@ -489,10 +499,19 @@ class AnnotateWidget(QWidget):
         self._update_region_label()
 
 
-def _classes_from_layer(layer: Any) -> ClassSchema | None:
-    """Classes announced by the image's reader or sample (``metadata['napari_medseg']['classes']``)."""
-    meta = (getattr(layer, "metadata", None) or {}).get("napari_medseg", {})
-    try:
-        return ClassSchema.from_dict(meta["classes"]) if isinstance(meta.get("classes"), dict) else None
-    except MedsegError:
-        return None
+def _classes_from_layer(layer: Any, viewer: Any = None) -> ClassSchema | None:
+    """Classes announced by the image's reader or sample (``metadata['napari_medseg']['classes']``), or by
+    a labels layer of the same geometry (e.g. a sample's ground truth); None: the default schema."""
+    candidates = [layer]
+    if viewer is not None:
+        shape = tuple(layer.level_shapes[0][:2] if getattr(layer, "rgb", False) else layer.level_shapes[0])
+        candidates += [ly for ly in viewer.layers if ly._type_string == "labels"
+                       and tuple(ly.level_shapes[0]) == shape]
+    for cand in candidates:
+        meta = (getattr(cand, "metadata", None) or {}).get("napari_medseg", {})
+        if isinstance(meta.get("classes"), dict):
+            try:
+                return ClassSchema.from_dict(meta["classes"])
+            except MedsegError:
+                continue
+    return None

@@ -215,7 +215,8 @@ class PaintingController(QObject):
                                        opacity=0.8, **units)
         self.layer.selected_label = 2 if store.classes.max_store_value >= 2 else 1
         self.layer.editable = store.writable
-        self.layer.metadata["napari_medseg"] = {"label_store": str(store.path) if store.path else None}
+        self.layer.metadata["napari_medseg"] = {"label_store": str(store.path) if store.path else None,
+                                                "classes": store.classes.to_dict(), "axes": store.axes}
 
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -535,6 +536,7 @@ class PaintingController(QObject):
     def update_colors(self) -> None:
         cmap = store_colormap(self.store.classes)
         self.layer.colormap = cmap
+        self.layer.metadata.setdefault("napari_medseg", {})["classes"] = self.store.classes.to_dict()
         if self.overview_layer is not None:
             self.overview_layer.colormap = store_colormap(self.store.classes)
 
