@@ -185,8 +185,9 @@ class AnnotateWidget(QWidget):
 
     def _on_layer_removed(self, event: Any) -> None:
         layer = getattr(event, "value", None)
-        if layer is not None and layer is self._image_layer:
-            self.close_store()
+        ctl = self.controller
+        if layer is not None and (layer is self._image_layer or (ctl is not None and layer is ctl.layer)):
+            self.close_store()  # saves the window's edits first (the layer object still holds them)
         self._refresh_images()
 
     def _browse(self) -> None:
