@@ -49,14 +49,20 @@ def dock_widgets(viewer: Any) -> tuple[list[str], list[str]]:
     """Dock every manifest widget (tabbed). Returns (docked names, skipped 'name: reason')."""
     docked: list[str] = []
     skipped: list[str] = []
+    first = None
     for name, command in manifest_widgets():
         try:
-            viewer.window.add_plugin_dock_widget(PLUGIN, widget_name=name, tabify=bool(docked))
+            dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name=name, tabify=bool(docked))
+            first = first or dock
             docked.append(name)
         except Exception as e:  # another engineer's widget may not import yet: keep the others
             reason = f"{name} ({command}): {type(e).__name__}: {e}"
             logger.warning("napari-medseg: skipped widget %s", reason)
             skipped.append(reason)
+    if first is not None and len(docked) > 1:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(0, first.raise_)  # the first widget (the workflow's first step) is the shown tab
     return docked, skipped
 
 
@@ -67,11 +73,35 @@ def setup_viewer(viewer: Any, path: Path | None = None, sample: str | None = Non
         info["layers"] += [ly.name for ly in viewer.open_sample(PLUGIN, sample)]
     if path is not None:
         info["layers"] += [ly.name for ly in viewer.open(str(path), plugin=PLUGIN)]
+    if any(medseg_volume(ly) for ly in viewer.layers):
+        use_lps_camera(viewer)
+        if viewer.dims.ndim == 3:
+            viewer.dims.axis_labels = ("z (inferior→superior)", "y", "x")
     if len(viewer.layers):
         viewer.reset_view()
     if widgets:
         info["docked"], info["skipped"] = dock_widgets(viewer)
     return info
+
+
+def medseg_volume(layer: Any) -> bool:
+    """True for a layer napari-medseg opened as a ZYX/CZYX volume (LPS+ voxel order)."""
+    meta = (getattr(layer, "metadata", None) or {}).get("napari_medseg") or {}
+    return str(meta.get("axes", "")).endswith("ZYX") and meta.get("unit") == "millimeter"
+
+
+def use_lps_camera(viewer: Any) -> None:
+    """Make 3D views of LPS+ ZYX volumes anatomically correct (not mirrored).
+
+    Z (superior), Y (posterior), X (patient left) form a left-handed triple; napari's default camera
+    orientation ("towards", "down", "right") draws axes 0, 1, 2 as a right-handed frame, which mirrors
+    such volumes in 3D. With axis 0 pointing "away" the 3D view is correct and the 2D view is unchanged
+    (the radiological view: looking from the feet, anterior up, patient's right on the left).
+    """
+    try:
+        viewer.camera.orientation = ("away", "down", "right")
+    except Exception as e:  # pragma: no cover - napari < 0.5 has no camera orientation
+        logger.debug("camera orientation not set: %s", e)
 
 
 def _check_path(path: Path) -> None:

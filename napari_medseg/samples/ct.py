@@ -126,6 +126,7 @@ def make_phantom(seed: int = SEED, shape: tuple[int, int, int] = SHAPE,
         hu[outer & cavity] = 150.0
         hu[inner & cavity] = 30.0
         hu[sinus & cavity] = -70.0
+        lab[outer & cavity & (lab == LIVER)] = BACKGROUND   # the kidney pushes the liver aside
         lab[kidney] = KIDNEY
     # aorta and inferior vena cava
     hu[np.broadcast_to(((x - 16) / 12) ** 2 + ((y - 32) / 12) ** 2 < 1, full)] = 180.0
