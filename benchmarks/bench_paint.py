@@ -245,7 +245,7 @@ def run_store(img: Any, folder: Path, n_windows: int, per_window: int, n_events:
             c = (cy * MPP + rng.uniform(-200, 200), cx * MPP + rng.uniform(-300, 300))
             painter.stroke(layer, stroke_points(rng, c, 300.0, n_events))
             peak[0] = max(peak[0], rss_mb())
-        checks.append((ctl.window, np.array(layer.data)))
+        checks = [(ctl.window, np.array(layer.data))]  # what this window showed (only the last is kept)
     t_paint = time.perf_counter() - t_paint
     t0 = time.perf_counter()
     ctl.flush(wait=True, full=True)

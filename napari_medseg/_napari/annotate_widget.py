@@ -9,6 +9,8 @@ dropped (a store that cannot be saved where it is stays in memory until "Save to
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -257,7 +259,8 @@ class AnnotateWidget(QWidget):
         self._update_enabled()
 
     def close_store(self) -> None:
-        """Save and close the open store (its layers are removed)."""
+        """Save and close the open store (its layers are removed). Labels that could not be saved where
+        the store is are written to a rescue folder first (see ``rescue_dir``), never dropped."""
         ctl, store = self.controller, self.store
         self.controller = self.store = None
         try:
@@ -268,6 +271,8 @@ class AnnotateWidget(QWidget):
                     ctl.close(remove_layers=False)
         finally:
             if store is not None:
+                if store.writable and store.unsaved_chunks:
+                    self._rescue(store)
                 store.close()
             session = session_for(self.viewer)
             if self._image_layer is not None:
@@ -281,6 +286,19 @@ class AnnotateWidget(QWidget):
                 self.class_table.setRowCount(0)
             except RuntimeError:  # widgets already deleted at shutdown
                 pass
+
+    def _rescue(self, store: LabelStore) -> None:
+        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in
+                       (self._image_layer.name if self._image_layer is not None else "labels"))
+        target = rescue_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.labels.zarr"
+        try:
+            store.save_as(target)
+        except MedsegError as e:
+            log.error("could not rescue unsaved labels: %s", e)
+            show_error(f"Unsaved labels could not be written anywhere ({e}).")
+            return
+        show_warning(f"Your labels could not be saved where the store was; they are safe in {target}: open that "
+                     "store to continue.")
 
     def _on_flush_failed(self, message: str) -> None:
         show_warning(message)
@@ -498,6 +516,20 @@ class AnnotateWidget(QWidget):
         except MedsegError as e:
             show_warning(str(e))
         self._update_region_label()
+
+
+def rescue_dir() -> Path:
+    """Where labels that could not be saved go when their store is closed: ``$NAPARI_MEDSEG_CACHE/
+    unsaved-labels`` if that variable is set, else the user data folder (``~/.local/share/napari-medseg/
+    unsaved-labels`` on Linux)."""
+    env = os.environ.get("NAPARI_MEDSEG_CACHE")
+    if env:
+        base = Path(env).expanduser()
+    else:
+        import platformdirs
+
+        base = Path(platformdirs.user_data_dir("napari-medseg", appauthor=False))
+    return base / "unsaved-labels"
 
 
 def _classes_from_layer(layer: Any, viewer: Any = None) -> ClassSchema | None:

@@ -14,8 +14,9 @@ controller shows a *window* of the store as a plain Labels layer at full resolut
   synchronously when the window moves or the controller closes. Only changed chunks are written, whole.
   A crash (even SIGKILL) loses at most the strokes of the last ``MAX_UNSAVED_S`` seconds plus the time
   to write them (``AUTOSAVE_NOTE``);
-- the overview is a multiscale, read-only Labels layer over the whole store, blanked inside the window
-  (where the editable layer shows the live labels), so every annotation is visible at any zoom.
+- the overview (slides) is a multiscale, read-only Labels layer over the whole store, blanked inside the
+  window (where the editable layer shows the live labels), so every annotation is visible at any zoom; a
+  volume too big to show whole gets a slab of slices that follows the slice slider instead.
 """
 
 from __future__ import annotations
@@ -204,11 +205,12 @@ class PaintingController(QObject):
         if image_layer is not None and getattr(image_layer, "units", None) is not None:
             units = {"units": tuple(image_layer.units)[-store.ndim:]}
         self.overview_layer = None
-        if not self._fits_whole():
+        if store.ndim == 2 and not self._fits_whole():  # a volume's window follows the slice slider instead
+            levels = [MaskedLevel(store, k, self._window_or_none) for k in range(len(store.level_shapes))]
             self.overview_layer = viewer.add_labels(
-                [MaskedLevel(store, k, self._window_or_none) for k in range(len(store.level_shapes))],
-                name=f"{base} annotations (overview)", multiscale=True, scale=self._scale,
-                translate=self._translate, colormap=store_colormap(store.classes), opacity=0.8, **units)
+                levels if len(levels) > 1 else levels[0], name=f"{base} annotations (overview)",
+                multiscale=len(levels) > 1, scale=self._scale, translate=self._translate,
+                colormap=store_colormap(store.classes), opacity=0.8, **units)
             self.overview_layer.editable = False
         self.layer = viewer.add_labels(self._empty(), name=f"{base} annotations", scale=self._scale,
                                        translate=self._translate, colormap=store_colormap(store.classes),
@@ -518,7 +520,8 @@ class PaintingController(QObject):
             lyr._reset_thumbnail_level_data()
             lyr.refresh()
         else:  # other napari versions: replacing the data resets every cache
-            lyr.data = list(lyr.data_raw)
+            lyr.data = lyr.data_raw
+            lyr.editable = False
 
     @property
     def unsaved(self) -> bool:

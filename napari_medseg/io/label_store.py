@@ -271,6 +271,9 @@ class LabelStore(LabelStoreRWMixin, LabelStoreOpsMixin):
                   on_readonly: str = "raise", mode: str = "r+") -> LabelStore:
         """Open the image's store (beside it, or in a project ``folder``), or create it if there is none."""
         path = cls.default_path(image, folder)
+        if mode == "r" and not is_label_store(path):
+            raise UnreadableInputError(f"{path}: no label store for image {image.name!r} yet; open it for editing "
+                                       "to create one.")
         if path.exists() and any(path.iterdir()):
             store = cls.open(path, image=image, mode=mode, on_readonly=on_readonly)
             if classes is not None and classes != store.classes:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
 
-from napari_medseg._napari.annotate_widget import AnnotateWidget
+from napari_medseg._napari.annotate_widget import AnnotateWidget, rescue_dir
 from napari_medseg._napari.painting import AUTOSAVE_NOTE, prediction_colormap, store_colormap, viewer_camera
 from napari_medseg._napari.session import session_for
 from napari_medseg.io.classes import ClassSchema
@@ -133,6 +133,20 @@ def test_read_only_folder_keeps_labels_in_memory_and_offers_another_place(widget
     assert "saved as you paint" in w.status_label.text()
     w.close_store()
     assert LabelStore.open(tmp_path / "rescued.labels.zarr", mode="r")[50, 50] == 2
+
+
+def test_unsaved_labels_are_rescued_when_the_store_is_closed(widget, tmp_path, records):
+    viewer, w = widget
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _image(viewer, ro)
+    with _read_only()(ro):
+        assert w.open_store()
+        w.controller.layer.paint((70, 70), 2)
+        w.close_store()  # e.g. napari quits without "Save to another folder..."
+    rescued = sorted(rescue_dir().glob("slide-*.labels.zarr"))
+    assert rescued and any(str(rescued[-1]) in m for m in records())
+    assert LabelStore.open(rescued[-1], mode="r")[70, 70] == 2
 
 
 def test_folder_turning_read_only_while_painting_warns_and_loses_nothing(widget, tmp_path, records, qtbot):

@@ -209,6 +209,26 @@ def test_volume_paints_in_slices_and_in_3d(make_napari_viewer, tmp_path):
     store.close()
 
 
+def test_volume_too_big_to_show_whole_gets_a_slab_that_follows_the_slider(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    vol = viewer.add_image(np.zeros((40, 64, 80), np.uint8), scale=(2.0, 1.0, 1.0), name="mr")
+    store = LabelStore.create(tmp_path / "mr.zarr", (40, 64, 80), chunks=(8, 32, 32), classes=CLASSES,
+                              pixel_size=(2.0, 1.0, 1.0))
+    ctl = PaintingController(viewer, store, vol, volume_max_voxels=16 * 64 * 80)
+    viewer.dims.set_point(0, 3 * 2.0)
+    ctl.follow_view()
+    w = ctl.window
+    assert w[0].stop - w[0].start <= 16 and w[0].start <= 3 < w[0].stop and w[1:] == (slice(0, 64), slice(0, 80))
+    ctl.layer.paint((3 - w[0].start, 10, 10), 2)
+    viewer.dims.set_point(0, 35 * 2.0)  # scroll far: the slab follows, the stroke is saved
+    ctl.follow_view()
+    assert ctl.window[0].start <= 35 < ctl.window[0].stop
+    assert store[3, 10, 10] == 2
+    np.testing.assert_allclose(ctl.layer.data_to_world((0, 0, 0)), (ctl.window[0].start * 2.0, 0, 0))
+    ctl.close()
+    store.close()
+
+
 def test_touched_box_covers_napari_index_forms():
     shape = (100, 200)
     assert touched_box((slice(5, 9), slice(None)), shape) == ([5, 0], [9, 200])
