@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ CT_MIN_HU = -500.0          # integer data going below this is taken as CT (air 
 LARGE_VOXELS = 512 ** 3     # above this many voxels, lazy lower levels are added
 CHUNK_BYTES = 8 << 20       # NIfTI dask chunks: as many whole slices as fit in about this many bytes
 MAX_LABEL_VALUES = 64       # integer data with at most this many distinct values >= 0 is a label image
+GZ_CACHE_BYTES = 1 << 30    # a .nii.gz up to this size (decoded) is decompressed once and kept, see _ScaledProxy
 
 
 def window_limits(name: str = "soft tissue") -> tuple[float, float]:
@@ -134,16 +136,22 @@ def _lower_levels(level0: Any, spacing: tuple[float, ...], spatial_offset: int) 
 # --------------------------------------------------------------------------------------------------------
 class _ScaledProxy:
     """Array-like view of a nibabel ``ArrayProxy``: scl_slope/inter applied, cast to ``dtype``, no reads
-    until sliced. Read errors (a truncated ``.nii.gz``) become ``UnreadableInputError``."""
+    until sliced. Read errors (a truncated ``.nii.gz``) become ``UnreadableInputError``.
 
-    def __init__(self, proxy: Any, dtype: np.dtype, path: Path) -> None:
+    With ``cache_whole`` (a ``.nii.gz`` without indexed_gzip, see ``GZ_CACHE_BYTES``) the first read
+    decompresses the whole array once and keeps it: gzip cannot seek backwards without restarting."""
+
+    def __init__(self, proxy: Any, dtype: np.dtype, path: Path, cache_whole: bool = False) -> None:
         self._proxy = proxy
         self.shape = tuple(int(s) for s in proxy.shape)
         self.ndim = len(self.shape)
         self.dtype = np.dtype(dtype)
         self._path = path
+        self._cache_whole = cache_whole
+        self._cache: np.ndarray | None = None
+        self._lock = threading.Lock()
 
-    def __getitem__(self, key: Any) -> np.ndarray:
+    def _read(self, key: Any) -> np.ndarray:
         try:
             block = np.asarray(self._proxy[key])
         except (EOFError, OSError, ValueError) as e:
@@ -154,11 +162,21 @@ class _ScaledProxy:
             block = np.rint(block)
         return block.astype(self.dtype, copy=False)
 
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not self._cache_whole:
+            return self._read(key)
+        with self._lock:
+            if self._cache is None:
+                logger.info("%s: decompressing the whole .nii.gz once (gzip has no random access)", self._path.name)
+                self._cache = self._read((slice(None),) * self.ndim)
+        return self._cache[key]
+
 
 def _check_nifti_size(path: Path, img: Any) -> None:
     """Cheap truncation check: file size for ``.nii``, the gzip ISIZE trailer (then a real read) for ``.gz``."""
     hdr = img.header
-    expected = int(hdr.get_data_offset()) + int(np.prod(img.shape)) * np.dtype(hdr.get_data_dtype()).itemsize
+    offset = int(getattr(img.dataobj, "offset", hdr.get_data_offset()))  # the loaded header's offset is reset
+    expected = offset + int(np.prod(img.shape)) * np.dtype(hdr.get_data_dtype()).itemsize
     size = path.stat().st_size
     if not path.name.lower().endswith(".gz"):
         if size < expected:
@@ -208,7 +226,11 @@ def open_nifti(path: str | os.PathLike) -> ImageSource:
         dtype = _int_dtype_for(min(ends), max(ends))
     else:
         dtype = np.dtype(np.float32)
-    wrapped = _ScaledProxy(proxy, dtype, p)
+    from nibabel._compression import HAVE_INDEXED_GZIP
+
+    gz_whole = (p.name.lower().endswith(".gz") and not HAVE_INDEXED_GZIP
+                and int(np.prod(shape)) * dtype.itemsize <= GZ_CACHE_BYTES)
+    wrapped = _ScaledProxy(proxy, dtype, p, cache_whole=gz_whole)
     full = shape + (1,) * (3 - len(shape)) if len(shape) < 3 else shape
     slice_bytes = full[0] * full[1] * dtype.itemsize
     per_chunk = int(max(1, min(full[2], CHUNK_BYTES // max(1, slice_bytes))))

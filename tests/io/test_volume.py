@@ -250,3 +250,24 @@ def test_dicom_series_in_subfolders(tmp_path):
     write_series(tmp_path / "dcm" / "s1", phantom(), uid_seed="a")
     write_series(tmp_path / "dcm" / "s2", phantom(), uid_seed="b", series_number=2)
     assert len(vol.open_dicom(tmp_path / "dcm")) == 2
+
+
+@pytest.mark.parametrize("cache_limit", [1 << 30, 0])
+def test_nii_gz_decompressed_once_when_small(tmp_path, monkeypatch, cache_limit):
+    """gzip cannot seek backwards: a small .nii.gz is decompressed once and kept; a big one is read per
+    chunk. Both give the same voxels."""
+    v = np.random.default_rng(5).integers(-1000, 1000, size=(20, 32, 32)).astype(np.int16)
+    save_nifti_oriented(v, tmp_path / "v.nii.gz")
+    monkeypatch.setattr(vol, "GZ_CACHE_BYTES", cache_limit)
+    monkeypatch.setattr(vol, "CHUNK_BYTES", 32 * 32 * 2 * 2)
+    reads = []
+    orig = nib.arrayproxy.ArrayProxy.__getitem__
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__getitem__", lambda self, key: reads.append(key) or orig(self, key))
+    src = vol.open_nifti(tmp_path / "v.nii.gz")
+    n_open = len(reads)
+    for z in (15, 2, 11):
+        np.testing.assert_array_equal(np.asarray(src.levels[0][z]), v[z])
+    if cache_limit:
+        assert n_open == 1 and len(reads) == 1  # one whole read, every slice from memory
+    else:
+        assert len(reads) == n_open + 3     # one chunk per slice asked
