@@ -250,6 +250,11 @@ def open_nifti(path: str | os.PathLike) -> ImageSource:
     else:  # straight from the proxy: reads only these slices, not the dask chunks around them
         sample = np.stack([wrapped[(slice(None, None, step), slice(None, None, step), int(k)) + extra] for k in k_idx])
     kind, modality, limits = _describe_values(sample, dtype.kind in "iu")
+    try:
+        if dtype.kind in "iu" and img.header.get_intent()[0] == "label":
+            kind, modality, limits = "labels", "unknown", None
+    except Exception:  # Analyze headers have no intent
+        pass
 
     arr, affine = reorient(arr, img.affine)
     axes = "ZYX"

@@ -117,6 +117,16 @@ def test_nifti_integer_few_values_is_labels(tmp_path):
     np.testing.assert_array_equal(np.asarray(src.levels[0]), lab)
 
 
+def test_nifti_label_intent_is_labels_even_with_many_values(tmp_path):
+    lab = (np.arange(6 * 7 * 9) % 200).reshape(6, 7, 9).astype(np.uint8)
+    save_nifti_oriented(lab, tmp_path / "many.nii.gz")
+    assert vol.open_nifti(tmp_path / "many.nii.gz").kind == "image"  # 200 values: looks like an image
+    img = nib.load(str(tmp_path / "many.nii.gz"))
+    img.header.set_intent("label")
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), str(tmp_path / "seg.nii.gz"))
+    assert vol.open_nifti(tmp_path / "seg.nii.gz").kind == "labels"
+
+
 def test_nifti_is_lazy(tmp_path, monkeypatch):
     """Opening reads only a small subsample; one slice reads only its chunk, never the whole volume."""
     v = np.random.default_rng(2).integers(-1000, 1000, size=(40, 64, 64)).astype(np.int16)
