@@ -76,7 +76,7 @@ def setup_viewer(viewer: Any, path: Path | None = None, sample: str | None = Non
     if any(medseg_volume(ly) for ly in viewer.layers):
         use_lps_camera(viewer)
         if viewer.dims.ndim == 3:
-            viewer.dims.axis_labels = ("z (inferior→superior)", "y", "x")
+            viewer.dims.axis_labels = ("z", "y", "x")  # z: inferior -> superior (LPS+)
     if len(viewer.layers):
         viewer.reset_view()
     if widgets:
