@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ..io.errors import MedsegError
+from .layers import use_lps_camera
 
 logger = logging.getLogger(__name__)
 
 PLUGIN = "napari-medseg"
+
+
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,20 +91,6 @@ def medseg_volume(layer: Any) -> bool:
     """True for a layer napari-medseg opened as a ZYX/CZYX volume (LPS+ voxel order)."""
     meta = (getattr(layer, "metadata", None) or {}).get("napari_medseg") or {}
     return str(meta.get("axes", "")).endswith("ZYX") and meta.get("unit") == "millimeter"
-
-
-def use_lps_camera(viewer: Any) -> None:
-    """Make 3D views of LPS+ ZYX volumes anatomically correct (not mirrored).
-
-    Z (superior), Y (posterior), X (patient left) form a left-handed triple; napari's default camera
-    orientation ("towards", "down", "right") draws axes 0, 1, 2 as a right-handed frame, which mirrors
-    such volumes in 3D. With axis 0 pointing "away" the 3D view is correct and the 2D view is unchanged
-    (the radiological view: looking from the feet, anterior up, patient's right on the left).
-    """
-    try:
-        viewer.camera.orientation = ("away", "down", "right")
-    except Exception as e:  # pragma: no cover - napari < 0.5 has no camera orientation
-        logger.debug("camera orientation not set: %s", e)
 
 
 def _check_path(path: Path) -> None:

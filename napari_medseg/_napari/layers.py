@@ -122,6 +122,25 @@ def camera_of(viewer: Any) -> Any:
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
+def use_lps_camera(viewer: Any) -> None:
+    """Make 3D views of LPS+ ZYX volumes anatomically correct (not mirrored).
+
+    Z (superior), Y (posterior), X (patient left) form a left-handed triple; napari's default camera
+    orientation ("towards", "down", "right") draws axes 0, 1, 2 as a right-handed frame, which mirrors
+    such volumes in 3D. With axis 0 pointing "away" the 3D view is correct and the 2D view is unchanged
+    (the radiological view: looking from the feet, anterior up, patient's right on the left).
+    """
+    try:
+        camera_of(viewer).orientation = ("away", "down", "right")
+    except Exception as e:  # pragma: no cover - napari < 0.5 has no camera orientation
+        log.debug("camera orientation not set: %s", e)
+
+
+def is_volume_layer(layer: Any) -> bool:
+    meta = medseg_meta(layer)
+    return bool(meta) and str(meta.get("axes", "")).endswith("ZYX")
+
+
 def upsert_layer(viewer: Any, name: str, kind: str, data: Any, **kwargs: Any) -> Any:
     """Update layer ``name`` in place (data, translate, scale...) or add it; returns the layer. The user's
     layer selection is kept (a result layer never steals the active layer from the painter)."""

@@ -68,11 +68,17 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
             logger.warning("napari-medseg could not open %s: %s", p, e)
             show_error(f"napari-medseg could not open {p}: {_reason(e, p)}")
             continue
+        reported = False
         for src in sources:
             out.append(layer_data(src))
             hint = src.metadata.get("hint")
             if hint:
                 show_info(hint)
+            # DICOM: several series in the folder, or files skipped as broken: say so once per path
+            report = src.metadata.get("series_report")
+            if report and not reported and (src.metadata.get("skipped_files") or len(sources) > 1):
+                show_info(str(report))
+                reported = True
     return out or [(None,)]
 
 

@@ -13,14 +13,26 @@ class Session:
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
     label_stores: dict[str, Any] = field(default_factory=dict)  # image layer name -> LabelStore
+    painters: dict[str, Any] = field(default_factory=dict)  # image layer name -> PaintingController
 
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def session_for(viewer: Any) -> Session:
+    """The viewer's session, created on first use. Creating it also makes 3D views of volumes opened
+    later through the plugin anatomically correct (LPS camera), as ``napari-medseg gui`` does."""
     s = _SESSIONS.get(viewer)
     if s is None:
         s = Session()
         _SESSIONS[viewer] = s
+        from .layers import is_volume_layer, use_lps_camera
+
+        def _on_insert(event: Any) -> None:
+            if is_volume_layer(event.value):
+                use_lps_camera(viewer)
+
+        viewer.layers.events.inserted.connect(_on_insert)
+        if any(is_volume_layer(lay) for lay in viewer.layers):
+            use_lps_camera(viewer)
     return s

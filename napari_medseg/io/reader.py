@@ -11,7 +11,10 @@ import os
 from pathlib import Path
 
 from .errors import MedsegError, UnreadableInputError
+from .lazy import guard_blosc_decode
 from .source import ImageSource
+
+guard_blosc_decode()  # a truncated Blosc chunk is an error, never garbage (see io/lazy.py)
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".scn", ".bif", ".qptiff")
@@ -43,10 +46,12 @@ def sniff(path: str | os.PathLike) -> str | None:
             if _is_zarr_dir(p) or name.endswith(".zarr"):
                 return "zarr"
             # a DICOM series folder: any DICOM file among the first few entries
-            for i, child in enumerate(sorted(p.iterdir())):
-                if i > 64:
-                    break
-                if child.is_file() and _is_dicom_file(child):
+            children = sorted(p.iterdir())[:64]
+            if any(c.is_file() and _is_dicom_file(c) for c in children):
+                return "dicom"
+            # exports often put the series one folder down (e.g. DICOM/<series>/IM0001)
+            for sub in [c for c in children if c.is_dir()][:8]:
+                if any(c.is_file() and _is_dicom_file(c) for c in sorted(sub.iterdir())[:16]):
                     return "dicom"
             return None
         if name.endswith(NIFTI_SUFFIXES):
