@@ -229,6 +229,20 @@ def test_volume_too_big_to_show_whole_gets_a_slab_that_follows_the_slider(make_n
     store.close()
 
 
+def test_store_at_a_declared_level_sits_on_the_image(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    levels = [np.zeros((800, 1000), np.uint8), np.zeros((400, 500), np.uint8), np.zeros((200, 250), np.uint8)]
+    img = viewer.add_image(levels, multiscale=True, scale=(0.25, 0.25), name="pyr")
+    src = image_source_from_layer(img)
+    store = LabelStore.for_image(src, folder=tmp_path, level=1, classes=CLASSES)
+    assert store.shape == (400, 500) and store.pixel_size == (0.5, 0.5)
+    ctl = PaintingController(viewer, store, img)
+    # store pixel (i, j) covers image pixels (2i, 2j)..(2i+1, 2j+1): its centre is image pixel (2i+0.5, 2j+0.5)
+    np.testing.assert_allclose(ctl.layer.data_to_world((10, 20)), img.data_to_world((20.5, 40.5)))
+    ctl.close()
+    store.close()
+
+
 def test_touched_box_covers_napari_index_forms():
     shape = (100, 200)
     assert touched_box((slice(5, 9), slice(None)), shape) == ([5, 0], [9, 200])
