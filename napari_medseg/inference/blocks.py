@@ -44,6 +44,14 @@ class BlockData:
     bad: list[tuple[Box, str]]
 
 
+def materialize(a: Any) -> np.ndarray:
+    """A numpy array from a numpy/zarr/dask array; dask graphs run on the local threaded scheduler, never
+    on a distributed client (a task computing on its own cluster would deadlock it)."""
+    if hasattr(a, "dask") and hasattr(a, "compute"):
+        return np.asarray(a.compute(scheduler="threads"))
+    return np.asarray(a)
+
+
 def _chunk_sizes(arr: Any, ndim: int) -> tuple[int, ...] | None:
     ch = getattr(arr, "chunks", None)
     if ch is None:
@@ -54,6 +62,12 @@ def _chunk_sizes(arr: Any, ndim: int) -> tuple[int, ...] | None:
         return tuple(int(c[0]) for c in ch)  # dask: regular grid assumed (first chunk)
     except (TypeError, IndexError):
         return None
+
+
+def _halve_to(c: int, limit: int) -> int:
+    while c > limit and c % 2 == 0:
+        c //= 2
+    return c
 
 
 class TileReader:
@@ -74,14 +88,15 @@ class TileReader:
         if tile is not None:
             self.tile = tuple(int(t) for t in tile)
         elif chunks is not None:
-            self.tile = tuple(max(1, min(chunks[p], 4096)) for p in self.sp_pos)
+            # the level's chunks (dask chunks may group several file tiles: read one 512-ish tile at a time)
+            self.tile = tuple(_halve_to(max(1, chunks[p]), 512 if len(self.shape) == 2 else 64) for p in self.sp_pos)
         else:
             self.tile = tuple(min(default, s) for s in self.shape)
         self.tile_bytes = int(np.prod(self.tile)) * self.n_channels * np.dtype(self.arr.dtype).itemsize
         if cache_bytes is None:
-            # one row of tiles across the image (times the tile rows a halo spans) plus a block's worth
+            # two rows of tiles across the image (a halo spans at most one more row) plus a block's worth
             across = int(np.prod([-(-s // t) for s, t in zip(self.shape[1:], self.tile[1:])]))
-            cache_bytes = min(512 << 20, max(64 << 20, 3 * across * self.tile_bytes))
+            cache_bytes = min(384 << 20, max(32 << 20, 2 * across * self.tile_bytes + (16 << 20)))
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
         self._cached = 0
@@ -103,7 +118,7 @@ class TileReader:
 
     def _canonical(self, a: np.ndarray) -> np.ndarray:
         """Source axes -> (*spatial, C)."""
-        a = np.asarray(a)
+        a = materialize(a)
         if self.c_pos is None:
             return a[..., None]
         return a if self.c_pos == a.ndim - 1 else np.moveaxis(a, self.c_pos, -1)
@@ -121,7 +136,7 @@ class TileReader:
             import dask
 
             try:
-                parts = dask.compute(*[self.arr[self._index(self.tile_box(k))] for k in keys])
+                parts = dask.compute(*[self.arr[self._index(self.tile_box(k))] for k in keys], scheduler="threads")
             except Exception:  # find the culprit(s) tile by tile below
                 parts = None
         for i, k in enumerate(keys):

@@ -24,7 +24,7 @@ from ..io.classes import ClassSchema
 from ..io.errors import MedsegError
 from ..io.source import ImageSource
 from ..models.normalization import NormConfig
-from .blocks import TileReader
+from .blocks import TileReader, materialize
 from .engine import BlockEngine, FinishedBlock
 from .modelrun import (
     LoadedModel,
@@ -59,7 +59,7 @@ def fingerprint(source: ImageSource, max_bytes: int = 64 << 20) -> str:
         nbytes = int(np.prod(lvl.shape)) * np.dtype(lvl.dtype).itemsize
         if nbytes <= max_bytes:
             try:
-                h.update(np.ascontiguousarray(np.asarray(lvl)).tobytes())
+                h.update(np.ascontiguousarray(materialize(lvl)).tobytes())
             except Exception as e:  # an unreadable tile: the run reports it with its position
                 log.warning("could not read the smallest level for the image fingerprint: %s", e)
                 h.update(b"unreadable")

@@ -118,6 +118,8 @@ def model_window(loaded: LoadedModel, source: ImageSource, window: tuple[int, ..
     md = loaded.spatial_dims or len(window)
     if md > sd:
         raise MedsegError(f"a {md}D model cannot predict a {sd}D image; use a {sd}D model")
+    if len(window) == 1:
+        window = window * md
     if len(window) == md and md < sd:
         window = (1,) * (sd - md) + window
     if len(window) != sd:

@@ -23,6 +23,7 @@ from ..io.errors import MedsegError
 from ..io.source import SPATIAL_AXES, ImageSource
 from ..models.normalization import NormConfig
 from ..models.uncertainty import predictive_entropy
+from .blocks import materialize
 from .modelrun import LoadedModel, model_multiple, resolve_device, resolve_model
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def _read(source: ImageSource, level: int, box: list[tuple[int, int]]) -> np.nda
             k += 1
         else:
             idx.append(slice(None))
-    a = np.asarray(arr[tuple(idx)])
+    a = materialize(arr[tuple(idx)])
     c = source.channel_axis
     a = a[None] if c is None else np.moveaxis(a, c, 0)
     pads = [(0, 0)] + [(va - a0, b0 - vb) for (a0, b0), (va, vb) in zip(box, valid)]

@@ -97,6 +97,8 @@ def low_resolution(source: ImageSource, target_downsample: float = 32.0, max_sid
     """A low-resolution YX or YXC float32 view of a 2D slide: the coarsest level with downsample <=
     ``target_downsample``, reduced further by an integer factor strip by strip. Returns (array, level,
     downsample per axis relative to level 0)."""
+    from .blocks import materialize
+
     if source.spatial_dims != 2:
         raise MedsegError("tissue masks are for 2D slides; predict volumes with tissue_mask off")
     level = 0
@@ -115,7 +117,7 @@ def low_resolution(source: ImageSource, target_downsample: float = 32.0, max_sid
     for y0 in range(0, shape[0], strip):
         sl: list[Any] = [slice(None)] * arr.ndim
         sl[source.axes.index("Y")] = slice(y0, min(y0 + strip, shape[0]))
-        part = np.asarray(arr[tuple(sl)])
+        part = materialize(arr[tuple(sl)])
         if c_ax is not None and c_ax != part.ndim - 1:
             part = np.moveaxis(part, c_ax, -1)
         parts.append(_reduce(part, f))
