@@ -284,34 +284,28 @@ class PaintingController(QObject):
         return lo, hi
 
     def window_for_view(self, center: Sequence[float] | None = None) -> tuple[slice, ...]:
-        """A chunk-aligned window covering the view (plus one chunk), capped at ``max_window`` pixels per
-        in-plane axis around the view's centre; the whole store when it fits."""
+        """A chunk-aligned window of ``max_window`` pixels per in-plane axis (a slab of slices for a volume
+        too big to show whole) centred on the view, or on ``center`` (store pixels); the whole store when
+        it fits. A full-sized window means fewer moves while panning."""
         shp, ch = self.store.shape, self.store.chunks
         if self._fits_whole():
             return tuple(slice(0, s) for s in shp)
-        lo, hi = self.view_box()
-        if center is not None:
-            half = [(b - a) / 2 for a, b in zip(lo, hi)]
-            lo = [c - h for c, h in zip(center, half)]
-            hi = [c + h for c, h in zip(center, half)]
+        if center is None:
+            lo, hi = self.view_box()
+            center = [(a + b) / 2 for a, b in zip(lo, hi)]
         out = []
         for a, (s, c) in enumerate(zip(shp, ch)):
             cap = self.max_window
-            if self.store.ndim == 3 and a == 0:  # volumes too big to show whole: a slab of slices
+            if self.store.ndim == 3 and a == 0:
                 inplane = min(self.max_window, shp[1]) * min(self.max_window, shp[2])
-                cap = max(c, self.volume_max_voxels // max(inplane, 1))
+                cap = self.volume_max_voxels // max(inplane, 1)
             cap = max(c, cap // c * c)
-            mid = (lo[a] + hi[a]) / 2
-            a0 = math.floor(max(0, lo[a]) / c) * c - c
-            a1 = math.ceil(min(s, hi[a]) / c) * c + c
-            if a1 - a0 > cap:
-                a0 = math.floor((mid - cap / 2) / c) * c
-                a1 = a0 + cap
-            a0 = max(0, a0)
-            a1 = min(s, max(a1, a0 + c))
-            if a1 - a0 < min(cap, s):  # keep the window full-sized near the far edge
-                a0 = max(0, min(a0, -(-(s - min(cap, s)) // c) * c))
-            out.append(slice(int(a0), int(a1)))
+            if cap >= s:
+                out.append(slice(0, s))
+                continue
+            a0 = math.floor((center[a] - cap / 2) / c) * c
+            a0 = max(0, min(a0, math.ceil((s - cap) / c) * c))
+            out.append(slice(int(a0), int(min(s, a0 + cap))))
         return tuple(out)
 
     # -- window -------------------------------------------------------------------------------------
