@@ -167,6 +167,9 @@ class LabelStore(LabelStoreRWMixin, LabelStoreOpsMixin):
             if not overwrite:
                 raise MedsegError(f"{path} already exists; open it with LabelStore.open, or pass overwrite=True.")
             import shutil
+            probe = StoreLock(path)  # never delete a store another editor has open
+            probe.acquire()
+            probe.release()
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         lock = StoreLock(path)

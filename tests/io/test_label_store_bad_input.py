@@ -180,6 +180,9 @@ def test_same_store_opened_by_two_editors(tmp_path):
         with pytest.raises(StoreLockedError, match=f"process {proc.pid}"):
             LabelStore.open(s.path)
         assert LabelStore.open(s.path, mode="r").shape == (100, 100)  # readers are welcome
+        with pytest.raises(StoreLockedError):  # nor may anyone overwrite it meanwhile
+            LabelStore.create(s.path, (100, 100), overwrite=True)
+        assert (s.path / ".zattrs").exists()
     finally:
         proc.communicate("\n", timeout=30)
     LabelStore.open(s.path).close()  # released cleanly
