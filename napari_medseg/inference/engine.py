@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..models.normalization import NormConfig
 from .blocks import BlockData, Box, Prefetcher, TileReader, boxes_overlap
@@ -78,6 +77,7 @@ class BlockEngine:
         self._pool: dict[tuple[int, ...], list[torch.Tensor]] = {}  # reused buffers (no page faults per part)
         self._pool_lock = threading.Lock()
         self._batch: torch.Tensor | None = None
+        self._raw: torch.Tensor | None = None
         self.part_box: dict[tuple[Key, Key], Box] = {}
         self.owner_of: dict[Key, Key] = {}
         for ws in plan.compute.values():
@@ -112,11 +112,15 @@ class BlockEngine:
             return got.zero_()
         return torch.zeros(shape, dtype=torch.float32, device=self.device)
 
-    def release(self, t: torch.Tensor, keep: int = 4) -> None:
-        """Give a buffer back for reuse (thread-safe; e.g. a finished block's ``probs`` once written)."""
+    def release(self, t: torch.Tensor, keep: int = 2) -> None:
+        """Give a block-sized buffer back for reuse (thread-safe; e.g. a finished block's ``probs`` once
+        written). Strip-sized parts vary in shape and go back to the allocator."""
         base = t if t._base is None else t._base
+        shape = tuple(base.shape)
+        if shape[1:] != tuple(self.blocks.block):
+            return
         with self._pool_lock:
-            free = self._pool.setdefault(tuple(base.shape), [])
+            free = self._pool.setdefault(shape, [])
             if len(free) < keep:
                 free.append(base)
 
@@ -150,24 +154,42 @@ class BlockEngine:
 
     # -- input -------------------------------------------------------------------------------------------
     def _prepare(self, bd: BlockData) -> torch.Tensor:
-        """(C, *box) float32 normalised on the device, zero outside the image (MONAI's constant padding)."""
+        """(C, *box) on the device in the source dtype (e.g. uint8: 4x less than float32), zero outside
+        the image; windows are normalised batch by batch in ``_normalise``."""
         nd = len(bd.box)
         t = torch.from_numpy(bd.data)
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
-        t = t.permute(nd, *range(nd))  # (C, *valid), the source dtype
-        if t.dtype.is_floating_point:
-            x = self.norm.apply(t[None])[0]
-        else:  # integers hold no NaN/inf: the same arithmetic as NormConfig.apply, in place
-            shape = (-1,) + (1,) * nd
-            lo = torch.tensor(self.norm.low, dtype=torch.float32, device=self.device).view(shape)
-            hi = torch.tensor(self.norm.high, dtype=torch.float32, device=self.device).view(shape)
-            x = t.float().sub_(lo).div_(hi - lo).clamp_(0.0, 1.0)
+        t = t.permute(nd, *range(nd))  # (C, *valid)
         pads: list[int] = []
         for (a, b), (va, vb) in zip(reversed(bd.box), reversed(bd.valid)):
             pads += [va - a, b - vb]
         if any(pads):
-            x = F.pad(x[None], pads, mode="constant", value=0.0)[0]
+            full = torch.zeros((t.shape[0], *(b - a for a, b in bd.box)), dtype=t.dtype, device=t.device)
+            full[(slice(None),) + tuple(slice(va - a, vb - a) for (a, _), (va, vb) in zip(bd.box, bd.valid))] = t
+            t = full
+        return t.contiguous()
+
+    def _normalise(self, raw: torch.Tensor, windows: list[Key]) -> torch.Tensor:
+        """Normalise a stacked raw batch (N, C, *window) into the reused float32 batch buffer, exactly as
+        ``NormConfig.apply``; pixels outside the image are 0 after normalisation (MONAI's padding)."""
+        if self._batch is None or tuple(self._batch.shape) != tuple(raw.shape):
+            self._batch = torch.empty(raw.shape, dtype=torch.float32, device=self.device)
+            shape = (1, -1) + (1,) * (raw.ndim - 2)
+            self._lo = torch.tensor(self.norm.low, dtype=torch.float32, device=self.device).view(shape)
+            self._span = torch.tensor(self.norm.high, dtype=torch.float32, device=self.device).view(shape) - self._lo
+        x = self._batch
+        if raw.dtype.is_floating_point:
+            x.copy_(self.norm.apply(raw))
+        else:  # integers hold no NaN/inf: NormConfig.apply's arithmetic, in place
+            x.copy_(raw).sub_(self._lo).div_(self._span).clamp_(0.0, 1.0)
+        for j, w in enumerate(windows):
+            box = self.grid.window_box(w)
+            if any(a < 0 or b > s for (a, b), s in zip(box, self.grid.shape)):
+                inside = tuple(slice(max(0, -a), min(b, s) - a) for (a, b), s in zip(box, self.grid.shape))
+                keep = torch.zeros(x.shape[2:], dtype=torch.bool, device=self.device)
+                keep[inside] = True
+                x[j].mul_(keep)
         return x
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -176,9 +198,9 @@ class BlockEngine:
         t0 = time.perf_counter()
         views = [x[(slice(None),) + box_slices(self.grid.window_box(w), o)] for w, x, o in items]
         shape = (len(views), *views[0].shape)
-        if self._batch is None or tuple(self._batch.shape) != shape:
-            self._batch = torch.empty(shape, dtype=torch.float32, device=self.device)
-        batch = torch.stack(views, out=self._batch)
+        if self._raw is None or tuple(self._raw.shape) != shape or self._raw.dtype != views[0].dtype:
+            self._raw = torch.empty(shape, dtype=views[0].dtype, device=self.device)
+        batch = self._normalise(torch.stack(views, out=self._raw), [w for w, _, _ in items])
         probs = self.runner(batch)
         if self.extra_fn is not None:
             probs = torch.cat([probs, self.extra_fn(batch)[:, None].float()], dim=1)

@@ -349,7 +349,7 @@ class OutputStore:
         raise e
 
     def write_block(self, key: str, box: Sequence[tuple[int, int]], probs: Any, *, on_done: Any = None,
-                    max_pending: int = 2) -> None:
+                    max_pending: int = 1) -> None:
         """Queue a finished block: ``probs`` (C, *spatial) float32 torch tensor, zero where not predicted.
         In a background thread: labels and probabilities of every block level, their chunks, then the
         journal entry; ``on_done(probs)`` is called once ``probs`` is no longer needed."""
