@@ -151,10 +151,10 @@ def make_viewer(img: Any) -> tuple[Any, Any, Any]:
 
 
 def set_view(viewer: Any, app: Any, center_world: tuple[float, float], zoom: float) -> None:
-    from napari_medseg._napari.painting import viewer_camera
+    from napari_medseg._napari.layers import camera_of
 
-    viewer_camera(viewer).center = center_world
-    viewer_camera(viewer).zoom = zoom
+    camera_of(viewer).center = center_world
+    camera_of(viewer).zoom = zoom
     app.processEvents()
 
 

@@ -41,7 +41,8 @@ from napari_medseg.io.classes import DEFAULT_COLORS, ClassSchema
 from napari_medseg.io.errors import MedsegError
 from napari_medseg.io.label_store import LabelStore, is_label_store
 
-from .painting import AUTOSAVE_NOTE, PaintingController, image_source_from_layer
+from .layers import source_from_layer
+from .painting import AUTOSAVE_NOTE, PaintingController
 from .session import session_for
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ class AnnotateWidget(QWidget):
         if not name or name not in self.viewer.layers:
             return
         try:
-            src = image_source_from_layer(self.viewer.layers[name])
+            src = source_from_layer(self.viewer.layers[name], reopen=False)
             self.path_edit.setText(str(LabelStore.default_path(src)) if src.path else "")
         except MedsegError:
             self.path_edit.setText("")
@@ -213,7 +214,7 @@ class AnnotateWidget(QWidget):
         mode = "r" if self.read_only_check.isChecked() else "r+"
         text = self.path_edit.text().strip()
         try:
-            src = image_source_from_layer(layer)
+            src = source_from_layer(layer, reopen=False)
             classes = _classes_from_layer(layer, self.viewer)
             p = Path(text).expanduser() if text else None
             if p is None:

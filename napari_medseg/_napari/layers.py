@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.errors import MedsegError
 from ..io.source import ImageSource
 
 log = logging.getLogger(__name__)
@@ -24,30 +25,35 @@ def medseg_meta(layer: Any) -> dict[str, Any]:
     return m if isinstance(m, dict) else {}
 
 
-def source_from_layer(layer: Any) -> ImageSource:
-    """The ``ImageSource`` behind an Image layer: reopened lazily from its file when the plugin's reader
-    made it (so a worker never touches the layer), else wrapped around the layer's own (lazy) data."""
+def source_from_layer(layer: Any, *, reopen: bool = True) -> ImageSource:
+    """The ``ImageSource`` behind an Image layer.
+
+    With ``reopen`` (for workers) a layer made by the plugin's reader is reopened lazily from its file, so
+    the worker has its own file handle and never touches the layer; otherwise (and for layers from
+    elsewhere) the layer's own (lazy) levels are wrapped, with axes and units from the plugin's metadata.
+    """
     meta = medseg_meta(layer)
-    path = meta.get("path")
-    if path:
+    path = meta.get("path") or getattr(getattr(layer, "source", None), "path", None)
+    if reopen and meta.get("path"):
         from ..io.reader import open_path
 
-        for src in open_path(path):
+        for src in open_path(meta["path"]):
             if src.kind == "image":
                 return src
-    data = list(layer.data) if getattr(layer, "multiscale", False) else [layer.data]
-    rgb = bool(getattr(layer, "rgb", False))
-    nd = data[0].ndim - (1 if rgb else 0)
-    if nd == 2:
-        axes = "YXC" if rgb else "YX"
-    elif nd == 3:
-        axes = "ZYX"
-    else:
-        raise ValueError(f"layer {layer.name!r} has {nd} spatial dimensions; napari-medseg trains on 2D and 3D images")
-    scale = tuple(float(s) for s in layer.scale[-nd:])
-    modality = meta.get("modality") or ("brightfield" if rgb else "unknown")
-    return ImageSource(levels=data, axes=axes, pixel_size=scale, unit=meta.get("unit", "micrometer"),
-                       name=layer.name, modality=modality, rgb=rgb, path=None)
+    levels = list(layer.data) if getattr(layer, "multiscale", False) else [layer.data]
+    ndim = levels[0].ndim
+    axes = meta.get("axes")
+    if not axes or len(axes) != ndim:
+        axes = "YXC" if getattr(layer, "rgb", False) else {2: "YX", 3: "ZYX", 4: "CZYX"}.get(ndim)
+    if axes is None:
+        raise MedsegError(f"layer {layer.name!r} has {ndim} dimensions; napari-medseg works on 2D slides "
+                          "and 3D volumes.")
+    n_sp = sum(a in "ZYX" for a in axes)
+    rgb = bool(getattr(layer, "rgb", False)) and "C" in axes
+    return ImageSource(levels=levels, axes=axes, pixel_size=tuple(float(s) for s in layer.scale[-n_sp:]),
+                       unit=meta.get("unit") or ("millimeter" if n_sp == 3 else "micrometer"), name=layer.name,
+                       path=str(path) if path else None, rgb=rgb,
+                       modality=meta.get("modality") or ("brightfield" if rgb else "unknown"))
 
 
 @dataclass(frozen=True)

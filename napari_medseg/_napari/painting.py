@@ -37,7 +37,8 @@ from napari_medseg.io import label_store_index as ix
 from napari_medseg.io.classes import ClassSchema
 from napari_medseg.io.errors import MedsegError
 from napari_medseg.io.label_store import LabelStore, _normalize_key
-from napari_medseg.io.source import ImageSource
+
+from .layers import camera_of
 
 log = logging.getLogger(__name__)
 
@@ -57,30 +58,6 @@ def store_colormap(classes: ClassSchema) -> DirectLabelColormap:
 def prediction_colormap(classes: ClassSchema) -> DirectLabelColormap:
     """napari colormap for predictions (0 background, transparent; k = class k): same colors per class."""
     return DirectLabelColormap(color_dict=classes.prediction_colors())
-
-
-def viewer_camera(viewer: Any) -> Any:
-    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
-
-
-def image_source_from_layer(layer: Any) -> ImageSource:
-    """An ``ImageSource`` describing a napari image layer (levels, axes, pixel size, path)."""
-    data = layer.data
-    levels = list(data) if getattr(layer, "multiscale", False) else [data]
-    meta = (layer.metadata or {}).get("napari_medseg", {}) if hasattr(layer, "metadata") else {}
-    ndim = levels[0].ndim
-    axes = meta.get("axes")
-    if not axes or len(axes) != ndim:
-        axes = "YXC" if getattr(layer, "rgb", False) else {2: "YX", 3: "ZYX", 4: "CZYX"}.get(ndim)
-    if axes is None:
-        raise MedsegError(f"layer {layer.name!r} has {ndim} dimensions; annotate 2D slides or 3D volumes.")
-    n_sp = sum(a in "ZYX" for a in axes)
-    path = meta.get("path") or getattr(getattr(layer, "source", None), "path", None)
-    return ImageSource(levels=levels, axes=axes, pixel_size=tuple(float(s) for s in layer.scale[-n_sp:]),
-                       unit=meta.get("unit") or ("millimeter" if n_sp == 3 else "micrometer"), name=layer.name,
-                       path=str(path) if path else None, rgb="C" in axes and getattr(layer, "rgb", False))
 
 
 class TrackedLabels(np.ndarray):
@@ -186,7 +163,7 @@ class PaintingController(QObject):
                  notify: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.viewer, self.store, self.image_layer = viewer, store, image_layer
-        self._camera = viewer_camera(viewer)
+        self._camera = camera_of(viewer)
         self.max_window = max(int(max_window), 1)
         self.volume_max_voxels = int(volume_max_voxels)
         self.follow = follow

@@ -11,7 +11,8 @@ import pytest
 from napari.utils.notifications import notification_manager
 
 from napari_medseg._napari.annotate_widget import AnnotateWidget, rescue_dir
-from napari_medseg._napari.painting import AUTOSAVE_NOTE, prediction_colormap, store_colormap, viewer_camera
+from napari_medseg._napari.layers import camera_of
+from napari_medseg._napari.painting import AUTOSAVE_NOTE, prediction_colormap, store_colormap
 from napari_medseg._napari.session import session_for
 from napari_medseg.io.classes import ClassSchema
 from napari_medseg.io.label_store import LabelStore
@@ -73,7 +74,7 @@ def test_create_paint_count_and_jump(widget, tmp_path, records):
     assert w.class_table.item(1, 3).text() == f"{store.class_counts()[2]:,}" != "0"
     assert w.class_table.item(0, 3).text() != "0"
     assert "2 painted chunks" in w.status_label.text() and "saved as you paint" in w.status_label.text()
-    cam = viewer_camera(viewer)
+    cam = camera_of(viewer)
     w.next_region()
     first = tuple(cam.center[-2:])
     w.next_region()
