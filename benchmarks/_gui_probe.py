@@ -96,7 +96,8 @@ class StallProbe:
     after the ``QApplication`` exists; ``start(name)`` begins a phase, ``stop()`` ends it and returns its
     ``PhaseStats``."""
 
-    def __init__(self, interval_ms: int = 10, sample_after_ms: float = 40.0, sample_every_s: float = 0.004) -> None:
+    def __init__(self, interval_ms: int = 10, sample_after_ms: float = 40.0, sample_every_s: float = 0.004,
+                 sample_stacks: bool = True) -> None:
         from qtpy.QtCore import Qt, QTimer
 
         self.interval_ms = interval_ms
@@ -113,7 +114,8 @@ class StallProbe:
         self._main_id = threading.main_thread().ident
         self._alive = True
         self._watch = threading.Thread(target=self._watchdog, name="stall-probe-watchdog", daemon=True)
-        self._watch.start()
+        if sample_stacks:
+            self._watch.start()
         self.phases: list[PhaseStats] = []
 
     def start(self, name: str) -> None:
@@ -151,10 +153,19 @@ class StallProbe:
         self._last = now
 
     def _watchdog(self) -> None:
+        # Sleeps until a tick would be overdue (it wakes every ~30 ms while the loop is healthy, so it hardly
+        # competes for the GIL), then samples every ``sample_every_s`` until the next tick.
         while self._alive:
-            time.sleep(self.sample_every_s)
             last, ph = self._last, self._phase
-            if ph is None or last is None or time.perf_counter() - last < self.sample_after_s:
+            if ph is None or last is None:
+                time.sleep(0.05)
+                continue
+            due = last + self.sample_after_s - time.perf_counter()
+            if due > 0:
+                time.sleep(due)
+                continue
+            time.sleep(self.sample_every_s)
+            if self._last != last or self._phase is None:
                 continue
             frame = sys._current_frames().get(self._main_id)
             sites = _frame_sites(frame)
@@ -327,10 +338,11 @@ def scribble_strokes(region: np.ndarray, n_strokes: int, *, brush: int, length: 
     those bigger than ``min_area`` pixels taken at random; else ``n_strokes`` segments of up to ``length``
     points from random places of the skeleton."""
     from scipy import ndimage
-    from skimage.morphology import disk, skeletonize
+    from skimage.morphology import skeletonize
 
-    r = max(1, brush // 2)
-    inner = ndimage.binary_erosion(region, disk(r + 1))
+    # napari's brush of size b covers the pixels within b / 2 of the cursor: eroding by a b x b square keeps
+    # every dab inside the region (a 1-pixel brush needs no erosion: the skeleton lies inside)
+    inner = ndimage.binary_erosion(region, np.ones((brush, brush), bool)) if brush > 1 else region
     if not inner.any():
         return []
     if components:
@@ -440,7 +452,7 @@ def save_line_plot(path: Any, series: dict[str, tuple[Sequence[float], Sequence[
         pen = QPen(QColor("#888888"), 1, Qt.DashLine)
         p.setPen(pen)
         p.drawLine(QPointF(left, ty(hline)), QPointF(left + pw, ty(hline)))
-        p.drawText(QRectF(left + pw - 204, ty(hline) - 18, 200, 16), Qt.AlignRight, f"target {hline:g}")
+        p.drawText(QRectF(left + 6, ty(hline) + 2, 200, 16), Qt.AlignLeft, f"target {hline:g}")
     ly = top + 8
     for name, (xs, ys, colour) in series.items():
         pen = QPen(QColor(colour), 2.5)

@@ -33,6 +33,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -66,40 +67,51 @@ def load_split(n_paint: int, n_test: int, crop: int | None) -> tuple[list, list]
 
 
 def first_strokes(mask: np.ndarray, rng: np.random.Generator, n_nuc: int, n_bg: int) -> list[tuple[int, Any, int]]:
-    """Round 1: (label, strokes, brush) from the ground truth."""
+    """First scribbles on an image: (label, strokes, brush) from the ground truth: one stroke along the
+    skeleton of each of ``n_nuc`` nuclei, ``n_bg`` long background strokes, and ``n_bg`` background strokes
+    in the gaps between nuclei (2-5 px from them, where an annotator separates touching objects)."""
     from _gui_probe import scribble_strokes
+    from scipy import ndimage
+    from skimage.morphology import disk
 
     nuc = scribble_strokes(mask, n_nuc, brush=3, length=40, rng=rng, components=True, min_area=25)
     bg = scribble_strokes(~mask, n_bg, brush=5, length=70, rng=rng)
-    return [(NUC, nuc, 3), (BG, bg, 5)]
+    ring = ndimage.binary_dilation(mask, disk(5)) & ~ndimage.binary_dilation(mask, disk(1))
+    gaps = scribble_strokes(ring, n_bg, brush=1, length=50, rng=rng)
+    return [(NUC, nuc, 3), (BG, bg, 5), (BG, gaps, 1)]
 
 
 def correction_strokes(mask: np.ndarray, pred: np.ndarray, painted: np.ndarray, rng: np.random.Generator,
                        n_fix: int, n_new: int) -> list[tuple[int, Any, int]]:
-    """Later rounds: strokes along the largest unpainted mistakes of ``pred`` (missed nuclei -> nucleus,
-    false nuclei -> background), plus ``n_new`` new scribbles of each class."""
+    """Corrections: thin strokes along the largest unpainted mistakes of ``pred`` (missed nuclei -> nucleus,
+    false or bleeding nuclei -> background), plus ``n_new`` new nuclei scribbles."""
     from _gui_probe import scribble_strokes
     from scipy import ndimage
 
     free = painted == 0
     out: list[tuple[int, Any, int]] = []
-    for value, region, brush in ((NUC, mask & ~pred & free, 3), (BG, ~mask & pred & free, 3)):
+    for value, region in ((NUC, mask & ~pred & free), (BG, ~mask & pred & free)):
         lab, n = ndimage.label(region)
         if n:
             areas = ndimage.sum_labels(np.ones_like(lab), lab, index=np.arange(1, n + 1))
             big = np.argsort(areas)[::-1][: n_fix * 2] + 1  # the largest mistakes, then a random half of them
             keep = np.isin(lab, rng.permutation(big)[:n_fix])
-            out.append((value, scribble_strokes(keep, n_fix, brush=brush, length=40, rng=rng, components=True,
-                                                min_area=12), brush))
+            out.append((value, scribble_strokes(keep, n_fix, brush=1, length=40, rng=rng, components=True,
+                                                min_area=8), 1))
     out.append((NUC, scribble_strokes(mask & free, n_new, brush=3, length=40, rng=rng, components=True,
                                       min_area=25), 3))
-    out.append((BG, scribble_strokes(~mask & free, max(1, n_new // 2), brush=5, length=70, rng=rng), 5))
     return out
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     s = int(pred.sum()) + int(truth.sum())
     return 1.0 if s == 0 else 2.0 * int((pred & truth).sum()) / s
+
+
+def pr_dice(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """(Dice, precision, recall) of a binary prediction."""
+    tp = int((pred & truth).sum())
+    return dice(pred, truth), tp / max(1, int(pred.sum())), tp / max(1, int(truth.sum()))
 
 
 def predict_nuclei(ckpt: Path, rgb: np.ndarray) -> np.ndarray:
@@ -113,6 +125,24 @@ def predict_nuclei(ckpt: Path, rgb: np.ndarray) -> np.ndarray:
     src = ImageSource([rgb], "YXC", (1.0, 1.0), name="x", rgb=True, modality="brightfield")
     r = predict_region(str(ckpt), src, 0, (slice(0, rgb.shape[0]), slice(0, rgb.shape[1])), ck.norm)
     return r.labels == 1
+
+
+def write_plot(path: Path, result: dict[str, Any]) -> None:
+    """The learning curve: held-out Dice (and Dice on the painted images, precision) per round."""
+    from _gui_probe import save_line_plot
+
+    rounds = result["rounds"]
+    xs = [h["round"] for h in rounds]
+    series = {"held-out Dice (nuclei)": (xs, [h["dice"] for h in rounds], "#0072b2"),
+              "Dice on the painted images (dense truth)": (xs, [h["dice_painted_images"] for h in rounds], "#e69f00"),
+              "held-out precision": (xs, [h["precision"] for h in rounds], "#cc79a7")}
+    vals = [v for _, ys, _ in series.values() for v in ys] + [0.7]
+    ylim = (max(0.0, np.floor(min(vals) * 10 - 0.5) / 10), min(1.0, np.ceil(max(vals) * 10 + 0.5) / 10))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_line_plot(path, series, title=f"MoNuSeg nuclei: {result['n_paint']} images annotated in {len(rounds)} "
+                   f"rounds, {result['n_test']} held out", size=(760, 440),
+                   xlabel=f"round (cumulative painted pixels); {result['steps_per_round']} training steps per round", ylabel="Dice / precision", ylim=ylim, hline=0.70,
+                   xticks=xs, xtick_labels=[f"{h['round']} ({h['painted_pixels'] / 1000:.1f}k px)" for h in rounds])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,11 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--replot", type=Path, default=None, help="draw the plot (--plot) from a saved --json and exit")
     args = ap.parse_args(argv)
+    if args.replot:
+        from qtpy.QtWidgets import QApplication
+
+        _app = QApplication.instance() or QApplication([])
+        write_plot(args.plot or ROOT / "docs/images/loop_curve.png", json.loads(args.replot.read_text()))
+        return 0
     q = args.quick
     rounds = args.rounds or (2 if q else 3)
     steps = args.steps or (12 if q else 150)
-    n_paint = args.paint or (2 if q else 4)
+    n_paint = args.paint or (2 if q else 6)
     n_test = args.test or (3 if q else 10)
     patch = args.patch or (128 if q else 256)
     batch = args.batch or (2 if q else 4)
@@ -150,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
 
     import napari
-    from _gui_probe import paint_strokes, save_line_plot, wait_until
+    from _gui_probe import paint_strokes, wait_until
 
     from napari_medseg._napari.layers import source_from_layer
     from napari_medseg._napari.train_widget import TrainWidget
@@ -182,37 +219,52 @@ def main(argv: list[str] | None = None) -> int:
     tw.threads_spin.setValue(args.threads)
     tw.preview_check.setChecked(True)
     tw.out_edit.setText(str(tmp / "run"))
-    extra_sources = [source_from_layer(ly) for ly in images[1:]]
+    extra_sources = {i: source_from_layer(ly) for i, ly in enumerate(images) if i}
+    extras: list[int] = []  # the painted images besides the one in view, this round
 
     orig_gather = tw._gather
 
     def gather(resume: bool) -> dict[str, Any]:
         """The widget's own job, plus the other painted images (their Labels layers, snapshotted now)."""
         job = orig_gather(resume)
-        job["extra_items"] = [(src, LabelSnapshot.of_array(np.asarray(ly.data), classes))
-                              for src, ly in zip(extra_sources, labels[1:])]
+        job["extra_items"] = [(extra_sources[i], LabelSnapshot.of_array(np.asarray(labels[i].data), classes))
+                              for i in extras]
         return job
 
     tw._gather = gather
+    # the user looks at a detail of the image in view (about 500 px across): the live preview predicts that
+    from napari_medseg._napari.layers import camera_of
+
+    h, w = painted_set[0][1].shape[:2]
+    cam = camera_of(viewer)
+    cam.center = (h / 2, w / 2)
+    cam.zoom = 850 / min(500, h, w)
     rng = np.random.default_rng(args.seed)
     history: list[dict[str, Any]] = []
-    ckpt: Path | None = None
     painted_preds: list[np.ndarray] = []
+    # which round first annotates each image (a few images per round; the one in view first)
+    first_round = [min(rounds, 1 + i * rounds // n_paint) for i in range(n_paint)]
     for r in range(1, rounds + 1):
         t_paint = time.perf_counter()
         dabs = 0
         for i, (_, _, mask) in enumerate(painted_set):
-            if r == 1:
-                plan = first_strokes(mask, rng, n_nuc=6 if q else 25, n_bg=3 if q else 10)
-            else:  # the user corrects what the last round's model got wrong on the painted images
+            if first_round[i] > r:
+                continue
+            if first_round[i] == r:
+                plan = first_strokes(mask, rng, n_nuc=6 if q else 25, n_bg=3 if q else 8)
+                images[i].visible = labels[i].visible = i == 0
+            else:  # the user corrects what the last round's model got wrong on this image
                 plan = correction_strokes(mask, painted_preds[i], np.asarray(labels[i].data), rng,
-                                          n_fix=4 if q else 20, n_new=2 if q else 8)
+                                          n_fix=4 if q else 20, n_new=2 if q else 6)
             for value, strokes, brush in plan:
                 dabs += paint_strokes(labels[i], strokes, value, brush)
-        lab_all = [np.asarray(ly.data) for ly in labels]
+        in_use = [i for i in range(n_paint) if first_round[i] <= r]
+        lab_all = [np.asarray(labels[i].data) for i in in_use]
         painted_px = int(sum((a > 0).sum() for a in lab_all))
-        wrong = int(sum(((a == NUC) & ~m).sum() + ((a == BG) & m).sum() for a, (_, _, m) in zip(lab_all, painted_set)))
+        wrong = int(sum(((a == NUC) & ~painted_set[i][2]).sum() + ((a == BG) & painted_set[i][2]).sum()
+                        for a, i in zip(lab_all, in_use)))
         paint_s = time.perf_counter() - t_paint
+        extras[:] = [i for i in in_use if i != 0]
 
         steps_seen: list[int] = []
         orig_event = tw._on_event
@@ -230,14 +282,19 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(lambda: tw._worker is None, 3600.0, poll_ms=200)
         train_s = time.perf_counter() - t_train
         tw._on_event = orig_event
-        ckpt = tw.session.last_checkpoint
-        if ckpt is None or not Path(ckpt).is_file():
+        last = tw.session.last_checkpoint
+        if last is None or not Path(last).is_file():
             raise RuntimeError(f"round {r}: no checkpoint ({tw.status.text()})")
+        ckpt = tmp / f"round{r}.pt"
+        shutil.copyfile(last, ckpt)
         t_score = time.perf_counter()
-        d_test = [dice(predict_nuclei(ckpt, rgb), m) for _, rgb, m in test_set]
+        scores = [pr_dice(predict_nuclei(ckpt, rgb), m) for _, rgb, m in test_set]
         painted_preds = [predict_nuclei(ckpt, rgb) for _, rgb, _ in painted_set]
-        d_train = [dice(p, m) for p, (_, _, m) in zip(painted_preds, painted_set)]
-        row = {"round": r, "dice": round(float(np.mean(d_test)), 4), "dice_min": round(float(np.min(d_test)), 4),
+        d_train = [dice(painted_preds[i], painted_set[i][2]) for i in in_use]
+        row = {"round": r, "images_painted": len(in_use), "dice": round(float(np.mean([d for d, _, _ in scores])), 4),
+               "dice_min": round(float(np.min([d for d, _, _ in scores])), 4),
+               "precision": round(float(np.mean([p for _, p, _ in scores])), 4),
+               "recall": round(float(np.mean([c for _, _, c in scores])), 4),
                "painted_pixels": painted_px, "painted_frac": round(painted_px / sum(a.size for a in lab_all), 5),
                "painted_off_class": wrong, "dabs": dabs, "steps": steps_seen[-1] if steps_seen else 0,
                "train_s": round(train_s, 1), "paint_s": round(paint_s, 1),
@@ -245,27 +302,20 @@ def main(argv: list[str] | None = None) -> int:
                "dice_painted_images": round(float(np.mean(d_train)), 4),
                "first_preview_s": None if tw._first_preview_s is None else round(tw._first_preview_s, 2)}
         history.append(row)
-        print(f"round {r}: painted {painted_px} px ({100 * row['painted_frac']:.2f} %), trained "
-              f"{row['steps']} steps in {row['train_s']} s -> held-out Dice {row['dice']:.4f}", flush=True)
+        print(f"round {r}: {len(in_use)} images, painted {painted_px} px ({100 * row['painted_frac']:.2f} %), "
+              f"trained {row['steps']} steps in {row['train_s']} s -> held-out Dice {row['dice']:.4f} "
+              f"(precision {row['precision']:.3f}, recall {row['recall']:.3f})", flush=True)
 
     dices = [h["dice"] for h in history]
     improved = all(b > a for a, b in zip(dices, dices[1:]))
-    if plot is not None:
-        plot.parent.mkdir(parents=True, exist_ok=True)
-        xs = [h["round"] for h in history]
-        series = {"held-out Dice (nuclei)": (xs, dices, "#0072b2")}
-        series["Dice on the painted images (dense truth)"] = (xs, [h["dice_painted_images"] for h in history],
-                                                              "#e69f00")
-        save_line_plot(plot, series, title=f"MoNuSeg: {n_paint} images annotated, {n_test} held out, "
-                       f"{steps} steps per round", xlabel="round (cumulative painted pixels in brackets)",
-                       ylabel="Dice", ylim=(0.0, 1.0), hline=0.70, xticks=xs,
-                       xtick_labels=[f"{h['round']} ({h['painted_pixels'] / 1000:.1f}k px)" for h in history])
     result = {"dice_per_round": dices, "dice_last_round": dices[-1], "dice_improved": improved,
               "painted_pixels": history[-1]["painted_pixels"], "target_met": improved and dices[-1] >= 0.70,
               "rounds": history, "n_paint": n_paint, "n_test": n_test, "steps_per_round": steps, "patch": patch,
               "batch": batch, "mean_teacher": not args.no_mean_teacher, "threads": args.threads,
               "crop": crop, "quick": q, "plot": None if plot is None else str(plot),
               "loadavg_1min": round(os.getloadavg()[0], 2), "total_s": round(time.perf_counter() - t_all, 1)}
+    if plot is not None:
+        write_plot(plot, result)
     tw.shutdown()
     viewer.close()
     if args.json:

@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predict-threads", type=int, default=None,
                     help="torch threads while predicting (default: torch's own, all cores)")
     ap.add_argument("--screenshots", action="store_true", help="write the README screenshots to docs/images")
+    ap.add_argument("--no-stacks", action="store_true", help="no stack sampling during stalls (the probe only)")
     ap.add_argument("--verbose", action="store_true", help="print the most sampled main-thread stacks")
     ap.add_argument("--json", type=Path, default=None, help="also write the full result here")
     args = ap.parse_args(argv)
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
           f"per class {paint['painted_per_class']}, off-class {paint['painted_wrong']}", flush=True)
     keys = keyframes(region, canvas_size(viewer), mpp, size)
     cam = CameraScript(viewer, keys, move_s=1.0, pause_s=0.6)
-    probe = StallProbe(10)
+    probe = StallProbe(10, sample_stacks=not args.no_stacks)
     phases: dict[str, Any] = {}
 
     # 1. idle: pan and zoom only
