@@ -74,7 +74,7 @@ class TileReader:
     """Reads boxes of one level of ``source`` through an LRU cache of decoded source tiles."""
 
     def __init__(self, source: ImageSource, level: int, *, tile: Sequence[int] | None = None,
-                 cache_bytes: int | None = None, on_corrupt: str = "stop") -> None:
+                 cache_bytes: int | None = None, on_corrupt: str = "stop", band: int | None = None) -> None:
         if on_corrupt not in ("stop", "skip"):
             raise MedsegError(f"on_corrupt must be 'stop' or 'skip', got {on_corrupt!r}")
         self.source, self.level, self.on_corrupt = source, level, on_corrupt
@@ -94,9 +94,11 @@ class TileReader:
             self.tile = tuple(min(default, s) for s in self.shape)
         self.tile_bytes = int(np.prod(self.tile)) * self.n_channels * np.dtype(self.arr.dtype).itemsize
         if cache_bytes is None:
-            # two rows of tiles across the image (a halo spans at most one more row) plus a block's worth
+            # the band of tile rows one row of blocks reads (``band`` pixels high), across the image: in
+            # raster order the next row of blocks then finds its halo rows still cached
             across = int(np.prod([-(-s // t) for s, t in zip(self.shape[1:], self.tile[1:])]))
-            cache_bytes = min(384 << 20, max(32 << 20, 2 * across * self.tile_bytes + (16 << 20)))
+            rows = -(-(band or self.tile[0]) // self.tile[0]) + 1
+            cache_bytes = min(512 << 20, max(16 << 20, rows * across * self.tile_bytes + (8 << 20)))
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
         self._cached = 0

@@ -112,7 +112,7 @@ class BlockEngine:
             return got.zero_()
         return torch.zeros(shape, dtype=torch.float32, device=self.device)
 
-    def release(self, t: torch.Tensor, keep: int = 2) -> None:
+    def release(self, t: torch.Tensor, keep: int = 1) -> None:
         """Give a block-sized buffer back for reuse (thread-safe; e.g. a finished block's ``probs`` once
         written). Strip-sized parts vary in shape and go back to the allocator."""
         base = t if t._base is None else t._base

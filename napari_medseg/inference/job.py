@@ -138,7 +138,8 @@ class Job:
                    reader: TileReader | None = None) -> Iterator[FinishedBlock | str]:
         """Predict ``todo`` blocks into ``store``; yields each block once queued for writing, and warnings."""
         plan = self.plan(todo)
-        reader = reader or TileReader(self.source, self.level, on_corrupt=self.on_corrupt)
+        band = self.blocks.block[0] + self.window[0] if len(self.window) == 2 else None
+        reader = reader or TileReader(self.source, self.level, on_corrupt=self.on_corrupt, band=band)
         md = self.model.spatial_dims or len(self.window)
         squeeze = 0 if md < len(self.window) else None
         runner = WindowRunner(self.model.module, self.device, batch_size=self.batch_size, amp=self.amp, tta=self.tta,

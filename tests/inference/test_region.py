@@ -48,7 +48,7 @@ def test_region_level_1_with_uncertainty(slide, unet2d):
                        uncertainty_model=teacher)
     assert r.labels.shape == (80, 250) and r.region == (slice(10, 90), slice(0, 250))
     assert r.uncertainty.shape == (80, 250) and r.uncertainty.dtype == np.float32
-    assert 0.0 <= r.uncertainty.min() and r.uncertainty.max() <= 1.0 and r.uncertainty.max() > 0
+    assert r.uncertainty.min() >= 0.0 and r.uncertainty.max() <= 1.0 and r.uncertainty.max() > 0
     assert r.scale == (1.0, 1.0) and r.translate == (10 * 1.0 + 0.25, 0.25)
 
 
