@@ -3,6 +3,12 @@ pruning levels that do not shrink, contrast from a small subsample, and length-u
 
 Nothing here reads more pixels than it says: ``as_dask`` and ``virtual_levels`` build graphs only,
 ``subsample_limits`` reads a few strided slices of the level it is given.
+
+Damaged files: ``as_dask(..., where=...)`` wraps the source so a chunk that cannot be decoded raises
+``UnreadableInputError`` naming the file, the level and the region (``y=.., x=..``) instead of a codec's
+bare error; ``guard_blosc_decode`` (installed on import) makes numcodecs' Blosc refuse a truncated chunk,
+which it would otherwise decode by reading past the end of the buffer (garbage pixels or a crash;
+numcodecs issue 228).
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import Any
 
 import dask.array as da
 import numpy as np
+
+from .errors import MedsegError, UnreadableInputError
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +83,116 @@ def tile_multiple_chunks(file_chunks: Sequence[int], shape: Sequence[int], spati
     return tuple(min(int(s), max(1, int(c))) for s, c in zip(shape, out))
 
 
-def as_dask(arr: Any, chunks: Sequence[int], name: str) -> da.Array:
+def as_dask(arr: Any, chunks: Sequence[int], name: str, *, where: str | None = None,
+            axes: str | None = None) -> da.Array:
     """Wrap an array-like (zarr array, memmap, ``StridedView``) as dask with ``chunks``; the explicit
-    ``name`` avoids hashing the source."""
+    ``name`` avoids hashing the source. With ``where`` (e.g. ``"slide.svs, level 0"``) a read that fails
+    raises ``UnreadableInputError`` naming ``where`` and the region (``axes`` name the array's axes)."""
+    if where is not None:
+        arr = CheckedReads(arr, where, axes)
     return da.from_array(arr, chunks=tuple(int(c) for c in chunks), name=name, asarray=True, fancy=False,
                          inline_array=True, lock=False)
+
+
+def describe_region(key: Any, shape: Sequence[int], axes: str | None = None) -> str:
+    """``"y=128:256, x=0:512"`` for a tuple of slices/ints over an array of ``shape`` (axes e.g. ``"YXC"``;
+    channel and unnamed axes are left out when they are whole)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    names = axes if axes is not None and len(axes) == len(shape) else "".join(f"{i}" for i in range(len(shape)))
+    parts = []
+    for i, n in enumerate(shape):
+        k = key[i] if i < len(key) else slice(None)
+        if isinstance(k, slice):
+            a, b, _ = k.indices(int(n))
+            txt = f"{a}:{b}"
+            whole = (a, b) == (0, int(n))
+        else:
+            txt, whole = str(k), False
+        label = names[i].lower() if names[i].upper() in "TCZYXSQI" else f"axis {i}"
+        if names[i].upper() in "ZYXQI" or not whole:
+            parts.append(f"{label}={txt}")
+    return ", ".join(parts)
+
+
+class CheckedReads:
+    """Array-like view of ``arr`` whose failing reads (a damaged chunk or tile) raise
+    ``UnreadableInputError`` naming ``where`` and the region read, with the codec's reason."""
+
+    def __init__(self, arr: Any, where: str, axes: str | None = None) -> None:
+        self.arr, self.where, self.axes = arr, where, axes
+        self.shape = tuple(int(s) for s in arr.shape)
+        self.dtype = np.dtype(arr.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.arr[key]
+        except (MedsegError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            region = describe_region(self._bad_chunk(key) or key, self.shape, self.axes)
+            raise UnreadableInputError(
+                f"{self.where}: the data at {region} could not be decoded ({type(e).__name__}: {e}); the file is "
+                "damaged there. Copy it again from its source, or convert what can be read.") from e
+
+    def _bad_chunk(self, key: Any, limit: int = 256) -> tuple[slice, ...] | None:
+        """The first of the source's own chunks (file tiles) inside ``key`` that fails to read, to name
+        its exact position; None if the source has no regular chunks or none fails alone."""
+        chunks = getattr(self.arr, "chunks", None)
+        if not isinstance(key, tuple) or not chunks or len(chunks) != self.ndim \
+                or not all(isinstance(c, (int, np.integer)) for c in chunks):
+            return None
+        ranges = []
+        for i, (n, c) in enumerate(zip(self.shape, chunks)):
+            k = key[i] if i < len(key) else slice(None)
+            a, b = (k.indices(n)[:2] if isinstance(k, slice) else (int(k), int(k) + 1))
+            ranges.append(range(a // c * c, b, c) if b > a else range(0))
+        if math.prod(len(r) for r in ranges) > limit:
+            return None
+        for starts in np.ndindex(*[len(r) for r in ranges]):
+            box = tuple(slice(r[j], min(r[j] + int(c), n)) for r, j, c, n in zip(ranges, starts, chunks, self.shape))
+            try:
+                self.arr[box]
+            except Exception:
+                return box
+        return None
+
+    def __reduce__(self) -> Any:
+        return (CheckedReads, (self.arr, self.where, self.axes))
+
+
+# -- a truncated Blosc chunk -------------------------------------------------------------------------
+_BLOSC_HEADER = 16
+
+
+def guard_blosc_decode() -> None:
+    """Make ``numcodecs.Blosc.decode`` refuse a buffer shorter than its header says (``cbytes``, bytes
+    12-16): c-blosc would read past its end. Idempotent; applies to zarr v2 and v3 Blosc chunks and to
+    the label store's chunk files alike."""
+    try:
+        from numcodecs import blosc
+        from numcodecs.compat import ensure_contiguous_ndarray
+    except ImportError:  # pragma: no cover - numcodecs comes with zarr
+        return
+    real = blosc.Blosc.decode
+    if getattr(real, "_medseg_guarded", False):
+        return
+
+    def decode(self: Any, buf: Any, out: Any = None) -> Any:
+        view = memoryview(ensure_contiguous_ndarray(buf)).cast("B")
+        n = view.nbytes
+        cbytes = int.from_bytes(bytes(view[12:16]), "little") if n >= _BLOSC_HEADER else -1
+        if n < _BLOSC_HEADER or cbytes > n or cbytes < _BLOSC_HEADER:
+            raise ValueError(f"truncated or corrupt Blosc chunk ({n} bytes, its header says {cbytes})")
+        return real(self, buf, out)
+
+    decode._medseg_guarded = True  # type: ignore[attr-defined]
+    decode.__doc__ = real.__doc__
+    blosc.Blosc.decode = decode  # type: ignore[method-assign]
+
+
+guard_blosc_decode()
 
 
 class StridedView:
@@ -123,16 +236,17 @@ class StridedView:
 
 
 def virtual_levels(base: Any, level0: da.Array, yx_axes: Sequence[int], name: str,
-                   min_side: int = 1024) -> list[da.Array]:
+                   min_side: int = 1024, *, where: str | None = None, axes: str | None = None) -> list[da.Array]:
     """Levels 1.. of a pyramid the file does not have: nearest-neighbour views of ``base`` by 2, 4, 8...
     until the larger of Y/X is at most ``min_side``. Each level is chunked like ``level0`` (not like
-    ``level0`` strided), so a coarse view stays a handful of chunks."""
+    ``level0`` strided), so a coarse view stays a handful of chunks. ``where``/``axes``: see ``as_dask``."""
     out: list[da.Array] = []
     f = 2
     while True:
         view = StridedView(base, f, yx_axes)
         chunks = tuple(min(s, max(c)) for s, c in zip(view.shape, level0.chunks))
-        out.append(as_dask(view, chunks, f"{name}-virtual{f}"))
+        out.append(as_dask(view, chunks, f"{name}-virtual{f}", axes=axes,
+                           where=None if where is None else f"{where} (read every {f}th pixel)"))
         if max(view.shape[a] for a in yx_axes) <= min_side:
             return out
         f *= 2

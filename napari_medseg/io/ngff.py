@@ -57,6 +57,10 @@ MODE_MAX_VALUES = 32
 #: Bytes of one block read/written at a time by ``write_blocks`` / ``build_pyramid``.
 BLOCK_BYTES = 64 * 2**20
 VIRTUAL_PYRAMID_MIN_SIDE = 4096
+#: A zarr whose metadata claims an axis longer than this is refused as corrupt: no slide or volume is that
+#: large (the biggest slides are ~2e5 px), and even a lazy view of, say, 2^40 px would need gigabytes of
+#: chunk bookkeeping before reading a byte.
+MAX_SIDE = 2**24
 
 
 # ===================================================================================== reading
@@ -64,10 +68,18 @@ def _token(path: Path, sub: str) -> str:
     return hashlib.sha1(f"{path.resolve()}:{sub}:{path.stat().st_mtime_ns}".encode()).hexdigest()[:16]
 
 
-def _dask_level(arr: zarr.Array, axes: str, name: str) -> da.Array:
+def _check_claimed_size(arr: zarr.Array, path: Path) -> None:
+    shape = tuple(int(s) for s in arr.shape)
+    if any(s > MAX_SIDE for s in shape) or any(int(c) < 1 for c in arr.chunks):
+        raise UnreadableInputError(
+            f"{path}: its metadata claims an array of shape {shape} with chunks {tuple(arr.chunks)}, beyond any "
+            f"image ({MAX_SIDE} px per axis at most); the metadata is corrupt, nothing was read.")
+
+
+def _dask_level(arr: zarr.Array, axes: str, name: str, where: str | None = None) -> da.Array:
     spatial = [i for i, a in enumerate(axes) if a in "YX"]
     chunks = tile_multiple_chunks(arr.chunks, arr.shape, spatial, np.dtype(arr.dtype).itemsize)
-    return as_dask(arr, chunks, name)
+    return as_dask(arr, chunks, name, where=where, axes=axes)
 
 
 def _shown_axes(axes: str, shape: Sequence[int], dtype: np.dtype) -> tuple[tuple[Any, ...], str, bool]:
@@ -119,14 +131,21 @@ def _multiscale_source(group: zarr.Group, ms: dict[str, Any], path: Path, sub: s
             a = group[pth]
         except KeyError as e:
             raise UnreadableInputError(f"{path}: the multiscales metadata names level {pth!r}, which is missing.") from e
+        if not isinstance(a, zarr.Array):
+            raise UnreadableInputError(f"{path}: the multiscales metadata names level {pth!r}, which is a group, "
+                                       "not an array.")
+        _check_claimed_size(a, path)
         arrays.append(a)
+    if not arrays:
+        raise UnreadableInputError(f"{path}: the multiscales metadata lists no levels.")
     ndim = arrays[0].ndim
     axes = ms["axes"] or "TCZYX"[-ndim:]
     if len(axes) != ndim:
         raise UnreadableInputError(f"{path}: multiscales axes {axes!r} do not match the {ndim}-D arrays.")
     sel, target, rgb = _shown_axes(axes, arrays[0].shape, arrays[0].dtype)
     token = _token(path, sub)
-    lazy = [_dask_level(a, axes, f"medseg-zarr-{token}-{i}") for i, a in enumerate(arrays)]
+    lazy = [_dask_level(a, axes, f"medseg-zarr-{token}-{i}", f"{path}, level {'/'.join(filter(None, (sub, pth)))}")
+            for i, (a, pth) in enumerate(zip(arrays, ms["paths"]))]
     levels = _arrange(lazy, axes, sel, target)
     spatial_shapes = [tuple(s for s, a in zip(lvl.shape, target) if a in "ZYX") for lvl in levels]
     levels = [levels[i] for i in keep_shrinking(spatial_shapes)]
@@ -146,6 +165,9 @@ def _multiscale_source(group: zarr.Group, ms: dict[str, Any], path: Path, sub: s
         sizes.append(v)
     if any(v is None for v in sizes):
         sizes, unit, source = [float(scale0[axes.index(a)]) for a in target if a in "ZYX"], "pixel", "NGFF scale (no unit)"
+    if not all(math.isfinite(v) and v > 0 for v in sizes):
+        logger.warning("%s: the NGFF scale %s is not a positive size; showing it in pixels", path, scale0)
+        sizes, unit, source = [1.0] * len(sizes), "pixel", f"unknown (invalid NGFF scale {scale0})"
     contrast = None
     if kind == "image" and not rgb:
         contrast = subsample_limits(levels[0] if "Z" in target else levels[-1], target)
@@ -160,6 +182,7 @@ def _multiscale_source(group: zarr.Group, ms: dict[str, Any], path: Path, sub: s
 
 
 def _plain_source(arr: zarr.Array, path: Path, name: str) -> ImageSource:
+    _check_claimed_size(arr, path)
     shape, dtype = arr.shape, np.dtype(arr.dtype)
     if arr.ndim == 2:
         axes = "YX"
@@ -173,14 +196,15 @@ def _plain_source(arr: zarr.Array, path: Path, name: str) -> ImageSource:
         axes = "TCZYX"
     else:
         raise UnreadableInputError(f"{path}: a {arr.ndim}-D zarr array has no image layout napari-medseg knows.")
-    lazy = _dask_level(arr, axes, f"medseg-zarr-{_token(path, name)}")
+    where = f"{path}" + (f", array {name.split('/', 1)[1]}" if "/" in name else "")
+    lazy = _dask_level(arr, axes, f"medseg-zarr-{_token(path, name)}", where)
     sel = tuple(0 if a == "T" else slice(None) for a in axes)
     target = axes.replace("T", "")
     level0 = lazy[sel]
     levels = [level0]
     meta: dict[str, Any] = {"format": f"zarr v{arr.metadata.zarr_format} array", "pixel_size_source": "unknown"}
     if "Z" not in target and max(shape[:2]) > VIRTUAL_PYRAMID_MIN_SIDE:
-        levels += virtual_levels(arr, level0, [0, 1], f"medseg-zarr-{_token(path, name)}")
+        levels += virtual_levels(arr, level0, [0, 1], f"medseg-zarr-{_token(path, name)}", where=where, axes=axes)
         meta["hint"] = (f"{path.name}: a plain zarr array without a pyramid is slow to view; run "
                         f"`napari-medseg convert {path} {path.stem}-ngff.zarr` once for fast viewing.")
         logger.warning(meta["hint"])
@@ -189,6 +213,11 @@ def _plain_source(arr: zarr.Array, path: Path, name: str) -> ImageSource:
     return ImageSource(levels=levels, axes=target, pixel_size=(1.0,) * sum(a in "ZYX" for a in target), unit="pixel",
                        name=name, path=str(path), rgb=rgb, modality="brightfield" if rgb else "unknown",
                        contrast_limits=contrast, metadata=meta)
+
+
+def _plain_name(name: Any) -> bool:
+    """A single path segment: no separators, not ``.`` or ``..``, not empty."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
 
 
 def _image_and_labels(group: zarr.Group, path: Path, sub: str, name: str) -> list[ImageSource]:
@@ -200,13 +229,19 @@ def _image_and_labels(group: zarr.Group, path: Path, sub: str, name: str) -> lis
     labels = group.get("labels") if "labels" in set(group.group_keys()) else None
     if labels is not None:
         listed = ome_attrs(dict(labels.attrs)).get("labels") or sorted(labels.group_keys())
-        for lname in listed:
+        for lname in listed if isinstance(listed, list) else []:
+            if not _plain_name(lname):  # a name from the file never leads outside the labels group
+                logger.warning("%s: labels entry %r is not a plain group name; skipped", path, lname)
+                continue
             lg = labels.get(str(lname))
             lms = parse_multiscales(dict(lg.attrs)) if isinstance(lg, zarr.Group) else None
             if lms is None:
                 logger.warning("%s: labels group %r has no multiscales metadata; skipped", path, lname)
                 continue
-            out.append(_multiscale_source(lg, lms, path, f"{sub}/labels/{lname}", "labels", str(lname)))
+            try:
+                out.append(_multiscale_source(lg, lms, path, f"{sub}/labels/{lname}", "labels", str(lname)))
+            except UnreadableInputError as e:  # the image is still worth showing
+                logger.warning("%s: labels %r skipped: %s", path, lname, e)
     return out
 
 

@@ -47,6 +47,9 @@ VIRTUAL_PYRAMID_MIN_SIDE = 4096
 HINT_CHUNK_SIDE = 4096
 #: A compressed non-tiled image stored as one block larger than this (decoded) cannot be read lazily.
 MAX_SINGLE_CHUNK_BYTES = 512 * 2**20
+#: A tile or strip may overhang its image (tiles are padded) but not by more than this (or 2x the image):
+#: a header claiming, say, 16M x 32 px tiles for a 96 px image would make every read decode gigabytes.
+MAX_CHUNK_OVERHANG_BYTES = 64 * 2**20
 #: Resolutions (dots per inch) that are software defaults, not a measured pixel size.
 DEFAULT_DPI = (1.0, 72.0, 96.0)
 
@@ -168,6 +171,9 @@ def _physical_size(tif: tifffile.TiffFile, page: Any, fmt: str, volume: bool,
         if res:
             size["Y"], size["X"] = res
             source = "XResolution/ResolutionUnit"
+    if any(v is not None and not (math.isfinite(v) and v > 0) for v in size.values()):
+        logger.warning("ignoring a pixel size that is not a positive number (%s, from %s)", size, source)
+        size = {"Z": None, "Y": None, "X": None}
     if size["X"] is None or size["Y"] is None:
         return {"Z": 1.0, "Y": 1.0, "X": 1.0}, "pixel", "unknown"
     if size["Z"] is None:
@@ -197,6 +203,12 @@ def _check_data_offsets(path: Path, levels: list[Any]) -> None:
         kf = lvl.keyframe
         expected = math.prod(kf.chunked)
         h, w = kf.imagelength, kf.imagewidth
+        chunk_bytes = math.prod(int(c) for c in kf.chunks) * np.dtype(kf.dtype or np.uint8).itemsize
+        if chunk_bytes > max(MAX_CHUNK_OVERHANG_BYTES, 2 * int(kf.nbytes)):
+            raise UnreadableInputError(
+                f"{path}: its header claims {'tiles' if kf.is_tiled else 'strips'} of "
+                f"{' x '.join(str(int(c)) for c in kf.chunks)} px for a {w} x {h} px image "
+                f"({chunk_bytes / 2**20:.0f} MiB each); the file is corrupt.")
         for page in lvl.pages:
             if page is None:
                 raise UnreadableInputError(f"{path}: a page of the image is missing; the file is probably truncated.")
@@ -206,10 +218,27 @@ def _check_data_offsets(path: Path, levels: list[Any]) -> None:
                 raise UnreadableInputError(
                     f"{path}: its header claims {w} x {h} px but lists only {offs.size} of the "
                     f"{expected} tiles/strips that size needs; the file is corrupt or truncated.")
-            if offs.size and int((offs + counts).max()) > filesize:
+            ends = offs + counts
+            if offs.size and int(ends.max()) > filesize:
+                past = np.flatnonzero(ends > filesize)
+                where = _chunk_position(kf, int(past[0]), h, w)
                 raise UnreadableInputError(
-                    f"{path}: image data is missing (it would end at byte {int((offs + counts).max())} but "
-                    f"the file has {filesize} bytes); the file is truncated or corrupt, copy it again.")
+                    f"{path}: image data is missing: the {'tile' if kf.is_tiled else 'strip'} at level "
+                    f"{list(levels).index(lvl)}, {where} (and {past.size - 1} more) would end at byte "
+                    f"{int(ends[past[0]])} but the file has {filesize} bytes; the file is truncated or corrupt, "
+                    "copy it again.")
+
+
+def _chunk_position(kf: Any, index: int, h: int, w: int) -> str:
+    """``"y=a:b, x=c:d"`` (plus the sample plane) of tile/strip number ``index`` of a page."""
+    th = int(kf.tilelength) if kf.is_tiled else int(kf.rowsperstrip or h)
+    tw = int(kf.tilewidth) if kf.is_tiled else w
+    th, tw = max(1, min(th, h)), max(1, min(tw, w))
+    ny, nx = -(-h // th), -(-w // tw)
+    plane, r = divmod(index, ny * nx)
+    ty, tx = divmod(r, nx)
+    txt = f"y={ty * th}:{min(h, (ty + 1) * th)}, x={tx * tw}:{min(w, (tx + 1) * tw)}"
+    return txt + (f", sample plane {plane}" if plane else "")
 
 
 # -- axes ---------------------------------------------------------------------------------------------
@@ -299,6 +328,7 @@ def open_tiff(path: str | os.PathLike) -> ImageSource:
         compressed = kf.compression != 1
 
     token = _token(p)
+    stored_axes = "".join(_AXIS_MAP.get(a, a) for a in s0.axes)
     spatial_idx = [i for i, a in enumerate(s0.axes) if isinstance(sel[i], slice) and _AXIS_MAP.get(a) in "YX"]
     level_arrays: list[Any] = []
     base: Any = None
@@ -324,11 +354,13 @@ def open_tiff(path: str | os.PathLike) -> ImageSource:
         if base is not None:
             zc = tuple(1 if j not in spatial_idx else min(s, 512) for j, s in enumerate(z.shape))
         chunks = tile_multiple_chunks(zc, z.shape, spatial_idx, np.dtype(z.dtype).itemsize)
-        level_arrays.append(as_dask(z, chunks, f"medseg-tiff-{token}-L{i}"))
+        level_arrays.append(as_dask(z, chunks, f"medseg-tiff-{token}-L{i}", where=f"{p}, level {i}",
+                                    axes=stored_axes))
     hint = None
     if big_2d:
         base_for_virtual = base if base is not None else zlevels[0]
-        level_arrays += virtual_levels(base_for_virtual, level_arrays[0], spatial_idx, f"medseg-tiff-{token}")
+        level_arrays += virtual_levels(base_for_virtual, level_arrays[0], spatial_idx, f"medseg-tiff-{token}",
+                                       where=f"{p}, level 0", axes=stored_axes)
         hint = CONVERT_HINT.format(name=p.name, path=p, stem=_stem(p))
     elif not volume and max(file_chunks[i] for i in spatial_idx) > HINT_CHUNK_SIDE:
         hint = CONVERT_HINT.format(name=p.name, path=p, stem=_stem(p))
