@@ -11,10 +11,12 @@ renamed over the old file, so a crash never leaves a half-written checkpoint. Lo
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +49,25 @@ class Checkpoint:
                 "classes": self.classes.to_dict(), "norm": self.norm.to_dict(), "meta": self.meta}
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0o666 less the umask), read without changing
+    the process umask (``os.umask`` is not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        with contextlib.suppress(OSError):  # mkstemp makes it owner-only (0600); a checkpoint is shared like any file
+            os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -68,6 +85,22 @@ def _atomic_write(path: Path, write) -> None:
             os.close(dfd)
     except OSError:
         pass
+    _remove_stale_temps(path)
+
+
+#: A temporary file of a checkpoint older than this was left by a writer that died (SIGKILL, power loss).
+STALE_TEMP_S = 600.0
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete ``.NAME.*.tmp`` files beside ``path`` left by a killed writer (a live writer's file is fresh),
+    so repeated crashes do not pile up hidden copies of a model."""
+    now = time.time()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+                log.info("removed %s, left by an interrupted checkpoint write", tmp)
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
@@ -163,12 +196,36 @@ def load_state_dict_report(model: nn.Module, state_dict: dict[str, torch.Tensor]
     return report
 
 
+def _check_config_fits(ckpt: Checkpoint, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose model config does not describe its own weights, before building the model:
+    the config is built on the ``meta`` device (no memory), so a description claiming an absurd model
+    allocates nothing."""
+    from .registry import build_model
+
+    try:
+        with torch.device("meta"):
+            probe = build_model(ckpt.model_config)
+    except MedsegError:
+        raise
+    except Exception as e:  # a builder that cannot run on "meta": the strict load below still checks
+        log.debug("meta-device probe of %s failed: %s", path, e)
+        return
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in ckpt.state_dict.items()}
+    if want != have:
+        diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        raise MedsegError(
+            f"{path}: its model description does not match its weights ({len(diff)} tensors differ, e.g. "
+            f"{', '.join(diff[:3])}); the file is damaged or was not written by napari-medseg.")
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", teacher: bool = False
                ) -> tuple[nn.Module, Checkpoint]:
     """Build the model a checkpoint describes and load its weights (the teacher's if asked and present)."""
     from .registry import build_model
 
     ckpt = load_checkpoint(path)
+    _check_config_fits(ckpt, path)
     model = build_model(ckpt.model_config)
     sd = ckpt.teacher_state_dict if (teacher and ckpt.teacher_state_dict is not None) else ckpt.state_dict
     load_state_dict_report(model, sd, strict=True)
