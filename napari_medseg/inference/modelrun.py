@@ -120,6 +120,8 @@ def model_window(loaded: LoadedModel, source: ImageSource, window: tuple[int, ..
         raise MedsegError(f"a {md}D model cannot predict a {sd}D image; use a {sd}D model")
     if len(window) == 1:
         window = window * md
+    if md < sd and len(window) == sd:  # e.g. (512, 512, 512) for a 2D model over a volume: slice by slice
+        window = (1,) * (sd - md) + window[sd - md:]
     if len(window) == md and md < sd:
         window = (1,) * (sd - md) + window
     if len(window) != sd:

@@ -112,6 +112,8 @@ def low_resolution(source: ImageSource, target_downsample: float = 32.0, max_sid
         f *= 2
     arr = source.levels[level]
     c_ax = source.channel_axis
+    row_bytes = int(np.prod(arr.shape)) // max(1, shape[0]) * np.dtype(arr.dtype).itemsize
+    strip = min(strip, max(1, (32 << 20) // max(1, row_bytes)))  # about 32 MB of source per read
     strip = max(f, (strip // f) * f)
     parts = []
     for y0 in range(0, shape[0], strip):

@@ -174,3 +174,24 @@ def test_cancel_leaves_consistent_store(tmp_path, rgb_source, unet2d):
     assert len(journal) == result.blocks_done
     lab = read_labels(out)  # readable; unfinished blocks read as 0
     assert lab.shape == (300, 350)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tmp_path, rgb_source, unet2d):
+    """On a GPU: without AMP equal to MONAI within 1e-4; with AMP the labels agree almost everywhere."""
+    img = np.asarray(rgb_source.levels[0]).transpose(2, 0, 1)
+    ref = monai_probs(unet2d, img, (64, 64), 0.25)
+    run_predict(rgb_source, unet2d, tmp_path / "a.zarr", window=(64, 64), tissue_mask=False, write_probs="float32",
+                device="cuda", amp=False, block=(96, 96))
+    assert np.abs(read_probs(tmp_path / "a.zarr") - ref).max() < 1e-4
+    run_predict(rgb_source, unet2d, tmp_path / "b.zarr", window=(64, 64), tissue_mask=False, device="cuda",
+                amp=True, block=(96, 96))
+    assert (read_labels(tmp_path / "b.zarr") == ref.argmax(0)).mean() > 0.99
+
+
+def test_volume_window_given_for_every_axis_runs_slice_by_slice(tmp_path):
+    vol = np.random.default_rng(4).integers(0, 255, (3, 40, 50), dtype=np.uint8)
+    src = zarr_source(tmp_path / "v.zarr", [vol], "ZYX", pixel_size=(2.0, 1.0, 1.0))
+    model = small_unet(1, 2)
+    res = run_predict(src, model, tmp_path / "o.zarr", window=(32, 32, 32), tissue_mask=False, device="cpu")
+    assert res.shape == (3, 40, 50) and res.blocks_done == res.blocks_total
