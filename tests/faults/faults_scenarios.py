@@ -144,7 +144,7 @@ def kill_predict(root: Path, point: str = "mid_block", seed: int = 0,
     else:  # once the output exists (the model is loaded, blocks are being computed)
         def ready() -> bool:
             return (out / "medseg" / "run.json").exists()
-        delay = random.Random(seed).uniform(0.0, 1.0)
+        delay = random.Random(seed).uniform(0.2, 2.0)  # a block takes about 0.5-2 s here
     run = kill_when(driver_cmd("cli", *argv), ready, delay_s=delay, logdir=root / "log", env=env)
     done_at_kill = len(list(journal.iterdir())) if journal.is_dir() else 0
     manifest = json.loads((out / "medseg" / "run.json").read_text()) if (out / "medseg" / "run.json").exists() else {}

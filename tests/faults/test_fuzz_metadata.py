@@ -30,13 +30,17 @@ MAX_TRACED = 64e6  # bytes allocated (Python-traced) while opening (and reading 
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory):
+    return make_seeds(tmp_path_factory.mktemp("fuzz-seeds"))
+
+
+def make_seeds(d: Path) -> dict:
     """Valid small files of each kind, as bytes / folders to mutate."""
     import nibabel as nib
     import tifffile
 
     from napari_medseg.io.ngff import build_pyramid, create_multiscale
 
-    d = tmp_path_factory.mktemp("fuzz-seeds")
+    d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     tifffile.imwrite(d / "s.tif", rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), tile=(32, 32),
                      photometric="rgb", compression="zlib", resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
