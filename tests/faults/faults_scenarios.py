@@ -183,7 +183,7 @@ def kill_painting(root: Path, seed: int = 0, paint_s: tuple[float, float] = (2.5
     run = kill_when(cmd, is_ready, logdir=root / "log", timeout_s=180)
     if not t_kill:
         return {"ok": False, "killed": run.killed, "stderr": run.stderr[-1500:]}
-    strokes = [ln.split() for ln in log_path.read_text().splitlines() if ln.strip()]
+    strokes = [f for f in (ln.split() for ln in log_path.read_text().splitlines()) if len(f) == 5]
     store = LabelStore.open(store_path, mode="r")
     try:
         lost_ages = [t_kill[0] - float(t) for t, _i, y, x, lab in strokes if int(store[int(y), int(x)]) != int(lab)]
