@@ -197,7 +197,9 @@ class PredictWidget(QWidget):
             return p.with_name(p.name.split(".")[0] + ".prediction.zarr")
         from platformdirs import user_data_dir
 
-        return Path(user_data_dir("napari-medseg")) / "predictions" / f"{layer.name}.prediction.zarr"
+        from ..io.label_store import _safe_name
+
+        return Path(user_data_dir("napari-medseg")) / "predictions" / f"{_safe_name(layer.name)}.prediction.zarr"
 
     # -- whole-image prediction ---------------------------------------------------------------------
     def predict(self) -> None:

@@ -81,6 +81,12 @@ def _writable_dir(path: Path) -> bool:
     return p.is_dir() and os.access(p, os.W_OK | os.X_OK)
 
 
+def _safe_name(name: str) -> str:
+    """``name`` as a plain file name: path separators, '..' and odd characters become '_'."""
+    base = "".join(ch if ch.isalnum() or ch in "-_. " else "_" for ch in str(name).replace("\\", "/").split("/")[-1])
+    return base.lstrip(". ") or "image"
+
+
 class LabelStore(LabelStoreRWMixin, LabelStoreOpsMixin):
     """Sparse uint8 labels over an image: spatial axes ``YX`` or ``ZYX``, values 0 / 1 / 2.. (see module).
 
@@ -254,7 +260,8 @@ class LabelStore(LabelStoreRWMixin, LabelStoreOpsMixin):
         """Where ``for_image`` keeps the store: ``<folder>/<name>.labels.zarr``, or beside the image
         (``<image>.zarr/labels/medseg`` for an NGFF zarr v2 image, ``<stem>.labels.zarr`` otherwise)."""
         src = Path(image.path) if image.path else None
-        stem = (src.name if src else image.name) or "image"
+        # a name from a file (no path) must never steer the store out of the folder: keep a plain file name
+        stem = (src.name if src else _safe_name(image.name)) or "image"
         for suffix in (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".tiff", ".tif", ".svs", ".ndpi",
                        ".nii.gz", ".nii", ".dcm"):
             if stem.lower().endswith(suffix):
@@ -301,6 +308,15 @@ class LabelStore(LabelStoreRWMixin, LabelStoreOpsMixin):
         meta = attrs.get(META_KEY)
         if not isinstance(meta, dict) or meta.get("label_store") != STORE_FORMAT:
             raise UnreadableInputError(f"{path}: a zarr group but not a napari-medseg label store.")
+        shape, chunks = meta.get("shape"), meta.get("chunks")
+        for key, val in (("shape", shape), ("chunks", chunks)):
+            if (not isinstance(val, list) or len(val) not in (2, 3)
+                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in val)):
+                raise UnreadableInputError(f"{path}: the label store's metadata is damaged (missing or invalid "
+                                           f"{key!r}).")
+        if len(shape) != len(chunks) or not isinstance(meta.get("classes"), dict):
+            raise UnreadableInputError(f"{path}: the label store's metadata is damaged (shape, chunks and "
+                                       "classes do not fit together).")
         return meta
 
     @staticmethod
@@ -397,7 +413,11 @@ class LabelStore(LabelStoreRWMixin, LabelStoreOpsMixin):
         for c in sorted(suspects):
             if c not in listed:
                 continue
-            blk = self._read_disk(0, c)
+            try:
+                blk = self._read_disk(0, c)
+            except UnreadableInputError as e:  # a damaged chunk: the store still opens, the chunk is named
+                log.warning("%s", e)
+                continue
             if blk is None:
                 continue
             cnt = ix.value_counts(blk)

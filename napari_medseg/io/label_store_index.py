@@ -203,9 +203,16 @@ class ChunkFiles:
             raw = self.path(c).read_bytes()
         except FileNotFoundError:
             return None
-        if self.codec is not None:
-            raw = self.codec.decode(raw)
-        full = np.frombuffer(raw, np.uint8).reshape(self.chunks)
+        try:
+            if self.codec is not None:
+                raw = self.codec.decode(raw)
+            full = np.frombuffer(raw, np.uint8).reshape(self.chunks)
+        except Exception as e:  # a truncated or overwritten chunk file: name it, never decode garbage
+            from .errors import UnreadableInputError
+
+            raise UnreadableInputError(
+                f"{self.path(c)}: label store chunk {'/'.join(map(str, c))} is damaged ({type(e).__name__}); "
+                "move that file aside to continue without it.") from e
         return full[tuple(slice(0, s) for s in shape)]
 
     def write(self, c: Chunk, block: np.ndarray) -> None:

@@ -205,6 +205,9 @@ def open_nifti(path: str | os.PathLike) -> ImageSource:
         img = nib.load(str(p), keep_file_open=True)
     except Exception as e:  # nibabel raises many types for a foreign or damaged header
         raise UnreadableInputError(f"{p}: not a readable NIfTI file ({type(e).__name__}: {e}).") from e
+    if not np.isfinite(np.asarray(img.affine, dtype=float)).all():
+        raise UnreadableInputError(f"{p}: its orientation (sform/qform) holds non-finite numbers; the header is "
+                                   "damaged.")
     shape = tuple(int(s) for s in img.shape)
     if any(s == 0 for s in shape):
         raise UnreadableInputError(f"{p}: the image has a zero-length axis (shape {shape}), so it holds no voxels.")

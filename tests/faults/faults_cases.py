@@ -559,9 +559,5 @@ def all_cases() -> list[Case]:
 #: Cases that fail today because of a bug in a module this suite may not edit: name -> the reason
 #: (the proposed fixes are in the report of issue 7 and in docs/safety.md).
 KNOWN_BUGS: dict[str, str] = {
-    "store: metadata without 'shape'": "io/label_store.py _read_meta does not check the metadata's keys and "
-                                       "types: a KeyError escapes LabelStore.open",
-    "store: truncated chunk file": "io/label_store_index.py ChunkFiles.read lets the codec's error escape "
-                                   "(not a MedsegError, no chunk position)",
     "train config: lr NaN": "training/config.py: NaN passes the `< 0` range checks",
 }

@@ -197,8 +197,6 @@ def test_mutated_zarr_metadata(seeds, scratch, data):
 
 
 # ------------------------------------------------------------------------------------------ found by fuzzing
-@pytest.mark.xfail(strict=True, reason="io/volume.py: a NIfTI sform holding inf/NaN gives NaN pixel sizes "
-                   "(found by test_mutated_nifti_headers; proposed fix in docs/safety.md)")
 def test_nifti_with_a_non_finite_affine_is_refused_or_repaired(seeds, tmp_path):
     row = [1.0, 0.0, 0.0, float("inf")]
     raw = bytearray(seeds["nifti"])
