@@ -102,11 +102,34 @@ class TileReader:
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
         self._cached = 0
+        self._peak = 0
         self._lock = threading.Lock()
         self.decoded = 0
         self._seen: set[tuple[int, ...]] = set()
         self.bad_tiles: dict[tuple[int, ...], str] = {}
         self._is_dask = type(self.arr).__module__.startswith("dask")
+        self._uses: dict[tuple[int, ...], int] | None = None  # planned future reads per tile
+
+    def plan(self, boxes: Sequence[Box | None]) -> None:
+        """Announce the boxes that will be read (in order): a tile is then kept exactly until its last
+        planned read and dropped after it, so every tile is decoded once and the cache holds only tiles
+        still needed (the halo rows shared with the next row of blocks), not an LRU's guess."""
+        uses: dict[tuple[int, ...], int] = {}
+        for box in boxes:
+            if box is not None:
+                for k in self._keys(box):
+                    uses[k] = uses.get(k, 0) + 1
+        with self._lock:
+            self._uses = uses
+            self.cache_bytes = max(self.cache_bytes, 512 << 20)  # the plan bounds it; this is a safety cap
+
+    def _keys(self, box: Box) -> list[tuple[int, ...]]:
+        import itertools
+
+        valid = tuple((max(0, a), min(s, b)) for (a, b), s in zip(box, self.shape))
+        if any(a >= b for a, b in valid):
+            return []
+        return list(itertools.product(*[range(a // t, (b - 1) // t + 1) for (a, b), t in zip(valid, self.tile)]))
 
     # -- tiles ---------------------------------------------------------------------------------------
     def tile_box(self, key: Sequence[int]) -> Box:
@@ -166,10 +189,7 @@ class TileReader:
         if any(a >= b for a, b in valid):
             empty = np.zeros((0,) * len(box) + (self.n_channels,), dtype=self.arr.dtype)
             return BlockData(box, valid, empty, [])
-        ranges = [range(a // t, (b - 1) // t + 1) for (a, b), t in zip(valid, self.tile)]
-        import itertools
-
-        keys = list(itertools.product(*ranges))
+        keys = self._keys(box)
         with self._lock:
             tiles = {k: self._cache[k] for k in keys if k in self._cache}
             for k in tiles:
@@ -178,6 +198,13 @@ class TileReader:
             tiles.update(got)
             for k, v in got.items():
                 self._put(k, v)
+            if self._uses is not None:  # drop tiles no planned read needs any more
+                for k in keys:
+                    n = self._uses.get(k, 0) - 1
+                    self._uses[k] = n
+                    if n <= 0 and k in self._cache:
+                        old = self._cache.pop(k)
+                        self._cached -= 0 if old is None else old.nbytes
         out = np.zeros(tuple(b - a for a, b in valid) + (self.n_channels,), dtype=self.arr.dtype)
         bad: list[tuple[Box, str]] = []
         for k in keys:
@@ -198,13 +225,14 @@ class TileReader:
             return
         self._cache[key] = val
         self._cached += size
+        self._peak = max(self._peak, self._cached)
         while self._cached > self.cache_bytes and self._cache:
             _, old = self._cache.popitem(last=False)
             self._cached -= 0 if old is None else old.nbytes
 
     def stats(self) -> dict[str, Any]:
         unique = len(self._seen)
-        return {"tiles_decoded": self.decoded, "tiles_unique": unique,
+        return {"tiles_decoded": self.decoded, "tiles_unique": unique, "cache_peak_mb": round(self._peak / 2**20, 1),
                 "decode_ratio": round(self.decoded / unique, 3) if unique else 1.0,
                 "tile": list(self.tile), "cache_mb": round(self.cache_bytes / 2**20, 1),
                 "bad_tiles": len(self.bad_tiles)}
@@ -215,6 +243,7 @@ class Prefetcher:
 
     def __init__(self, reader: TileReader, boxes: Sequence[Box | None], depth: int = 1) -> None:
         self.reader, self.boxes, self.depth = reader, list(boxes), max(0, depth)
+        reader.plan(self.boxes)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prefetch")
         self._futures: dict[int, Future] = {}
         self._next = 0

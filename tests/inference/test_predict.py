@@ -34,6 +34,7 @@ def test_gaussian_equals_monai_2d(tmp_path, rgb_source, unet2d, overlap, block):
     assert (read_labels(out) == ref.argmax(0)).mean() == 1.0
     grid = WindowGrid((300, 350), (64, 64), overlap)
     assert res.windows_computed == grid.n_windows  # each window once, whatever the blocks
+    assert res.stats["decode_ratio"] == 1.0  # each source tile decoded once (halos come from the cache)
     assert not res.cancelled and res.blocks_done == res.blocks_total
 
 
