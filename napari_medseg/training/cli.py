@@ -78,6 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--val-every", type=int)
     m.add_argument("--seed", type=int, default=None)
     m.add_argument("--init", metavar="CKPT", help="start from this checkpoint or state dict")
+    m.add_argument("--restart", action="store_true",
+                   help="start afresh even if --out already holds last.pt (by default a rerun resumes from it)")
     d = p.add_argument_group("device")
     d.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     d.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -191,6 +193,10 @@ def run(args: argparse.Namespace) -> int:
     data = _data(args)
     cfg = _config(args, data.spatial_dims)
     out.mkdir(parents=True, exist_ok=True)
+    if args.init is None and not args.restart and (out / "last.pt").is_file():
+        # a rerun of the same command (after a crash or a kill) continues instead of overwriting last.pt
+        args.init = str(out / "last.pt")
+        print(f"resuming from {out / 'last.pt'} (--restart to start afresh)", file=sys.stderr)
     bar = None
     if not args.no_progress:
         from tqdm import tqdm
@@ -245,8 +251,12 @@ def run(args: argparse.Namespace) -> int:
                                  "last_checkpoint": result.last_checkpoint, "best_checkpoint": result.best_checkpoint,
                                  "best_dice": result.best_dice, "elapsed_s": result.elapsed_s}
         tmp = out / ".train_log.json.tmp"
-        tmp.write_text(json.dumps(_clean(log_doc), indent=1))
-        tmp.replace(out / "train_log.json")
+        try:  # on a full disk this must not replace the clear error that stopped training
+            tmp.write_text(json.dumps(_clean(log_doc), indent=1))
+            tmp.replace(out / "train_log.json")
+        except OSError as e:
+            logging.getLogger(__name__).warning("could not write %s (%s)", out / "train_log.json", e.strerror or e)
+            tmp.unlink(missing_ok=True)
     assert result is not None
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
     print(f"done ({result.reason}) after {result.steps} steps in {result.elapsed_s:.0f} s; best validation Dice "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +86,11 @@ class TrainConfig:
                 continue
             kind, nullable = _KINDS[f.name]
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), kind, nullable))
+        for f in dataclasses.fields(self):  # NaN and inf pass range checks: refuse them here
+            v = getattr(self, f.name)
+            vals = v if isinstance(v, tuple) else (v,)
+            if any(isinstance(x, float) and not math.isfinite(x) for x in vals):
+                raise MedsegError(f"{f.name} must be a finite number, got {v}")
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise MedsegError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")

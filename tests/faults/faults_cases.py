@@ -559,5 +559,4 @@ def all_cases() -> list[Case]:
 #: Cases that fail today because of a bug in a module this suite may not edit: name -> the reason
 #: (the proposed fixes are in the report of issue 7 and in docs/safety.md).
 KNOWN_BUGS: dict[str, str] = {
-    "train config: lr NaN": "training/config.py: NaN passes the `< 0` range checks",
 }

@@ -50,9 +50,6 @@ def test_prediction_on_a_full_disk_resumes_identical(tmp_path):
 
 
 @needs_mount
-@pytest.mark.xfail(strict=True, reason="training/cli.py writes train_log.json in a `finally` without catching "
-                   "OSError: on a full disk that error replaces the clear one and a traceback is printed "
-                   "(proposed fix in docs/safety.md)")
 def test_training_on_a_full_disk_stops_with_one_clear_line(tmp_path):
     r = full_disk_training(tmp_path)
     assert r["last"].get("step") == 5 and r["all_checkpoints_load"], r  # holds today

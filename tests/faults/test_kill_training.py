@@ -50,9 +50,6 @@ def test_rerun_with_init_resumes_from_the_last_checkpoint(killed):
     assert r["last_after"]["round"] == r["last_before"]["round"] + 1 and r["resumed"] and r["ok"]
 
 
-@pytest.mark.xfail(strict=True, reason="training/cli.py: rerunning the same `napari-medseg train --out DIR` "
-                   "starts from scratch and overwrites DIR/last.pt (proposed fix: resume from DIR/last.pt "
-                   "unless --restart; see docs/safety.md)")
 def test_rerun_of_the_same_command_resumes(killed, tmp_path):
     data, out = _copy(killed, tmp_path)
     before = _checkpoint_state(out / "last.pt")
