@@ -285,6 +285,13 @@ def screenshot(viewer: Any, path: Any, size: tuple[int, int] = (1400, 900), max_
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     win = viewer.window._qt_window
+    try:  # notification toasts would cover the canvas
+        from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+        for toast in win.findChildren(NapariQtNotification):
+            toast.close()
+    except ImportError:
+        pass
     if (win.width(), win.height()) != size:
         win.resize(*size)
         run_for(0.5)

@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--predict-threads", type=int, default=None,
                     help="torch threads while predicting (default: torch's own, all cores)")
     ap.add_argument("--screenshots", action="store_true", help="write the README screenshots to docs/images")
+    ap.add_argument("--extra-train-s", type=float, default=300.0,
+                    help="with --screenshots: train this much longer (not measured, camera at rest) first")
     ap.add_argument("--no-stacks", action="store_true", help="no stack sampling during stalls (the probe only)")
     ap.add_argument("--verbose", action="store_true", help="print the most sampled main-thread stacks")
     ap.add_argument("--json", type=Path, default=None, help="also write the full result here")
@@ -206,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["NAPARI_CONFIG"] = str(tmp / "napari_settings.yaml")  # napari's too
     from napari.settings import get_settings
 
-    get_settings().experimental.async_ = bool(args.async_slicing)
+    settings = get_settings()
+    settings.experimental.async_ = bool(args.async_slicing)
+    settings.application.gui_notification_level = "none"  # no toasts over the canvas (logged instead)
     from _gui_probe import CameraScript, StallProbe, run_for, screenshot, wait_until
 
     t_all = time.perf_counter()
@@ -257,11 +261,15 @@ def main(argv: list[str] | None = None) -> int:
                   "previews": len(intervals) + (first_preview is not None)}
     shots = {}
     if args.screenshots:
+        # not measured: the camera rests on the painted region while training goes on (a better model for
+        # the pictures), then the window is captured with the latest preview of that view
         key = keys[1]
         c = camera_of_viewer(viewer)
         c.center, c.zoom = key[0], key[1]
-        n0 = train_info["previews"]
-        wait_until(lambda: len(tw._preview_intervals) + 1 >= n0 + 2, 40.0)
+        run_for(args.extra_train_s)
+        n0 = len(tw._preview_intervals)
+        wait_until(lambda: len(tw._preview_intervals) >= n0 + 2, 60.0)
+        train_info["steps_at_screenshot"] = steps[-1] if steps else 0
         for name in ("ground truth",):
             viewer.layers[name].visible = False
         shots["training_live"] = screenshot(viewer, ROOT / "docs/images/training_live.png")
@@ -315,6 +323,13 @@ def main(argv: list[str] | None = None) -> int:
             if layer.name.startswith("medseg ") or layer.name.endswith("annotations (overview)") \
                     or layer.name.endswith("annotations") or layer.name == "ground truth":
                 layer.visible = False
+        res = pw._result_layer
+        if res is not None and hasattr(res, "_reset_thumbnail_level_data"):
+            # napari keeps the coarsest level of a multiscale layer (its thumbnail level) in memory and the
+            # Predict widget's refresh() does not drop it, so the zoomed-out view would show the blocks done
+            # when the layer was first drawn (reported; the widget should do this on BlockDone/PredictDone)
+            res._reset_thumbnail_level_data()
+            res.refresh()
         run_for(2.0)
         shots["whole_slide_prediction"] = screenshot(viewer, ROOT / "docs/images/whole_slide_prediction.png")
 
