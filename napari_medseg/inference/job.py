@@ -152,6 +152,8 @@ class Job:
                 yield item
             store.flush()
         finally:
+            if self.model.was_training:  # hand a model being trained back in training mode
+                self.model.module.train()
             self.stats.update({"windows": engine.stats.windows, "windows_skipped_tissue": plan.skipped_windows,
                                "windows_bad": engine.stats.windows_bad, "model_s": round(engine.stats.model_s, 3),
                                "blend_s": round(engine.stats.blend_s, 3),

@@ -38,6 +38,7 @@ class LoadedModel:
     in_channels: int | None
     spatial_dims: int | None
     checkpoint: str | None = None
+    was_training: bool = False  # the module's mode when handed in (restored after a run)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -95,8 +96,9 @@ def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = No
         w = _first_weight(module)
         if w is not None and w.ndim in (4, 5):
             in_ch, dims = int(w.shape[1]), w.ndim - 2
+    was_training = bool(module.training)
     return LoadedModel(module.eval(), config if isinstance(config, ModelConfig) else None, norm, classes,
-                       state_hash(module) if hash_weights else "", in_ch, dims, ckpt_path)
+                       state_hash(module) if hash_weights else "", in_ch, dims, ckpt_path, was_training)
 
 
 def default_classes(n: int) -> ClassSchema:

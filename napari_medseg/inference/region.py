@@ -44,7 +44,10 @@ class RegionPrediction:
 
 def _loaded(model: nn.Module | str | Path) -> LoadedModel:
     if isinstance(model, nn.Module):
-        return resolve_model(model, hash_weights=False)
+        training = model.training
+        loaded = resolve_model(model, hash_weights=False)
+        model.train(training)  # resolve_model switched it to eval; predict_region restores modes itself
+        return loaded
     p = Path(model)
     key = (str(p.resolve()), p.stat().st_mtime_ns if p.exists() else 0)
     if key not in _MODELS:
@@ -91,7 +94,29 @@ def predict_region(model: nn.Module | str | Path, source: ImageSource, level: in
         raise MedsegError(f"the region {region} lies outside the image {shape}")
     loaded = _loaded(model)
     dev = resolve_device(device)
-    net = loaded.module.to(dev).eval()
+    if isinstance(model, nn.Module):  # a model we do not own (e.g. the one being trained): never moved
+        dev = _device_of(model, dev)
+    net = loaded.module.to(dev)
+    modes = [(net, net.training)] + ([(uncertainty_model, uncertainty_model.training)] if uncertainty_model else [])
+    try:
+        net.eval()
+        if uncertainty_model is not None:
+            uncertainty_model.eval()
+        return _predict(net, loaded, source, level, reg, norm, window, overlap, dev, with_probs, uncertainty_model,
+                        amp, max_side, batch_size, uncertainty_samples, t0)
+    finally:  # hand the models back in the mode they came in (training continues undisturbed)
+        for m, was_training in modes:
+            m.train(was_training)
+
+
+def _device_of(module: nn.Module, default: torch.device) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else default
+
+
+def _predict(net, loaded, source, level, reg, norm, window, overlap, dev, with_probs, uncertainty_model, amp,
+             max_side, batch_size, uncertainty_samples, t0) -> RegionPrediction:
+    shape = source.level_shape(level)
     nd = len(shape)
     md = loaded.spatial_dims or (2 if nd == 2 else 3)
     if loaded.in_channels is not None and loaded.in_channels != source.n_channels:
@@ -130,8 +155,9 @@ def predict_region(model: nn.Module | str | Path, source: ImageSource, level: in
             p = torch.cat([probs_of(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
             unc = None
             if uncertainty_model is not None:
-                um = uncertainty_model.to(dev).eval()
-                unc = torch.cat([predictive_entropy(um, x[i:i + batch_size], n_samples=uncertainty_samples)
+                um = uncertainty_model
+                ux = x.to(_device_of(um, dev))
+                unc = torch.cat([predictive_entropy(um, ux[i:i + batch_size], n_samples=uncertainty_samples).to(dev)
                                  for i in range(0, x.shape[0], batch_size)])
         else:
             from monai.inferers import sliding_window_inference
@@ -141,9 +167,11 @@ def predict_region(model: nn.Module | str | Path, source: ImageSource, level: in
             p = sliding_window_inference(x, win, batch_size, probs_of, overlap=overlap, mode="gaussian")
             unc = None
             if uncertainty_model is not None:
-                um = uncertainty_model.to(dev).eval()
+                um = uncertainty_model
+                udev = _device_of(um, dev)
                 unc = sliding_window_inference(
-                    x, win, batch_size, lambda t: predictive_entropy(um, t, n_samples=uncertainty_samples)[:, None],
+                    x, win, batch_size,
+                    lambda t: predictive_entropy(um, t.to(udev), n_samples=uncertainty_samples)[:, None].to(t.device),
                     overlap=overlap, mode="gaussian")[:, 0]
     if slicewise:
         p = p.permute(1, 0, 2, 3)[None]  # (1, C, Z, Y, X)

@@ -67,3 +67,15 @@ def test_region_bad_input(slide, unet2d):
         predict_region(unet2d, src, 3, (slice(0, 10), slice(0, 10)), NormConfig.uint8(3))
     with pytest.raises(MedsegError, match="input channel"):
         predict_region(small_unet(1, 2), src, 0, (slice(0, 10), slice(0, 10)), NormConfig.uint8(1))
+
+
+def test_region_leaves_a_training_model_as_it_was(slide):
+    src, _ = slide
+    student, teacher = small_unet(), small_unet(seed=3)
+    student.train()
+    teacher.train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    predict_region(student, src, 0, (slice(0, 64), slice(0, 64)), NormConfig.uint8(3), uncertainty_model=teacher)
+    assert student.training and teacher.training  # the preview does not switch training off
+    after = student.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # nor touch BatchNorm statistics
