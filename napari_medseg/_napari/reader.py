@@ -54,6 +54,8 @@ def layer_data(src: ImageSource) -> LayerData:
             cmap.update({int(k): tuple(float(c) for c in v) for k, v in colors.items()})
             kw["colormap"] = cmap
         kw["units"] = src.unit
+        if src.metadata.get("translate"):  # e.g. a prediction made at an offset or a coarser level
+            kw["translate"] = tuple(float(t) for t in src.metadata["translate"])
         return (data, kw, "labels")
     return (data, kw, "image")
 

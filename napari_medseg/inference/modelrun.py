@@ -206,25 +206,52 @@ class WindowRunner:
         return torch.softmax(y.float(), dim=1)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """``batch``: (n, C, *window) float, n <= batch_size. Returns (n, C_out, *window) float32."""
+        """``batch``: (n, C, *window) float. Returns (n, C_out, *window) float32.
+
+        Runs in slices of ``batch_size`` windows. Out of (GPU) memory, the batch size is halved and the slice
+        retried, so the run goes on (windows are independent: the result does not change); at one window per
+        batch the error says what to do."""
+        from ..training.devices import free_memory, is_oom
+
         n = batch.shape[0]
         if self.squeeze_axis is not None:
             batch = batch.squeeze(2 + self.squeeze_axis)
-        if n < self.batch_size:  # fixed shapes: pad the batch (results per window do not depend on it)
-            pad = batch.new_zeros((self.batch_size - n, *batch.shape[1:]))
-            batch = torch.cat([batch, pad])
-        with torch.inference_mode():
-            p = self._forward(batch)
-            if self.tta:
-                dims = list(range(2, batch.ndim))
-                for d in dims:
-                    p += torch.flip(self._forward(torch.flip(batch, [d])), [d])
-                p /= len(dims) + 1
+        outs: list[torch.Tensor] = []
+        i = 0
+        while i < n:
+            part = batch[i:i + self.batch_size]
+            try:
+                outs.append(self._run(part))
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not is_oom(e):
+                    raise
+                if self.batch_size <= 1:
+                    raise MedsegError("out of memory even with one window per batch; choose a smaller window "
+                                      "or another device (e.g. --device cpu)") from e
+                free_memory(self.device)
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("out of memory: prediction batch reduced to %d window(s); going on", self.batch_size)
+                continue
+            i += part.shape[0]
         self.windows += n
-        p = p[:n]
+        p = outs[0] if len(outs) == 1 else torch.cat(outs)
         if self.squeeze_axis is not None:
             p = p.unsqueeze(2 + self.squeeze_axis)
         return p
+
+    def _run(self, part: torch.Tensor) -> torch.Tensor:
+        m = part.shape[0]
+        if m < self.batch_size:  # fixed shapes: pad the batch (results per window do not depend on it)
+            pad = part.new_zeros((self.batch_size - m, *part.shape[1:]))
+            part = torch.cat([part, pad])
+        with torch.inference_mode():
+            p = self._forward(part)
+            if self.tta:
+                dims = list(range(2, part.ndim))
+                for d in dims:
+                    p += torch.flip(self._forward(torch.flip(part, [d])), [d])
+                p /= len(dims) + 1
+        return p[:m]
 
 
 def model_multiple(loaded: LoadedModel, default: int = 32) -> int:

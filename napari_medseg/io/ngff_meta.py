@@ -62,7 +62,8 @@ def image_label_attrs(colors: dict[int, tuple[float, float, float, float]] | Non
     il: dict[str, Any] = {"version": WRITE_VERSION, "source": {"image": source_image}}
     if colors:
         il["colors"] = [{"label-value": int(v), "rgba": [int(round(c * 255)) for c in rgba]}
-                        for v, rgba in sorted(colors.items(), key=lambda kv: kv[0]) if v is not None]
+                        for v, rgba in sorted(((v, c) for v, c in colors.items() if v is not None),
+                                              key=lambda kv: kv[0])]
     return {"image-label": il}
 
 

@@ -15,8 +15,6 @@ def test_training_halves_the_batch_and_finishes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="inference: an out-of-memory error in WindowRunner ends the run with a "
-                   "traceback; the batch is not reduced (proposed fix in docs/safety.md)")
 def test_prediction_reduces_the_batch_and_finishes(tmp_path):
     r = oom_predict(tmp_path, fixture=predict_fixture(tmp_path / "fixture"))
     assert r["exit"] == 0 and r["identical"], r
