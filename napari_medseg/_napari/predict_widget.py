@@ -18,7 +18,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -27,6 +26,7 @@ from qtpy.QtWidgets import (
 
 from ..io.errors import MedsegError
 from .layers import current_view, source_from_layer
+from .qt_helpers import path_row
 from .session import session_for
 from .settings import load_settings, save_settings
 from .workers import show_error, show_info, start_generator_worker
@@ -57,22 +57,8 @@ class PredictWidget(QWidget):
         box = QGroupBox("Predict whole image")
         f = QFormLayout(box)
         self.image_combo = QComboBox()
-        ck = QHBoxLayout()
-        self.ckpt_edit = QLineEdit()
-        self.ckpt_edit.setPlaceholderText("the last trained checkpoint")
-        b = QPushButton("…")
-        b.setMaximumWidth(28)
-        b.clicked.connect(self._pick_ckpt)
-        ck.addWidget(self.ckpt_edit)
-        ck.addWidget(b)
-        out = QHBoxLayout()
-        self.out_edit = QLineEdit()
-        self.out_edit.setPlaceholderText("beside the image: <name>.prediction.zarr")
-        b2 = QPushButton("…")
-        b2.setMaximumWidth(28)
-        b2.clicked.connect(self._pick_out)
-        out.addWidget(self.out_edit)
-        out.addWidget(b2)
+        ck, self.ckpt_edit = path_row("the last trained checkpoint", self._pick_ckpt)
+        out, self.out_edit = path_row("beside the image: <name>.prediction.zarr", self._pick_out)
         self.level_spin = QSpinBox()
         self.level_spin.setRange(0, 16)
         self.window_spin = QSpinBox()

@@ -23,7 +23,6 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -33,6 +32,7 @@ from qtpy.QtWidgets import (
 from ..io.errors import MedsegError
 from .layers import LatestValue, camera_of, current_view, medseg_meta, source_from_layer, upsert_layer
 from .plot import LivePlot
+from .qt_helpers import path_row
 from .session import session_for
 from .settings import load_settings, save_settings
 from .workers import show_error, show_info, show_warning, start_generator_worker
@@ -123,14 +123,7 @@ class TrainWidget(QWidget):
         self.arch_combo = QComboBox()
         self.dims_combo = QComboBox()
         self.dims_combo.addItems(["2D", "3D"])
-        ck = QHBoxLayout()
-        self.init_edit = QLineEdit()
-        self.init_edit.setPlaceholderText("train from scratch, or pick a checkpoint")
-        pick = QPushButton("…")
-        pick.setMaximumWidth(28)
-        pick.clicked.connect(self._pick_init)
-        ck.addWidget(self.init_edit)
-        ck.addWidget(pick)
+        ck, self.init_edit = path_row("train from scratch, or pick a checkpoint", self._pick_init)
         self.device_combo = QComboBox()
         f.addRow("architecture", self.arch_combo)
         f.addRow("dimensions", self.dims_combo)
@@ -158,13 +151,7 @@ class TrainWidget(QWidget):
         f.addRow(self.mt_check)
         f.addRow("consistency weight", self.mt_weight)
         f.addRow("CPU threads", self.threads_spin)
-        outrow = QHBoxLayout()
-        self.out_edit = QLineEdit()
-        outpick = QPushButton("…")
-        outpick.setMaximumWidth(28)
-        outpick.clicked.connect(self._pick_out)
-        outrow.addWidget(self.out_edit)
-        outrow.addWidget(outpick)
+        outrow, self.out_edit = path_row("default: a new run folder in the napari-medseg cache", self._pick_out)
         f.addRow("checkpoints in", outrow)
         lay.addWidget(tr)
 
