@@ -123,9 +123,11 @@ class _StopEither(threading.Event):
 
 
 def make_preview_hook(source: ImageSource, view: LatestValue, opts: LatestValue, norm_box: dict[str, Any],
-                      device: str) -> Any:
-    """A ``preview_hook`` for ``train``: predicts the current view when it changed or every ``every_s``."""
-    state = {"t": 0.0, "key": None}
+                      device: str, max_share: float = 0.3) -> Any:
+    """A ``preview_hook`` for ``train``: predicts the current view when it changed or every ``every_s``,
+    but never spends more than ``max_share`` of the worker's time on previews (a slow preview on a small
+    machine must not starve training, nor hold the GIL against the viewer)."""
+    state = {"t": 0.0, "key": None, "cost": 0.0}
 
     def hook(model: Any, teacher: Any, step: int) -> Any:
         o = opts.get() or {}
@@ -135,15 +137,19 @@ def make_preview_hook(source: ImageSource, view: LatestValue, opts: LatestValue,
         norm = norm_box.get("norm")
         if req is None or norm is None:
             return None
-        now = time.perf_counter()
-        if req.key == state["key"] and now - state["t"] < float(o.get("every_s", 3.0)):
+        since = time.perf_counter() - state["t"]
+        if since < state["cost"] * (1.0 - max_share) / max_share:  # previews take at most max_share of the time
+            return None
+        if req.key == state["key"] and since < float(o.get("every_s", 3.0)):
             return None
         from ..inference import predict_region
 
         net = teacher if teacher is not None else model
+        t0 = time.perf_counter()
         pred = predict_region(net, source, req.level, req.region, norm, device=device,
                               uncertainty_model=net if o.get("uncertainty") else None)
-        state["t"], state["key"] = time.perf_counter(), req.key
+        now = time.perf_counter()
+        state["t"], state["key"], state["cost"] = now, req.key, now - t0
         return pred
 
     return hook

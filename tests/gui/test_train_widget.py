@@ -159,3 +159,28 @@ def test_settings_are_remembered(make_napari_viewer, tmp_path, monkeypatch):
     save_settings(w.SETTINGS, w._settings_values())
     w2 = TrainWidget(viewer)
     assert w2.patch_spin.value() == 96 and not w2.mt_check.isChecked()
+
+
+def test_preview_hook_caps_its_share_of_worker_time(monkeypatch):
+    """A slow preview is not repeated until training has had (1 - share) / share of its cost."""
+    import time
+
+    import napari_medseg.inference as inference
+    from napari_medseg._napari.layers import LatestValue, ViewRequest
+    from napari_medseg._napari.training_job import make_preview_hook
+
+    calls: list[float] = []
+
+    def slow_preview(*args, **kwargs):
+        calls.append(time.perf_counter())
+        time.sleep(0.1)
+        return "prediction"
+
+    monkeypatch.setattr(inference, "predict_region", slow_preview)
+    view = LatestValue(ViewRequest(0, (slice(0, 8), slice(0, 8))))
+    hook = make_preview_hook(None, view, LatestValue({"every_s": 0.0}), {"norm": object()}, "cpu", max_share=0.25)
+    assert hook(None, None, 0) == "prediction"
+    assert hook(None, None, 1) is None  # right after a 0.1 s preview: training's turn (>= 0.3 s)
+    time.sleep(0.35)
+    assert hook(None, None, 2) == "prediction"
+    assert len(calls) == 2
