@@ -379,13 +379,13 @@ def scribble_strokes(region: np.ndarray, n_strokes: int, *, brush: int, length: 
 
 
 def paint_strokes(layer: Any, strokes: Sequence[np.ndarray], label: int, brush: int,
-                  offset: Sequence[int] = (0, 0)) -> int:
-    """Paint ``strokes`` (YX points in image pixels) with ``label`` through the Labels layer's brush, one
+                  offset: Sequence[int] | None = None) -> int:
+    """Paint ``strokes`` (YX, or ZYX, points in image pixels) with ``label`` through the Labels layer's brush, one
     ``layer.paint`` per point as a mouse drag would, then refresh once. ``offset`` is subtracted from the
     points (a layer that shows a window of the image). Returns the number of brush dabs."""
     layer.brush_size = brush
     layer.selected_label = label
-    off = np.asarray(offset)
+    off = np.asarray(offset) if offset is not None else 0
     n = 0
     for s in strokes:
         for p in np.asarray(s) - off:
