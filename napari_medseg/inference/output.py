@@ -41,6 +41,7 @@ import numpy as np
 from ..io.classes import ClassSchema
 from ..io.errors import MedsegError
 from ..io.ngff_meta import image_label_attrs, multiscales_attrs
+from .memory import trim
 
 log = logging.getLogger(__name__)
 FORMAT = "napari-medseg-prediction"
@@ -368,6 +369,8 @@ class OutputStore:
             if on_done is not None:
                 on_done(probs)
         self._write_block(key, parts)
+        del parts
+        trim(min_interval=0.5)
 
     def block_parts(self, box: Sequence[tuple[int, int]], probs: Any) -> list[tuple[int, tuple[slice, ...], np.ndarray, np.ndarray | None]]:
         """Labels (argmax) and quantised probabilities of the block at each block level (mean-pooled)."""

@@ -32,6 +32,7 @@ from .events import (
     TissueMaskReady,
 )
 from .job import Job, make_job
+from .memory import trim
 from .output import OutputStore, prepare_out
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
         raise
     finally:
         store._pool.shutdown(wait=True)
+        trim()
     seconds = time.perf_counter() - t_start
     mpix_s = pixels / 1e6 / max(1e-9, time.perf_counter() - t0)
     yield PredictDone(out=out, blocks_done=n_done, seconds=seconds, mpix_s=mpix_s, cancelled=cancelled, name=name)
