@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from .workers import show_error, show_info, start_generator_worker
 
 log = logging.getLogger(__name__)
 RESULT_SUFFIX = " prediction"
+REFRESH_S = 2.0  # the growing result layer is redrawn at most this often while blocks finish
 
 
 class PredictWidget(QWidget):
@@ -45,6 +47,7 @@ class PredictWidget(QWidget):
         self._worker: Any = None
         self._cancel = threading.Event()
         self._result_layer: Any = None
+        self._last_refresh = 0.0
         self._progress: Any = None
         self._build()
         self._load_settings()
@@ -250,7 +253,10 @@ class PredictWidget(QWidget):
                     self._progress.n = int(ev.done)
                     self._progress.refresh()
                 self.status.setText(f"{ev.done}/{ev.total} blocks, {ev.mpix_s:.1f} MPix/s, eta {ev.eta_s:.0f} s")
-                if self._result_layer is not None:
+                now = time.monotonic()
+                # redrawing re-reads the visible chunks on the main thread: at most every REFRESH_S
+                if self._result_layer is not None and now - self._last_refresh >= REFRESH_S:
+                    self._last_refresh = now
                     self._result_layer.refresh()
             elif kind == "PredictWarning":
                 show_info(ev.message)
@@ -285,7 +291,8 @@ class PredictWidget(QWidget):
             kw["translate"] = tuple(a + b for a, b in zip(kw.get("translate", (0.0,) * nd), offset[-nd:]))
             if kw["name"] in self.viewer.layers:
                 self.viewer.layers.remove(kw["name"])
-            layer = self.viewer.add_labels(data, **kw)
+            # cache=False: napari's dask cache would keep serving the chunks read before their blocks finished
+            layer = self.viewer.add_labels(data, cache=False, **kw)
             if is_mask:
                 layer.visible = False
             else:

@@ -48,6 +48,13 @@ def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_pat
     assert name in viewer.layers
     layer = viewer.layers[name]
     assert tuple(layer.scale) == (0.5, 0.5)
+    # shown while blocks finish: napari's dask cache would keep the chunks read before they were written
+    with layer.dask_optimized_slicing() as (_, cache):  # napari's global dask cache is off for this layer
+        assert cache is None
+    viewer.reset_view()
+    layer.refresh()
+    shown = np.asarray(layer._slice.image.raw)
+    assert shown.any(), "the drawn result is empty although the prediction finished"
     gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
 
     from napari_medseg._napari.layers import source_from_layer
