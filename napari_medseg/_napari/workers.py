@@ -3,8 +3,11 @@ errors back to the main thread as callbacks and napari notifications."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Generator
+import os
+import threading
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from napari.qt.threading import create_worker
@@ -24,6 +27,43 @@ def user_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc} (see the terminal for details; the widget is ready for another try)"
 
 
+#: nice increment of the worker threads (Linux: per thread): the viewer's threads win the CPU when both want it
+BACKGROUND_NICE = 10
+
+
+@contextlib.contextmanager
+def background_priority(increment: int = BACKGROUND_NICE) -> Iterator[bool]:
+    """Run the calling thread (and the threads it starts) at a lower CPU priority, then restore it.
+
+    On a machine with few cores, training or prediction competes with the viewer's main thread, its
+    OpenGL rasteriser and napari's tile loading; at nice +10 the scheduler gives the viewer's threads ~10x
+    the weight when they want the CPU, while the work still gets every idle cycle. Linux applies nice per
+    thread; elsewhere this does nothing. Yields whether the priority was lowered."""
+    tid = threading.get_native_id()
+    try:
+        old = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, old + increment))
+    except (AttributeError, OSError):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:  # raising it back needs privileges a user may not have: then the pooled thread stays polite
+            os.setpriority(os.PRIO_PROCESS, tid, old)
+        except OSError:
+            log.debug("could not restore the worker thread's priority", exc_info=True)
+
+
+def _in_background(gen_func: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Generator[Any, Any, Any]]:
+    def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        with background_priority():
+            return (yield from gen_func(*args, **kwargs))
+
+    run.__name__ = getattr(gen_func, "__name__", "run")
+    return run
+
+
 def start_generator_worker(
     gen_func: Callable[..., Generator[Any, Any, Any]],
     *args: Any,
@@ -35,8 +75,8 @@ def start_generator_worker(
 ) -> Any:
     """Start ``gen_func(*args, **kwargs)`` in a napari thread worker. Events reach ``on_event`` on the main
     thread; an exception becomes a napari error notification (and ``on_error``); ``on_finished`` always
-    runs last, so the widget returns to a usable state."""
-    worker = create_worker(gen_func, *args, _start_thread=False, _progress=progress or False,
+    runs last, so the widget returns to a usable state. The work runs at ``background_priority``."""
+    worker = create_worker(_in_background(gen_func), *args, _start_thread=False, _progress=progress or False,
                            _ignore_errors=True, **kwargs)  # we notify ourselves, once, in plain words
     worker.yielded.connect(on_event)
 
