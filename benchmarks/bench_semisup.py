@@ -60,16 +60,19 @@ def score(model, norm, pairs: list[Pair], patch: tuple[int, ...], device: str) -
 
 
 def run_setting(name: str, train_pairs: list[Pair], test_pairs: list[Pair], cfg: TrainConfig, data_kw: dict,
-                device: str) -> dict:
+                device: str, mt_batch: str = "same-labelled", runs: str = "both") -> dict:
     data = make_training_data(train_pairs, **data_kw)
     painted = [float((it.labels > 0).mean()) for it in data.items if it.labels is not None]
     out: dict = {"setting": name, "n_train": len(train_pairs), "n_test": len(test_pairs),
                  "n_labelled": len(painted), "painted_frac": round(float(np.mean(painted)), 4), "steps": cfg.steps}
-    for mt in (False, True):
+    for mt in (False, True) if runs == "both" else ((runs == "mt"),):
         key = "mt" if mt else "sup"
         t = time.perf_counter()
-        res = run_training(cfg.replace(mean_teacher=mt, checkpoint_dir=tempfile.mkdtemp(prefix=f"semisup_{key}_")),
-                           data)
+        run_cfg = cfg.replace(mean_teacher=mt, checkpoint_dir=tempfile.mkdtemp(prefix=f"semisup_{key}_"))
+        if mt and mt_batch == "same-labelled":  # the supervised batch's labelled patches, plus as many unlabelled
+            run_cfg = run_cfg.replace(batch_size=2 * cfg.batch_size, unlabelled_ratio=1.0)
+        out[f"batch_{key}"] = list(run_cfg.split_batch()) if mt else [run_cfg.batch_size, 0]
+        res = run_training(run_cfg, data)
         out[f"train_s_{key}"] = round(time.perf_counter() - t, 1)
         patch = cfg.patch_for(cfg.model.spatial_dims)
         out[f"dice_{key}"], out[f"hd95_{key}"] = score(res.model, res.norm, test_pairs, patch, device)
@@ -77,6 +80,8 @@ def run_setting(name: str, train_pairs: list[Pair], test_pairs: list[Pair], cfg:
             out["dice_mt_teacher"], _ = score(res.teacher, res.norm, test_pairs, patch, device)
         print(f"  {name} {key}: Dice {out[f'dice_{key}']:.2f} %  HD95 {out[f'hd95_{key}']:.2f}  "
               f"({out[f'train_s_{key}']:.0f} s training)", flush=True)
+    if runs != "both":
+        return out
     out["dice_gain"] = round(out["dice_mt"] - out["dice_sup"], 2)
     for k in list(out):
         if isinstance(out[k], float):
@@ -96,6 +101,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps-2d", type=int, default=None)
     ap.add_argument("--steps-3d", type=int, default=None)
+    ap.add_argument("--mt-batch", choices=["same-labelled", "same-total"], default="same-labelled",
+                    help="Mean Teacher's batch: the supervised batch's labelled patches plus as many unlabelled "
+                         "(default), or the same total split half and half")
+    ap.add_argument("--runs", choices=["both", "sup", "mt"], default="both", help="tuning: one of the two runs")
+    ap.add_argument("--consistency-weight", type=float, default=None)
+    ap.add_argument("--ema-decay", type=float, default=None)
     args = ap.parse_args()
     if args.threads is None:
         args.threads = 1 if args.quick else 2
@@ -110,6 +121,10 @@ def main() -> None:
     results = []
     common = dict(device=args.device, threads=args.threads, seed=args.seed, val_fraction=0.0, val_every=10**6,
                   num_workers=1)
+    if args.consistency_weight is not None:
+        common["consistency_weight"] = args.consistency_weight
+    if args.ema_decay is not None:
+        common["ema_decay"] = args.ema_decay
     for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
         if setting in ("isbi_2d", "monuseg_2d"):
             folder, fg = ("isbi2012_em", [0]) if setting == "isbi_2d" else ("monuseg_train", None)
@@ -119,7 +134,8 @@ def main() -> None:
             cfg = TrainConfig(patch_size=(128 if q else 256,), batch_size=4 if q else 8, steps=steps,
                               rampup_steps=int(0.4 * steps), **common)
             results.append(run_setting(setting, train_p, test_p, cfg,
-                                       dict(sparse="scribbles", fraction=0.05, seed=args.seed), args.device))
+                                       dict(sparse="scribbles", fraction=0.05, seed=args.seed), args.device,
+                                       args.mt_batch, args.runs))
         elif setting == "la_3d":
             pairs = load_folder(root / "la2018_mri_train", limit=6 if q else None)
             train_p, test_p = (pairs[:4], pairs[4:5]) if q else (pairs[:-16], pairs[-16:])
@@ -127,24 +143,24 @@ def main() -> None:
             if args.paper:
                 steps = args.steps_3d or 6000
                 cfg = TrainConfig(model=ModelConfig(spatial_dims=3, channels=(16, 32, 64, 128, 256), num_res_units=2),
-                                  patch_size=(80, 112, 112), batch_size=4, steps=steps, optimizer="sgd", lr=0.01,
-                                  lr_schedule="poly", warmup_steps=0, consistency_weight=0.1,
-                                  rampup_steps=int(steps * 0.4), uncertainty_mask=True, uncertainty_samples=8,
-                                  **common)
+                                  patch_size=(80, 112, 112), batch_size=2, steps=steps, optimizer="sgd", lr=0.01,
+                                  lr_schedule="poly", warmup_steps=0, rampup_steps=int(steps * 0.4),
+                                  uncertainty_mask=True, uncertainty_samples=8,
+                                  **{"consistency_weight": 0.1, **common})
             else:
                 steps = args.steps_3d or (3 if q else 700)
                 cfg = TrainConfig(model=ModelConfig(spatial_dims=3, channels=(16, 32, 64, 128), num_res_units=1),
                                   patch_size=(32 if q else 64,), batch_size=2 if q else 4, steps=steps,
                                   rampup_steps=int(0.4 * steps), **common)
             results.append(run_setting(setting, train_p, test_p, cfg, dict(cases=n_lab, seed=args.seed),
-                                       args.device))
+                                       args.device, args.mt_batch, args.runs))
         else:
             raise SystemExit(f"unknown setting {setting!r}")
     head = next((r for r in results if r["setting"] == "la_3d"), results[-1])
     print(f"total {time.perf_counter() - t0:.0f} s on {'cuda' if torch.cuda.is_available() else 'cpu'} "
           f"({args.threads} threads){' [quick]' if q else ''}{' [paper protocol]' if args.paper else ''}")
-    print("RESULT " + json.dumps({"dice_sup": head["dice_sup"], "dice_mt": head["dice_mt"],
-                                  "dice_gain": head["dice_gain"], "setting": head["setting"] + (" quick" if q else ""),
+    print("RESULT " + json.dumps({"dice_sup": head.get("dice_sup"), "dice_mt": head.get("dice_mt"),
+                                  "dice_gain": head.get("dice_gain"), "setting": head["setting"] + (" quick" if q else ""),
                                   "dice_mt_teacher": head.get("dice_mt_teacher")}))
 
 

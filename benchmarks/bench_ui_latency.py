@@ -323,13 +323,6 @@ def main(argv: list[str] | None = None) -> int:
             if layer.name.startswith("medseg ") or layer.name.endswith("annotations (overview)") \
                     or layer.name.endswith("annotations") or layer.name == "ground truth":
                 layer.visible = False
-        res = pw._result_layer
-        if res is not None and hasattr(res, "_reset_thumbnail_level_data"):
-            # napari keeps the coarsest level of a multiscale layer (its thumbnail level) in memory and the
-            # Predict widget's refresh() does not drop it, so the zoomed-out view would show the blocks done
-            # when the layer was first drawn (reported; the widget should do this on BlockDone/PredictDone)
-            res._reset_thumbnail_level_data()
-            res.refresh()
         run_for(2.0)
         shots["whole_slide_prediction"] = screenshot(viewer, ROOT / "docs/images/whole_slide_prediction.png")
 

@@ -257,17 +257,28 @@ class PredictWidget(QWidget):
                 # redrawing re-reads the visible chunks on the main thread: at most every REFRESH_S
                 if self._result_layer is not None and now - self._last_refresh >= REFRESH_S:
                     self._last_refresh = now
-                    self._result_layer.refresh()
+                    self._refresh_result()
             elif kind == "PredictWarning":
                 show_info(ev.message)
             elif kind == "PredictDone":
                 self.status.setText(("cancelled" if ev.cancelled else "done") + f": {ev.out} "
                                     f"({ev.blocks_done} blocks, {ev.seconds:.1f} s, {ev.mpix_s:.1f} MPix/s)")
                 self._show_result()
-                if self._result_layer is not None:
-                    self._result_layer.refresh()
+                self._refresh_result()
         except Exception:
             log.exception("could not show a prediction event")
+
+    def _refresh_result(self) -> None:
+        """Redraw the growing result layer with the blocks finished so far."""
+        layer = self._result_layer
+        if layer is None or layer not in self.viewer.layers:
+            return
+        # napari keeps a multiscale layer's coarsest level (drawn when zoomed out, and its thumbnail) in
+        # memory from the first draw; drop it so the overview shows the finished blocks too (private API)
+        reset = getattr(layer, "_reset_thumbnail_level_data", None)
+        if callable(reset):
+            reset()
+        layer.refresh()
 
     def _show_result(self) -> None:
         """Open the output as a multiscale Labels layer over the image (once), colored like the classes,
