@@ -9,6 +9,7 @@ region (all four classes). Then, while a script pans and zooms the canvas like a
 30 Hz between overview, region and close-ups, with short pauses):
 
 1. ``idle``: nothing else runs (the baseline: drawing and tile loading alone);
+0. ``napari``: the same moves before the plugin holds any layer (napari and OpenGL alone on this machine);
 2. ``train``: the Train widget trains on the CPU (Start pressed; widget defaults: UNet, patch 256, batch 4,
    Mean Teacher, ``threads`` spin = 1 so the GUI keeps a core) with the live preview of the view on;
 3. ``predict``: the Predict widget predicts the whole slide at level 0 with the checkpoint of phase 2
@@ -221,13 +222,22 @@ def main(argv: list[str] | None = None) -> int:
     size = int(image.level_shapes[0][0])
     mpp = float(image.scale[-1])
     region = find_region(list(gt.data), args.region)
-    paint = paint_region(viewer, aw, gt, region)
-    print(f"painted {paint['painted_pixels']} px in {paint['dabs']} brush dabs ({paint['paint_s']} s), "
-          f"per class {paint['painted_per_class']}, off-class {paint['painted_wrong']}", flush=True)
     keys = keyframes(region, canvas_size(viewer), mpp, size)
     cam = CameraScript(viewer, keys, move_s=1.0, pause_s=0.6)
     probe = StallProbe(10, sample_stacks=not args.no_stacks)
     phases: dict[str, Any] = {}
+
+    # 0. napari alone: the same camera moves over the sample slide before the plugin holds any layer of
+    # its own (no label store, no annotation window): what this machine's napari and OpenGL cost by themselves
+    cam.start()
+    probe.start("napari")
+    run_for(idle_s)
+    phases["napari"] = probe.stop()
+    cam.stop()
+
+    paint = paint_region(viewer, aw, gt, region)
+    print(f"painted {paint['painted_pixels']} px in {paint['dabs']} brush dabs ({paint['paint_s']} s), "
+          f"per class {paint['painted_per_class']}, off-class {paint['painted_wrong']}", flush=True)
 
     # 1. idle: pan and zoom only
     env["docks"]["Train"].raise_()

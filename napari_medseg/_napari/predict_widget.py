@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,32 @@ from .workers import show_error, show_info, start_generator_worker
 
 log = logging.getLogger(__name__)
 RESULT_SUFFIX = " prediction"
+
+
+@dataclass
+class ResultLayers:
+    """The output's napari layer data, opened in the worker thread (zarr and dask setup stay off the
+    main thread); the main thread only adds the layers."""
+
+    layers: list[tuple[Any, dict[str, Any], str]]
+
+
+def predict_and_open(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
+    """``inference.predict``'s events, plus ``ResultLayers`` once the output exists (worker thread)."""
+    from ..inference import predict, prediction_layer_data
+
+    gen = predict(*args, **kwargs)
+    try:
+        while True:
+            ev = next(gen)
+            yield ev
+            if type(ev).__name__ == "PredictStart":
+                try:
+                    yield ResultLayers(prediction_layer_data(ev.out))
+                except Exception as e:  # shown at the end instead
+                    log.debug("prediction not openable yet: %s", e)
+    except StopIteration as stop:
+        return stop.value
 REFRESH_S = 2.0  # the growing result layer is redrawn at most this often while blocks finish
 
 
@@ -209,8 +237,6 @@ class PredictWidget(QWidget):
             return
         v = self._values()
         save_settings(self.SETTINGS, v)
-        from ..inference import predict
-
         self._cancel.clear()
         self._out = out
         self._image = layer
@@ -222,7 +248,7 @@ class PredictWidget(QWidget):
         self._progress = progress(total=0, desc="napari-medseg: predicting")
         window = (v["window"],) * source.spatial_dims
         self._worker = start_generator_worker(
-            predict, source, str(ckpt), str(out), level=self.level_spin.value(), window=window,
+            predict_and_open, source, str(ckpt), str(out), level=self.level_spin.value(), window=window,
             overlap=v["overlap"], batch_size=v["batch"], blend=v["blend"], tta=v["tta"],
             tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
             cancel=self._cancel, resume=True,
@@ -247,7 +273,8 @@ class PredictWidget(QWidget):
             if kind == "PredictStart":
                 if self._progress is not None:
                     self._progress.total = int(ev.total_blocks)
-                self._show_result()
+            elif kind == "ResultLayers":
+                self._show_result(ev.layers)
             elif kind == "BlockDone":
                 if self._progress is not None:
                     self._progress.n = int(ev.done)
@@ -280,18 +307,20 @@ class PredictWidget(QWidget):
             reset()
         layer.refresh()
 
-    def _show_result(self) -> None:
-        """Open the output as a multiscale Labels layer over the image (once), colored like the classes,
-        and the tissue mask the run used (hidden) so the user can see what was skipped."""
+    def _show_result(self, layers: list[tuple[Any, dict[str, Any], str]] | None = None) -> None:
+        """Show the output as a multiscale Labels layer over the image (once), colored like the classes,
+        and the tissue mask the run used (hidden) so the user can see what was skipped. ``layers``: the
+        layer data opened by the worker; None opens it here."""
         if self._result_layer is not None and self._result_layer in self.viewer.layers:
             return
-        from ..inference import prediction_layer_data
+        if layers is None:
+            from ..inference import prediction_layer_data
 
-        try:
-            layers = prediction_layer_data(self._out)
-        except Exception as e:  # the output may not exist yet at the very start
-            log.debug("prediction not openable yet: %s", e)
-            return
+            try:
+                layers = prediction_layer_data(self._out)
+            except Exception as e:
+                log.debug("prediction not openable: %s", e)
+                return
         offset = tuple(self._image.translate)
         for data, kw, kind in layers:
             if kind != "labels":

@@ -41,9 +41,13 @@ def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_pat
     viewer, w, img = widget
     w.ckpt_edit.setText(str(checkpoint))
     w.out_edit.setText(str(tmp_path / "gui.zarr"))
+    opened_by_worker = []
+    show = w._show_result
+    w._show_result = lambda layers=None: (opened_by_worker.append(layers is not None), show(layers))
     w.predict()
     assert w._worker is not None
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert opened_by_worker and opened_by_worker[0], "the worker should open the output for the main thread"
     name = "img" + RESULT_SUFFIX
     assert name in viewer.layers
     layer = viewer.layers[name]
