@@ -4,6 +4,7 @@ Opens PATH (a slide, zarr, NIfTI or DICOM folder) with the napari-medseg reader 
 every widget the plugin's manifest lists (tabbed on the right; a widget that fails to import is skipped
 with a warning, so one broken widget never blocks the others), and runs the Qt event loop.
 ``--screenshot PNG`` saves the whole window instead of running the loop (docs and smoke tests).
+napari's asynchronous slicing is on for the session (``NAPARI_ASYNC=0`` turns it off).
 A PATH that cannot be read fails with a clear message before any window opens.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
     width, height = _size(getattr(args, "size", "1400x900"))
     if path is not None:
         _check_path(path)
+    # napari's asynchronous slicing: tiles of a slide are read off the main thread, so panning stays smooth
+    # while training or prediction runs (bench_ui_latency). For this session only; NAPARI_ASYNC=0 turns it off.
+    os.environ.setdefault("NAPARI_ASYNC", "1")
     import napari
     from qtpy.QtWidgets import QApplication
 
