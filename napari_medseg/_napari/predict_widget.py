@@ -63,6 +63,7 @@ def predict_and_open(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
     except StopIteration as stop:
         return stop.value
 REFRESH_S = 2.0  # the growing result layer is redrawn at most this often while blocks finish
+OVERVIEW_S = 10.0  # ... and its zoomed-out overview (read on the main thread) at most this often
 
 
 class PredictWidget(QWidget):
@@ -76,6 +77,7 @@ class PredictWidget(QWidget):
         self._cancel = threading.Event()
         self._result_layer: Any = None
         self._last_refresh = 0.0
+        self._last_overview = 0.0
         self._progress: Any = None
         self._build()
         self._load_settings()
@@ -284,7 +286,10 @@ class PredictWidget(QWidget):
                 # redrawing re-reads the visible chunks on the main thread: at most every REFRESH_S
                 if self._result_layer is not None and now - self._last_refresh >= REFRESH_S:
                     self._last_refresh = now
-                    self._refresh_result()
+                    overview = now - self._last_overview >= OVERVIEW_S
+                    if overview:
+                        self._last_overview = now
+                    self._refresh_result(overview=overview)
             elif kind == "PredictWarning":
                 show_info(ev.message)
             elif kind == "PredictDone":
@@ -295,15 +300,16 @@ class PredictWidget(QWidget):
         except Exception:
             log.exception("could not show a prediction event")
 
-    def _refresh_result(self) -> None:
+    def _refresh_result(self, overview: bool = True) -> None:
         """Redraw the growing result layer with the blocks finished so far."""
         layer = self._result_layer
         if layer is None or layer not in self.viewer.layers:
             return
         # napari keeps a multiscale layer's coarsest level (drawn when zoomed out, and its thumbnail) in
-        # memory from the first draw; drop it so the overview shows the finished blocks too (private API)
+        # memory from the first draw; drop it so the overview shows the finished blocks too (private API).
+        # Reading it again happens on the main thread: not on every refresh.
         reset = getattr(layer, "_reset_thumbnail_level_data", None)
-        if callable(reset):
+        if overview and callable(reset):
             reset()
         layer.refresh()
 
