@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..io.errors import MedsegError, UnreadableInputError
+from ..io.lazy import compute, compute_many
 from ..io.source import SPATIAL_AXES, ImageSource
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def materialize(a: Any) -> np.ndarray:
     """A numpy array from a numpy/zarr/dask array; dask graphs run on the local threaded scheduler, never
     on a distributed client (a task computing on its own cluster would deadlock it)."""
     if hasattr(a, "dask") and hasattr(a, "compute"):
-        return np.asarray(a.compute(scheduler="threads"))
+        return np.asarray(compute(a, "threads"))
     return np.asarray(a)
 
 
@@ -158,10 +159,9 @@ class TileReader:
             return out
         parts = None
         if self._is_dask and len(keys) > 1:
-            import dask
 
             try:
-                parts = dask.compute(*[self.arr[self._index(self.tile_box(k))] for k in keys], scheduler="threads")
+                parts = compute_many([self.arr[self._index(self.tile_box(k))] for k in keys])
             except Exception:  # find the culprit(s) tile by tile below
                 parts = None
         for i, k in enumerate(keys):

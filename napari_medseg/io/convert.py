@@ -22,6 +22,7 @@ import dask
 import numpy as np
 
 from .errors import MedsegError
+from .lazy import compute
 from .ngff import (
     BLOCK_BYTES,
     _remove_zarr,
@@ -116,7 +117,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, chunk: int = 512,
         src_region = tuple(region[inv[i]] for i in range(len(region)))
         part = level0[src_region]
         if hasattr(part, "compute"):
-            part = part.compute(scheduler="synchronous")
+            part = compute(part)
         return np.ascontiguousarray(np.asarray(part).transpose(perm))
 
     logger.info("converting %s (%s %s) -> %s, %d levels", src_p, disk, shape, out_p, len(arrays))

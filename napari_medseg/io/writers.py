@@ -22,7 +22,7 @@ import tifffile
 import zarr
 
 from .errors import GeometryMismatchError, MedsegError
-from .lazy import convert_length
+from .lazy import compute, convert_length
 from .ngff import build_pyramid, create_labels_group, write_blocks
 from .ngff_meta import ome_attrs, parse_multiscales
 
@@ -43,7 +43,7 @@ def _label_dtype(data: Any) -> np.dtype:
 def _read(data: Any, region: tuple[slice, ...], dtype: np.dtype) -> np.ndarray:
     part = data[region]
     if hasattr(part, "compute"):
-        part = part.compute(scheduler="synchronous")
+        part = compute(part)
     return np.asarray(part).astype(dtype, copy=False)
 
 

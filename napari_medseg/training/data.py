@@ -19,6 +19,7 @@ import numpy as np
 
 from ..io.classes import ClassSchema
 from ..io.errors import GeometryMismatchError, MedsegError
+from ..io.lazy import compute
 from ..io.source import SPATIAL_AXES, ImageSource
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,7 @@ def as_label_array(labels: Any) -> Any:
 
 def read(arr: Any, index: tuple) -> np.ndarray:
     """Read ``arr[index]`` into numpy (dask arrays computed in this thread, no scheduler pool)."""
-    part = arr[index]
-    if hasattr(part, "compute"):
-        part = part.compute(scheduler="synchronous")
-    return np.asarray(part)
+    return np.asarray(compute(arr[index]))
 
 
 class ItemView:
