@@ -36,6 +36,8 @@ from .workers import show_error, show_info, start_generator_worker
 
 log = logging.getLogger(__name__)
 RESULT_SUFFIX = " prediction"
+REFRESH_S = 2.0  # the growing result layer is redrawn at most this often while blocks finish
+OVERVIEW_S = 10.0  # ... and its zoomed-out overview (read on the main thread) at most this often
 
 
 @dataclass
@@ -53,17 +55,18 @@ def predict_and_open(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
     gen = predict(*args, **kwargs)
     try:
         while True:
-            ev = next(gen)
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                return stop.value
             yield ev
             if type(ev).__name__ == "PredictStart":
                 try:
                     yield ResultLayers(prediction_layer_data(ev.out))
-                except Exception as e:  # shown at the end instead
+                except Exception as e:  # the widget opens it at the end instead
                     log.debug("prediction not openable yet: %s", e)
-    except StopIteration as stop:
-        return stop.value
-REFRESH_S = 2.0  # the growing result layer is redrawn at most this often while blocks finish
-OVERVIEW_S = 10.0  # ... and its zoomed-out overview (read on the main thread) at most this often
+    finally:
+        gen.close()  # a worker stopped early still closes the output (predict's own cleanup)
 
 
 class PredictWidget(QWidget):
