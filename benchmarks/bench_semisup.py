@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--runs", choices=["both", "sup", "mt"], default="both", help="tuning: one of the two runs")
     ap.add_argument("--consistency-weight", type=float, default=None)
     ap.add_argument("--ema-decay", type=float, default=None)
+    ap.add_argument("--uncertainty-mask", action="store_true", help="UA-MT's confidence mask on the consistency")
     args = ap.parse_args()
     if args.threads is None:
         args.threads = 1 if args.quick else 2
@@ -145,6 +146,8 @@ def main() -> None:
         common["consistency_weight"] = args.consistency_weight
     if args.ema_decay is not None:
         common["ema_decay"] = args.ema_decay
+    if args.uncertainty_mask:
+        common["uncertainty_mask"] = True
     for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
         if setting in ("isbi_2d", "monuseg_2d"):
             folder, fg = ("isbi2012_em", [0]) if setting == "isbi_2d" else ("monuseg_train", None)
@@ -167,8 +170,8 @@ def main() -> None:
                 cfg = TrainConfig(model=ModelConfig(spatial_dims=3, channels=(16, 32, 64, 128, 256), num_res_units=2),
                                   patch_size=(80, 112, 112), batch_size=2, steps=steps, optimizer="sgd", lr=0.01,
                                   lr_schedule="poly", warmup_steps=0, rampup_steps=int(steps * 0.4),
-                                  uncertainty_mask=True, uncertainty_samples=8,
-                                  **{"consistency_weight": 0.1, **common})
+                                  uncertainty_samples=8,
+                                  **{"consistency_weight": 0.1, "uncertainty_mask": True, **common})
             elif setting == "la_3d_coarse":  # 1.25 mm: a 48^3 patch holds most of the atrium
                 steps = args.steps_3d or (3 if q else 1200)
                 cfg = TrainConfig(model=ModelConfig(spatial_dims=3, channels=(16, 32, 64, 128), num_res_units=1),
