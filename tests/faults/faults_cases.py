@@ -112,6 +112,19 @@ def _ngff(path: Path, shape=(256, 256), chunks=(64, 64), levels: int = 2) -> Pat
     return path
 
 
+def write_absurd_checkpoint(path: Path) -> Path:
+    """A valid small checkpoint whose model config claims 2^20 and 2^21 channels (terabytes of weights)."""
+    import torch
+
+    p = tiny_checkpoint(path)
+    payload = torch.load(p, weights_only=True)
+    desc = json.loads(payload["description"])
+    desc["model_config"]["channels"] = [2**20, 2**21]
+    payload["description"] = json.dumps(desc)
+    torch.save(payload, p)
+    return p
+
+
 def write_absurd_zarr(path: Path, side: int = 2**40) -> Path:
     """Zarr v2 metadata claiming a ``side x side`` uint8 array (no chunk stored)."""
     path.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@ behaviour piece by piece in ``test_corrupt_inputs.py`` and ``test_safe_loading.p
 
 from __future__ import annotations
 
-import json
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -112,8 +111,7 @@ def malicious_checkpoint(root: Path) -> dict[str, Any]:
 
 def absurd_headers(root: Path) -> dict[str, Any]:
     """Files claiming absurd dimensions: refused with a clear message, Python-traced memory in MB."""
-    import torch
-    from faults_cases import _absurd_tiff, write_absurd_zarr
+    from faults_cases import _absurd_tiff, write_absurd_checkpoint, write_absurd_zarr
 
     from napari_medseg.io import open_path
     from napari_medseg.models.checkpoint import load_model
@@ -128,17 +126,8 @@ def absurd_headers(root: Path) -> dict[str, Any]:
         (d / "huge.nii").write_bytes(img.header.binaryblock + b"\0" * 20)
         return d / "huge.nii"
 
-    def checkpoint(d: Path) -> Path:
-        p = tiny_checkpoint(d / "huge.pt")
-        payload = torch.load(p, weights_only=True)
-        desc = json.loads(payload["description"])
-        desc["model_config"]["channels"] = [2**20, 2**21]
-        payload["description"] = json.dumps(desc)
-        torch.save(payload, p)
-        return p
-
     makers = {"tiff 2^31 px": lambda d: _absurd_tiff(d / "huge.tif"), "nifti 32767^3": nifti,
-              "zarr 2^40 px": lambda d: write_absurd_zarr(d / "huge.zarr"), "checkpoint 2^21 channels": checkpoint}
+              "zarr 2^40 px": lambda d: write_absurd_zarr(d / "huge.zarr"), "checkpoint 2^21 channels": lambda d: write_absurd_checkpoint(d / "huge.pt")}
     out = {}
     for name, make in makers.items():
         d = root / name.split()[0]

@@ -17,24 +17,24 @@ from faults_scenarios import (
 needs_mount = pytest.mark.skipif(not can_mount(), reason="a real small filesystem needs root (tmpfs)")
 
 
-@pytest.mark.parametrize("real", [True, False], ids=["tmpfs", "enospc-shim"])
-def test_checkpoint_on_a_full_disk(tmp_path, monkeypatch, real):
-    if not real:
+@pytest.fixture(params=[True, False], ids=["tmpfs", "enospc-shim"])
+def real(request, monkeypatch):
+    """True: a real small tmpfs (skipped without root); False: writes that fail with ENOSPC."""
+    if not request.param:
         monkeypatch.setattr("faults_lib.can_mount", lambda: False)
     elif not can_mount():
         pytest.skip("needs root for tmpfs")
+    return request.param
+
+
+def test_checkpoint_on_a_full_disk(tmp_path, real):
     r = full_disk_checkpoint(tmp_path)
     assert r["method"].startswith("tmpfs" if real else "enospc"), r
     assert r["error"] and "previous checkpoint is intact" in r["error"], r
     assert r["earlier_intact"] and r["json_intact"] and not r["leftover_files"], r
 
 
-@pytest.mark.parametrize("real", [True, False], ids=["tmpfs", "enospc-shim"])
-def test_labels_on_a_full_disk(tmp_path, monkeypatch, real):
-    if not real:
-        monkeypatch.setattr("faults_lib.can_mount", lambda: False)
-    elif not can_mount():
-        pytest.skip("needs root for tmpfs")
+def test_labels_on_a_full_disk(tmp_path, real):
     r = full_disk_labels(tmp_path)
     assert r["error"] and "kept in memory" in r["error"], r
     assert r["kept_in_memory"] and r["earlier_intact_on_disk"] and r["saved_elsewhere"], r

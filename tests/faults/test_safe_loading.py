@@ -10,7 +10,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from faults_cases import _absurd_tiff, write_absurd_zarr
+from faults_cases import _absurd_tiff, write_absurd_checkpoint, write_absurd_zarr
 from faults_lib import clear_cli_error, clear_error, run_cli, tiny_checkpoint, write_pairs
 from faults_safety import unsafe_load_runs_code, write_malicious_checkpoint, write_pickle_zarr
 
@@ -201,16 +201,6 @@ def _absurd_nifti(d):
     return p
 
 
-def _absurd_checkpoint(d):
-    import torch
-
-    p = tiny_checkpoint(d / "huge.pt")
-    payload = torch.load(p, weights_only=True)
-    desc = json.loads(payload["description"])
-    desc["model_config"]["channels"] = [2**20, 2**21]
-    payload["description"] = json.dumps(desc)
-    torch.save(payload, p)
-    return p
 
 
 @pytest.mark.parametrize("kind", ["tiff", "nifti", "zarr", "checkpoint"])
@@ -219,7 +209,7 @@ def test_absurd_dimensions_allocate_nothing(tmp_path, kind):
     from napari_medseg.models.checkpoint import load_model
 
     make = {"tiff": lambda d: _absurd_tiff(d / "huge.tif"), "nifti": _absurd_nifti,
-            "zarr": lambda d: write_absurd_zarr(d / "huge.zarr"), "checkpoint": _absurd_checkpoint}[kind]
+            "zarr": lambda d: write_absurd_zarr(d / "huge.zarr"), "checkpoint": lambda d: write_absurd_checkpoint(d / "huge.pt")}[kind]
     p = make(tmp_path)
     assert sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*"))) < 100_000
     tracemalloc.start()
