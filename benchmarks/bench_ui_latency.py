@@ -12,7 +12,9 @@ region (all four classes). Then, while a script pans and zooms the canvas like a
 0. ``napari``: the same moves before the plugin holds any layer (napari and OpenGL alone on this machine);
 2. ``train``: the Train widget trains on the CPU (Start pressed; widget defaults: UNet, patch 256, batch 4,
    Mean Teacher, ``threads`` spin = 1 so the GUI keeps a core) with the live preview of the view on;
-3. ``predict``: the Predict widget predicts the whole slide at level 0 with the checkpoint of phase 2
+3. ``predict``: the Predict widget predicts the whole slide at level 0 with the checkpoint of phase 2, in a
+   child process as the widget does by default (``--predict-in thread``: in a thread of the viewer's process;
+   ``both``: a ``predict_thread`` phase first, then ``predict``, side by side in one run)
    (``--quick``: cancelled after a few seconds; the full run goes to the end).
 
 napari runs with asynchronous slicing, as ``napari-medseg gui`` starts it (``--sync-slicing``: napari's
@@ -190,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="napari's default synchronous slicing (tile reads on the main thread) instead of the "
                          "asynchronous slicing that `napari-medseg gui` turns on")
     ap.add_argument("--predict-threads", type=int, default=None,
-                    help="torch threads while predicting (default: torch's own, all cores)")
+                    help="torch threads while predicting (default: torch's own, all cores; the thread mode only)")
+    ap.add_argument("--predict-in", choices=["process", "thread", "both"], default="process",
+                    help="where the Predict widget runs the prediction (its checkbox; default: a child process); "
+                         "both: a thread first, then a process, each phase reported")
     ap.add_argument("--screenshots", action="store_true", help="write the README screenshots to docs/images")
     ap.add_argument("--extra-train-s", type=float, default=300.0,
                     help="with --screenshots: train this much longer (not measured, camera at rest) first")
@@ -292,11 +297,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{first_preview if first_preview is None else round(first_preview, 2)} s after Start; "
           f"{train_info['previews']} previews", flush=True)
 
-    # 3. whole-slide prediction while panning
+    # 3. whole-slide prediction while panning (the widget's default: in a child process; --predict-in)
     env["docks"]["Predict"].raise_()
     pw.image_combo.setCurrentText(image.name)
     pw.ckpt_edit.setText(str(ckpt))
-    pw.out_edit.setText(str(tmp / "slide.prediction.zarr"))
     pw.level_spin.setValue(args.predict_level)
     blocks: list[tuple[float, int, int]] = []
     porig = pw._on_event
@@ -311,22 +315,32 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.predict_threads)
-    cam.start()
-    probe.start("predict")
-    t_pred = time.perf_counter()
-    pw.predict()
-    if pw._worker is None:
-        raise RuntimeError(f"prediction did not start: {pw.status.text()}")
-    done = wait_until(lambda: pw._worker is None, predict_s)
-    if not done:
-        pw.cancel()
-        wait_until(lambda: pw._worker is None, 120.0)
-    phases["predict"] = probe.stop()
-    cam.stop()
-    pred_info = {"seconds": round(time.perf_counter() - t_pred, 1), "cancelled": not done,
-                 "blocks_done": blocks[-1][1] if blocks else 0, "blocks_total": blocks[-1][2] if blocks else 0,
-                 "status": pw.status.text()}
-    print(f"prediction: {pred_info['status']}", flush=True)
+    modes = ["thread", "process"] if args.predict_in == "both" else [args.predict_in]
+    pred_runs: dict[str, Any] = {}
+    for mode in modes:
+        phase = "predict" if mode == modes[-1] else f"predict_{mode}"
+        pw.process_check.setChecked(mode == "process")
+        pw.out_edit.setText(str(tmp / f"slide.prediction.{mode}.zarr"))
+        blocks.clear()
+        cam.start()
+        probe.start(phase)
+        t_pred = time.perf_counter()
+        pw.predict()
+        if pw._worker is None:
+            raise RuntimeError(f"prediction did not start: {pw.status.text()}")
+        done = wait_until(lambda: pw._worker is None, predict_s)
+        if not done:
+            pw.cancel()
+            wait_until(lambda: pw._worker is None, 120.0)
+        phases[phase] = probe.stop()
+        cam.stop()
+        pred_runs[mode] = {"seconds": round(time.perf_counter() - t_pred, 1), "cancelled": not done,
+                           "first_block_s": round(blocks[0][0] - t_pred, 2) if blocks else None,
+                           "blocks_done": blocks[-1][1] if blocks else 0,
+                           "blocks_total": blocks[-1][2] if blocks else 0, "status": pw.status.text()}
+        print(f"prediction ({mode}): {pred_runs[mode]['status']}", flush=True)
+        run_for(2.0)
+    pred_info = {**pred_runs[modes[-1]], "mode": modes[-1], "runs": pred_runs}
     if args.screenshots:
         c = camera_of_viewer(viewer)
         c.center, c.zoom = keys[0]
@@ -361,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": train_info, "predict": pred_info, "paint": paint,
         "targets_met": {"p99<=50ms": ws["p99_ms"] <= 50, "max<=250ms": stall_max <= 250,
                         "first_preview<=15s": first_preview is not None and first_preview <= 15},
-        "threads": args.threads, "predict_threads": args.predict_threads, "async_slicing": not args.sync_slicing,
+        "threads": args.threads, "predict_threads": args.predict_threads, "predict_in": args.predict_in, "async_slicing": not args.sync_slicing,
         "switch_interval_ms": sys.getswitchinterval() * 1000,
         "loadavg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "quick": args.quick,
         "screenshots": shots, "total_s": round(time.perf_counter() - t_all, 1),

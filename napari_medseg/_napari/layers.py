@@ -106,6 +106,26 @@ def current_view(viewer: Any, layer: Any, *, max_px: int = 1024, depth: int = 1)
         return None
 
 
+def view_at_level0(viewer: Any, layer: Any) -> tuple[tuple[slice, ...], bool] | None:
+    """The region of ``layer`` on the canvas in its level-0 pixels (uncapped), and whether napari draws
+    its coarsest level there (zoomed out). None when the view cannot be told."""
+    view = current_view(viewer, layer, max_px=1 << 40)
+    if view is None:
+        return None
+    multiscale = bool(getattr(layer, "multiscale", False))
+    factors = np.asarray(layer.downsample_factors[view.level]) if multiscale else np.ones(len(view.region))
+    factors = factors[-len(view.region):]
+    region = tuple(slice(int(s.start * f), int(np.ceil(s.stop * f))) for s, f in zip(view.region, factors))
+    coarsest = (not multiscale) or view.level == len(layer.data) - 1
+    return region, coarsest
+
+
+def overlaps(a: tuple[slice, ...], b: tuple[slice, ...]) -> bool:
+    """Whether two regions (slices with starts and stops) share a pixel (the trailing axes aligned)."""
+    n = min(len(a), len(b))
+    return all(x.start < y.stop and y.start < x.stop for x, y in zip(a[-n:], b[-n:]))
+
+
 class LatestValue:
     """A thread-safe box holding the newest value (the GUI writes the view; a worker reads it)."""
 

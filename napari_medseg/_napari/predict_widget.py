@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.errors import MedsegError
-from .layers import current_view, source_from_layer
+from .layers import current_view, overlaps, source_from_layer, view_at_level0
 from .qt_helpers import path_row
 from .session import session_for
 from .settings import load_settings, save_settings
@@ -36,8 +36,7 @@ from .workers import show_error, show_info, start_generator_worker
 
 log = logging.getLogger(__name__)
 RESULT_SUFFIX = " prediction"
-REFRESH_S = 2.0  # the growing result layer is redrawn at most this often while blocks finish
-OVERVIEW_S = 10.0  # ... and its zoomed-out overview (read on the main thread) at most this often
+REFRESH_S = 2.0  # the growing result layer is redrawn at most this often, and only for blocks in view
 
 
 @dataclass
@@ -48,10 +47,15 @@ class ResultLayers:
     layers: list[tuple[Any, dict[str, Any], str]]
 
 
-def predict_and_open(*args: Any, **kwargs: Any) -> Generator[Any, None, Any]:
-    """``inference.predict``'s events, plus ``ResultLayers`` once the output exists (worker thread)."""
+def predict_and_open(*args: Any, in_process: bool = False, **kwargs: Any) -> Generator[Any, None, Any]:
+    """``inference.predict``'s events, plus ``ResultLayers`` once the output exists (worker thread).
+
+    ``in_process``: the prediction itself runs in a child process (``inference.process``), so its threads
+    never hold the viewer's GIL; this thread only relays the events."""
     from ..inference import predict, prediction_layer_data
 
+    if in_process:
+        from ..inference.process import predict_in_process as predict
     gen = predict(*args, **kwargs)
     try:
         while True:
@@ -80,7 +84,7 @@ class PredictWidget(QWidget):
         self._cancel = threading.Event()
         self._result_layer: Any = None
         self._last_refresh = 0.0
-        self._last_overview = 0.0
+        self._dirty: list[tuple[slice, ...]] = []  # blocks finished since the last redraw (output pixels)
         self._progress: Any = None
         self._build()
         self._load_settings()
@@ -114,6 +118,10 @@ class PredictWidget(QWidget):
         self.tissue_check.setChecked(True)
         self.tta_check = QCheckBox("flip test-time augmentation")
         self.probs_check = QCheckBox("write class probabilities")
+        self.process_check = QCheckBox("run in a separate process (keeps the viewer fluid)")
+        self.process_check.setToolTip("The model, tile reads and writes run in their own process at a lower "
+                                      "priority; it takes a few seconds to start.")
+        self.process_check.setChecked(True)
         f.addRow("image", self.image_combo)
         f.addRow("checkpoint", ck)
         f.addRow("output", out)
@@ -125,6 +133,7 @@ class PredictWidget(QWidget):
         f.addRow(self.tissue_check)
         f.addRow(self.tta_check)
         f.addRow(self.probs_check)
+        f.addRow(self.process_check)
         row = QHBoxLayout()
         self.predict_btn = QPushButton("Predict whole image")
         self.cancel_btn = QPushButton("Cancel")
@@ -176,7 +185,7 @@ class PredictWidget(QWidget):
         return {"window": self.window_spin.value(), "overlap": self.overlap_spin.value(),
                 "batch": self.batch_spin.value(), "blend": self.blend_combo.currentText(),
                 "tissue": self.tissue_check.isChecked(), "tta": self.tta_check.isChecked(),
-                "probs": self.probs_check.isChecked()}
+                "probs": self.probs_check.isChecked(), "process": self.process_check.isChecked()}
 
     def _load_settings(self) -> None:
         s = load_settings(self.SETTINGS)
@@ -187,6 +196,7 @@ class PredictWidget(QWidget):
         self.tissue_check.setChecked(bool(s.get("tissue", True)))
         self.tta_check.setChecked(bool(s.get("tta", False)))
         self.probs_check.setChecked(bool(s.get("probs", False)))
+        self.process_check.setChecked(bool(s.get("process", True)))
 
     def _refresh_layers(self, *_: Any) -> None:
         from napari.layers import Image
@@ -246,6 +256,7 @@ class PredictWidget(QWidget):
         self._out = out
         self._image = layer
         self._result_layer = None
+        self._dirty = []
         self._set_running(True)
         self.status.setText(f"predicting into {out}…")
         from napari.utils import progress
@@ -256,7 +267,7 @@ class PredictWidget(QWidget):
             predict_and_open, source, str(ckpt), str(out), level=self.level_spin.value(), window=window,
             overlap=v["overlap"], batch_size=v["batch"], blend=v["blend"], tta=v["tta"],
             tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
-            cancel=self._cancel, resume=True,
+            cancel=self._cancel, resume=True, in_process=v["process"],
             on_event=self._on_event, on_finished=self._on_finished,
         )
 
@@ -285,14 +296,12 @@ class PredictWidget(QWidget):
                     self._progress.n = int(ev.done)
                     self._progress.refresh()
                 self.status.setText(f"{ev.done}/{ev.total} blocks, {ev.mpix_s:.1f} MPix/s, eta {ev.eta_s:.0f} s")
+                self._dirty.append(tuple(ev.region))
                 now = time.monotonic()
-                # redrawing re-reads the visible chunks on the main thread: at most every REFRESH_S
+                # a redraw re-slices the layer and re-uploads its textures: at most every REFRESH_S
                 if self._result_layer is not None and now - self._last_refresh >= REFRESH_S:
                     self._last_refresh = now
-                    overview = now - self._last_overview >= OVERVIEW_S
-                    if overview:
-                        self._last_overview = now
-                    self._refresh_result(overview=overview)
+                    self._refresh_in_view()
             elif kind == "PredictWarning":
                 show_info(ev.message)
             elif kind == "PredictDone":
@@ -303,6 +312,21 @@ class PredictWidget(QWidget):
         except Exception:
             log.exception("could not show a prediction event")
 
+    def _refresh_in_view(self) -> None:
+        """Redraw the result only if a block finished since the last redraw lies in the view (elsewhere
+        napari reads the finished chunks when the user pans there: the layer has no cache)."""
+        layer = self._result_layer
+        if layer is None or layer not in self.viewer.layers or not layer.visible:
+            return
+        view = view_at_level0(self.viewer, layer)
+        dirty, self._dirty = self._dirty, []
+        if view is None:
+            self._refresh_result()
+            return
+        region, zoomed_out = view
+        if any(overlaps(b, region) for b in dirty):
+            self._refresh_result(overview=zoomed_out)
+
     def _refresh_result(self, overview: bool = True) -> None:
         """Redraw the growing result layer with the blocks finished so far."""
         layer = self._result_layer
@@ -310,7 +334,7 @@ class PredictWidget(QWidget):
             return
         # napari keeps a multiscale layer's coarsest level (drawn when zoomed out, and its thumbnail) in
         # memory from the first draw; drop it so the overview shows the finished blocks too (private API).
-        # Reading it again happens on the main thread: not on every refresh.
+        # Reading it again happens on the main thread: only when it is what the view shows, and at the end.
         reset = getattr(layer, "_reset_thumbnail_level_data", None)
         if overview and callable(reset):
             reset()

@@ -108,3 +108,37 @@ def test_cancel_leaves_a_resumable_output(widget, checkpoint, qtbot, tmp_path):
     w.predict()  # resumes into the same output
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert "done" in w.status.text()
+
+
+def test_result_is_redrawn_only_for_blocks_in_view(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    viewer = make_napari_viewer(show=True)  # napari updates the drawn level and corners when it draws
+    w = PredictWidget(viewer)
+    full = np.zeros((4096, 4096), np.uint8)
+    layer = viewer.add_labels([full[::f, ::f] for f in (1, 2, 4)], name="img" + RESULT_SUFFIX,
+                              scale=(0.5, 0.5))
+    w._result_layer = layer
+    redrawn: list[bool] = []
+    w._refresh_result = lambda overview=True: redrawn.append(overview)
+    from napari_medseg._napari.layers import camera_of
+
+    camera_of(viewer).center = (32.0, 32.0)  # world units: level-0 pixels around (64, 64)
+    camera_of(viewer).zoom = 8.0
+    layer.refresh()
+    from napari_medseg._napari.layers import view_at_level0
+
+    qtbot.waitUntil(lambda: view_at_level0(viewer, layer)[0][1].stop < 1000)
+    region, zoomed_out = view_at_level0(viewer, layer)
+    assert region[0].start < 64 < region[0].stop and not zoomed_out
+    w._dirty = [(slice(3584, 4096), slice(3584, 4096))]  # far corner: not in view
+    w._refresh_in_view()
+    assert redrawn == [] and w._dirty == []
+    w._dirty = [(slice(3584, 4096), slice(3584, 4096)), (slice(0, 128), slice(0, 128))]
+    w._refresh_in_view()
+    assert redrawn == [False]  # in view, at a fine level: the cached overview stays
+    viewer.reset_view()
+    layer.refresh()
+    qtbot.waitUntil(lambda: view_at_level0(viewer, layer)[1])  # napari draws the coarsest level
+    w._dirty = [(slice(3584, 4096), slice(3584, 4096))]
+    w._refresh_in_view()
+    assert redrawn == [False, True]  # zoomed out: everything is in view and the overview is re-read
