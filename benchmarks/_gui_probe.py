@@ -45,6 +45,7 @@ class PhaseStats:
     full_stacks: Counter = field(default_factory=Counter)  # innermost frames joined -> samples
     plugin_sites: Counter = field(default_factory=Counter)  # innermost napari_medseg frame -> samples
     n_samples: int = 0
+    long_stalls: list[tuple[float, list[tuple[str, int]], str]] = field(default_factory=list)  # > 250 ms: culprits
 
     def summary(self) -> dict[str, Any]:
         a = np.asarray(self.stalls_ms or [0.0])
@@ -149,6 +150,10 @@ class StallProbe:
                     ph.stack_samples.update(c for c, _, _ in self._pending)
                     ph.full_stacks.update(st for _, st, _ in self._pending)
                     ph.plugin_sites.update(p for _, _, p in self._pending if p)
+                    if stall > 250:  # what the main thread did during each long stall
+                        stacks = Counter(st for _, st, _ in self._pending)
+                        ph.long_stalls.append((round(stall, 1), Counter(c for c, _, _ in self._pending).most_common(3),
+                                               stacks.most_common(1)[0][0]))
                 self._pending = []
         self._last = now
 

@@ -128,6 +128,9 @@ def main() -> None:
     ap.add_argument("--consistency-weight", type=float, default=None)
     ap.add_argument("--ema-decay", type=float, default=None)
     ap.add_argument("--uncertainty-mask", action="store_true", help="UA-MT's confidence mask on the consistency")
+    ap.add_argument("--consistency-on", choices=["all", "unlabelled"], default=None,
+                    help="the consistency on all patches of the batch (the default) or the unlabelled ones only")
+    ap.add_argument("--ema-warmup", action="store_true", help="EMA decay min(decay, 1 - 1/(step + 1))")
     args = ap.parse_args()
     if args.threads is None:
         args.threads = 1 if args.quick else 2
@@ -148,6 +151,10 @@ def main() -> None:
         common["ema_decay"] = args.ema_decay
     if args.uncertainty_mask:
         common["uncertainty_mask"] = True
+    if args.consistency_on:
+        common["consistency_on"] = args.consistency_on
+    if args.ema_warmup:
+        common["ema_warmup"] = True
     for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
         if setting in ("isbi_2d", "monuseg_2d"):
             folder, fg = ("isbi2012_em", [0]) if setting == "isbi_2d" else ("monuseg_train", None)

@@ -361,6 +361,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"           {n:4d} samples  {site}")
         for site, n in ph.plugin_sites.most_common(4):
             print(f"           {n:4d} samples in plugin code: {site}")
+        for ms, culprits, stack in ph.long_stalls:
+            print(f"           stall of {ms:.0f} ms: " + ", ".join(f"{c} ({n})" for c, n in culprits))
+            if args.verbose:
+                print(f"             {stack}")
         if args.verbose:
             for st, n in ph.full_stacks.most_common(4):
                 print(f"        stack ({n}): {st}")

@@ -142,6 +142,13 @@ class LatestValue:
             return self._value
 
 
+def units_of(layer: Any, ndim: int) -> dict[str, Any]:
+    """``{"units": ...}`` of ``layer``'s last ``ndim`` axes for a layer drawn over it (napari ignores units
+    for rendering, with a console warning on every add, when layers disagree); empty if it has none."""
+    units = getattr(layer, "units", None) if layer is not None else None
+    return {"units": tuple(units)[-ndim:]} if units is not None else {}
+
+
 def camera_of(viewer: Any) -> Any:
     """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)

@@ -38,7 +38,7 @@ from napari_medseg.io.classes import ClassSchema
 from napari_medseg.io.errors import MedsegError
 from napari_medseg.io.label_store import LabelStore, _normalize_key
 
-from .layers import camera_of
+from .layers import camera_of, units_of
 
 log = logging.getLogger(__name__)
 
@@ -178,9 +178,7 @@ class PaintingController(QObject):
 
         base = name or (image_layer.name if image_layer is not None else "labels")
         self._scale, self._translate = self._geometry()
-        units = {}
-        if image_layer is not None and getattr(image_layer, "units", None) is not None:
-            units = {"units": tuple(image_layer.units)[-store.ndim:]}
+        units = units_of(image_layer, store.ndim)
         self.overview_layer = None
         if store.ndim == 2 and not self._fits_whole():  # a volume's window follows the slice slider instead
             levels = [MaskedLevel(store, k, self._window_or_none) for k in range(len(store.level_shapes))]

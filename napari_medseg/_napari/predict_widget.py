@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.errors import MedsegError
-from .layers import current_view, overlaps, source_from_layer, view_at_level0
+from .layers import current_view, overlaps, source_from_layer, units_of, view_at_level0
 from .qt_helpers import path_row
 from .session import session_for
 from .settings import load_settings, save_settings
@@ -362,6 +362,7 @@ class PredictWidget(QWidget):
             kw["name"] = self._image.name + (" tissue mask" if is_mask else RESULT_SUFFIX)
             nd = len(kw.get("translate", ()))
             kw["translate"] = tuple(a + b for a, b in zip(kw.get("translate", (0.0,) * nd), offset[-nd:]))
+            kw.update(units_of(self._image, nd))
             if kw["name"] in self.viewer.layers:
                 self.viewer.layers.remove(kw["name"])
             # cache=False: napari's dask cache would keep serving the chunks read before their blocks finished

@@ -30,7 +30,15 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.errors import MedsegError
-from .layers import LatestValue, camera_of, current_view, medseg_meta, source_from_layer, upsert_layer
+from .layers import (
+    LatestValue,
+    camera_of,
+    current_view,
+    medseg_meta,
+    source_from_layer,
+    units_of,
+    upsert_layer,
+)
 from .plot import LivePlot
 from .qt_helpers import path_row
 from .session import session_for
@@ -400,7 +408,12 @@ class TrainWidget(QWidget):
         elif self._last_preview_t is not None:
             self._preview_intervals.append(now - self._last_preview_t)
         self._last_preview_t = now
-        show_prediction(self.viewer, pred, self._job["classes"], uncertainty=self.uncert_check.isChecked())
+        try:
+            image = self._image_layer()
+        except MedsegError:
+            image = None
+        show_prediction(self.viewer, pred, self._job["classes"], uncertainty=self.uncert_check.isChecked(),
+                        image=image)
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.shutdown()
@@ -414,17 +427,19 @@ class TrainWidget(QWidget):
                 self._worker.await_workers(msecs=int(timeout_s * 1000))
 
 
-def show_prediction(viewer: Any, pred: Any, classes: Any, *, uncertainty: bool) -> None:
-    """Put a ``RegionPrediction`` on the canvas as the preview Labels layer (and the uncertainty layer)."""
+def show_prediction(viewer: Any, pred: Any, classes: Any, *, uncertainty: bool, image: Any = None) -> None:
+    """Put a ``RegionPrediction`` on the canvas as the preview Labels layer (and the uncertainty layer),
+    in the units of ``image`` (the layer it is drawn over)."""
     from napari.utils.colormaps import DirectLabelColormap
 
     cmap = DirectLabelColormap(color_dict=classes.prediction_colors(alpha=1.0))
+    units = units_of(image, len(pred.scale))
     layer = upsert_layer(viewer, PREVIEW_LAYER, "labels", pred.labels, translate=pred.translate, scale=pred.scale,
-                         opacity=0.5)
+                         opacity=0.5, **units)
     layer.colormap = cmap
     unc = getattr(pred, "uncertainty", None)
     if uncertainty and unc is not None:
         upsert_layer(viewer, UNCERTAINTY_LAYER, "image", unc, translate=pred.translate, scale=pred.scale,
-                     colormap="magma", opacity=0.5, contrast_limits=(0.0, 1.0), blending="additive")
+                     colormap="magma", opacity=0.5, contrast_limits=(0.0, 1.0), blending="additive", **units)
     elif UNCERTAINTY_LAYER in viewer.layers and not uncertainty:
         viewer.layers[UNCERTAINTY_LAYER].visible = False

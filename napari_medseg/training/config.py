@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "lr_schedule": ("cosine", "constant", "poly"),
     "optimizer": ("adamw", "sgd"),
     "eval_model": ("student", "teacher"),
+    "consistency_on": ("all", "unlabelled"),
 }
 
 # field -> (kind, nullable); kinds: int, float, bool, str, ints, floats2, model
@@ -51,6 +52,8 @@ class TrainConfig:
     consistency_weight: float = 1.0
     rampup_steps: int = 200
     ema_decay: float = 0.99
+    ema_warmup: bool = False  # decay min(ema_decay, 1 - 1/(step + 1)): the teacher follows closely at first
+    consistency_on: str = "all"  # "all" patches of the batch, or only the "unlabelled" ones
     uncertainty_mask: bool = False
     uncertainty_threshold: float = 0.75  # normalised entropy; ramps up to 1.0 with the consistency weight
     uncertainty_samples: int = 4

@@ -156,11 +156,12 @@ class _Run:
         sup = self.loss_fn(logits[:n_l], yg[:n_l])
         w = 0.0
         cons = torch.zeros((), device=dev)
-        if self.mt is not None:
+        first = n_l if self.cfg.consistency_on == "unlabelled" else 0
+        if self.mt is not None and xg.shape[0] > first:
             with self.setup.autocast():
-                probs, mask = self.mt.targets(xg.contiguous(memory_format=self.mf), step)
+                probs, mask = self.mt.targets(xg[first:].contiguous(memory_format=self.mf), step)
             w = self.mt.cons_weight(step)
-            cons = consistency_loss(logits, probs, mask)
+            cons = consistency_loss(logits[first:], probs, mask)
         total = sup + w * cons
         t, s, c = torch.stack([total.detach(), sup.detach(), cons.detach()]).float().tolist()
         self.opt.zero_grad(set_to_none=True)
@@ -175,7 +176,7 @@ class _Run:
             self.opt.step()
         self.sched.step()
         if self.mt is not None:
-            self.mt.update(self.model)
+            self.mt.update(self.model, step)
         return t, s, c, w
 
     def halve_batch(self) -> str:
@@ -326,7 +327,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     mt = None
     if cfg.mean_teacher:
         mt = MeanTeacher(model, cfg.ema_decay, cfg.consistency_weight, cfg.rampup_steps, cfg.uncertainty_mask,
-                         cfg.uncertainty_threshold, cfg.uncertainty_samples)
+                         cfg.uncertainty_threshold, cfg.uncertainty_samples, warmup=cfg.ema_warmup)
         if iw is not None and iw.teacher_state_dict is not None and report is not None and not report.shape_mismatch:
             try:
                 mt.load_state_dict(iw.teacher_state_dict)

@@ -59,8 +59,10 @@ class MeanTeacher:
 
     def __init__(self, student: nn.Module, decay: float = 0.99, weight: float = 1.0, rampup_steps: int = 200,
                  uncertainty_mask: bool = False, threshold: float = 0.75, n_samples: int = 4,
-                 noise_std: float = 0.1) -> None:
+                 noise_std: float = 0.1, warmup: bool = False) -> None:
         self.teacher = make_teacher(student, decay)
+        self.decay = decay
+        self.warmup = warmup
         self.weight = weight
         self.rampup_steps = rampup_steps
         self.uncertainty_mask = uncertainty_mask
@@ -76,6 +78,7 @@ class MeanTeacher:
         self.teacher.module.load_state_dict(sd)
         # the teacher already holds averaged weights: keep them instead of copying the student next update
         self.teacher.n_averaged.fill_(1)
+        self.warmup = False  # nor let a warm-up pull it to the student
 
     def cons_weight(self, step: int) -> float:
         return self.weight * sigmoid_rampup(step, self.rampup_steps)
@@ -95,6 +98,13 @@ class MeanTeacher:
         unc = entropy(probs)
         return probs, unc < self.current_threshold(step)
 
+    def decay_at(self, step: int) -> float:
+        """The EMA decay of update ``step`` (0-based): ``min(decay, 1 - 1/(step + 1))`` with the warm-up of
+        Tarvainen & Valpola's code, so early teachers are not mostly the random initialisation."""
+        return min(self.decay, 1.0 - 1.0 / (step + 1)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, student: nn.Module) -> None:
+    def update(self, student: nn.Module, step: int | None = None) -> None:
+        if self.warmup and step is not None:
+            self.teacher.multi_avg_fn = get_ema_multi_avg_fn(self.decay_at(step))
         self.teacher.update_parameters(student)

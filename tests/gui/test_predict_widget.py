@@ -37,8 +37,10 @@ def widget(make_napari_viewer, tmp_path, monkeypatch):
     return viewer, w, img
 
 
-def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_path):
+@pytest.mark.parametrize("in_process", [True, False], ids=["child-process", "thread"])
+def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_path, in_process):
     viewer, w, img = widget
+    w.process_check.setChecked(in_process)
     w.ckpt_edit.setText(str(checkpoint))
     w.out_edit.setText(str(tmp_path / "gui.zarr"))
     opened_by_worker = []

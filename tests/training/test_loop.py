@@ -129,7 +129,8 @@ def test_rounds_continue_from_the_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [dict(uncertainty_mask=True, uncertainty_samples=2), dict(mean_teacher=False),
-                                dict(loss="focal_dice", eval_model="teacher", optimizer="sgd", lr_schedule="poly")])
+                                dict(loss="focal_dice", eval_model="teacher", optimizer="sgd", lr_schedule="poly"),
+                                dict(consistency_on="unlabelled", ema_warmup=True)])
 def test_variants_run(tmp_path, kw):
     events, res = events_of(train(tiny_cfg(tmp_path, steps=3, **kw), blob_data(fraction=0.1)))
     steps = [e for e in events if isinstance(e, StepEvent)]
@@ -188,3 +189,17 @@ def test_an_unexpected_failure_keeps_the_last_state(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="tile decoder"):
         events_of(train(tiny_cfg(tmp_path, steps=10, val_every=100), blob_data()))
     assert load_checkpoint(tmp_path / "ck" / "last.pt").meta["step"] == 3
+
+
+def test_consistency_on_unlabelled_patches_only(tmp_path, monkeypatch):
+    from napari_medseg.training.mean_teacher import MeanTeacher
+
+    seen: list[int] = []
+    orig = MeanTeacher.targets
+    monkeypatch.setattr(MeanTeacher, "targets", lambda self, x, step: (seen.append(x.shape[0]), orig(self, x, step))[1])
+    cfg = tiny_cfg(tmp_path, steps=2, batch_size=4, consistency_on="unlabelled")
+    events_of(train(cfg, blob_data(fraction=0.1)))
+    assert seen == [2, 2]  # the teacher sees the 2 unlabelled patches of each 2 + 2 batch
+    seen.clear()
+    events_of(train(cfg.replace(consistency_on="all", checkpoint_dir=str(tmp_path / "all")), blob_data(fraction=0.1)))
+    assert seen == [4, 4]

@@ -79,6 +79,26 @@ def test_teacher_is_an_ema_of_the_student():
     assert not any(p.requires_grad for p in mt.teacher.parameters())
 
 
+def test_ema_warmup_follows_the_student_early():
+    from napari_medseg.models import build_model
+
+    torch.manual_seed(0)
+    student = build_model(TINY_2D)
+    mt = MeanTeacher(student, decay=0.99, warmup=True)
+    assert [mt.decay_at(s) for s in (0, 1, 9, 1000)] == pytest.approx([0.0, 0.5, 0.9, 0.99])
+    mt.update(student, 0)  # first update copies
+    name = next(n for n, _ in student.named_parameters())
+    before = mt.module.state_dict()[name].clone()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    mt.update(student, 1)  # decay 0.5 instead of 0.99
+    want = 0.5 * before + 0.5 * student.state_dict()[name]
+    assert torch.allclose(mt.module.state_dict()[name], want, atol=1e-6)
+    mt.load_state_dict(mt.module.state_dict())  # a teacher from a checkpoint keeps its average
+    assert mt.decay_at(1) == 0.99
+
+
 def test_uncertainty_map_and_mask():
     from napari_medseg.models import build_model
 
