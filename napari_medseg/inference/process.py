@@ -65,12 +65,11 @@ def _open_spec(spec: tuple[str, Any]) -> ImageSource | str:
 
 def _child(spec: tuple[str, Any], model: str, out: str, kwargs: dict[str, Any], q: Any, stop: Any,
            nice: int) -> None:
-    """The child's body: run ``predict`` and put ``(kind, payload)`` on ``q``."""
-    try:
-        if nice:
-            os.nice(nice)
-    except (AttributeError, OSError):
-        pass
+    """The child's body: run ``predict`` at niceness ``nice`` (absolute) and put ``(kind, payload)`` on ``q``."""
+    with contextlib.suppress(AttributeError, OSError):  # a spawned child inherits the calling thread's nice
+        cur = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice > cur:
+            os.nice(nice - cur)
     try:
         from .predictor import predict
 
@@ -114,6 +113,10 @@ def predict_in_process(source: ImageSource | str | Path, model: str | Path, out:
     if not isinstance(model, (str, Path)):
         raise MedsegError("a prediction process needs the model as a checkpoint file")
     spec = _source_spec(source)
+    try:  # the child's nice: the process's own (its main thread's) plus ``nice``, however nice this thread is
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, os.getpid()) + nice)
+    except (AttributeError, OSError):
+        nice = 0
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     stop = ctx.Event()

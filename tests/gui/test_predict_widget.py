@@ -29,7 +29,7 @@ def widget(make_napari_viewer, tmp_path, monkeypatch):
     viewer = make_napari_viewer()
     rng = np.random.default_rng(0)
     img = rng.integers(0, 255, (300, 260), dtype=np.uint8)
-    viewer.add_image(img, name="img", scale=(0.5, 0.5))
+    viewer.add_image(img, name="img", scale=(0.5, 0.5), units="micrometer")
     w = PredictWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.window_spin.setValue(64)
@@ -54,6 +54,7 @@ def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_pat
     assert name in viewer.layers
     layer = viewer.layers[name]
     assert tuple(layer.scale) == (0.5, 0.5)
+    assert tuple(layer.units) == tuple(viewer.layers["img"].units)  # else napari drops units for rendering
     # shown while blocks finish: napari's dask cache would keep the chunks read before they were written
     with layer.dask_optimized_slicing() as (_, cache):  # napari's global dask cache is off for this layer
         assert cache is None

@@ -30,8 +30,8 @@ def widget(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
     viewer = make_napari_viewer()
     img, labels = _blobs()
-    viewer.add_image(img, name="img")
-    viewer.add_labels(labels, name="scribbles")
+    viewer.add_image(img, name="img", units="micrometer")
+    viewer.add_labels(labels, name="scribbles", units="micrometer")
     w = TrainWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.labels_combo.setCurrentText("scribbles")
@@ -66,6 +66,7 @@ def test_start_events_preview_stop_checkpoint(widget, qtbot, tmp_path):
     qtbot.waitUntil(lambda: PREVIEW_LAYER in viewer.layers, timeout=120_000)
     first = np.array(viewer.layers[PREVIEW_LAYER].data, copy=True)
     assert first.shape == (192, 192)  # the whole (small) image is in view
+    assert tuple(viewer.layers[PREVIEW_LAYER].units) == tuple(viewer.layers["img"].units)
     n_steps = events.count("StepEvent")
     qtbot.waitUntil(lambda: events.count("StepEvent") >= n_steps + 3, timeout=120_000)
     w.stop()
