@@ -156,7 +156,12 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise MedsegError(f"unknown training config keys {unknown}; valid keys are {sorted(known)}")
+            import difflib
+
+            hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(str(k), known, 1)) else
+                     repr(k) for k in unknown]
+            raise MedsegError(f"unknown training config keys: {', '.join(hints)}; the valid keys and their meaning "
+                              "are in docs/training.md")
         kw = dict(d)
         if "model" in kw:
             kw["model"] = ModelConfig.from_dict(kw["model"]) if isinstance(kw["model"], dict) else kw["model"]
