@@ -145,3 +145,22 @@ def test_result_is_redrawn_only_for_blocks_in_view(make_napari_viewer, qtbot, tm
     w._dirty = [(slice(3584, 4096), slice(3584, 4096))]
     w._refresh_in_view()
     assert redrawn == [False, True]  # zoomed out: everything is in view and the overview is re-read
+
+
+def test_overview_level_is_numpy_refilled_by_the_worker(tmp_path):
+    import dask.array as da
+    import zarr
+
+    levels = [zarr.create_array(str(tmp_path / str(i)), shape=(64 >> i, 64 >> i), chunks=(16, 16), dtype="uint8",
+                                zarr_format=2, fill_value=0) for i in range(3)]
+    lazy = [da.from_zarr(z) for z in levels]
+    mask = [da.zeros((64, 64), dtype="uint8")]
+    layers, overviews = pw._with_overview([(lazy, {"name": "r"}, "labels"), (mask, {"name": "m"}, "labels")])
+    data = layers[0][0]
+    assert len(overviews) == 1 and isinstance(data[-1], np.ndarray) and data[:2] == lazy[:2]
+    assert layers[1][0] is mask  # one level: nothing to swap
+    levels[2][:8, :8] = 3  # a block finishes in the output
+    overviews[0].refill()  # within REFRESH_S of the last fill: not re-read yet
+    assert not data[-1].any()
+    overviews[0].refill(force=True)  # at the end (or after REFRESH_S): in place, the layer's array itself
+    assert data[-1][:8, :8].min() == 3 and data[-1].sum() == 3 * 64
