@@ -13,8 +13,8 @@ region (all four classes). Then, while a script pans and zooms the canvas like a
 2. ``train``: the Train widget trains on the CPU (Start pressed; widget defaults: UNet, patch 256, batch 4,
    Mean Teacher, ``threads`` spin = 1 so the GUI keeps a core) with the live preview of the view on;
 3. ``predict``: the Predict widget predicts the whole slide at level 0 with the checkpoint of phase 2, in a
-   child process as the widget does by default (``--predict-in thread``: in a thread of the viewer's process;
-   ``both``: a ``predict_thread`` phase first, then ``predict``, side by side in one run)
+   thread as the widget does by default (``--predict-in process``: in a child process, the widget's *run in a
+   separate process*; ``both``: ``predict`` in a thread first, then ``predict_process``, side by side)
    (``--quick``: cancelled after a few seconds; the full run goes to the end).
 
 napari runs with asynchronous slicing, as ``napari-medseg gui`` starts it (``--sync-slicing``: napari's
@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                          "asynchronous slicing that `napari-medseg gui` turns on")
     ap.add_argument("--predict-threads", type=int, default=None,
                     help="torch threads while predicting (default: torch's own, all cores; the thread mode only)")
-    ap.add_argument("--predict-in", choices=["process", "thread", "both"], default="process",
-                    help="where the Predict widget runs the prediction (its checkbox; default: a child process); "
+    ap.add_argument("--predict-in", choices=["process", "thread", "both"], default="thread",
+                    help="where the Predict widget runs the prediction (its checkbox; default: a thread, as the "
+                         "widget does unless 'run in a separate process' is ticked); "
                          "both: a thread first, then a process, each phase reported")
     ap.add_argument("--screenshots", action="store_true", help="write the README screenshots to docs/images")
     ap.add_argument("--extra-train-s", type=float, default=300.0,
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{first_preview if first_preview is None else round(first_preview, 2)} s after Start; "
           f"{train_info['previews']} previews", flush=True)
 
-    # 3. whole-slide prediction while panning (the widget's default: in a child process; --predict-in)
+    # 3. whole-slide prediction while panning (the widget's default: in a thread; --predict-in)
     env["docks"]["Predict"].raise_()
     pw.image_combo.setCurrentText(image.name)
     pw.ckpt_edit.setText(str(ckpt))
@@ -318,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = ["thread", "process"] if args.predict_in == "both" else [args.predict_in]
     pred_runs: dict[str, Any] = {}
     for mode in modes:
-        phase = "predict" if mode == modes[-1] else f"predict_{mode}"
+        # the widget's default (a thread) is the headline "predict" phase; with both, the other is beside it
+        phase = "predict" if (len(modes) == 1 or mode == "thread") else f"predict_{mode}"
         pw.process_check.setChecked(mode == "process")
         pw.out_edit.setText(str(tmp / f"slide.prediction.{mode}.zarr"))
         blocks.clear()
@@ -340,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                            "blocks_total": blocks[-1][2] if blocks else 0, "status": pw.status.text()}
         print(f"prediction ({mode}): {pred_runs[mode]['status']}", flush=True)
         run_for(2.0)
-    pred_info = {**pred_runs[modes[-1]], "mode": modes[-1], "runs": pred_runs}
+    head_mode = "thread" if len(modes) > 1 else modes[0]
+    pred_info = {**pred_runs[head_mode], "mode": head_mode, "runs": pred_runs}
     if args.screenshots:
         c = camera_of_viewer(viewer)
         c.center, c.zoom = keys[0]
