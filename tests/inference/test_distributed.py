@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from infer_helpers import small_unet, store_bytes, textured_rgb, zarr_source
+from infer_helpers import drain, small_unet, store_bytes, textured_rgb, zarr_source
 
 from napari_medseg.inference import BlockDone, PredictDone, PredictStart, PredictWarning, run_predict
 from napari_medseg.inference.distributed import predict_many
@@ -18,15 +18,6 @@ KW = dict(window=(64, 64), overlap=0.25, tissue_mask=False, device="cpu", block=
 def _sources(tmp_path):
     return [zarr_source(tmp_path / f"s{i}.zarr", [textured_rgb(h, w, seed=i)], "YXC", chunks=(64, 64, 3),
                         name=f"s{i}") for i, (h, w) in enumerate([(200, 260), (130, 190)])]
-
-
-def _collect(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
 
 
 def test_in_process_cluster_matches_local(tmp_path):
@@ -41,7 +32,7 @@ def test_in_process_cluster_matches_local(tmp_path):
     outs = [tmp_path / f"o{i}.zarr" for i in range(len(srcs))]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        events, paths = _collect(predict_many(srcs, model, outs, client=client, blocks_per_task=3, **KW))
+        events, paths = drain(predict_many(srcs, model, outs, client=client, blocks_per_task=3, **KW))
     assert [type(e) for e in events if isinstance(e, PredictStart)] == [PredictStart] * 2
     dones = [e for e in events if isinstance(e, PredictDone)]
     assert len(dones) == 2 and not any(d.cancelled for d in dones)

@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 import pytest
+from infer_helpers import drain
 
 from napari_medseg.inference import open_prediction, run_predict
 from napari_medseg.inference.process import predict_in_process
@@ -21,15 +22,6 @@ def _labels(out) -> np.ndarray:
     return np.asarray([s for s in open_prediction(out) if s.kind == "labels"][0].levels[0])
 
 
-def _drain(gen):
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as fin:
-            return events, fin.value
-
-
 @pytest.fixture
 def rgb_checkpoint(tmp_path):
     cfg = ModelConfig(name="unet", spatial_dims=2, in_channels=3, out_channels=3, channels=(8, 16, 32))
@@ -40,7 +32,7 @@ def rgb_checkpoint(tmp_path):
 
 def test_child_process_writes_what_the_thread_writes(rgb_source, rgb_checkpoint, tmp_path):
     kw = dict(window=(64, 64), overlap=0.25, batch_size=4, tissue_mask=False)
-    events, res = _drain(predict_in_process(rgb_source, rgb_checkpoint, tmp_path / "child.zarr", **kw))
+    events, res = drain(predict_in_process(rgb_source, rgb_checkpoint, tmp_path / "child.zarr", **kw))
     run_predict(rgb_source, str(rgb_checkpoint), str(tmp_path / "thread.zarr"), **kw)
     names = [type(e).__name__ for e in events]
     assert names[0] == "PredictStart" and names[-1] == "PredictDone" and "BlockDone" in names
@@ -54,7 +46,7 @@ def test_error_in_the_child_keeps_its_message(tmp_path):
     cfg = ModelConfig(name="unet", spatial_dims=2, in_channels=3, out_channels=2, channels=(8, 16))
     ck = save_checkpoint(tmp_path / "rgb.pt", Checkpoint(cfg, build_model(cfg).state_dict(), norm=NormConfig.uint8(3)))
     with pytest.raises(MedsegError) as child:
-        _drain(predict_in_process(gray, ck, tmp_path / "a.zarr", window=(64, 64)))
+        drain(predict_in_process(gray, ck, tmp_path / "a.zarr", window=(64, 64)))
     with pytest.raises(MedsegError) as thread:
         run_predict(gray, str(ck), str(tmp_path / "b.zarr"), window=(64, 64))
     assert str(child.value) == str(thread.value) and "channel" in str(child.value)
@@ -78,7 +70,7 @@ def test_cancel_and_early_close_leave_a_resumable_output(tmp_path):
     assert type(first).__name__ == "PredictStart" and 0 < first.resumed_blocks < first.total_blocks
     gen2.close()
     assert not mp.active_children()
-    _, res = _drain(predict_in_process(src, ck, tmp_path / "o.zarr", **kw))
+    _, res = drain(predict_in_process(src, ck, tmp_path / "o.zarr", **kw))
     assert res.blocks_done == res.blocks_total and res.blocks_resumed > 0
     run_predict(src, str(ck), str(tmp_path / "ref.zarr"), **kw)
     np.testing.assert_array_equal(_labels(tmp_path / "o.zarr"), _labels(tmp_path / "ref.zarr"))
