@@ -16,6 +16,7 @@ Arrays are ``YX`` (masks, labels) or ``YXC`` (RGB images); coordinates are (y, x
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import sys
@@ -46,6 +47,7 @@ class PhaseStats:
     plugin_sites: Counter = field(default_factory=Counter)  # innermost napari_medseg frame -> samples
     n_samples: int = 0
     long_stalls: list[tuple[float, list[tuple[str, int]], str]] = field(default_factory=list)  # > 250 ms: culprits
+    gc_ms: dict[int, list[float]] = field(default_factory=dict)  # generation -> pauses of Python's cyclic GC (ms)
 
     def summary(self) -> dict[str, Any]:
         a = np.asarray(self.stalls_ms or [0.0])
@@ -53,7 +55,9 @@ class PhaseStats:
                 "p50_ms": round(float(np.percentile(a, 50)), 1), "p99_ms": round(float(np.percentile(a, 99)), 1),
                 "max_ms": round(float(a.max()), 1), "n_over_50ms": int((a > 50).sum()),
                 "n_over_250ms": int((a > 250).sum()), "stall_samples": self.n_samples,
-                "plugin_samples": int(sum(self.plugin_sites.values()))}
+                "plugin_samples": int(sum(self.plugin_sites.values())),
+                "gc": {f"gen{g}": {"n": len(v), "total_ms": round(sum(v), 1), "max_ms": round(max(v), 1)}
+                       for g, v in sorted(self.gc_ms.items())}}
 
     def top_sites(self, n: int = 8) -> list[tuple[str, int]]:
         return self.stack_samples.most_common(n)
@@ -118,6 +122,15 @@ class StallProbe:
         if sample_stacks:
             self._watch.start()
         self.phases: list[PhaseStats] = []
+        self._gc_t0 = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, event: str, info: dict[str, Any]) -> None:
+        # Python's cyclic garbage collector stops every thread (it holds the GIL), whichever thread set it off
+        if event == "start":
+            self._gc_t0 = time.perf_counter()
+        elif self._phase is not None and self._gc_t0:
+            self._phase.gc_ms.setdefault(info["generation"], []).append((time.perf_counter() - self._gc_t0) * 1000)
 
     def start(self, name: str) -> None:
         self._phase = PhaseStats(name)
@@ -137,6 +150,8 @@ class StallProbe:
     def close(self) -> None:
         self._alive = False
         self._timer.stop()
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
 
     def _tick(self) -> None:
         now = time.perf_counter()

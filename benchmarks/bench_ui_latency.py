@@ -360,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{s['phase']:>7}] {s['seconds']:6.1f} s  ticks {s['ticks']:5d}  p50 {s['p50_ms']:6.1f}  "
               f"p99 {s['p99_ms']:7.1f}  max {s['max_ms']:7.1f} ms  >50 ms: {s['n_over_50ms']}  "
               f">250 ms: {s['n_over_250ms']}", flush=True)
+        print("           Python GC pauses: " + (", ".join(f"{g} {v['n']} x, {v['total_ms']:.0f} ms in all, max "
+                                                          f"{v['max_ms']:.0f} ms" for g, v in s["gc"].items())
+                                                 or "none"), flush=True)
         for site, n in ph.top_sites(6):
             print(f"           {n:4d} samples  {site}")
         for site, n in ph.plugin_sites.most_common(4):
