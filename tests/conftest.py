@@ -15,6 +15,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Sample data and other caches go to a per-session temporary folder, never the user's."""
     cache = tmp_path_factory.getbasetemp() / "medseg-cache"
     monkeypatch.setenv("NAPARI_MEDSEG_CACHE", str(cache))
+    # frozen objects are never collected: one test's viewer would outlive it (tests/gui/test_quiet_gc.py
+    # turns it on where it is tested)
+    monkeypatch.setenv("NAPARI_MEDSEG_GC_FREEZE", "0")
     yield
 
 

@@ -43,6 +43,7 @@ from napari_medseg.io.label_store import LabelStore, is_label_store
 
 from .layers import source_from_layer
 from .painting import AUTOSAVE_NOTE, PaintingController
+from .quiet_gc import freeze_long_lived
 from .session import session_for
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class AnnotateWidget(QWidget):
         if app is not None:
             app.aboutToQuit.connect(self.close_store)
         self.destroyed.connect(lambda *_: self.close_store())
+        freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
 
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:

@@ -29,8 +29,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.errors import MedsegError
-from .layers import current_view, overlaps, source_from_layer, units_of, view_at_level0
+from .layers import add_then_show, current_view, overlaps, source_from_layer, units_of, view_at_level0
 from .qt_helpers import path_row
+from .quiet_gc import freeze_long_lived
 from .session import session_for
 from .settings import load_settings, save_settings
 from .workers import show_error, show_info, start_generator_worker
@@ -127,6 +128,8 @@ class PredictWidget(QWidget):
         self._worker: Any = None
         self._cancel = threading.Event()
         self._result_layer: Any = None
+        self._mask_layer: Any = None  # the tissue mask of the run (hidden), added when the run ends
+        self._opened: list[tuple[Any, dict[str, Any], str]] | None = None  # the output's layer data
         self._last_refresh = 0.0
         self._dirty: list[tuple[slice, ...]] = []  # blocks finished since the last redraw (output pixels)
         self._progress: Any = None
@@ -135,6 +138,7 @@ class PredictWidget(QWidget):
         self._refresh_layers()
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
+        freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
 
     def _build(self) -> None:
         lay = QVBoxLayout(self)
@@ -300,7 +304,7 @@ class PredictWidget(QWidget):
         self._cancel.clear()
         self._out = out
         self._image = layer
-        self._result_layer = None
+        self._result_layer = self._mask_layer = self._opened = None
         self._dirty = []
         self._set_running(True)
         self.status.setText(f"predicting into {out}…")
@@ -352,7 +356,7 @@ class PredictWidget(QWidget):
             elif kind == "PredictDone":
                 self.status.setText(("cancelled" if ev.cancelled else "done") + f": {ev.out} "
                                     f"({ev.blocks_done} blocks, {ev.seconds:.1f} s, {ev.mpix_s:.1f} MPix/s)")
-                self._show_result()
+                self._show_result(final=True)
                 self._refresh_result()
         except Exception:
             log.exception("could not show a prediction event")
@@ -385,35 +389,42 @@ class PredictWidget(QWidget):
             reset()
         layer.refresh()
 
-    def _show_result(self, layers: list[tuple[Any, dict[str, Any], str]] | None = None) -> None:
-        """Show the output as a multiscale Labels layer over the image (once), colored like the classes,
-        and the tissue mask the run used (hidden) so the user can see what was skipped. ``layers``: the
-        layer data opened by the worker; None opens it here."""
-        if self._result_layer is not None and self._result_layer in self.viewer.layers:
-            return
+    def _show_result(self, layers: list[tuple[Any, dict[str, Any], str]] | None = None, *, final: bool = False
+                     ) -> None:
+        """Show the output as a multiscale Labels layer over the image (once), colored like the classes.
+        The tissue mask the run used comes with ``final`` (hidden), so the user can see what was skipped:
+        adding a layer stalls the viewer for a moment, and while blocks arrive only the result is worth it.
+        ``layers``: the layer data opened by the worker (kept for ``final``); None opens it here."""
         if layers is None:
+            layers = self._opened
+        self._opened = layers
+        if layers is None and (final or self._result_layer is None or self._result_layer not in self.viewer.layers):
             from ..inference import prediction_layer_data
 
             try:
                 layers = prediction_layer_data(self._out)
             except Exception as e:
                 log.debug("prediction not openable: %s", e)
-                return
+                layers = []
         offset = tuple(self._image.translate)
-        for data, kw, kind in layers:
+        for data, kw, kind in layers or []:
             if kind != "labels":
                 continue
             is_mask = "tissue" in str(kw.get("name", ""))
-            kw["name"] = self._image.name + (" tissue mask" if is_mask else RESULT_SUFFIX)
+            name = self._image.name + (" tissue mask" if is_mask else RESULT_SUFFIX)
+            shown = self._mask_layer if is_mask else self._result_layer
+            if (is_mask and not final) or (shown is not None and shown in self.viewer.layers):
+                continue
+            kw = {**kw, "name": name}  # a copy: the opened layer data may serve again at the end
             nd = len(kw.get("translate", ()))
             kw["translate"] = tuple(a + b for a, b in zip(kw.get("translate", (0.0,) * nd), offset[-nd:]))
             kw.update(units_of(self._image, nd))
-            if kw["name"] in self.viewer.layers:
-                self.viewer.layers.remove(kw["name"])
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
             # cache=False: napari's dask cache would keep serving the chunks read before their blocks finished
-            layer = self.viewer.add_labels(data, cache=False, **kw)
+            layer = add_then_show(self.viewer, "labels", data, cache=False, visible=not is_mask, **kw)
             if is_mask:
-                layer.visible = False
+                self._mask_layer = layer
             else:
                 self._result_layer = layer
 

@@ -41,6 +41,7 @@ from .layers import (
 )
 from .plot import LivePlot
 from .qt_helpers import path_row
+from .quiet_gc import freeze_long_lived
 from .session import session_for
 from .settings import load_settings, save_settings
 from .workers import show_error, show_info, show_warning, start_generator_worker
@@ -111,6 +112,7 @@ class TrainWidget(QWidget):
         self._view_timer.timeout.connect(self._update_view)
         camera_of(napari_viewer).events.connect(self._schedule_view_update)
         napari_viewer.dims.events.current_step.connect(self._schedule_view_update)
+        freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
 
     def _schedule_view_update(self, _event: Any = None) -> None:
         self._view_timer.start()
@@ -434,9 +436,8 @@ def show_prediction(viewer: Any, pred: Any, classes: Any, *, uncertainty: bool, 
 
     cmap = DirectLabelColormap(color_dict=classes.prediction_colors(alpha=1.0))
     units = units_of(image, len(pred.scale))
-    layer = upsert_layer(viewer, PREVIEW_LAYER, "labels", pred.labels, translate=pred.translate, scale=pred.scale,
-                         opacity=0.5, **units)
-    layer.colormap = cmap
+    upsert_layer(viewer, PREVIEW_LAYER, "labels", pred.labels, translate=pred.translate, scale=pred.scale,
+                 opacity=0.5, colormap=cmap, **units)
     unc = getattr(pred, "uncertainty", None)
     if uncertainty and unc is not None:
         upsert_layer(viewer, UNCERTAINTY_LAYER, "image", unc, translate=pred.translate, scale=pred.scale,

@@ -14,6 +14,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..io.errors import MedsegError
+from .quiet_gc import freeze_long_lived
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,23 @@ def start_generator_worker(
 ) -> Any:
     """Start ``gen_func(*args, **kwargs)`` in a napari thread worker. Events reach ``on_event`` on the main
     thread; an exception becomes a napari error notification (and ``on_error``); ``on_finished`` always
-    runs last, so the widget returns to a usable state. The work runs at ``background_priority``."""
+    runs last, so the widget returns to a usable state. The work runs at ``background_priority``.
+
+    What is alive when the work starts, and again at its first event (after the libraries it imports),
+    goes to the garbage collector's permanent generation (``quiet_gc``), so collections during the work
+    stay short."""
+    freeze_long_lived()
     worker = create_worker(_in_background(gen_func), *args, _start_thread=False, _progress=progress or False,
                            _ignore_errors=True, **kwargs)  # we notify ourselves, once, in plain words
-    worker.yielded.connect(on_event)
+    first = [True]
+
+    def _yielded(ev: Any) -> None:
+        if first[0]:
+            first[0] = False
+            freeze_long_lived()
+        on_event(ev)
+
+    worker.yielded.connect(_yielded)
 
     def _errored(exc: BaseException) -> None:
         log.error("worker failed", exc_info=exc)

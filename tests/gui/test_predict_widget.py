@@ -45,7 +45,7 @@ def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_pat
     w.out_edit.setText(str(tmp_path / "gui.zarr"))
     opened_by_worker = []
     show = w._show_result
-    w._show_result = lambda layers=None: (opened_by_worker.append(layers is not None), show(layers))
+    w._show_result = lambda layers=None, **kw: (opened_by_worker.append(layers is not None), show(layers, **kw))
     w.predict()
     assert w._worker is not None
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
@@ -54,6 +54,7 @@ def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_pat
     assert name in viewer.layers
     layer = viewer.layers[name]
     assert tuple(layer.scale) == (0.5, 0.5)
+    qtbot.waitUntil(lambda: layer.visible, timeout=5_000)  # added hidden, shown a moment later
     assert tuple(layer.units) == tuple(viewer.layers["img"].units)  # else napari drops units for rendering
     # shown while blocks finish: napari's dask cache would keep the chunks read before they were written
     with layer.dask_optimized_slicing() as (_, cache):  # napari's global dask cache is off for this layer
@@ -73,6 +74,31 @@ def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_pat
     assert gui.shape == img.shape
     np.testing.assert_array_equal(gui, headless)
     assert "done" in w.status.text()
+
+
+def test_tissue_mask_layer_comes_hidden_at_the_end(widget, qtbot):
+    """While blocks arrive only the result is added (adding a layer stalls the viewer); the run's tissue
+    mask follows, hidden, when the run ends, from the layer data the worker opened."""
+    viewer, w, img = widget
+    w._image = viewer.layers["img"]
+    w._result_layer = w._mask_layer = w._opened = None
+    result = [np.zeros((300, 260), np.uint8), np.zeros((150, 130), np.uint8)]
+    mask = [np.ones((75, 65), np.uint8)]
+    opened = [(result, {"name": "x prediction", "scale": (0.5, 0.5), "translate": (0.0, 0.0)}, "labels"),
+              (mask, {"name": "x tissue mask", "scale": (2.0, 2.0), "translate": (0.75, 0.75)}, "labels")]
+    w._show_result(opened)
+    names = [lay.name for lay in viewer.layers]
+    assert "img" + RESULT_SUFFIX in names and "img tissue mask" not in names
+    res = viewer.layers["img" + RESULT_SUFFIX]
+    assert viewer.layers.selection.active is not res  # a result never takes the painter's layer
+    qtbot.waitUntil(lambda: res.visible, timeout=5_000)  # added hidden, shown a moment later
+    w._show_result(final=True)
+    tissue = viewer.layers["img tissue mask"]
+    assert tuple(tissue.scale) == (2.0, 2.0) and tuple(tissue.translate) == (0.75, 0.75)
+    qtbot.wait(100)
+    assert not tissue.visible and res.visible
+    w._show_result(final=True)  # again (a second PredictDone): nothing is added twice
+    assert [lay.name for lay in viewer.layers].count("img tissue mask") == 1
 
 
 def test_predict_without_checkpoint_is_explained(widget, monkeypatch):
