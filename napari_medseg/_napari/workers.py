@@ -32,6 +32,10 @@ def user_message(exc: BaseException) -> str:
 BACKGROUND_NICE = 10
 
 
+def _idle_policy_wanted() -> bool:
+    return os.environ.get("NAPARI_MEDSEG_WORKER_POLICY", "").strip().lower() == "idle"
+
+
 @contextlib.contextmanager
 def background_priority(increment: int = BACKGROUND_NICE) -> Iterator[bool]:
     """Run the calling thread (and the threads it starts) at a lower CPU priority, then restore it.
@@ -39,11 +43,18 @@ def background_priority(increment: int = BACKGROUND_NICE) -> Iterator[bool]:
     On a machine with few cores, training or prediction competes with the viewer's main thread, its
     OpenGL rasteriser and napari's tile loading; at nice +10 the scheduler gives the viewer's threads ~10x
     the weight when they want the CPU, while the work still gets every idle cycle. Linux applies nice per
-    thread; elsewhere this does nothing. Yields whether the priority was lowered."""
+    thread; elsewhere this does nothing. ``NAPARI_MEDSEG_WORKER_POLICY=idle`` uses the SCHED_IDLE policy
+    instead (Linux): the work runs only on otherwise idle cores, and a waking viewer thread preempts it at
+    once. Yields whether the priority was lowered."""
     tid = threading.get_native_id()
+    idle = _idle_policy_wanted() and hasattr(os, "SCHED_IDLE")
     try:
         old = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, old + increment))
+        if idle:
+            old_policy = os.sched_getscheduler(tid)
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, old + increment))
     except (AttributeError, OSError):
         yield False
         return
@@ -51,6 +62,8 @@ def background_priority(increment: int = BACKGROUND_NICE) -> Iterator[bool]:
         yield True
     finally:
         try:  # raising it back needs privileges a user may not have: then the pooled thread stays polite
+            if idle:
+                os.sched_setscheduler(tid, old_policy, os.sched_param(0))
             os.setpriority(os.PRIO_PROCESS, tid, old)
         except OSError:
             log.debug("could not restore the worker thread's priority", exc_info=True)

@@ -38,3 +38,32 @@ def test_background_priority_lowers_this_thread_and_its_children_then_restores()
     assert seen["child"] == seen["inside"]  # the prefetch and writer threads it starts inherit it
     assert seen["after"] == 0
     assert _nice() == main_before  # the main thread (the viewer) is untouched
+
+
+def _policy() -> int:
+    return os.sched_getscheduler(threading.get_native_id())
+
+
+def test_idle_policy_on_request_then_restored(monkeypatch):
+    """NAPARI_MEDSEG_WORKER_POLICY=idle: SCHED_IDLE for the work and the threads it starts; restored after
+    (as root; a user without the privilege keeps a polite thread, which is the documented fallback)."""
+    monkeypatch.setenv("NAPARI_MEDSEG_WORKER_POLICY", "idle")
+    seen: dict[str, int] = {}
+
+    def work():
+        before = _policy()
+        with background_priority() as lowered:
+            assert lowered
+            seen["inside"] = _policy()
+            child = threading.Thread(target=lambda: seen.__setitem__("child", _policy()))
+            child.start()
+            child.join()
+        seen["before"], seen["after"] = before, _policy()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert seen["inside"] == os.SCHED_IDLE and seen["child"] == os.SCHED_IDLE
+    if os.geteuid() == 0:
+        assert seen["after"] == seen["before"]
+    assert _policy() != os.SCHED_IDLE  # the main thread (the viewer) is untouched
