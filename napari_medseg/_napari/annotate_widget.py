@@ -41,6 +41,7 @@ from napari_medseg.io.classes import DEFAULT_COLORS, ClassSchema
 from napari_medseg.io.errors import MedsegError
 from napari_medseg.io.label_store import LabelStore, is_label_store
 
+from .layer_list_events import quiet_zoom_events
 from .layers import source_from_layer
 from .painting import AUTOSAVE_NOTE, PaintingController
 from .quiet_gc import freeze_long_lived
@@ -70,6 +71,7 @@ class AnnotateWidget(QWidget):
             app.aboutToQuit.connect(self.close_store)
         self.destroyed.connect(lambda *_: self.close_store())
         freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
+        quiet_zoom_events(napari_viewer)  # the layer list ignores zoom steps (layer_list_events)
 
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.errors import MedsegError
+from .layer_list_events import quiet_zoom_events
 from .layers import add_then_show, current_view, overlaps, source_from_layer, units_of, view_at_level0
 from .qt_helpers import path_row
 from .quiet_gc import freeze_long_lived
@@ -139,6 +140,7 @@ class PredictWidget(QWidget):
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
         freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
+        quiet_zoom_events(napari_viewer)  # the layer list ignores zoom steps (layer_list_events)
 
     def _build(self) -> None:
         lay = QVBoxLayout(self)

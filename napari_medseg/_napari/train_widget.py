@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.errors import MedsegError
+from .layer_list_events import quiet_zoom_events
 from .layers import (
     LatestValue,
     camera_of,
@@ -113,6 +114,7 @@ class TrainWidget(QWidget):
         camera_of(napari_viewer).events.connect(self._schedule_view_update)
         napari_viewer.dims.events.current_step.connect(self._schedule_view_update)
         freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
+        quiet_zoom_events(napari_viewer)  # the layer list ignores zoom steps (layer_list_events)
 
     def _schedule_view_update(self, _event: Any = None) -> None:
         self._view_timer.start()

@@ -1,0 +1,82 @@
+"""Stop napari's layer list from repainting every row on every zoom step.
+
+napari's Qt layer list model turns every event of every layer into ``dataChanged`` with no roles ("all
+roles changed"), which makes the list's sort proxy re-sort and the list repaint the row (thumbnail, SVG
+icons). Among those events is ``scale_factor``, which each layer emits on every draw after a zoom change,
+although the list shows nothing that depends on it (napari 0.9.2,
+``_qt/containers/qt_layer_model.py:_process_event``). On the 2-core VM under software OpenGL that is about
+6 ms of every zoomed frame with the two layers of the sample slide and 11 ms with eight
+(``benchmarks/bench_zoom_frames.py``).
+
+``quiet_zoom_events(viewer)`` reconnects the model's handler behind a filter that drops those events and
+passes every other one. It relies on napari internals; where they are not as expected it does nothing.
+``NAPARI_MEDSEG_LAYER_LIST_FILTER=0`` turns it off. The right fix belongs in napari (map events to the roles
+they change, and ignore the rest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: layer events that change nothing the layer list shows
+IGNORED = frozenset({"scale_factor"})
+
+
+def _source_model(viewer: Any) -> Any:
+    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+    view = getattr(qt_viewer, "layers", None)
+    model = view.model() if view is not None and hasattr(view, "model") else None
+    return model.sourceModel() if model is not None and hasattr(model, "sourceModel") else model
+
+
+def quiet_zoom_events(viewer: Any) -> bool:
+    """Filter the zoom-step events out of the layer list's model of ``viewer`` (once). Returns whether the
+    filter is in place."""
+    if os.environ.get("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    try:
+        model = _source_model(viewer)
+        if model is None:
+            return False
+        if getattr(model, "_medseg_filtered", False):
+            return True
+        handler = model._process_event
+        events = model._root.events
+
+        def filtered(event: Any) -> None:
+            if getattr(event, "type", None) not in IGNORED:
+                handler(event)
+
+        events.disconnect(handler)
+        events.connect(filtered)
+        model._medseg_filtered = True
+        model._medseg_filter = filtered  # the emitter may hold callbacks weakly: keep it alive with the model
+        return True
+    except Exception:  # another napari: leave its layer list as it is
+        log.debug("layer list events left unfiltered", exc_info=True)
+        return False
+
+
+@contextlib.contextmanager
+def unfiltered(viewer: Any) -> Iterator[None]:
+    """napari's own layer-list behaviour for a while, where the filter is in place (the benchmarks compare
+    against it)."""
+    model = _source_model(viewer)
+    filtered = getattr(model, "_medseg_filter", None)
+    if filtered is None:
+        yield
+        return
+    events = model._root.events
+    events.disconnect(filtered)
+    events.connect(model._process_event)
+    try:
+        yield
+    finally:
+        events.disconnect(model._process_event)
+        events.connect(filtered)

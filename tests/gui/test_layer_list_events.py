@@ -1,0 +1,76 @@
+"""The layer list ignores each layer's zoom-step event, and still shows everything else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_medseg._napari import layer_list_events as lle
+
+
+def _changes(model) -> list[int]:
+    rows: list[int] = []
+    model.dataChanged.connect(lambda a, b, roles=(): rows.append(a.row()))
+    return rows
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    v = make_napari_viewer()
+    v.add_image(np.zeros((64, 64), np.uint8), name="img")
+    v.add_labels(np.zeros((64, 64), np.uint8), name="labels")
+    return v
+
+
+def test_zoom_events_no_longer_repaint_the_layer_list(viewer, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1")
+    model = lle._source_model(viewer)
+    rows = _changes(model)
+    viewer.layers["labels"].events.scale_factor()
+    assert rows, "napari's layer list reacted to zoom events before: the filter would have nothing to do"
+    assert lle.quiet_zoom_events(viewer)
+    assert lle.quiet_zoom_events(viewer)  # once per viewer, however many widgets ask
+    rows.clear()
+    for layer in viewer.layers:
+        layer.events.scale_factor()
+    assert rows == []
+    viewer.layers["labels"].name = "renamed"  # what the list shows still reaches it
+    viewer.layers["img"].visible = False
+    assert len(rows) >= 2
+    assert "renamed" in [model.index(i).data() for i in range(model.rowCount())]
+
+
+def test_switched_off(viewer, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "0")
+    assert not lle.quiet_zoom_events(viewer)
+    rows = _changes(lle._source_model(viewer))
+    viewer.layers["labels"].events.scale_factor()
+    assert rows
+
+
+def test_without_a_window_nothing_happens():
+    class Headless:
+        window = None
+
+    assert not lle.quiet_zoom_events(Headless())
+
+
+def test_widgets_put_the_filter_in_place(viewer, monkeypatch, tmp_path):
+    monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1")
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    from napari_medseg._napari.predict_widget import PredictWidget
+
+    PredictWidget(viewer)
+    assert getattr(lle._source_model(viewer), "_medseg_filtered", False)
+
+
+def test_unfiltered_restores_napari_behaviour_for_a_while(viewer, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1")
+    assert lle.quiet_zoom_events(viewer)
+    rows = _changes(lle._source_model(viewer))
+    with lle.unfiltered(viewer):
+        viewer.layers["labels"].events.scale_factor()
+        assert rows
+    rows.clear()
+    viewer.layers["labels"].events.scale_factor()
+    assert rows == []
