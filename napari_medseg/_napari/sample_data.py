@@ -11,7 +11,9 @@ instant.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..io.classes import ClassSchema
@@ -43,11 +45,54 @@ def _labels_layer(src: ImageSource, schema: ClassSchema, *, visible: bool, opaci
 
 
 def sample_slide() -> list[LayerData]:
-    """The sample slide (multiscale RGB) and its ground truth (multiscale labels, hidden)."""
-    from ..samples.slide import load_sample_slide, slide_classes
+    """The sample slide (multiscale RGB) and its ground truth (multiscale labels, hidden). On first use it
+    is generated (20-40 s): a progress dialog says so, instead of a frozen window."""
+    from ..samples.slide import load_sample_slide, sample_slide_cached, slide_classes
 
-    img, gt = load_sample_slide()
+    if sample_slide_cached():
+        img, gt = load_sample_slide()
+    else:
+        with first_use_progress("Preparing the sample slide (first use only; later it opens at once)…") as report:
+            img, gt = load_sample_slide(progress=report)
     return [_image_layer(img), _labels_layer(gt, slide_classes(), visible=False, opacity=0.5)]
+
+
+@contextlib.contextmanager
+def first_use_progress(text: str) -> Iterator[Callable[[float], None]]:
+    """A modal progress dialog while the main thread generates sample data (napari calls sample functions
+    on it and waits). Yields ``report(fraction)``, which updates the bar and lets Qt draw it; the dialog is
+    application-modal, so the half-built viewer takes no input meanwhile. Without a QApplication the
+    reports do nothing."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication, QProgressDialog
+
+    app = QApplication.instance()
+    if app is None:
+        yield lambda _f: None
+        return
+    dialog = QProgressDialog(text, "", 0, 100)
+    dialog.setWindowTitle("napari-medseg")
+    dialog.setCancelButton(None)  # generation cannot stop half-way; it takes well under a minute
+    dialog.setWindowModality(Qt.ApplicationModal)
+    dialog.setMinimumDuration(0)
+    dialog.setMinimumWidth(420)
+    dialog.setValue(0)
+    dialog.show()
+    app.processEvents()
+    last = [0]
+
+    def report(fraction: float) -> None:
+        value = max(0, min(100, int(round(fraction * 100))))
+        if value != last[0]:
+            last[0] = value
+            dialog.setValue(value)
+            app.processEvents()
+
+    try:
+        yield report
+    finally:
+        dialog.close()
+        dialog.deleteLater()
 
 
 def sample_ct() -> list[LayerData]:

@@ -87,3 +87,34 @@ def test_gui_command_from_a_fresh_shell(tmp_path):
                          capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_first_use_of_the_slide_shows_a_progress_dialog(qtbot, monkeypatch):
+    """Generating the slide takes 20-40 s on the main thread (napari waits for sample functions): a modal
+    progress dialog shows it, and goes away after."""
+    from qtpy.QtWidgets import QApplication, QProgressDialog
+
+    from napari_medseg._napari import sample_data
+    from napari_medseg.samples import slide
+
+    def dialogs():
+        return [w for w in QApplication.topLevelWidgets() if isinstance(w, QProgressDialog) and w.isVisible()]
+
+    seen: dict[str, object] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(progress=None):
+        progress(0.5)
+        shown = dialogs()
+        seen["value"] = shown[0].value() if shown else None
+        seen["modal"] = bool(shown) and shown[0].isModal()
+        raise Stop
+
+    monkeypatch.setattr(slide, "sample_slide_cached", lambda: False)
+    monkeypatch.setattr(slide, "load_sample_slide", fake_load)
+    with pytest.raises(Stop):
+        sample_data.sample_slide()
+    assert seen == {"value": 50, "modal": True}
+    assert dialogs() == []

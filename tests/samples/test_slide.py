@@ -21,7 +21,9 @@ SMALL = 2048
 def small_slide(tmp_path_factory):
     d = tmp_path_factory.mktemp("slide")
     t0 = time.perf_counter()
-    info = slide.generate_slide(d / "s.ome.tif", d / "s-labels.ome.tif", size=SMALL)
+    seen: list[float] = []
+    info = slide.generate_slide(d / "s.ome.tif", d / "s-labels.ome.tif", size=SMALL, progress=seen.append)
+    info["progress_seen"] = seen
     print(f"small slide ({SMALL} px) generated in {time.perf_counter() - t0:.1f} s")  # reported, not asserted
     return d / "s.ome.tif", d / "s-labels.ome.tif", info
 
@@ -31,6 +33,13 @@ def _tile_hashes(path, level=0):
         lvl = tif.series[0].levels[level]
         a = lvl.asarray()
     return [hashlib.sha1(a[y:y + 512, x:x + 512].tobytes()).hexdigest() for y, x in ((0, 0), (512, 1024), (1536, 512))]
+
+
+def test_generation_reports_progress_from_0_to_1(small_slide):
+    seen = small_slide[2]["progress_seen"]
+    assert seen[0] == 0.0 and seen[-1] == 1.0
+    assert all(b >= a for a, b in zip(seen, seen[1:]))
+    assert len(seen) >= (SMALL // slide.TILE) ** 2  # at least once per tile: the bar moves all along
 
 
 def test_small_slide_is_deterministic(small_slide, tmp_path):
