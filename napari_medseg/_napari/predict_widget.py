@@ -404,7 +404,7 @@ class PredictWidget(QWidget):
             from ..inference import prediction_layer_data
 
             try:
-                layers = prediction_layer_data(self._out)
+                layers = self._opened = prediction_layer_data(self._out)
             except Exception as e:
                 log.debug("prediction not openable: %s", e)
                 layers = []

@@ -1,7 +1,7 @@
 """Keep Python's cyclic garbage collector from freezing the viewer while training or prediction runs.
 
 A full (generation 2) collection walks every object the process holds. With napari, Qt, torch, dask and
-MONAI loaded that is a few million objects: 0.25 s on the 2-core VM, during which every thread, the
+MONAI loaded that is about half a million tracked objects: 0.2-0.3 s on the 2-core VM, during which every thread, the
 viewer's main thread included, stops (the collector holds the GIL). Training and prediction allocate many
 short-lived objects, so such collections come every minute or so while they run, and each is one long
 stall of the viewer (``benchmarks/bench_ui_latency.py`` prints the collector's pauses per phase).
