@@ -32,12 +32,18 @@ def cache_dir() -> Path:
     return d
 
 
+def is_cached(names: Sequence[str]) -> bool:
+    """Whether every file of ``names`` is already in the cache (``ensure_files`` would not generate)."""
+    d = cache_dir()
+    return all((d / n).is_file() for n in names)
+
+
 def ensure_files(names: Sequence[str], generate: Callable[[list[Path]], None]) -> list[Path]:
     """The cached files ``names``; if any is missing, ``generate(tmp_paths)`` writes all of them to
     temporary paths (same folder, same suffixes) which are then renamed into place."""
     d = cache_dir()
     final = [d / n for n in names]
-    if all(p.is_file() for p in final):
+    if is_cached(names):
         return final
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = [d / f".tmp-{tag}-{n}" for n in names]

@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from ..io.classes import ClassSchema
 from ..io.source import ImageSource
-from .cache import cache_dir, ensure_files
+from .cache import ensure_files, is_cached
 
 logger = logging.getLogger(__name__)
 
@@ -346,7 +346,7 @@ _SLIDE_FILES = (f"sample-slide-v{VERSION}.ome.tif", f"sample-slide-v{VERSION}-la
 
 def sample_slide_cached() -> bool:
     """Whether the sample slide is already in the cache (else the next use generates it: 20-40 s)."""
-    return all((cache_dir() / n).is_file() for n in _SLIDE_FILES)
+    return is_cached(_SLIDE_FILES)
 
 
 def sample_slide_paths(progress: Callable[[float], None] | None = None) -> tuple[Path, Path]:
