@@ -83,25 +83,44 @@ def test_console_script_runs(args):
 
 @pytest.mark.slow
 def test_wheel_install_carries_manifest_and_validates(tmp_path):
-    """Build a wheel, install it (no deps) into a venv that sees the system packages, and validate the
-    manifest there: the napari.yaml symlink must become a real file in the wheel."""
+    """Build a wheel, install it (no deps) into a fresh venv, and validate the manifest there: the napari.yaml
+    symlink must become a real file in the wheel, and napari must find the plugin in the installed copy.
+
+    The venv borrows its dependencies (npe2, napari, ...) from the environment running the tests through a
+    ``.pth`` file, not through ``--system-site-packages``: that would expose the *base* interpreter's packages,
+    which a new machine does not have (a tox or other virtual environment holds them). The venv's own
+    site-packages come first on ``sys.path``, so the wheel's copy shadows the one under test."""
+    import sysconfig
+    import zipfile
+
     wheel_dir = tmp_path / "wheel"
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                           "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     wheel = next(wheel_dir.glob("napari_medseg-*.whl"))
-    import zipfile
-
     names = zipfile.ZipFile(wheel).namelist()
     assert "napari_medseg/napari.yaml" in names
     assert any(n.startswith("napari_medseg/sample_data/") and n.endswith(".json") for n in names), names
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    # the test environment's packages, after the venv's own
+    (Path(site) / "_medseg_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=600)
-    where = subprocess.run([str(py), "-c", "import napari_medseg; print(napari_medseg.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
-    assert str(venv) in where.stdout, where.stdout + where.stderr
+    probe = ("import importlib.metadata as md, napari_medseg\n"
+             "eps = [e for e in md.entry_points(group='napari.manifest') if e.name == 'napari-medseg']\n"
+             "print(napari_medseg.__file__)\n"
+             "print(eps[0].dist.locate_file(''))\n")
+    where = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert where.returncode == 0, where.stderr
+    module_file, dist_root = where.stdout.split("\n")[:2]
+    assert module_file.startswith(site), where.stdout  # the wheel's copy is the one imported ...
+    assert Path(dist_root).resolve() == Path(site).resolve(), where.stdout  # ... and the one napari discovers
+    installed_manifest = Path(site) / "napari_medseg" / "napari.yaml"
+    assert installed_manifest.is_file() and not installed_manifest.is_symlink()
+    assert yaml.safe_load(installed_manifest.read_text()) == _manifest()
     val = subprocess.run([str(py), "-m", "npe2", "validate", "napari-medseg"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
     assert val.returncode == 0 and "valid" in val.stdout.lower(), val.stdout + val.stderr

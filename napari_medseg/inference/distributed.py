@@ -14,11 +14,12 @@ this process with ``predictor.predict``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,30 @@ def make_client(workers: int | None = None, scheduler: str | None = None, thread
             return Client(scheduler, timeout="20s")
         except OSError as e:
             raise MedsegError(f"could not reach the Dask scheduler at {scheduler} ({e}); check the address") from e
-    cluster = LocalCluster(n_workers=max(1, int(workers or 1)), threads_per_worker=threads_per_worker,
-                           processes=processes, dashboard_address=None)
+    with kept_environ():
+        cluster = LocalCluster(n_workers=max(1, int(workers or 1)), threads_per_worker=threads_per_worker,
+                               processes=processes, dashboard_address=None)
     return Client(cluster)
+
+
+@contextlib.contextmanager
+def kept_environ() -> Iterator[None]:
+    """Undo, in this process, the variables a Dask nanny sets in ``os.environ`` to pass them to its worker
+    (``distributed.nanny.pre-spawn-environ``: OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, ... and PYTHONHASHSEED).
+    Left there, they would reach every later child of the viewer, e.g. a prediction process pinned to one
+    thread. A worker the nanny restarts later sets them again (distributed's behaviour)."""
+    import dask
+
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}) | {"PYTHONHASHSEED"}
+    before = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: Sequence[str | Path], *,

@@ -10,7 +10,7 @@ import pytest
 from infer_helpers import drain, small_unet, store_bytes, textured_rgb, zarr_source
 
 from napari_medseg.inference import BlockDone, PredictDone, PredictStart, PredictWarning, run_predict
-from napari_medseg.inference.distributed import predict_many
+from napari_medseg.inference.distributed import kept_environ, predict_many
 
 KW = dict(window=(64, 64), overlap=0.25, tissue_mask=False, device="cpu", block=(64, 64), write_probs="uint8")
 
@@ -49,8 +49,9 @@ def test_lost_worker_blocks_are_redone(tmp_path):
     model = small_unet()
     run_predict(src, model, tmp_path / "ref.zarr", **KW)
     out = tmp_path / "o.zarr"
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    # the nannies set OMP_NUM_THREADS etc. in this process (and again when the killed worker restarts)
+    with kept_environ(), LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cluster, Client(cluster) as client:
         gen = predict_many([src], model, [out], client=client, blocks_per_task=2, delay_s=1.0, **KW)
         events = []
         killed = None
@@ -69,3 +70,11 @@ def test_lost_worker_blocks_are_redone(tmp_path):
     assert done and not done[0].cancelled
     assert store_bytes(out) == store_bytes(tmp_path / "ref.zarr")
     _ = [e for e in events if isinstance(e, PredictWarning)]
+
+
+def test_the_environment_a_dask_nanny_sets_is_undone(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    with kept_environ():
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # what Nanny.start does to os.environ
+    assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "3"

@@ -82,22 +82,32 @@ def test_channels_last_gives_the_same_output(name, nd):
 @pytest.mark.parametrize("name, nd", case_params())
 def test_bfloat16_autocast_forward_and_backward(name, nd):
     cfg = small_config(name, nd)
+    torch.manual_seed(0)
     model = build_model(cfg).eval()
-    x = random_input(cfg)
+    # 3D (attention) U-Nets at 32^3 end in a 2x2x2 bottleneck, where torch 2.13's CPU bf16 convolution
+    # backward returns non-finite weight gradients now and then for the *same* seeded weights and input
+    # (13 of 300 and 23 of 200 repeats in one process; 0 of 600 at 48^3, whose bottleneck is 3x3x3): a backend
+    # fault of tiny inputs, not of the model. 48^3 keeps the check about the model.
+    size = 48 if (nd == 3 and name in ("unet", "attention_unet")) else None
+    x = random_input(cfg) if size is None else torch.randn(
+        (1, cfg.in_channels) + (size,) * 3, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = model(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = model(x)
     assert y.shape == ref.shape
     assert torch.isfinite(y).all()
-    # bf16 keeps ~3 significant digits: the logits agree to a few percent of their range
+    # bf16 keeps 8 bits of mantissa (~2-3 significant digits) and the error compounds over ~10-20 layers: the
+    # logits agree to a few percent of their range (0.1 leaves room for that, not for a wrong op)
     err = (y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)
     assert err < 0.1, f"bf16 logits differ by {float(err):.3f} of their range"
     model.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(x).float().square().mean()
     loss.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not missing and not bad, f"no gradient: {missing[:3]}; non-finite gradient: {bad[:3]}"
 
 
 @pytest.mark.parametrize("name, nd", case_params(slow_3d=("swin_unetr", "unetpp")))
