@@ -13,6 +13,12 @@ are summed in a fixed order (its own first, then the others' in raster order) an
 weights, as MONAI does. The sums therefore do not depend on which blocks a run processes: a resumed run,
 or a Dask task doing a share of the blocks, writes the very same bytes as one uninterrupted run.
 Crop blending writes each pixel from one window (weights 1 on its crop, 0 elsewhere).
+
+With a tissue mask (``pixel_mask``), a finished block is zeroed outside the mask (probabilities, extra
+map and ``covered``), so nothing is written on the glass: windows that touch tissue also reach over glass,
+and where a glass pixel's other windows were skipped it is covered only by such a window's edge (tiny
+Gaussian weight, the model's zero-padding artefacts), which the division by the summed weights would
+otherwise turn into a full-strength prediction along the window and block borders.
 """
 
 from __future__ import annotations
@@ -38,8 +44,9 @@ Key = tuple[int, ...]
 
 @dataclass
 class FinishedBlock:
-    """A complete block: ``probs`` (C, *spatial) float32 on the device, zero where no window was computed;
-    ``covered`` (*spatial) bool; ``extra`` (*spatial) float32 blended extra map (e.g. uncertainty) or None."""
+    """A complete block: ``probs`` (C, *spatial) float32 on the device, zero where no window was computed
+    and outside the tissue mask; ``covered`` (*spatial) bool (False there); ``extra`` (*spatial) float32
+    blended extra map (e.g. uncertainty) or None."""
 
     bidx: Key
     box: Box
@@ -62,8 +69,12 @@ class EngineStats:
 class BlockEngine:
     def __init__(self, plan: BlockPlan, reader: TileReader, runner: WindowRunner, norm: NormConfig,
                  n_classes: int, *, sigma_scale: float = 0.125,
-                 extra_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, prefetch_depth: int = 1) -> None:
+                 extra_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, prefetch_depth: int = 1,
+                 pixel_mask: Callable[[Box], Any] | None = None) -> None:
+        """``pixel_mask(box)``: the pixels of a block's box to keep (bool, the box's trailing YX shape,
+        numpy or torch), or None to keep all; everything else is written as 0 (not predicted)."""
         self.plan, self.reader, self.runner, self.norm = plan, reader, runner, norm
+        self.pixel_mask = pixel_mask
         self.grid, self.blocks = plan.grid, plan.blocks
         self.device = runner.device
         self.n_classes = n_classes
@@ -150,6 +161,14 @@ class BlockEngine:
         else:
             probs = acc[:n]
             extra = acc[n] if self.extra_fn is not None else None
+        keep = self.pixel_mask(bbox) if self.pixel_mask is not None else None
+        if keep is not None:
+            keep = torch.as_tensor(keep, dtype=torch.bool).to(self.device, non_blocking=True)
+            drop = ~keep
+            probs.masked_fill_(drop, 0.0)  # broadcast over classes (and Z)
+            if extra is not None:
+                extra.masked_fill_(drop, 0.0)
+            covered &= keep
         return FinishedBlock(b, bbox, probs, covered, extra)
 
     # -- input -------------------------------------------------------------------------------------------

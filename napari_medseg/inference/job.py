@@ -131,6 +131,14 @@ class Job:
         ds = self.source.level_downsample(self.level)
         return lambda box: self.tissue.any_tissue(box, ds)
 
+    def pixel_mask(self):
+        """The tissue mask at a block's pixels (``TissueMask.pixels``), or None without a mask: nothing is
+        written outside it."""
+        if self.tissue is None:
+            return None
+        ds = self.source.level_downsample(self.level)
+        return lambda box: self.tissue.pixels(box, ds)
+
     def plan(self, todo: list[tuple[int, ...]]) -> BlockPlan:
         return plan_blocks(self.grid, self.blocks, todo, self.keep_window())
 
@@ -144,7 +152,8 @@ class Job:
         squeeze = 0 if md < len(self.window) else None
         runner = WindowRunner(self.model.module, self.device, batch_size=self.batch_size, amp=self.amp, tta=self.tta,
                               model_dims=md, squeeze_axis=squeeze)
-        engine = BlockEngine(plan, reader, runner, self.norm, self.classes.n_classes, sigma_scale=self.sigma_scale)
+        engine = BlockEngine(plan, reader, runner, self.norm, self.classes.n_classes, sigma_scale=self.sigma_scale,
+                             pixel_mask=self.pixel_mask())
         try:
             for item in engine.run(cancel):
                 if isinstance(item, FinishedBlock):

@@ -4,11 +4,12 @@ Layout of ``OUT.zarr``::
 
     .zgroup, .zattrs                 {"napari_medseg": {"kind": "prediction", ...}}
     labels/.zattrs                   {"labels": ["prediction", "tissue"]}
-    labels/prediction/0, 1, ...      uint8 labels (0 = background or not predicted, k = class k), multiscale,
+    labels/prediction/0, 1, ...      uint8 labels (0 = background, not predicted or outside the tissue mask,
+                                     k = class k), multiscale,
                                      NGFF "image-label" colors = ClassSchema.prediction_colors()
     labels/tissue/0                  the tissue mask used (1 = tissue), when one was used
     probs/0, 1, ...                  optional class probabilities, axes CYX / CZYX, uint8 (p * 255), float16 or float32;
-                                     all zero where no window was computed
+                                     all zero where no window was computed and outside the tissue mask
     medseg/run.json                  the run manifest: format, job (source, model hash, settings), status
     medseg/journal/<block key>       one empty file per finished block (written after its chunks)
 

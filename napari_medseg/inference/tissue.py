@@ -12,7 +12,8 @@ is never read whole) and cleans the result with scikit-image:
 then removes objects and holes smaller than ``min_size`` mask pixels and dilates by ``dilate`` pixels.
 The mask is shown to the user as a labels layer (``TissueMask.to_source()``) and saved with the output.
 Axes: the mask is ``YX`` at its own ``level``/``downsample``; ``any_tissue`` answers for boxes in pixels
-of any pyramid level via an integral image.
+of any pyramid level via an integral image, and ``pixels`` gives the mask at a box's pixels (nearest
+upsampling): the predictor writes nothing (0) outside it.
 """
 
 from __future__ import annotations
@@ -70,6 +71,27 @@ class TissueMask:
             return False
         ii = self._ii()
         return bool(ii[a1, b1] - ii[a0, b1] - ii[a1, b0] + ii[a0, b0] > 0)
+
+    def pixels(self, box: Sequence[tuple[int, int]], level_downsample: Sequence[float]) -> np.ndarray | None:
+        """The mask at the pixels of the YX ``box`` (pixels of a level with ``level_downsample``), as a bool
+        array of the box's shape: nearest upsampling (each pixel takes the mask cell holding its centre;
+        pixels past the mask's extent are not tissue). ``None`` when the whole box is tissue. Costs one
+        gather of the box's size; the mask is never upsampled beyond the box.
+
+        Consistent with ``any_tissue``: every window (and block) holding a pixel marked here is computed,
+        so on these pixels the blend is complete (MONAI's)."""
+        (y0, y1), (x0, x1) = box[-2:]
+        fy = level_downsample[-2] / self.downsample[0]
+        fx = level_downsample[-1] / self.downsample[1]
+        h, w = self.mask.shape
+        iy = np.floor((np.arange(y0, y1, dtype=np.float64) + 0.5) * fy).astype(np.int64)
+        ix = np.floor((np.arange(x0, x1, dtype=np.float64) + 0.5) * fx).astype(np.int64)
+        vy, vx = iy < h, ix < w
+        if len(iy) and len(ix) and vy.all() and vx.all() and self.mask[iy[0]:iy[-1] + 1, ix[0]:ix[-1] + 1].all():
+            return None
+        out = self.mask[np.minimum(iy, h - 1)[:, None], np.minimum(ix, w - 1)[None, :]]
+        out &= vy[:, None] & vx[None, :]
+        return out
 
     def to_source(self, name: str = "tissue mask", unit: str = "micrometer") -> ImageSource:
         """The mask as a labels ``ImageSource`` (1 = tissue) placed over the slide by ``scale``."""
