@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     tw.batch_spin.setValue(batch)
     tw.steps_spin.setValue(steps)
     tw.budget_spin.setValue(0)
-    tw.mt_check.setChecked(not args.no_mean_teacher)
+    tw.semi_combo.setCurrentIndex(tw.semi_combo.findData("none" if args.no_mean_teacher else "mean_teacher"))
     tw.threads_spin.setValue(args.threads)
     tw.preview_check.setChecked(True)
     tw.out_edit.setText(str(tmp / "run"))

@@ -187,7 +187,7 @@ def main() -> None:
     res = {"sup": [], "mt": []}
     for rnd in range(2):
         for mode in ("sup", "mt"):
-            r = run(base.replace(mean_teacher=mode == "mt", seed=rnd), data, warmup)
+            r = run(base.replace(semi="mean_teacher" if mode == "mt" else "none", seed=rnd), data, warmup)
             res[mode].append(r)
             print(f"round {rnd} {mode}: {r['n'] / r['step_s']:.2f} steps/s, data wait "
                   f"{100 * r['wait_s'] / r['step_s']:.1f} %", flush=True)

@@ -166,7 +166,7 @@ def configure_train(tw: Any, args: argparse.Namespace, out: Path) -> None:
     tw.batch_spin.setValue(args.batch)
     tw.steps_spin.setValue(100_000)  # stopped by the script
     tw.budget_spin.setValue(0)
-    tw.mt_check.setChecked(True)
+    tw.semi_combo.setCurrentIndex(tw.semi_combo.findData("mean_teacher"))
     tw.threads_spin.setValue(args.threads)
     tw.preview_check.setChecked(True)
     tw.uncert_check.setChecked(False)

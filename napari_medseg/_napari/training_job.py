@@ -83,8 +83,8 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
     return TrainConfig(
         model=mcfg, patch_size=(int(settings.get("patch", 256)),), batch_size=int(settings.get("batch", 4)),
         lr=float(settings.get("lr", 1e-3)), steps=int(settings.get("steps", 2000)),
-        time_budget_s=budget if budget > 0 else None, mean_teacher=bool(settings.get("mean_teacher", True)),
-        consistency_weight=float(settings.get("mt_weight", 1.0)), device=device_name(settings.get("device", "")),
+        time_budget_s=budget if budget > 0 else None, semi=str(settings.get("semi", "none")),
+        eval_model="ema" if settings.get("ema") else "student", device=device_name(settings.get("device", "")),
         threads=int(settings.get("threads") or 1), checkpoint_dir=out, num_workers=1,
     )
 

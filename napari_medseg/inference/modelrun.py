@@ -73,7 +73,7 @@ def _first_weight(module: nn.Module) -> torch.Tensor | None:
 
 
 def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = None,
-                  classes: ClassSchema | None = None, teacher: bool = False, hash_weights: bool = True) -> LoadedModel:
+                  classes: ClassSchema | None = None, teacher: bool | None = None, hash_weights: bool = True) -> LoadedModel:
     """The model, its config, normalisation and classes (the checkpoint's, unless given explicitly)."""
     ckpt_path = None
     config = getattr(model, "medseg_config", None)

@@ -219,14 +219,22 @@ def _check_config_fits(ckpt: Checkpoint, path: str | os.PathLike) -> None:
             f"{', '.join(diff[:3])}); the file is damaged or was not written by napari-medseg.")
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", teacher: bool = False
+def predicts_with_average(ckpt: Checkpoint) -> bool:
+    """Whether the checkpoint's run chose to predict with its weight average (``eval_model="ema"``)."""
+    return ckpt.teacher_state_dict is not None and ckpt.meta.get("predict_with") in ("ema", "teacher")
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", teacher: bool | None = None
                ) -> tuple[nn.Module, Checkpoint]:
-    """Build the model a checkpoint describes and load its weights (the teacher's if asked and present)."""
+    """Build the model a checkpoint describes and load its weights: the weight average (``teacher_state_dict``)
+    when ``teacher`` is true, or when it is None and the run chose to predict with it; else the student."""
     from .registry import build_model
 
     ckpt = load_checkpoint(path)
     _check_config_fits(ckpt, path)
     model = build_model(ckpt.model_config)
+    if teacher is None:
+        teacher = predicts_with_average(ckpt)
     sd = ckpt.teacher_state_dict if (teacher and ckpt.teacher_state_dict is not None) else ckpt.state_dict
     load_state_dict_report(model, sd, strict=True)
     return model.to(device).eval(), ckpt

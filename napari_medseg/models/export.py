@@ -237,7 +237,7 @@ def _default_size(cfg, size: int | tuple[int, ...] | None) -> tuple[int, ...]:
 
 
 def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike | None = None,
-                      format: str = "onnx", size: int | tuple[int, ...] | None = None, teacher: bool = False,
+                      format: str = "onnx", size: int | tuple[int, ...] | None = None, teacher: bool | None = None,
                       opset: int = 17, atol: float = 1e-4, rtol: float = 1e-4, verify: bool = True) -> ExportResult:
     """Build the model a checkpoint describes, load its weights and export it, checked.
 
@@ -252,7 +252,10 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     fmt = _ALIASES.get(str(format).lower())
     if fmt is None:
         raise MedsegError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    model, ckpt = load_model(ckpt_path, device="cpu", teacher=teacher)
+    from .checkpoint import predicts_with_average
+
+    model, ckpt = load_model(ckpt_path, device="cpu", teacher=teacher)  # None: what the run predicts with
+    teacher = predicts_with_average(ckpt) if teacher is None else teacher
     sizes = _default_size(ckpt.model_config, size)
     out = Path(out_path) if out_path is not None else Path(ckpt_path).with_suffix(FORMATS[fmt])
     example = torch.randn(1, ckpt.model_config.in_channels, *sizes)

@@ -66,11 +66,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--steps", type=int)
     m.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long")
     m.add_argument("--lr", type=float)
+    m.add_argument("--semi", choices=("none", "pseudo_label", "mean_teacher"), default=None,
+                   help="also learn from the unpainted pixels: confidence-thresholded pseudo-labels or Mean Teacher "
+                        "consistency (default none: each costs a teacher forward pass and a quarter batch more per "
+                        "step, and neither has beaten supervised training at equal time on the project's "
+                        "benchmark; see docs/training.md)")
     m.add_argument("--mean-teacher", action=argparse.BooleanOptionalAction, default=None,
-                   help="Mean Teacher consistency on unlabelled data (default on)")
+                   help="same as --semi mean_teacher (--no-mean-teacher: --semi none)")
+    m.add_argument("--predict-with", choices=("student", "ema"), default=None,
+                   help="weights the checkpoints predict with: the last ones (default) or their running "
+                        "average (EMA, kept at no extra forward pass)")
     m.add_argument("--uncertainty-mask", action=argparse.BooleanOptionalAction, default=None,
                    help="mask the consistency by the teacher's uncertainty (UA-MT)")
-    m.add_argument("--consistency-weight", type=float)
+    m.add_argument("--consistency-weight", type=float, help="Mean Teacher's weight (default 0.1)")
+    m.add_argument("--pl-threshold", type=float, help="pseudo-labels: the confidence they need (default 0.9)")
     m.add_argument("--loss", choices=("ce_dice", "focal_dice", "ce"))
     m.add_argument("--level", type=int, help="pyramid level to train at")
     m.add_argument("--pixel-size", type=float, help="train at the level with this pixel size (overrides --level)")
@@ -107,7 +116,8 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
     model = model.replace(**mkw)
     kw: dict[str, Any] = {"model": model, "checkpoint_dir": str(Path(args.out))}
     for opt, field_ in (("patch_size", "patch_size"), ("batch_size", "batch_size"), ("steps", "steps"),
-                        ("time_budget", "time_budget_s"), ("lr", "lr"), ("mean_teacher", "mean_teacher"),
+                        ("time_budget", "time_budget_s"), ("lr", "lr"), ("semi", "semi"),
+                        ("predict_with", "eval_model"), ("pl_threshold", "pl_threshold"),
                         ("uncertainty_mask", "uncertainty_mask"), ("consistency_weight", "consistency_weight"),
                         ("loss", "loss"), ("level", "level"), ("pixel_size", "pixel_size"),
                         ("val_fraction", "val_fraction"), ("val_every", "val_every"), ("seed", "seed"),
@@ -115,8 +125,10 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
         v = getattr(args, opt)
         if v is not None:
             kw[field_] = v
+    if args.mean_teacher is not None and args.semi is None:
+        kw["semi"] = "mean_teacher" if args.mean_teacher else "none"
     if args.time_budget is not None and args.steps is None:
-        kw["steps"] = 10**9  # the time budget decides
+        kw["steps"] = 10**9  # the time budget decides (the schedule follows the elapsed share of it)
     return base.replace(**kw)
 
 

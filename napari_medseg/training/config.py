@@ -26,9 +26,13 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "norm": ("auto", "percentile", "range", "ct_window"),
     "lr_schedule": ("cosine", "constant", "poly"),
     "optimizer": ("adamw", "sgd"),
-    "eval_model": ("student", "teacher"),
-    "consistency_on": ("all", "unlabelled"),
+    "eval_model": ("student", "ema"),
+    "consistency_on": ("unpainted", "unlabelled", "all"),
+    "semi": ("none", "pseudo_label", "mean_teacher"),
+    "pl_teacher": ("ema", "self"),
 }
+# keys of older configs (checkpoints' ``train_config``) -> what they became; see ``TrainConfig.from_dict``
+LEGACY_KEYS = ("mean_teacher", "rampup_steps")
 
 # field -> (kind, nullable); kinds: int, float, bool, str, ints, floats2, model
 _KINDS: dict[str, tuple[str, bool]] = {}
@@ -40,7 +44,7 @@ class TrainConfig:
 
     model: ModelConfig = DEFAULT_MODEL
     patch_size: tuple[int, ...] | None = None  # YX or ZYX; None: 256 (2D) or 64 (3D) per axis
-    batch_size: int = 8  # patches per step (labelled + unlabelled with Mean Teacher)
+    batch_size: int = 8  # labelled patches per step (a semi-supervised method adds unlabelled ones)
     optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9, as in the UA-MT paper)
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -48,16 +52,26 @@ class TrainConfig:
     warmup_steps: int = 20
     steps: int = 500
     time_budget_s: float | None = None
-    mean_teacher: bool = True
-    consistency_weight: float = 1.0
-    rampup_steps: int = 200
-    ema_decay: float = 0.99
-    ema_warmup: bool = False  # decay min(ema_decay, 1 - 1/(step + 1)): the teacher follows closely at first
-    consistency_on: str = "all"  # "all" patches of the batch, or only the "unlabelled" ones
+    # semi-supervised learning from the unpainted pixels: "none" (default: no method has yet beaten plain
+    # supervised training on benchmarks/bench_semisup.py, see docs/training.md), "pseudo_label" or "mean_teacher"
+    semi: str = "none"
+    unlabelled_ratio: float = 0.25  # unlabelled patches *added* per labelled patch when semi is on
+    ema_decay: float = 0.99  # the weight EMA: the teacher, and what eval_model="ema" predicts with
+    ema_warmup: bool = True  # decay min(ema_decay, 1 - 1/(step + 1)): the EMA follows closely at first
+    pl_teacher: str = "ema"  # pseudo-labels from the weight EMA, or from the student itself ("self")
+    pl_threshold: float = 0.9  # top-class probability a pseudo-label needs
+    pl_weight: float = 1.0
+    pl_start: float = 0.2  # fraction of the run before pseudo-labels count; full weight at pl_full
+    pl_full: float = 0.4
+    pl_cutmix: float = 0.5  # probability per patch of a CutMix box from another patch of the batch
+    pl_class_balance: bool = True  # average the pseudo-label loss per pseudo-class
+    consistency_weight: float = 0.1  # Mean Teacher, as UA-MT / SSL4MIS
+    rampup: float = 1.0  # fraction of the run over which the consistency weight ramps up (sigmoid)
+    consistency_on: str = "unpainted"  # "unpainted" pixels of every patch, "unlabelled" patches, or "all"
+    teacher_noise: float = 0.0  # Gaussian noise std on the teacher's input (0: the weak view is the geometry)
     uncertainty_mask: bool = False
-    uncertainty_threshold: float = 0.75  # normalised entropy; ramps up to 1.0 with the consistency weight
+    uncertainty_threshold: float = 0.75  # normalised entropy; ramps up to 1.0 over the whole run
     uncertainty_samples: int = 4
-    unlabelled_ratio: float = 1.0  # unlabelled patches per labelled patch in a Mean Teacher batch
     loss: str = "ce_dice"
     focal_gamma: float = 2.0
     level: int = 0
@@ -73,13 +87,15 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_every: int = 100
     max_val_patches: int = 64
-    eval_model: str = "student"
+    eval_model: str = "student"  # predict with the "student" or its weight average ("ema")
     seed: int = 0
     checkpoint_dir: str | None = None
     num_workers: int = 2
     prefetch: int = 4
 
     def __post_init__(self) -> None:
+        if self.eval_model == "teacher":  # older name of the same weights
+            object.__setattr__(self, "eval_model", "ema")
         if isinstance(self.model, dict):
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         if not isinstance(self.model, ModelConfig):
@@ -105,11 +121,16 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise MedsegError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "ema_decay", "val_fraction", "consistency_weight", "unlabelled_ratio", "weight_decay",
-                     "warmup_steps", "rampup_steps", "level", "num_workers"):
+                     "warmup_steps", "rampup", "level", "num_workers", "pl_weight", "teacher_noise"):
             if getattr(self, name) < 0:
                 raise MedsegError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise MedsegError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("pl_threshold", "pl_start", "pl_full", "pl_cutmix", "rampup"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise MedsegError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.pl_full < self.pl_start:
+            raise MedsegError(f"pl_full ({self.pl_full}) must not come before pl_start ({self.pl_start})")
         if not 0 <= self.val_fraction < 1:
             raise MedsegError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
@@ -130,13 +151,18 @@ class TrainConfig:
                               f"give {spatial_dims} sizes or a single one")
         return tuple(p)
 
+    @property
+    def keeps_ema(self) -> bool:
+        """Whether the run keeps a weight EMA (a teacher, or the weights to predict with)."""
+        return self.semi == "mean_teacher" or self.eval_model == "ema" or (
+            self.semi == "pseudo_label" and self.pl_teacher == "ema")
+
     def split_batch(self) -> tuple[int, int]:
-        """(labelled, unlabelled) patches per step for this batch size."""
-        if not self.mean_teacher:
+        """(labelled, unlabelled) patches per step: ``batch_size`` labelled ones, plus, with a semi-supervised
+        method, ``unlabelled_ratio`` as many windows from anywhere (the labelled signal is never halved)."""
+        if self.semi == "none":
             return self.batch_size, 0
-        n_u = int(round(self.batch_size * self.unlabelled_ratio / (1.0 + self.unlabelled_ratio)))
-        n_u = min(n_u, self.batch_size - 1)
-        return self.batch_size - n_u, n_u
+        return self.batch_size, int(round(self.batch_size * self.unlabelled_ratio))
 
     def replace(self, **kw: Any) -> TrainConfig:
         return dataclasses.replace(self, **kw)
@@ -153,7 +179,7 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         if not isinstance(d, dict):
             raise MedsegError("a training config must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | set(LEGACY_KEYS)
         unknown = sorted(set(d) - known)
         if unknown:
             import difflib
@@ -162,7 +188,7 @@ class TrainConfig:
                      repr(k) for k in unknown]
             raise MedsegError(f"unknown training config keys: {', '.join(hints)}; the valid keys and their meaning "
                               "are in docs/training.md")
-        kw = dict(d)
+        kw = _upgrade(dict(d))
         if "model" in kw:
             kw["model"] = ModelConfig.from_dict(kw["model"]) if isinstance(kw["model"], dict) else kw["model"]
         return cls(**kw)
@@ -177,6 +203,21 @@ class TrainConfig:
         except json.JSONDecodeError as e:
             raise MedsegError(f"training config is not valid JSON: {e}") from e
         return cls.from_dict(d)
+
+
+def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
+    """An older config's keys in today's terms (checkpoints keep the config they were trained with)."""
+    if "mean_teacher" in d:
+        mt = d.pop("mean_teacher")
+        if not isinstance(mt, bool):
+            raise MedsegError(f"training config 'mean_teacher' must be true or false, got {mt!r}")
+        d.setdefault("semi", "mean_teacher" if mt else "none")
+    if "rampup_steps" in d:
+        r = d.pop("rampup_steps")
+        steps = d.get("steps", TrainConfig.steps)
+        if isinstance(r, int) and not isinstance(r, bool) and isinstance(steps, int) and steps > 0:
+            d.setdefault("rampup", min(1.0, max(0.0, r / steps)))
+    return d
 
 
 def _coerce(name: str, v: Any, kind: str, nullable: bool) -> Any:
@@ -230,4 +271,4 @@ for _f in dataclasses.fields(TrainConfig):
     _KINDS[_f.name] = ("bool" if isinstance(_d, bool) else "int" if isinstance(_d, int) else
                        "float" if isinstance(_d, float) else "str", False)
 
-__all__ = ["CHOICES", "DEFAULT_MODEL", "DEFAULT_PATCH", "TrainConfig", "field"]
+__all__ = ["CHOICES", "LEGACY_KEYS", "DEFAULT_MODEL", "DEFAULT_PATCH", "TrainConfig", "field"]

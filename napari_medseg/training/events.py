@@ -32,12 +32,14 @@ class StepEvent(TrainEvent):
     step: int
     loss: float
     loss_sup: float
-    loss_cons: float
-    cons_weight: float
+    loss_cons: float  # the semi-supervised term (pseudo-label CE or Mean Teacher consistency), 0 without
+    cons_weight: float  # its weight at this step
     lr: float
     batch_size: int
     step_time_s: float  # wall time of the whole step, data wait included
     data_wait_s: float  # time the step waited for the loader
+    progress: float = 0.0  # fraction of the run done (steps or time budget, whichever is further)
+    pl_mask_ratio: float | None = None  # pseudo-labels: share of unpainted pixels confident enough to count
 
 
 @dataclass
@@ -48,6 +50,8 @@ class ValidationEvent(TrainEvent):
     hd95: dict[str, float] | None = None  # per class, where dense masks exist (in physical units)
     dense_dice: dict[str, float] | None = None  # per class against dense masks, where they exist
     n_pixels: int = 0  # held-out painted pixels scored
+    pl_precision: float | None = None  # pseudo-labels: accuracy of the teacher's confident pixels on held-out paint
+    pl_coverage: float | None = None  # pseudo-labels: share of the held-out painted pixels that were confident
 
 
 @dataclass

@@ -22,14 +22,14 @@ import torch
 import torch.nn as nn
 
 from ..io.errors import MedsegError
-from ..models.checkpoint import Checkpoint, load_state_dict_report, save_checkpoint
+from ..models.checkpoint import Checkpoint, load_state_dict_report
 from ..models.config import ModelConfig
 from ..models.normalization import NormConfig
 from ..models.registry import build_model, check_input_size
-from .augment import Augmenter
 from .config import TrainConfig
 from .data import TrainingData
 from .devices import DeviceSetup, free_memory, is_oom, select_device
+from .ema import WeightEMA
 from .events import (
     CheckpointEvent,
     DoneEvent,
@@ -41,11 +41,9 @@ from .events import (
     ValidationEvent,
     WarningEvent,
 )
-from .losses import SparseSegLoss, consistency_loss
-from .mean_teacher import MeanTeacher
-from .metrics import confusion, dense_scores, dice_from_confusion
-from .prefetch import Prefetcher, to_tensors
+from .prefetch import Prefetcher
 from .rounds import check_architecture, resolve_init, run_dir
+from .run_state import Run, run_progress
 from .sampler import PatchSampler
 
 log = logging.getLogger(__name__)
@@ -84,20 +82,6 @@ def resolve_norm(cfg: TrainConfig, data: TrainingData, sampler: PatchSampler) ->
     return NormConfig.from_percentiles(sample, channel_axis=0), warnings
 
 
-def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        if cfg.lr_schedule == "constant":
-            return 1.0
-        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-        if cfg.lr_schedule == "poly":
-            return max(0.0, 1.0 - t) ** 0.9
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
-
-    return f
-
-
 def _fit_model_config(cfg: TrainConfig, data: TrainingData) -> ModelConfig:
     m = cfg.model
     fit = m.replace(in_channels=data.n_channels, out_channels=data.classes.n_classes)
@@ -109,159 +93,13 @@ def _fit_model_config(cfg: TrainConfig, data: TrainingData) -> ModelConfig:
     return fit
 
 
-class _Run:
-    """State of one run (kept out of the generator body to keep it readable)."""
-
-    def __init__(self, cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, model_cfg: ModelConfig,
-                 sampler: PatchSampler, norm: NormConfig, model: nn.Module, mt: MeanTeacher | None,
-                 out_dir: Path, round_: int) -> None:
-        self.cfg, self.data, self.setup, self.model_cfg = cfg, data, setup, model_cfg
-        self.sampler, self.norm, self.model, self.mt = sampler, norm, model, mt
-        self.out_dir, self.round = out_dir, round_
-        self.dims = model_cfg.spatial_dims
-        self.mf = setup.memory_format(self.dims)
-        self.dev = setup.device
-        if cfg.optimizer == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
-                                                              weight_decay=cfg.weight_decay)
-        else:
-            self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, _lr_lambda(cfg))
-        self.scaler = torch.amp.GradScaler(self.dev.type) if setup.use_scaler else None
-        self.loss_fn = SparseSegLoss(cfg.loss, cfg.focal_gamma)
-        self.aug = Augmenter(self.dims, self.dev, seed=cfg.seed, elastic=cfg.elastic, enabled=cfg.augment)
-        self.n_l, self.n_u = cfg.split_batch()
-        self.last_val: dict[str, Any] = {}
-        self.best_val = -math.inf
-
-    def make_batch(self, index: int) -> dict[str, torch.Tensor]:
-        return to_tensors(self.sampler.batch(index, self.n_l, self.n_u), pin=self.dev.type == "cuda")
-
-    def step(self, batch: dict[str, torch.Tensor], step: int) -> tuple[float, float, float, float]:
-        dev = self.dev
-        x = batch["x_l"].to(dev, non_blocking=True)
-        y = batch["y_l"].to(dev, non_blocking=True)
-        n_l = x.shape[0]
-        if "x_u" in batch:
-            xu = batch["x_u"].to(dev, non_blocking=True)
-            x = torch.cat([x, xu])
-            y = torch.cat([y, torch.zeros((xu.shape[0], *y.shape[1:]), dtype=y.dtype, device=dev)])
-        if _fault_hook is not None:
-            _fault_hook(step)
-        x = self.norm.apply(x)
-        xg, yg = self.aug.geometric(x, y)
-        xs = self.aug.photometric(xg, "strong").contiguous(memory_format=self.mf)
-        with self.setup.autocast():
-            logits = self.model(xs)
-        sup = self.loss_fn(logits[:n_l], yg[:n_l])
-        w = 0.0
-        cons = torch.zeros((), device=dev)
-        first = n_l if self.cfg.consistency_on == "unlabelled" else 0
-        if self.mt is not None and xg.shape[0] > first:
-            with self.setup.autocast():
-                probs, mask = self.mt.targets(xg[first:].contiguous(memory_format=self.mf), step)
-            w = self.mt.cons_weight(step)
-            cons = consistency_loss(logits[first:], probs, mask)
-        total = sup + w * cons
-        t, s, c = torch.stack([total.detach(), sup.detach(), cons.detach()]).float().tolist()
-        self.opt.zero_grad(set_to_none=True)
-        if not math.isfinite(t):  # skip the update: one bad batch must not ruin the weights
-            return t, s, c, w
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            total.backward()
-            self.opt.step()
-        self.sched.step()
-        if self.mt is not None:
-            self.mt.update(self.model, step)
-        return t, s, c, w
-
-    def halve_batch(self) -> str:
-        total = self.n_l + self.n_u
-        if total <= 1:
-            raise MedsegError("out of memory even with one patch per step; choose a smaller patch size or model, "
-                              "or train on the CPU")
-        new = max(1, total // 2)
-        n_u = int(round(new * self.n_u / total)) if self.n_u else 0
-        n_u = min(n_u, new - 1)
-        old = (self.n_l, self.n_u)
-        self.n_l, self.n_u = new - n_u, n_u
-        return (f"out of memory with {total} patches per step ({old[0]} labelled + {old[1]} unlabelled); "
-                f"continuing with {new} ({self.n_l} + {self.n_u})")
-
-    def eval_model(self) -> nn.Module:
-        return self.mt.module if (self.mt is not None and self.cfg.eval_model == "teacher") else self.model
-
-    def validate(self, step: int, stop: threading.Event | None) -> ValidationEvent | None:
-        patches = self.sampler.validation_patches()
-        if not patches:
-            return None
-        model = self.eval_model()
-        was = model.training
-        model.eval()
-        k = self.model_cfg.out_channels
-        conf = torch.zeros(k, k, dtype=torch.long)
-        dense: list[tuple[list[float], list[float]]] = []
-        bs = max(1, self.n_l + self.n_u)
-        try:
-            with torch.inference_mode(), self.setup.autocast():
-                for i in range(0, len(patches), bs):
-                    if stop is not None and stop.is_set():
-                        return None
-                    chunk = patches[i:i + bs]
-                    x = torch.from_numpy(np.stack([p.image for p in chunk])).to(self.dev)
-                    x = self.norm.apply(x).contiguous(memory_format=self.mf)
-                    pred = model(x).argmax(1).cpu()
-                    for p, pr in zip(chunk, pred):
-                        conf += confusion(pr, torch.from_numpy(p.labels), k)
-                        if p.dense is not None:
-                            dense.append(dense_scores(pr.numpy(), p.dense, k, p.spacing))
-        finally:
-            model.train(was)
-        names = self.data.classes.names
-        dice = dict(zip(names, dice_from_confusion(conf)))
-        fg = [v for n, v in list(dice.items())[1:] if not math.isnan(v)]
-        mean = float(sum(fg) / len(fg)) if fg else float(dice[names[0]])
-        hd95 = dense_dice = None
-        if dense:
-            def avg(j: int, c: int) -> float:
-                vals = [d[j][c] for d in dense if not math.isnan(d[j][c])]
-                return float(sum(vals) / len(vals)) if vals else math.nan
-
-            dense_dice = {n: avg(0, c) for c, n in enumerate(names[1:])}
-            hd95 = {n: avg(1, c) for c, n in enumerate(names[1:])}
-        ev = ValidationEvent(step, dice, mean, hd95, dense_dice, int(conf.sum()))
-        self.last_val = {"val_dice": dice, "mean_dice": mean, "hd95": hd95, "val_step": step}
-        return ev
-
-    def save(self, kind: str, step: int) -> str:
-        cfg, s = self.cfg, self.sampler
-        v0 = s.views[s.labelled_items[0]]
-        src = v0.item.image
-        meta = {
-            "round": self.round, "step": step, "kind": kind, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "patch_size": list(cfg.patch_for(self.dims)), "spatial_dims": self.dims, "slice_wise": s.squeeze,
-            "level": v0.level, "pixel_size": list(v0.spacing), "level0_pixel_size": list(src.pixel_size),
-            "unit": src.unit, "axes": src.axes, "modality": src.modality, "rgb": src.rgb,
-            "mean_teacher": self.mt is not None, "predict_with": cfg.eval_model if self.mt is not None else "student",
-            "val_seed": s.val_seed, "val_block": list(s.val_block), "n_val_pixels_blocks": s.n_val_blocks,
-            "train_config": cfg.to_dict(), **self.last_val,
-        }
-        ck = Checkpoint(model_config=self.model_cfg, state_dict=self.model.state_dict(), classes=self.data.classes,
-                        norm=self.norm, meta=meta,
-                        teacher_state_dict=None if self.mt is None else self.mt.module.state_dict())
-        return str(save_checkpoint(self.out_dir / f"{kind}.pt", ck))
-
-
-def _preview(run: _Run, hook: PreviewHook, step: int) -> tuple[Any, str | None]:
+def _preview(run: Run, hook: PreviewHook, step: int) -> tuple[Any, str | None]:
     model = run.model
     model.eval()
     try:
         with torch.inference_mode():
-            return hook(model, None if run.mt is None else run.mt.module, step), None
+            average = run.eval_model() if run.eval_model() is not model else None
+            return hook(model, average, step), None
     except Exception as e:  # a failing preview must not end the run
         log.exception("preview failed")
         return None, f"live preview failed ({type(e).__name__}: {e}); training goes on"
@@ -324,17 +162,16 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                             f"(e.g. {(report.shape_mismatch + report.missing + report.unexpected)[:2]}); "
                             "the rest starts fresh")
     model = model.to(setup.device).to(memory_format=setup.memory_format(model_cfg.spatial_dims)).train()
-    mt = None
-    if cfg.mean_teacher:
-        mt = MeanTeacher(model, cfg.ema_decay, cfg.consistency_weight, cfg.rampup_steps, cfg.uncertainty_mask,
-                         cfg.uncertainty_threshold, cfg.uncertainty_samples, warmup=cfg.ema_warmup)
+    ema = None
+    if cfg.keeps_ema:
+        ema = WeightEMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
         if iw is not None and iw.teacher_state_dict is not None and report is not None and not report.shape_mismatch:
             try:
-                mt.load_state_dict(iw.teacher_state_dict)
+                ema.load_state_dict(iw.teacher_state_dict)
             except RuntimeError:
-                log.info("checkpoint teacher does not fit; the teacher starts as a copy of the student")
+                log.info("checkpoint teacher does not fit; the weight average starts as a copy of the student")
     out_dir = run_dir(cfg.checkpoint_dir)
-    run = _Run(cfg, data, setup, model_cfg, sampler, norm, model, mt, out_dir, (iw.round if iw else 0) + 1)
+    run = Run(cfg, data, setup, model_cfg, sampler, norm, model, ema, out_dir, (iw.round if iw else 0) + 1)
     n_params = sum(p.numel() for p in model.parameters())
     val_patches = sampler.validation_patches()
     yield StartEvent(
@@ -364,8 +201,11 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                 break
             t0 = time.perf_counter()
             batch, wait = loader.get()
+            progress = run_progress(cfg, step, t0 - t_loop)
             try:
-                loss, sup, cons, w = run.step(batch, step)
+                if _fault_hook is not None:
+                    _fault_hook(step)
+                loss, sup, cons, w, ratio = run.step(batch, step, progress)
             except Exception as e:
                 if not is_oom(e):
                     raise
@@ -386,8 +226,9 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                 continue
             bad_steps = 0
             step += 1
-            ev = StepEvent(step, loss, sup, cons, w, run.sched.get_last_lr()[0], run.n_l + run.n_u,
-                           time.perf_counter() - t0, wait)
+            now = time.perf_counter()
+            ev = StepEvent(step, loss, sup, cons, w, run.lr_now, run.n_l + run.n_u, now - t0, wait,
+                           run_progress(cfg, step, now - t_loop), ratio)
             history.append({"event": "step", **ev.__dict__})
             yield ev
             if preview_hook is not None and time.perf_counter() - last_preview >= preview_every_s:
@@ -432,10 +273,10 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     yield DoneEvent(reason, last_path, best_path, step)  # type: ignore[arg-type]
     model.eval()
     return TrainResult(reason, step, last_path, best_path, None if best == -math.inf else best, model,
-                       None if mt is None else mt.module, norm, history, time.perf_counter() - t_start)
+                       None if ema is None else ema.module, norm, history, time.perf_counter() - t_start)
 
 
-def _validate_and_save(run: _Run, step: int, stop: threading.Event | None, history: list[dict[str, Any]],
+def _validate_and_save(run: Run, step: int, stop: threading.Event | None, history: list[dict[str, Any]],
                        validate: bool = True) -> Generator[TrainEvent, None, None]:
     ev = None
     if validate:

@@ -244,7 +244,7 @@ def full_disk_checkpoint(root: Path) -> dict[str, Any]:
 def full_disk_training(root: Path) -> dict[str, Any]:
     """``napari-medseg train`` whose disk fills up after its first checkpoints: exit status 2 with one clear
     line, and the last checkpoint written before is intact."""
-    from napari_medseg.training import loop
+    from napari_medseg.training import run_state as loop  # where checkpoints are written
 
     data = write_pairs(root / "data")
     with _disk(2048) as fs:

@@ -51,7 +51,7 @@ def blob_data(shape: tuple[int, ...] = (96, 96), n_items: int = 1, fraction: flo
 def tiny_cfg(tmp_path, dims: int = 2, **kw) -> TrainConfig:
     base = dict(model=TINY_2D if dims == 2 else TINY_3D, patch_size=(32,) if dims == 2 else (16,), batch_size=4,
                 steps=6, val_every=3, checkpoint_dir=str(tmp_path / "ck"), num_workers=1, prefetch=2,
-                rampup_steps=4, warmup_steps=2)
+                warmup_steps=2)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -9,7 +9,7 @@ from napari_medseg.training import TrainConfig
 
 def test_json_round_trip_keeps_nested_model():
     cfg = TrainConfig(model=ModelConfig(name="unet", spatial_dims=3, channels=(8, 16)), patch_size=(32, 64, 64),
-                      time_budget_s=12.5, mean_teacher=False, ct_window=(50, 350), threads=1)
+                      time_budget_s=12.5, semi="pseudo_label", ct_window=(50, 350), threads=1)
     back = TrainConfig.from_json(cfg.to_json())
     assert back == cfg
     assert isinstance(back.model, ModelConfig) and back.model.channels == (8, 16)
@@ -23,7 +23,7 @@ def test_unknown_key_is_named():
         TrainConfig.from_dict(d)
 
 
-@pytest.mark.parametrize("key,value", [("batch_size", "8"), ("mean_teacher", 1), ("lr", "fast"),
+@pytest.mark.parametrize("key,value", [("batch_size", "8"), ("mean_teacher", 1), ("semi", True), ("lr", "fast"),
                                        ("patch_size", [64, "a"]), ("steps", 1.5), ("ct_window", [1])])
 def test_wrong_types_are_named(key, value):
     d = TrainConfig().to_dict()
@@ -48,6 +48,34 @@ def test_patch_and_batch_split():
     assert TrainConfig().patch_for(3) == (64, 64, 64)
     with pytest.raises(MedsegError, match="3D"):
         TrainConfig(patch_size=(64, 64)).patch_for(3)
-    assert TrainConfig(batch_size=8, mean_teacher=True, unlabelled_ratio=1.0).split_batch() == (4, 4)
-    assert TrainConfig(batch_size=8, mean_teacher=False).split_batch() == (8, 0)
-    assert TrainConfig(batch_size=1, mean_teacher=True).split_batch() == (1, 0)
+    # a semi-supervised method adds unlabelled windows: the labelled batch is never halved
+    assert TrainConfig(batch_size=8, semi="mean_teacher", unlabelled_ratio=1.0).split_batch() == (8, 8)
+    assert TrainConfig(batch_size=8, semi="pseudo_label").split_batch() == (8, 2)
+    assert TrainConfig(batch_size=8).split_batch() == (8, 0)
+    assert TrainConfig(batch_size=1, semi="mean_teacher", unlabelled_ratio=0.0).split_batch() == (1, 0)
+
+
+def test_semi_supervised_learning_is_off_by_default():
+    """Defaults must help: no method has beaten supervised training at equal time on bench_semisup.py."""
+    cfg = TrainConfig()
+    assert cfg.semi == "none" and cfg.split_batch() == (cfg.batch_size, 0) and not cfg.keeps_ema
+    assert cfg.eval_model == "student"
+
+
+def test_older_configs_are_read_in_todays_terms():
+    """A checkpoint's train_config from before ``semi`` (mean_teacher, rampup_steps, eval_model=teacher)."""
+    old = TrainConfig().to_dict()
+    for k in ("semi", "rampup"):
+        old.pop(k)
+    old.update(mean_teacher=True, rampup_steps=200, steps=400, eval_model="teacher")
+    cfg = TrainConfig.from_dict(old)
+    assert cfg.semi == "mean_teacher" and cfg.rampup == pytest.approx(0.5) and cfg.eval_model == "ema"
+    assert TrainConfig.from_dict({"mean_teacher": False}).semi == "none"
+
+
+@pytest.mark.parametrize("kw,word", [(dict(pl_threshold=1.5), "pl_threshold"), (dict(pl_start=0.5, pl_full=0.2),
+                                     "pl_full"), (dict(semi="fixmatch"), "semi"), (dict(eval_model="best"),
+                                     "eval_model"), (dict(rampup=-0.1), "rampup"), (dict(pl_cutmix=2.0), "pl_cutmix")])
+def test_semi_supervised_options_are_checked(kw, word):
+    with pytest.raises(MedsegError, match=word):
+        TrainConfig(**kw)

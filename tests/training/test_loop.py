@@ -24,15 +24,16 @@ from ._synth import blob_data, events_of, tiny_cfg
 
 def test_events_checkpoints_and_meta(tmp_path):
     data = blob_data((96, 96), n_items=2, unlabelled=1, dense=True, fraction=0.05)
-    cfg = tiny_cfg(tmp_path, steps=6, val_every=3, val_fraction=0.3)
+    cfg = tiny_cfg(tmp_path, steps=6, val_every=3, val_fraction=0.3, semi="mean_teacher", unlabelled_ratio=0.5)
     events, result = events_of(train(cfg, data))
     assert isinstance(events[0], StartEvent) and isinstance(events[-1], DoneEvent)
     start = events[0]
-    assert start.n_labelled == 2 and start.n_unlabelled == 1 and start.batch == (2, 2) and start.norm is not None
+    assert start.n_labelled == 2 and start.n_unlabelled == 1 and start.batch == (4, 2) and start.norm is not None
     steps = [e for e in events if isinstance(e, StepEvent)]
     assert [e.step for e in steps] == list(range(1, 7))
-    assert all(np.isfinite(e.loss) and e.batch_size == 4 and e.data_wait_s >= 0 for e in steps)
+    assert all(np.isfinite(e.loss) and e.batch_size == 6 and e.data_wait_s >= 0 for e in steps)
     assert steps[-1].cons_weight > steps[0].cons_weight > 0
+    assert [e.progress for e in steps] == pytest.approx([i / 6 for i in range(1, 7)])
     vals = [e for e in events if isinstance(e, ValidationEvent)]
     assert [v.step for v in vals] == [3, 6]
     assert set(vals[0].dice_per_class) == {"background", "foreground"} and vals[0].hd95 is not None
@@ -47,6 +48,7 @@ def test_events_checkpoints_and_meta(tmp_path):
         assert key in ck.meta, key
     assert ck.meta["round"] == 1 and ck.meta["axes"] == "YX" and ck.norm == start.norm
     assert ck.teacher_state_dict is not None and ck.classes == data.classes
+    assert ck.meta["semi"] == "mean_teacher" and ck.meta["predict_with"] == "student"
     model, _ = load_model(done.best_checkpoint)
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
 
@@ -103,11 +105,11 @@ def test_preview_hook_runs_in_eval_and_inference_mode(tmp_path):
         seen.append((model.training, torch.is_inference_mode_enabled(), teacher is not None, step))
         return {"step": step}
 
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=4, val_every=2), blob_data((96, 96), fraction=0.1),
-                                  preview_hook=hook, preview_every_s=0.0))
+    events, res = events_of(train(tiny_cfg(tmp_path, steps=4, val_every=2, eval_model="ema"),
+                                  blob_data((96, 96), fraction=0.1), preview_hook=hook, preview_every_s=0.0))
     previews = [e for e in events if isinstance(e, PreviewEvent)]
     assert previews and previews[0].payload == {"step": previews[0].step}
-    assert all(s[0] is False and s[1] and s[2] for s in seen)
+    assert all(s[0] is False and s[1] and s[2] for s in seen)  # the preview is given the weights predicted with
     assert res.model is not None
 
 
@@ -128,15 +130,23 @@ def test_rounds_continue_from_the_checkpoint(tmp_path):
     assert ev3[0].init_report.startswith(f"{len(ck1.state_dict)} matched")
 
 
-@pytest.mark.parametrize("kw", [dict(uncertainty_mask=True, uncertainty_samples=2), dict(mean_teacher=False),
-                                dict(loss="focal_dice", eval_model="teacher", optimizer="sgd", lr_schedule="poly"),
-                                dict(consistency_on="unlabelled", ema_warmup=True)])
+@pytest.mark.parametrize("kw", [dict(semi="mean_teacher", uncertainty_mask=True, uncertainty_samples=2,
+                                     teacher_noise=0.05), dict(semi="none"),
+                                dict(semi="mean_teacher", loss="focal_dice", eval_model="teacher", optimizer="sgd",
+                                     lr_schedule="poly"),
+                                dict(semi="mean_teacher", consistency_on="unlabelled", ema_warmup=False),
+                                dict(semi="pseudo_label", pl_start=0.0, pl_full=0.0, pl_threshold=0.0),
+                                dict(semi="pseudo_label", pl_teacher="self", pl_cutmix=0.0, pl_class_balance=False,
+                                     pl_start=0.0, pl_full=0.0, pl_threshold=0.0)])
 def test_variants_run(tmp_path, kw):
     events, res = events_of(train(tiny_cfg(tmp_path, steps=3, **kw), blob_data(fraction=0.1)))
     steps = [e for e in events if isinstance(e, StepEvent)]
     assert len(steps) == 3 and all(np.isfinite(e.loss) for e in steps)
-    if kw.get("mean_teacher") is False:
+    if kw.get("semi") == "none":
         assert res.teacher is None and all(e.loss_cons == 0 for e in steps)
+    if kw.get("semi") == "pseudo_label":  # threshold 0: every unpainted pixel gets a pseudo-label
+        assert all(e.pl_mask_ratio == pytest.approx(1.0) and e.loss_cons > 0 for e in steps)
+        assert (res.teacher is None) == (kw.get("pl_teacher") == "self")
 
 
 def test_3d_and_slice_wise(tmp_path):
@@ -175,7 +185,7 @@ def test_a_non_finite_loss_skips_the_step(tmp_path, monkeypatch):
         return out * float("nan") if len(calls) == 2 else out
 
     monkeypatch.setattr(SparseSegLoss, "forward", flaky)
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=3, mean_teacher=False), blob_data()))
+    events, res = events_of(train(tiny_cfg(tmp_path, steps=3), blob_data()))
     assert any("skipped" in e.message for e in events if isinstance(e, WarningEvent))
     assert res.steps == 3 and all(torch.isfinite(p).all() for p in res.model.parameters())
 
@@ -196,10 +206,64 @@ def test_consistency_on_unlabelled_patches_only(tmp_path, monkeypatch):
 
     seen: list[int] = []
     orig = MeanTeacher.targets
-    monkeypatch.setattr(MeanTeacher, "targets", lambda self, x, step: (seen.append(x.shape[0]), orig(self, x, step))[1])
-    cfg = tiny_cfg(tmp_path, steps=2, batch_size=4, consistency_on="unlabelled")
+    monkeypatch.setattr(MeanTeacher, "targets", lambda self, x, p: (seen.append(x.shape[0]), orig(self, x, p))[1])
+    cfg = tiny_cfg(tmp_path, steps=2, batch_size=2, semi="mean_teacher", unlabelled_ratio=1.0,
+                   consistency_on="unlabelled")
     events_of(train(cfg, blob_data(fraction=0.1)))
     assert seen == [2, 2]  # the teacher sees the 2 unlabelled patches of each 2 + 2 batch
     seen.clear()
     events_of(train(cfg.replace(consistency_on="all", checkpoint_dir=str(tmp_path / "all")), blob_data(fraction=0.1)))
     assert seen == [4, 4]
+
+
+
+def test_the_schedule_follows_the_time_budget():
+    """A run ended by its time budget anneals like one ended by its steps (it trained at the peak rate to the
+    end when --time-budget set steps to 10**9)."""
+    from napari_medseg.training import TrainConfig
+    from napari_medseg.training.run_state import lr_factor, run_progress
+
+    cfg = TrainConfig(steps=10**9, time_budget_s=100.0, warmup_steps=5)
+    assert run_progress(cfg, 50, 25.0) == pytest.approx(0.25)
+    assert run_progress(cfg, 50, 250.0) == 1.0
+    assert lr_factor(cfg, 2, 0.0) == pytest.approx(3 / 5)  # warm-up by steps
+    late = [lr_factor(cfg, 1000, run_progress(cfg, 1000, t)) for t in (10.0, 50.0, 99.0)]
+    assert late == sorted(late, reverse=True) and late[0] > 0.9 and late[-1] < 0.06
+    by_steps = TrainConfig(steps=200)
+    assert lr_factor(by_steps, 150, run_progress(by_steps, 150, 1e6)) == pytest.approx(
+        lr_factor(by_steps, 150, 0.75))  # no budget: steps alone decide
+
+
+def test_time_budgeted_run_reaches_a_low_learning_rate(tmp_path):
+    events, res = events_of(train(tiny_cfg(tmp_path, steps=10**9, time_budget_s=2.0, val_every=10**6,
+                                           warmup_steps=1), blob_data()))
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert events[-1].reason == "time" and len(steps) >= 3
+    assert steps[-1].progress > 0.5 and steps[-1].lr < 0.6 * steps[0].lr
+    assert [e.progress for e in steps] == sorted(e.progress for e in steps)
+
+
+def test_prediction_uses_the_weight_average_when_asked(tmp_path):
+    from napari_medseg.models.checkpoint import load_checkpoint
+
+    data = blob_data(fraction=0.1)
+    _, res = events_of(train(tiny_cfg(tmp_path, steps=4, eval_model="ema", val_every=10**6), data))
+    ck = load_checkpoint(res.last_checkpoint)
+    assert ck.meta["predict_with"] == "ema" and ck.teacher_state_dict is not None
+    model, _ = load_model(res.last_checkpoint)  # follows the run's choice
+    student, _ = load_model(res.last_checkpoint, teacher=False)
+    name = next(iter(ck.state_dict))
+    assert torch.equal(model.state_dict()[name], ck.teacher_state_dict[name])
+    assert not torch.equal(model.state_dict()[name], student.state_dict()[name])
+    _, plain = events_of(train(tiny_cfg(tmp_path / "plain", steps=2, val_every=10**6), data))
+    assert load_checkpoint(plain.last_checkpoint).teacher_state_dict is None  # nothing kept when not asked
+
+
+def test_pseudo_label_precision_is_reported_at_validation(tmp_path):
+    data = blob_data((96, 96), n_items=2, fraction=0.1)
+    events, _ = events_of(train(tiny_cfg(tmp_path, steps=4, val_every=2, val_fraction=0.3, semi="pseudo_label",
+                                         pl_threshold=0.0), data))
+    vals = [e for e in events if isinstance(e, ValidationEvent)]
+    assert vals and all(v.pl_coverage == pytest.approx(1.0) and 0.0 <= v.pl_precision <= 1.0 for v in vals)
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert steps[0].cons_weight == 0.0 and steps[-1].cons_weight == 1.0  # ramps in at 20-40 % of the run

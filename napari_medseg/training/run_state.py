@@ -1,0 +1,263 @@
+"""One training run's state and its step: optimiser, learning rate, augmentation, the weight EMA, the
+semi-supervised term (pseudo-labels or Mean Teacher), validation and checkpoints. ``loop.train`` drives it.
+
+Patches are ``(N, C, *P)``; labels ``(N, *P)`` label-store values (0 = not painted).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..io.errors import MedsegError
+from ..models.checkpoint import Checkpoint, save_checkpoint
+from ..models.config import ModelConfig
+from ..models.normalization import NormConfig
+from .augment import Augmenter
+from .config import TrainConfig
+from .data import TrainingData
+from .devices import DeviceSetup
+from .ema import WeightEMA
+from .events import ValidationEvent
+from .losses import SparseSegLoss, consistency_loss, store_to_target
+from .mean_teacher import MeanTeacher
+from .metrics import confusion, dense_scores, dice_from_confusion
+from .prefetch import to_tensors
+from .pseudo_label import apply_cutmix, cutmix_boxes, pl_weight, pseudo_label_loss, teacher_targets
+from .sampler import PatchSampler
+
+log = logging.getLogger(__name__)
+
+def lr_factor(cfg: TrainConfig, step: int, progress: float) -> float:
+    """The learning rate's multiplier at ``step`` (0-based) once ``progress`` of the run is done: a linear
+    warm-up over ``warmup_steps`` steps, then the schedule over the run's progress, so that a run ended by its
+    time budget anneals as fully as one ended by its step count."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    t = min(1.0, max(0.0, progress))
+    if cfg.lr_schedule == "poly":
+        return max(0.0, 1.0 - t) ** 0.9
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def run_progress(cfg: TrainConfig, step: int, elapsed_s: float) -> float:
+    """Fraction of the run done after ``step`` steps and ``elapsed_s`` seconds of training: steps or time
+    budget, whichever is further, in [0, 1]. Learning rate, ramp-ups and thresholds all follow it."""
+    p = step / cfg.steps
+    if cfg.time_budget_s:
+        p = max(p, elapsed_s / cfg.time_budget_s)
+    return min(1.0, max(0.0, p))
+
+
+class Run:
+    """State of one run (kept out of the generator body to keep it readable)."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, model_cfg: ModelConfig,
+                 sampler: PatchSampler, norm: NormConfig, model: nn.Module, ema: WeightEMA | None,
+                 out_dir: Path, round_: int) -> None:
+        self.cfg, self.data, self.setup, self.model_cfg = cfg, data, setup, model_cfg
+        self.sampler, self.norm, self.model, self.ema = sampler, norm, model, ema
+        self.mt = None
+        if cfg.semi == "mean_teacher":
+            assert ema is not None
+            self.mt = MeanTeacher(ema, cfg.consistency_weight, cfg.rampup, cfg.uncertainty_mask,
+                                  cfg.uncertainty_threshold, cfg.uncertainty_samples, cfg.teacher_noise)
+        self.out_dir, self.round = out_dir, round_
+        self.dims = model_cfg.spatial_dims
+        self.mf = setup.memory_format(self.dims)
+        self.dev = setup.device
+        if cfg.optimizer == "sgd":
+            self.opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
+                                                              weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.lr_now = cfg.lr * lr_factor(cfg, 0, 0.0)
+        self.scaler = torch.amp.GradScaler(self.dev.type) if setup.use_scaler else None
+        self.loss_fn = SparseSegLoss(cfg.loss, cfg.focal_gamma)
+        self.aug = Augmenter(self.dims, self.dev, seed=cfg.seed, elastic=cfg.elastic, enabled=cfg.augment)
+        self.mix_gen = torch.Generator().manual_seed(cfg.seed + 7919)
+        self.n_l, self.n_u = cfg.split_batch()
+        self.last_val: dict[str, Any] = {}
+        self.best_val = -math.inf
+
+    def make_batch(self, index: int) -> dict[str, torch.Tensor]:
+        return to_tensors(self.sampler.batch(index, self.n_l, self.n_u), pin=self.dev.type == "cuda")
+
+    def teacher(self) -> nn.Module:
+        """The network that gives pseudo-labels (the EMA, or the student itself)."""
+        return self.ema.module if (self.ema is not None and self.cfg.pl_teacher == "ema") else self.model
+
+    def step(self, batch: dict[str, torch.Tensor], step: int, progress: float
+             ) -> tuple[float, float, float, float, float | None]:
+        dev = self.dev
+        x = batch["x_l"].to(dev, non_blocking=True)
+        y = batch["y_l"].to(dev, non_blocking=True)
+        n_l = x.shape[0]
+        if "x_u" in batch:
+            xu = batch["x_u"].to(dev, non_blocking=True)
+            x = torch.cat([x, xu])
+            y = torch.cat([y, torch.zeros((xu.shape[0], *y.shape[1:]), dtype=y.dtype, device=dev)])
+        x = self.norm.apply(x)
+        xg, yg = self.aug.geometric(x, y)
+        w, ratio = 0.0, None
+        cons = torch.zeros((), device=dev)
+        if self.cfg.semi == "pseudo_label":
+            w = pl_weight(progress, self.cfg.pl_weight, self.cfg.pl_start, self.cfg.pl_full)
+            pl = None
+            if w > 0:
+                teacher = self.teacher()
+                was = teacher.training
+                teacher.eval()
+                try:
+                    with self.setup.autocast():
+                        pl = teacher_targets(teacher, xg.contiguous(memory_format=self.mf))
+                finally:
+                    teacher.train(was)
+            xs = self.aug.photometric(xg, "strong")
+            if self.cfg.pl_cutmix > 0 and xs.shape[0] > 1:
+                box = cutmix_boxes(tuple(yg.shape), self.cfg.pl_cutmix, self.mix_gen, dev)
+                if pl is not None:
+                    xs, yg, pl.label, pl.conf = apply_cutmix(box, xs, yg, pl.label, pl.conf)
+                else:
+                    xs, yg = apply_cutmix(box, xs, yg)
+            with self.setup.autocast():
+                logits = self.model(xs.contiguous(memory_format=self.mf))
+            sup = self.loss_fn(logits, yg)  # unlabelled patches hold no paint: ignored there
+            if pl is not None:
+                cons, ratio = pseudo_label_loss(logits, yg, pl, self.cfg.pl_threshold, self.cfg.pl_class_balance)
+        else:
+            xs = self.aug.photometric(xg, "strong").contiguous(memory_format=self.mf)
+            with self.setup.autocast():
+                logits = self.model(xs)
+            sup = self.loss_fn(logits[:n_l], yg[:n_l])
+            if self.mt is not None:
+                on = self.cfg.consistency_on
+                first = n_l if on == "unlabelled" else 0
+                if xg.shape[0] > first:
+                    with self.setup.autocast():
+                        probs, mask = self.mt.targets(xg[first:].contiguous(memory_format=self.mf), progress)
+                    if on == "unpainted":
+                        unpainted = yg[first:] == 0
+                        mask = unpainted if mask is None else (mask & unpainted)
+                    w = self.mt.cons_weight(progress)
+                    cons = consistency_loss(logits[first:], probs, mask)
+        total = sup + w * cons
+        t, s, c = torch.stack([total.detach(), sup.detach(), cons.detach()]).float().tolist()
+        self.opt.zero_grad(set_to_none=True)
+        if not math.isfinite(t):  # skip the update: one bad batch must not ruin the weights
+            return t, s, c, w, ratio
+        self.lr_now = self.cfg.lr * lr_factor(self.cfg, step, progress)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_now
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            total.backward()
+            self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model, step)
+        return t, s, c, w, ratio
+
+    def halve_batch(self) -> str:
+        total = self.n_l + self.n_u
+        if total <= 1:
+            raise MedsegError("out of memory even with one patch per step; choose a smaller patch size or model, "
+                              "or train on the CPU")
+        new = max(1, total // 2)
+        n_u = int(round(new * self.n_u / total)) if self.n_u else 0
+        n_u = min(n_u, new - 1)
+        old = (self.n_l, self.n_u)
+        self.n_l, self.n_u = new - n_u, n_u
+        return (f"out of memory with {total} patches per step ({old[0]} labelled + {old[1]} unlabelled); "
+                f"continuing with {new} ({self.n_l} + {self.n_u})")
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if (self.ema is not None and self.cfg.eval_model == "ema") else self.model
+
+    def validate(self, step: int, stop: threading.Event | None) -> ValidationEvent | None:
+        patches = self.sampler.validation_patches()
+        if not patches:
+            return None
+        model = self.eval_model()
+        teacher = self.teacher() if self.cfg.semi == "pseudo_label" else None
+        nets = [m for m in (model, teacher) if m is not None]
+        was = [m.training for m in nets]
+        for m in nets:
+            m.eval()
+        k = self.model_cfg.out_channels
+        conf = torch.zeros(k, k, dtype=torch.long)
+        pl_hit = pl_n = pl_painted = 0
+        dense: list[tuple[list[float], list[float]]] = []
+        bs = max(1, self.n_l + self.n_u)
+        try:
+            with torch.inference_mode(), self.setup.autocast():
+                for i in range(0, len(patches), bs):
+                    if stop is not None and stop.is_set():
+                        return None
+                    chunk = patches[i:i + bs]
+                    x = torch.from_numpy(np.stack([p.image for p in chunk])).to(self.dev)
+                    x = self.norm.apply(x).contiguous(memory_format=self.mf)
+                    pred = model(x).argmax(1).cpu()
+                    for p, pr in zip(chunk, pred):
+                        conf += confusion(pr, torch.from_numpy(p.labels), k)
+                        if p.dense is not None:
+                            dense.append(dense_scores(pr.numpy(), p.dense, k, p.spacing))
+                    if teacher is not None:  # the pseudo-labels' precision on held-out paint
+                        pl = teacher_targets(teacher, x)
+                        target = store_to_target(torch.from_numpy(np.stack([p.labels for p in chunk])))[:, 0]
+                        painted = target >= 0
+                        sure = painted & (pl.conf.cpu() >= self.cfg.pl_threshold)
+                        pl_hit += int((pl.label.cpu()[sure] == target[sure]).sum())
+                        pl_n += int(sure.sum())
+                        pl_painted += int(painted.sum())
+        finally:
+            for m, w in zip(nets, was):
+                m.train(w)
+        names = self.data.classes.names
+        dice = dict(zip(names, dice_from_confusion(conf)))
+        fg = [v for n, v in list(dice.items())[1:] if not math.isnan(v)]
+        mean = float(sum(fg) / len(fg)) if fg else float(dice[names[0]])
+        hd95 = dense_dice = None
+        if dense:
+            def avg(j: int, c: int) -> float:
+                vals = [d[j][c] for d in dense if not math.isnan(d[j][c])]
+                return float(sum(vals) / len(vals)) if vals else math.nan
+
+            dense_dice = {n: avg(0, c) for c, n in enumerate(names[1:])}
+            hd95 = {n: avg(1, c) for c, n in enumerate(names[1:])}
+        precision = pl_hit / pl_n if pl_n else None
+        coverage = pl_n / pl_painted if (teacher is not None and pl_painted) else None
+        ev = ValidationEvent(step, dice, mean, hd95, dense_dice, int(conf.sum()), precision, coverage)
+        self.last_val = {"val_dice": dice, "mean_dice": mean, "hd95": hd95, "val_step": step}
+        return ev
+
+    def save(self, kind: str, step: int) -> str:
+        cfg, s = self.cfg, self.sampler
+        v0 = s.views[s.labelled_items[0]]
+        src = v0.item.image
+        predict_with = "ema" if (self.ema is not None and cfg.eval_model == "ema") else "student"
+        meta = {
+            "round": self.round, "step": step, "kind": kind, "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "patch_size": list(cfg.patch_for(self.dims)), "spatial_dims": self.dims, "slice_wise": s.squeeze,
+            "level": v0.level, "pixel_size": list(v0.spacing), "level0_pixel_size": list(src.pixel_size),
+            "unit": src.unit, "axes": src.axes, "modality": src.modality, "rgb": src.rgb,
+            "semi": cfg.semi, "predict_with": predict_with,
+            "val_seed": s.val_seed, "val_block": list(s.val_block), "n_val_pixels_blocks": s.n_val_blocks,
+            "train_config": cfg.to_dict(), **self.last_val,
+        }
+        ck = Checkpoint(model_config=self.model_cfg, state_dict=self.model.state_dict(), classes=self.data.classes,
+                        norm=self.norm, meta=meta,
+                        teacher_state_dict=None if self.ema is None else self.ema.module.state_dict())
+        return str(save_checkpoint(self.out_dir / f"{kind}.pt", ck))

@@ -1,0 +1,78 @@
+"""Pseudo-labels on the unpainted pixels: targets, CutMix, the loss and its schedule."""
+
+import pytest
+import torch
+
+from napari_medseg.training.pseudo_label import (
+    PseudoLabels,
+    apply_cutmix,
+    cutmix_boxes,
+    pl_weight,
+    pseudo_label_loss,
+    teacher_targets,
+)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_painted_and_unconfident_pixels_get_no_pseudo_label():
+    logits = torch.randn(1, 2, 4, 4, generator=_gen())
+    store = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    store[0, 0] = 2  # a painted row keeps its own label (the supervised loss has it)
+    conf = torch.full((1, 4, 4), 0.95)
+    conf[0, 1] = 0.5  # an unconfident row is ignored, not made background
+    pl = PseudoLabels(torch.ones(1, 4, 4, dtype=torch.long), conf)
+    loss, ratio = pseudo_label_loss(logits, store, pl, threshold=0.9, class_balance=False)
+    assert ratio == pytest.approx(8 / 12)
+    ce = torch.nn.functional.cross_entropy(logits, pl.label, reduction="none")[0]
+    assert float(loss) == pytest.approx(float(ce[2:].sum() / 12), rel=1e-5)  # FixMatch: / unpainted pixels
+    other = logits.clone()
+    other[0, :, :2] = 40.0  # changing the painted and unconfident pixels changes nothing
+    assert float(pseudo_label_loss(other, store, pl, 0.9, class_balance=False)[0]) == pytest.approx(float(loss))
+
+
+def test_nothing_confident_gives_zero_with_gradient():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True, generator=_gen())
+    pl = PseudoLabels(torch.zeros(1, 4, 4, dtype=torch.long), torch.full((1, 4, 4), 0.2))
+    loss, ratio = pseudo_label_loss(logits, torch.zeros(1, 4, 4, dtype=torch.uint8), pl, 0.9)
+    loss.backward()
+    assert float(loss) == 0.0 and ratio == 0.0 and logits.grad is not None
+
+
+def test_class_balance_lifts_a_rare_pseudo_class():
+    logits = torch.zeros(1, 2, 10, 10)
+    label = torch.zeros(1, 10, 10, dtype=torch.long)
+    label[0, 0, :2] = 1  # 2 of 100 pixels are pseudo-foreground
+    logits[0, 0] = 3.0  # predicted background everywhere: the rare foreground pixels are the errors
+    pl = PseudoLabels(label, torch.ones(1, 10, 10))
+    store = torch.zeros(1, 10, 10, dtype=torch.uint8)
+    plain, _ = pseudo_label_loss(logits, store, pl, 0.5, class_balance=False)
+    balanced, _ = pseudo_label_loss(logits, store, pl, 0.5, class_balance=True)
+    assert float(balanced) > 5 * float(plain)
+
+
+def test_cutmix_moves_pixels_and_labels_together():
+    x = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 2, 16, 16).clone()
+    y = torch.arange(3, dtype=torch.uint8).view(3, 1, 1).expand(3, 16, 16).clone()
+    box = cutmix_boxes((3, 16, 16), p=1.0, gen=_gen(), device=torch.device("cpu"))
+    assert box.shape == (3, 16, 16) and all(0.01 < float(b.float().mean()) <= 0.45 for b in box)
+    xm, ym = apply_cutmix(box, x, y)
+    for i in range(3):
+        partner = (i - 1) % 3  # roll(1): sample i takes its box from sample i - 1
+        assert torch.all(xm[i, :, box[i]] == partner) and torch.all(ym[i][box[i]] == partner)
+        assert torch.all(xm[i, :, ~box[i]] == i) and torch.all(ym[i][~box[i]] == i)
+    none = cutmix_boxes((3, 8, 8, 8), p=0.0, gen=_gen(), device=torch.device("cpu"))
+    assert not none.any()
+    box3 = cutmix_boxes((4, 8, 8, 8), p=1.0, gen=_gen(1), device=torch.device("cpu"))
+    assert all(b.any() for b in box3)  # 3D boxes too
+
+
+def test_schedule_and_teacher_targets():
+    assert [pl_weight(p, 1.0, 0.2, 0.4) for p in (0.0, 0.19, 0.3, 0.4, 1.0)] == pytest.approx([0, 0, 0.5, 1, 1])
+    assert pl_weight(0.5, 2.0, 0.5, 0.5) == 2.0
+    net = torch.nn.Conv2d(1, 3, 1)
+    pl = teacher_targets(net, torch.rand(2, 1, 5, 5, generator=_gen()))
+    assert pl.label.shape == (2, 5, 5) and pl.label.dtype == torch.long
+    assert float(pl.conf.min()) >= 1 / 3 - 1e-6 and float(pl.conf.max()) <= 1.0
