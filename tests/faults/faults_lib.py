@@ -2,6 +2,8 @@
 
 - ``spawn`` / ``kill_when``: run a command in its own process group and SIGKILL it at a chosen moment
   (a marker file appears, a condition on the files it writes becomes true, or after a delay);
+  ``run_watched``: time a child's work by what it writes (begun, complete), run uninterrupted to measure its
+  length or SIGKILLed a given time into it, and tell whether the kill really landed mid-run;
 - ``driver_cmd``: the command line of ``faults_driver.py``, which installs a *pause point* (a function that,
   at its N-th call, signals the parent through a marker file and then sleeps until killed) before running
   the real CLI or a painting session, so a kill lands exactly where a test wants it;
@@ -118,6 +120,63 @@ def kill_when(cmd: list[str], ready: Callable[[], bool], *, logdir: Path, env: d
         if proc.poll() is None:
             sigkill(proc)
         raise
+
+
+def run_watched(cmd: list[str], started: Callable[[], bool], finished: Callable[[], bool], *, logdir: Path,
+                env: dict[str, str] | None = None, kill_after_s: float | None = None, timeout_s: float = 120.0,
+                poll_s: float = 0.005) -> Run:
+    """Run ``cmd`` and watch, through what it writes, when its work begins (``started()``: e.g. the output
+    exists) and when its result is complete (``finished()``). Without ``kill_after_s`` it runs to its end:
+    a measurement. With it, it is SIGKILLed ``kill_after_s`` after ``started()`` first holds, unless
+    ``finished()`` holds first (the run was faster than that: then it is left to end by itself).
+
+    ``Run.info``: ``started_s`` / ``finished_s`` (seconds after the start, None if never seen);
+    ``window_s``: ``finished_s - started_s``, the length of the work (after a kill that came too late, the
+    upper bound the kill time gives); ``kill_at_s`` (seconds after ``started()``); ``mid_run``: our SIGKILL
+    ended the child (return code ``-SIGKILL``) while ``finished()`` was still false, checked once the child
+    is dead, so what is on disk is what the kill interrupted; ``timeout``."""
+    t0 = time.perf_counter()
+    proc = spawn(cmd, env=env, logdir=logdir)
+    t_start = t_done = t_kill = None
+    timed_out = False
+    try:
+        while proc.poll() is None:
+            now = time.perf_counter()
+            if t_start is None and started():
+                t_start = now
+            if t_start is not None and t_done is None and finished():
+                t_done = now
+            if now - t0 >= timeout_s:
+                timed_out = True
+                break
+            if kill_after_s is not None and t_start is not None and t_done is None and now - t_start >= kill_after_s:
+                t_kill = now
+                break
+            time.sleep(poll_s)
+        if proc.poll() is None:  # the kill (or a time-out: never leave a child behind)
+            sigkill(proc)
+        else:
+            proc.wait()
+    except BaseException:
+        if proc.poll() is None:
+            sigkill(proc)
+        raise
+    t_end = time.perf_counter()
+    done_now = finished()  # the child is dead: this is what it left
+    if t_start is None and started():
+        t_start = t_end
+    if t_start is not None and t_done is None and done_now:
+        t_done = t_kill if t_kill is not None else t_end  # ended between two polls: an upper bound
+    run = _finish(proc, t_kill is not None or timed_out, t0)
+    run.info.update({
+        "started_s": None if t_start is None else round(t_start - t0, 4),
+        "finished_s": None if t_done is None else round(t_done - t0, 4),
+        "window_s": None if t_start is None or t_done is None else round(t_done - t_start, 4),
+        "kill_at_s": None if t_kill is None or t_start is None else round(t_kill - t_start, 4),
+        "mid_run": t_kill is not None and not timed_out and proc.returncode == -signal.SIGKILL and not done_now,
+        "timeout": timed_out,
+    })
+    return run
 
 
 def pause_plan(target: str, nth: int, marker: Path, **kw: Any) -> str:

@@ -10,11 +10,14 @@ import json
 import os
 import random
 import shutil
+import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from faults_lib import (
+    Run,
     child_env,
     driver_cmd,
     enospc_after,
@@ -23,6 +26,7 @@ from faults_lib import (
     pause_plan,
     resize_fs,
     run_cli,
+    run_watched,
     small_fs,
     tiny_checkpoint,
     tree_bytes,
@@ -35,6 +39,51 @@ TRAIN_ARGS = ["--channels", "4,8", "--patch-size", "32", "--batch-size", "2", "-
 PREDICT_ARGS = ["--window", "256", "--overlap", "0.25", "--batch-size", "4", "--tissue-mask", "off",
                 "--device", "cpu", "--probs", "uint8", "--threads", "1"]
 SLIDE_SHAPE = (1536, 3072)  # 2 blocks of 1536 px (the CLI's block size), equal in size
+# A kill "at a random moment" lands at a random fraction of the *measured* length of an uninterrupted run of
+# the same job (never a fixed number of seconds: a fast machine would finish first, a slow one never get
+# far). The upper bound leaves room for a run somewhat faster than the measured one; a run faster still
+# ends before its kill and is tried again, with the length it showed, up to KILL_TRIES times.
+KILL_FRACTION = (0.05, 0.8)
+KILL_TRIES = 4
+
+
+def _mtime_ns(folder: Path, pattern: str) -> int:
+    """The newest modification time (ns) of the files matching ``pattern`` in ``folder``; -1 when none."""
+    newest = -1
+    for p in folder.glob(pattern) if folder.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):  # replaced or removed while we look
+            newest = max(newest, p.stat().st_mtime_ns)
+    return newest
+
+
+def _written_after(folder: Path, pattern: str, mtime_ns: int) -> Callable[[], bool]:
+    """True once a file matching ``pattern`` in ``folder`` is newer than ``mtime_ns``."""
+    def check() -> bool:
+        return _mtime_ns(folder, pattern) > mtime_ns
+    return check
+
+
+def _kill_mid_run(attempt: Callable[[int, float], Run], window_s: float, rng: random.Random,
+                  tries: int = KILL_TRIES) -> tuple[Run, list[dict[str, Any]]]:
+    """``attempt(i, kill_after_s)`` runs the job once through ``run_watched``, SIGKILLed ``kill_after_s``
+    after its work began. The kill time is a random fraction (``KILL_FRACTION``, from ``rng``) of
+    ``window_s``, the measured length of an uninterrupted run. A try that did not land mid-run because the
+    run was faster (it ended first, or the kill came after its result was complete) is repeated with the
+    shorter length it showed; one that failed otherwise (no start, a crash, a time-out) is not. Returns the
+    last try's ``Run`` and a record of every try."""
+    log: list[dict[str, Any]] = []
+    for i in range(tries):
+        frac = rng.uniform(*KILL_FRACTION)
+        run = attempt(i, frac * window_s)
+        info = run.info
+        log.append({"window_s": round(window_s, 3), "fraction": round(frac, 3), "kill_at_s": info["kill_at_s"],
+                    "returncode": run.returncode, "mid_run": info["mid_run"], "run_window_s": info["window_s"]})
+        faster = info["started_s"] is not None and info["window_s"] is not None and not info["timeout"] \
+            and run.returncode in (0, -signal.SIGKILL)
+        if info["mid_run"] or not faster:
+            break
+        window_s = min(window_s, info["window_s"])
+    return run, log
 
 
 def _train_argv(data: Path, out: Path, steps: int = 40, extra: tuple[str, ...] = ()) -> list[str]:
@@ -82,79 +131,141 @@ def kill_training(root: Path) -> dict[str, Any]:
     init_report = (log.get("start") or {}).get("init_report") or ""
     resumed = code == 0 and after.get("round") == (before.get("round") or 0) + 1 and init_report.startswith(
         tuple(f"{n} matched, 0 missing, 0 unexpected" for n in range(1, 1000)))
-    return {"ok": run.killed and loads and before.get("step") == 5 and resumed, "killed": run.killed,
+    mid_run = run.killed and run.returncode == -signal.SIGKILL  # paused inside torch.save: it cannot finish
+    return {"ok": mid_run and loads and before.get("step") == 5 and resumed, "killed": run.killed,
+            "returncode": run.returncode, "mid_run": mid_run,
             "files_after_kill": files, "half_written_tmp_files": partial, "all_checkpoints_load": loads,
             "bad": bad, "last_before": before, "rerun_exit": code, "rerun_stderr": err[-500:],
             "init_report": init_report, "last_after": after, "resumed": resumed}
 
 
-def kill_training_random(root: Path, kills: int = 3, seed: int = 0) -> dict[str, Any]:
+def kill_training_random(root: Path, kills: int = 3, seed: int = 0, steps: int = 200) -> dict[str, Any]:
     """SIGKILL the training CLI at random moments after its first checkpoint; after every kill each ``*.pt``
-    in the folder loads (no half-written checkpoint ever)."""
+    in the folder loads (no half-written checkpoint ever). Each kill lands at a random fraction of the
+    measured length (first checkpoint to ``train_log.json``) of an uninterrupted run of the same job, and
+    counts only if it landed mid-run: the child died of our SIGKILL before writing its ``train_log.json``."""
     rng = random.Random(seed)
     data, out = write_pairs(root / "data"), root / "run"
+    ref_out = root / "uninterrupted"
+    ref = run_watched(driver_cmd("cli", *_train_argv(data, ref_out, steps=steps)),
+                      _written_after(ref_out, "*.pt", -1), _written_after(ref_out, "train_log.json", -1),
+                      logdir=root / "log-uninterrupted", timeout_s=300)
+    window = ref.info["window_s"]
+    if ref.returncode != 0 or not window:
+        return {"ok": False, "uninterrupted_exit": ref.returncode, "stderr": ref.stderr[-1500:]}
     results = []
     for k in range(kills):
-        extra = ("--init", str(out / "last.pt")) if (out / "last.pt").exists() else ()
-        before = set(out.glob("*.pt")) if out.exists() else set()
-        mtime = max((p.stat().st_mtime_ns for p in before), default=0)
 
-        def ready(mtime: int = mtime) -> bool:  # a checkpoint newer than the last kill
-            return any(p.stat().st_mtime_ns > mtime for p in out.glob("*.pt")) if out.exists() else False
+        def attempt(i: int, kill_after_s: float, k: int = k) -> Run:
+            extra = ("--init", str(out / "last.pt")) if (out / "last.pt").exists() else ()
+            return run_watched(driver_cmd("cli", *_train_argv(data, out, steps=steps, extra=extra)),
+                               _written_after(out, "*.pt", _mtime_ns(out, "*.pt")),  # a checkpoint of this run
+                               _written_after(out, "train_log.json", _mtime_ns(out, "train_log.json")),
+                               kill_after_s=kill_after_s, logdir=root / f"log{k}-{i}", timeout_s=300)
 
-        run = kill_when(driver_cmd("cli", *_train_argv(data, out, steps=200, extra=extra)), ready,
-                        delay_s=rng.uniform(0.0, 1.5), logdir=root / f"log{k}")
+        run, tries = _kill_mid_run(attempt, window, rng)
         loads, bad = _all_checkpoints_load(out)
-        results.append({"killed": run.killed, "all_load": loads, "bad": bad})
-    return {"ok": all(r["killed"] and r["all_load"] for r in results), "kills": results}
+        step = _checkpoint_state(out / "last.pt").get("step") if loads and (out / "last.pt").exists() else None
+        results.append({"killed": run.killed, "mid_run": run.info["mid_run"], "returncode": run.returncode,
+                        "kill_at_s": run.info["kill_at_s"], "last_step_at_kill": step, "all_load": loads,
+                        "bad": bad, "tries": tries})
+    return {"ok": all(r["mid_run"] and r["all_load"] for r in results), "uninterrupted_s": window,
+            "kills": results}
 
 
 # ============================================================================================ prediction
+def _predict_argv(ckpt: Path, slide: Path, out_dir: Path) -> list[str]:
+    return ["predict", str(ckpt), str(slide), "--out", str(out_dir), *PREDICT_ARGS]
+
+
+def _manifest(out: Path) -> dict[str, Any]:
+    try:
+        return json.loads((out / "medseg" / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _predict_watch(out: Path) -> tuple[Callable[[], bool], Callable[[], bool]]:
+    """(work begun: the manifest exists; result complete: the manifest says so) for the output ``out``."""
+    return (out / "medseg" / "run.json").exists, lambda: _manifest(out).get("status") == "complete"
+
+
 def predict_fixture(root: Path) -> tuple[Path, Path, Path]:
     """A slide, a checkpoint and the output of an uninterrupted ``napari-medseg predict`` run."""
     root.mkdir(parents=True, exist_ok=True)
     slide = write_slide(root / "slide.tif", *SLIDE_SHAPE, compression=None)
     ckpt = tiny_checkpoint(root / "model.pt")
     ref = root / "ref"
-    code, err = run_cli(["predict", str(ckpt), str(slide), "--out", str(ref), *PREDICT_ARGS])
+    code, err = run_cli(_predict_argv(ckpt, slide, ref))
     if code != 0:
         raise RuntimeError(f"the reference prediction failed ({code}): {err[-500:]}")
     return slide, ckpt, ref / "slide.prediction.zarr"
+
+
+def predict_window(slide: Path, ckpt: Path) -> float:
+    """Seconds an uninterrupted ``predict`` child of the fixture spends from creating its output to marking
+    it complete: measured once per fixture (kept in ``uninterrupted-window.json`` beside the slide)."""
+    cache = slide.parent / "uninterrupted-window.json"
+    if cache.exists():
+        return float(json.loads(cache.read_text())["seconds"])
+    out_dir = slide.parent / "uninterrupted"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    started, finished = _predict_watch(out_dir / "slide.prediction.zarr")
+    run = run_watched(driver_cmd("cli", *_predict_argv(ckpt, slide, out_dir)), started, finished,
+                      logdir=slide.parent / "log-uninterrupted")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if run.returncode != 0 or not run.info["window_s"]:
+        raise RuntimeError(f"the uninterrupted prediction failed ({run.returncode}): {run.stderr[-500:]}")
+    cache.write_text(json.dumps({"seconds": run.info["window_s"]}))
+    return float(run.info["window_s"])
 
 
 def kill_predict(root: Path, point: str = "mid_block", seed: int = 0,
                  fixture: tuple[Path, Path, Path] | None = None) -> dict[str, Any]:
     """SIGKILL ``napari-medseg predict`` (``point``: ``mid_block``: after a block's first chunks are written,
     before its journal entry; ``between_blocks``: right after a block is journaled; ``random``: at a random
-    moment once the output exists); rerun the same command; compare with an uninterrupted run, byte for byte.
-    ``fixture``: ``predict_fixture``'s result, to share it between scenarios."""
+    fraction, from ``seed``, of the measured length of an uninterrupted run, counted from the output's
+    creation); rerun the same command; compare with an uninterrupted run, byte for byte. ``mid_run``: the
+    child died of the SIGKILL before its output was complete. ``fixture``: ``predict_fixture``'s result, to
+    share it between scenarios."""
     slide, ckpt, ref = fixture or predict_fixture(root / "fixture")
-    out_dir = root / "out"
+    info: dict[str, Any] = {}
+    if point in ("mid_block", "between_blocks"):
+        out_dir = root / "out"
+        marker = root / "paused"
+        target, nth = ("output.write_array", 3) if point == "mid_block" else ("output.write_block", 1)
+        env = child_env(MEDSEG_FAULT_PLAN=pause_plan(target, nth, marker))
+        run = kill_when(driver_cmd("cli", *_predict_argv(ckpt, slide, out_dir)), marker.exists,
+                        logdir=root / "log", env=env)
+        complete = _manifest(out_dir / "slide.prediction.zarr").get("status") == "complete"
+        mid_run = run.killed and run.returncode == -signal.SIGKILL and not complete
+    elif point == "random":
+        window = predict_window(slide, ckpt)
+        dirs: list[Path] = []
+
+        def attempt(i: int, kill_after_s: float) -> Run:
+            dirs.append(root / ("out" if i == 0 else f"out-try{i}"))
+            started, finished = _predict_watch(dirs[-1] / "slide.prediction.zarr")
+            return run_watched(driver_cmd("cli", *_predict_argv(ckpt, slide, dirs[-1])), started, finished,
+                               kill_after_s=kill_after_s, logdir=root / f"log-try{i}")
+
+        run, tries = _kill_mid_run(attempt, window, random.Random(seed))
+        out_dir, mid_run = dirs[-1], run.info["mid_run"]
+        info = {"uninterrupted_s": window, "kill_at_s": run.info["kill_at_s"], "tries": tries}
+    else:
+        raise ValueError(f"unknown kill point {point!r}")
     out = out_dir / "slide.prediction.zarr"
-    argv = ["predict", str(ckpt), str(slide), "--out", str(out_dir), *PREDICT_ARGS]
-    marker = root / "paused"
     journal = out / "medseg" / "journal"
-    env, delay = child_env(), 0.0
-    if point == "mid_block":
-        env["MEDSEG_FAULT_PLAN"] = pause_plan("output.write_array", 3, marker)
-        ready = marker.exists
-    elif point == "between_blocks":
-        env["MEDSEG_FAULT_PLAN"] = pause_plan("output.write_block", 1, marker)
-        ready = marker.exists
-    else:  # once the output exists (the model is loaded, blocks are being computed)
-        def ready() -> bool:
-            return (out / "medseg" / "run.json").exists()
-        delay = random.Random(seed).uniform(0.2, 2.0)  # a block takes about 0.5-2 s here
-    run = kill_when(driver_cmd("cli", *argv), ready, delay_s=delay, logdir=root / "log", env=env)
     done_at_kill = len(list(journal.iterdir())) if journal.is_dir() else 0
-    manifest = json.loads((out / "medseg" / "run.json").read_text()) if (out / "medseg" / "run.json").exists() else {}
-    code, err = run_cli(argv)
+    status = _manifest(out).get("status")
+    code, err = run_cli(_predict_argv(ckpt, slide, out_dir))
     identical = code == 0 and tree_bytes(out) == tree_bytes(ref)
     total = len(list((ref / "medseg" / "journal").iterdir()))
-    return {"ok": run.killed and 0 <= done_at_kill < total and identical, "killed": run.killed,
-            "blocks_done_at_kill": done_at_kill, "blocks_total": total, "status_at_kill": manifest.get("status"),
+    return {"ok": mid_run and status == "running" and done_at_kill <= total and identical,
+            "killed": run.killed, "returncode": run.returncode, "mid_run": mid_run,
+            "blocks_done_at_kill": done_at_kill, "blocks_total": total, "status_at_kill": status,
             "rerun_exit": code, "rerun_stderr": err.strip().splitlines()[-1:] if err.strip() else [],
-            "identical": identical}
+            "identical": identical, **info}
 
 
 # ============================================================================================ painting
@@ -191,7 +302,10 @@ def kill_painting(root: Path, seed: int = 0, paint_s: tuple[float, float] = (2.5
         store.close()
     tolerance = 1.0  # the write itself, timer jitter on a busy machine
     beyond = [a for a in lost_ages if a > window + tolerance]
-    return {"ok": run.killed and bool(strokes) and not beyond, "killed": run.killed, "strokes": len(strokes),
+    # the child paints on a timer for minutes and then idles until killed: it never ends before the kill
+    mid_run = run.killed and run.returncode == -signal.SIGKILL
+    return {"ok": mid_run and bool(strokes) and not beyond, "killed": run.killed, "mid_run": mid_run,
+            "returncode": run.returncode, "strokes": len(strokes),
             "lost_strokes": len(lost_ages), "max_lost_age_s": round(max(lost_ages, default=0.0), 3),
             "stated_window_s": window, "tolerance_s": tolerance, "lost_beyond_window": len(beyond),
             "painted_for_s": round(delay, 2)}

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 
 import pytest
 from faults_lib import run_cli, tiny_checkpoint
-from faults_scenarios import _all_checkpoints_load, _checkpoint_state, _train_argv, kill_training
+from faults_scenarios import (
+    _all_checkpoints_load,
+    _checkpoint_state,
+    _train_argv,
+    kill_training,
+    kill_training_random,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +63,19 @@ def test_rerun_of_the_same_command_resumes(killed, tmp_path):
     code, err = run_cli(_train_argv(data, out, steps=10))
     assert code == 0, err
     assert _checkpoint_state(out / "last.pt")["round"] == before["round"] + 1
+
+
+def test_kills_at_random_moments_land_mid_run_and_leave_loadable_checkpoints(tmp_path):
+    """Each kill lands at a random fraction (seeded) of the measured length of an uninterrupted run of the
+    same job, so it falls inside the run whatever the machine's speed; the test checks that it did (the
+    child died of the SIGKILL before finishing) and that every checkpoint left behind loads."""
+    r = kill_training_random(tmp_path, kills=2, seed=0, steps=60)
+    assert r["uninterrupted_s"] > 0, r
+    for k in r["kills"]:
+        assert k["mid_run"] and k["killed"] and k["returncode"] == -signal.SIGKILL, r
+        assert k["all_load"], k["bad"]
+        assert k["last_step_at_kill"] is not None and 5 <= k["last_step_at_kill"] <= 60, r
+    assert r["ok"], r
 
 
 def test_stale_temp_of_a_killed_write_is_cleaned_by_the_next_save(tmp_path):
