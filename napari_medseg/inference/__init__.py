@@ -8,7 +8,8 @@ Public API (imported lazily, so ``import napari_medseg.inference`` stays light):
 - ``compute_tissue_mask(source, ...)`` -> ``TissueMask`` (``tissue.py``).
 - ``open_prediction(out)`` -> ``list[ImageSource]``; ``prediction_layer_data(out)`` for napari (``results.py``).
 - ``predict_many(...)``: many slides, optionally on a Dask cluster (``distributed.py``).
-- events: ``PredictStart``, ``BlockDone``, ``PredictWarning``, ``PredictDone``, ``TissueMaskReady``.
+- events: ``PredictStart``, ``BlockDone``, ``PredictWarning``, ``PredictDone``, ``TissueMaskReady``,
+  ``PredictFailed`` (``predict_many(..., keep_going=True)``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _EXPORTS = {
     "open_prediction": "results", "prediction_layer_data": "results",
     "predict_many": "distributed",
     "PredictEvent": "events", "PredictStart": "events", "BlockDone": "events", "PredictWarning": "events",
-    "PredictDone": "events", "PredictResult": "events", "TissueMaskReady": "events",
+    "PredictDone": "events", "PredictResult": "events", "TissueMaskReady": "events", "PredictFailed": "events",
 }
 
 __all__ = sorted(_EXPORTS)

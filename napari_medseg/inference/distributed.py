@@ -26,7 +26,15 @@ from typing import Any
 
 from ..io.errors import MedsegError
 from ..io.source import ImageSource
-from .events import BlockDone, PredictDone, PredictEvent, PredictStart, PredictWarning, TissueMaskReady
+from .events import (
+    BlockDone,
+    PredictDone,
+    PredictEvent,
+    PredictFailed,
+    PredictStart,
+    PredictWarning,
+    TissueMaskReady,
+)
 from .job import Job, make_job, open_source
 from .output import OutputStore
 from .predictor import open_output, predict
@@ -48,6 +56,7 @@ class TaskSpec:
     torch_threads: int = 1
     delay_s: float = 0.0           # testing: hold each task this long before it starts
     token: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
+    source_kind: str = "auto"      # how the worker opens source_path ("image": the user said so)
 
 
 def _worker_job(spec: TaskSpec) -> Job:
@@ -57,7 +66,7 @@ def _worker_job(spec: TaskSpec) -> Job:
         import torch
 
         torch.set_num_threads(max(1, spec.torch_threads))
-        src = open_source(spec.source_path) if spec.source_path else spec.source
+        src = open_source(spec.source_path, kind=spec.source_kind) if spec.source_path else spec.source
         job = make_job(src, spec.model, **spec.settings)
         if job.identity != spec.identity:
             raise MedsegError(f"the worker sees a different image or model than the driver for {spec.out}; "
@@ -89,6 +98,11 @@ def run_task(spec: TaskSpec, keys: Sequence[str], model: Any = None) -> dict[str
             "pid": os.getpid()}
 
 
+def _source_kind(src: ImageSource) -> str:
+    """The ``kind`` to reopen ``src`` by path with: "image" where it was opened as an image on request."""
+    return "image" if src.metadata.get("kind_evidence") == "user" and src.kind == "image" else "auto"
+
+
 def _source_ref(src: ImageSource) -> tuple[str | None, ImageSource | None]:
     """Reopen by path on the workers when the path opens to the same image, else ship the (lazy) source."""
     if src.path:
@@ -96,12 +110,22 @@ def _source_ref(src: ImageSource) -> tuple[str | None, ImageSource | None]:
             from ..io.reader import sniff
 
             if sniff(src.path) is not None:
-                again = open_source(src.path)
+                again = open_source(src.path, kind=_source_kind(src))
                 if again.shape == src.shape and again.axes == src.axes and len(again.levels) == len(src.levels):
                     return str(src.path), None
         except MedsegError:
             pass
     return None, src
+
+
+def _input_text(src: ImageSource | str | Path) -> str:
+    if isinstance(src, ImageSource):
+        return str(src.path or src.name)
+    return str(src)
+
+
+def _failure_message(e: BaseException) -> str:
+    return str(e) if isinstance(e, MedsegError) else f"{type(e).__name__}: {e}"
 
 
 def _chunks(keys: list[str], n: int) -> list[list[str]]:
@@ -148,32 +172,59 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
                  client: Any = None, workers: int | None = None, scheduler: str | None = None,
                  blocks_per_task: int = 4, torch_threads: int = 1, cancel: Any = None,
                  resume: bool = True, overwrite: bool = False, max_rounds: int = 3, delay_s: float = 0.0,
-                 **settings: Any) -> Generator[PredictEvent, None, list[Path]]:
+                 keep_going: bool = False, **settings: Any) -> Generator[PredictEvent, None, list[Path]]:
     """Predict each of ``inputs`` into the matching ``outs``; events carry the slide's ``name``.
 
     ``model`` is a checkpoint path or an ``nn.Module``; ``settings`` are ``predict``'s keyword arguments
     (window, overlap, level, tissue_mask, write_probs...). Without ``client``/``workers``/``scheduler``
-    the slides run here one by one. Returns the output paths.
+    the slides run here one by one. Returns the output paths (of the inputs that did not fail).
+
+    An input that cannot be predicted (unreadable, refused by the model, a damaged tile with
+    ``on_corrupt="stop"``...) raises, ending the run, unless ``keep_going``: then it yields ``PredictFailed``
+    and the other inputs go on.
     """
     if len(inputs) != len(outs):
         raise MedsegError("need one output path per input")
     if client is None and workers is None and scheduler is None:
+        done_outs = []
         for src, out in zip(inputs, outs):
-            yield from predict(src, model, out, cancel=cancel, resume=resume, overwrite=overwrite, **settings)
-        return [Path(o) for o in outs]
+            if not keep_going:
+                yield from predict(src, model, out, cancel=cancel, resume=resume, overwrite=overwrite, **settings)
+                done_outs.append(Path(out))
+                continue
+            name = ""
+            try:
+                for ev in predict(src, model, out, cancel=cancel, resume=resume, overwrite=overwrite, **settings):
+                    name = ev.name if isinstance(ev, PredictStart) else name
+                    yield ev
+                done_outs.append(Path(out))
+            except Exception as e:  # noqa: BLE001 - keep_going: any failure of one input is reported, the rest go on
+                log.debug("prediction of %s failed", _input_text(src), exc_info=True)
+                yield PredictFailed(source=_input_text(src), out=Path(out), message=_failure_message(e), name=name)
+        return done_outs
     own_client = client is None
-    # prepare every slide before sending work: bad input is refused here, with nothing written elsewhere
+    # prepare every slide before sending work: bad input is refused here (or, with keep_going, reported and
+    # left out), with nothing written elsewhere
     jobs: list[tuple[Job, OutputStore, TaskSpec, list[str], int, str]] = []
+    sources: list[str] = []
     model_arg = str(model) if isinstance(model, (str, Path)) else model
     for src_in, out in zip(inputs, outs):
-        job = make_job(src_in, model_arg, **settings)
-        store, done = open_output(job, out, resume=resume, overwrite=overwrite)
+        try:
+            job = make_job(src_in, model_arg, **settings)
+            store, done = open_output(job, out, resume=resume, overwrite=overwrite)
+        except Exception as e:
+            if not keep_going:
+                raise
+            log.debug("preparing %s failed", _input_text(src_in), exc_info=True)
+            yield PredictFailed(source=_input_text(src_in), out=Path(out), message=_failure_message(e))
+            continue
         keys = [job.blocks.key(b) for b in job.tissue_blocks]
         todo = [k for k in keys if k not in done]
         path, obj = _source_ref(job.source)
         wsettings = dict(settings, tissue_mask=job.tissue if job.tissue is not None else False)
         spec = TaskSpec(out=str(out), source_path=path, source=obj, model=None, settings=wsettings,
-                        identity=job.identity, torch_threads=torch_threads, delay_s=delay_s)
+                        identity=job.identity, torch_threads=torch_threads, delay_s=delay_s,
+                        source_kind=_source_kind(job.source))
         name = job.source.name
         if job.tissue is not None:
             yield TissueMaskReady(job.tissue, Path(out))
@@ -182,6 +233,9 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
         if todo:
             store.update_manifest(status="running")
         jobs.append((job, store, spec, keys, len(keys) - len(todo), name))
+        sources.append(_input_text(src_in))
+    if not jobs:
+        return []
     from distributed import as_completed
 
     client = client or make_client(workers, scheduler, threads_per_worker=1)
@@ -189,10 +243,13 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
     try:
         model_ref = model_arg if isinstance(model_arg, str) else client.scatter(model_arg, broadcast=True)
         done_count = {i: j[4] for i, j in enumerate(jobs)}
+        failed: set[int] = set()
         pixels = 0
         for rnd in range(max_rounds):
             futures = {}
             for i, (_job, store, spec, keys, _, _) in enumerate(jobs):
+                if i in failed:
+                    continue
                 done = store.done_blocks()
                 missing = [k for k in keys if k not in done]
                 for part in _chunks(missing, max(1, blocks_per_task)):
@@ -207,11 +264,18 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
                 if cancel is not None and cancel.is_set():
                     client.cancel(list(futures))
                     break
+                if i in failed:
+                    continue
                 try:
                     res = fut.result()
-                except MedsegError:
-                    client.cancel(list(futures))
-                    raise
+                except MedsegError as e:
+                    if not keep_going:
+                        client.cancel(list(futures))
+                        raise
+                    failed.add(i)
+                    client.cancel([f for f, j in futures.items() if j == i])
+                    yield PredictFailed(source=sources[i], out=Path(spec.out), message=str(e), name=name)
+                    continue
                 except Exception as e:  # a lost worker ends up here when Dask gives up; redone next round
                     log.warning("task for %s failed: %s", name, e)
                     yield PredictWarning(f"{name}: a task failed ({type(e).__name__}: {e}); its blocks will be redone",
@@ -231,7 +295,11 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
             if cancel is not None and cancel.is_set():
                 break
         outs_done = []
-        for job, store, _spec, keys, _, name in jobs:
+        for i, (job, store, _spec, keys, _, name) in enumerate(jobs):
+            if i in failed:  # reported above; a rerun resumes it
+                store.update_manifest(status="interrupted")
+                store.close()
+                continue
             done = store.done_blocks()
             finished = all(k in done for k in keys)
             cancelled = not finished

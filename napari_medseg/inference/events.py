@@ -69,6 +69,19 @@ class PredictDone(PredictEvent):
     name: str = ""
 
 
+@dataclass(frozen=True)
+class PredictFailed(PredictEvent):
+    """An input could not be predicted (``predict_many(..., keep_going=True)`` only; the others go on).
+
+    ``source``: the input as given (a path, or the source's path or name); ``message``: the cause, one line.
+    ``out`` is left as it was: unfinished outputs are marked interrupted and resume on a rerun."""
+
+    source: str
+    out: Path
+    message: str
+    name: str = ""
+
+
 @dataclass
 class PredictResult:
     """What ``predict`` returns (``StopIteration.value``; ``run_predict`` hands it back directly)."""

@@ -44,12 +44,13 @@ log = logging.getLogger(__name__)
 PROBS = (None, "uint8", "float16", "float32")
 
 
-def open_source(source: ImageSource | str | Path) -> ImageSource:
+def open_source(source: ImageSource | str | Path, kind: str = "auto") -> ImageSource:
+    """``source`` itself, or the image at that path (``kind="image"``: even where its values look like labels)."""
     if isinstance(source, ImageSource):
         return source
     from ..io.reader import open_image
 
-    return open_image(source)
+    return open_image(source, kind=kind)
 
 
 def fingerprint(source: ImageSource, max_bytes: int = 64 << 20) -> str:

@@ -3,6 +3,10 @@
 ``sniff(path)`` is cheap and never raises: it returns the format name or ``None`` for a path no reader
 here handles. ``open_path(path)`` returns a list of ``ImageSource`` (images first, then labels) or raises
 ``UnreadableInputError`` with a message that names the file and says what is wrong.
+
+``kind="auto"`` (the default) lets each reader decide image or labels: zarr from its NGFF metadata, NIfTI
+from its header, names and values (``io/kind.py``), TIFF and DICOM are images. ``kind="image"`` or
+``kind="labels"`` opens the path's own array(s) as that (a zarr's nested ``labels/`` groups stay labels).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 from pathlib import Path
 
 from .errors import MedsegError, UnreadableInputError
+from .kind import check_kind
 from .lazy import guard_blosc_decode
 from .source import ImageSource
 
@@ -67,8 +72,11 @@ def sniff(path: str | os.PathLike) -> str | None:
         return None
 
 
-def open_path(path: str | os.PathLike) -> list[ImageSource]:
-    """Open ``path`` lazily. Raises ``UnreadableInputError`` (clear message) if it cannot be read."""
+def open_path(path: str | os.PathLike, kind: str = "auto") -> list[ImageSource]:
+    """Open ``path`` lazily. Raises ``UnreadableInputError`` (clear message) if it cannot be read.
+
+    ``kind``: ``"auto"``, ``"image"`` or ``"labels"`` (see the module docstring)."""
+    check_kind(kind)
     p = Path(path)
     fmt = sniff(p)
     if fmt is None:
@@ -78,17 +86,19 @@ def open_path(path: str | os.PathLike) -> list[ImageSource]:
     if not os.access(p, os.R_OK):
         raise UnreadableInputError(f"{p}: no permission to read it; check the file's permissions.")
     try:
-        if fmt == "tiff":
-            from .tiff import open_tiff
-            return [open_tiff(p)]
-        if fmt == "zarr":
-            from .ngff import open_zarr
-            return open_zarr(p)
         if fmt == "nifti":
             from .volume import open_nifti
-            return [open_nifti(p)]
-        from .volume import open_dicom
-        return open_dicom(p)
+            return [open_nifti(p, kind=kind)]
+        if fmt == "tiff":
+            from .tiff import open_tiff
+            sources = [open_tiff(p)]
+        elif fmt == "zarr":
+            from .ngff import open_zarr
+            sources = open_zarr(p)
+        else:
+            from .volume import open_dicom
+            sources = open_dicom(p)
+        return _as_kind(sources, kind, p)
     except MedsegError:
         raise
     except PermissionError as e:
@@ -99,9 +109,36 @@ def open_path(path: str | os.PathLike) -> list[ImageSource]:
         raise UnreadableInputError(f"{p}: could not be read as {fmt.upper()} ({type(e).__name__}: {e}).") from e
 
 
-def open_image(path: str | os.PathLike) -> ImageSource:
-    """The first image (not labels) in ``path``."""
-    for src in open_path(path):
+def _as_kind(sources: list[ImageSource], kind: str, path: Path) -> list[ImageSource]:
+    """``sources`` with the path's own arrays opened as ``kind`` (not "auto"); nested NGFF labels stay labels."""
+    if kind == "auto":
+        return sources
+    for src in sources:
+        if "/labels/" in f"{src.metadata.get('ngff_path', '')}/" or src.kind == kind:
+            continue
+        if kind == "labels" and (src.rgb or src.dtype.kind not in "iub"):
+            what = "RGB" if src.rgb else f"{src.dtype} (not integer)"
+            raise UnreadableInputError(f"{path}: cannot be opened as labels: its values are {what}.")
+        src.kind = kind
+        src.metadata["kind_reason"] = f"opened as {kind} on request (kind={kind!r})"
+        src.metadata["kind_evidence"] = "user"
+        if kind == "labels":
+            src.contrast_limits = None
+    return sources
+
+
+def open_image(path: str | os.PathLike, kind: str = "auto") -> ImageSource:
+    """The first image (not labels) in ``path``.
+
+    ``kind="image"`` opens the path's own array as an image even where the reader would take it for labels
+    (a NIfTI whose values look like a label map); ``"auto"`` refuses a file that holds only labels."""
+    if check_kind(kind) == "labels":
+        raise ValueError("open_image reads images: kind must be 'auto' or 'image'")
+    sources = open_path(path, kind=kind)
+    for src in sources:
         if src.kind == "image":
             return src
-    raise UnreadableInputError(f"{path}: holds labels but no image.")
+    why = sources[0].metadata.get("kind_reason") if sources else None
+    raise UnreadableInputError(
+        f"{path}: holds labels but no image" + (f" (read as labels: {why})" if why else "") + ". If it is an "
+        "image, open it with kind='image' (napari-medseg predict --input-kind image).")

@@ -14,8 +14,11 @@ modality and the default contrast:
 - integer data with values below -500 (after ``scl_slope``/``scl_inter`` or ``RescaleSlope``/
   ``RescaleIntercept``) is CT in Hounsfield units, shown with the soft-tissue window W400/L40, i.e.
   ``contrast_limits`` (-160, 240) (``CT_WINDOWS`` lists others);
-- integer data with few distinct non-negative values is a label image (``kind="labels"``);
 - anything else gets the 1 - 99.5 percentile range of the subsample ("MR" when non-negative).
+
+Whether a NIfTI holds an image or labels (``kind="labels"``, a napari Labels layer) is decided by
+``io/kind.py`` from the header (the label intent), the names and the value structure of the same subsample
+(few values and large constant regions), unless the caller passes ``kind="image"`` or ``kind="labels"``.
 
 Volumes above ``LARGE_VOXELS`` get lazy lower levels (2x mean-downsampling of the finest axes) so napari
 stays fluid in 2D and 3D. See docs/volumes.md.
@@ -36,6 +39,7 @@ import dask.array as da
 import numpy as np
 
 from .errors import MedsegError, UnreadableInputError
+from .kind import check_kind, guess_kind
 from .source import ImageSource
 
 logger = logging.getLogger(__name__)
@@ -50,7 +54,6 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 CT_MIN_HU = -500.0          # integer data going below this is taken as CT (air is -1000 HU)
 LARGE_VOXELS = 512 ** 3     # above this many voxels, lazy lower levels are added
 CHUNK_BYTES = 8 << 20       # NIfTI dask chunks: as many whole slices as fit in about this many bytes
-MAX_LABEL_VALUES = 64       # integer data with at most this many distinct values >= 0 is a label image
 GZ_CACHE_BYTES = 1 << 30    # a .nii.gz up to this size (decoded) is decompressed once and kept, see _ScaledProxy
 
 
@@ -93,22 +96,63 @@ def _int_dtype_for(lo: float, hi: float) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _describe_values(sample: np.ndarray, is_int: bool) -> tuple[str, str, tuple[float, float] | None]:
-    """(kind, modality, contrast_limits) guessed from a subsample of the (scaled) voxels."""
+def _image_contrast(sample: np.ndarray, is_int: bool) -> tuple[str, tuple[float, float] | None]:
+    """(modality, contrast_limits) of an image, guessed from a subsample of the (scaled) voxels."""
     finite = sample[np.isfinite(sample)] if sample.dtype.kind == "f" else sample.ravel()
     if finite.size == 0:
-        return "image", "unknown", None
+        return "unknown", None
     lo = float(finite.min())
     if is_int and lo < CT_MIN_HU:
-        return "image", "CT", window_limits("soft tissue")
-    if is_int and lo >= 0 and len(np.unique(finite)) <= MAX_LABEL_VALUES and finite.max() < 65536:
-        return "labels", "unknown", None
+        return "CT", window_limits("soft tissue")
     p1, p99 = (float(v) for v in np.percentile(finite, [1.0, 99.5]))
     if p99 <= p1:
         p1, p99 = float(finite.min()), float(finite.max())
     if p99 <= p1:
         p99 = p1 + 1.0
-    return "image", "MR" if lo >= 0 else "unknown", (p1, p99)
+    return "MR" if lo >= 0 else "unknown", (p1, p99)
+
+
+#: NIfTI intent codes that mean labels: NIFTI_INTENT_LABEL and NIFTI_INTENT_NEURONAME.
+NIFTI_LABEL_INTENTS = {1002: "NIFTI_INTENT_LABEL", 1003: "NIFTI_INTENT_NEURONAME"}
+
+
+def _header_text(hdr: Any, field: str) -> str:
+    try:
+        raw = np.asarray(hdr[field]).tobytes()
+        return raw.split(b"\0", 1)[0].decode("latin-1").strip()
+    except Exception:  # Analyze headers lack the field; damaged text is no evidence
+        return ""
+
+
+def _nifti_kind_evidence(hdr: Any, slope: float, inter: float) -> dict[str, Any]:
+    """``guess_kind`` keywords from a NIfTI header: the intent code, its text fields, the display range and
+    the intensity rescaling (``scl_slope``/``scl_inter``, as applied)."""
+    out: dict[str, Any] = {"header_kind": None, "header_why": "", "display_range": False}
+    try:
+        code = int(hdr["intent_code"])
+    except Exception:  # Analyze headers have no intent
+        code = 0
+    name, descrip = _header_text(hdr, "intent_name"), _header_text(hdr, "descrip")
+    out["header_text"] = " ".join(t for t in (name, descrip) if t)
+    if code in NIFTI_LABEL_INTENTS:
+        out["header_kind"], out["header_why"] = "labels", f"NIfTI intent code {code} ({NIFTI_LABEL_INTENTS[code]})"
+    elif code:
+        try:
+            import nibabel as nib
+
+            label = nib.nifti1.intent_codes.niistring[code]
+        except Exception:
+            label = "not a label intent"
+        out["header_kind"], out["header_why"] = "image", f"NIfTI intent code {code} ({label})"
+    elif (slope, inter) != (1.0, 0.0):
+        out["header_kind"] = "image"
+        out["header_why"] = f"rescaled intensities (scl_slope {slope:g}, scl_inter {inter:g})"
+    try:
+        lo, hi = float(hdr["cal_min"]), float(hdr["cal_max"])
+        out["display_range"] = bool(np.isfinite(lo) and np.isfinite(hi) and hi > lo)
+    except Exception:
+        pass
+    return out
 
 
 def _lower_levels(level0: Any, spacing: tuple[float, ...], spatial_offset: int) -> list[Any]:
@@ -196,10 +240,15 @@ def _check_nifti_size(path: Path, img: Any) -> None:
         ) from e
 
 
-def open_nifti(path: str | os.PathLike) -> ImageSource:
-    """Open a ``.nii``/``.nii.gz`` lazily as a ``ZYX`` (3D) or ``CZYX`` (4D) ``ImageSource`` in LPS+ order."""
+def open_nifti(path: str | os.PathLike, kind: str = "auto") -> ImageSource:
+    """Open a ``.nii``/``.nii.gz`` lazily as a ``ZYX`` (3D) or ``CZYX`` (4D) ``ImageSource`` in LPS+ order.
+
+    ``kind``: ``"auto"`` decides image or labels from the header, the names and the values (``io/kind.py``;
+    the reason is kept in ``metadata["kind_reason"]``); ``"image"`` or ``"labels"`` says it outright.
+    """
     import nibabel as nib
 
+    check_kind(kind)
     p = Path(path)
     try:
         img = nib.load(str(p), keep_file_open=True)
@@ -235,29 +284,39 @@ def open_nifti(path: str | os.PathLike) -> ImageSource:
                 and int(np.prod(shape)) * dtype.itemsize <= GZ_CACHE_BYTES)
     wrapped = _ScaledProxy(proxy, dtype, p, cache_whole=gz_whole)
     full = shape + (1,) * (3 - len(shape)) if len(shape) < 3 else shape
-    slice_bytes = full[0] * full[1] * dtype.itemsize
-    per_chunk = int(max(1, min(full[2], CHUNK_BYTES // max(1, slice_bytes))))
-    chunks = (full[0], full[1], per_chunk) + ((1,) if len(full) == 4 else ())
-    arr = da.from_array(wrapped, chunks=chunks if len(shape) >= 3 else chunks[: len(shape)],
-                        name=f"nifti-{dask.base.tokenize(str(p.resolve()), p.stat().st_mtime_ns, shape)}",
-                        meta=np.empty((0,) * len(shape), dtype=dtype))
-    if len(shape) < 3:
-        arr = arr.reshape(full)
 
-    # a few slices (strided in-plane) along the storage's slowest spatial axis decide modality and contrast
+    # a few slices (strided in-plane) along the storage's slowest spatial axis decide kind, modality, contrast
     k_idx = np.unique(np.linspace(0, full[2] - 1, num=min(full[2], 5)).round().astype(int))
     step = max(1, max(full[0], full[1]) // 128)
     extra = (slice(0, min(full[3], 4)),) if len(full) == 4 else ()
     if len(shape) < 3:
         sample = wrapped[::step, ::step][..., None] if len(shape) == 2 else wrapped[::step]
+        pair_axes: tuple[int, ...] = (0, 1) if len(shape) == 2 else (0,)
     else:  # straight from the proxy: reads only these slices, not the dask chunks around them
         sample = np.stack([wrapped[(slice(None, None, step), slice(None, None, step), int(k)) + extra] for k in k_idx])
-    kind, modality, limits = _describe_values(sample, dtype.kind in "iu")
-    try:
-        if dtype.kind in "iu" and img.header.get_intent()[0] == "label":
-            kind, modality, limits = "labels", "unknown", None
-    except Exception:  # Analyze headers have no intent
-        pass
+        pair_axes = (1, 2)  # in-plane neighbours (the sampled slices are not adjacent)
+    guess = guess_kind(sample, pair_axes=pair_axes, integer=dtype.kind in "iu", path=p,
+                       several_volumes=len(full) == 4 and full[3] > 1, requested=kind,
+                       **_nifti_kind_evidence(img.header, slope, inter))
+    if guess.kind == "labels":
+        if dtype.kind not in "iu":  # labels by request or by the header: napari's labels are integers
+            if np.any(np.isfinite(sample) & (sample != np.round(sample))):
+                logger.warning("%s: opened as labels but holds non-integer values; they are rounded", p.name)
+            dtype = np.dtype(np.int32)
+            wrapped = _ScaledProxy(proxy, dtype, p, cache_whole=gz_whole)
+        modality, limits = "unknown", None
+    else:
+        modality, limits = _image_contrast(sample, dtype.kind in "iu")
+    (logger.info if guess.evidence != "user" else logger.debug)("%s: %s: %s", p.name, guess.kind, guess.reason)
+
+    slice_bytes = full[0] * full[1] * dtype.itemsize
+    per_chunk = int(max(1, min(full[2], CHUNK_BYTES // max(1, slice_bytes))))
+    chunks = (full[0], full[1], per_chunk) + ((1,) if len(full) == 4 else ())
+    token = dask.base.tokenize(str(p.resolve()), p.stat().st_mtime_ns, shape, str(dtype))
+    arr = da.from_array(wrapped, chunks=chunks if len(shape) >= 3 else chunks[: len(shape)], name=f"nifti-{token}",
+                        meta=np.empty((0,) * len(shape), dtype=dtype))
+    if len(shape) < 3:
+        arr = arr.reshape(full)
 
     arr, affine = reorient(arr, img.affine)
     axes = "ZYX"
@@ -275,10 +334,11 @@ def open_nifti(path: str | os.PathLike) -> ImageSource:
                 arr.shape, tuple(round(s, 3) for s in spacing), modality)
     return ImageSource(
         levels=levels, axes=axes, pixel_size=spacing, unit="millimeter", name=name, path=str(p),
-        modality=modality, contrast_limits=limits, kind=kind,
+        modality=modality, contrast_limits=limits, kind=guess.kind,
         channel_names=tuple(f"volume {i}" for i in range(arr.shape[0])) if axes == "CZYX" else (),
         metadata={"format": "nifti", "affine_ras": affine.tolist(), "stored_axcodes": codes,
-                  "scl_slope": slope, "scl_inter": inter},
+                  "scl_slope": slope, "scl_inter": inter, "kind_reason": guess.reason,
+                  "kind_evidence": guess.evidence},
     )
 
 
@@ -427,7 +487,7 @@ def _build_series(items: list[tuple[Path, Any]], folder: Path, skipped: list[dic
             limits = (wc - ww / 2, wc + ww / 2)
         else:
             sample = arr[sorted({0, len(uniq) // 2, len(uniq) - 1})].compute()
-            limits = _describe_values(np.asarray(sample), dtype.kind in "iu")[2]
+            limits = _image_contrast(np.asarray(sample), dtype.kind in "iu")[1]
     return ImageSource(
         levels=_lower_levels(arr, spacing, 0), axes="ZYX", pixel_size=spacing, unit="millimeter", name=name,
         path=str(folder), modality=modality, contrast_limits=limits,

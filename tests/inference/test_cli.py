@@ -67,3 +67,52 @@ def test_output_names(tmp_path):
     with pytest.raises(MedsegError):
         expand_inputs([str(tmp_path / "zzz")])
     assert np.all([p.exists() for p in ins])
+
+
+@pytest.mark.parametrize("given", ["folder", "glob"])
+def test_predict_folder_goes_on_after_a_failing_file(tmp_path, ckpt, slides, capsys, given):
+    """A bad file (sorted first) is listed with its cause; the good one is still predicted; exit status 2."""
+    (slides / "a_broken.tif").write_bytes(b"II*\x00" + b"\x17" * 200)   # TIFF magic, then garbage
+    (slides / "notes.txt").write_text("not an image")                    # a folder's other files are left out
+    out = tmp_path / "out"
+    inp = str(slides) if given == "folder" else str(slides / "*.tif")
+    rc = main(["predict", str(ckpt), inp, "--out", str(out), "--window", "64", "--tissue-mask", "off",
+               "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    for name, shape in (("s0", (200, 260)), ("s1", (150, 300))):
+        lab = open_prediction(out / f"{name}.prediction.zarr")[0]
+        assert lab.levels[0].shape == shape and lab.metadata["status"] == "complete"
+    assert not (out / "a_broken.prediction.zarr").exists() and not (out / "notes.prediction.zarr").exists()
+    bad = str(slides / "a_broken.tif")
+    fail_lines = [ln for ln in err.splitlines() if ln.startswith("napari-medseg predict: failed:")]
+    assert len(fail_lines) == 1 and fail_lines[0].startswith(f"napari-medseg predict: failed: {bad}: ")
+    assert "no image data" in fail_lines[0]  # the cause, from the TIFF reader
+    assert "2 of 3 input(s) done, 1 failed:" in err
+    assert any(ln.startswith(f"  {bad}: ") for ln in err.splitlines())  # the summary lists it again
+    # a rerun: the good ones are complete, the bad one is listed again
+    assert main(["predict", str(ckpt), inp, "--out", str(out), "--window", "64", "--tissue-mask", "off",
+                 "--device", "cpu"]) == 2
+
+
+def test_predict_input_kind_image(tmp_path, capsys):
+    """A NIfTI whose values look like a label map is refused (listed, exit 2) unless --input-kind image."""
+    import nibabel as nib
+
+    model = small_unet(1, 2)
+    cfg = ModelConfig(in_channels=1, out_channels=2, channels=(4, 8), num_res_units=0, norm="batch")
+    ck = save_checkpoint(tmp_path / "m1.pt", Checkpoint(cfg, model.state_dict(), norm=NormConfig.uint8(1)))
+    vol = np.zeros((64, 64, 4), np.uint8)   # XYZ: two flat regions, 3 values
+    vol[10:40, 12:50] = 1
+    vol[30:60, 5:20] = 2
+    (tmp_path / "data").mkdir()
+    p = tmp_path / "data" / "case.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(p))
+    args = ["predict", str(ck), str(p), "--out", str(tmp_path / "out"), "--window", "64", "--tissue-mask", "off",
+            "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds labels but no image" in err and "--input-kind image" in err
+    assert main(args + ["--input-kind", "image"]) == 0
+    lab = open_prediction(tmp_path / "out" / "case.prediction.zarr")[0]
+    assert lab.levels[0].shape == (4, 64, 64) and lab.metadata["status"] == "complete"

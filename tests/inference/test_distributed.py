@@ -9,8 +9,17 @@ import time
 import pytest
 from infer_helpers import drain, small_unet, store_bytes, textured_rgb, zarr_source
 
-from napari_medseg.inference import BlockDone, PredictDone, PredictStart, PredictWarning, run_predict
+from napari_medseg.inference import (
+    BlockDone,
+    PredictDone,
+    PredictFailed,
+    PredictStart,
+    PredictWarning,
+    run_predict,
+)
 from napari_medseg.inference.distributed import kept_environ, predict_many
+from napari_medseg.inference.output import read_manifest
+from napari_medseg.io.errors import UnreadableInputError
 
 KW = dict(window=(64, 64), overlap=0.25, tissue_mask=False, device="cpu", block=(64, 64), write_probs="uint8")
 
@@ -39,6 +48,39 @@ def test_in_process_cluster_matches_local(tmp_path):
     assert {e.name for e in events if isinstance(e, BlockDone)} == {"s0", "s1"}
     for o, ref in zip(outs, refs):
         assert store_bytes(o) == ref
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+def test_keep_going_reports_a_bad_input_and_predicts_the_rest(tmp_path, cluster):
+    from distributed import Client, LocalCluster
+
+    """keep_going: an input refused before the run (unreadable) and one failing during it (a tile that does
+    not decode, on_corrupt="stop") are reported as PredictFailed; the good one is predicted."""
+    import numcodecs
+
+    good = _sources(tmp_path)[1]
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    corrupt = zarr_source(tmp_path / "c.zarr", [textured_rgb(200, 200)], "YXC", chunks=(64, 64, 3), name="corrupt",
+                          compressor=numcodecs.Blosc(cname="zstd"))
+    chunk = tmp_path / "c.zarr" / "0" / "1.2.0"
+    chunk.write_bytes(chunk.read_bytes()[:20])
+    model = small_unet()
+    outs = [tmp_path / f"{n}.prediction.zarr" for n in ("bad", "corrupt", "good")]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        kw = dict(KW, client=client) if cluster else KW
+        with pytest.raises(UnreadableInputError, match="not a readable NIfTI"):
+            drain(predict_many([bad, corrupt, good], model, outs, **kw))
+        events, paths = drain(predict_many([bad, corrupt, good], model, outs, keep_going=True, **kw))
+    failed = {e.name or e.source: e for e in events if isinstance(e, PredictFailed)}
+    assert sorted(failed) == [str(bad), "corrupt"]
+    assert failed[str(bad)].source == str(bad) and "not a readable NIfTI" in failed[str(bad)].message
+    assert "could not be decoded" in failed["corrupt"].message and failed["corrupt"].out == outs[1]
+    dones = [e for e in events if isinstance(e, PredictDone)]
+    assert [d.name for d in dones] == ["s1"] and not dones[0].cancelled
+    assert [str(p) for p in paths] == [str(outs[2])] and not outs[0].exists()
+    assert read_manifest(outs[1])["status"] == "interrupted"  # a rerun resumes it
 
 
 @pytest.mark.slow
