@@ -19,8 +19,8 @@ Settings (``../shared/data``):
   scored on 16 held-out cases. ``--paper`` runs UA-MT's protocol at 0.625 mm (GPU).
 
 Methods (``--methods``): ``sup`` (painted pixels only), ``pl`` (``semi="pseudo_label"``, the candidate
-default), ``pl_nou`` (the same without extra unlabelled windows: only the unpainted pixels of painted
-patches), ``mt`` (``semi="mean_teacher"`` with the reference recipe), ``full`` (dense labels, upper bound).
+default: the unlabelled data are the unpainted pixels of the painted patches), ``pl_u25`` (the same plus a
+quarter batch of windows from anywhere, ``unlabelled_ratio=0.25``), ``mt`` (``semi="mean_teacher"`` with the reference recipe), ``full`` (dense labels, upper bound).
 
 The defaults (``monuseg_1pct,monuseg_local``, ``sup,pl,full``, seeds 0-2, 100 s per run, 2 threads) take about
 40 minutes on 2 cores; the issue's budgets are ``--budget 300`` and ``--budget 600``. ``--quick`` is a smoke
@@ -52,8 +52,8 @@ from napari_medseg.training.sparsify import scribbles
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # method -> TrainConfig changes (every run also keeps a weight EMA, scored beside the student)
-METHODS = {"sup": {"semi": "none"}, "pl": {"semi": "pseudo_label"},
-           "pl_nou": {"semi": "pseudo_label", "unlabelled_ratio": 0.0},  # only the unpainted pixels of painted patches
+METHODS = {"sup": {"semi": "none"}, "pl": {"semi": "pseudo_label"},  # the unpainted pixels of painted patches
+           "pl_u25": {"semi": "pseudo_label", "unlabelled_ratio": 0.25},  # + a quarter batch of windows anywhere
            "mt": {"semi": "mean_teacher"}, "full": {"semi": "none"}}
 
 

@@ -84,7 +84,7 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         model=mcfg, patch_size=(int(settings.get("patch", 256)),), batch_size=int(settings.get("batch", 4)),
         lr=float(settings.get("lr", 1e-3)), steps=int(settings.get("steps", 2000)),
         time_budget_s=budget if budget > 0 else None, semi=str(settings.get("semi", "none")),
-        eval_model="ema" if settings.get("ema") else "student", device=device_name(settings.get("device", "")),
+        eval_model="ema" if settings.get("ema", True) else "student", device=device_name(settings.get("device", "")),
         threads=int(settings.get("threads") or 1), checkpoint_dir=out, num_workers=1,
     )
 

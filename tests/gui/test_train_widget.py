@@ -153,22 +153,22 @@ def test_settings_are_remembered(make_napari_viewer, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)
-    assert w.semi_combo.currentData() == "none" and not w.ema_check.isChecked()  # the measured defaults
+    assert w.semi_combo.currentData() == "none" and w.ema_check.isChecked()  # the measured defaults
     w.patch_spin.setValue(96)
     w.semi_combo.setCurrentIndex(w.semi_combo.findData("pseudo_label"))
-    w.ema_check.setChecked(True)
+    w.ema_check.setChecked(False)
     from napari_medseg._napari.settings import save_settings
 
     save_settings(w.SETTINGS, w._settings_values())
     w2 = TrainWidget(viewer)
-    assert w2.patch_spin.value() == 96 and w2.semi_combo.currentData() == "pseudo_label" and w2.ema_check.isChecked()
+    assert w2.patch_spin.value() == 96 and w2.semi_combo.currentData() == "pseudo_label" and not w2.ema_check.isChecked()
     from napari_medseg._napari.training_job import build_config
     from napari_medseg.io.classes import ClassSchema
     from napari_medseg.io.source import ImageSource
 
     img, _ = _blobs()
     cfg = build_config(w2._settings_values(), ImageSource([img], "YX", (1.0, 1.0), name="img"), ClassSchema(), None)
-    assert cfg.semi == "pseudo_label" and cfg.eval_model == "ema"
+    assert cfg.semi == "pseudo_label" and cfg.eval_model == "student"
 
 
 def test_an_older_mean_teacher_setting_does_not_turn_it_back_on(make_napari_viewer):

@@ -48,7 +48,7 @@ def test_events_checkpoints_and_meta(tmp_path):
         assert key in ck.meta, key
     assert ck.meta["round"] == 1 and ck.meta["axes"] == "YX" and ck.norm == start.norm
     assert ck.teacher_state_dict is not None and ck.classes == data.classes
-    assert ck.meta["semi"] == "mean_teacher" and ck.meta["predict_with"] == "student"
+    assert ck.meta["semi"] == "mean_teacher" and ck.meta["predict_with"] == "ema"
     model, _ = load_model(done.best_checkpoint)
     assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
 
@@ -131,12 +131,13 @@ def test_rounds_continue_from_the_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [dict(semi="mean_teacher", uncertainty_mask=True, uncertainty_samples=2,
-                                     teacher_noise=0.05), dict(semi="none"),
+                                     teacher_noise=0.05), dict(semi="none", eval_model="student"),
                                 dict(semi="mean_teacher", loss="focal_dice", eval_model="teacher", optimizer="sgd",
                                      lr_schedule="poly"),
-                                dict(semi="mean_teacher", consistency_on="unlabelled", ema_warmup=False),
+                                dict(semi="mean_teacher", consistency_on="unlabelled", unlabelled_ratio=0.5,
+                                     ema_warmup=False),
                                 dict(semi="pseudo_label", pl_start=0.0, pl_full=0.0, pl_threshold=0.0),
-                                dict(semi="pseudo_label", pl_teacher="self", pl_cutmix=0.0, pl_class_balance=False,
+                                dict(semi="pseudo_label", pl_teacher="self", eval_model="student", pl_cutmix=0.0, pl_class_balance=False,
                                      pl_start=0.0, pl_full=0.0, pl_threshold=0.0)])
 def test_variants_run(tmp_path, kw):
     events, res = events_of(train(tiny_cfg(tmp_path, steps=3, **kw), blob_data(fraction=0.1)))
@@ -255,7 +256,7 @@ def test_prediction_uses_the_weight_average_when_asked(tmp_path):
     name = next(iter(ck.state_dict))
     assert torch.equal(model.state_dict()[name], ck.teacher_state_dict[name])
     assert not torch.equal(model.state_dict()[name], student.state_dict()[name])
-    _, plain = events_of(train(tiny_cfg(tmp_path / "plain", steps=2, val_every=10**6), data))
+    _, plain = events_of(train(tiny_cfg(tmp_path / "plain", steps=2, val_every=10**6, eval_model="student"), data))
     assert load_checkpoint(plain.last_checkpoint).teacher_state_dict is None  # nothing kept when not asked
 
 
