@@ -106,9 +106,10 @@ def test_wheel_install_carries_manifest_and_validates(tmp_path):
     py = venv / "bin" / "python"
     site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
-    # the test environment's packages, after the venv's own
-    (Path(site) / "_medseg_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=600)
+    # then the test environment's packages, after the venv's own (written after the install: pip would
+    # otherwise see the copy under test there, call the requirement satisfied and install nothing)
+    (Path(site) / "_medseg_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     probe = ("import importlib.metadata as md, napari_medseg\n"
              "eps = [e for e in md.entry_points(group='napari.manifest') if e.name == 'napari-medseg']\n"
              "print(napari_medseg.__file__)\n"

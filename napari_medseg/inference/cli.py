@@ -3,8 +3,8 @@
 Each input (a path, a folder, or a glob such as ``'slides/*.svs'``) is written to
 ``DIR/<name>.prediction.zarr``; a folder that is not itself a zarr or a DICOM series stands for the files
 in it that napari-medseg reads. Progress bars per slide. An input that fails (unreadable, labels instead of
-an image, refused by the model...) gets one line saying why, the others go on, and a summary at the end
-lists the failures; the exit status is then 2 (1 when some outputs are only unfinished, 0 when all are
+an image, refused by the model...) gets one ``napari-medseg predict: error:`` line saying why, the others
+go on, and with several inputs a summary at the end lists the failures; the exit status is then 2 (1 when some outputs are only unfinished, 0 when all are
 complete). ``--input-kind image`` reads every input as an image even where its values look like labels.
 ``--workers N`` starts a local ``dask.distributed`` cluster of N worker processes and ``--scheduler
 ADDRESS`` uses an existing one; slides and their blocks are spread over the workers, each opening its own
@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
     def fail(source: str, message: str) -> None:
         cause = _cause(message, source)
         failures.append((source, cause))
-        tqdm.write(f"napari-medseg predict: failed: {source}: {cause}", file=sys.stderr)
+        # the CLI's one-line error per failed input (with one input: the whole story, exit status 2)
+        tqdm.write(f"napari-medseg predict: error: {source}: {cause}", file=sys.stderr)
 
     def opened(paths: list[Path], path_outs: list[Path]) -> tuple[list, list[Path]]:
         """The inputs for predict_many: paths, or with --input-kind image the sources opened as images."""
@@ -216,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    if failures or len(inputs) > 1:
+    if len(inputs) > 1:
         n_done = len(inputs) - len(failures) - unfinished
         lines = [f"napari-medseg predict: {n_done} of {len(inputs)} input(s) done"
                  + (f", {unfinished} unfinished (rerun to resume)" if unfinished else "")

@@ -85,8 +85,8 @@ def test_predict_folder_goes_on_after_a_failing_file(tmp_path, ckpt, slides, cap
         assert lab.levels[0].shape == shape and lab.metadata["status"] == "complete"
     assert not (out / "a_broken.prediction.zarr").exists() and not (out / "notes.prediction.zarr").exists()
     bad = str(slides / "a_broken.tif")
-    fail_lines = [ln for ln in err.splitlines() if ln.startswith("napari-medseg predict: failed:")]
-    assert len(fail_lines) == 1 and fail_lines[0].startswith(f"napari-medseg predict: failed: {bad}: ")
+    fail_lines = [ln for ln in err.splitlines() if ln.startswith("napari-medseg predict: error:")]
+    assert len(fail_lines) == 1 and fail_lines[0].startswith(f"napari-medseg predict: error: {bad}: ")
     assert "no image data" in fail_lines[0]  # the cause, from the TIFF reader
     assert "2 of 3 input(s) done, 1 failed:" in err
     assert any(ln.startswith(f"  {bad}: ") for ln in err.splitlines())  # the summary lists it again
