@@ -39,6 +39,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -229,3 +230,46 @@ def guess_kind(sample: np.ndarray, *, pair_axes: Sequence[int], integer: bool, p
     if st.hi > MAX_LABEL_VALUE:
         return KindGuess("image", f"values above {MAX_LABEL_VALUE} ({st.describe()})", "values")
     return decide_from_values(st, hint)
+
+
+# -- NIfTI header evidence ---------------------------------------------------------------------------
+NIFTI_LABEL_INTENTS = {1002: "NIFTI_INTENT_LABEL", 1003: "NIFTI_INTENT_NEURONAME"}
+
+
+def _header_text(hdr: Any, field: str) -> str:
+    try:
+        raw = np.asarray(hdr[field]).tobytes()
+        return raw.split(b"\0", 1)[0].decode("latin-1").strip()
+    except Exception:  # Analyze headers lack the field; damaged text is no evidence
+        return ""
+
+
+def nifti_evidence(hdr: Any, slope: float, inter: float) -> dict[str, Any]:
+    """``guess_kind`` keywords from a NIfTI header: the intent code, its text fields, the display range and
+    the intensity rescaling (``scl_slope``/``scl_inter``, as applied)."""
+    out: dict[str, Any] = {"header_kind": None, "header_why": "", "display_range": False}
+    try:
+        code = int(hdr["intent_code"])
+    except Exception:  # Analyze headers have no intent
+        code = 0
+    name, descrip = _header_text(hdr, "intent_name"), _header_text(hdr, "descrip")
+    out["header_text"] = " ".join(t for t in (name, descrip) if t)
+    if code in NIFTI_LABEL_INTENTS:
+        out["header_kind"], out["header_why"] = "labels", f"NIfTI intent code {code} ({NIFTI_LABEL_INTENTS[code]})"
+    elif code:
+        try:
+            import nibabel as nib
+
+            label = nib.nifti1.intent_codes.niistring[code]
+        except Exception:
+            label = "not a label intent"
+        out["header_kind"], out["header_why"] = "image", f"NIfTI intent code {code} ({label})"
+    elif (slope, inter) != (1.0, 0.0):
+        out["header_kind"] = "image"
+        out["header_why"] = f"rescaled intensities (scl_slope {slope:g}, scl_inter {inter:g})"
+    try:
+        lo, hi = float(hdr["cal_min"]), float(hdr["cal_max"])
+        out["display_range"] = bool(np.isfinite(lo) and np.isfinite(hi) and hi > lo)
+    except Exception:
+        pass
+    return out

@@ -39,7 +39,7 @@ import dask.array as da
 import numpy as np
 
 from .errors import MedsegError, UnreadableInputError
-from .kind import check_kind, guess_kind
+from .kind import check_kind, guess_kind, nifti_evidence
 from .source import ImageSource
 
 logger = logging.getLogger(__name__)
@@ -113,48 +113,6 @@ def _image_contrast(sample: np.ndarray, is_int: bool) -> tuple[str, tuple[float,
 
 
 #: NIfTI intent codes that mean labels: NIFTI_INTENT_LABEL and NIFTI_INTENT_NEURONAME.
-NIFTI_LABEL_INTENTS = {1002: "NIFTI_INTENT_LABEL", 1003: "NIFTI_INTENT_NEURONAME"}
-
-
-def _header_text(hdr: Any, field: str) -> str:
-    try:
-        raw = np.asarray(hdr[field]).tobytes()
-        return raw.split(b"\0", 1)[0].decode("latin-1").strip()
-    except Exception:  # Analyze headers lack the field; damaged text is no evidence
-        return ""
-
-
-def _nifti_kind_evidence(hdr: Any, slope: float, inter: float) -> dict[str, Any]:
-    """``guess_kind`` keywords from a NIfTI header: the intent code, its text fields, the display range and
-    the intensity rescaling (``scl_slope``/``scl_inter``, as applied)."""
-    out: dict[str, Any] = {"header_kind": None, "header_why": "", "display_range": False}
-    try:
-        code = int(hdr["intent_code"])
-    except Exception:  # Analyze headers have no intent
-        code = 0
-    name, descrip = _header_text(hdr, "intent_name"), _header_text(hdr, "descrip")
-    out["header_text"] = " ".join(t for t in (name, descrip) if t)
-    if code in NIFTI_LABEL_INTENTS:
-        out["header_kind"], out["header_why"] = "labels", f"NIfTI intent code {code} ({NIFTI_LABEL_INTENTS[code]})"
-    elif code:
-        try:
-            import nibabel as nib
-
-            label = nib.nifti1.intent_codes.niistring[code]
-        except Exception:
-            label = "not a label intent"
-        out["header_kind"], out["header_why"] = "image", f"NIfTI intent code {code} ({label})"
-    elif (slope, inter) != (1.0, 0.0):
-        out["header_kind"] = "image"
-        out["header_why"] = f"rescaled intensities (scl_slope {slope:g}, scl_inter {inter:g})"
-    try:
-        lo, hi = float(hdr["cal_min"]), float(hdr["cal_max"])
-        out["display_range"] = bool(np.isfinite(lo) and np.isfinite(hi) and hi > lo)
-    except Exception:
-        pass
-    return out
-
-
 def _lower_levels(level0: Any, spacing: tuple[float, ...], spatial_offset: int) -> list[Any]:
     """Lazy 2x mean-downsampled levels of a large volume, halving its finest axes (in-plane for CT)."""
     levels = [level0]
@@ -297,7 +255,7 @@ def open_nifti(path: str | os.PathLike, kind: str = "auto") -> ImageSource:
         pair_axes = (1, 2)  # in-plane neighbours (the sampled slices are not adjacent)
     guess = guess_kind(sample, pair_axes=pair_axes, integer=dtype.kind in "iu", path=p,
                        several_volumes=len(full) == 4 and full[3] > 1, requested=kind,
-                       **_nifti_kind_evidence(img.header, slope, inter))
+                       **nifti_evidence(img.header, slope, inter))
     if guess.kind == "labels":
         if dtype.kind not in "iu":  # labels by request or by the header: napari's labels are integers
             if np.any(np.isfinite(sample) & (sample != np.round(sample))):
