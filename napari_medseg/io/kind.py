@@ -233,6 +233,7 @@ def guess_kind(sample: np.ndarray, *, pair_axes: Sequence[int], integer: bool, p
 
 
 # -- NIfTI header evidence ---------------------------------------------------------------------------
+#: NIfTI intent codes that mean labels: NIFTI_INTENT_LABEL and NIFTI_INTENT_NEURONAME.
 NIFTI_LABEL_INTENTS = {1002: "NIFTI_INTENT_LABEL", 1003: "NIFTI_INTENT_NEURONAME"}
 
 

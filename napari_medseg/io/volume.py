@@ -112,7 +112,6 @@ def _image_contrast(sample: np.ndarray, is_int: bool) -> tuple[str, tuple[float,
     return "MR" if lo >= 0 else "unknown", (p1, p99)
 
 
-#: NIfTI intent codes that mean labels: NIFTI_INTENT_LABEL and NIFTI_INTENT_NEURONAME.
 def _lower_levels(level0: Any, spacing: tuple[float, ...], spatial_offset: int) -> list[Any]:
     """Lazy 2x mean-downsampled levels of a large volume, halving its finest axes (in-plane for CT)."""
     levels = [level0]

@@ -17,6 +17,7 @@ step. Shapes: ``x`` ``(N, C, *S)``, store labels ``(N, *S)`` (0 = unpainted), lo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +52,7 @@ def cutmix_boxes(shape: tuple[int, ...], p: float, gen: torch.Generator, device:
         if float(draws[i, 0]) >= p:
             continue
         frac = area[0] + (area[1] - area[0]) * float(draws[i, 1])
-        logs = (draws[i, 2:2 + nd] * 2 - 1) * abs(torch.log(torch.tensor(aspect))).item() / 2
+        logs = (draws[i, 2:2 + nd] * 2 - 1) * abs(math.log(aspect)) / 2
         logs = logs - logs.mean()  # side ratios whose product is 1
         sl = []
         for d in range(nd):

@@ -31,7 +31,14 @@ from .losses import SparseSegLoss, consistency_loss, store_to_target
 from .mean_teacher import MeanTeacher
 from .metrics import confusion, dense_scores, dice_from_confusion
 from .prefetch import to_tensors
-from .pseudo_label import apply_cutmix, cutmix_boxes, pl_weight, pseudo_label_loss, teacher_targets
+from .pseudo_label import (
+    PseudoLabels,
+    apply_cutmix,
+    cutmix_boxes,
+    pl_weight,
+    pseudo_label_loss,
+    teacher_targets,
+)
 from .sampler import PatchSampler
 
 log = logging.getLogger(__name__)
@@ -209,13 +216,16 @@ class Run:
                     chunk = patches[i:i + bs]
                     x = torch.from_numpy(np.stack([p.image for p in chunk])).to(self.dev)
                     x = self.norm.apply(x).contiguous(memory_format=self.mf)
-                    pred = model(x).argmax(1).cpu()
+                    out = model(x)
+                    pred = out.argmax(1).cpu()
                     for p, pr in zip(chunk, pred):
                         conf += confusion(pr, torch.from_numpy(p.labels), k)
                         if p.dense is not None:
                             dense.append(dense_scores(pr.numpy(), p.dense, k, p.spacing))
                     if teacher is not None:  # the pseudo-labels' precision on held-out paint
-                        pl = teacher_targets(teacher, x)
+                        # the same network as the one scored (pl_teacher "self" with the student): no second pass
+                        pl = (PseudoLabels(*reversed(torch.softmax(out.float(), 1).max(1))) if teacher is model
+                              else teacher_targets(teacher, x))
                         target = store_to_target(torch.from_numpy(np.stack([p.labels for p in chunk])))[:, 0]
                         painted = target >= 0
                         sure = painted & (pl.conf.cpu() >= self.cfg.pl_threshold)
