@@ -28,6 +28,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -51,6 +52,26 @@ MANIFEST = "medseg/run.json"   # inside a zarr group of its own, so zarr readers
 JOURNAL = "medseg/journal"
 MIN_BLOCK_LEVEL_SIDE = 64
 SMALLEST_SIDE = 512
+
+
+# zarr's local store writes a chunk to "<key>.<32 hex>.partial" and renames it into place: a writer killed
+# in between leaves that file behind (the chunk itself is redone, its block having no journal entry).
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def remove_partial_writes(root: Path) -> int:
+    """Delete the temporary chunk files a killed writer left under ``root``; returns how many. Only for
+    the one process resuming a run, before any writer starts (it would remove a live writer's file)."""
+    n = 0
+    for folder, _dirs, files in os.walk(root):
+        for f in files:
+            if _PARTIAL.search(f):
+                with contextlib.suppress(FileNotFoundError):  # another writer's rename got there first
+                    os.remove(os.path.join(folder, f))
+                    n += 1
+    if n:
+        log.info("removed %d unfinished chunk write(s) left by an interrupted run in %s", n, root)
+    return n
 
 
 class DiskFullError(MedsegError):

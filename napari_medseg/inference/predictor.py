@@ -33,7 +33,7 @@ from .events import (
 )
 from .job import Job, make_job
 from .memory import trim
-from .output import OutputStore, prepare_out
+from .output import OutputStore, prepare_out, remove_partial_writes
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def open_output(job: Job, out: str | Path, *, resume: bool, overwrite: bool) -> 
                                job.source.unit)
         return store, set()
     store = OutputStore.open(out)
+    remove_partial_writes(store.path)
     return store, store.done_blocks()
 
 

@@ -259,13 +259,15 @@ def kill_predict(root: Path, point: str = "mid_block", seed: int = 0,
     done_at_kill = len(list(journal.iterdir())) if journal.is_dir() else 0
     status = _manifest(out).get("status")
     code, err = run_cli(_predict_argv(ckpt, slide, out_dir))
-    identical = code == 0 and tree_bytes(out) == tree_bytes(ref)
+    got, want = tree_bytes(out), tree_bytes(ref)
+    differs = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    identical = code == 0 and not differs
     total = len(list((ref / "medseg" / "journal").iterdir()))
     return {"ok": mid_run and status == "running" and done_at_kill <= total and identical,
             "killed": run.killed, "returncode": run.returncode, "mid_run": mid_run,
             "blocks_done_at_kill": done_at_kill, "blocks_total": total, "status_at_kill": status,
             "rerun_exit": code, "rerun_stderr": err.strip().splitlines()[-1:] if err.strip() else [],
-            "identical": identical, **info}
+            "identical": identical, "files_differing": differs[:5], **info}
 
 
 # ============================================================================================ painting

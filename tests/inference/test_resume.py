@@ -70,6 +70,23 @@ def test_unfinished_block_chunks_are_redone(tmp_path, rgb_source, unet2d):
     assert store_bytes(out) == ref
 
 
+def test_resume_removes_a_killed_writers_temporary_chunk_files(tmp_path, rgb_source, unet2d):
+    """zarr writes a chunk to ``<key>.<uuid hex>.partial`` and renames it: a SIGKILL in between leaves that
+    file (seen in the fault suite). The resume deletes such files; it leaves a look-alike name alone."""
+    ref = _reference(tmp_path, rgb_source, unet2d)
+    out = tmp_path / "o.zarr"
+    run_predict(rgb_source, unet2d, out, **KW)
+    (out / "medseg" / "journal" / sorted((out / "medseg" / "journal").iterdir())[0].name).unlink()
+    chunk_dir = out / "labels" / "prediction" / "0" / "0"
+    (chunk_dir / f"0.{'ab12' * 8}.partial").write_bytes(b"half a chunk")
+    (out / "probs" / "0" / f"0.{'0f' * 16}.partial").write_bytes(b"")
+    (out / "notes.partial").write_bytes(b"a user's file, not zarr's")
+    run_predict(rgb_source, unet2d, out, **KW)
+    got = store_bytes(out)
+    assert got.pop("notes.partial") == b"a user's file, not zarr's"
+    assert got == ref and [p.name for p in out.rglob("*.partial")] == ["notes.partial"]
+
+
 def test_resume_of_complete_output_does_nothing(tmp_path, rgb_source, unet2d):
     out = tmp_path / "o.zarr"
     run_predict(rgb_source, unet2d, out, **KW)
