@@ -155,6 +155,7 @@ def kept_environ() -> Iterator[None]:
     Left there, they would reach every later child of the viewer, e.g. a prediction process pinned to one
     thread. A worker the nanny restarts later sets them again (distributed's behaviour)."""
     import dask
+    import distributed  # noqa: F401  (its import registers its config defaults, pre-spawn-environ among them)
 
     keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}) | {"PYTHONHASHSEED"}
     before = {k: os.environ.get(k) for k in keys}

@@ -120,3 +120,20 @@ def test_the_environment_a_dask_nanny_sets_is_undone(monkeypatch):
     with kept_environ():
         os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # what Nanny.start does to os.environ
     assert "OMP_NUM_THREADS" not in os.environ and os.environ["MKL_NUM_THREADS"] == "3"
+
+
+def test_the_nanny_environment_is_undone_in_a_process_that_never_imported_distributed():
+    """``distributed``'s config (the list of variables a nanny sets) exists only once it is imported: a fresh
+    process that calls ``kept_environ`` first must still undo them (it failed so in a random test order)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from napari_medseg.inference.distributed import kept_environ\n"
+            "assert 'distributed' not in sys.modules, 'the test needs a process without distributed'\n"
+            "os.environ.pop('OMP_NUM_THREADS', None)\n"
+            "with kept_environ():\n    os.environ['OMP_NUM_THREADS'] = '1'\n"
+            "print('OMP_NUM_THREADS' in os.environ)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
