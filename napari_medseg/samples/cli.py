@@ -2,7 +2,8 @@
 
 The files come from the cache (generated there on first use, deterministically) and are copied to DIR:
 
-- slide: ``sample-slide.ome.tif``, ``sample-slide-labels.ome.tif``, ``slide_classes.json``
+- slide: ``sample-slide.ome.tif``, ``sample-slide-labels.ome.tif``, ``slide_classes.json`` (``--size 2048``:
+  a smaller slide of the same kind, under the same names)
 - ct:    ``sample-ct.nii.gz``, ``sample-ct-labels.nii.gz``, ``ct_classes.json``
   (with ``--dicom`` also ``sample-ct-dicom/``, the image as a DICOM series)
 """
@@ -23,13 +24,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("which", choices=["slide", "ct"], help="the H&E-like slide or the CT-like volume")
     parser.add_argument("--out", required=True, type=Path, help="folder to write into (created if missing)")
     parser.add_argument("--dicom", action="store_true", help="ct only: also write the image as a DICOM series")
+    parser.add_argument("--size", type=int, default=None, metavar="PX",
+                        help="slide only: a smaller slide of the same kind, 1024, 2048 or 4096 px a side (default "
+                             "8192, the sample napari opens); 2048 px makes a CLI walkthrough take seconds")
     parser.add_argument("--force", action="store_true", help="overwrite files that already exist in --out")
 
 
-def write_sample(which: str, out: Path, *, dicom: bool = False, force: bool = False) -> list[Path]:
-    """Copy sample ``which`` ("slide" or "ct") with ground truth and classes into ``out``; returns paths."""
+def write_sample(which: str, out: Path, *, dicom: bool = False, force: bool = False,
+                 size: int | None = None) -> list[Path]:
+    """Copy sample ``which`` ("slide" or "ct") with ground truth and classes into ``out``; returns paths.
+    ``size``: the slide's side in px (``samples.slide.SIZES``; default the full 8192 px sample)."""
     if dicom and which != "ct":
         raise MedsegError("--dicom only applies to the ct sample.")
+    if size is not None and which != "slide":
+        raise MedsegError("--size only applies to the slide sample.")
+    if size is not None:
+        from .slide import SIZES
+
+        if size not in SIZES:
+            raise MedsegError(f"--size {size}: the sample slide comes in sides {', '.join(map(str, SIZES))} px.")
     names = {"slide": ["sample-slide.ome.tif", "sample-slide-labels.ome.tif", "slide_classes.json"],
              "ct": ["sample-ct.nii.gz", "sample-ct-labels.nii.gz", "ct_classes.json"]}.get(which)
     if names is None:
@@ -45,7 +58,7 @@ def write_sample(which: str, out: Path, *, dicom: bool = False, force: bool = Fa
     if which == "slide":
         from .slide import SAMPLE_DATA, sample_slide_paths
 
-        src = [*sample_slide_paths(), SAMPLE_DATA / names[2]]
+        src = [*sample_slide_paths(**({} if size is None else {"size": size})), SAMPLE_DATA / names[2]]
     else:
         from .ct import SAMPLE_DATA, sample_ct_paths
 
@@ -74,7 +87,7 @@ def write_sample(which: str, out: Path, *, dicom: bool = False, force: bool = Fa
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = write_sample(args.which, args.out, dicom=args.dicom, force=args.force)
+    paths = write_sample(args.which, args.out, dicom=args.dicom, force=args.force, size=args.size)
     for p in paths:
         print(p)
     print(f"open it with: napari-medseg gui {paths[0]}")

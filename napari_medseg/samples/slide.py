@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..io.classes import ClassSchema
+from ..io.errors import MedsegError
 from ..io.source import ImageSource
 from .cache import ensure_files, is_cached
 
@@ -342,6 +343,14 @@ def generate_slide(image_path: Path, labels_path: Path, seed: int = SEED, size: 
 
 
 _SLIDE_FILES = (f"sample-slide-v{VERSION}.ome.tif", f"sample-slide-v{VERSION}-labels.ome.tif")
+#: sides (px) the slide can be generated at: ``SIZE`` (the sample) or a smaller one, e.g. for a quick CLI walkthrough
+SIZES = (1024, 2048, 4096, SIZE)
+
+
+def _slide_files(size: int) -> tuple[str, str]:
+    if size == SIZE:
+        return _SLIDE_FILES
+    return (f"sample-slide-v{VERSION}-{size}px.ome.tif", f"sample-slide-v{VERSION}-{size}px-labels.ome.tif")
 
 
 def sample_slide_cached() -> bool:
@@ -349,10 +358,14 @@ def sample_slide_cached() -> bool:
     return is_cached(_SLIDE_FILES)
 
 
-def sample_slide_paths(progress: Callable[[float], None] | None = None) -> tuple[Path, Path]:
+def sample_slide_paths(progress: Callable[[float], None] | None = None, size: int = SIZE) -> tuple[Path, Path]:
     """(image, ground truth) in the cache, generated on first use (20-40 s on the 2-core VM), reporting
-    ``progress(fraction)`` while it generates."""
-    img, lab = ensure_files(list(_SLIDE_FILES), lambda tmp: generate_slide(tmp[0], tmp[1], progress=progress))
+    ``progress(fraction)`` while it generates. ``size`` (one of ``SIZES``): a smaller slide of the same kind
+    (same seed, same pixel size, fewer glands), cached under its own name; 2048 px takes about 1 s."""
+    if size not in SIZES:
+        raise MedsegError(f"the sample slide comes in sides {', '.join(map(str, SIZES))} px, not {size}")
+    img, lab = ensure_files(list(_slide_files(size)),
+                            lambda tmp: generate_slide(tmp[0], tmp[1], size=size, progress=progress))
     return img, lab
 
 

@@ -6,6 +6,12 @@ Examples::
     napari-medseg train --data ../shared/data/monuseg_train --label-fraction 0.05 --steps 500 --out run1
     napari-medseg train --images vols/ --masks segs/ --spatial-dims 3 --patch-size 64 --labelled-cases 8
     napari-medseg train --image slide.ome.zarr --labels slide.labels.zarr --time-budget 600 --out run2
+    napari-medseg train --image demo/sample-slide.ome.tif --labels demo/sample-slide-labels.ome.tif \
+        --classes demo/slide_classes.json --steps 20 --out demo/run
+
+The checkpoint records the class names and colours (``--classes``; else a label store's or an NGFF label group's
+own; else "class 1", "class 2" ...) and the image's pixel size (from its metadata, e.g. an OME-TIFF's
+PhysicalSizeX/Y).
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..io.classes import ClassSchema
+from ..io.classes import DEFAULT_COLORS, ClassSchema
 from ..io.errors import MedsegError
 
 log = logging.getLogger(__name__)
+#: keys of an NGFF ``image-label`` property that may hold a class name (the label store writes "class")
+NAME_KEYS = ("class", "name", "label-name", "label_name", "label")
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -45,7 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--image", metavar="PATH", help="one image (slide, zarr, NIfTI), with --labels")
     src.add_argument("--labels", metavar="PATH", help="its label store (or a label image: 0 unannotated, 1 "
                      "background, 2.. classes)")
-    src.add_argument("--classes", help="class names after background, comma-separated (default from the data)")
+    src.add_argument("--classes", metavar="NAMES|FILE",
+                     help="the classes after background, stored in the checkpoint: names, comma-separated, each "
+                          "with an optional colour (stroma=#009e73,gland=#e69f00), or a class file (JSON with "
+                          "'names', background first, and 'colors'; a .json path, like the slide_classes.json `napari-medseg "
+                          "sample` writes). Default: a label store's or NGFF label group's own classes, else "
+                          "'class 1', 'class 2' ...")
     src.add_argument("--foreground", type=_ints, help="raw mask value of each class, in order (default: every "
                      "non-zero value)")
     src.add_argument("--limit", type=int, help="use only the first N pairs")
@@ -134,15 +147,97 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
     return base.replace(**kw)
 
 
-def _classes(names: str | None, k: int) -> ClassSchema | None:
-    if not names:
+def _classes(value: str | None, k: int) -> ClassSchema | None:
+    """``--classes``: a class file (JSON, background first) or comma-separated names with optional colours
+    (``name=#rrggbb``), checked to cover the ``k`` classes the labels hold; None without the option."""
+    if not value:
         return None
-    parts = [n.strip() for n in names.split(",") if n.strip()]
-    if parts and parts[0].lower() == "background":
-        parts = parts[1:]
-    if len(parts) < k:
-        raise MedsegError(f"--classes names {len(parts)} classes but the masks hold {k}")
-    return ClassSchema(("background", *parts))
+    if value.lower().endswith(".json"):
+        schema = _class_file(Path(value))
+    else:
+        parts = [n.strip() for n in value.split(",") if n.strip()]
+        names, colors = [], []
+        for part in parts:
+            name, _, color = part.partition("=")
+            names.append(name.strip())
+            colors.append(color.strip() or None)
+        if names and names[0].lower() == "background":
+            bg_color = colors[0]
+            names, colors = names[1:], colors[1:]
+        else:
+            bg_color = None
+        colors = [bg_color, *colors]
+        names = ["background", *names]
+        schema = ClassSchema(tuple(names), tuple(c or DEFAULT_COLORS[i % len(DEFAULT_COLORS)]
+                                                 for i, c in enumerate(colors)) if any(colors) else ())
+    if schema.n_classes - 1 < k:
+        raise MedsegError(f"--classes names {schema.n_classes - 1} classes but the labels hold {k}")
+    return schema
+
+
+def _class_file(path: Path) -> ClassSchema:
+    """A class file: ``{"names": [background, ...], "colors": ["#rrggbb", ...]}`` (other keys ignored)."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise MedsegError(f"could not read the class file {path} ({e.strerror or e})") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MedsegError(f"the class file {path} is not JSON ({e})") from e
+    try:
+        return ClassSchema.from_dict({k: doc[k] for k in ("names", "colors") if k in doc}
+                                     if isinstance(doc, dict) else doc)
+    except MedsegError as e:
+        raise MedsegError(f"the class file {path}: {e}") from e
+
+
+def _generic_classes(k: int) -> ClassSchema:
+    return ClassSchema(("background",) + tuple(f"class {i}" for i in range(1, max(k, 1) + 1)))
+
+
+def _ngff_label_classes(path: Path, k: int) -> ClassSchema | None:
+    """Class names and colours of an NGFF label group (``image-label`` ``properties`` and ``colors``) whose values
+    follow the label-store convention (0 not annotated, 1 background, 2.. classes), for the ``k`` classes its
+    values hold; None when it names no class and gives no colour."""
+    import zarr
+
+    from ..io.ngff_meta import ome_attrs
+
+    try:
+        attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception as e:  # not a zarr group: a label image without class metadata
+        log.debug("%s: no NGFF label attributes (%s)", path, e)
+        return None
+    il = ome_attrs(attrs).get("image-label")
+    if not isinstance(il, dict):
+        return None
+    names: dict[int, str] = {}
+    for prop in il.get("properties") or []:
+        if not isinstance(prop, dict):
+            continue
+        name = next((prop[key] for key in NAME_KEYS if isinstance(prop.get(key), str) and prop[key].strip()), None)
+        try:
+            if name is not None:
+                names[int(prop["label-value"])] = name.strip()
+        except (KeyError, TypeError, ValueError):
+            continue
+    colors: dict[int, str] = {}
+    for c in il.get("colors") or []:
+        try:
+            rgba = [int(v) for v in c["rgba"]]
+            colors[int(c["label-value"])] = "#" + "".join(f"{min(max(v, 0), 255):02x}" for v in rgba[:3])
+        except (KeyError, TypeError, ValueError, IndexError):
+            continue
+    n = max([k + 1, *(v for v in (*names, *colors) if v >= 1)])  # store values 1..n: background and n - 1 classes
+    n = min(n, 254)
+    if not any(1 <= v <= n for v in (*names, *colors)):
+        return None
+    default = _generic_classes(n - 1)
+    out_names = [names.get(v, default.names[v - 1]) for v in range(1, n + 1)]
+    out_colors = [colors.get(v, default.colors[v - 1]) for v in range(1, n + 1)]
+    if len(set(out_names)) != len(out_names):
+        log.warning("%s: the label group's class names %s repeat; using generic names", path, out_names)
+        out_names = list(default.names)
+    return ClassSchema(tuple(out_names), tuple(out_colors))
 
 
 def _data(args: argparse.Namespace) -> Any:
@@ -163,6 +258,8 @@ def _data(args: argparse.Namespace) -> Any:
         labels, classes = _open_labels(args.labels, img)
         if args.classes:
             classes = _classes(args.classes, classes.n_classes - 1) or classes
+        elif classes == _generic_classes(classes.n_classes - 1):
+            _say_generic(args.labels, classes)
         return TrainingData([TrainingItem(img, labels, name=Path(args.image).name)], classes)
     if args.data:
         pairs = datasets.load_folder(args.data, foreground=args.foreground, limit=args.limit)
@@ -171,10 +268,18 @@ def _data(args: argparse.Namespace) -> Any:
             raise MedsegError("--images and --masks go together")
         pairs = datasets.load_pairs(args.images, args.masks, foreground=args.foreground, limit=args.limit)
     k = max(int(p.mask.max(initial=0)) for p in pairs)
+    classes = _classes(args.classes, k)
+    if classes is None:
+        _say_generic(args.data or args.masks, _generic_classes(k))
     sparse = "dense" if args.label_fraction is None else args.sparse
-    return datasets.make_training_data(pairs, classes=_classes(args.classes, k), sparse=sparse,
+    return datasets.make_training_data(pairs, classes=classes, sparse=sparse,
                                        fraction=args.label_fraction or 1.0, cases=args.labelled_cases,
                                        seed=args.seed or 0)
+
+
+def _say_generic(where: str, classes: ClassSchema) -> None:
+    print(f"note: {where} names no classes; the checkpoint calls them {', '.join(classes.names[1:])} "
+          "(--classes NAMES or a class file names and colours them)", file=sys.stderr)
 
 
 def _open_labels(path: str, image: Any) -> tuple[Any, ClassSchema]:
@@ -195,7 +300,7 @@ def _open_labels(path: str, image: Any) -> tuple[Any, ClassSchema]:
             log.info("%s is not a label store (%s); reading it as a label image", p, e)
     arr = datasets.read_mask(p, image)
     k = max(1, int(arr.max(initial=0)) - 1)
-    return arr, ClassSchema(("background",) + tuple(f"class {i}" for i in range(1, k + 1)))
+    return arr, (_ngff_label_classes(p, k) if p.is_dir() else None) or _generic_classes(k)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -71,8 +71,29 @@ def _materialize(src: ImageSource) -> ImageSource:
     return src
 
 
+def _file_pixel_size(p: Path) -> tuple[tuple[float, float], str]:
+    """The in-plane pixel size (``YX``) and unit a 2D TIFF's metadata gives (OME PhysicalSize, SVS MPP, ImageJ or
+    resolution tags, read as the package's TIFF reader reads them); (1, 1) micrometer for files without one
+    (PNG, JPEG, NPY, a TIFF without a physical size)."""
+    if p.name.lower().endswith((".tif", ".tiff")):
+        from ..io.tiff import open_tiff
+
+        try:
+            src = open_tiff(p)
+        except Exception as e:  # the pixels were read already: metadata the reader cannot parse is only a warning
+            log.warning("%s: no pixel size from its metadata (%s); training records 1 per pixel", p, e)
+        else:
+            if src.unit != "pixel" and src.spatial_dims == 2:
+                py, px = src.pixel_size
+                return (py, px), src.unit
+    return (1.0, 1.0), "micrometer"
+
+
 def read_image(path: str | os.PathLike, pixel_size: float | None = None) -> ImageSource:
-    """An ``ImageSource`` for a PNG/JPEG/TIFF/NPY (2D, ``YX`` or ``YXC``) or a NIfTI/zarr/pyramid (package reader)."""
+    """An ``ImageSource`` for a PNG/JPEG/TIFF/NPY (2D, ``YX`` or ``YXC``) or a NIfTI/zarr/pyramid (package reader).
+
+    The pixel size is ``pixel_size`` if given, else what the file's metadata says (a TIFF's OME PhysicalSize
+    and the like), else 1: it is what a checkpoint trained on the image records."""
     p = Path(path)
     name = p.name.lower()
     if name.endswith((".png", ".jpg", ".jpeg", ".npy")) or (name.endswith((".tif", ".tiff")) and p.stat().st_size
@@ -97,8 +118,8 @@ def read_image(path: str | os.PathLike, pixel_size: float | None = None) -> Imag
             axes, rgb, modality = "YX", False, "unknown"
         else:
             raise MedsegError(f"{p}: expected a 2D grey or RGB image, got shape {a.shape}")
-        ps = pixel_size or 1.0
-        return ImageSource([np.ascontiguousarray(a)], axes, (ps, ps), name=_stem(p), path=str(p), rgb=rgb,
+        sizes, unit = ((pixel_size, pixel_size), "micrometer") if pixel_size else _file_pixel_size(p)
+        return ImageSource([np.ascontiguousarray(a)], axes, sizes, unit=unit, name=_stem(p), path=str(p), rgb=rgb,
                            modality=modality)
     from ..io.reader import open_path
 
