@@ -212,21 +212,20 @@ def add_then_show(viewer: Any, kind: str, data: Any, *, activate: bool = False, 
     Adding a layer costs the main thread two chunks of work: napari building the layer's controls and
     vispy node (~0.08 s on the 2-core VM), then the first draw of the new visual (its shaders are compiled
     then: ~0.05 s in software OpenGL). Done in one go it is one stall of the viewer; this way it is two
-    shorter ones with the user's input and a frame in between. Unless ``activate``, the new layer does not
-    become the selected one (napari selects what is added: the painter would lose the brush's layer, and
-    switching the layer controls twice costs another ~0.01-0.07 s)."""
+    shorter ones with the user's input and a frame in between. Unless ``activate``, the selection is put
+    back as it was (napari selects what is added: the painter would lose the brush's layer), through the
+    public selection API (napari's private switch that avoids the selection change would warn the user
+    about private attribute access)."""
     from qtpy.QtCore import QTimer
 
     visible = kwargs.pop("visible", True)
-    layers = viewer.layers
-    before = getattr(layers, "_activate_on_insert", None)  # private; without it napari selects the new layer
-    if before is not None and not activate:
-        layers._activate_on_insert = False
-    try:
-        layer = getattr(viewer, f"add_{kind}")(data, visible=False, **kwargs)
-    finally:
-        if before is not None:
-            layers._activate_on_insert = before
+    selection = viewer.layers.selection
+    kept, active = set(selection), selection.active  # napari selects what is added: put the selection back
+    layer = getattr(viewer, f"add_{kind}")(data, visible=False, **kwargs)
+    if not activate and layer in selection:
+        selection.clear()
+        selection.update(kept)
+        selection.active = active
     if visible:
         def show() -> None:
             if layer in viewer.layers:

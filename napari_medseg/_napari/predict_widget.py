@@ -1,18 +1,21 @@
 """The prediction dock widget: predict the whole image out of core into an NGFF zarr (progress in napari's
-activity dock, the result appearing as a multiscale Labels layer as blocks finish, cancellable), accept
-the prediction into the label store for a correction round, and save / load / export the model."""
+activity dock, the result appearing as a multiscale Labels layer as blocks finish, cancellable), preview
+the checkpoint on the view, accept the prediction into the label store for a correction round, and save /
+load / export the model.
+
+The whole-image run's worker generator and result layers live in ``predict_run``, the preview in
+``predict_preview``. Whatever fails (at start, in the worker, or as an engine event) leaves the widget idle,
+says what failed in one sentence on the status line, keeps the full message in the widget's message log
+(``messages.MessageLog``) and leaves no empty result layer behind.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Generator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -29,94 +32,30 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.errors import MedsegError
+from . import predict_run
 from .layer_list_events import quiet_zoom_events
-from .layers import add_then_show, current_view, overlaps, source_from_layer, units_of, view_at_level0
+from .layers import current_view, source_from_layer
+from .messages import MessageLog
+from .predict_preview import PreviewBox
+from .predict_run import (  # noqa: F401 - REFRESH_S, OverviewLevel, ResultLayers, _with_overview: the names before the split
+    REFRESH_S,
+    RESULT_SUFFIX,
+    OverviewLevel,
+    ResultLayers,
+    RunLayers,
+    _with_overview,
+    failure_sentence,
+    predict_and_open,
+    remove_output_layers,
+    widget_hint,
+)
 from .qt_helpers import path_row
 from .quiet_gc import freeze_long_lived
 from .session import session_for
 from .settings import load_settings, save_settings
-from .workers import show_error, show_info, start_generator_worker
+from .workers import start_generator_worker, user_message
 
 log = logging.getLogger(__name__)
-RESULT_SUFFIX = " prediction"
-REFRESH_S = 2.0  # the growing result layer is redrawn at most this often, and only for blocks in view
-
-
-@dataclass
-class ResultLayers:
-    """The output's napari layer data, opened in the worker thread (zarr and dask setup stay off the
-    main thread); the main thread only adds the layers."""
-
-    layers: list[tuple[Any, dict[str, Any], str]]
-
-
-class OverviewLevel:
-    """The coarsest level of the growing result as a numpy array that the worker thread refills from the
-    output (in place, at most every ``REFRESH_S``). napari materialises a multiscale layer's coarsest level
-    on the main thread when the layer is added and whenever its overview is reset; from a dask array over
-    the zarr that waits for dask's pool while prediction holds the cores (0.5-1.2 s stalls measured)."""
-
-    def __init__(self, lazy: Any) -> None:
-        from ..io.lazy import compute
-
-        self.lazy = lazy
-        self.array = np.array(compute(lazy))
-        self._last = time.monotonic()
-
-    def refill(self, force: bool = False) -> None:
-        from ..io.lazy import compute
-
-        now = time.monotonic()
-        if force or now - self._last >= REFRESH_S:
-            self._last = now
-            self.array[...] = compute(self.lazy)
-
-
-def _with_overview(layers: list[tuple[Any, dict[str, Any], str]]) -> tuple[list[Any], list[OverviewLevel]]:
-    """``layers`` with each multiscale Labels layer's coarsest level swapped for an ``OverviewLevel``."""
-    out, overviews = [], []
-    for data, kw, kind in layers:
-        if kind == "labels" and isinstance(data, (list, tuple)) and len(data) > 1:
-            ov = OverviewLevel(data[-1])
-            overviews.append(ov)
-            data = [*data[:-1], ov.array]
-        out.append((data, kw, kind))
-    return out, overviews
-
-
-def predict_and_open(*args: Any, in_process: bool = False, **kwargs: Any) -> Generator[Any, None, Any]:
-    """``inference.predict``'s events, plus ``ResultLayers`` once the output exists (worker thread).
-
-    ``in_process``: the prediction itself runs in a child process (``inference.process``), so its threads
-    never hold the viewer's GIL; this thread relays the events and refills the result's overview level."""
-    from ..inference import predict, prediction_layer_data
-
-    if in_process:
-        from ..inference.process import predict_in_process as predict
-    gen = predict(*args, **kwargs)
-    overviews: list[OverviewLevel] = []
-    try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            kind = type(ev).__name__
-            if overviews and kind in ("BlockDone", "PredictDone"):
-                try:
-                    for ov in overviews:
-                        ov.refill(force=kind == "PredictDone")
-                except Exception as e:  # a stale overview is no reason to stop the prediction
-                    log.debug("could not refill the overview: %s", e)
-            yield ev
-            if kind == "PredictStart":
-                try:
-                    layers, overviews = _with_overview(prediction_layer_data(ev.out))
-                    yield ResultLayers(layers)
-                except Exception as e:  # the widget opens it at the end instead
-                    log.debug("prediction not openable yet: %s", e)
-    finally:
-        gen.close()  # a worker stopped early still closes the output (predict's own cleanup)
 
 
 class PredictWidget(QWidget):
@@ -128,11 +67,10 @@ class PredictWidget(QWidget):
         self.session = session_for(napari_viewer)
         self._worker: Any = None
         self._cancel = threading.Event()
-        self._result_layer: Any = None
-        self._mask_layer: Any = None  # the tissue mask of the run (hidden), added when the run ends
-        self._opened: list[tuple[Any, dict[str, Any], str]] | None = None  # the output's layer data
-        self._last_refresh = 0.0
-        self._dirty: list[tuple[slice, ...]] = []  # blocks finished since the last redraw (output pixels)
+        self._out: Path | None = None
+        self._run: RunLayers | None = None  # the layers of the current (or last) whole-image run
+        self._ended: str | None = None  # how the current run ended ("done", "failed"), None while it runs
+        self._warned: set[str] = set()  # the engine's warnings of this run (each said once)
         self._progress: Any = None
         self._build()
         self._load_settings()
@@ -144,6 +82,9 @@ class PredictWidget(QWidget):
 
     def _build(self) -> None:
         lay = QVBoxLayout(self)
+        self.status = QLabel("idle")  # one line: what the widget is doing, or what failed
+        self.status.setWordWrap(True)
+        self.messages = MessageLog(lines=6)  # the last messages in full
         box = QGroupBox("Predict whole image")
         f = QFormLayout(box)
         self.image_combo = QComboBox()
@@ -173,6 +114,13 @@ class PredictWidget(QWidget):
                                       "priority, not sharing the viewer's Python lock: the image is predicted "
                                       "15-28 % sooner, after a few seconds to start.")
         self.process_check.setChecked(False)
+        self.skip_check = QCheckBox("predict around unreadable tiles")
+        self.skip_check.setToolTip("A tile of the image that cannot be decoded is reported and the windows "
+                                   "over it are left out; otherwise the prediction stops there.")
+        self.overwrite_check = QCheckBox("replace another run's prediction in the output")
+        self.overwrite_check.setToolTip("An output holding a prediction made with another model or settings "
+                                        "is deleted and predicted again; otherwise such an output is refused. "
+                                        "The same run is always resumed.")
         f.addRow("image", self.image_combo)
         f.addRow("checkpoint", ck)
         f.addRow("output", out)
@@ -185,6 +133,8 @@ class PredictWidget(QWidget):
         f.addRow(self.tta_check)
         f.addRow(self.probs_check)
         f.addRow(self.process_check)
+        f.addRow(self.skip_check)
+        f.addRow(self.overwrite_check)
         row = QHBoxLayout()
         self.predict_btn = QPushButton("Predict whole image")
         self.cancel_btn = QPushButton("Cancel")
@@ -194,6 +144,10 @@ class PredictWidget(QWidget):
         row.addWidget(self.cancel_btn)
         f.addRow(row)
         lay.addWidget(box)
+
+        self.preview_box = PreviewBox(self.viewer, image_layer=self._image_layer, checkpoint=self._checkpoint,
+                                      level=self.level_spin.value, status=self.status, messages=self.messages)
+        lay.addWidget(self.preview_box)
 
         corr = QGroupBox("Correction round")
         g = QVBoxLayout(corr)
@@ -212,9 +166,8 @@ class PredictWidget(QWidget):
             btn.clicked.connect(fn)
             h.addWidget(btn)
         lay.addWidget(mdl)
-        self.status = QLabel("idle")
-        self.status.setWordWrap(True)
         lay.addWidget(self.status)
+        lay.addWidget(self.messages)
         lay.addStretch(1)
         self._set_running(False)
 
@@ -236,7 +189,8 @@ class PredictWidget(QWidget):
         return {"window": self.window_spin.value(), "overlap": self.overlap_spin.value(),
                 "batch": self.batch_spin.value(), "blend": self.blend_combo.currentText(),
                 "tissue": self.tissue_check.isChecked(), "tta": self.tta_check.isChecked(),
-                "probs": self.probs_check.isChecked(), "process": self.process_check.isChecked()}
+                "probs": self.probs_check.isChecked(), "process": self.process_check.isChecked(),
+                "skip_corrupt": self.skip_check.isChecked(), "overwrite": self.overwrite_check.isChecked()}
 
     def _load_settings(self) -> None:
         s = load_settings(self.SETTINGS)
@@ -248,6 +202,7 @@ class PredictWidget(QWidget):
         self.tta_check.setChecked(bool(s.get("tta", False)))
         self.probs_check.setChecked(bool(s.get("probs", False)))
         self.process_check.setChecked(bool(s.get("process", False)))
+        self.skip_check.setChecked(bool(s.get("skip_corrupt", False)))
 
     def _refresh_layers(self, *_: Any) -> None:
         from napari.layers import Image
@@ -287,45 +242,77 @@ class PredictWidget(QWidget):
     # -- whole-image prediction ---------------------------------------------------------------------
     def predict(self) -> None:
         if self._worker is not None:
-            show_info("A prediction is already running; cancel it first.")
+            self.messages.info("A prediction is already running; cancel it first.")
             return
         try:
             layer = self._image_layer()
             source = source_from_layer(layer)
             ckpt = self._checkpoint()
             out = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else self._default_out(layer, source)
-        except MedsegError as e:
-            show_error(str(e))
-            return
+            v = self._values()
+            save_settings(self.SETTINGS, {k: x for k, x in v.items() if k != "overwrite"})  # never kept on
         except Exception as e:
-            log.exception("could not start prediction")
-            show_error(f"Could not start the prediction: {e}")
+            if not isinstance(e, MedsegError):
+                log.exception("could not start prediction")
+            self._failed(e, run=None)  # nothing of this run exists; the last run's layers stay
             return
-        v = self._values()
-        save_settings(self.SETTINGS, v)
         self._cancel.clear()
         self._out = out
-        self._image = layer
-        self._result_layer = self._mask_layer = self._opened = None
-        self._dirty = []
+        self._ended = None
+        self._warned = set()
+        if v["overwrite"]:  # the output's content is deleted when the run starts: so goes what showed it
+            remove_output_layers(self.viewer, out, layer.name)
+        self._run = RunLayers(self.viewer, layer, out)
         self._set_running(True)
         self.status.setText(f"predicting into {out}…")
-        from napari.utils import progress
+        try:
+            from napari.utils import progress
 
-        self._progress = progress(total=0, desc="napari-medseg: predicting")
-        window = (v["window"],) * source.spatial_dims
-        self._worker = start_generator_worker(
-            predict_and_open, source, str(ckpt), str(out), level=self.level_spin.value(), window=window,
-            overlap=v["overlap"], batch_size=v["batch"], blend=v["blend"], tta=v["tta"],
-            tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
-            cancel=self._cancel, resume=True, in_process=v["process"],
-            on_event=self._on_event, on_finished=self._on_finished,
-        )
+            self._progress = progress(total=0, desc="napari-medseg: predicting")
+            window = (v["window"],) * source.spatial_dims
+            self._worker = start_generator_worker(
+                predict_run.predict_and_open, source, str(ckpt), str(out), level=self.level_spin.value(),
+                window=window, overlap=v["overlap"], batch_size=v["batch"], blend=v["blend"], tta=v["tta"],
+                tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
+                on_corrupt="skip" if v["skip_corrupt"] else "stop", overwrite=v["overwrite"],
+                cancel=self._cancel, resume=True, in_process=v["process"],
+                on_event=self._on_event, on_finished=self._on_finished, on_error=self._on_error,
+                notify=self.messages.error,
+            )
+        except Exception as e:
+            log.exception("could not start prediction")
+            self._failed(e, run=self._run)
+            self._on_finished()
 
     def cancel(self) -> None:
         if self._worker is not None:
             self._cancel.set()
             self.status.setText("cancelling; the output stays consistent and can be resumed…")
+
+    def _failed(self, cause: BaseException | str, *, run: RunLayers | None, notified: bool = False) -> None:
+        """Any failure of a run: one sentence on the status line, the full message in the log, the layers
+        ``run`` added removed; the Predict button comes back with ``_on_finished``."""
+        self._ended = "failed"
+        self.status.setText(failure_sentence(cause))
+        if not notified:
+            self.messages.error(cause if isinstance(cause, str) else user_message(cause))
+        notes = []
+        if run is not None:
+            gone = run.discard()
+            if gone:
+                log.info("removed the layers of the failed run: %s", gone)
+            if run.blocks:
+                n = run.blocks
+                notes.append(f"{n} finished block{' is' if n == 1 else 's are'} kept in {run.out}; predicting "
+                             "again resumes there.")
+        hint = widget_hint(cause)
+        if hint:
+            notes.append(hint)
+        if notes:  # what to do next, in one line of the log (no toast)
+            self.messages.say("info", " ".join(notes), toast=False)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._failed(exc, run=self._run, notified=True)  # start_generator_worker said it in the log (notify)
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -333,102 +320,48 @@ class PredictWidget(QWidget):
         if self._progress is not None:
             self._progress.close()
             self._progress = None
+        if self._ended is None:  # neither done nor failed: the worker ended without saying why
+            self._ended = "stopped"
+            self.status.setText(f"stopped before the end; predicting into {self._out} again resumes it.")
 
     def _on_event(self, ev: Any) -> None:
         kind = type(ev).__name__
+        run = self._run
         try:
             if kind == "PredictStart":
                 if self._progress is not None:
                     self._progress.total = int(ev.total_blocks)
+                if run is not None:
+                    run.started(int(getattr(ev, "resumed_blocks", 0) or 0))
             elif kind == "ResultLayers":
-                self._show_result(ev.layers)
+                if run is not None:
+                    run.layers_opened(ev.layers)
             elif kind == "BlockDone":
                 if self._progress is not None:
                     self._progress.n = int(ev.done)
                     self._progress.refresh()
                 self.status.setText(f"{ev.done}/{ev.total} blocks, {ev.mpix_s:.1f} MPix/s, eta {ev.eta_s:.0f} s")
-                self._dirty.append(tuple(ev.region))
-                now = time.monotonic()
-                # a redraw re-slices the layer and re-uploads its textures: at most every REFRESH_S
-                if self._result_layer is not None and now - self._last_refresh >= REFRESH_S:
-                    self._last_refresh = now
-                    self._refresh_in_view()
+                if run is not None:
+                    run.block_done(tuple(ev.region))
             elif kind == "PredictWarning":
-                show_info(ev.message)
+                if ev.message not in self._warned:  # e.g. one per unreadable tile: each said once
+                    self._warned.add(ev.message)
+                    self.messages.warning(ev.message)
+            elif kind == "PredictFailed":
+                self._failed(f"{ev.source}: {ev.message}" if getattr(ev, "source", "") else ev.message, run=run)
             elif kind == "PredictDone":
+                self._ended = "done"
                 self.status.setText(("cancelled" if ev.cancelled else "done") + f": {ev.out} "
                                     f"({ev.blocks_done} blocks, {ev.seconds:.1f} s, {ev.mpix_s:.1f} MPix/s)")
-                self._show_result(final=True)
-                self._refresh_result()
+                if run is not None:
+                    run.finished(int(ev.blocks_done))
         except Exception:
             log.exception("could not show a prediction event")
 
-    def _refresh_in_view(self) -> None:
-        """Redraw the result only if a block finished since the last redraw lies in the view (elsewhere
-        napari reads the finished chunks when the user pans there: the layer has no cache)."""
-        layer = self._result_layer
-        if layer is None or layer not in self.viewer.layers or not layer.visible:
-            return
-        view = view_at_level0(self.viewer, layer)
-        dirty, self._dirty = self._dirty, []
-        if view is None:
-            self._refresh_result()
-            return
-        region, zoomed_out = view
-        if any(overlaps(b, region) for b in dirty):
-            self._refresh_result(overview=zoomed_out)
-
-    def _refresh_result(self, overview: bool = True) -> None:
-        """Redraw the growing result layer with the blocks finished so far."""
-        layer = self._result_layer
-        if layer is None or layer not in self.viewer.layers:
-            return
-        # napari keeps a multiscale layer's coarsest level (drawn when zoomed out, and its thumbnail) in
-        # memory from the first draw; drop it so the overview shows the finished blocks too (private API).
-        # Reading it again happens on the main thread: only when it is what the view shows, and at the end.
-        reset = getattr(layer, "_reset_thumbnail_level_data", None)
-        if overview and callable(reset):
-            reset()
-        layer.refresh()
-
-    def _show_result(self, layers: list[tuple[Any, dict[str, Any], str]] | None = None, *, final: bool = False
-                     ) -> None:
-        """Show the output as a multiscale Labels layer over the image (once), colored like the classes.
-        The tissue mask the run used comes with ``final`` (hidden), so the user can see what was skipped:
-        adding a layer stalls the viewer for a moment, and while blocks arrive only the result is worth it.
-        ``layers``: the layer data opened by the worker (kept for ``final``); None opens it here."""
-        if layers is None:
-            layers = self._opened
-        self._opened = layers
-        if layers is None and (final or self._result_layer is None or self._result_layer not in self.viewer.layers):
-            from ..inference import prediction_layer_data
-
-            try:
-                layers = self._opened = prediction_layer_data(self._out)
-            except Exception as e:
-                log.debug("prediction not openable: %s", e)
-                layers = []
-        offset = tuple(self._image.translate)
-        for data, kw, kind in layers or []:
-            if kind != "labels":
-                continue
-            is_mask = "tissue" in str(kw.get("name", ""))
-            name = self._image.name + (" tissue mask" if is_mask else RESULT_SUFFIX)
-            shown = self._mask_layer if is_mask else self._result_layer
-            if (is_mask and not final) or (shown is not None and shown in self.viewer.layers):
-                continue
-            kw = {**kw, "name": name}  # a copy: the opened layer data may serve again at the end
-            nd = len(kw.get("translate", ()))
-            kw["translate"] = tuple(a + b for a, b in zip(kw.get("translate", (0.0,) * nd), offset[-nd:]))
-            kw.update(units_of(self._image, nd))
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            # cache=False: napari's dask cache would keep serving the chunks read before their blocks finished
-            layer = add_then_show(self.viewer, "labels", data, cache=False, visible=not is_mask, **kw)
-            if is_mask:
-                self._mask_layer = layer
-            else:
-                self._result_layer = layer
+    @property
+    def _result_layer(self) -> Any:
+        """The result layer on the canvas (of the last run that showed one), or None."""
+        return self._run.result if self._run is not None and self._run.shown else None
 
     # -- correction round ---------------------------------------------------------------------------
     def accept_view(self) -> None:
@@ -447,11 +380,11 @@ class PredictWidget(QWidget):
             from ..io.accept_prediction import accept_prediction
 
             source = source_from_layer(layer)
-            n = accept_prediction(store, self._out, source, view.level, view.region)
+            n = accept_prediction(store, self._run.out, source, view.level, view.region)
         except MedsegError as e:
-            show_error(str(e))
+            self.messages.error(str(e))
             return
-        show_info(f"accepted {n} pixels of prediction into the labels; correct them and train again")
+        self.messages.info(f"accepted {n} pixels of prediction into the labels; correct them and train again")
         self.viewer.layers.events.changed() if hasattr(self.viewer.layers.events, "changed") else None
 
     # -- model --------------------------------------------------------------------------------------
@@ -459,7 +392,7 @@ class PredictWidget(QWidget):
         try:
             ck = self._checkpoint()
         except MedsegError as e:
-            show_error(str(e))
+            self.messages.error(str(e))
             return
         p, _ = QFileDialog.getSaveFileName(self, "Save model as", ck.name, "Checkpoints (*.pt)")
         if not p:
@@ -468,15 +401,15 @@ class PredictWidget(QWidget):
             from ..models import load_checkpoint, save_checkpoint
 
             save_checkpoint(p, load_checkpoint(ck))
-            show_info(f"saved {p}")
+            self.messages.info(f"saved {p}")
         except MedsegError as e:
-            show_error(str(e))
+            self.messages.error(str(e))
 
     def export_model(self, fmt: str) -> None:
         try:
             ck = self._checkpoint()
         except MedsegError as e:
-            show_error(str(e))
+            self.messages.error(str(e))
             return
         ext = ".ts" if fmt == "torchscript" else ".onnx"
         p, _ = QFileDialog.getSaveFileName(self, f"Export {fmt}", ck.with_suffix(ext).name, f"*{ext}")
@@ -486,12 +419,12 @@ class PredictWidget(QWidget):
             from ..models.export import export_checkpoint
 
             export_checkpoint(ck, p, fmt)
-            show_info(f"exported {p} (checked against PyTorch on random input)")
+            self.messages.info(f"exported {p} (checked against PyTorch on random input)")
         except MedsegError as e:
-            show_error(str(e))
+            self.messages.error(str(e))
         except Exception as e:
             log.exception("export failed")
-            show_error(f"Export failed: {e}")
+            self.messages.error(f"Export failed: {e}")
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.cancel()

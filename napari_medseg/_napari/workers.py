@@ -85,10 +85,12 @@ def start_generator_worker(
     on_finished: Callable[[], None],
     on_error: Callable[[BaseException], None] | None = None,
     progress: dict[str, Any] | None = None,
+    notify: Callable[[str], None] | None = None,
     **kwargs: Any,
 ) -> Any:
     """Start ``gen_func(*args, **kwargs)`` in a napari thread worker. Events reach ``on_event`` on the main
-    thread; an exception becomes a napari error notification (and ``on_error``); ``on_finished`` always
+    thread; an exception becomes one plain error message (through ``notify``, e.g. the widget's
+    ``MessageLog.error``; a napari error notification without it) and ``on_error``; ``on_finished`` always
     runs last, so the widget returns to a usable state. The work runs at ``background_priority``.
 
     What is alive when the work starts, and again at its first event (after the libraries it imports),
@@ -109,7 +111,7 @@ def start_generator_worker(
 
     def _errored(exc: BaseException) -> None:
         log.error("worker failed", exc_info=exc)
-        show_error(user_message(exc))
+        (notify or show_error)(user_message(exc))
         if on_error is not None:
             on_error(exc)
 

@@ -1,5 +1,6 @@
 """The Predict widget in a real viewer: whole-image prediction appears as a multiscale Labels layer equal
-to the headless predictor's output; cancel and bad inputs leave the widget usable."""
+to the headless predictor's output; cancel and bad inputs leave the widget usable. Failures in detail:
+``test_predict_failures.py``; the preview and the reuse of layers: ``test_predict_overlays.py``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medseg._napari import predict_widget as pw
-from napari_medseg._napari.predict_widget import RESULT_SUFFIX, PredictWidget
+from napari_medseg._napari import messages
+from napari_medseg._napari import predict_run as pr
+from napari_medseg._napari.predict_run import RESULT_SUFFIX, RunLayers
+from napari_medseg._napari.predict_widget import PredictWidget
 from napari_medseg.io.classes import ClassSchema
 from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, build_model, save_checkpoint
 
@@ -38,14 +41,15 @@ def widget(make_napari_viewer, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("in_process", [True, False], ids=["child-process", "thread"])
-def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_path, in_process):
+def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_path, in_process, monkeypatch):
     viewer, w, img = widget
     w.process_check.setChecked(in_process)
     w.ckpt_edit.setText(str(checkpoint))
     w.out_edit.setText(str(tmp_path / "gui.zarr"))
     opened_by_worker = []
-    show = w._show_result
-    w._show_result = lambda layers=None, **kw: (opened_by_worker.append(layers is not None), show(layers, **kw))
+    opened = RunLayers.layers_opened
+    monkeypatch.setattr(RunLayers, "layers_opened", lambda self, layers: (opened_by_worker.append(layers is not None),
+                                                                           opened(self, layers)))
     w.predict()
     assert w._worker is not None
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
@@ -76,38 +80,44 @@ def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_pat
     assert "done" in w.status.text()
 
 
-def test_tissue_mask_layer_comes_hidden_at_the_end(widget, qtbot):
-    """While blocks arrive only the result is added (adding a layer stalls the viewer); the run's tissue
-    mask follows, hidden, when the run ends, from the layer data the worker opened."""
+def test_tissue_mask_layer_comes_hidden_at_the_end(widget, qtbot, tmp_path):
+    """While blocks arrive only the result is added (adding a layer stalls the viewer), and only once a block
+    is finished (a run failing before has no layer to leave behind); the run's tissue mask follows, hidden,
+    when the run ends, from the layer data the worker opened."""
     viewer, w, img = widget
-    w._image = viewer.layers["img"]
-    w._result_layer = w._mask_layer = w._opened = None
+    run = RunLayers(viewer, viewer.layers["img"], tmp_path / "x.zarr")
     result = [np.zeros((300, 260), np.uint8), np.zeros((150, 130), np.uint8)]
     mask = [np.ones((75, 65), np.uint8)]
     opened = [(result, {"name": "x prediction", "scale": (0.5, 0.5), "translate": (0.0, 0.0)}, "labels"),
               (mask, {"name": "x tissue mask", "scale": (2.0, 2.0), "translate": (0.75, 0.75)}, "labels")]
-    w._show_result(opened)
+    run.started(resumed_blocks=0)
+    run.layers_opened(opened)
+    assert [lay.name for lay in viewer.layers] == ["img"]  # nothing finished yet: nothing to show
+    run.block_done((slice(0, 300), slice(0, 260)))
     names = [lay.name for lay in viewer.layers]
     assert "img" + RESULT_SUFFIX in names and "img tissue mask" not in names
     res = viewer.layers["img" + RESULT_SUFFIX]
     assert viewer.layers.selection.active is not res  # a result never takes the painter's layer
     qtbot.waitUntil(lambda: res.visible, timeout=5_000)  # added hidden, shown a moment later
-    w._show_result(final=True)
+    run.finished(blocks_done=1)
     tissue = viewer.layers["img tissue mask"]
     assert tuple(tissue.scale) == (2.0, 2.0) and tuple(tissue.translate) == (0.75, 0.75)
     qtbot.wait(100)
     assert not tissue.visible and res.visible
-    w._show_result(final=True)  # again (a second PredictDone): nothing is added twice
-    assert [lay.name for lay in viewer.layers].count("img tissue mask") == 1
+    run.finished(blocks_done=1)  # again (a second PredictDone): nothing is added twice
+    names = [lay.name for lay in viewer.layers]
+    assert names.count("img tissue mask") == 1 and names.count("img" + RESULT_SUFFIX) == 1
 
 
 def test_predict_without_checkpoint_is_explained(widget, monkeypatch):
     _, w, _ = widget
-    seen: list[str] = []
-    monkeypatch.setattr(pw, "show_error", seen.append)
+    toasts: list[str] = []
+    monkeypatch.setitem(messages._SHOW, "error", toasts.append)  # napari's notification
     w.predict()
     assert w._worker is None and w.predict_btn.isEnabled()
-    assert seen and "No checkpoint" in seen[0]
+    assert toasts and "No checkpoint" in toasts[0]
+    assert w.messages.entries[-1][1:] == ("error", toasts[0])  # kept in full in the widget's message log
+    assert w.status.text().startswith("Prediction failed: No checkpoint yet")
 
 
 def test_model_with_other_channels_is_refused(widget, tmp_path, qtbot, monkeypatch):
@@ -115,12 +125,13 @@ def test_model_with_other_channels_is_refused(widget, tmp_path, qtbot, monkeypat
     cfg = ModelConfig(name="unet", spatial_dims=2, in_channels=3, out_channels=2, channels=(8, 16))
     ck = save_checkpoint(tmp_path / "rgb.pt", Checkpoint(cfg, build_model(cfg).state_dict(), norm=NormConfig.uint8(3)))
     seen: list[str] = []
-    monkeypatch.setattr("napari_medseg._napari.workers.show_error", seen.append)
+    monkeypatch.setitem(messages._SHOW, "error", seen.append)
     w.ckpt_edit.setText(str(ck))
     w.out_edit.setText(str(tmp_path / "x.zarr"))
     w.predict()
     qtbot.waitUntil(lambda: w._worker is None, timeout=60_000)
     assert seen and "channel" in seen[0]
+    assert "channel" in w.status.text() and w.messages.entries[-1][1] == "error"
     assert w.predict_btn.isEnabled()
 
 
@@ -142,13 +153,13 @@ def test_cancel_leaves_a_resumable_output(widget, checkpoint, qtbot, tmp_path):
 def test_result_is_redrawn_only_for_blocks_in_view(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
     viewer = make_napari_viewer(show=True)  # napari updates the drawn level and corners when it draws
-    w = PredictWidget(viewer)
     full = np.zeros((4096, 4096), np.uint8)
     layer = viewer.add_labels([full[::f, ::f] for f in (1, 2, 4)], name="img" + RESULT_SUFFIX,
                               scale=(0.5, 0.5))
-    w._result_layer = layer
+    w = RunLayers(viewer, layer, tmp_path / "x.zarr")
+    w.result = layer
     redrawn: list[bool] = []
-    w._refresh_result = lambda overview=True: redrawn.append(overview)
+    w.refresh = lambda overview=True, force=False: redrawn.append(overview)
     from napari_medseg._napari.layers import camera_of
 
     camera_of(viewer).center = (32.0, 32.0)  # world units: level-0 pixels around (64, 64)
@@ -159,17 +170,17 @@ def test_result_is_redrawn_only_for_blocks_in_view(make_napari_viewer, qtbot, tm
     qtbot.waitUntil(lambda: view_at_level0(viewer, layer)[0][1].stop < 1000)
     region, zoomed_out = view_at_level0(viewer, layer)
     assert region[0].start < 64 < region[0].stop and not zoomed_out
-    w._dirty = [(slice(3584, 4096), slice(3584, 4096))]  # far corner: not in view
-    w._refresh_in_view()
-    assert redrawn == [] and w._dirty == []
-    w._dirty = [(slice(3584, 4096), slice(3584, 4096)), (slice(0, 128), slice(0, 128))]
-    w._refresh_in_view()
+    w.dirty = [(slice(3584, 4096), slice(3584, 4096))]  # far corner: not in view
+    w.refresh_in_view()
+    assert redrawn == [] and w.dirty == []
+    w.dirty = [(slice(3584, 4096), slice(3584, 4096)), (slice(0, 128), slice(0, 128))]
+    w.refresh_in_view()
     assert redrawn == [False]  # in view, at a fine level: the cached overview stays
     viewer.reset_view()
     layer.refresh()
     qtbot.waitUntil(lambda: view_at_level0(viewer, layer)[1])  # napari draws the coarsest level
-    w._dirty = [(slice(3584, 4096), slice(3584, 4096))]
-    w._refresh_in_view()
+    w.dirty = [(slice(3584, 4096), slice(3584, 4096))]
+    w.refresh_in_view()
     assert redrawn == [False, True]  # zoomed out: everything is in view and the overview is re-read
 
 
@@ -181,7 +192,7 @@ def test_overview_level_is_numpy_refilled_by_the_worker(tmp_path):
                                 zarr_format=2, fill_value=0) for i in range(3)]
     lazy = [da.from_zarr(z) for z in levels]
     mask = [da.zeros((64, 64), dtype="uint8")]
-    layers, overviews = pw._with_overview([(lazy, {"name": "r"}, "labels"), (mask, {"name": "m"}, "labels")])
+    layers, overviews = pr.with_overview([(lazy, {"name": "r"}, "labels"), (mask, {"name": "m"}, "labels")])
     data = layers[0][0]
     assert len(overviews) == 1 and isinstance(data[-1], np.ndarray) and data[:2] == lazy[:2]
     assert layers[1][0] is mask  # one level: nothing to swap
@@ -190,3 +201,28 @@ def test_overview_level_is_numpy_refilled_by_the_worker(tmp_path):
     assert not data[-1].any()
     overviews[0].refill(force=True)  # at the end (or after REFRESH_S): in place, the layer's array itself
     assert data[-1][:8, :8].min() == 3 and data[-1].sum() == 3 * 64
+
+
+def test_overview_shows_the_finished_result_through_public_api(make_napari_viewer, qtbot, tmp_path, monkeypatch,
+                                                               checkpoint):
+    """A two-level result: napari draws its coarsest level (zoomed out, and the thumbnail) from an array it
+    keeps; the worker refills that very array and ``layer.refresh()`` (public) draws it, no private reset."""
+    import zarr
+
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (600, 520), dtype=np.uint8), name="img")
+    w = PredictWidget(viewer)
+    w.window_spin.setValue(64)
+    w.tissue_check.setChecked(False)
+    w.ckpt_edit.setText(str(checkpoint))
+    w.out_edit.setText(str(tmp_path / "o.zarr"))
+    w.predict()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    layer = viewer.layers["img" + RESULT_SUFFIX]
+    assert layer.multiscale and len(layer.data) == 2
+    coarse = np.asarray(zarr.open_array(str(tmp_path / "o.zarr" / "labels" / "prediction" / "1"), mode="r"))
+    assert coarse.any()
+    np.testing.assert_array_equal(np.asarray(layer.data[-1]), coarse)  # refilled at the end
+    qtbot.waitUntil(lambda: layer.visible, timeout=5_000)  # added hidden (napari draws no hidden layer)
+    qtbot.waitUntil(lambda: np.asarray(layer.thumbnail)[..., 3].any(), timeout=5_000)  # drawn from that array
