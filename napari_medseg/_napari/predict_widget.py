@@ -37,15 +37,9 @@ from .layer_list_events import quiet_zoom_events
 from .layers import current_view, source_from_layer
 from .messages import MessageLog
 from .predict_preview import PreviewBox
-from .predict_run import (  # noqa: F401 - REFRESH_S, OverviewLevel, ResultLayers, _with_overview: the names before the split
-    REFRESH_S,
-    RESULT_SUFFIX,
-    OverviewLevel,
-    ResultLayers,
+from .predict_run import (
     RunLayers,
-    _with_overview,
     failure_sentence,
-    predict_and_open,
     remove_output_layers,
     widget_hint,
 )
