@@ -1,68 +1,87 @@
-"""The Annotate dock widget: pick or create a label store for an image, edit the classes, jump between
+"""The Annotate dock widget: paint at once, see where the labels are saved, edit the classes, jump between
 annotated regions, see painted-pixel counts per class, and know how much a crash could lose.
 
-Every error a user can cause (a read-only folder, a store made for another image, a store open in another
-viewer, a bad class name) becomes a napari notification; the widget stays usable and nothing painted is
-dropped (a store that cannot be saved where it is stays in memory until "Save to another folder...").
+When an image is in the viewer its labels open by themselves (``labels_opening``): beside the image when
+its folder can be written, else in the user data folder, never in a cache folder; the editable labels
+layer is selected, ready for the brush. "Labels file..." chooses another labels file or a project folder.
+Every error a user can cause (a read-only folder, labels made for another image, labels open in another
+viewer, a bad class name) becomes a message in the widget's message log and a napari notification; the
+widget stays usable and nothing painted is dropped (labels that cannot be saved where they are stay in
+memory until "Save a copy elsewhere..."). Class counts follow every change of the labels, including
+predictions accepted from the Predict widget (the store's change listener).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import time
+import weakref
 from pathlib import Path
 from typing import Any
 
-from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
-    QColorDialog,
     QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
-    QLineEdit,
-    QMessageBox,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_medseg.io.classes import DEFAULT_COLORS, ClassSchema
-from napari_medseg.io.errors import MedsegError
-from napari_medseg.io.label_store import LabelStore, is_label_store
-
+from ..io.errors import MedsegError
+from ..io.label_store import LabelStore
+from .class_table import ClassTableMixin
+from .labels_opening import open_labels, rescue, rescue_dir
 from .layer_list_events import quiet_zoom_events
-from .layers import source_from_layer
+from .messages import MessageLog
+from .napari_compat_layers import is_image_layer, same_layer, unwrap
 from .painting import AUTOSAVE_NOTE, PaintingController
 from .quiet_gc import freeze_long_lived
 from .session import session_for
 
+__all__ = ["AnnotateWidget", "rescue_dir"]
+
 log = logging.getLogger(__name__)
 
+COUNTS_DELAY_MS = 150  # a burst of writes (an accepted prediction is many chunks) refreshes the counts once
 
-class AnnotateWidget(QWidget):
-    """Dock widget: label store, classes, annotated regions (see module docstring)."""
+
+class AnnotateWidget(ClassTableMixin, QWidget):
+    """Dock widget: the image's labels, classes, annotated regions (see module docstring)."""
+
+    _store_written = Signal(object)  # a write batch by someone else than the brush (any thread)
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.store: LabelStore | None = None
         self.controller: PaintingController | None = None
+        self.why = ""  # why the labels are where they are, in plain words
         self._image_layer: Any = None
         self._regions: list[tuple[slice, ...]] = []
         self._region_i = -1
-        self._updating_table = False
+        self._opened_for: weakref.WeakSet = weakref.WeakSet()  # images whose labels opened by themselves once
+        self._image_switched = False
+        self._outside_writes = False
+        self._own_write = False  # the widget itself rewrites the store (removing a class)
+        self._painted_before = 0
+        self._open_timer = QTimer(self)  # opening waits until the layers of a sample are all in
+        self._open_timer.setSingleShot(True)
+        self._open_timer.setInterval(0)
+        self._open_timer.timeout.connect(self._open_for_current)
+        self._counts_timer = QTimer(self)
+        self._counts_timer.setSingleShot(True)
+        self._counts_timer.setInterval(COUNTS_DELAY_MS)
+        self._counts_timer.timeout.connect(self.refresh_counts)
+        self._store_written.connect(self._after_outside_write)
         self._build()
+        session_for(napari_viewer)  # reference labels stay unpaintable, volumes get the LPS camera
         self._refresh_images()
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
@@ -76,65 +95,41 @@ class AnnotateWidget(QWidget):
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
         root = QVBoxLayout(self)
-        box = QGroupBox("Label store")
+        box = QGroupBox("Labels")
         form = QFormLayout(box)
         self.image_combo = QComboBox()
         self.image_combo.currentTextChanged.connect(self._on_image_changed)
         form.addRow("Image", self.image_combo)
-        self.path_edit = QLineEdit()
-        self.path_edit.setPlaceholderText("a store (.zarr) or a project folder; empty: beside the image")
-        browse = QPushButton("Browse...")
-        browse.clicked.connect(self._browse)
-        row = QHBoxLayout()
-        row.addWidget(self.path_edit)
-        row.addWidget(browse)
-        form.addRow("Store", row)
-        self.read_only_check = QCheckBox("read-only (view another editor's labels)")
-        form.addRow("", self.read_only_check)
-        self.open_button = QPushButton("Open / create store")
-        self.open_button.clicked.connect(lambda: self.open_store())
-        form.addRow("", self.open_button)
-        self.status_label = QLabel("No store open.")
+        self.status_label = QLabel("Open an image: its labels open here, ready to paint.")
         self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         form.addRow(self.status_label)
+        row = QHBoxLayout()
+        self.labels_file_button = QPushButton("Labels file...")
+        self.labels_file_button.setToolTip("Open other labels for this image (a .labels.zarr folder), or "
+                                           "choose a project folder to keep them in")
+        self.labels_file_button.clicked.connect(self.choose_labels_file)
+        self.view_only_check = QCheckBox("view only")
+        self.view_only_check.setToolTip("Look at labels someone else is editing, without changing them")
+        self.view_only_check.toggled.connect(self._on_view_only_toggled)
+        row.addWidget(self.labels_file_button)
+        row.addWidget(self.view_only_check)
+        row.addStretch(1)
+        form.addRow(row)
         btns = QHBoxLayout()
         self.paint_here_button = QPushButton("Paint here")
         self.paint_here_button.setToolTip("Move the editable window to the current view")
         self.paint_here_button.clicked.connect(self.paint_here)
         self.save_button = QPushButton("Save now")
         self.save_button.clicked.connect(self.save_now)
-        self.save_as_button = QPushButton("Save to another folder...")
+        self.save_as_button = QPushButton("Save a copy elsewhere...")
+        self.save_as_button.setToolTip("Write the labels to another folder and keep painting there")
         self.save_as_button.clicked.connect(lambda: self.save_as())
         for b in (self.paint_here_button, self.save_button, self.save_as_button):
             btns.addWidget(b)
         form.addRow(btns)
         root.addWidget(box)
-
-        cbox = QGroupBox("Classes")
-        cl = QVBoxLayout(cbox)
-        self.class_table = QTableWidget(0, 4)
-        self.class_table.setHorizontalHeaderLabels(["Value", "Name", "Color", "Painted px"])
-        self.class_table.verticalHeader().setVisible(False)
-        header = self.class_table.horizontalHeader()
-        for col in (0, 2, 3):
-            header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.Stretch)
-        self.class_table.cellChanged.connect(self._on_cell_changed)
-        self.class_table.cellClicked.connect(self._on_cell_clicked)
-        cl.addWidget(self.class_table)
-        hint = QLabel("Value 0 = not annotated (ignored by training), 1 = background, 2.. = classes. Click a "
-                      "row to paint with it, a colour to change it.")
-        hint.setWordWrap(True)
-        cl.addWidget(hint)
-        crow = QHBoxLayout()
-        self.add_class_button = QPushButton("Add class")
-        self.add_class_button.clicked.connect(lambda: self.add_class())
-        self.remove_class_button = QPushButton("Remove class")
-        self.remove_class_button.clicked.connect(lambda: self.remove_class())
-        crow.addWidget(self.add_class_button)
-        crow.addWidget(self.remove_class_button)
-        cl.addLayout(crow)
-        root.addWidget(cbox)
+        root.addWidget(self._build_class_box())
 
         rbox = QGroupBox("Annotated regions")
         rl = QHBoxLayout(rbox)
@@ -151,6 +146,8 @@ class AnnotateWidget(QWidget):
         self.autosave_label = QLabel(AUTOSAVE_NOTE)
         self.autosave_label.setWordWrap(True)
         root.addWidget(self.autosave_label)
+        self.messages = MessageLog()
+        root.addWidget(self.messages)
         root.addStretch(1)
         self._update_enabled()
 
@@ -167,7 +164,7 @@ class AnnotateWidget(QWidget):
 
     # -- image choice -------------------------------------------------------------------------------
     def _image_layers(self) -> list[Any]:
-        return [ly for ly in self.viewer.layers if ly._type_string == "image"]
+        return [ly for ly in self.viewer.layers if is_image_layer(ly)]
 
     def _refresh_images(self, *_: Any) -> None:
         current = self.image_combo.currentText()
@@ -179,96 +176,119 @@ class AnnotateWidget(QWidget):
             self.image_combo.setCurrentText(current)
         self.image_combo.blockSignals(False)
         if self.image_combo.currentText() != current:
-            self._on_image_changed(self.image_combo.currentText())
+            self._image_switched = True  # the image was removed, or this is the first one
+        if self.store is None:
+            self._open_timer.start()  # its labels open by themselves
 
     def _on_image_changed(self, name: str) -> None:
-        if not name or name not in self.viewer.layers:
+        if name and not same_layer(self._current_layer(), self._image_layer):
+            self._image_switched = True  # the user chose this image: open its labels even if opened before
+            self._open_timer.start()
+
+    def _current_layer(self) -> Any:
+        name = self.image_combo.currentText()
+        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+
+    def _open_for_current(self) -> None:
+        switched, self._image_switched = self._image_switched, False
+        layer = self._current_layer()
+        if layer is None or (self.store is not None and same_layer(layer, self._image_layer)):
             return
-        try:
-            src = source_from_layer(self.viewer.layers[name], reopen=False)
-            self.path_edit.setText(str(LabelStore.default_path(src)) if src.path else "")
-        except MedsegError:
-            self.path_edit.setText("")
+        if not switched and (self.store is not None or unwrap(layer) in self._opened_for):
+            return
+        self._opened_for.add(unwrap(layer))
+        self.open_store()
 
     def _on_layer_removed(self, event: Any) -> None:
         layer = getattr(event, "value", None)
         ctl = self.controller
-        if layer is not None and (layer is self._image_layer or (ctl is not None and layer is ctl.layer)):
+        if same_layer(layer, self._image_layer) or (ctl is not None and same_layer(layer, ctl.layer)):
             self.close_store()  # saves the window's edits first (the layer object still holds them)
         self._refresh_images()
 
-    def _browse(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Choose a label store (.zarr) or a project folder")
-        if folder:
-            self.path_edit.setText(folder)
-
-    # -- store --------------------------------------------------------------------------------------
+    # -- labels -------------------------------------------------------------------------------------
     def open_store(self, path: str | Path | None = None, *, read_only: bool | None = None) -> bool:
-        """Open the store at ``path`` (or the path field) for the chosen image, or create it. A folder that
-        is not a store is a project folder: the store goes inside it. Returns True on success."""
-        if path is not None:
-            self.path_edit.setText(str(path))
+        """Open the labels of the chosen image: at ``path`` (labels, a project folder for them, or a new
+        labels file), else where they belong (``labels_opening``), creating them if there are none.
+        Returns True on success; on failure the labels open before stay open."""
         if read_only is not None:
-            self.read_only_check.setChecked(read_only)
-        name = self.image_combo.currentText()
-        if not name or name not in self.viewer.layers:
-            show_error("Open an image first: the label store takes the image's geometry.")
+            self._show_view_only(read_only)
+        layer = self._current_layer()
+        if layer is None:
+            self.messages.error("Open an image first: the labels take the image's geometry.")
             return False
-        layer = self.viewer.layers[name]
-        mode = "r" if self.read_only_check.isChecked() else "r+"
-        text = self.path_edit.text().strip()
+        previous = None
+        if self.store is not None and same_layer(layer, self._image_layer):
+            previous = (self.store.path, self.store.mode == "r", self.why)  # the same labels: release them
+            self.close_store()
         try:
-            src = source_from_layer(layer, reopen=False)
-            classes = _classes_from_layer(layer, self.viewer)
-            p = Path(text).expanduser() if text else None
-            if p is None:
-                store = LabelStore.for_image(src, classes=classes, on_readonly="memory", mode=mode)
-            elif is_label_store(p):
-                store = LabelStore.open(p, image=src, mode=mode, on_readonly="memory")
-            elif p.is_dir() and not p.name.endswith(".zarr"):
-                store = LabelStore.for_image(src, folder=p, classes=classes, on_readonly="memory", mode=mode)
-            elif mode == "r":
-                raise MedsegError(f"{p} is not a label store; uncheck read-only to create one there.")
-            else:
-                store = LabelStore.create(p, src.shape, classes=classes, pixel_size=src.pixel_size, unit=src.unit,
-                                          image_path=src.path, image_shape=src.shape, on_readonly="memory")
+            opened = open_labels(layer, self.viewer, path, read_only=self.view_only_check.isChecked())
         except MedsegError as e:
-            show_error(str(e))
+            self.messages.error(str(e))
+            if previous is not None and previous[0] is not None:
+                self._show_view_only(previous[1])
+                self._reopen(layer, *previous)
             return False
         self.close_store()
-        self._attach(store, layer)
-        if store.not_saved_reason:
-            show_warning(store.not_saved_reason)
+        same_place = previous is not None and opened.store.path == previous[0]
+        self._attach(opened.store, layer, opened.why or (previous[2] if same_place else ""))
+        for level, text in opened.notes:
+            self.messages.say(level, text)
         return True
 
-    def _attach(self, store: LabelStore, layer: Any) -> None:
-        self.store, self._image_layer = store, layer
-        if store.path is not None:
-            self.path_edit.setText(str(store.path))
+    def _show_view_only(self, checked: bool) -> None:
+        self.view_only_check.blockSignals(True)
+        self.view_only_check.setChecked(checked)
+        self.view_only_check.blockSignals(False)
+
+    def _reopen(self, layer: Any, path: Path, read_only: bool, why: str) -> None:
+        """Open again the labels that were open before a failed attempt to open others."""
         try:
-            self.controller = PaintingController(self.viewer, store, layer, notify=show_warning)
+            opened = open_labels(layer, self.viewer, path, read_only=read_only)
+        except MedsegError as e:  # pragma: no cover - they were open a moment ago
+            self.messages.error(str(e))
+            return
+        self._attach(opened.store, layer, why)
+
+    def choose_labels_file(self) -> None:
+        folder = QFileDialog.getExistingDirectory(
+            self, "Choose labels (a .labels.zarr folder) or a project folder to keep them in")
+        if folder:
+            self.open_store(folder)
+
+    def _on_view_only_toggled(self, checked: bool) -> None:
+        if self.store is not None and self.store.path is not None:
+            self.open_store(self.store.path, read_only=checked)
+
+    def _attach(self, store: LabelStore, layer: Any, why: str = "") -> None:
+        self.store, self._image_layer, self.why = store, layer, why
+        self._opened_for.add(unwrap(layer))
+        try:
+            self.controller = PaintingController(self.viewer, store, layer, notify=self.messages.warning)
         except Exception:
             store.close()
             self.store = None
             raise
         self.controller.flushed.connect(lambda *_: self.refresh_counts())
         self.controller.flush_failed.connect(self._on_flush_failed)
+        store.add_listener(self._on_store_write)
         self.viewer.layers.selection.active = self.controller.layer
         session = session_for(self.viewer)
         session.label_stores[layer.name] = store
-        if not hasattr(session, "painters"):
-            session.painters = {}
         session.painters[layer.name] = self.controller
         self._fill_table()
+        self._painted_before = -1
         self.refresh_counts()
         self._update_enabled()
 
     def close_store(self) -> None:
-        """Save and close the open store (its layers are removed). Labels that could not be saved where
-        the store is are written to a rescue folder first (see ``rescue_dir``), never dropped."""
+        """Save and close the open labels (their layers are removed). Labels that could not be saved where
+        they are are written to a rescue folder first (see ``rescue_dir``), never dropped."""
         ctl, store = self.controller, self.store
         self.controller = self.store = None
         try:
+            if store is not None:
+                store.remove_listener(self._on_store_write)
             if ctl is not None:
                 try:
                     ctl.close(remove_layers=True)
@@ -277,36 +297,43 @@ class AnnotateWidget(QWidget):
         finally:
             if store is not None:
                 if store.writable and store.unsaved_chunks:
-                    self._rescue(store)
+                    name = self._image_layer.name if self._image_layer is not None else "labels"
+                    self._say(*rescue(store, name))
                 store.close()
             session = session_for(self.viewer)
             if self._image_layer is not None:
                 session.label_stores.pop(self._image_layer.name, None)
-                getattr(session, "painters", {}).pop(self._image_layer.name, None)
+                session.painters.pop(self._image_layer.name, None)
             self._image_layer = None
             self._regions, self._region_i = [], -1
             try:
                 self._update_enabled()
-                self.status_label.setText("No store open.")
+                self.status_label.setText("No labels open: 'Labels file...' opens some.")
                 self.class_table.setRowCount(0)
             except RuntimeError:  # widgets already deleted at shutdown
                 pass
 
-    def _rescue(self, store: LabelStore) -> None:
-        name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in
-                       (self._image_layer.name if self._image_layer is not None else "labels"))
-        target = rescue_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.labels.zarr"
+    def _say(self, level: str, text: str) -> None:
         try:
-            store.save_as(target)
-        except MedsegError as e:
-            log.error("could not rescue unsaved labels: %s", e)
-            show_error(f"Unsaved labels could not be written anywhere ({e}).")
-            return
-        show_warning(f"Your labels could not be saved where the store was; they are safe in {target}: open that "
-                     "store to continue.")
+            self.messages.say(level, text)
+        except RuntimeError:  # the widget is gone (shutdown): napari's notifications still have it
+            from .messages import _SHOW
+
+            _SHOW[level](text)
+
+    def _on_store_write(self, chunks: list[Any], origin: Any) -> None:
+        """A store listener (in the writing thread): writes by anyone but the brush (an accepted
+        prediction) refresh the counts on the main thread."""
+        if not self._own_write and (origin is None or origin is not self.controller):
+            with contextlib.suppress(RuntimeError):  # the widget is gone
+                self._store_written.emit(origin)
+
+    def _after_outside_write(self, _origin: Any) -> None:
+        self._outside_writes = True
+        self._counts_timer.start()
 
     def _on_flush_failed(self, message: str) -> None:
-        show_warning(message)
+        self.messages.warning(message)
         self._update_enabled()
         self._update_status()
 
@@ -317,15 +344,15 @@ class AnnotateWidget(QWidget):
             self.controller.flush(wait=True, full=True)
             self.store.flush()
         except MedsegError as e:
-            show_warning(str(e))
+            self.messages.warning(str(e))
         self.refresh_counts()
 
     def save_as(self, path: str | Path | None = None) -> bool:
-        """Write the store (saved and in-memory labels) to a new place and keep editing there."""
+        """Write the labels (saved and in memory) to a new place and keep painting there."""
         if self.store is None or self.controller is None:
             return False
         if path is None:
-            folder = QFileDialog.getExistingDirectory(self, "Choose a folder for the label store")
+            folder = QFileDialog.getExistingDirectory(self, "Choose a folder for a copy of the labels")
             if not folder:
                 return False
             path = Path(folder) / (self.store.path.name if self.store.path else
@@ -333,14 +360,14 @@ class AnnotateWidget(QWidget):
         try:
             self.controller.flush(wait=True, full=True)
         except MedsegError as e:
-            show_warning(str(e))
+            self.messages.warning(str(e))
         try:
             self.store.save_as(path)
         except MedsegError as e:
-            show_error(str(e))
+            self.messages.error(str(e))
             return False
-        show_info(f"Labels saved to {path}; editing continues there.")
-        self.path_edit.setText(str(path))
+        self.why = ""
+        self.messages.info(f"Labels saved to {path}; painting continues there.")
         self._update_enabled()
         self._update_status()
         return True
@@ -349,137 +376,19 @@ class AnnotateWidget(QWidget):
         if self.controller is not None:
             self.controller.move_window(self.controller.window_for_view())
 
-    # -- classes ------------------------------------------------------------------------------------
-    def _fill_table(self) -> None:
-        if self.store is None:
-            return
-        self._updating_table = True
-        cls = self.store.classes
-        self.class_table.setRowCount(len(cls.names))
-        for i, (n, c) in enumerate(zip(cls.names, cls.colors)):
-            val = QTableWidgetItem(str(i + 1))
-            val.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
-            self.class_table.setItem(i, 0, val)
-            name = QTableWidgetItem(n)
-            if not self.store.writable:
-                name.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
-            self.class_table.setItem(i, 1, name)
-            sw = QTableWidgetItem(c)
-            sw.setBackground(QColor(c))
-            sw.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
-            self.class_table.setItem(i, 2, sw)
-            cnt = QTableWidgetItem("0")
-            cnt.setFlags(Qt.ItemIsEnabled | Qt.ItemIsSelectable)
-            cnt.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-            self.class_table.setItem(i, 3, cnt)
-        self._updating_table = False
-
-    def _apply_classes(self, classes: ClassSchema) -> bool:
-        if self.controller is None:
-            return False
-        try:
-            self.controller.set_classes(classes)
-        except MedsegError as e:
-            show_error(str(e))
-            self._fill_table()
-            self.refresh_counts()
-            return False
-        self._fill_table()
-        self.refresh_counts()
-        return True
-
-    def _on_cell_changed(self, row: int, col: int) -> None:
-        if self._updating_table or col != 1 or self.store is None:
-            return
-        self.set_class_name(row, self.class_table.item(row, 1).text())
-
-    def _on_cell_clicked(self, row: int, col: int) -> None:
-        if self.controller is None:
-            return
-        if col == 2 and self.store is not None and self.store.writable:
-            c = QColorDialog.getColor(QColor(self.store.classes.colors[row]), self, "Class color")
-            if c.isValid():
-                self.set_class_color(row, c.name())
-        self.controller.layer.selected_label = row + 1  # paint with the clicked class
-
-    def set_class_name(self, row: int, name: str) -> bool:
-        cls = self.store.classes
-        names = list(cls.names)
-        names[row] = name.strip()
-        try:
-            new = ClassSchema(names=tuple(names), colors=cls.colors)
-        except MedsegError as e:
-            show_error(str(e))
-            self._fill_table()
-            self.refresh_counts()
-            return False
-        return self._apply_classes(new)
-
-    def set_class_color(self, row: int, color: str) -> bool:
-        cls = self.store.classes
-        colors = list(cls.colors)
-        colors[row] = color
-        try:
-            new = ClassSchema(names=cls.names, colors=tuple(colors))
-        except MedsegError as e:
-            show_error(str(e))
-            return False
-        return self._apply_classes(new)
-
-    def add_class(self, name: str | None = None) -> bool:
-        if self.store is None:
-            return False
-        cls = self.store.classes
-        k = len(cls.names)
-        name = name or next(f"class {i}" for i in range(k, k + 1000) if f"class {i}" not in cls.names)
-        try:
-            new = ClassSchema(names=(*cls.names, name), colors=(*cls.colors, DEFAULT_COLORS[k % len(DEFAULT_COLORS)]))
-        except MedsegError as e:
-            show_error(str(e))
-            return False
-        return self._apply_classes(new)
-
-    def remove_class(self, row: int | None = None) -> bool:
-        """Remove the class in ``row`` (default: the selected row). Its painted pixels become "not
-        annotated" after a confirmation; classes after it move up one value."""
-        if self.store is None or self.controller is None:
-            return False
-        row = self.class_table.currentRow() if row is None else row
-        if row < 1:
-            show_error("Select a class to remove (the background class stays).")
-            return False
-        value = row + 1
-        n = self.store.class_counts().get(value, 0)
-        name = self.store.classes.names[row]
-        if n and not self._confirm(f"{n} painted pixels of class '{name}' will become not annotated. Remove it?"):
-            return False
-        try:
-            self.controller.flush(wait=True, full=True)
-            self.store.remove_class(value)
-        except MedsegError as e:
-            show_error(str(e))
-            return False
-        self.controller.update_colors()
-        self.controller.reload()
-        self._fill_table()
-        self.refresh_counts()
-        return True
-
-    def _confirm(self, text: str) -> bool:
-        return QMessageBox.question(self, "Remove class", text) == QMessageBox.Yes
-
     # -- counts and regions -------------------------------------------------------------------------
     def refresh_counts(self) -> None:
         """Per-class painted-pixel counts and the annotated regions, from the store's index."""
         if self.store is None:
             return
         counts = self.store.class_counts()
-        self._updating_table = True
-        for i in range(self.class_table.rowCount()):
-            item = self.class_table.item(i, 3)
-            if item is not None:
-                item.setText(f"{counts.get(i + 1, 0):,}")
-        self._updating_table = False
+        self._show_counts(counts)
+        painted = sum(counts.values())
+        if self._outside_writes and self._painted_before >= 0 and painted != self._painted_before:
+            self.messages.say("info", f"{painted - self._painted_before:+,} painted pixels from outside the "
+                                      "brush (e.g. an accepted prediction); the counts are up to date.",
+                              toast=False)  # the Predict widget says it too
+        self._outside_writes, self._painted_before = False, painted
         self._regions = self.store.painted_regions()
         if self._region_i >= len(self._regions):
             self._region_i = len(self._regions) - 1
@@ -490,10 +399,19 @@ class AnnotateWidget(QWidget):
         s = self.store
         if s is None:
             return
-        where = str(s.path) if s.path else "memory only"
-        state = "read-only" if not s.writable else ("saved as you paint" if s.persistent else
-                                                     f"NOT SAVED ({s.unsaved_chunks} chunks in memory)")
-        self.status_label.setText(f"{where}\n{s.shape} px, {len(s.painted_chunks())} painted chunks; {state}")
+        where = _shown(s.path) if s.path else "memory only"
+        n = len(s.painted_chunks())
+        size = " x ".join(str(v) for v in s.shape)
+        detail = (f"Painted in {n} chunk{'s' if n != 1 else ''} of the {size} px image." if n else
+                  "Nothing painted yet: click a class below, then paint with napari's brush.")
+        if not s.writable:
+            head = f"View only: these labels ({where}) cannot be changed here."
+        elif s.persistent:
+            head = f"Your labels are saved automatically to {where}" + (f" ({self.why})." if self.why else ".")
+        else:
+            head = (f"Your labels are NOT SAVED yet ({s.unsaved_chunks} chunks in memory): click 'Save a copy "
+                    "elsewhere...' to choose a folder.")
+        self.status_label.setText(f"{head}\n{detail}")
 
     def _update_region_label(self) -> None:
         n = len(self._regions)
@@ -512,44 +430,20 @@ class AnnotateWidget(QWidget):
         self.controller.flush()
         self._regions = self.store.painted_regions()
         if not self._regions:
-            show_info("Nothing painted yet.")
+            self.messages.info("Nothing painted yet.")
             self._update_region_label()
             return
         self._region_i = (self._region_i + step) % len(self._regions)
         try:
             self.controller.show_region(self._regions[self._region_i])
         except MedsegError as e:
-            show_warning(str(e))
+            self.messages.warning(str(e))
         self._update_region_label()
 
 
-def rescue_dir() -> Path:
-    """Where labels that could not be saved go when their store is closed: ``$NAPARI_MEDSEG_CACHE/
-    unsaved-labels`` if that variable is set, else the user data folder (``~/.local/share/napari-medseg/
-    unsaved-labels`` on Linux)."""
-    env = os.environ.get("NAPARI_MEDSEG_CACHE")
-    if env:
-        base = Path(env).expanduser()
-    else:
-        import platformdirs
-
-        base = Path(platformdirs.user_data_dir("napari-medseg", appauthor=False))
-    return base / "unsaved-labels"
-
-
-def _classes_from_layer(layer: Any, viewer: Any = None) -> ClassSchema | None:
-    """Classes announced by the image's reader or sample (``metadata['napari_medseg']['classes']``), or by
-    a labels layer of the same geometry (e.g. a sample's ground truth); None: the default schema."""
-    candidates = [layer]
-    if viewer is not None:
-        shape = tuple(layer.level_shapes[0][:2] if getattr(layer, "rgb", False) else layer.level_shapes[0])
-        candidates += [ly for ly in viewer.layers if ly._type_string == "labels"
-                       and tuple(ly.level_shapes[0]) == shape]
-    for cand in candidates:
-        meta = (getattr(cand, "metadata", None) or {}).get("napari_medseg", {})
-        if isinstance(meta.get("classes"), dict):
-            try:
-                return ClassSchema.from_dict(meta["classes"])
-            except MedsegError:
-                continue
-    return None
+def _shown(path: Path) -> str:
+    """``path`` as a user reads it: ``~/...`` inside the home folder."""
+    try:
+        return str(Path("~") / Path(path).relative_to(Path.home()))
+    except (ValueError, RuntimeError):  # outside the home folder, or no home folder
+        return str(path)

@@ -3,7 +3,8 @@
 Opens PATH (a slide, zarr, NIfTI or DICOM folder) with the napari-medseg reader and/or a sample, docks
 every widget the plugin's manifest lists (tabbed on the right; a widget that fails to import is skipped
 with a warning, so one broken widget never blocks the others), and runs the Qt event loop.
-``--screenshot PNG`` saves the whole window instead of running the loop (docs and smoke tests).
+``--screenshot PNG`` saves the whole window instead of running the loop (docs and smoke tests). The
+Annotate widget opens the image's labels by itself, so the window is ready to paint.
 napari's asynchronous slicing is on for the session (``NAPARI_ASYNC=0`` turns it off).
 A PATH that cannot be read fails with a clear message before any window opens.
 """
@@ -18,12 +19,12 @@ from typing import Any
 
 from ..io.errors import MedsegError
 from .layers import use_lps_camera
+from .napari_compat_layers import close_notifications
+from .reference_layers import guard_reference_layers
 
 logger = logging.getLogger(__name__)
 
 PLUGIN = "napari-medseg"
-
-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +75,7 @@ def dock_widgets(viewer: Any) -> tuple[list[str], list[str]]:
 def setup_viewer(viewer: Any, path: Path | None = None, sample: str | None = None, widgets: bool = True) -> dict[str, Any]:
     """Open ``sample`` and ``path`` in ``viewer`` and dock the widgets; returns what was done."""
     info: dict[str, Any] = {"layers": [], "docked": [], "skipped": []}
+    guard_reference_layers(viewer)  # a sample's ground truth: not paintable, not the selected layer
     if sample:
         info["layers"] += [ly.name for ly in viewer.open_sample(PLUGIN, sample)]
     if path is not None:
@@ -104,16 +106,10 @@ def _check_path(path: Path) -> None:
     open_path(path)  # lazy: reads headers only; raises UnreadableInputError with the reason
 
 
-def _close_notifications(viewer: Any) -> None:
-    """Close the toast notifications (e.g. napari's own deprecation warnings) so they do not hide the
-    canvas in a screenshot. Best effort: napari keeps them in a private widget class."""
-    try:
-        from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-        for w in viewer.window._qt_window.findChildren(NapariQtNotification):
-            w.close()
-    except Exception as e:  # pragma: no cover - private napari API moved
-        logger.debug("could not close notifications: %s", e)
+def _close_notifications(viewer: Any = None) -> None:
+    """Close napari's toast notifications (``napari_compat_layers.close_notifications``; this name is kept
+    for ``docs/images/make_screenshots.py``)."""
+    close_notifications()
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -143,9 +139,10 @@ def run(args: argparse.Namespace) -> int:
         napari.utils.notifications.show_warning(f"napari-medseg: a widget could not be loaded: {s}")
     shot = getattr(args, "screenshot", None)
     if shot is not None:
-        _close_notifications(viewer)
-        for _ in range(20):
+        for _ in range(20):  # the widgets finish opening (the Annotate widget opens the labels)
             QApplication.processEvents()
+        close_notifications()  # toasts (napari's own warnings among them) would hide the canvas
+        QApplication.processEvents()
         shot.parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(shot), canvas_only=False)
         print(shot)

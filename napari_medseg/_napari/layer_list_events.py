@@ -9,9 +9,10 @@ although the list shows nothing that depends on it (napari 0.9.2,
 (``benchmarks/bench_zoom_frames.py``).
 
 ``quiet_zoom_events(viewer)`` reconnects the model's handler behind a filter that drops those events and
-passes every other one. It relies on napari internals; where they are not as expected it does nothing.
-``NAPARI_MEDSEG_LAYER_LIST_FILTER=0`` turns it off. The right fix belongs in napari (map events to the roles
-they change, and ignore the rest).
+passes every other one. It finds the model and its handler through ``napari_compat_layers`` (public Qt and
+napari event API: no private attribute of the viewer or its window); where they are not found it does
+nothing. ``NAPARI_MEDSEG_LAYER_LIST_FILTER=0`` turns it off. The right fix belongs in napari (map events to
+the roles they change, and ignore the rest).
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from . import napari_compat_layers
+
 log = logging.getLogger(__name__)
 
 #: layer events that change nothing the layer list shows
 IGNORED = frozenset({"scale_factor"})
 
 
-def _source_model(viewer: Any) -> Any:
-    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
-    view = getattr(qt_viewer, "layers", None)
-    model = view.model() if view is not None and hasattr(view, "model") else None
-    return model.sourceModel() if model is not None and hasattr(model, "sourceModel") else model
+def layer_list_model(viewer: Any) -> Any:
+    """The Qt model of ``viewer``'s layer list, or None (see ``napari_compat_layers``)."""
+    return napari_compat_layers.layer_list_model(viewer)
 
 
 def quiet_zoom_events(viewer: Any) -> bool:
@@ -41,13 +42,15 @@ def quiet_zoom_events(viewer: Any) -> bool:
     if os.environ.get("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     try:
-        model = _source_model(viewer)
+        model = layer_list_model(viewer)
         if model is None:
             return False
-        if getattr(model, "_medseg_filtered", False):
+        if getattr(model, "_medseg_filter", None) is not None:
             return True
-        handler = model._process_event
-        events = model._root.events
+        events = napari_compat_layers.unwrap(viewer.layers).events
+        handler = napari_compat_layers.layer_event_handler(model, viewer.layers)
+        if handler is None:
+            return False
 
         def filtered(event: Any) -> None:
             if getattr(event, "type", None) not in IGNORED:
@@ -55,8 +58,8 @@ def quiet_zoom_events(viewer: Any) -> bool:
 
         events.disconnect(handler)
         events.connect(filtered)
-        model._medseg_filtered = True
-        model._medseg_filter = filtered  # the emitter may hold callbacks weakly: keep it alive with the model
+        model._medseg_handler = handler  # our own attributes on the model: napari's handler, and the
+        model._medseg_filter = filtered  # filter, kept alive with the model (the emitter may hold them weakly)
         return True
     except Exception:  # another napari: leave its layer list as it is
         log.debug("layer list events left unfiltered", exc_info=True)
@@ -67,16 +70,17 @@ def quiet_zoom_events(viewer: Any) -> bool:
 def unfiltered(viewer: Any) -> Iterator[None]:
     """napari's own layer-list behaviour for a while, where the filter is in place (the benchmarks compare
     against it)."""
-    model = _source_model(viewer)
+    model = layer_list_model(viewer)
     filtered = getattr(model, "_medseg_filter", None)
     if filtered is None:
         yield
         return
-    events = model._root.events
+    events = napari_compat_layers.unwrap(viewer.layers).events
+    handler = model._medseg_handler
     events.disconnect(filtered)
-    events.connect(model._process_event)
+    events.connect(handler)
     try:
         yield
     finally:
-        events.disconnect(model._process_event)
+        events.disconnect(handler)
         events.connect(filtered)

@@ -3,10 +3,13 @@
 Each function returns napari LayerData: the image (the slide as a 5-level multiscale RGB pyramid at
 0.5 um/px; the CT as a ZYX volume in mm with the soft-tissue window W400/L40), then its ground truth as a
 Labels layer named "ground truth" in the label-store values (1 background, 2.. classes) with the class
-colours of ``sample_data/*_classes.json`` (background drawn transparent, as in predictions). The ground truth starts hidden on the slide (so it does not
-give away the answer while annotating) and at low opacity on the CT; tick its eye to compare.
+colours of ``sample_data/*_classes.json`` (background drawn transparent, as in predictions). The ground
+truth starts hidden on the slide (so it does not give away the answer while annotating) and at low opacity
+on the CT; tick its eye to compare. It is reference labels (``reference_layers``): not editable, and the
+image, not the ground truth, is the layer selected after the sample opens.
 First use generates the files into the cache (slide about 20-40 s, CT a few seconds); later uses are
-instant.
+instant. The labels a user paints on a sample are kept in the user data folder, never in the cache
+(``io.label_store_location``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from ..io.classes import ClassSchema
 from ..io.source import ImageSource
+from .reference_layers import guard_reference_layers, mark_reference
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +45,21 @@ def _labels_layer(src: ImageSource, schema: ClassSchema, *, visible: bool, opaci
     kw["visible"] = visible
     kw["opacity"] = opacity
     kw["metadata"]["napari_medseg"]["classes"] = schema.to_dict()
+    mark_reference(kw["metadata"])
     return (data, kw, "labels")
+
+
+def _guard_current_viewer() -> None:
+    """napari adds the layers a sample function returns to the current viewer: guard its reference labels
+    (a no-op without a viewer, or where the plugin's widgets already did)."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except Exception:  # pragma: no cover - napari without a current viewer API
+        viewer = None
+    if viewer is not None:
+        guard_reference_layers(viewer)
 
 
 def sample_slide() -> list[LayerData]:
@@ -54,6 +72,7 @@ def sample_slide() -> list[LayerData]:
     else:
         with first_use_progress("Preparing the sample slide (first use only; later it opens at once)…") as report:
             img, gt = load_sample_slide(progress=report)
+    _guard_current_viewer()
     return [_image_layer(img), _labels_layer(gt, slide_classes(), visible=False, opacity=0.5)]
 
 
@@ -100,4 +119,5 @@ def sample_ct() -> list[LayerData]:
     from ..samples.ct import ct_classes, load_sample_ct
 
     img, gt = load_sample_ct()
+    _guard_current_viewer()
     return [_image_layer(img), _labels_layer(gt, ct_classes(), visible=True, opacity=0.35)]

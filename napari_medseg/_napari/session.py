@@ -20,13 +20,21 @@ _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def session_for(viewer: Any) -> Session:
-    """The viewer's session, created on first use. Creating it also makes 3D views of volumes opened
-    later through the plugin anatomically correct (LPS camera), as ``napari-medseg gui`` does."""
+    """The viewer's session, created on first use (one per viewer, whether a widget got the viewer itself
+    or napari's proxy of it). Creating it also makes 3D views of volumes opened later through the plugin
+    anatomically correct (LPS camera), as ``napari-medseg gui`` does, and keeps reference labels (a
+    sample's ground truth) from being painted (``reference_layers``)."""
+    from .napari_compat_layers import unwrap
+
+    viewer = unwrap(viewer)  # each widget gets its own proxy: the session belongs to the viewer behind it
     s = _SESSIONS.get(viewer)
     if s is None:
         s = Session()
         _SESSIONS[viewer] = s
         from .layers import is_volume_layer, use_lps_camera
+        from .reference_layers import guard_reference_layers
+
+        guard_reference_layers(viewer)
 
         def _on_insert(event: Any) -> None:
             if is_volume_layer(event.value):

@@ -99,21 +99,17 @@ def check_architecture(init: InitWeights, model_cfg: ModelConfig) -> None:
 
 
 def run_dir(checkpoint_dir: str | None) -> Path:
-    """The folder for this run's checkpoints: the given one, else a new one under the cache."""
+    """The folder for this run's checkpoints: the given one, else a new one in the user data folder's
+    ``runs`` (``io.user_folders.runs_folder``; never the cache folder, which cleaning tools empty)."""
     if checkpoint_dir:
         return Path(checkpoint_dir)
-    base = os.environ.get("NAPARI_MEDSEG_CACHE")
-    if not base:
-        try:
-            from platformdirs import user_cache_dir
+    from ..io.user_folders import runs_folder
 
-            base = user_cache_dir("napari-medseg")
-        except ImportError:  # pragma: no cover
-            base = str(Path.home() / ".cache" / "napari-medseg")
+    base = runs_folder()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(base) / "runs" / stamp
+    path = base / stamp
     n = 1
     while path.exists():
         n += 1
-        path = Path(base) / "runs" / f"{stamp}-{n}"
+        path = base / f"{stamp}-{n}"
     return path

@@ -1,9 +1,13 @@
-"""The layer list ignores each layer's zoom-step event, and still shows everything else."""
+"""The layer list ignores each layer's zoom-step event, and still shows everything else; finding it takes
+no private attribute of napari's viewer (no "Private attribute access" warning in a dock widget)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
+from napari.utils._proxies import PublicOnlyProxy
 
 from napari_medseg._napari import layer_list_events as lle
 
@@ -24,7 +28,7 @@ def viewer(make_napari_viewer):
 
 def test_zoom_events_no_longer_repaint_the_layer_list(viewer, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1")
-    model = lle._source_model(viewer)
+    model = lle.layer_list_model(viewer)
     rows = _changes(model)
     viewer.layers["labels"].events.scale_factor()
     assert rows, "napari's layer list reacted to zoom events before: the filter would have nothing to do"
@@ -43,7 +47,7 @@ def test_zoom_events_no_longer_repaint_the_layer_list(viewer, monkeypatch):
 def test_switched_off(viewer, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "0")
     assert not lle.quiet_zoom_events(viewer)
-    rows = _changes(lle._source_model(viewer))
+    rows = _changes(lle.layer_list_model(viewer))
     viewer.layers["labels"].events.scale_factor()
     assert rows
 
@@ -61,16 +65,32 @@ def test_widgets_put_the_filter_in_place(viewer, monkeypatch, tmp_path):
     from napari_medseg._napari.predict_widget import PredictWidget
 
     PredictWidget(viewer)
-    assert getattr(lle._source_model(viewer), "_medseg_filtered", False)
+    assert getattr(lle.layer_list_model(viewer), "_medseg_filter", None) is not None
 
 
 def test_unfiltered_restores_napari_behaviour_for_a_while(viewer, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1")
     assert lle.quiet_zoom_events(viewer)
-    rows = _changes(lle._source_model(viewer))
+    rows = _changes(lle.layer_list_model(viewer))
     with lle.unfiltered(viewer):
         viewer.layers["labels"].events.scale_factor()
         assert rows
     rows.clear()
+    viewer.layers["labels"].events.scale_factor()
+    assert rows == []
+
+
+def test_found_through_napari_proxy_without_private_attribute_access(viewer, monkeypatch):
+    """A dock widget gets the viewer as napari's ``PublicOnlyProxy``; reading ``window._qt_viewer`` through
+    it warns "Private attribute access ... will be unavailable no earlier than 0.10.0"."""
+    monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1")
+    proxy = PublicOnlyProxy(viewer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lle.quiet_zoom_events(proxy)
+        with lle.unfiltered(proxy):
+            pass
+    assert [str(w.message) for w in caught if "Private attribute access" in str(w.message)] == []
+    rows = _changes(lle.layer_list_model(viewer))
     viewer.layers["labels"].events.scale_factor()
     assert rows == []

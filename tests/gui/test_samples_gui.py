@@ -1,4 +1,6 @@
-"""Samples through the manifest in a real napari viewer, and the ``napari-medseg gui`` launcher."""
+"""Samples through the manifest in a real napari viewer, and the ``napari-medseg gui`` launcher: the
+ground truth is reference labels (not paintable, never the layer selected after opening), and with the
+widgets docked the sample's labels open by themselves in the user data folder, ready to paint."""
 
 from __future__ import annotations
 
@@ -14,6 +16,14 @@ from napari_medseg.samples.ct import ct_classes
 from napari_medseg.samples.slide import slide_classes
 
 PLUGIN = "napari-medseg"
+
+
+@pytest.fixture(autouse=True)
+def data_folder(tmp_path, monkeypatch):
+    """The user data folder (where a sample's labels go): a temporary one."""
+    folder = tmp_path / "user-data"
+    monkeypatch.setenv("NAPARI_MEDSEG_DATA", str(folder))
+    return folder
 
 
 def _color(layer, value):
@@ -44,14 +54,47 @@ def test_open_sample_ct(make_napari_viewer):
     viewer.dims.ndisplay = 2
 
 
+def _layer_list_shows_selected(viewer) -> list[str]:
+    """The rows napari's Qt layer list shows selected (it can disagree with ``viewer.layers.selection``)."""
+    from qtpy.QtWidgets import QAbstractItemView, QApplication
+
+    from napari_medseg._napari.napari_compat_layers import layer_list_model
+
+    source = layer_list_model(viewer)
+    for top in QApplication.topLevelWidgets():
+        for view in top.findChildren(QAbstractItemView):
+            if getattr(view.model(), "sourceModel", lambda: None)() is source:
+                return sorted(view.model().data(i) for i in view.selectionModel().selectedIndexes())
+    raise AssertionError("no layer list found")
+
+
+def test_sample_ground_truth_is_neither_selected_nor_paintable(make_napari_viewer, qtbot):
+    """File > Open Sample with no widget open: the CT image is the selected layer (in the layer list too),
+    the ground truth (a plain labels array napari would let you paint) is not editable, and stays so."""
+    viewer = make_napari_viewer()
+    img, gt = viewer.open_sample(PLUGIN, "ct")
+    assert not gt.editable
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is img, timeout=3000)
+    assert gt not in viewer.layers.selection
+    assert _layer_list_shows_selected(viewer) == ["sample CT"]
+    viewer.dims.ndisplay = 3
+    viewer.dims.ndisplay = 2
+    gt.data = np.asarray(gt.data)  # napari makes a layer editable again when its data is replaced
+    assert not gt.editable
+    viewer.layers.selection.active = gt  # the user may still select it, to look or change its opacity
+    assert viewer.layers.selection.active is gt
+
+
 @pytest.mark.slow  # generates the 8192 px slide on first use (about 20-40 s)
-def test_open_sample_slide(make_napari_viewer):
+def test_open_sample_slide(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     img, gt = viewer.open_sample(PLUGIN, "slide")
     assert img.multiscale and img.rgb and len(img.data) >= 3
     assert img.data[0].shape == (8192, 8192, 3)
     np.testing.assert_allclose(img.scale, (0.5, 0.5))
     assert gt.__class__.__name__ == "Labels" and gt.multiscale and not gt.visible
+    assert not gt.editable
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is img, timeout=3000)
     np.testing.assert_allclose(gt.scale, img.scale)
     rgb = [int(slide_classes().colors[3][i:i + 2], 16) / 255 for i in (1, 3, 5)]
     np.testing.assert_allclose(_color(gt, 4)[:3], rgb, atol=1e-3)   # nucleus colour
@@ -68,6 +111,22 @@ def test_launcher_docks_widgets_and_survives_broken_ones(make_napari_viewer, mon
     assert any("Missing widget" in s for s in info["skipped"])
     assert len(info["docked"]) + len(info["skipped"]) == len(real) + 1
     assert len(viewer.layers) == 2
+
+
+def test_launcher_window_is_ready_to_paint(make_napari_viewer, qtbot, data_folder):
+    """``napari-medseg gui --sample ct``: the sample's labels open by themselves in the user data folder
+    (the sample itself lives in the cache folder, which cleaners empty), with the sample's classes, and
+    their paintable layer is the selected one."""
+    viewer = make_napari_viewer()
+    launch.setup_viewer(viewer, sample="ct")
+    qtbot.waitUntil(lambda: "sample CT annotations" in viewer.layers, timeout=10000)
+    labels = viewer.layers["sample CT annotations"]
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is labels, timeout=3000)
+    assert labels.editable and _layer_list_shows_selected(viewer) == ["sample CT annotations"]
+    assert not viewer.layers["ground truth"].editable
+    path = labels.metadata["napari_medseg"]["label_store"]
+    assert path == str(data_folder / "labels" / "sample-ct-v1.labels.zarr")
+    assert labels.metadata["napari_medseg"]["classes"]["names"] == list(ct_classes().names)
 
 
 def test_launcher_rejects_bad_path_before_window(tmp_path):
