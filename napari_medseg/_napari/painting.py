@@ -1,22 +1,27 @@
-"""Painting a ``LabelStore`` in napari: an editable window, autosave, and a read-only overview.
+"""Painting a ``LabelStore`` in napari at any zoom: an editable window, autosave, and a read-only overview.
 
 napari cannot paint a multiscale Labels layer (napari issue 1587) and loads a plain one whole, so the
-controller shows a *window* of the store as a plain Labels layer at full resolution, aligned to the image
-(``scale`` = the store's pixel size, ``translate`` = the window origin), and keeps it in sync:
+controller shows a *window* of the store as a plain Labels layer, aligned to the image, and keeps it in
+sync:
 
-- the window follows the camera (debounced) when the view leaves it, or jumps on request; it is
-  chunk-aligned and capped (``max_window`` pixels per in-plane axis: 4096 by default), so napari's brush,
-  fill, erase and undo stay fast; a volume that fits ``volume_max_voxels`` is shown whole;
-- edits are tracked exactly: the layer's array is a numpy subclass whose ``__setitem__`` (the one door
-  napari's paint, fill, erase, polygon and undo/redo go through) marks the touched store chunks dirty;
-- autosave: dirty chunks are copied and written by one background writer thread
-  ``FLUSH_DELAY_S`` after the last edit and at least every ``MAX_UNSAVED_S`` while painting goes on, and
-  synchronously when the window moves or the controller closes. Only changed chunks are written, whole.
-  A crash (even SIGKILL) loses at most the strokes of the last ``MAX_UNSAVED_S`` seconds plus the time
-  to write them (``AUTOSAVE_NOTE``);
-- the overview (slides) is a multiscale, read-only Labels layer over the whole store, blanked inside the
-  window (where the editable layer shows the live labels), so every annotation is visible at any zoom; a
-  volume too big to show whole gets a slab of slices that follows the slice slider instead.
+- the window covers the view: it follows the camera (debounced) and is capped at ``max_window`` layer
+  pixels per in-plane axis (4096 by default) so napari's brush, fill, erase and undo stay fast. Zoomed in,
+  it shows the store at full resolution; zoomed out beyond what ``max_window`` full-resolution pixels
+  cover, it shows a coarser level of the store's pyramid, and each pixel painted there is saved as a block
+  of full-resolution pixels (``window_geometry``, ``window_edits``). A stroke that starts outside the
+  window (the view moved less than ``FOLLOW_DELAY_MS`` ago, or ``follow`` is off) first moves the window
+  there. A slide's window is outlined on the canvas; a volume that fits ``volume_max_voxels`` is shown
+  whole, a bigger one as a slab of slices that follows the slice slider;
+- edits are tracked exactly (``window_edits.TrackedLabels``) and saved by autosave: dirty chunks are
+  copied and written by one background writer thread ``FLUSH_DELAY_S`` after the last edit and at least
+  every ``MAX_UNSAVED_S`` while painting goes on, and synchronously when the window moves or the
+  controller closes. Only changed chunks are written, whole. A crash (even SIGKILL) loses at most the
+  strokes of the last ``MAX_UNSAVED_S`` seconds plus the time to write them (``AUTOSAVE_NOTE``);
+- the undo history covers the strokes since the window last moved (or changed resolution);
+- the overview (slides) is a multiscale, read-only Labels layer over the whole store, blank inside the
+  window (``store_overview``), so every annotation is visible at any zoom.
+
+Only napari's public API is used (``napari_compat``): a dock widget's viewer is a ``PublicOnlyProxy``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,9 +40,16 @@ from qtpy.QtCore import QObject, QThread, QTimer, Signal
 from napari_medseg.io import label_store_index as ix
 from napari_medseg.io.classes import ClassSchema
 from napari_medseg.io.errors import MedsegError
-from napari_medseg.io.label_store import LabelStore, _normalize_key
+from napari_medseg.io.label_store import LabelStore
 
+from . import napari_compat as compat
 from .layers import camera_of, units_of
+from .store_overview import MaskedLevel, overview_levels
+from .window_edits import TrackedLabels, WindowEdits, WriteJob, touched_box
+from .window_geometry import Window, WindowGeometry
+
+__all__ = ["AUTOSAVE_NOTE", "FLUSH_DELAY_S", "MAX_UNSAVED_S", "MaskedLevel", "PaintingController", "TrackedLabels",
+           "prediction_colormap", "store_colormap", "touched_box"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +59,8 @@ AUTOSAVE_NOTE = (f"Autosave: edits are written {FLUSH_DELAY_S:g} s after you sto
                  f"{MAX_UNSAVED_S:g} s while you paint; a crash loses at most the last ~{MAX_UNSAVED_S:g} s of "
                  "strokes.")
 FOLLOW_DELAY_MS = 300
+OUTLINE_COLOR = "#ffd400"
+PAINT_MODES = ("paint", "erase", "fill")  # modes whose first click must land in the window
 
 
 def store_colormap(classes: ClassSchema) -> DirectLabelColormap:
@@ -60,97 +73,17 @@ def prediction_colormap(classes: ClassSchema) -> DirectLabelColormap:
     return DirectLabelColormap(color_dict=classes.prediction_colors())
 
 
-class TrackedLabels(np.ndarray):
-    """A numpy array that reports every ``arr[key] = value`` on itself (not on views) to ``on_write``."""
+def _default_inform(message: str) -> None:
+    from napari.utils.notifications import show_info
 
-    on_write: Callable[[Any], None] | None = None
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self.on_write = None  # views and copies are not tracked
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        super().__setitem__(key, value)
-        cb = self.on_write
-        if cb is not None:
-            cb(key)
-
-
-def touched_box(key: Any, shape: Sequence[int]) -> tuple[list[int], list[int]] | None:
-    """The half-open box ``[lo, hi)`` an ``arr[key] = ...`` may have changed; None if nothing."""
-    if not isinstance(key, tuple):
-        key = (key,)
-    if any(k is Ellipsis for k in key):
-        i = next(j for j, k in enumerate(key) if k is Ellipsis)
-        key = key[:i] + (slice(None),) * (len(shape) - len(key) + 1) + key[i + 1:]
-    key = tuple(key) + (slice(None),) * (len(shape) - len(key))
-    lo, hi = [], []
-    for k, s in zip(key, shape):
-        if isinstance(k, slice):
-            a, b, step = k.indices(s)
-            if step < 0:
-                a, b = b + 1, a + 1
-            if b <= a:
-                return None
-            lo.append(a)
-            hi.append(b)
-        elif isinstance(k, (int, np.integer)):
-            i = int(k) + s if k < 0 else int(k)
-            lo.append(i)
-            hi.append(i + 1)
-        else:
-            arr = np.asarray(k)
-            if arr.dtype == bool or arr.size == 0:
-                if arr.size == 0:
-                    return None
-                lo.append(0)
-                hi.append(s)
-            else:
-                a = np.where(arr < 0, arr + s, arr)
-                lo.append(int(a.min()))
-                hi.append(int(a.max()) + 1)
-    return lo, hi
-
-
-class MaskedLevel:
-    """One overview level of the store for napari, blank where the editable window is."""
-
-    def __init__(self, store: LabelStore, level: int, window: Callable[[], tuple[slice, ...] | None]) -> None:
-        self.store, self.level, self._window = store, level, window
-        self.shape = store.level_shapes[level]
-        self.dtype = np.dtype(np.uint8)
-        self.ndim = len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape))
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        out = self.store._read_level(self.level, key)
-        win = self._window()
-        if win is None:
-            return out
-        ranges, squeeze = _normalize_key(key, self.shape)
-        cum = self.store._cum[self.level]
-        sel = []
-        for (start, stop, step), w, f in zip(ranges, win, cum):
-            wlo, whi = -(-w.start // f), w.stop // f  # level pixels entirely inside the window
-            i0 = max(0, -(-(wlo - start) // step))
-            i1 = max(i0, min(len(range(start, stop, step)), -(-(whi - start) // step)))
-            sel.append(slice(i0, i1))
-        view = out
-        if squeeze:
-            view = out.reshape([1 if ax in squeeze else n for ax, n in
-                                enumerate(len(range(*r)) for r in ranges)])
-        view[tuple(sel)] = 0
-        return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = self[()]
-        return out if dtype is None else out.astype(dtype)
+    show_info(message)
 
 
 class PaintingController(QObject):
-    """Keeps an editable Labels window over ``store`` in ``viewer`` and saves its edits (see module)."""
+    """Keeps an editable Labels window over ``store`` in ``viewer`` and saves its edits (see module).
+
+    ``notify`` gets warnings (labels that cannot be saved, a window that cannot move), ``inform`` notes
+    (painting at a coarser resolution); both default to napari notifications / the log."""
 
     flushed = Signal(object)       # {"chunks": n, "seconds": s} after each background write, main thread
     flush_failed = Signal(str)     # a message: the store could not be written (labels kept in memory)
@@ -160,28 +93,34 @@ class PaintingController(QObject):
     def __init__(self, viewer: Any, store: LabelStore, image_layer: Any = None, *, max_window: int = 4096,
                  volume_max_voxels: int = 256 * 2**20, flush_delay_s: float = FLUSH_DELAY_S,
                  max_unsaved_s: float = MAX_UNSAVED_S, follow: bool = True, name: str | None = None,
-                 notify: Callable[[str], None] | None = None) -> None:
+                 notify: Callable[[str], None] | None = None,
+                 inform: Callable[[str], None] | None = None) -> None:
         super().__init__()
         self.viewer, self.store, self.image_layer = viewer, store, image_layer
         self._camera = camera_of(viewer)
-        self.max_window = max(int(max_window), 1)
-        self.volume_max_voxels = int(volume_max_voxels)
+        self.geom = WindowGeometry.of_store(store, max_window=max_window, volume_max_voxels=volume_max_voxels)
+        self.edits = WindowEdits(store, self.geom)
         self.follow = follow
         self._notify = notify or (lambda msg: log.warning(msg))
-        self._dirty: set[ix.Chunk] = set()
+        self._inform = inform or _default_inform
         self._invalid_warned: frozenset[int] = frozenset()
         self._pending: list[concurrent.futures.Future] = []
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-flush")
         self.flush_log: list[dict[str, float]] = []
         self._closed = False
-        self.window: tuple[slice, ...] = tuple(slice(0, 0) for _ in store.shape)
+        self._stroke = False  # a mouse stroke is under way: the window stays where it is
+        self._told_levels: set[int] = set()
+        self.window: Window = tuple(slice(0, 0) for _ in store.shape)
+        self.level = 0  # the pyramid level the window shows (0: full resolution)
 
         base = name or (image_layer.name if image_layer is not None else "labels")
         self._scale, self._translate = self._geometry()
         units = units_of(image_layer, store.ndim)
         self.overview_layer = None
-        if store.ndim == 2 and not self._fits_whole():  # a volume's window follows the slice slider instead
-            levels = [MaskedLevel(store, k, self._window_or_none) for k in range(len(store.level_shapes))]
+        self._overview_levels: list[MaskedLevel] = []
+        if store.ndim == 2 and not self.geom.fits_whole:  # a volume's window follows the slice slider instead
+            self._overview_levels = overview_levels(store, self._window_or_none)
+            levels = self._overview_levels
             self.overview_layer = viewer.add_labels(
                 levels if len(levels) > 1 else levels[0], name=f"{base} annotations (overview)",
                 multiscale=len(levels) > 1, scale=self._scale, translate=self._translate,
@@ -194,19 +133,13 @@ class PaintingController(QObject):
         self.layer.editable = store.writable
         self.layer.metadata["napari_medseg"] = {"label_store": str(store.path) if store.path else None,
                                                 "classes": store.classes.to_dict(), "axes": store.axes}
+        self.outlined = store.ndim == 2 and not self.geom.fits_whole and compat.show_outline(self.layer,
+                                                                                             OUTLINE_COLOR)
+        self.layer.mouse_drag_callbacks.insert(0, self._on_press)  # before napari's brush sees the click
 
-        self._debounce = QTimer(self)
-        self._debounce.setSingleShot(True)
-        self._debounce.setInterval(int(flush_delay_s * 1000))
-        self._debounce.timeout.connect(self._on_timer)
-        self._max_wait = QTimer(self)
-        self._max_wait.setSingleShot(True)
-        self._max_wait.setInterval(int(max_unsaved_s * 1000))
-        self._max_wait.timeout.connect(self._on_timer)
-        self._follow_timer = QTimer(self)
-        self._follow_timer.setSingleShot(True)
-        self._follow_timer.setInterval(FOLLOW_DELAY_MS)
-        self._follow_timer.timeout.connect(self.follow_view)
+        self._debounce = self._timer(int(flush_delay_s * 1000), self._on_timer)
+        self._max_wait = self._timer(int(max_unsaved_s * 1000), self._on_timer)
+        self._follow_timer = self._timer(FOLLOW_DELAY_MS, self.follow_view)
         self.flushed.connect(self._after_flush)
         self._external.connect(self._apply_external)
         store.add_listener(self._on_store_change)
@@ -215,7 +148,23 @@ class PaintingController(QObject):
         viewer.dims.events.current_step.connect(self._on_camera)
         self.move_window(self.window_for_view(), flush=False)
 
+    def _timer(self, ms: int, slot: Callable[[], None]) -> QTimer:
+        t = QTimer(self)
+        t.setSingleShot(True)
+        t.setInterval(ms)
+        t.timeout.connect(slot)
+        return t
+
     # -- geometry -----------------------------------------------------------------------------------
+    @property
+    def max_window(self) -> int:
+        return self.geom.max_window
+
+    @property
+    def factor(self) -> tuple[int, ...]:
+        """Store pixels per layer pixel, per axis (1 at full resolution)."""
+        return self.geom.factors[self.level]
+
     def _geometry(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """napari ``scale`` and ``translate`` of store pixel (0, ..) so it sits on the image's pixels."""
         nd = self.store.ndim
@@ -229,59 +178,45 @@ class PaintingController(QObject):
                 translate[a] = img_tr[a] + (f - 1) / 2 * img_scale[a]  # a declared level's pixel centres
         return scale, tuple(translate)
 
-    def _fits_whole(self) -> bool:
-        shp = self.store.shape
-        if self.store.ndim == 3:
-            return int(np.prod(shp)) <= self.volume_max_voxels
-        return all(s <= self.max_window for s in shp)
-
-    def _window_or_none(self) -> tuple[slice, ...] | None:
+    def _window_or_none(self) -> Window | None:
         return self.window if any(w.stop > w.start for w in self.window) else None
 
     def _empty(self) -> TrackedLabels:
         return np.zeros((1,) * self.store.ndim, np.uint8).view(TrackedLabels)
 
+    def _to_store(self, world: Sequence[float]) -> list[float]:
+        """Store pixel coordinates (level 0) of a world position (the store's axes, last of ``world``)."""
+        nd = self.store.ndim
+        return [(w - t) / s for w, t, s in zip(list(world)[-nd:], self._translate, self._scale)]
+
     def view_box(self) -> tuple[list[float], list[float]]:
         """The visible part of the store in store pixels (``lo``, ``hi`` per axis, not clipped)."""
-        nd = self.store.ndim
-        try:
-            h, w = self.viewer.window._qt_viewer.canvas.size
-        except Exception:  # no Qt window: assume a typical canvas
-            h, w = 800, 1200
+        h, w = compat.canvas_size(self.viewer)
         zoom = max(float(self._camera.zoom), 1e-9)
         center = list(self._camera.center)[-2:]
         half = [h / zoom / 2, w / zoom / 2]
         lo = [(c - hh - t) / s for c, hh, t, s in zip(center, half, self._translate[-2:], self._scale[-2:])]
         hi = [(c + hh - t) / s for c, hh, t, s in zip(center, half, self._translate[-2:], self._scale[-2:])]
-        if nd == 3:
+        if self.store.ndim == 3:
             z = (float(self.viewer.dims.point[-3]) - self._translate[0]) / self._scale[0]
             lo, hi = [z, *lo], [z + 1, *hi]
         return lo, hi
 
-    def window_for_view(self, center: Sequence[float] | None = None) -> tuple[slice, ...]:
-        """A chunk-aligned window of ``max_window`` pixels per in-plane axis (a slab of slices for a volume
-        too big to show whole) centred on the view, or on ``center`` (store pixels); the whole store when
-        it fits. A full-sized window means fewer moves while panning."""
-        shp, ch = self.store.shape, self.store.chunks
-        if self._fits_whole():
-            return tuple(slice(0, s) for s in shp)
+    def level_for_view(self) -> int:
+        """The finest pyramid level whose window covers the current view."""
+        return self.geom.level_for_view(*self.view_box())[0]
+
+    def window_for_view(self, center: Sequence[float] | None = None, level: int | None = None) -> Window:
+        """A window (store pixels) over the view at the finest level that covers it (or at ``level``),
+        centred on the view or on ``center`` (store pixels); the whole store when it fits. At full
+        resolution that is up to ``max_window`` pixels per in-plane axis (a slab of slices for a volume too
+        big to show whole); at level ``k`` up to ``max_window`` cells of ``F x F`` pixels."""
+        lo, hi = self.view_box()
+        if level is None:
+            level = self.geom.level_for_view(lo, hi)[0]
         if center is None:
-            lo, hi = self.view_box()
             center = [(a + b) / 2 for a, b in zip(lo, hi)]
-        out = []
-        for a, (s, c) in enumerate(zip(shp, ch)):
-            cap = self.max_window
-            if self.store.ndim == 3 and a == 0:
-                inplane = min(self.max_window, shp[1]) * min(self.max_window, shp[2])
-                cap = self.volume_max_voxels // max(inplane, 1)
-            cap = max(c, cap // c * c)
-            if cap >= s:
-                out.append(slice(0, s))
-                continue
-            a0 = math.floor((center[a] - cap / 2) / c) * c
-            a0 = max(0, min(a0, math.ceil((s - cap) / c) * c))
-            out.append(slice(int(a0), int(min(s, a0 + cap))))
-        return tuple(out)
+        return self.geom.window_for(center, level)
 
     # -- window -------------------------------------------------------------------------------------
     def _on_camera(self, event: Any = None) -> None:
@@ -289,107 +224,131 @@ class PaintingController(QObject):
             self._follow_timer.start()
 
     def follow_view(self) -> None:
-        """Move the window if the view has left it (and the view is small enough to paint in)."""
-        if self._closed or self._fits_whole():
+        """Put the window over the view at the finest level that covers it, if it is not there yet."""
+        if self._closed or self.geom.fits_whole:
+            return
+        if self._stroke:  # never under the brush: look again after the stroke
+            self._follow_timer.start()
             return
         lo, hi = self.view_box()
-        shp = self.store.shape
+        level, fits = self.geom.level_for_view(lo, hi)
         lo_c = [max(0.0, v) for v in lo]
-        hi_c = [min(float(s), v) for s, v in zip(shp, hi)]
+        hi_c = [min(float(s), v) for s, v in zip(self.store.shape, hi)]
         inside = all(w.start <= a and b <= w.stop for w, a, b in zip(self.window, lo_c, hi_c))
-        if inside:
-            return
-        fits = all(b - a <= self.max_window for a, b in zip(lo_c[-2:], hi_c[-2:]))
         mid = [(a + b) / 2 for a, b in zip(lo_c, hi_c)]
         center_in = all(w.start <= m < w.stop for w, m in zip(self.window, mid))
-        if fits or not center_in:
-            self.move_window(self.window_for_view())
+        if level != self.level or (not inside and (fits or not center_in)):
+            self.move_window(self.geom.window_for(mid, level), level=level)
 
-    def move_window(self, window: tuple[slice, ...], *, flush: bool = True, force: bool = False) -> bool:
-        """Show ``window`` (store pixels). Edits of the old window are saved first; if some cannot be
-        (labels beyond the class schema) the window stays and the user is told. Returns True if moved."""
+    def move_window(self, window: Window, *, level: int | None = None, flush: bool = True,
+                    force: bool = False) -> bool:
+        """Show ``window`` (store pixels) at pyramid ``level`` (default: the view's if it fits). Edits of
+        the old window are saved first; if some cannot be (labels beyond the class schema) the window stays
+        and the user is told. Returns True if moved."""
         window = tuple(slice(int(w.start), int(w.stop)) for w in window)
-        if window == self.window and not force:
+        if level is None:  # the view's level if the window can be shown at it (e.g. "Paint here")
+            level = self.geom.level_of(window, prefer=self.level_for_view() if self.store.ndim == 2 else 0)
+        level = int(level)
+        if window == self.window and level == self.level and not force:
             return False
         if flush and any(w.stop > w.start for w in self.window):
             self.flush(wait=True, full=True)
-            if self._dirty:
+            if self.edits.dirty:
                 self._notify("The window was not moved: it holds labels that cannot be saved yet (see the "
                              "previous message). Fix them first.")
                 return False
         t0 = time.perf_counter()
-        data = self.store.read(window).view(TrackedLabels)
+        data = self.edits.load(window, level).view(TrackedLabels)
         data.on_write = self._on_write
         old = self.layer.data
         if isinstance(old, TrackedLabels):
             old.on_write = None
-        self.window = window
-        self._dirty.clear()
-        tr = tuple(t + w.start * s for t, w, s in zip(self._translate, window, self._scale))
-        self.layer.translate = tr
+        self.window, self.level = window, level
+        scale, translate = self.geom.layer_transform(window, level, self._scale, self._translate)
+        if tuple(self.layer.scale) != scale:
+            self.layer.scale = scale
+        self.layer.translate = translate
         self.layer.data = data
         self.layer.editable = self.store.writable  # setting data makes a Labels layer editable again
-        if hasattr(self.layer, "_reset_history"):
-            self.layer._reset_history()  # undo history refers to the old window's pixels
+        compat.reset_undo_history(self.layer)  # undo history refers to the old window's pixels
         self._refresh_overview()
-        log.debug("window moved to %s in %.3f s", window, time.perf_counter() - t0)
+        log.debug("window moved to %s at level %d in %.3f s", window, level, time.perf_counter() - t0)
         self.window_moved.emit(window)
         return True
 
     def show_region(self, region: tuple[slice, ...], *, zoom: bool = True) -> None:
         """Center the camera on ``region`` (store pixels), zoom to it, and put the window there."""
-        nd = self.store.ndim
         mid = [(r.start + r.stop) / 2 for r in region]
         world = [t + m * s for t, m, s in zip(self._translate, mid, self._scale)]
-        if nd == 3:
+        if self.store.ndim == 3:
             step = list(self.viewer.dims.point)
             step[-3] = world[0]
             self.viewer.dims.point = step
         self._camera.center = tuple(world[-2:])
         if zoom:
-            try:
-                h, w = self.viewer.window._qt_viewer.canvas.size
-            except Exception:
-                h, w = 800, 1200
+            h, w = compat.canvas_size(self.viewer)
             ext = [max(r.stop - r.start, 64) * s for r, s in zip(region[-2:], self._scale[-2:])]
-            cap = [self.max_window * s * 0.9 for s in self._scale[-2:]]
+            cap = [(n - a) * 0.8 * s for n, a, s in zip(self.geom.cap(0)[-2:], self.geom.align(0)[-2:],
+                                                        self._scale[-2:])]  # a view at full resolution
             ext = [min(e, c) for e, c in zip(ext, cap)]
             self._camera.zoom = 0.8 * min(h / ext[0], w / ext[1])
         self._follow_timer.stop()
-        self.move_window(self.window_for_view(center=mid))
+        level = self.level_for_view()
+        self.move_window(self.window_for_view(center=mid, level=level), level=level)
+
+    # -- strokes ------------------------------------------------------------------------------------
+    def _on_press(self, layer: Any, event: Any) -> Any:
+        """The first mouse drag callback of the window layer: before napari's brush sees a click, make sure
+        the window is at the view's resolution and under the click (moving it there if not)."""
+        if self._closed or str(layer.mode) not in PAINT_MODES or len(getattr(event, "dims_displayed", ())) != 2:
+            return  # 3D views paint on a ray: napari finds the pixel, the window holds the whole volume or slab
+        if self._follow_timer.isActive():  # the view just changed: follow it before the stroke
+            self._follow_timer.stop()
+            self.follow_view()
+        if not self._under(event.position):
+            self._move_to(event.position)
+        if self.level and self.level not in self._told_levels and self._under(event.position):
+            self._told_levels.add(self.level)
+            fy, fx = self.factor[-2:]
+            self._inform(f"Zoomed out: painting at 1/{max(fy, fx)} resolution. Each pixel you paint fills "
+                         f"{fy} x {fx} pixels of the slide's labels; zoom in to paint details.")
+        self._stroke = True
+        try:
+            yield
+            while event.type == "mouse_move":
+                yield
+        finally:  # released, or napari dropped the stroke
+            self._stroke = False
+
+    def _under(self, world: Sequence[float]) -> bool:
+        """Is the world position ``world`` on a pixel of the window?"""
+        p = self._to_store(world)
+        return all(w.start <= v < w.stop for w, v in zip(self.window, np.floor(np.add(p, 0.5))))
+
+    def _move_to(self, world: Sequence[float]) -> None:
+        """Move the window so that the stroke starting at ``world`` lands in it; say so if it cannot."""
+        p = self._to_store(world)
+        if not all(0 <= v < s for v, s in zip(np.floor(np.add(p, 0.5)), self.store.shape)):
+            return  # off the slide: nothing to paint there
+        level = self.level_for_view()
+        self._follow_timer.stop()
+        if not self.move_window(self.geom.window_for(p, level), level=level) and not self._under(world):
+            self._notify("Nothing was painted there: the editable window (outlined) could not move to this "
+                         "spot. " + ("The labels are read-only." if not self.store.writable else
+                                     "See the previous message."))
 
     # -- edits and autosave -------------------------------------------------------------------------
     def _on_write(self, key: Any) -> None:
         box = touched_box(key, self.layer.data.shape)
         if box is None:
             return
-        ch = self.store.chunks
-        org = [w.start // c for w, c in zip(self.window, ch)]  # the window is chunk-aligned
-        ranges = [range(o + a // c, o + (b - 1) // c + 1) for o, a, b, c in zip(org, box[0], box[1], ch)]
-        if len(ranges) == 2:
-            self._dirty.update((i, j) for i in ranges[0] for j in ranges[1])
-        else:
-            self._dirty.update((i, j, k) for i in ranges[0] for j in ranges[1] for k in ranges[2])
+        self.edits.mark(box)
         self._debounce.start()
         if not self._max_wait.isActive():
             self._max_wait.start()
 
     def _on_timer(self) -> None:
         self.flush()
-
-    def _full_diff(self) -> None:
-        """Mark every window chunk that differs from the store (a safety net for edits made around the
-        tracked door, e.g. in place on a view of the layer's array)."""
-        data = np.asarray(self.layer.data)
-        cur = self.store.read(self.window)
-        if data.shape != cur.shape:
-            return
-        ch = self.store.chunks
-        org = [w.start // c for w, c in zip(self.window, ch)]
-        for c in ix.chunks_in_box([0] * data.ndim, data.shape, ch):
-            sl = tuple(slice(i * cc, (i + 1) * cc) for i, cc in zip(c, ch))
-            if not np.array_equal(data[sl], cur[sl]):
-                self._dirty.add(tuple(o + i for o, i in zip(org, c)))
 
     def flush(self, wait: bool = False, full: bool = False) -> None:
         """Save dirty chunks (in the background unless ``wait``). ``full`` also compares the whole window
@@ -399,40 +358,28 @@ class PaintingController(QObject):
         if self._closed or not self.store.writable:
             return
         if full:
-            self._full_diff()
-        if self._dirty:
-            data = np.asarray(self.layer.data)
+            self.edits.full_diff(np.asarray(self.layer.data))
+        if self.edits.dirty:
             top = self.store.classes.max_store_value
-            blocks, bad, bad_vals = {}, set(), set()
-            for c in self._dirty:
-                gsl = self.store.chunk_region(c)
-                if not all(w.start <= g.start and g.stop <= w.stop for g, w in zip(gsl, self.window)):
-                    continue
-                blk = np.array(data[tuple(slice(g.start - w.start, g.stop - w.start) for g, w in zip(gsl, self.window))])
-                if blk.size and int(blk.max()) > top:
-                    bad.add(c)
-                    bad_vals.update(int(v) for v in np.unique(blk) if v > top)
-                    continue
-                blocks[c] = blk
-            self._dirty = bad
-            if bad and frozenset(bad_vals) != self._invalid_warned:
+            job, bad_vals = self.edits.take(np.asarray(self.layer.data), top)
+            if bad_vals and frozenset(bad_vals) != self._invalid_warned:
                 self._invalid_warned = frozenset(bad_vals)
                 self._notify(f"Label value(s) {sorted(bad_vals)} are not classes (the schema has "
                              f"{len(self.store.classes.names)} classes, store values 1..{top}): add classes in the "
                              "Annotate widget or repaint them. They stay in the window, unsaved, until then.")
-            if blocks:
-                self._pending.append(self._executor.submit(self._write_job, blocks))
+            if job is not None:
+                self._pending.append(self._executor.submit(self._write_job, job))
         self._pending = [f for f in self._pending if not f.done()]
         if wait:
             for f in list(self._pending):
                 f.result()
             self._pending = []
 
-    def _write_job(self, blocks: dict[ix.Chunk, np.ndarray]) -> None:
+    def _write_job(self, job: WriteJob) -> None:
         """Runs in the writer thread: the only place the controller writes the store."""
         t0 = time.perf_counter()
         try:
-            changed = self.store.write_chunks(blocks, validated=True, origin=self)
+            changed = job.run(self.store, origin=self)
         except MedsegError as e:
             self.flush_failed.emit(str(e))
             return
@@ -457,19 +404,7 @@ class PaintingController(QObject):
     def _apply_external(self, chunks: Any) -> None:
         if self._closed:
             return
-        data = np.asarray(self.layer.data)  # a plain view: these writes are not edits to save
-        touched = False
-        for c in chunks:
-            gsl = self.store.chunk_region(c)
-            if not all(w.start <= g.start and g.stop <= w.stop for g, w in zip(gsl, self.window)):
-                continue
-            loc = tuple(slice(g.start - w.start, g.stop - w.start) for g, w in zip(gsl, self.window))
-            cur = self.store.read(gsl)
-            if c in self._dirty:  # unsaved strokes there: they win where they painted
-                cur = np.where(data[loc] != 0, data[loc], cur)
-            data[loc] = cur
-            touched = True
-        if touched:
+        if self.edits.apply_external(chunks, np.asarray(self.layer.data)):  # a plain view: not edits
             self.layer.refresh()
         self._refresh_overview()
 
@@ -480,21 +415,13 @@ class PaintingController(QObject):
                 self._refresh_overview()
 
     def _refresh_overview(self) -> None:
-        """Re-read the overview. napari keeps the coarsest level of a 2D multiscale layer in memory
-        (its thumbnail level); drop that copy too, or the zoomed-out view would never change."""
-        lyr = self.overview_layer
-        if lyr is None:
-            return
-        if hasattr(lyr, "_reset_thumbnail_level_data"):
-            lyr._reset_thumbnail_level_data()
-            lyr.refresh()
-        else:  # other napari versions: replacing the data resets every cache
-            lyr.data = lyr.data_raw
-            lyr.editable = False
+        """Re-read the overview, its cached coarsest level included (see ``napari_compat``)."""
+        if self.overview_layer is not None:
+            compat.replace_multiscale_data(self.overview_layer, self._overview_levels)
 
     @property
     def unsaved(self) -> bool:
-        return bool(self._dirty) or any(not f.done() for f in self._pending)
+        return bool(self.edits.dirty) or any(not f.done() for f in self._pending)
 
     # -- classes / lifecycle ------------------------------------------------------------------------
     def set_classes(self, classes: ClassSchema) -> None:
@@ -502,7 +429,7 @@ class PaintingController(QObject):
         self.flush(wait=True, full=True)
         self.store.set_classes(classes)
         self.update_colors()
-        if self._dirty:
+        if self.edits.dirty:
             self.flush(wait=True)
 
     def update_colors(self) -> None:
@@ -514,7 +441,7 @@ class PaintingController(QObject):
 
     def reload(self) -> None:
         """Re-read the window from the store (after an operation changed the store underneath)."""
-        self.move_window(self.window, flush=False, force=True)
+        self.move_window(self.window, level=self.level, flush=False, force=True)
 
     def close(self, remove_layers: bool = False) -> None:
         """Save everything and stop following the camera. The store stays open (its owner closes it)."""
@@ -522,7 +449,7 @@ class PaintingController(QObject):
             return
         try:
             self.flush(wait=True, full=True)
-            if self._dirty:  # values beyond the schema: extend it rather than lose them
+            if self.edits.dirty:  # values beyond the schema: extend it rather than lose them
                 data = np.asarray(self.layer.data)
                 top = int(data.max())
                 names = list(self.store.classes.names) + [f"class {v - 1}" for v in
@@ -539,6 +466,8 @@ class PaintingController(QObject):
                            (self.viewer.dims.events.current_step, self._on_camera)):
                 with contextlib.suppress(Exception):
                     em.disconnect(cb)
+            with contextlib.suppress(ValueError):
+                self.layer.mouse_drag_callbacks.remove(self._on_press)
             self._executor.shutdown(wait=True)
             self.store.remove_listener(self._on_store_change)
             if isinstance(self.layer.data, TrackedLabels):

@@ -56,7 +56,7 @@ def _world(ctl, y, x):
     return tuple(t + v * s for t, v, s in zip(ctl._translate, (y, x), ctl._scale))
 
 
-def _goto(viewer, ctl, y, x, zoom=2.0):
+def _goto(viewer, ctl, y, x, zoom=4.0):
     camera_of(viewer).center = _world(ctl, y, x)
     camera_of(viewer).zoom = zoom
     ctl.follow_view()
@@ -117,7 +117,7 @@ def test_mouse_drag_path_and_debounced_autosave(slide, qtbot):
     for p in pts[1:]:
         mouse_move_callbacks(layer, ReadOnlyWrapper(MouseEvent("mouse_move", p, is_dragging=True, dims_point=p)))
     mouse_release_callbacks(layer, ReadOnlyWrapper(MouseEvent("mouse_release", pts[-1], dims_point=pts[-1])))
-    assert ctl._dirty and store.painted_chunks() == []  # not yet saved ...
+    assert ctl.edits.dirty and store.painted_chunks() == []  # not yet saved ...
     qtbot.waitUntil(lambda: len(store.painted_chunks()) == 2 and not ctl.unsaved, timeout=5000)  # ... autosaved
     assert ctl.flush_log and ctl.flush_log[-1]["chunks"] == 2
     np.testing.assert_array_equal(store.read(ctl.window), np.array(layer.data))
@@ -146,7 +146,9 @@ def test_moving_the_window_saves_loads_and_overview_shows_the_rest(slide):
 
 def test_zoomed_out_overview_shows_new_paint(slide):
     viewer, store, ctl = slide
-    _goto(viewer, ctl, 1500, 2000, zoom=0.05)  # the whole slide in view
+    camera_of(viewer).center = _world(ctl, 1500, 2000)
+    camera_of(viewer).zoom = 0.05  # the whole slide in view ...
+    ctl.move_window(ctl.geom.window_for((500, 500), 0), level=0)  # ... but the window elsewhere, not following
     ctl.overview_layer.locked_data_level = len(store.level_shapes) - 1  # the level napari keeps cached
     assert ctl.overview_layer.data_level == len(store.level_shapes) - 1
     world = _world(ctl, 2950, 3950)
@@ -174,7 +176,7 @@ def test_labels_beyond_the_schema_are_kept_not_lost(slide):
     first = ctl.window
     ctl.layer.paint((50, 50), 7)  # the schema has store values 1..3
     ctl.flush(wait=True)
-    assert ctl._dirty and store.painted_chunks() == []
+    assert ctl.edits.dirty and store.painted_chunks() == []
     assert any("[7]" in n and "add classes" in n for n in ctl.notes)
     _goto(viewer, ctl, 200, 200)
     assert ctl.window == first and any("not moved" in n for n in ctl.notes)
