@@ -2,6 +2,12 @@
 
 ``NAPARI_MEDSEG_CONFIG`` overrides the folder (tests use a temporary one). Unknown or damaged files are
 ignored with a log message: settings are a convenience and must never stop the plugin from starting.
+
+Settings that could crash napari (training that needs more memory than the machine has) are kept as
+*unconfirmed* first: ``save_unconfirmed`` when the work starts, ``confirm`` once it has shown it runs (the
+first training step), ``drop_unconfirmed`` when it ends without that. Unconfirmed settings still there at the
+next launch mean napari died before confirming them: ``take_unconfirmed`` returns them (once) so the widget
+can say so, and ``load_settings`` keeps returning the last confirmed ones.
 """
 
 from __future__ import annotations
@@ -55,3 +61,50 @@ def save_settings(section: str, values: dict[str, Any]) -> None:
         os.replace(tmp, p)
     except OSError as e:
         log.warning("could not save settings to %s (%s)", p, e)
+
+
+UNCONFIRMED = ".unconfirmed"
+
+
+def save_unconfirmed(section: str, values: dict[str, Any]) -> None:
+    """Keep ``values`` beside the confirmed settings of ``section`` until ``confirm`` or ``drop_unconfirmed``."""
+    save_settings(section + UNCONFIRMED, values)
+
+
+def confirm(section: str) -> None:
+    """The unconfirmed settings of ``section`` ran: they become its settings."""
+    values = load_settings(section + UNCONFIRMED)
+    if values:
+        save_settings(section, values)
+    drop_unconfirmed(section)
+
+
+def drop_unconfirmed(section: str) -> None:
+    _remove_section(section + UNCONFIRMED)
+
+
+def take_unconfirmed(section: str) -> dict[str, Any]:
+    """The unconfirmed settings of ``section`` left by a session that died before confirming them ({} if
+    none); they are removed, so each is reported once."""
+    values = load_settings(section + UNCONFIRMED)
+    if values:
+        drop_unconfirmed(section)
+    return values
+
+
+def _remove_section(section: str) -> None:
+    p = settings_path()
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(data, dict) or section not in data:
+        return
+    del data[section]
+    try:
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".settings.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, default=str)
+        os.replace(tmp, p)
+    except OSError as e:
+        log.warning("could not update settings in %s (%s)", p, e)

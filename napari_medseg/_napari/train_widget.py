@@ -1,7 +1,11 @@
-"""The training dock widget: data, model, training settings, Start / Stop / Resume, a live plot of the
-losses and validation Dice, and a live preview of the current view while the model trains.
+"""The training dock widget: data, model, training settings (``train_form``), Start / Stop / Resume, a live
+plot of the losses and validation Dice with a status line (``train_feedback``), a live preview of the current
+view while the model trains, and a message area (``messages.MessageLog``) that keeps what the widget said.
 
-Torch runs only in a napari thread worker; layers are touched only in main-thread event handlers.
+Start checks the step's memory against what the machine has free (``training_job.prepare_job``): it reduces
+batch and patch, saying what changed and why, or refuses. Stop interrupts a step between layers, a wait for
+data and a preview (``training.guard``). Torch runs only in a napari thread worker; layers are touched only
+in main-thread event handlers.
 """
 
 from __future__ import annotations
@@ -16,15 +20,9 @@ from typing import Any
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -40,12 +38,14 @@ from .layers import (
     units_of,
     upsert_layer,
 )
+from .messages import MessageLog
 from .plot import LivePlot
-from .qt_helpers import path_row
 from .quiet_gc import freeze_long_lived
 from .session import session_for
-from .settings import load_settings, save_settings
-from .workers import show_error, show_info, show_warning, start_generator_worker
+from .settings import confirm, drop_unconfirmed, save_unconfirmed
+from .train_feedback import RunFeedback
+from .train_form import SEMI_CHOICES, SEMI_TOOLTIP, TrainForm, _spin, available_devices
+from .workers import start_generator_worker
 
 log = logging.getLogger(__name__)
 PREVIEW_LAYER = "medseg preview"
@@ -53,45 +53,12 @@ UNCERTAINTY_LAYER = "medseg uncertainty"
 STORE_CHOICE = "label store (Annotate widget)"
 
 
-def available_devices() -> list[str]:
-    import torch
-
-    devs = []
-    if torch.cuda.is_available():
-        devs += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devs.append("mps")
-    devs.append("cpu")
-    return devs
+__all__ = ["PREVIEW_LAYER", "SEMI_CHOICES", "SEMI_TOOLTIP", "STORE_CHOICE", "TrainWidget", "_spin",
+           "available_devices", "show_prediction"]
 
 
-SEMI_CHOICES = (("labels only (supervised)", "none"), ("+ pseudo-labels (FixMatch-style)", "pseudo_label"),
-                ("+ Mean Teacher consistency", "mean_teacher"))
-SEMI_TOOLTIP = ("Learn also from the unpainted pixels. Costs one extra forward pass per step (1.4-1.5x the step "
-                "time, so fewer steps fit a time budget). Measured at equal time on MoNuSeg nuclei "
-                "(benchmarks/RESULTS.md, 3 seeds): pseudo-labels gave +4.3 Dice when the paint sits in a few "
-                "windows of a few images, the rest unpainted, and -0.3 (no gain) with 1 % scribbles spread over "
-                "every image. Off by default because it does not help in every setting; try it when you paint "
-                "only some regions of a large image.")
-
-
-def _spin(lo: float, hi: float, value: float, step: float | None = None, decimals: int | None = None):
-    if decimals is None:
-        w = QSpinBox()
-    else:
-        w = QDoubleSpinBox()
-        w.setDecimals(decimals)
-    w.setRange(lo, hi)
-    if step:
-        w.setSingleStep(step)
-    w.setValue(value)
-    return w
-
-
-class TrainWidget(QWidget):
+class TrainWidget(TrainForm, QWidget):
     """Dock widget: fine-tune a model on the painted labels of an image, with a live preview."""
-
-    SETTINGS = "train"
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
@@ -111,9 +78,12 @@ class TrainWidget(QWidget):
         self._first_preview_s: float | None = None
         self._last_preview_t: float | None = None
         self._preview_intervals: list[float] = []
+        self._job: dict[str, Any] | None = None
+        self._confirmed = False  # the run's settings are saved for the next session once a step finished
         self._build()
         self._load_settings()
         self._refresh_layers()
+        self._connect_form()
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
         # The current view, sampled on the main thread for the worker (debounced on camera moves).
@@ -132,58 +102,8 @@ class TrainWidget(QWidget):
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
         lay = QVBoxLayout(self)
-        data = QGroupBox("Data")
-        f = QFormLayout(data)
-        self.image_combo = QComboBox()
-        self.labels_combo = QComboBox()
-        f.addRow("image", self.image_combo)
-        f.addRow("labels", self.labels_combo)
-        lay.addWidget(data)
-
-        model = QGroupBox("Model")
-        f = QFormLayout(model)
-        self.arch_combo = QComboBox()
-        self.dims_combo = QComboBox()
-        self.dims_combo.addItems(["2D", "3D"])
-        ck, self.init_edit = path_row("train from scratch, or pick a checkpoint", self._pick_init)
-        self.device_combo = QComboBox()
-        f.addRow("architecture", self.arch_combo)
-        f.addRow("dimensions", self.dims_combo)
-        f.addRow("start from", ck)
-        f.addRow("device", self.device_combo)
-        lay.addWidget(model)
-
-        tr = QGroupBox("Training")
-        f = QFormLayout(tr)
-        self.patch_spin = _spin(32, 1024, 256, 32)
-        self.batch_spin = _spin(1, 256, 4)
-        self.lr_spin = _spin(1e-6, 1.0, 1e-3, 1e-4, decimals=5)
-        self.steps_spin = _spin(1, 1_000_000, 2000, 100)
-        self.budget_spin = _spin(0, 24 * 3600, 0, 60)
-        self.budget_spin.setSuffix(" s (0 = none)")
-        self.semi_combo = QComboBox()
-        for label, value in SEMI_CHOICES:
-            self.semi_combo.addItem(label, value)
-        self.semi_combo.setToolTip(SEMI_TOOLTIP)
-        self.ema_check = QCheckBox("predict with the weights' running average (EMA)")
-        self.ema_check.setChecked(True)
-        self.ema_check.setToolTip("An exponential moving average of the weights, kept at no extra forward pass. "
-                                  "On the benchmark it scored +0.3 and +0.8 Dice over the last weights in short "
-                                  "(100 s) runs and the same in 300 s runs (benchmarks/RESULTS.md); untick to "
-                                  "predict with the last weights.")
-        self.threads_spin = _spin(1, 256, 1)
-        self.threads_spin.setToolTip("CPU threads for training; leave at least one core to the viewer")
-        f.addRow("patch size", self.patch_spin)
-        f.addRow("batch", self.batch_spin)
-        f.addRow("learning rate", self.lr_spin)
-        f.addRow("steps", self.steps_spin)
-        f.addRow("time budget", self.budget_spin)
-        f.addRow("unpainted pixels", self.semi_combo)
-        f.addRow(self.ema_check)
-        f.addRow("CPU threads", self.threads_spin)
-        outrow, self.out_edit = path_row("default: a new run folder in the napari-medseg cache", self._pick_out)
-        f.addRow("checkpoints in", outrow)
-        lay.addWidget(tr)
+        self.messages = MessageLog()  # first: loading the settings may have something to say
+        self._build_form(lay)
 
         btns = QHBoxLayout()
         self.start_btn = QPushButton("Start")
@@ -215,62 +135,10 @@ class TrainWidget(QWidget):
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
+        lay.addWidget(self.messages)
         lay.addStretch(1)
+        self.feedback = RunFeedback(self.plot, self.status)
         self._set_running(False)
-
-    def _pick_init(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Start from checkpoint", "", "Checkpoints (*.pt *.pth)")
-        if path:
-            self.init_edit.setText(path)
-
-    def _pick_out(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Checkpoint folder")
-        if path:
-            self.out_edit.setText(path)
-
-    # -- settings remembered between runs -----------------------------------------------------------
-    def _settings_values(self) -> dict[str, Any]:
-        return {"arch": self.arch_combo.currentText(), "dims": self.dims_combo.currentText(),
-                "patch": self.patch_spin.value(), "batch": self.batch_spin.value(), "lr": self.lr_spin.value(),
-                "steps": self.steps_spin.value(), "budget": self.budget_spin.value(),
-                "semi": self.semi_combo.currentData(), "ema": self.ema_check.isChecked(),
-                "threads": self.threads_spin.value(), "out": self.out_edit.text(),
-                "preview": self.preview_check.isChecked(), "uncertainty": self.uncert_check.isChecked(),
-                "preview_every": self.preview_every.value(), "device": self.device_combo.currentText()}
-
-    def _load_settings(self) -> None:
-        from ..models import available_models
-
-        self.arch_combo.addItems(available_models())
-        try:
-            self.device_combo.addItems(available_devices())
-        except Exception as e:  # a broken CUDA install must not stop the widget
-            log.warning("device listing failed: %s", e)
-            self.device_combo.addItems(["cpu"])
-        import os
-
-        self.threads_spin.setValue(max(1, (os.cpu_count() or 2) - 1))
-        s = load_settings(self.SETTINGS)
-        if not s:
-            self.arch_combo.setCurrentText("unet")
-            return
-        self.arch_combo.setCurrentText(s.get("arch", "unet"))
-        self.dims_combo.setCurrentText(s.get("dims", "2D"))
-        for w, k in ((self.patch_spin, "patch"), (self.batch_spin, "batch"), (self.lr_spin, "lr"),
-                     (self.steps_spin, "steps"), (self.budget_spin, "budget"),
-                     (self.threads_spin, "threads"), (self.preview_every, "preview_every")):
-            if k in s:
-                with contextlib.suppress(TypeError, ValueError):
-                    w.setValue(type(w.value())(s[k]))
-        # the older "mean_teacher" setting (on by default then) is not carried over: off is the measured default
-        i = self.semi_combo.findData(s.get("semi", "none"))
-        self.semi_combo.setCurrentIndex(max(0, i))
-        self.ema_check.setChecked(bool(s.get("ema", True)))
-        self.preview_check.setChecked(bool(s.get("preview", True)))
-        self.uncert_check.setChecked(bool(s.get("uncertainty", False)))
-        self.out_edit.setText(str(s.get("out", "")))
-        if s.get("device") in [self.device_combo.itemText(i) for i in range(self.device_combo.count())]:
-            self.device_combo.setCurrentText(s["device"])
 
     # -- layers -------------------------------------------------------------------------------------
     def _refresh_layers(self, *_: Any) -> None:
@@ -300,7 +168,12 @@ class TrainWidget(QWidget):
             layer = self._image_layer()
         except MedsegError:
             return
-        depth = self.patch_spin.value() if self.dims_combo.currentText() == "3D" else 1
+        depth = 1
+        if self.dims_combo.currentText() == "3D":  # the planned patch's slices (Z follows the spacing)
+            try:
+                depth = int(self._planned()[2][0])
+            except Exception:
+                depth = self.patch_spin.value()
         self._view.set(current_view(self.viewer, layer, depth=min(depth, 64)))
 
     # -- run ----------------------------------------------------------------------------------------
@@ -325,22 +198,32 @@ class TrainWidget(QWidget):
 
     def start(self, resume: bool = False) -> None:
         if self._worker is not None:
-            show_info("Training is already running; press Stop first.")
+            self.messages.info("Training is already running; press Stop first.")
             return
         try:
             job = self._gather(resume)
         except MedsegError as e:
-            show_error(str(e))
+            self.messages.error(str(e))
             return
         except Exception as e:  # bad layer data and the like: a message, never a crash
             log.exception("could not start training")
-            show_error(f"Could not start training: {e}")
+            self.messages.error(f"Could not start training: {e}")
             return
-        save_settings(self.SETTINGS, self._settings_values())
+        plan = job.get("plan")
+        if plan is not None and plan.changed:  # the fields show what runs
+            for w, v in ((self.patch_spin, int(plan.cfg.patch_size[-1])), (self.batch_spin, plan.cfg.batch_size)):
+                w.setValue(v)
+            self.messages.warning(plan.message)
+        for note in job.get("notes", []):
+            self.messages.info(note)
+        # kept for the next session only once a step has finished (a run that kills napari is not reloaded)
+        save_unconfirmed(self.SETTINGS, self._settings_values())
+        self._confirmed = False
         from .training_job import run_job
 
         self._stop.clear()
-        self.plot.clear()
+        cfg = job["cfg"]
+        self.feedback.begin(resume=resume, steps=cfg.steps, budget_s=cfg.time_budget_s)
         self._started_at = time.perf_counter()
         self._first_preview_s = None
         self._last_preview_t = None
@@ -356,7 +239,7 @@ class TrainWidget(QWidget):
         self._refresh_timer.start()
         self._worker = start_generator_worker(
             run_job, job, self._stop, self._view, self._preview_opts, self._labels_box,
-            on_event=self._on_event, on_finished=self._on_finished,
+            on_event=self._on_event, on_finished=self._on_finished, notify=self.messages.error,
         )
 
     def _sync_preview_opts(self, *_: Any) -> None:
@@ -379,7 +262,7 @@ class TrainWidget(QWidget):
             snap, _ = snapshot_labels(self.session, self.viewer, self._image_layer(), self.labels_combo.currentText(),
                                       STORE_CHOICE)
         except MedsegError as e:  # e.g. the labels layer was deleted: keep training on the last snapshot
-            show_warning(f"Labels not refreshed: {e} Training goes on with the labels it has.")
+            self.messages.warning(f"Labels not refreshed: {e} Training goes on with the labels it has.")
             return
         fp = snap.fingerprint()
         if fp != self._labels_fp and snap.painted_chunks():
@@ -390,19 +273,20 @@ class TrainWidget(QWidget):
         self._worker = None
         self._refresh_timer.stop()
         self._set_running(False)
+        if not self._confirmed:  # ended (error, Stop) before a step: these settings are not kept
+            drop_unconfirmed(self.SETTINGS)
 
     # -- events (main thread) -----------------------------------------------------------------------
     def _on_event(self, ev: Any) -> None:
         kind = type(ev).__name__
         try:
             if kind == "StepEvent":
-                self.plot.add_point("loss", ev.step, ev.loss)
-                if getattr(ev, "loss_cons", None):
-                    self.plot.add_point("loss_cons", ev.step, ev.loss_cons)
-                self.status.setText(f"step {ev.step}  loss {ev.loss:.4f}  lr {ev.lr:.2e}  batch {ev.batch_size}"
-                                    f"  {1.0 / max(ev.step_time_s, 1e-6):.1f} steps/s")
+                if not self._confirmed:  # the settings ran a step: remember them for the next session
+                    self._confirmed = True
+                    confirm(self.SETTINGS)
+                self.feedback.step(ev)
             elif kind == "ValidationEvent":
-                self.plot.add_point("val_dice", ev.step, ev.mean_dice)
+                self.feedback.validation(ev)
             elif kind == "PreviewEvent":
                 self._show_preview(ev.payload)
             elif kind == "CheckpointEvent":
@@ -410,7 +294,7 @@ class TrainWidget(QWidget):
             elif kind == "WarningEvent":
                 if ev.message not in self._warned:  # a repeated warning is shown once per run
                     self._warned.add(ev.message)
-                    show_warning(ev.message)
+                    self.messages.warning(ev.message)
             elif kind == "StartEvent":
                 self.status.setText(f"training on {getattr(ev, 'device', '?')}")
             elif kind == "DoneEvent":
@@ -419,7 +303,7 @@ class TrainWidget(QWidget):
                     self.session.last_checkpoint = Path(ck)
                 if getattr(ev, "best_checkpoint", None):
                     self.session.best_checkpoint = Path(ev.best_checkpoint)
-                self.status.setText(f"done ({ev.reason}) after {ev.steps} steps; checkpoint {ck}")
+                self.feedback.done(ev, ck)
         except Exception:  # a display problem must never kill the run
             log.exception("could not show a training event")
 
@@ -449,6 +333,8 @@ class TrainWidget(QWidget):
             self._stop.set()
             with contextlib.suppress(Exception):
                 self._worker.await_workers(msecs=int(timeout_s * 1000))
+            if not self._confirmed:  # closed before a step finished: not a crash, nothing to keep or report
+                drop_unconfirmed(self.SETTINGS)
 
 
 def show_prediction(viewer: Any, pred: Any, classes: Any, *, uncertainty: bool, image: Any = None) -> None:

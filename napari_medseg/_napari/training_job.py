@@ -1,7 +1,10 @@
 """The training job behind the Train widget.
 
 ``prepare_job`` runs on the main thread: it reads the widget's choices and the layers once (a consistent
-snapshot of the labels) and returns plain values. ``run_job`` runs in a napari thread worker: it drives
+snapshot of the labels), plans the patch from the image (``training.planning``: the widget's *patch size* is
+the in-plane edge; a 3D patch spans the same millimetres in Z and no axis exceeds the image) and checks the
+step's memory against what the machine has free, reducing batch and patch (``job["plan"]`` says what and
+why) or refusing with a ``MedsegError``; it returns plain values. ``run_job`` runs in a napari thread worker: it drives
 ``training.train`` and yields its events; between steps it makes the live preview of the view the user is
 looking at; when the user has painted more (a new snapshot arrives), it refreshes: the run continues from
 its last checkpoint on the new labels (same validation subset, so Dice stays comparable).
@@ -70,18 +73,44 @@ def snapshot_labels(session: Any, viewer: Any, image_layer: Any, labels_choice: 
     return LabelSnapshot.of_array(arr, classes), f"labels layer {labels_choice!r}"
 
 
-def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSchema, out: str | None) -> Any:
+def model_config(settings: dict[str, Any], n_channels: int = 1, n_classes: int = 2) -> Any:
     from ..models import ModelConfig
+
+    dims = 3 if settings.get("dims") == "3D" else 2
+    return ModelConfig(name=settings.get("arch", "unet"), spatial_dims=dims, in_channels=n_channels,
+                       out_channels=max(2, n_classes))
+
+
+def device_type(choice: str) -> str:
+    """``cpu``, ``cuda`` or ``mps`` for a widget device choice (``auto``: what torch would pick)."""
+    name = device_name(choice)
+    if name != "auto":
+        return name
+    import torch
+
+    from ..training.devices import mps_available
+
+    return "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
+
+
+def planned_patch(settings: dict[str, Any], source: ImageSource | None, model_cfg: Any) -> tuple[int, ...]:
+    """The patch the widget's *patch size* (the in-plane edge) gives for ``source`` (see ``patch_for_edge``)."""
+    from ..training.planning import image_geometry, patch_for_edge
+
+    shape, spacing = image_geometry(source) if source is not None else (None, None)
+    return patch_for_edge(int(settings.get("patch", 256)), model_cfg, shape, spacing)
+
+
+def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSchema, out: str | None) -> Any:
     from ..training import TrainConfig
 
     dims = 3 if settings.get("dims") == "3D" else 2
     if dims > source.spatial_dims:
         raise MedsegError(f"a 3D model needs a volume; {source.name!r} is 2D. Choose 2D.")
-    mcfg = ModelConfig(name=settings.get("arch", "unet"), spatial_dims=dims, in_channels=source.n_channels,
-                       out_channels=classes.n_classes)
+    mcfg = model_config(settings, source.n_channels, classes.n_classes)
     budget = float(settings.get("budget") or 0)
     return TrainConfig(
-        model=mcfg, patch_size=(int(settings.get("patch", 256)),), batch_size=int(settings.get("batch", 4)),
+        model=mcfg, patch_size=planned_patch(settings, source, mcfg), batch_size=int(settings.get("batch", 4)),
         lr=float(settings.get("lr", 1e-3)), steps=int(settings.get("steps", 2000)),
         time_budget_s=budget if budget > 0 else None, semi=str(settings.get("semi", "none")),
         eval_model="ema" if settings.get("ema", True) else "student", device=device_name(settings.get("device", "")),
@@ -106,9 +135,57 @@ def prepare_job(viewer: Any, session: Any, source: ImageSource, image_layer: Any
         if not torch.cuda.is_available() or idx >= torch.cuda.device_count():
             raise MedsegError(f"GPU cuda:{idx} is not available on this machine; choose another device or cpu.")
         torch.cuda.set_device(idx)
+    plan = fit_job(cfg, source, settings)
+    if plan.refused:
+        raise MedsegError(plan.message)
+    cfg = plan.cfg
+    note = slow_step_note(cfg, source, device_type(settings.get("device", "")))
     return {"source": source, "snapshot": snap, "labels_what": what, "classes": snap.classes, "cfg": cfg,
             "init": init, "device": cfg.device, "refresh_s": float(settings.get("refresh_s", 20.0)),
-            "extra_items": []}
+            "extra_items": [], "plan": plan, "notes": [note] if note else []}
+
+
+def slow_step_note(cfg: Any, source: ImageSource, dev: str) -> str | None:
+    """A word when a 3D step is far larger than the planned default (it fits in memory, but each step takes
+    long: the walkthrough's 64 x 256 x 256 x 4 took 31 s per step on one CPU thread)."""
+    import math
+
+    from ..training import planning
+
+    if cfg.model.spatial_dims != 3:
+        return None
+    patch = cfg.patch_for(3)
+    n = cfg.split_batch()
+    vox = math.prod(patch) * (n[0] + n[1])
+    target = planning.STEP_VOXELS.get(dev, planning.STEP_VOXELS["cpu"])
+    if vox <= 4 * target:
+        return None
+    shape, spacing = planning.image_geometry(source)
+    edge = planning.default_edge(cfg.model, shape, spacing, 2, device_type=dev)
+    default = planning.patch_for_edge(edge, cfg.model, shape, spacing)
+    where = "on the CPU" if dev == "cpu" else f"on {dev}"
+    return (f"Each step trains on {vox / 1e6:.1f} M voxels ({n[0] + n[1]} patches of {planning.size_text(patch)}), "
+            f"{vox / (math.prod(default) * 2):.0f}x the planned 3D default for this volume (patch "
+            f"{planning.size_text(default)}, batch 2): expect slow steps {where}. For the default, set patch size "
+            f"{edge} and batch 2.")
+
+
+def fit_job(cfg: Any, source: ImageSource, settings: dict[str, Any]) -> Any:
+    """``planning.fit_to_memory`` for the widget's run: the edge is the *patch size* field, the patch follows
+    the image; the memory is what is free now on the chosen device."""
+    from ..training import planning
+
+    shape, spacing = planning.image_geometry(source)
+    dev = device_type(settings.get("device", ""))
+    if dev == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # the engine says so when it starts; plan as for the CPU meanwhile
+            dev = "cpu"
+    return planning.fit_to_memory(
+        cfg, cfg.model, int(settings.get("patch", 256)),
+        lambda e: planning.patch_for_edge(e, cfg.model, shape, spacing), planning.available_memory(dev),
+        n_channels=source.n_channels, itemsize=source.dtype.itemsize, device_type=dev)
 
 
 class _StopEither(threading.Event):
@@ -123,10 +200,12 @@ class _StopEither(threading.Event):
 
 
 def make_preview_hook(source: ImageSource, view: LatestValue, opts: LatestValue, norm_box: dict[str, Any],
-                      device: str, max_share: float = 0.3) -> Any:
+                      device: str, max_share: float = 0.3, window: tuple[int, ...] | None = None) -> Any:
     """A ``preview_hook`` for ``train``: predicts the current view when it changed or every ``every_s``,
     but never spends more than ``max_share`` of the worker's time on previews (a slow preview on a small
-    machine must not starve training, nor hold the GIL against the viewer)."""
+    machine must not starve training, nor hold the GIL against the viewer). A view of more than 4 training
+    patches (``window``, 3D) is predicted window by window, so a preview never needs more memory than a few
+    patches."""
     state = {"t": 0.0, "key": None, "cost": 0.0}
 
     def hook(model: Any, teacher: Any, step: int) -> Any:
@@ -146,13 +225,21 @@ def make_preview_hook(source: ImageSource, view: LatestValue, opts: LatestValue,
 
         net = teacher if teacher is not None else model
         t0 = time.perf_counter()
-        pred = predict_region(net, source, req.level, req.region, norm, device=device,
+        big = window is not None and _voxels(req.region) > 4 * _voxels(window)
+        pred = predict_region(net, source, req.level, req.region, norm, device=device, window=window if big else None,
                               uncertainty_model=net if o.get("uncertainty") else None)
         now = time.perf_counter()
         state["t"], state["key"], state["cost"] = now, req.key, now - t0
         return pred
 
     return hook
+
+
+def _voxels(region: Any) -> int:
+    n = 1
+    for r in region:
+        n *= (r.stop - r.start) if isinstance(r, slice) and r.stop is not None and r.start is not None else int(r)
+    return n
 
 
 def run_job(job: dict[str, Any], stop: threading.Event, view: LatestValue, preview_opts: LatestValue,
@@ -173,7 +260,9 @@ def run_job(job: dict[str, Any], stop: threading.Event, view: LatestValue, previ
     cfg = job["cfg"]
     init = job["init"]
     norm_box: dict[str, Any] = {}
-    hook = make_preview_hook(source, view, preview_opts, norm_box, job["device"] if job["device"] != "auto" else "cpu")
+    window = tuple(cfg.patch_for(cfg.model.spatial_dims)) if cfg.model.spatial_dims == 3 else None
+    hook = make_preview_hook(source, view, preview_opts, norm_box, job["device"] if job["device"] != "auto" else "cpu",
+                             window=window)
     steps_done, t0 = 0, time.perf_counter()
     while True:
         inner = _StopEither(stop)

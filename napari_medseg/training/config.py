@@ -87,6 +87,9 @@ class TrainConfig:
     channels_last: bool = True
     val_fraction: float = 0.1
     val_every: int = 100
+    # also validate early, at val_first, 2 x, 4 x ... steps before val_every (0: off), while a validation costs at
+    # most half the training time since the last one: the Dice is a curve from the first minutes of a run
+    val_first: int = 10
     max_val_patches: int = 64
     eval_model: str = "ema"  # predict with the weight average ("ema": +0.3 / +0.8 Dice over the last weights in
     # 100 s runs, level at 300 s; benchmarks/RESULTS.md, issue 15) or the "student" (the last weights)
@@ -123,7 +126,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise MedsegError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "ema_decay", "val_fraction", "consistency_weight", "unlabelled_ratio", "weight_decay",
-                     "warmup_steps", "rampup", "level", "num_workers", "pl_weight", "teacher_noise"):
+                     "warmup_steps", "rampup", "level", "num_workers", "pl_weight", "teacher_noise", "val_first"):
             if getattr(self, name) < 0:
                 raise MedsegError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:

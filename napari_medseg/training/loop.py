@@ -3,8 +3,11 @@
 ``train(cfg, data, stop=..., init=..., preview_hook=...)`` yields ``StartEvent``, then per step a
 ``StepEvent``, every ``val_every`` steps a ``ValidationEvent`` and ``CheckpointEvent``\\ s, ``PreviewEvent``\\ s
 every ``preview_every_s`` seconds, ``WarningEvent``\\ s, and finally a ``DoneEvent``; it returns a
-``TrainResult``. The stop flag is checked between steps; stopping saves the last checkpoint. Patches are
-``(N, C, *P)`` with ``P`` = ``YX`` or ``ZYX``; labels ``(N, *P)`` store values.
+``TrainResult``. Validation also runs early, at ``val_first`` x 1, 2, 4 ... steps (``validation_due``). The
+stop flag is checked between steps, while waiting for a batch, and between the layers of every forward and
+backward pass, preview and validation (``guard.StepGuard``, which also treats RAM running out as an
+out-of-memory error); stopping saves the last checkpoint. Patches are ``(N, C, *P)`` with ``P`` = ``YX`` or
+``ZYX``; labels ``(N, *P)`` store values.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from .events import (
     ValidationEvent,
     WarningEvent,
 )
+from .guard import HostOutOfMemory, StepGuard, StopRequested
 from .prefetch import Prefetcher
 from .rounds import check_architecture, resolve_init, run_dir
 from .run_state import Run, run_progress
@@ -52,6 +56,20 @@ log = logging.getLogger(__name__)
 _fault_hook: Callable[[int], None] | None = None
 
 PreviewHook = Callable[[nn.Module, "nn.Module | None", int], Any]
+#: an early validation (``val_first``) runs only while validating took at most this share of the training time
+EARLY_VAL_MAX_SHARE = 0.5
+
+
+def validation_due(cfg: TrainConfig, step: int) -> bool:
+    """Whether ``step`` is a validation step: every ``val_every`` steps, and before that at ``val_first`` x 1, 2,
+    4, 8 ... (an *early* one: the loop skips it while validating costs too much, ``EARLY_VAL_MAX_SHARE``)."""
+    if step % cfg.val_every == 0:
+        return True
+    f = cfg.val_first
+    if f <= 0 or step >= cfg.val_every or step % f:
+        return False
+    k = step // f
+    return k & (k - 1) == 0
 
 
 def resolve_norm(cfg: TrainConfig, data: TrainingData, sampler: PatchSampler) -> tuple[NormConfig, list[str]]:
@@ -93,18 +111,22 @@ def _fit_model_config(cfg: TrainConfig, data: TrainingData) -> ModelConfig:
     return fit
 
 
-def _preview(run: Run, hook: PreviewHook, step: int) -> tuple[Any, str | None]:
+def _preview(run: Run, hook: PreviewHook, step: int) -> Generator[TrainEvent, None, None]:
     model = run.model
     model.eval()
     try:
         with torch.inference_mode():
             average = run.eval_model() if run.eval_model() is not model else None
-            return hook(model, average, step), None
+            payload = hook(model, average, step)
+    except StopRequested:  # Stop pressed during the preview: the loop ends at its next check
+        return
     except Exception as e:  # a failing preview must not end the run
         log.exception("preview failed")
-        return None, f"live preview failed ({type(e).__name__}: {e}); training goes on"
+        yield WarningEvent(f"live preview failed ({type(e).__name__}: {e}); training goes on")
+        return
     finally:
         model.train()
+    yield PreviewEvent(step, payload)
 
 
 def train(cfg: TrainConfig, data: TrainingData, *, stop: threading.Event | None = None,
@@ -190,6 +212,10 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     last_preview = -math.inf if preview_hook is not None else math.inf
     previewed_at_val = False
     bad_steps = 0
+    val_end, val_cost = t_loop, 0.0  # when the last validation ended, and what it cost
+    guard = StepGuard(stop)  # Stop and the RAM floor, checked between layers (removed again at the end)
+    guard.attach(model)
+    guard.attach(None if ema is None else ema.module)
     loader = Prefetcher(run.make_batch, cfg.prefetch, cfg.num_workers)
     try:
         while step < cfg.steps:
@@ -200,12 +226,20 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                 reason = "time"
                 break
             t0 = time.perf_counter()
-            batch, wait = loader.get()
+            batch, wait = loader.get(stop)
+            if batch is None:  # stopped while the batch was being read
+                reason = "stopped"
+                break
             progress = run_progress(cfg, step, t0 - t_loop)
             try:
                 if _fault_hook is not None:
                     _fault_hook(step)
                 loss, sup, cons, w, ratio = run.step(batch, step, progress)
+            except StopRequested:  # Stop pressed mid-step: the weights are those of the last whole step
+                del batch
+                run.opt.zero_grad(set_to_none=True)
+                reason = "stopped"
+                break
             except Exception as e:
                 if not is_oom(e):
                     raise
@@ -213,6 +247,8 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                 run.opt.zero_grad(set_to_none=True)
                 free_memory(setup.device)
                 msg = run.halve_batch()
+                if isinstance(e, HostOutOfMemory):
+                    msg = f"RAM ran low ({e}): {msg}"
                 loader.reset()
                 log.warning(msg)
                 yield WarningEvent(msg)
@@ -232,10 +268,12 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
             history.append({"event": "step", **ev.__dict__})
             yield ev
             if preview_hook is not None and time.perf_counter() - last_preview >= preview_every_s:
-                payload, err = _preview(run, preview_hook, step)
+                yield from _preview(run, preview_hook, step)
                 last_preview = time.perf_counter()
-                yield WarningEvent(err) if err else PreviewEvent(step, payload)
-            if step % cfg.val_every == 0 and step < cfg.steps:
+            early = step % cfg.val_every != 0
+            if (validation_due(cfg, step) and step < cfg.steps and not (
+                    early and val_cost > EARLY_VAL_MAX_SHARE * (time.perf_counter() - val_end))):
+                t_val = time.perf_counter()
                 for e in _validate_and_save(run, step, stop, history):
                     if isinstance(e, CheckpointEvent):
                         last_path = e.path if e.kind == "last" else last_path
@@ -243,11 +281,12 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                     if isinstance(e, ValidationEvent) and e.mean_dice > best:
                         best = e.mean_dice
                     yield e
+                val_end = time.perf_counter()
+                val_cost = val_end - t_val
                 if preview_hook is not None and not previewed_at_val:
                     previewed_at_val = True
-                    payload, err = _preview(run, preview_hook, step)
+                    yield from _preview(run, preview_hook, step)
                     last_preview = time.perf_counter()
-                    yield WarningEvent(err) if err else PreviewEvent(step, payload)
         # the end: validate (unless stopped) and save
         if step > 0 or reason == "stopped":
             for e in _validate_and_save(run, step, stop if reason != "stopped" else None, history,
@@ -268,6 +307,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
         raise
     finally:
         loader.close()
+        guard.detach()
     if best_path is None:
         best_path = last_path
     yield DoneEvent(reason, last_path, best_path, step)  # type: ignore[arg-type]
@@ -282,6 +322,8 @@ def _validate_and_save(run: Run, step: int, stop: threading.Event | None, histor
     if validate:
         try:
             ev = run.validate(step, stop)
+        except StopRequested:  # Stop pressed during validation: no score this time
+            ev = None
         except Exception as e:
             if not is_oom(e):
                 raise

@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
@@ -45,15 +46,24 @@ class Prefetcher:
             self.queue.append(self.pool.submit(self.make, self.next_index))
             self.next_index += 1
 
-    def get(self) -> tuple[Any, float]:
+    def get(self, stop: Any = None, poll_s: float = 0.05) -> tuple[Any, float]:
+        """The next batch and the seconds waited for it; ``(None, wait)`` if ``stop`` (a ``threading.Event``)
+        was set while waiting (the batch being built is dropped: a slow read never holds up Stop)."""
         t0 = time.perf_counter()
         if self.pool is None:
             batch = self.make(self.next_index)
             self.next_index += 1
             return batch, time.perf_counter() - t0
         self._fill()
-        fut = self.queue.popleft()
-        batch = fut.result()
+        fut = self.queue[0]
+        while True:
+            try:
+                batch = fut.result(timeout=poll_s if stop is not None else None)
+                break
+            except FutureTimeout:
+                if stop.is_set():
+                    return None, time.perf_counter() - t0
+        self.queue.popleft()
         wait = time.perf_counter() - t0
         self._fill()
         return batch, wait
