@@ -264,7 +264,8 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         self.store, self._image_layer, self.why = store, layer, why
         self._opened_for.add(unwrap(layer))
         try:
-            self.controller = PaintingController(self.viewer, store, layer, notify=self.messages.warning)
+            self.controller = PaintingController(self.viewer, store, layer, notify=self.messages.warning,
+                                                 inform=self.messages.info)
         except Exception:
             store.close()
             self.store = None
