@@ -180,12 +180,18 @@ class WindowRunner:
     """Probabilities for batches of windows; fixed batch shape, optional flip TTA."""
 
     def __init__(self, module: nn.Module, device: torch.device, *, batch_size: int = 4, amp: bool = True,
-                 tta: bool = False, model_dims: int = 2, squeeze_axis: int | None = None) -> None:
+                 tta: bool = False, model_dims: int = 2, squeeze_axis: int | None = None,
+                 cpu_nhwc: bool = True) -> None:
         if batch_size < 1:
             raise MedsegError(f"batch size must be >= 1, got {batch_size}")
         self.device, self.batch_size, self.tta = device, int(batch_size), bool(tta)
         self.amp = bool(amp) and device.type == "cuda"
         self.channels_last = device.type == "cuda"
+        # On the CPU a 2D model gets its input channels-last (NHWC), its weights left as they are: oneDNN's
+        # convolutions take that layout several times faster than NCHW (the first, 3-channel one above all;
+        # see benchmarks/bench_memory_format.py). The result is the same (to float rounding), and the same
+        # in every run, as the choice depends only on the device and the model's dimensions.
+        self.input_channels_last = self.channels_last or (device.type == "cpu" and model_dims == 2 and cpu_nhwc)
         self.model_dims, self.squeeze_axis = model_dims, squeeze_axis
         module = module.to(device).eval()
         if self.channels_last:
@@ -195,7 +201,7 @@ class WindowRunner:
         self.windows = 0
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
+        if self.input_channels_last:
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         if self.amp:
             dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
