@@ -1,7 +1,9 @@
 """The prediction dock widget: predict the whole image out of core into an NGFF zarr (progress in napari's
 activity dock, the result appearing as a multiscale Labels layer as blocks finish, cancellable), preview
-the checkpoint on the view, accept the prediction into the label store for a correction round, and save /
-load / export the model.
+the checkpoint on the view, accept the prediction into the image's labels for a correction round, and save /
+load / export the model. With no output chosen the prediction goes beside the image, or into the predictions
+folder of the user data folder when the image has no writable folder of its own or is in a cache folder
+(``default_output``).
 
 The whole-image run's worker generator and result layers live in ``predict_run``, the preview in
 ``predict_preview``. Whatever fails (at start, in the worker, or as an engine event) leaves the widget idle,
@@ -34,7 +36,7 @@ from qtpy.QtWidgets import (
 from ..io.errors import MedsegError
 from . import predict_run
 from .layer_list_events import quiet_zoom_events
-from .layers import current_view, source_from_layer
+from .layers import current_view, medseg_meta, source_from_layer
 from .messages import MessageLog
 from .predict_preview import PreviewBox
 from .predict_run import (
@@ -50,6 +52,32 @@ from .settings import load_settings, save_settings
 from .workers import start_generator_worker, user_message
 
 log = logging.getLogger(__name__)
+
+OUT_PLACEHOLDER = "beside the image, or in your napari-medseg data folder: <name>.prediction.zarr"
+
+
+def default_output(image_path: str | None, name: str) -> tuple[Path, str]:
+    """Where the prediction of an image goes when the user chose no output, and why, in plain words.
+
+    Beside the image (``<stem>.prediction.zarr``) when the image is a file or folder on disk, outside a
+    cache folder, in a folder that can be written; otherwise in the predictions folder of the user data
+    folder (``io.user_folders.predictions_folder``): never in a cache folder, which cleaning tools empty.
+    ``name`` (the layer's name, made a plain file name) names the output of an image without a file."""
+    from ..io import user_folders
+    from ..io.label_store import _safe_name, _writable_dir
+
+    p = Path(image_path) if image_path else None
+    stem = (p.name.split(".")[0] if p is not None else "") or _safe_name(name)  # a file's own name is safe
+    file = f"{stem}.prediction.zarr"
+    if p is None or not p.exists():
+        why = "the image has no folder of its own"
+    elif user_folders.in_cache(p):
+        why = "the image is in a cache folder, which cleaning tools empty"
+    elif not _writable_dir(p.parent):
+        why = "the image's folder cannot be written"
+    else:
+        return p.parent / file, "beside the image"
+    return user_folders.predictions_folder() / file, f"in your napari-medseg data folder: {why}"
 
 
 class PredictWidget(QWidget):
@@ -82,8 +110,9 @@ class PredictWidget(QWidget):
         box = QGroupBox("Predict whole image")
         f = QFormLayout(box)
         self.image_combo = QComboBox()
+        self.image_combo.currentTextChanged.connect(self._show_default_out)
         ck, self.ckpt_edit = path_row("the last trained checkpoint", self._pick_ckpt)
-        out, self.out_edit = path_row("beside the image: <name>.prediction.zarr", self._pick_out)
+        out, self.out_edit = path_row(OUT_PLACEHOLDER, self._pick_out)
         self.level_spin = QSpinBox()
         self.level_spin.setRange(0, 16)
         self.window_spin = QSpinBox()
@@ -146,8 +175,9 @@ class PredictWidget(QWidget):
         corr = QGroupBox("Correction round")
         g = QVBoxLayout(corr)
         self.accept_btn = QPushButton("Accept prediction in view into the labels")
-        self.accept_btn.setToolTip("Writes the prediction of the current view into the label store where nothing "
-                                   "is painted yet; your own strokes are never overwritten. Correct, then train again.")
+        self.accept_btn.setToolTip("Writes the prediction of the current view into this image's labels where "
+                                   "nothing is painted yet; your own strokes are never overwritten. Correct, then "
+                                   "train again.")
         self.accept_btn.clicked.connect(self.accept_view)
         g.addWidget(self.accept_btn)
         lay.addWidget(corr)
@@ -224,14 +254,23 @@ class PredictWidget(QWidget):
         return self.viewer.layers[name]
 
     def _default_out(self, layer: Any, source: Any) -> Path:
-        if source.path:
-            p = Path(source.path)
-            return p.with_name(p.name.split(".")[0] + ".prediction.zarr")
-        from platformdirs import user_data_dir
+        """Where the prediction goes when the output field is empty (``default_output``)."""
+        return default_output(source.path, layer.name)[0]
 
-        from ..io.label_store import _safe_name
-
-        return Path(user_data_dir("napari-medseg")) / "predictions" / f"{_safe_name(layer.name)}.prediction.zarr"
+    def _show_default_out(self, *_: Any) -> None:
+        """The empty output field shows where the prediction of the chosen image will go, and why."""
+        name = self.image_combo.currentText()
+        text, tip = OUT_PLACEHOLDER, "Empty: " + OUT_PLACEHOLDER
+        if name and name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            path = medseg_meta(layer).get("path") or getattr(getattr(layer, "source", None), "path", None)
+            try:
+                out, why = default_output(str(path) if path else None, layer.name)
+                text, tip = str(out), f"Empty: {out} ({why})"
+            except Exception:  # a placeholder is never worth an error
+                log.debug("could not tell the default output of %r", name, exc_info=True)
+        self.out_edit.setPlaceholderText(text)
+        self.out_edit.setToolTip(tip + ". The … button chooses another place.")
 
     # -- whole-image prediction ---------------------------------------------------------------------
     def predict(self) -> None:
@@ -359,7 +398,7 @@ class PredictWidget(QWidget):
 
     # -- correction round ---------------------------------------------------------------------------
     def accept_view(self) -> None:
-        """Copy the prediction of the current view into the label store where nothing is painted."""
+        """Copy the prediction of the current view into the image's labels where nothing is painted."""
         try:
             layer = self._image_layer()
             res = self._result_layer
@@ -367,7 +406,8 @@ class PredictWidget(QWidget):
                 raise MedsegError("Predict the image first; then accept the prediction of the view into the labels.")
             store = self.session.label_stores.get(layer.name)
             if store is None:
-                raise MedsegError("Open or create a label store for this image in the Annotate widget first.")
+                raise MedsegError(f"The labels of {layer.name!r} are not open: open the Annotate widget and "
+                                  "choose this image there; its labels open by themselves.")
             view = current_view(self.viewer, layer, max_px=4096)
             if view is None:
                 raise MedsegError("Could not tell which region is in view; zoom in on the region to accept.")
