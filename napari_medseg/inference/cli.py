@@ -139,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
     outs = output_paths(inputs, out_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
-    # the checkpoint is checked once here: a broken one is one error, not one failure per input
-    md = resolve_model(ckpt, hash_weights=False).spatial_dims or 2
+    # the checkpoint is read, checked and hashed once here: a broken one is one error, not one failure per
+    # input, and a folder of slides does not read it once per slide
+    loaded = resolve_model(ckpt)
+    md = loaded.spatial_dims or 2
     window = _window(args) or ((96, 96, 96) if md == 3 else (512, 512))
     settings = dict(level=args.level, pixel_size=args.pixel_size, window=window, overlap=args.overlap,
                     batch_size=args.batch_size, blend=args.blend, tta=args.tta,
@@ -207,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             for p, o in zip(inputs, outs):
                 items, item_outs = opened([p], [o])
                 if items:
-                    follow(predict_many(items, str(ckpt), item_outs, torch_threads=args.threads or 1, **common))
+                    follow(predict_many(items, loaded, item_outs, torch_threads=args.threads or 1, **common))
         else:
             items, item_outs = opened(inputs, outs)
             if items:

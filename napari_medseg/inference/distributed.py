@@ -36,6 +36,7 @@ from .events import (
     TissueMaskReady,
 )
 from .job import Job, make_job, open_source
+from .modelrun import resolve_model
 from .output import OutputStore
 from .predictor import open_output, predict
 
@@ -187,6 +188,8 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
     if len(inputs) != len(outs):
         raise MedsegError("need one output path per input")
     if client is None and workers is None and scheduler is None:
+        if isinstance(model, (str, Path)):  # read and hashed once for all the inputs, not once per input
+            model = resolve_model(model)
         done_outs = []
         for src, out in zip(inputs, outs):
             if not keep_going:

@@ -116,3 +116,19 @@ def test_predict_input_kind_image(tmp_path, capsys):
     assert main(args + ["--input-kind", "image"]) == 0
     lab = open_prediction(tmp_path / "out" / "case.prediction.zarr")[0]
     assert lab.levels[0].shape == (4, 64, 64) and lab.metadata["status"] == "complete"
+
+
+def test_predict_reads_the_checkpoint_a_fixed_number_of_times_whatever_the_inputs(tmp_path, ckpt, monkeypatch):
+    """The checkpoint is read once for the whole run, not once more per input (before: 1 + N reads)."""
+    import napari_medseg.models.checkpoint as checkpoint
+
+    for i in range(4):
+        tifffile.imwrite(tmp_path / f"many{i}.tif", textured_rgb(96, 96, seed=i), photometric="rgb")
+    calls = []
+    real = checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    out = tmp_path / "out"
+    assert main(["predict", str(ckpt), *(str(tmp_path / f"many{i}.tif") for i in range(4)), "--out", str(out),
+                 "--window", "64", "--tissue-mask", "off", "--device", "cpu"]) == 0
+    assert len(list(out.glob("*.prediction.zarr"))) == 4
+    assert len(calls) == 1, calls
