@@ -4,12 +4,14 @@
     xvfb-run -a python docs/images/make_screenshots.py sample_ct  # one
 
 Each view opens the sample through the plugin manifest (File > Open Sample), as a user would, then
-saves ``viewer.screenshot(canvas_only=False)``; PNGs over ~300 KB are palette-quantised.
+saves ``viewer.screenshot(canvas_only=False)``; PNGs over ~300 KB are palette-quantised. The window views
+are 1600 x 1000, the size ``tests/gui/test_dock_layout.py`` measures the layout at.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import napari
@@ -19,13 +21,18 @@ from napari_medseg._napari.launch import _close_notifications, setup_viewer
 
 HERE = Path(__file__).resolve().parent
 MAX_BYTES = 300_000
+WINDOW = (1600, 1000)
 VIEW_3D = (-0.2, 1.0, -0.4)  # ZYX: from the front, a little above and to the patient's left
 
 
 def _settle(viewer: napari.Viewer, rounds: int = 40) -> None:
+    """Let the docks take their width and the view be fitted again (timers and layout events run)."""
     _close_notifications(viewer)
     for _ in range(rounds):
         QApplication.processEvents()
+        time.sleep(0.02)
+    _close_notifications(viewer)
+    QApplication.processEvents()
 
 
 def _save(viewer: napari.Viewer, name: str, canvas_only: bool = False) -> None:
@@ -46,7 +53,7 @@ def _save(viewer: napari.Viewer, name: str, canvas_only: bool = False) -> None:
 
 def sample_slide() -> None:
     viewer = napari.Viewer(title="napari-medseg")
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(*WINDOW)
     setup_viewer(viewer, sample="slide")  # as `napari-medseg gui --sample slide` does
     viewer.layers.selection.active = viewer.layers[0]
     _save(viewer, "sample_slide")
@@ -66,10 +73,10 @@ def sample_slide() -> None:
 
 def sample_ct() -> None:
     viewer = napari.Viewer(title="napari-medseg")
-    viewer.window.resize(1500, 950)
+    viewer.window.resize(*WINDOW)
     setup_viewer(viewer, sample="ct")  # as `napari-medseg gui --sample ct` does (3D camera not mirrored)
     viewer.dims.set_current_step(0, 26)
-    viewer.reset_view()
+    _settle(viewer)  # the docks take their width; the view is fitted to the canvas left
     viewer.layers.selection.active = viewer.layers[0]
     _save(viewer, "sample_ct")
     # 3D: the ground-truth organs seen from the front (superior up), no docked widgets

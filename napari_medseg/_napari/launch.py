@@ -1,8 +1,10 @@
 """``napari-medseg gui [PATH] [--sample {slide,ct}]``: a napari window with every napari-medseg widget.
 
 Opens PATH (a slide, zarr, NIfTI or DICOM folder) with the napari-medseg reader and/or a sample, docks
-every widget the plugin's manifest lists (tabbed on the right; a widget that fails to import is skipped
-with a warning, so one broken widget never blocks the others), and runs the Qt event loop.
+every widget the plugin's manifest lists (tabbed on the right, "Annotate" shown, narrow enough that the
+canvas keeps most of the window: ``dock_layout``; a widget that fails to import is skipped with a warning,
+so one broken widget never blocks the others), fits the image to the canvas once the docks have settled
+(and again when the window changes size, until the view is moved), and runs the Qt event loop.
 ``--screenshot PNG`` saves the whole window instead of running the loop (docs and smoke tests). The
 Annotate widget opens the image's labels by itself, so the window is ready to paint.
 napari's asynchronous slicing is on for the session (``NAPARI_ASYNC=0`` turns it off).
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io.errors import MedsegError
+from .dock_layout import arrange_docks, keep_view_fitted, watch_window
 from .layers import use_lps_camera
 from .napari_compat_layers import close_notifications
 from .reference_layers import guard_reference_layers
@@ -52,7 +55,8 @@ def manifest_widgets() -> list[tuple[str, str]]:
 
 
 def dock_widgets(viewer: Any) -> tuple[list[str], list[str]]:
-    """Dock every manifest widget (tabbed). Returns (docked names, skipped 'name: reason')."""
+    """Dock every manifest widget, tabbed in one narrow dock (``dock_layout.arrange_docks``), the first
+    one shown. Returns (docked names, skipped 'name: reason')."""
     docked: list[str] = []
     skipped: list[str] = []
     first = None
@@ -65,9 +69,12 @@ def dock_widgets(viewer: Any) -> tuple[list[str], list[str]]:
             reason = f"{name} ({command}): {type(e).__name__}: {e}"
             logger.warning("napari-medseg: skipped widget %s", reason)
             skipped.append(reason)
-    if first is not None and len(docked) > 1:
+    if first is not None:
         from qtpy.QtCore import QTimer
 
+        window = first.window()
+        watch_window(window, viewer)  # a widget opened later from the Plugins menu joins the tabs
+        arrange_docks(window, show=first)
         QTimer.singleShot(0, first.raise_)  # the first widget (the workflow's first step) is the shown tab
     return docked, skipped
 
@@ -84,10 +91,11 @@ def setup_viewer(viewer: Any, path: Path | None = None, sample: str | None = Non
         use_lps_camera(viewer)
         if viewer.dims.ndim == 3:
             viewer.dims.axis_labels = ("z", "y", "x")  # z: inferior -> superior (LPS+)
-    if len(viewer.layers):
-        viewer.reset_view()
     if widgets:
         info["docked"], info["skipped"] = dock_widgets(viewer)
+    # the whole image in view: now, and again as the docks and the window settle (the canvas shrinks when
+    # the docks take their width), until the user moves the view
+    info["stop_fitting"] = keep_view_fitted(viewer)
     return info
 
 

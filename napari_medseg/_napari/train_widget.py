@@ -20,6 +20,7 @@ from typing import Any
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
+    QFormLayout,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -28,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.errors import MedsegError
+from .dock_layout import VerticalScroll, dock_into_tabs
 from .layer_list_events import quiet_zoom_events
 from .layers import (
     LatestValue,
@@ -45,11 +47,18 @@ from .session import session_for
 from .settings import confirm, drop_unconfirmed, save_unconfirmed
 from .train_feedback import RunFeedback
 from .train_form import SEMI_CHOICES, SEMI_TOOLTIP, TrainForm, _spin, available_devices
+from .training_job import MIN_CONFIDENCE
 from .workers import start_generator_worker
 
 log = logging.getLogger(__name__)
 PREVIEW_LAYER = "medseg preview"
 UNCERTAINTY_LAYER = "medseg uncertainty"
+PREVIEW_OPACITY = 0.5  # the live preview over the image: the tissue under it stays readable
+CONFIDENCE_TOOLTIP = ("The preview draws a class only where the model gives it at least this probability; elsewhere "
+                      "the image shows through. Early in a run the model calls most of the view something, unsure: "
+                      "on the sample CT the first 50 steps drew 25-84 % of the slice, mostly wrong; at 0.8, at most "
+                      "2 %. After 300 steps 0.8 drew 60-71 % of the organs, 78-92 % of it right (docs/gui-loop.md). "
+                      "0 draws every pixel.")
 STORE_CHOICE = "label store (Annotate widget)"
 
 
@@ -80,6 +89,7 @@ class TrainWidget(TrainForm, QWidget):
         self._preview_intervals: list[float] = []
         self._job: dict[str, Any] | None = None
         self._confirmed = False  # the run's settings are saved for the next session once a step finished
+        self._docked = False
         self._build()
         self._load_settings()
         self._refresh_layers()
@@ -99,11 +109,47 @@ class TrainWidget(TrainForm, QWidget):
     def _schedule_view_update(self, _event: Any = None) -> None:
         self._view_timer.start()
 
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt)
+        super().showEvent(event)
+        if not self._docked:  # opened from the Plugins menu: join the plugin's other widgets' tabs
+            self._docked = True
+            dock_into_tabs(self, self.viewer)
+
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
-        lay = QVBoxLayout(self)
+        # the settings scroll when the window is short; the buttons, the plot and the status stay in view
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        content = QWidget()
+        lay = QVBoxLayout(content)
+        lay.setContentsMargins(6, 6, 2, 2)  # the scroll bar is on the right
+        outer.addWidget(VerticalScroll(content), 1)
+        run = QVBoxLayout()
+        run.setContentsMargins(6, 2, 6, 6)
+        outer.addLayout(run)
         self.messages = MessageLog()  # first: loading the settings may have something to say
         self._build_form(lay)
+
+        pv = QHBoxLayout()  # three short rows: one would set the dock's width
+        self.preview_check = QCheckBox("live preview")
+        self.preview_check.setChecked(True)
+        self.uncert_check = QCheckBox("uncertainty")
+        self.preview_every = _spin(0.5, 120.0, 3.0, 0.5, decimals=1)
+        self.preview_every.setSuffix(" s")
+        self.preview_confidence = _spin(0.0, 0.99, MIN_CONFIDENCE, 0.05, decimals=2)
+        self.preview_confidence.setToolTip(CONFIDENCE_TOOLTIP)
+        pv.addWidget(self.preview_check)
+        pv.addWidget(self.uncert_check)
+        pv.addStretch(1)
+        lay.addLayout(pv)
+        pf = QFormLayout()
+        pf.addRow("every", self.preview_every)
+        pf.addRow("min confidence", self.preview_confidence)
+        lay.addLayout(pf)
+        lay.addStretch(1)
+        for sig in (self.preview_check.toggled, self.uncert_check.toggled, self.preview_every.valueChanged,
+                    self.preview_confidence.valueChanged):
+            sig.connect(self._sync_preview_opts)
 
         btns = QHBoxLayout()
         self.start_btn = QPushButton("Start")
@@ -114,29 +160,13 @@ class TrainWidget(TrainForm, QWidget):
         self.stop_btn.clicked.connect(self.stop)
         for b in (self.start_btn, self.stop_btn, self.resume_btn):
             btns.addWidget(b)
-        lay.addLayout(btns)
-
-        pv = QHBoxLayout()
-        self.preview_check = QCheckBox("live preview")
-        self.preview_check.setChecked(True)
-        self.uncert_check = QCheckBox("uncertainty")
-        self.preview_every = _spin(0.5, 120.0, 3.0, 0.5, decimals=1)
-        self.preview_every.setSuffix(" s")
-        pv.addWidget(self.preview_check)
-        pv.addWidget(self.uncert_check)
-        pv.addWidget(QLabel("every"))
-        pv.addWidget(self.preview_every)
-        lay.addLayout(pv)
-        for sig in (self.preview_check.toggled, self.uncert_check.toggled, self.preview_every.valueChanged):
-            sig.connect(self._sync_preview_opts)
-
+        run.addLayout(btns)
         self.plot = LivePlot()
-        lay.addWidget(self.plot)
+        run.addWidget(self.plot)
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
-        lay.addWidget(self.status)
-        lay.addWidget(self.messages)
-        lay.addStretch(1)
+        run.addWidget(self.status)
+        run.addWidget(self.messages)
         self.feedback = RunFeedback(self.plot, self.status)
         self._set_running(False)
 
@@ -245,7 +275,8 @@ class TrainWidget(TrainForm, QWidget):
     def _sync_preview_opts(self, *_: Any) -> None:
         # The worker reads these through a lock-protected box, never from the Qt widgets.
         self._preview_opts.set({"enabled": self.preview_check.isChecked(), "uncertainty": self.uncert_check.isChecked(),
-                                "every_s": float(self.preview_every.value())})
+                                "every_s": float(self.preview_every.value()),
+                                "min_confidence": float(self.preview_confidence.value())})
 
     def stop(self) -> None:
         if self._worker is not None:
@@ -339,13 +370,17 @@ class TrainWidget(TrainForm, QWidget):
 
 def show_prediction(viewer: Any, pred: Any, classes: Any, *, uncertainty: bool, image: Any = None) -> None:
     """Put a ``RegionPrediction`` on the canvas as the preview Labels layer (and the uncertainty layer),
-    in the units of ``image`` (the layer it is drawn over)."""
+    in the units of ``image`` (the layer it is drawn over). The preview is semi-transparent
+    (``PREVIEW_OPACITY`` when it is added; an opacity the user sets later is kept) and shows only the
+    pixels the model is sure of (``training_job.confident_only``: the others are 0, transparent)."""
+    from napari.layers import Labels
     from napari.utils.colormaps import DirectLabelColormap
 
     cmap = DirectLabelColormap(color_dict=classes.prediction_colors(alpha=1.0))
     units = units_of(image, len(pred.scale))
+    keep = PREVIEW_LAYER in viewer.layers and isinstance(viewer.layers[PREVIEW_LAYER], Labels)
     upsert_layer(viewer, PREVIEW_LAYER, "labels", pred.labels, translate=pred.translate, scale=pred.scale,
-                 opacity=0.5, colormap=cmap, **units)
+                 colormap=cmap, **({} if keep else {"opacity": PREVIEW_OPACITY}), **units)
     unc = getattr(pred, "uncertainty", None)
     if uncertainty and unc is not None:
         upsert_layer(viewer, UNCERTAINTY_LAYER, "image", unc, translate=pred.translate, scale=pred.scale,

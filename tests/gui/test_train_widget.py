@@ -75,6 +75,7 @@ def test_start_events_preview_stop_checkpoint(widget, qtbot, tmp_path):
     first = np.array(viewer.layers[PREVIEW_LAYER].data, copy=True)
     assert first.shape == (192, 192)  # the whole (small) image is in view
     assert tuple(viewer.layers[PREVIEW_LAYER].units) == tuple(viewer.layers["img"].units)
+    assert viewer.layers[PREVIEW_LAYER].opacity == 0.5  # semi-transparent over the image
     n_steps = events.count("StepEvent")
     qtbot.waitUntil(lambda: events.count("StepEvent") >= n_steps + 3, timeout=120_000)
     w.stop()
