@@ -22,24 +22,10 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-
-@dataclass
-class MouseEvent:
-    type: str
-    position: tuple
-    is_dragging: bool = False
-    dims_displayed: tuple = (0, 1)
-    dims_point: tuple | None = None
-    view_direction: tuple | None = None
-    pos: tuple = (0, 0)
-    button: int = 1
-    handled: bool = False
-    modifiers: tuple = ()
+from bench_paint import MouseEvent  # napari's mouse event, as bench_paint makes them
 
 
 def rss_mb() -> float:

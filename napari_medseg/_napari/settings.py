@@ -44,6 +44,14 @@ def load_settings(section: str) -> dict[str, Any]:
         return {}
 
 
+def _write(p: Path, data: dict[str, Any]) -> None:
+    """Replace the settings file atomically (a temporary file beside it, then a rename)."""
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".settings.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    os.replace(tmp, p)
+
+
 def save_settings(section: str, values: dict[str, Any]) -> None:
     p = settings_path()
     try:
@@ -55,10 +63,7 @@ def save_settings(section: str, values: dict[str, Any]) -> None:
             data = {}
         data[section] = values
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".settings.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-        os.replace(tmp, p)
+        _write(p, data)
     except OSError as e:
         log.warning("could not save settings to %s (%s)", p, e)
 
@@ -102,9 +107,6 @@ def _remove_section(section: str) -> None:
         return
     del data[section]
     try:
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".settings.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, default=str)
-        os.replace(tmp, p)
+        _write(p, data)
     except OSError as e:
         log.warning("could not update settings in %s (%s)", p, e)
