@@ -114,6 +114,16 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def folders(tmp_path, monkeypatch):
+    """A temporary user data folder and cache folder (``io.user_folders``): (data, cache)."""
+    data, cache = tmp_path / "user-data", tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("NAPARI_MEDSEG_DATA", str(data))
+    monkeypatch.setenv("NAPARI_MEDSEG_CACHE", str(cache))
+    return data, cache
+
+
+@pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present (a fresh clone has none)")

@@ -4,11 +4,11 @@ jumps, colours shared with predictions, and every user error as a message with n
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fs_helpers import read_only
 from napari.utils.notifications import notification_manager
 
 from napari_medseg._napari.annotate_widget import AnnotateWidget, rescue_dir
@@ -21,12 +21,6 @@ from napari_medseg.io.label_store import LabelStore
 PLUGIN = "napari-medseg"
 
 
-def _read_only():
-    spec = importlib.util.spec_from_file_location(
-        "medseg_ls_bad", Path(__file__).parents[1] / "io" / "test_label_store_bad_input.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.read_only
 
 
 @pytest.fixture(autouse=True)
@@ -105,7 +99,7 @@ def test_image_without_a_writable_folder_keeps_its_labels_in_the_user_data_folde
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "slide.tif").write_bytes(b"")
-    with _read_only()(ro):
+    with read_only(ro):
         _image(viewer, ro)
         qtbot.waitUntil(lambda: w.store is not None, timeout=3000)
         assert w.store.path == data_folder / "labels" / "slide.labels.zarr" and w.store.persistent
@@ -205,7 +199,7 @@ def test_read_only_folder_keeps_labels_in_memory_and_offers_another_place(widget
     ro = tmp_path / "ro"
     ro.mkdir()
     _image(viewer, ro)
-    with _read_only()(ro):
+    with read_only(ro):
         assert w.open_store(ro / "slide.labels.zarr")  # the user chose a labels file there
         assert any("not writable" in m and "choose another folder" in m for m in records())
         assert not w.store.persistent and "NOT SAVED" in w.status_label.text()
@@ -224,7 +218,7 @@ def test_unsaved_labels_are_rescued_when_the_store_is_closed(widget, tmp_path, r
     ro = tmp_path / "ro"
     ro.mkdir()
     _image(viewer, ro)
-    with _read_only()(ro):
+    with read_only(ro):
         assert w.open_store(ro / "slide.labels.zarr")
         w.controller.layer.paint((70, 70), 2)
         w.close_store()  # e.g. napari quits without "Save to another folder..."
@@ -237,7 +231,7 @@ def test_folder_turning_read_only_while_painting_warns_and_loses_nothing(widget,
     viewer, w = widget
     _image(viewer, tmp_path)
     w.open_store()
-    with _read_only()(tmp_path / "slide.labels.zarr"):
+    with read_only(tmp_path / "slide.labels.zarr"):
         w.controller.layer.paint((50, 50), 2)
         w.save_now()
         qtbot.waitUntil(lambda: any("cannot be written" in m for m in records()), timeout=3000)

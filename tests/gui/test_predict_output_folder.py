@@ -5,32 +5,14 @@ the labels are in plain words."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fs_helpers import read_only
 
 from napari_medseg._napari.predict_widget import PredictWidget, default_output
 from napari_medseg.io import user_folders
-
-
-def _read_only():
-    spec = importlib.util.spec_from_file_location(
-        "medseg_ls_bad_predict", Path(__file__).parents[1] / "io" / "test_label_store_bad_input.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.read_only
-
-
-@pytest.fixture
-def folders(tmp_path, monkeypatch):
-    """A temporary user data folder and cache folder (as the samples have)."""
-    data, cache = tmp_path / "user-data", tmp_path / "cache"
-    cache.mkdir()
-    monkeypatch.setenv("NAPARI_MEDSEG_DATA", str(data))
-    monkeypatch.setenv("NAPARI_MEDSEG_CACHE", str(cache))
-    return data, cache
 
 
 def _file(folder: Path, name: str) -> Path:
@@ -90,7 +72,7 @@ def test_an_image_without_a_file_goes_to_the_predictions_folder(folders):
 
 def test_an_image_in_a_read_only_folder_goes_to_the_predictions_folder(folders, tmp_path):
     image = _file(tmp_path / "ro", "slide.tif")
-    with _read_only()(tmp_path / "ro"):
+    with read_only(tmp_path / "ro"):
         out, why = default_output(str(image), "slide")
     assert out == folders[0] / "predictions" / "slide.prediction.zarr"
     assert "cannot be written" in why

@@ -4,33 +4,17 @@ never the cache folder; labels an older version left in the cache folder are mov
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fs_helpers import read_only
 
 from napari_medseg.io import user_folders
 from napari_medseg.io.label_store import LabelStore
 from napari_medseg.io.label_store_location import labels_location, move_from_cache
 from napari_medseg.io.source import ImageSource
-
-
-def _read_only():
-    spec = importlib.util.spec_from_file_location("medseg_ls_bad2", Path(__file__).parent / "test_label_store_bad_input.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.read_only
-
-
-@pytest.fixture
-def folders(tmp_path, monkeypatch):
-    data, cache = tmp_path / "data", tmp_path / "cache"
-    cache.mkdir()
-    monkeypatch.setenv("NAPARI_MEDSEG_DATA", str(data))
-    monkeypatch.setenv("NAPARI_MEDSEG_CACHE", str(cache))
-    return data, cache
 
 
 def _image(folder: Path | None, name: str = "slide", shape=(600, 800)) -> ImageSource:
@@ -89,7 +73,7 @@ def test_beside_a_writable_image(folders, tmp_path):
 def test_data_folder_when_the_image_folder_is_read_only_or_there_is_no_file(folders, tmp_path):
     data, _cache = folders
     img = _image(tmp_path / "ro")
-    with _read_only()(tmp_path / "ro"):
+    with read_only(tmp_path / "ro"):
         loc = labels_location(img)
     assert loc.path == data / "labels" / "slide.labels.zarr" and "cannot be written" in loc.why
     loc = labels_location(_image(None, name="pasted"))
@@ -99,7 +83,7 @@ def test_data_folder_when_the_image_folder_is_read_only_or_there_is_no_file(fold
 def test_existing_labels_beside_a_read_only_image_are_still_used(folders, tmp_path):
     img = _image(tmp_path / "shared")
     _store_for(tmp_path / "shared" / "slide.labels.zarr", img)
-    with _read_only()(tmp_path / "shared"):
+    with read_only(tmp_path / "shared"):
         loc = labels_location(img)
     assert loc.path == tmp_path / "shared" / "slide.labels.zarr" and loc.exists
 
@@ -107,7 +91,7 @@ def test_existing_labels_beside_a_read_only_image_are_still_used(folders, tmp_pa
 def test_namesakes_in_the_data_folder_get_their_own_labels(folders, tmp_path):
     data, _cache = folders
     a, b = _image(tmp_path / "ro_a"), _image(tmp_path / "ro_b")
-    with _read_only()(tmp_path / "ro_a"), _read_only()(tmp_path / "ro_b"):
+    with read_only(tmp_path / "ro_a"), read_only(tmp_path / "ro_b"):
         la = labels_location(a)
         _store_for(la.path, a)
         lb = labels_location(b)
@@ -165,12 +149,12 @@ def test_a_move_that_fails_keeps_the_old_labels(folders, monkeypatch):
 def test_labels_of_a_moved_image_are_found_by_name_and_shape(folders, tmp_path):
     data, _cache = folders
     img = _image(tmp_path / "old_place")
-    with _read_only()(tmp_path / "old_place"):
+    with read_only(tmp_path / "old_place"):
         loc = labels_location(img)
     _store_for(loc.path, img)
     os.remove(img.path)
     moved = _image(tmp_path / "ro_new")
-    with _read_only()(tmp_path / "ro_new"):
+    with read_only(tmp_path / "ro_new"):
         assert labels_location(moved).path == loc.path
         other = _image(tmp_path / "ro_new", name="slide", shape=(10, 10))
         assert labels_location(other).path == data / "labels" / "slide (2).labels.zarr"
