@@ -117,8 +117,8 @@ def pr_dice(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
 def predict_nuclei(ckpt: Path, rgb: np.ndarray) -> np.ndarray:
     """Nucleus mask (YX bool) of a whole image at full resolution with the checkpoint (the plugin's
     inference path for a view; one pass, the image is small)."""
+    from napari_medseg.core.source import ImageSource
     from napari_medseg.inference import predict_region
-    from napari_medseg.io.source import ImageSource
     from napari_medseg.models import load_checkpoint
 
     ck = load_checkpoint(ckpt)
@@ -190,9 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     from _gui_probe import paint_strokes, wait_until
 
     from napari_medseg._napari.layers import source_from_layer
-    from napari_medseg._napari.train_widget import TrainWidget
-    from napari_medseg.io.classes import ClassSchema
-    from napari_medseg.io.label_snapshot import LabelSnapshot
+    from napari_medseg._napari.widgets.train import TrainWidget
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.labels.snapshot import LabelSnapshot
 
     painted_set, test_set = load_split(n_paint, n_test, crop)
     classes = ClassSchema(("background", "nucleus"), ("#9e9e9e", "#0072b2"))

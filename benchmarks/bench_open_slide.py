@@ -75,7 +75,7 @@ def _child(path: Path, tile: int) -> dict:
             time.sleep(0.001)
 
     pump(1.5)  # window shown and idle; napari discovered its plugins at startup
-    import napari_medseg._napari.reader  # noqa: F401  (the plugin module napari imports on first use)
+    import napari_medseg._napari.contrib.reader  # noqa: F401  (the plugin module napari imports on first use)
 
     peak = {"rss": 0}
     stop = threading.Event()

@@ -58,7 +58,7 @@ def synthetic_slide(n: int = N_SLIDE) -> Any:
     """A lazy H&E-coloured RGB pyramid (dask, generated per tile on demand) as an ``ImageSource``."""
     import dask.array as da
 
-    from napari_medseg.io.source import ImageSource
+    from napari_medseg.core.source import ImageSource
 
     levels = []
     k = 0
@@ -196,7 +196,7 @@ def count_zero_writes(store: Any) -> dict[str, int]:
 def disk_report(store_path: Path, ndim: int) -> dict[str, Any]:
     import zarr
 
-    from napari_medseg.io.label_store_index import list_chunk_files
+    from napari_medseg.labels.index import list_chunk_files
 
     files0, zero_files, n_files = 0, 0, 0
     for lvl in sorted(p for p in store_path.iterdir() if p.is_dir() and p.name.isdigit()):
@@ -214,9 +214,9 @@ def disk_report(store_path: Path, ndim: int) -> dict[str, Any]:
 
 def run_store(img: Any, folder: Path, n_windows: int, per_window: int, n_events: int, base_strokes: int,
               seed: int) -> dict[str, Any]:
-    from napari_medseg._napari.painting import PaintingController
-    from napari_medseg.io.classes import ClassSchema
-    from napari_medseg.io.label_store import LabelStore
+    from napari_medseg._napari.painting.controller import PaintingController
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.labels.store import LabelStore
 
     viewer, image_layer, app = make_viewer(img)
     store = LabelStore.create(folder / "slide.labels.zarr", img.shape, classes=ClassSchema(names=CLASSES),
@@ -292,7 +292,7 @@ def compare_with_plain_labels(viewer: Any, app: Any, ctl: Any, rng: np.random.Ge
                               n_events: int) -> dict[str, float]:
     """Side by side in one viewer and one scene: strokes alternate between the store's window layer and a
     plain napari Labels layer (numpy, same size and place), so both see the same render and machine load."""
-    from napari_medseg._napari.painting import store_colormap
+    from napari_medseg._napari.painting.controller import store_colormap
 
     center = (N_SLIDE / 2 * MPP, N_SLIDE / 2 * MPP)
     set_view(viewer, app, center, 1.0)
@@ -322,9 +322,9 @@ def compare_with_plain_labels(viewer: Any, app: Any, ctl: Any, rng: np.random.Ge
 # -- the SIGKILL test ------------------------------------------------------------------------------
 def child(store_dir: str, log_path: str) -> None:
     """Paint strokes forever (until killed), logging each finished stroke: ``index t_end y x``."""
-    from napari_medseg._napari.painting import PaintingController
-    from napari_medseg.io.classes import ClassSchema
-    from napari_medseg.io.label_store import LabelStore
+    from napari_medseg._napari.painting.controller import PaintingController
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.labels.store import LabelStore
 
     img = synthetic_slide()
     viewer, image_layer, app = make_viewer(img)
@@ -356,7 +356,7 @@ def child(store_dir: str, log_path: str) -> None:
 
 
 def run_kill(folder: Path, paint_s: float, seed: int) -> dict[str, Any]:
-    from napari_medseg.io.label_store import LabelStore
+    from napari_medseg.labels.store import LabelStore
 
     store_dir, log_path = folder / "killed.labels.zarr", folder / "strokes.log"
     proc = subprocess.Popen([sys.executable, __file__, "--child", str(store_dir), str(log_path)],

@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_medseg._napari.layers import camera_of
-    from napari_medseg._napari.painting import PaintingController
-    from napari_medseg.io.classes import ClassSchema
-    from napari_medseg.io.label_store import LabelStore
+    from napari_medseg._napari.painting.controller import PaintingController
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.labels.store import LabelStore
 
     n, mpp = args.size, 0.5
     pyramid = [da.zeros((n // 2**k, n // 2**k), np.uint8, chunks=1024) for k in range(7)]

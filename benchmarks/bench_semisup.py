@@ -44,9 +44,9 @@ import numpy as np
 import torch
 
 from napari_medseg.models.config import ModelConfig
+from napari_medseg.models.devices import select_device
 from napari_medseg.training import TrainConfig, run_training
 from napari_medseg.training.datasets import Pair, load_folder, make_training_data
-from napari_medseg.training.devices import select_device
 from napari_medseg.training.metrics import dense_scores, sliding_window_predict
 from napari_medseg.training.sparsify import scribbles
 

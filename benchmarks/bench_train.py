@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from napari_medseg.io.classes import ClassSchema  # noqa: E402
+from napari_medseg.core.classes import ClassSchema  # noqa: E402
 from napari_medseg.training import StepEvent, TrainConfig, TrainingData, TrainingItem, train  # noqa: E402
 
 
@@ -83,7 +83,7 @@ def paint(src, n_regions: int, seed: int = 0):
     ``LabelStore`` in memory (or ``SparseLabels`` if the store cannot be used here)."""
     classes = ClassSchema(("background", "nuclei"))
     try:
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
 
         store = LabelStore.in_memory(src.shape, classes=classes)
         store.write((slice(0, 1), slice(0, 1)), np.zeros((1, 1), np.uint8))

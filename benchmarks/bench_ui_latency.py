@@ -126,9 +126,9 @@ def keyframes(region: tuple[slice, slice], canvas: tuple[int, int], mpp: float, 
 def setup_viewer(tmp: Path) -> dict[str, Any]:
     import napari
 
-    from napari_medseg._napari.annotate_widget import AnnotateWidget
-    from napari_medseg._napari.predict_widget import PredictWidget
-    from napari_medseg._napari.train_widget import TrainWidget
+    from napari_medseg._napari.widgets.annotate import AnnotateWidget
+    from napari_medseg._napari.widgets.predict import PredictWidget
+    from napari_medseg._napari.widgets.train import TrainWidget
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1400, 900)
@@ -156,7 +156,7 @@ def canvas_size(viewer: Any) -> tuple[int, int]:
 
 
 def configure_train(tw: Any, args: argparse.Namespace, out: Path) -> None:
-    from napari_medseg._napari.train_widget import STORE_CHOICE
+    from napari_medseg._napari.widgets.train import STORE_CHOICE
 
     tw.labels_combo.setCurrentText(STORE_CHOICE)
     tw.dims_combo.setCurrentText("2D")

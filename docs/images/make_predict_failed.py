@@ -57,7 +57,7 @@ def _truncate(path: Path, bad: tuple[int, int]) -> None:
 def _checkpoint(path: Path) -> Path:
     import torch
 
-    from napari_medseg.io.classes import ClassSchema
+    from napari_medseg.core.classes import ClassSchema
     from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, build_model, save_checkpoint
 
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def _checkpoint(path: Path) -> Path:
 
 
 def main(out: Path = HERE / "predict_failed.png") -> None:
-    from napari_medseg._napari.predict_widget import PredictWidget
+    from napari_medseg._napari.widgets.predict import PredictWidget
 
     tmp = Path(tempfile.mkdtemp(prefix="medseg-shot-"))
     levels = _pyramid(tmp / "slide.zarr", _image())

@@ -21,7 +21,7 @@ import numpy as np
 from qtpy.QtWidgets import QApplication
 
 from napari_medseg._napari.launch import _close_notifications
-from napari_medseg._napari.train_widget import PREVIEW_LAYER, TrainWidget
+from napari_medseg._napari.widgets.train import PREVIEW_LAYER, TrainWidget
 
 HERE = Path(__file__).resolve().parent
 

@@ -25,7 +25,8 @@ from typing import Any
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import QDockWidget, QFrame, QMainWindow, QScrollArea, QWidget
 
-from .layers import camera_of
+from napari_medseg._napari.layers import camera_of
+from napari_medseg._napari.manifest import manifest_widgets
 
 PACKAGE = "napari_medseg"
 PLUGIN_SUFFIX = " (napari-medseg)"
@@ -52,8 +53,6 @@ def medseg_docks(window: QMainWindow) -> list[QDockWidget]:
 
 def workflow_rank(dock: QDockWidget) -> int:
     """Where a dock's tab goes: the order of the plugin's manifest (Annotate, Train, Predict), others last."""
-    from .launch import manifest_widgets
-
     try:
         names = [name for name, _ in manifest_widgets()]
     except Exception:  # the manifest cannot be read: keep the order the docks came in
@@ -161,7 +160,7 @@ def all_in_view(viewer: Any) -> bool:
     """True when every layer's whole extent (pixel edges, displayed axes of a 2D view) is on the canvas."""
     import numpy as np
 
-    from .napari_compat import canvas_size
+    from napari_medseg._napari.napari_compat import canvas_size
 
     if viewer.dims.ndisplay != 2 or not len(viewer.layers):
         return False

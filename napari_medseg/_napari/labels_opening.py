@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io.classes import ClassSchema
-from ..io.errors import MedsegError
-from ..io.label_store import LabelStore, is_label_store
-from ..io.label_store_location import labels_location, move_from_cache
-from ..io.user_folders import rescue_folder
-from .layers import source_from_layer
-from .napari_compat_layers import is_labels_layer
+from napari_medseg._napari.layers import source_from_layer
+from napari_medseg._napari.napari_compat_layers import is_labels_layer
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.user_folders import rescue_folder
+from napari_medseg.labels.location import labels_location, move_from_cache
+from napari_medseg.labels.store import LabelStore, is_label_store
 
 log = logging.getLogger(__name__)
 

@@ -19,16 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..io.errors import MedsegError
-from .dock_layout import arrange_docks, keep_view_fitted, watch_window
-from .layers import use_lps_camera
-from .napari_compat_layers import close_notifications
-from .reference_layers import guard_reference_layers
+from napari_medseg._napari.dock_layout import arrange_docks, keep_view_fitted, watch_window
+from napari_medseg._napari.layers import use_lps_camera
+from napari_medseg._napari.manifest import PLUGIN, manifest_widgets
+from napari_medseg._napari.napari_compat_layers import close_notifications
+from napari_medseg._napari.reference_layers import guard_reference_layers
+from napari_medseg.core.errors import MedsegError
 
 logger = logging.getLogger(__name__)
-
-PLUGIN = "napari-medseg"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", nargs="?", type=Path, help="slide, zarr, NIfTI file or DICOM folder to open")
@@ -37,21 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--screenshot", type=Path, metavar="PNG",
                         help="save a screenshot of the window to PNG and exit (no event loop)")
     parser.add_argument("--size", default="1400x900", help="window size WxH (default 1400x900)")
-
-
-def manifest_widgets() -> list[tuple[str, str]]:
-    """(display name, command id) of every widget in the plugin's manifest (npe2, else napari.yaml)."""
-    try:
-        from npe2 import PluginManager
-
-        mf = PluginManager.instance().get_manifest(PLUGIN)
-        return [(w.display_name, w.command) for w in (mf.contributions.widgets or [])]
-    except Exception as e:  # not registered (e.g. run from a source tree): read the file itself
-        logger.debug("npe2 manifest lookup failed (%s); reading napari.yaml", e)
-        import yaml
-
-        data = yaml.safe_load((Path(__file__).resolve().parents[1] / "napari.yaml").read_text())
-        return [(w["display_name"], w["command"]) for w in data.get("contributions", {}).get("widgets", [])]
 
 
 def dock_widgets(viewer: Any) -> tuple[list[str], list[str]]:
@@ -107,7 +90,7 @@ def medseg_volume(layer: Any) -> bool:
 
 def _check_path(path: Path) -> None:
     """Fail before the window opens if napari-medseg cannot read ``path``."""
-    from ..io.reader import open_path
+    from napari_medseg.io.reader import open_path
 
     if not path.exists():
         raise MedsegError(f"{path}: no such file or folder.")

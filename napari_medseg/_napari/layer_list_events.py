@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from . import napari_compat_layers
+from napari_medseg._napari import napari_compat_layers
 
 log = logging.getLogger(__name__)
 

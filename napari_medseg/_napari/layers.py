@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io.errors import MedsegError
-from ..io.source import ImageSource
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def source_from_layer(layer: Any, *, reopen: bool = True) -> ImageSource:
     meta = medseg_meta(layer)
     path = meta.get("path") or getattr(getattr(layer, "source", None), "path", None)
     if reopen and meta.get("path"):
-        from ..io.reader import open_path
+        from napari_medseg.io.reader import open_path
 
         for src in open_path(meta["path"]):
             if src.kind == "image":

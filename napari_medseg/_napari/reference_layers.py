@@ -18,7 +18,7 @@ import logging
 import weakref
 from typing import Any
 
-from .napari_compat_layers import is_image_layer, is_labels_layer, same_layer, unwrap
+from napari_medseg._napari.napari_compat_layers import is_image_layer, is_labels_layer, same_layer, unwrap
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,15 @@ def session_for(viewer: Any) -> Session:
     or napari's proxy of it). Creating it also makes 3D views of volumes opened later through the plugin
     anatomically correct (LPS camera), as ``napari-medseg gui`` does, and keeps reference labels (a
     sample's ground truth) from being painted (``reference_layers``)."""
-    from .napari_compat_layers import unwrap
+    from napari_medseg._napari.napari_compat_layers import unwrap
 
     viewer = unwrap(viewer)  # each widget gets its own proxy: the session belongs to the viewer behind it
     s = _SESSIONS.get(viewer)
     if s is None:
         s = Session()
         _SESSIONS[viewer] = s
-        from .layers import is_volume_layer, use_lps_camera
-        from .reference_layers import guard_reference_layers
+        from napari_medseg._napari.layers import is_volume_layer, use_lps_camera
+        from napari_medseg._napari.reference_layers import guard_reference_layers
 
         guard_reference_layers(viewer)
 

@@ -1,11 +1,10 @@
-"""Pure inference: tissue masks, tiling and blending, the tiled predictor, viewport preview.
+"""Pure inference: tiling and blending, the tiled predictor, viewport preview.
 
 Public API (imported lazily, so ``import napari_medseg.inference`` stays light):
 
 - ``predict(source, model, out, ...)``: generator of events, tiled whole-slide / whole-volume prediction
   into an NGFF zarr (``predictor.py``); ``run_predict`` runs it to the end.
 - ``predict_region(model, source, level, region, norm, ...)``: the live preview of one view (``region.py``).
-- ``compute_tissue_mask(source, ...)`` -> ``TissueMask`` (``tissue.py``).
 - ``open_prediction(out)`` -> ``list[ImageSource]``; ``prediction_layer_data(out)`` for napari (``results.py``).
 - ``predict_many(...)``: many slides, optionally on a Dask cluster (``distributed.py``).
 - events: ``PredictStart``, ``BlockDone``, ``PredictWarning``, ``PredictDone``, ``TissueMaskReady``,
@@ -20,7 +19,6 @@ from typing import Any
 _EXPORTS = {
     "predict": "predictor", "run_predict": "predictor",
     "predict_region": "region", "RegionPrediction": "region",
-    "compute_tissue_mask": "tissue", "TissueMask": "tissue",
     "open_prediction": "results", "prediction_layer_data": "results",
     "predict_many": "distributed",
     "PredictEvent": "events", "PredictStart": "events", "BlockDone": "events", "PredictWarning": "events",

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from ..io.errors import MedsegError, UnreadableInputError
-from ..io.lazy import compute, compute_many
-from ..io.source import SPATIAL_AXES, ImageSource
+from napari_medseg.core.compute import compute_many, materialize
+from napari_medseg.core.errors import MedsegError, UnreadableInputError
+from napari_medseg.core.source import SPATIAL_AXES, ImageSource
 
 log = logging.getLogger(__name__)
 Box = tuple[tuple[int, int], ...]
@@ -43,14 +43,6 @@ class BlockData:
     valid: Box
     data: np.ndarray
     bad: list[tuple[Box, str]]
-
-
-def materialize(a: Any) -> np.ndarray:
-    """A numpy array from a numpy/zarr/dask array; dask graphs run on the local threaded scheduler, never
-    on a distributed client (a task computing on its own cluster would deadlock it)."""
-    if hasattr(a, "dask") and hasattr(a, "compute"):
-        return np.asarray(compute(a, "threads"))
-    return np.asarray(a)
 
 
 def _chunk_sizes(arr: Any, ndim: int) -> tuple[int, ...] | None:

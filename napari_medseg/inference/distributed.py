@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..io.errors import MedsegError
-from ..io.source import ImageSource
-from .events import (
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.inference.events import (
     BlockDone,
     PredictDone,
     PredictEvent,
@@ -35,10 +35,10 @@ from .events import (
     PredictWarning,
     TissueMaskReady,
 )
-from .job import Job, make_job, open_source
-from .modelrun import resolve_model
-from .output import OutputStore
-from .predictor import open_output, predict
+from napari_medseg.inference.job import Job, make_job, open_source
+from napari_medseg.inference.modelrun import resolve_model
+from napari_medseg.inference.output import OutputStore
+from napari_medseg.inference.predictor import open_output, predict
 
 log = logging.getLogger(__name__)
 _JOBS: dict[tuple[str, str], Job] = {}  # per worker process: the job of each output, built once
@@ -108,7 +108,7 @@ def _source_ref(src: ImageSource) -> tuple[str | None, ImageSource | None]:
     """Reopen by path on the workers when the path opens to the same image, else ship the (lazy) source."""
     if src.path:
         try:
-            from ..io.reader import sniff
+            from napari_medseg.io.reader import sniff
 
             if sniff(src.path) is not None:
                 again = open_source(src.path, kind=_source_kind(src))

@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from ..models.normalization import NormConfig
-from .blocks import BlockData, Box, Prefetcher, TileReader, boxes_overlap
-from .modelrun import WindowRunner
-from .tiling import BlockPlan, box_slices, importance_map, intersect
+from napari_medseg.inference.blocks import BlockData, Box, Prefetcher, TileReader, boxes_overlap
+from napari_medseg.inference.modelrun import WindowRunner
+from napari_medseg.inference.tiling import BlockPlan, box_slices, importance_map, intersect
+from napari_medseg.models.normalization import NormConfig
 
 log = logging.getLogger(__name__)
 Key = tuple[int, ...]

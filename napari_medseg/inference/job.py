@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io.classes import ClassSchema
-from ..io.errors import MedsegError
-from ..io.source import ImageSource
-from ..models.normalization import NormConfig
-from .blocks import TileReader, materialize
-from .engine import BlockEngine, FinishedBlock
-from .modelrun import (
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.compute import materialize
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.core.tissue import TissueMask, compute_tissue_mask
+from napari_medseg.inference.blocks import TileReader
+from napari_medseg.inference.engine import BlockEngine, FinishedBlock
+from napari_medseg.inference.modelrun import (
     LoadedModel,
     WindowRunner,
     check_model_input,
@@ -36,9 +37,9 @@ from .modelrun import (
     resolve_device,
     resolve_model,
 )
-from .output import Layout, OutputStore
-from .tiling import BlockGrid, BlockPlan, WindowGrid, choose_block, plan_blocks
-from .tissue import TissueMask, compute_tissue_mask
+from napari_medseg.inference.output import Layout, OutputStore
+from napari_medseg.inference.tiling import BlockGrid, BlockPlan, WindowGrid, choose_block, plan_blocks
+from napari_medseg.models.normalization import NormConfig
 
 log = logging.getLogger(__name__)
 PROBS = (None, "uint8", "float16", "float32")
@@ -48,7 +49,7 @@ def open_source(source: ImageSource | str | Path, kind: str = "auto") -> ImageSo
     """``source`` itself, or the image at that path (``kind="image"``: even where its values look like labels)."""
     if isinstance(source, ImageSource):
         return source
-    from ..io.reader import open_image
+    from napari_medseg.io.reader import open_image
 
     return open_image(source, kind=kind)
 

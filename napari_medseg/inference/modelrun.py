@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..io.classes import DEFAULT_COLORS, ClassSchema
-from ..io.errors import MedsegError
-from ..io.source import ImageSource
-from ..models.config import ModelConfig
-from ..models.normalization import NormConfig
+from napari_medseg.core.classes import DEFAULT_COLORS, ClassSchema
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.models.config import ModelConfig
+from napari_medseg.models.normalization import NormConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = No
     ckpt_path = None
     config = getattr(model, "medseg_config", None)
     if isinstance(model, (str, Path)):
-        from ..models.checkpoint import load_model
+        from napari_medseg.models.checkpoint import load_model
 
         ckpt_path = str(Path(model).resolve())
         module, ckpt = load_model(model, device="cpu", teacher=teacher)
@@ -146,7 +146,7 @@ def check_model_input(loaded: LoadedModel, source: ImageSource, window: tuple[in
     md = loaded.spatial_dims or len(window)
     mwin = window[len(window) - md:]
     if loaded.config is not None:
-        from ..models.registry import check_input_size
+        from napari_medseg.models.registry import check_input_size
 
         check_input_size(loaded.config, mwin)
         return loaded.config.out_channels
@@ -217,7 +217,7 @@ class WindowRunner:
         Runs in slices of ``batch_size`` windows. Out of (GPU) memory, the batch size is halved and the slice
         retried, so the run goes on (windows are independent: the result does not change); at one window per
         batch the error says what to do."""
-        from ..training.devices import free_memory, is_oom
+        from napari_medseg.models.devices import free_memory, is_oom
 
         n = batch.shape[0]
         if self.squeeze_axis is not None:
@@ -263,7 +263,7 @@ class WindowRunner:
 def model_multiple(loaded: LoadedModel, default: int = 32) -> int:
     """Spatial sizes the model takes are multiples of this (from the config or a MONAI UNet's strides)."""
     if loaded.config is not None:
-        from ..models.registry import required_multiple
+        from napari_medseg.models.registry import required_multiple
 
         return required_multiple(loaded.config)
     strides: Any = getattr(loaded.module, "strides", None)

@@ -40,10 +40,10 @@ from typing import Any
 
 import numpy as np
 
-from ..io.classes import ClassSchema
-from ..io.errors import MedsegError
-from ..io.ngff_meta import image_label_attrs, multiscales_attrs
-from .memory import trim
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.inference.memory import trim
+from napari_medseg.io.ngff_meta import image_label_attrs, multiscales_attrs
 
 log = logging.getLogger(__name__)
 FORMAT = "napari-medseg-prediction"
@@ -220,7 +220,7 @@ class Layout:
 
 def _chunk_at(block: int, k: int) -> int:
     """Chunk side at block level ``k``: the level-0 chunk (a block / 2**m <= 512), or the block's size."""
-    from .tiling import chunk_for_block
+    from napari_medseg.inference.tiling import chunk_for_block
 
     return min(chunk_for_block(block), block // 2 ** k)
 

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..io.classes import ClassSchema
-from ..io.source import ImageSource
-from ..models.normalization import NormConfig
-from .engine import FinishedBlock
-from .events import (
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.source import ImageSource
+from napari_medseg.inference.engine import FinishedBlock
+from napari_medseg.inference.events import (
     BlockDone,
     PredictDone,
     PredictEvent,
@@ -31,9 +30,10 @@ from .events import (
     PredictWarning,
     TissueMaskReady,
 )
-from .job import Job, make_job
-from .memory import trim
-from .output import OutputStore, prepare_out, remove_partial_writes
+from napari_medseg.inference.job import Job, make_job
+from napari_medseg.inference.memory import trim
+from napari_medseg.inference.output import OutputStore, prepare_out, remove_partial_writes
+from napari_medseg.models.normalization import NormConfig
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from ..io.errors import MedsegError
-from ..io.source import ImageSource
-from .events import PredictEvent
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.inference.events import PredictEvent
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _source_spec(source: ImageSource | str | Path) -> tuple[str, Any]:
     if isinstance(source, (str, Path)):
         return ("path", str(source))
     if source.path and Path(source.path).exists():
-        from ..io.reader import open_path
+        from napari_medseg.io.reader import open_path
 
         try:  # the same image the path opens first (what ``source_from_layer`` reopens too)
             first = next(s for s in open_path(source.path) if s.kind == "image")
@@ -72,7 +72,7 @@ def _child(spec: tuple[str, Any], model: str, out: str, kwargs: dict[str, Any], 
         if nice > cur:
             os.nice(nice - cur)
     try:
-        from .predictor import predict
+        from napari_medseg.inference.predictor import predict
 
         gen = predict(_open_spec(spec), model, out, cancel=stop, **kwargs)
         while True:

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..io.errors import MedsegError
-from ..io.source import SPATIAL_AXES, ImageSource
-from ..models.normalization import NormConfig
-from ..models.uncertainty import predictive_entropy
-from .blocks import materialize
-from .modelrun import LoadedModel, model_multiple, resolve_device, resolve_model
+from napari_medseg.core.compute import materialize
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import SPATIAL_AXES, ImageSource
+from napari_medseg.inference.modelrun import LoadedModel, model_multiple, resolve_device, resolve_model
+from napari_medseg.models.normalization import NormConfig
+from napari_medseg.models.uncertainty import predictive_entropy
 
 log = logging.getLogger(__name__)
 _MODELS: dict[tuple[str, int], LoadedModel] = {}

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io.classes import ClassSchema
-from ..io.errors import MedsegError
-from ..io.ngff_meta import parse_multiscales
-from ..io.source import ImageSource
-from .output import Layout, read_manifest
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.inference.output import Layout, read_manifest
+from napari_medseg.io.ngff_meta import parse_multiscales
 
 
 def _levels(group: Any) -> list[Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 
 Box = tuple[tuple[int, int], ...]  # per spatial axis [start, stop)
 BLENDS = ("gaussian", "crop")

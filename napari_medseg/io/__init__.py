@@ -1,21 +1,10 @@
-"""Pure IO: open slides and volumes lazily as pyramids, the label store, NGFF zarr writing, conversion.
+"""File formats: open slides and volumes lazily as pyramids (TIFF/SVS, OME-Zarr, NIfTI, DICOM, PNG/JPEG),
+NGFF zarr writing and conversion.
 
+The types these return (``ImageSource``, ``ClassSchema``, the errors) live in ``napari_medseg.core``.
 Imports no Qt, napari or magicgui (a test checks this in a fresh interpreter).
 """
 
-from .classes import ClassSchema
-from .errors import GeometryMismatchError, MedsegError, StoreLockedError, UnreadableInputError
-from .reader import open_image, open_path, sniff
-from .source import ImageSource
+from napari_medseg.io.reader import open_image, open_path, sniff
 
-__all__ = [
-    "ClassSchema",
-    "GeometryMismatchError",
-    "ImageSource",
-    "MedsegError",
-    "StoreLockedError",
-    "UnreadableInputError",
-    "open_image",
-    "open_path",
-    "sniff",
-]
+__all__ = ["open_image", "open_path", "sniff"]

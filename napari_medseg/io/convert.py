@@ -21,9 +21,10 @@ from typing import Any
 import dask
 import numpy as np
 
-from .errors import MedsegError
-from .lazy import compute
-from .ngff import (
+from napari_medseg.core.compute import compute
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.io.ngff import (
     BLOCK_BYTES,
     _remove_zarr,
     block_shape,
@@ -32,8 +33,7 @@ from .ngff import (
     n_blocks,
     write_blocks,
 )
-from .reader import open_image
-from .source import ImageSource
+from napari_medseg.io.reader import open_image
 
 logger = logging.getLogger(__name__)
 

@@ -21,34 +21,10 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
-from .errors import MedsegError, UnreadableInputError
+from napari_medseg.core.errors import MedsegError, UnreadableInputError
 
 logger = logging.getLogger(__name__)
 
-def compute(x: Any, scheduler: str = "synchronous") -> Any:
-    """``x.compute(scheduler=...)`` (any dask collection; anything else is returned as is) without dask's
-    global callbacks.
-
-    dask runs the callbacks in the process-wide ``Callback.active`` set and, for a compute that does not
-    name its own, swaps that set out and back (``dask.local.local_callbacks``), which is not thread-safe.
-    napari registers its tile cache there while it slices, in its own thread when asynchronous slicing is
-    on; a training or prediction thread computing at the same moment then raised ``KeyError`` from the
-    cache's bookkeeping (seen in ``bench_ui_latency``) or could unregister napari's cache. Naming an empty
-    set of callbacks keeps our computes out of that set.
-    """
-    if not hasattr(x, "compute"):
-        return x
-    return x.compute(scheduler=scheduler, callbacks=())
-
-
-def compute_many(xs: Sequence[Any], scheduler: str = "threads") -> tuple[Any, ...]:
-    """``dask.compute(*xs)`` without dask's global callbacks (see ``compute``)."""
-    import dask
-
-    return dask.compute(*xs, scheduler=scheduler, callbacks=())
-
-
-#: Target edge (pixels) of a dask chunk along Y/X: a multiple of the file's tile, near this size.
 TARGET_CHUNK = 1024
 #: Largest dask chunk in bytes when the file's own chunk is a full-width strip.
 MAX_CHUNK_BYTES = 64 * 2**20

@@ -30,8 +30,9 @@ import numpy as np
 import zarr
 from skimage.measure import block_reduce
 
-from .errors import MedsegError, UnreadableInputError
-from .lazy import (
+from napari_medseg.core.errors import MedsegError, UnreadableInputError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.io.lazy import (
     as_dask,
     convert_length,
     keep_shrinking,
@@ -39,7 +40,7 @@ from .lazy import (
     tile_multiple_chunks,
     virtual_levels,
 )
-from .ngff_meta import (
+from napari_medseg.io.ngff_meta import (
     SPACE_UNITS,
     image_label_attrs,
     multiscales_attrs,
@@ -47,7 +48,6 @@ from .ngff_meta import (
     ome_attrs,
     parse_multiscales,
 )
-from .source import ImageSource
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import MedsegError, UnreadableInputError
-from .kind import check_kind
-from .lazy import guard_blosc_decode
-from .source import ImageSource
+from napari_medseg.core.errors import MedsegError, UnreadableInputError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.io.kind import check_kind
+from napari_medseg.io.lazy import guard_blosc_decode
 
 guard_blosc_decode()  # a truncated Blosc chunk is an error, never garbage (see io/lazy.py)
 
@@ -87,16 +87,16 @@ def open_path(path: str | os.PathLike, kind: str = "auto") -> list[ImageSource]:
         raise UnreadableInputError(f"{p}: no permission to read it; check the file's permissions.")
     try:
         if fmt == "nifti":
-            from .volume import open_nifti
+            from napari_medseg.io.volume import open_nifti
             return [open_nifti(p, kind=kind)]
         if fmt == "tiff":
-            from .tiff import open_tiff
+            from napari_medseg.io.tiff import open_tiff
             sources = [open_tiff(p)]
         elif fmt == "zarr":
-            from .ngff import open_zarr
+            from napari_medseg.io.ngff import open_zarr
             sources = open_zarr(p)
         else:
-            from .volume import open_dicom
+            from napari_medseg.io.volume import open_dicom
             sources = open_dicom(p)
         return _as_kind(sources, kind, p)
     except MedsegError:

@@ -25,8 +25,9 @@ import tifffile
 import zarr
 from tifffile.tifffile import svs_description_metadata
 
-from .errors import UnreadableInputError
-from .lazy import (
+from napari_medseg.core.errors import UnreadableInputError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.io.lazy import (
     as_dask,
     convert_length,
     keep_shrinking,
@@ -34,7 +35,6 @@ from .lazy import (
     tile_multiple_chunks,
     virtual_levels,
 )
-from .source import ImageSource
 
 logger = logging.getLogger(__name__)
 

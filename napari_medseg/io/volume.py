@@ -1,6 +1,6 @@
 """CT/MRI volumes: NIfTI (``.nii``, ``.nii.gz``) and DICOM series folders, opened lazily as ``ImageSource``.
 
-Every volume comes out in the package convention (see ``io/source.py``): LPS+ voxel order, axes ``ZYX``
+Every volume comes out in the package convention (see ``core/source.py``): LPS+ voxel order, axes ``ZYX``
 (Z inferior -> superior, Y anterior -> posterior, X patient right -> patient left), or ``CZYX`` for a 4D
 NIfTI holding several sequences. The reorientation is flips and transposes only (the nearest axis-aligned
 orientation, never a resampling), applied lazily on dask arrays. ``pixel_size`` is the voxel spacing in mm
@@ -38,9 +38,9 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .errors import MedsegError, UnreadableInputError
-from .kind import check_kind, guess_kind, nifti_evidence
-from .source import ImageSource
+from napari_medseg.core.errors import MedsegError, UnreadableInputError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.io.kind import check_kind, guess_kind, nifti_evidence
 
 logger = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ import numpy as np
 import tifffile
 import zarr
 
-from .errors import GeometryMismatchError, MedsegError
-from .lazy import compute, convert_length
-from .ngff import build_pyramid, create_labels_group, write_blocks
-from .ngff_meta import ome_attrs, parse_multiscales
+from napari_medseg.core.compute import compute
+from napari_medseg.core.errors import GeometryMismatchError, MedsegError
+from napari_medseg.io.lazy import convert_length
+from napari_medseg.io.ngff import build_pyramid, create_labels_group, write_blocks
+from napari_medseg.io.ngff_meta import ome_attrs, parse_multiscales
 
 logger = logging.getLogger(__name__)
 

@@ -1,9 +1,15 @@
 """Pure models: ``build_model(ModelConfig)``, normalisation and checkpoints. No Qt, napari or magicgui."""
 
-from .checkpoint import Checkpoint, load_checkpoint, load_model, load_state_dict_report, save_checkpoint
-from .config import ModelConfig
-from .normalization import NormConfig
-from .registry import (
+from napari_medseg.models.checkpoint import (
+    Checkpoint,
+    load_checkpoint,
+    load_model,
+    load_state_dict_report,
+    save_checkpoint,
+)
+from napari_medseg.models.config import ModelConfig
+from napari_medseg.models.normalization import NormConfig
+from napari_medseg.models.registry import (
     available_models,
     build_model,
     check_input_size,

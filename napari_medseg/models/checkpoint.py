@@ -24,10 +24,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..io.classes import ClassSchema
-from ..io.errors import MedsegError
-from .config import ModelConfig
-from .normalization import NormConfig
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.config import ModelConfig
+from napari_medseg.models.normalization import NormConfig
 
 log = logging.getLogger(__name__)
 FORMAT = "napari-medseg-checkpoint"
@@ -200,7 +200,7 @@ def _check_config_fits(ckpt: Checkpoint, path: str | os.PathLike) -> None:
     """Refuse a checkpoint whose model config does not describe its own weights, before building the model:
     the config is built on the ``meta`` device (no memory), so a description claiming an absurd model
     allocates nothing."""
-    from .registry import build_model
+    from napari_medseg.models.registry import build_model
 
     try:
         with torch.device("meta"):
@@ -228,7 +228,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", teac
                ) -> tuple[nn.Module, Checkpoint]:
     """Build the model a checkpoint describes and load its weights: the weight average (``teacher_state_dict``)
     when ``teacher`` is true, or when it is None and the run chose to predict with it; else the student."""
-    from .registry import build_model
+    from napari_medseg.models.registry import build_model
 
     ckpt = load_checkpoint(path)
     _check_config_fits(ckpt, path)

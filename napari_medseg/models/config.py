@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _set_onnx_meta(path: Path, meta: dict | None) -> None:
 
 
 def _default_size(cfg, size: int | tuple[int, ...] | None) -> tuple[int, ...]:
-    from .registry import check_input_size, valid_size
+    from napari_medseg.models.registry import check_input_size, valid_size
 
     if size is None:
         return tuple(valid_size(cfg, 256 if cfg.spatial_dims == 2 else 64) for _ in range(cfg.spatial_dims))
@@ -247,12 +247,12 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     ``.onnx`` / ``.ts``. The checkpoint's description (model config, classes, normalisation) travels in the
     exported file, so inference elsewhere can normalise and name classes the same way.
     """
-    from .checkpoint import load_model
+    from napari_medseg.models.checkpoint import load_model
 
     fmt = _ALIASES.get(str(format).lower())
     if fmt is None:
         raise MedsegError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    from .checkpoint import predicts_with_average
+    from napari_medseg.models.checkpoint import predicts_with_average
 
     model, ckpt = load_model(ckpt_path, device="cpu", teacher=teacher)  # None: what the run predicts with
     teacher = predicts_with_average(ckpt) if teacher is None else teacher

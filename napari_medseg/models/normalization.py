@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 
 # Common CT windows (center, width) in Hounsfield units.
 CT_WINDOWS = {"soft_tissue": (40.0, 400.0), "abdomen": (50.0, 350.0), "lung": (-600.0, 1500.0),

@@ -7,51 +7,27 @@ raises an error that names the sizes that would work).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch.nn as nn
 
-from ..io.errors import MedsegError
-from .config import ModelConfig
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.base import ModelEntry, SizeRule
+from napari_medseg.models.config import ModelConfig
+from napari_medseg.models.swin_family import ENTRIES as SWIN_MODELS
+from napari_medseg.models.unet_family import ENTRIES as UNET_MODELS
 
-Builder = Callable[[ModelConfig], nn.Module]
-SizeRule = int | Callable[[ModelConfig], int]
-
-
-@dataclass(frozen=True)
-class _Entry:
-    builder: Builder
-    multiple: SizeRule
-    dims: tuple[int, ...]
-    min_size: SizeRule | None
+_REGISTRY: dict[str, ModelEntry] = {**UNET_MODELS, **SWIN_MODELS}
 
 
-_REGISTRY: dict[str, _Entry] = {}
-
-
-def register(name: str, multiple: SizeRule, dims: tuple[int, ...] = (2, 3), min_size: SizeRule | None = None):
-    """Register a builder under ``name``.
-
-    ``multiple`` is the factor every spatial size must divide by; ``min_size`` the smallest size per axis
-    the model trains on (default ``2 * multiple``: the coarsest feature map then has more than one pixel,
-    which instance normalisation needs in training).
-    """
-
-    def deco(fn: Builder) -> Builder:
-        _REGISTRY[name] = _Entry(fn, multiple, tuple(dims), min_size)
-        return fn
-
-    return deco
+def register(name: str, entry: ModelEntry) -> None:
+    """Add (or replace) a model under ``name``: its builder and the sizes it takes (``ModelEntry``)."""
+    _REGISTRY[name] = entry
 
 
 def available_models() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
-def _entry(cfg: ModelConfig) -> _Entry:
-    _load_builtin()
+def _entry(cfg: ModelConfig) -> ModelEntry:
     if cfg.name not in _REGISTRY:
         raise MedsegError(f"unknown model {cfg.name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
     e = _REGISTRY[cfg.name]
@@ -99,13 +75,3 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """Build the model ``cfg`` names: ``(N, in_channels, *spatial) -> (N, out_channels, *spatial)`` logits."""
     return _entry(cfg).builder(cfg)
 
-
-_loaded = False
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        # importing registers: unet, attention_unet, unetpp; swin_unetr, swin_unet
-        from . import swin_family, unet_family  # noqa: F401

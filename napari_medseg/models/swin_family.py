@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 from monai.networks.nets import SwinUNETR
 
-from ..io.errors import MedsegError
-from .config import ModelConfig
-from .registry import register
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.base import ModelEntry
+from napari_medseg.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,6 @@ def _swin_unet_multiple(cfg: ModelConfig) -> int:
     return SWIN_UNET_PATCH * 2 ** (len(cfg.depths) - 1)
 
 
-@register("swin_unetr", multiple=SWIN_UNETR_PATCH**5)
 def build_swin_unetr(cfg: ModelConfig) -> nn.Module:
     """MONAI's SwinUNETR (Hatamizadeh et al. 2022): Swin encoder, convolutional decoder; 2D and 3D.
 
@@ -86,10 +85,9 @@ def build_swin_unetr(cfg: ModelConfig) -> nn.Module:
     return model
 
 
-@register("swin_unet", multiple=_swin_unet_multiple, min_size=_swin_unet_multiple)
 def build_swin_unet(cfg: ModelConfig) -> nn.Module:
     """Swin-Unet (Cao et al. 2021) on MONAI's Swin blocks; 2D and 3D; sizes multiple of 4 * 2**(stages-1)."""
-    from .swin_unet import SwinUnet
+    from napari_medseg.models.swin_unet import SwinUnet
 
     _check_stages(cfg)
     return SwinUnet(
@@ -103,3 +101,10 @@ def build_swin_unet(cfg: ModelConfig) -> nn.Module:
         patch_size=SWIN_UNET_PATCH,
         drop_rate=cfg.dropout,
     )
+
+
+#: the models of this family, merged by ``registry``
+ENTRIES: dict[str, ModelEntry] = {
+    "swin_unetr": ModelEntry(build_swin_unetr, multiple=SWIN_UNETR_PATCH**5),
+    "swin_unet": ModelEntry(build_swin_unet, multiple=_swin_unet_multiple, min_size=_swin_unet_multiple),
+}

@@ -187,7 +187,7 @@ class SwinUnet(nn.Module):
         if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
             bad = [int(s) for s in x.shape[2:] if int(s) % self.multiple]
             if bad:
-                from ..io.errors import MedsegError
+                from napari_medseg.core.errors import MedsegError
 
                 raise MedsegError(f"swin_unet needs spatial sizes that are multiples of {self.multiple}; got "
                                   f"{tuple(int(s) for s in x.shape[2:])}. Crop or pad to e.g. "

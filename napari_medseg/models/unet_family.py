@@ -12,9 +12,9 @@ import logging
 import torch
 import torch.nn as nn
 
-from ..io.errors import MedsegError
-from .config import ModelConfig
-from .registry import register
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.base import ModelEntry
+from napari_medseg.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ def _check_channels(cfg: ModelConfig, exactly: int | None = None) -> None:
         raise MedsegError(f"{cfg.name} needs at least two positive channel widths, got {cfg.channels}")
 
 
-@register("unet", multiple=_levels_multiple)
 def build_unet(cfg: ModelConfig) -> nn.Module:
     """MONAI's residual U-Net (Kerfoot et al. 2018) with ``num_res_units`` residual units per level."""
     from monai.networks.nets import UNet
@@ -53,7 +52,6 @@ def build_unet(cfg: ModelConfig) -> nn.Module:
     )
 
 
-@register("attention_unet", multiple=_levels_multiple)
 def build_attention_unet(cfg: ModelConfig) -> nn.Module:
     """MONAI's Attention U-Net (Oktay et al. 2018): attention gates on every skip connection.
 
@@ -111,8 +109,15 @@ class UNetPlusPlus(nn.Module):
         return y / len(outs)
 
 
-@register("unetpp", multiple=16)
 def build_unetpp(cfg: ModelConfig) -> nn.Module:
     """U-Net++ with widths ``cfg.channels`` (exactly five levels, four downsamplings: sizes multiple of 16)."""
     _check_channels(cfg, exactly=5)
     return UNetPlusPlus(cfg)
+
+
+#: the models of this family, merged by ``registry``
+ENTRIES: dict[str, ModelEntry] = {
+    "unet": ModelEntry(build_unet, multiple=_levels_multiple),
+    "attention_unet": ModelEntry(build_attention_unet, multiple=_levels_multiple),
+    "unetpp": ModelEntry(build_unetpp, multiple=16),
+}

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..io.classes import ClassSchema
-from ..io.source import ImageSource
-from .cache import ensure_files
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.source import ImageSource
+from napari_medseg.samples.cache import ensure_files
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def sample_ct_path() -> Path:
 
 def load_sample_ct() -> tuple[ImageSource, ImageSource]:
     """(CT, ground truth) as lazy ``ZYX`` ``ImageSource`` in LPS+ order (mm), read through ``open_nifti``."""
-    from ..io.volume import open_nifti
+    from napari_medseg.io.volume import open_nifti
 
     img_path, lab_path = sample_ct_paths()
     img = open_nifti(img_path)

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..io.classes import ClassSchema
-from ..io.errors import MedsegError
-from ..io.source import ImageSource
-from .cache import ensure_files, is_cached
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.samples.cache import ensure_files, is_cached
 
 logger = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def sample_slide_path() -> Path:
 def load_sample_slide(progress: Callable[[float], None] | None = None) -> tuple[ImageSource, ImageSource]:
     """(slide, ground truth) as lazy ``ImageSource`` pyramids (``YXC`` RGB and ``YX`` labels, 0.5 um/px),
     read back through ``napari_medseg.io.open_path``; ``progress`` as in ``sample_slide_paths``."""
-    from ..io.reader import open_path
+    from napari_medseg.io.reader import open_path
 
     img_path, lab_path = sample_slide_paths(progress)
     img = open_path(img_path)[0]

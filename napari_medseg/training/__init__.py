@@ -4,21 +4,21 @@
 end. No Qt, napari or magicgui here.
 """
 
-from .config import TrainConfig
-from .data import TrainingData, TrainingItem
-from .events import (
-                     CheckpointEvent,
-                     DoneEvent,
-                     PreviewEvent,
-                     StartEvent,
-                     StepEvent,
-                     TrainEvent,
-                     TrainResult,
-                     ValidationEvent,
-                     WarningEvent,
+from napari_medseg.training.config import TrainConfig
+from napari_medseg.training.data import TrainingData, TrainingItem
+from napari_medseg.training.events import (
+    CheckpointEvent,
+    DoneEvent,
+    PreviewEvent,
+    StartEvent,
+    StepEvent,
+    TrainEvent,
+    TrainResult,
+    ValidationEvent,
+    WarningEvent,
 )
-from .loop import run_training, train
-from .mean_teacher import teacher_uncertainty
+from napari_medseg.training.loop import run_training, train
+from napari_medseg.training.mean_teacher import teacher_uncertainty
 
 __all__ = [
     "CheckpointEvent",

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..io.errors import MedsegError
-from ..models.config import ModelConfig
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.config import ModelConfig
 
 # The default network: a small residual U-Net that trains in minutes on a CPU.
 DEFAULT_MODEL = ModelConfig(name="unet", channels=(16, 32, 64, 128), num_res_units=1)

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..io.classes import ClassSchema
-from ..io.errors import GeometryMismatchError, MedsegError
-from ..io.lazy import compute
-from ..io.source import SPATIAL_AXES, ImageSource
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.compute import compute
+from napari_medseg.core.errors import GeometryMismatchError, MedsegError
+from napari_medseg.core.source import SPATIAL_AXES, ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def tissue_mask(src: ImageSource) -> tuple[np.ndarray, tuple[int, ...], tuple[fl
     if src.spatial_dims != 2 or not (src.rgb or src.modality == "brightfield") or src.n_channels < 3:
         return None
     try:
-        from ..inference.tissue import compute_tissue_mask
+        from napari_medseg.core.tissue import compute_tissue_mask
 
         tm = compute_tissue_mask(src)
     except Exception as e:  # no mask is no reason to stop training: sample everywhere

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.classes import ClassSchema
-from ..io.errors import GeometryMismatchError, MedsegError, UnreadableInputError
-from ..io.source import ImageSource
-from . import sparsify
-from .data import TrainingData, TrainingItem, read
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import GeometryMismatchError, MedsegError, UnreadableInputError
+from napari_medseg.core.source import ImageSource
+from napari_medseg.training import sparsify
+from napari_medseg.training.data import TrainingData, TrainingItem, read
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".nii", ".nii.gz", ".npy")
@@ -76,7 +76,7 @@ def _file_pixel_size(p: Path) -> tuple[tuple[float, float], str]:
     resolution tags, read as the package's TIFF reader reads them); (1, 1) micrometer for files without one
     (PNG, JPEG, NPY, a TIFF without a physical size)."""
     if p.name.lower().endswith((".tif", ".tiff")):
-        from ..io.tiff import open_tiff
+        from napari_medseg.io.tiff import open_tiff
 
         try:
             src = open_tiff(p)
@@ -121,7 +121,7 @@ def read_image(path: str | os.PathLike, pixel_size: float | None = None) -> Imag
         sizes, unit = ((pixel_size, pixel_size), "micrometer") if pixel_size else _file_pixel_size(p)
         return ImageSource([np.ascontiguousarray(a)], axes, sizes, unit=unit, name=_stem(p), path=str(p), rgb=rgb,
                            modality=modality)
-    from ..io.reader import open_path
+    from napari_medseg.io.reader import open_path
 
     srcs = open_path(p)
     src = next((s for s in srcs if s.kind == "image"), srcs[0])
@@ -137,7 +137,7 @@ def read_mask(path: str | os.PathLike, like: ImageSource) -> np.ndarray:
     p = Path(path)
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")) or p.is_dir():
-        from ..io.reader import open_path
+        from napari_medseg.io.reader import open_path
 
         src = open_path(p)[0]
         m = read(src.levels[0], (slice(None),) * src.levels[0].ndim)

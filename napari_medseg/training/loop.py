@@ -24,16 +24,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..io.errors import MedsegError
-from ..models.checkpoint import Checkpoint, load_state_dict_report
-from ..models.config import ModelConfig
-from ..models.normalization import NormConfig
-from ..models.registry import build_model, check_input_size
-from .config import TrainConfig
-from .data import TrainingData
-from .devices import DeviceSetup, free_memory, is_oom, select_device
-from .ema import WeightEMA
-from .events import (
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.checkpoint import Checkpoint, load_state_dict_report
+from napari_medseg.models.config import ModelConfig
+from napari_medseg.models.devices import DeviceSetup, free_memory, is_oom, select_device
+from napari_medseg.models.normalization import NormConfig
+from napari_medseg.models.registry import build_model, check_input_size
+from napari_medseg.training.config import TrainConfig
+from napari_medseg.training.data import TrainingData
+from napari_medseg.training.ema import WeightEMA
+from napari_medseg.training.events import (
     CheckpointEvent,
     DoneEvent,
     PreviewEvent,
@@ -44,11 +44,11 @@ from .events import (
     ValidationEvent,
     WarningEvent,
 )
-from .guard import HostOutOfMemory, StepGuard, StopRequested
-from .prefetch import Prefetcher
-from .rounds import check_architecture, resolve_init, run_dir
-from .run_state import Run, run_progress
-from .sampler import PatchSampler
+from napari_medseg.training.guard import HostOutOfMemory, StepGuard, StopRequested
+from napari_medseg.training.prefetch import Prefetcher
+from napari_medseg.training.rounds import check_architecture, resolve_init, run_dir
+from napari_medseg.training.run_state import Run, run_progress
+from napari_medseg.training.sampler import PatchSampler
 
 log = logging.getLogger(__name__)
 

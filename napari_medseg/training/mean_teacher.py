@@ -21,8 +21,8 @@ import torch
 import torch.nn as nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..models.uncertainty import entropy, mean_softmax, predictive_entropy
-from .ema import WeightEMA
+from napari_medseg.models.uncertainty import entropy, mean_softmax, predictive_entropy
+from napari_medseg.training.ema import WeightEMA
 
 log = logging.getLogger(__name__)
 

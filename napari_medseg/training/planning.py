@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models.config import ModelConfig
-from .config import TrainConfig
+from napari_medseg.models.config import ModelConfig
+from napari_medseg.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def size_text(patch: tuple[int, ...]) -> str:
 @functools.lru_cache(maxsize=32)
 def activation_bytes_per_voxel(model_cfg: ModelConfig) -> float:
     """Bytes the network saves for backward per input voxel (batch 1), counted once per config."""
-    from ..models.registry import min_input_size
+    from napari_medseg.models.registry import min_input_size
 
     size = min_input_size(model_cfg)
     shape = (size,) * model_cfg.spatial_dims
@@ -119,7 +119,7 @@ def activation_bytes_per_voxel(model_cfg: ModelConfig) -> float:
 def _saved_bytes(model_cfg: ModelConfig, shape: tuple[int, ...], device: str) -> int:
     import torch
 
-    from ..models.registry import build_model
+    from napari_medseg.models.registry import build_model
 
     with torch.device(device):
         model = build_model(model_cfg).train()
@@ -147,7 +147,7 @@ def n_parameters(model_cfg: ModelConfig) -> int:
 def _n_parameters(model_cfg: ModelConfig) -> int:
     import torch
 
-    from ..models.registry import build_model
+    from napari_medseg.models.registry import build_model
 
     try:
         with torch.device("meta"):
@@ -178,7 +178,7 @@ def estimate_memory(cfg: TrainConfig, model_cfg: ModelConfig, patch: tuple[int, 
 
 def available_memory(device_type: str = "cpu") -> MemoryEstimate:
     """Free RAM (and free memory on the current GPU for ``"cuda"``)."""
-    from .guard import available_ram
+    from napari_medseg.training.guard import available_ram
 
     host = available_ram()
     dev = 0
@@ -203,7 +203,7 @@ def _fits(est: MemoryEstimate, usable: MemoryEstimate) -> bool:
 # -- the patch -------------------------------------------------------------------------------------
 def _valid(model_cfg: ModelConfig, size: float) -> int:
     """The model's valid size nearest to ``size`` (a multiple of its factor, at least its minimum)."""
-    from ..models.registry import min_input_size, required_multiple
+    from napari_medseg.models.registry import min_input_size, required_multiple
 
     m = required_multiple(model_cfg)
     return max(min_input_size(model_cfg), int(round(size / m)) * m)
@@ -214,7 +214,7 @@ def patch_for_edge(edge: int, model_cfg: ModelConfig, shape: tuple[int, ...] | N
     """The patch for an in-plane ``edge``: ``(edge, edge)`` in 2D; in 3D ``(z, edge, edge)`` with ``z`` covering
     the same physical extent as the edge (``spacing`` ZYX); no axis larger than the image ``shape`` (the
     training level's spatial shape) needs, rounded up to a size the model takes."""
-    from ..models.registry import valid_size
+    from napari_medseg.models.registry import valid_size
 
     dims = model_cfg.spatial_dims
     sizes: list[float] = [float(edge)] * dims
@@ -233,7 +233,7 @@ def default_edge(model_cfg: ModelConfig, shape: tuple[int, ...] | None, spacing:
                  device_type: str = "cpu", available: MemoryEstimate | None = None) -> int:
     """The largest edge (at most ``EDGE_MAX``) whose patch x ``batch`` stays within the compute target
     ``STEP_VOXELS`` (3D) and whose step fits the usable memory; the model's smallest size if none does."""
-    from ..models.registry import min_input_size, required_multiple
+    from napari_medseg.models.registry import min_input_size, required_multiple
 
     dims = model_cfg.spatial_dims
     cfg = (cfg or TrainConfig(model=model_cfg)).replace(batch_size=max(1, batch))
@@ -257,7 +257,7 @@ def fit_to_memory(cfg: TrainConfig, model_cfg: ModelConfig, edge: int, patch_of:
     """``cfg`` as set (patch ``patch_of(edge)``) if its step fits the usable part of ``available``; else the
     batch down to 2, the edge down to ``EDGE_FLOOR``, the batch to 1, the edge to the model's minimum, until
     it fits; refused if nothing does. ``Plan.message`` says what changed and why."""
-    from ..models.registry import min_input_size, required_multiple
+    from napari_medseg.models.registry import min_input_size, required_multiple
 
     dims = model_cfg.spatial_dims
     usable = usable_memory(available)

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from ..io.errors import MedsegError
-from ..models.checkpoint import FORMAT, Checkpoint, load_checkpoint
-from ..models.config import ModelConfig
-from ..models.normalization import NormConfig
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.checkpoint import FORMAT, Checkpoint, load_checkpoint
+from napari_medseg.models.config import ModelConfig
+from napari_medseg.models.normalization import NormConfig
 
 log = logging.getLogger(__name__)
 # Architecture fields that must agree to continue from a checkpoint (out_channels may grow with new classes).
@@ -103,7 +103,7 @@ def run_dir(checkpoint_dir: str | None) -> Path:
     ``runs`` (``io.user_folders.runs_folder``; never the cache folder, which cleaning tools empty)."""
     if checkpoint_dir:
         return Path(checkpoint_dir)
-    from ..io.user_folders import runs_folder
+    from napari_medseg.core.user_folders import runs_folder
 
     base = runs_folder()
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -17,21 +17,21 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..io.errors import MedsegError
-from ..models.checkpoint import Checkpoint, save_checkpoint
-from ..models.config import ModelConfig
-from ..models.normalization import NormConfig
-from .augment import Augmenter
-from .config import TrainConfig
-from .data import TrainingData
-from .devices import DeviceSetup
-from .ema import WeightEMA
-from .events import ValidationEvent
-from .losses import SparseSegLoss, consistency_loss, store_to_target
-from .mean_teacher import MeanTeacher
-from .metrics import confusion, dense_scores, dice_from_confusion
-from .prefetch import to_tensors
-from .pseudo_label import (
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.checkpoint import Checkpoint, save_checkpoint
+from napari_medseg.models.config import ModelConfig
+from napari_medseg.models.devices import DeviceSetup
+from napari_medseg.models.normalization import NormConfig
+from napari_medseg.training.augment import Augmenter
+from napari_medseg.training.config import TrainConfig
+from napari_medseg.training.data import TrainingData
+from napari_medseg.training.ema import WeightEMA
+from napari_medseg.training.events import ValidationEvent
+from napari_medseg.training.losses import SparseSegLoss, consistency_loss, store_to_target
+from napari_medseg.training.mean_teacher import MeanTeacher
+from napari_medseg.training.metrics import confusion, dense_scores, dice_from_confusion
+from napari_medseg.training.prefetch import to_tensors
+from napari_medseg.training.pseudo_label import (
     PseudoLabels,
     apply_cutmix,
     cutmix_boxes,
@@ -39,7 +39,7 @@ from .pseudo_label import (
     pseudo_label_loss,
     teacher_targets,
 )
-from .sampler import PatchSampler
+from napari_medseg.training.sampler import PatchSampler
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..io.errors import MedsegError
-from .data import ItemView, TrainingData, scan_painted, tissue_mask
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.training.data import ItemView, TrainingData, scan_painted, tissue_mask
 
 log = logging.getLogger(__name__)
 MIN_VAL_BLOCKS = 5
@@ -237,7 +237,7 @@ class PatchSampler:
             arr = src.levels[lvl]
             n = int(np.prod(src.level_shape(lvl)))
             step = max(1, int(np.ceil((n / max_elems) ** (1 / src.spatial_dims))))
-            from .data import read
+            from napari_medseg.training.data import read
 
             idx = tuple(slice(None, None, step) if a != "C" else slice(None) for a in src.axes)
             a = read(arr, idx)

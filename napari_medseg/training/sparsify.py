@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from ..io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from faults_lib import clear_cli_error, clear_error, run_cli, tiny_checkpoint, write_pairs
 
-from napari_medseg.io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 
 
 @dataclass
@@ -146,8 +146,8 @@ def _nifti(path: Path, shape=(16, 16, 8), dtype=np.int16) -> Path:
 
 
 def _store(path: Path, shape=(256, 256)) -> Any:
-    from napari_medseg.io.classes import ClassSchema
-    from napari_medseg.io.label_store import LabelStore
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.labels.store import LabelStore
 
     s = LabelStore.create(path, shape, chunks=(64, 64), classes=ClassSchema(("background", "tumour")))
     s.write((slice(10, 80), slice(10, 80)), 2)
@@ -162,7 +162,7 @@ def _cli(argv: list[str]) -> tuple[str, int, str]:
 
 def _napari_read(path: Path) -> Any:
     """The napari reader as napari calls it: ``get_reader`` then the returned function."""
-    from napari_medseg._napari import reader as r
+    from napari_medseg._napari.contrib import reader as r
 
     shown: list[str] = []
     old = r.show_error
@@ -340,17 +340,17 @@ def _readers() -> list[Case]:
 
 def _stores() -> list[Case]:
     def not_a_store(d: Path) -> Any:
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
         return LabelStore.open(_ngff(d / "image.zarr"))
 
     def store_bad_attrs(d: Path) -> Any:
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
         p = _store(d / "s.labels.zarr")
         (p / ".zattrs").write_text('{"napari_medseg": ')
         return LabelStore.open(p)
 
     def store_meta_missing_shape(d: Path) -> Any:
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
         p = _store(d / "s.labels.zarr")
 
         def edit(a: dict) -> dict:
@@ -361,23 +361,23 @@ def _stores() -> list[Case]:
 
     def store_wrong_image(d: Path) -> Any:
         from napari_medseg.io import open_path
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
         p = _store(d / "s.labels.zarr")
         img = open_path(_ngff(d / "other.zarr", shape=(300, 200)))[0]
         return LabelStore.open(p, image=img)
 
     def store_bad_shape(d: Path) -> Any:
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
         return LabelStore.create(d / "s.labels.zarr", (0, 10))
 
     def store_exists(d: Path) -> Any:
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
         (d / "taken.labels.zarr").mkdir()
         (d / "taken.labels.zarr" / "thesis.txt").write_text("years of work")
         return LabelStore.create(d / "taken.labels.zarr", (64, 64))
 
     def store_corrupt_chunk(d: Path) -> Any:
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
         p = _store(d / "s.labels.zarr")
         chunk = p / "0" / "0" / "0"
         chunk.write_bytes(chunk.read_bytes()[:20])
@@ -385,7 +385,7 @@ def _stores() -> list[Case]:
         return s[0:128, 0:128]
 
     def store_bad_values(d: Path) -> Any:
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
         s = LabelStore.open(_store(d / "s.labels.zarr"))
         try:
             return s.write((slice(0, 4), slice(0, 4)), 200)
@@ -393,7 +393,7 @@ def _stores() -> list[Case]:
             s.close()
 
     def store_locked(d: Path) -> Any:
-        from napari_medseg.io.label_store import LabelStore
+        from napari_medseg.labels.store import LabelStore
         p = _store(d / "s.labels.zarr")
         first = LabelStore.open(p)
         try:

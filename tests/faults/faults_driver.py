@@ -106,9 +106,9 @@ def paint(store_path: str, log_path: str, ready: str) -> None:
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_medseg._napari.painting import PaintingController
-    from napari_medseg.io.classes import ClassSchema
-    from napari_medseg.io.label_store import LabelStore
+    from napari_medseg._napari.painting.controller import PaintingController
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.labels.store import LabelStore
 
     viewer = napari.Viewer(show=False)
     img = viewer.add_image(np.zeros(PAINT_SHAPE, np.uint8), scale=(0.5, 0.5), name="slide")

@@ -14,7 +14,7 @@ from faults_safety import unsafe_load_runs_code, write_malicious_checkpoint, wri
 
 
 def _error_of(fn: Callable[[], Any]) -> str | None:
-    from napari_medseg.io.errors import MedsegError
+    from napari_medseg.core.errors import MedsegError
 
     try:
         fn()

@@ -306,7 +306,7 @@ def tiny_checkpoint(path: Path, in_channels: int = 3, n_classes: int = 2, seed: 
     """A napari-medseg checkpoint of a tiny 2D U-Net (channels 4, 8; uint8 normalisation)."""
     import torch
 
-    from napari_medseg.io.classes import ClassSchema
+    from napari_medseg.core.classes import ClassSchema
     from napari_medseg.models import ModelConfig, build_model
     from napari_medseg.models.checkpoint import Checkpoint, save_checkpoint
     from napari_medseg.models.normalization import NormConfig
@@ -340,7 +340,7 @@ def tree_digest(root: Path) -> dict[str, int]:
 def clear_error(exc: BaseException, must_name: str | None = None) -> tuple[bool, str]:
     """A clear error: a ``MedsegError``, one non-empty line, not a bare repr, naming ``must_name`` if given.
     Returns (ok, why not)."""
-    from napari_medseg.io.errors import MedsegError
+    from napari_medseg.core.errors import MedsegError
 
     msg = str(exc)
     if not isinstance(exc, MedsegError):

@@ -99,7 +99,7 @@ def _checkpoint_state(path: Path) -> dict[str, Any]:
 
 
 def _all_checkpoints_load(folder: Path) -> tuple[bool, list[str]]:
-    from napari_medseg.io.errors import MedsegError
+    from napari_medseg.core.errors import MedsegError
     from napari_medseg.models.checkpoint import load_checkpoint
 
     bad = []
@@ -274,7 +274,7 @@ def kill_predict(root: Path, point: str = "mid_block", seed: int = 0,
 def kill_painting(root: Path, seed: int = 0, paint_s: tuple[float, float] = (2.5, 4.0)) -> dict[str, Any]:
     """Paint in a real napari viewer (a child process), SIGKILL it mid-stroke-stream, and check that every
     stroke older than the stated autosave window is in the label store."""
-    from napari_medseg.io.label_store import LabelStore
+    from napari_medseg.labels.store import LabelStore
 
     store_path, log_path, ready = root / "paint.labels.zarr", root / "strokes.txt", root / "ready"
     cmd = driver_cmd("paint", str(store_path), str(log_path), str(ready))
@@ -314,7 +314,7 @@ def kill_painting(root: Path, seed: int = 0, paint_s: tuple[float, float] = (2.5
 
 
 def _autosave_window() -> float:
-    from napari_medseg._napari.painting import MAX_UNSAVED_S
+    from napari_medseg._napari.painting.controller import MAX_UNSAVED_S
 
     return float(MAX_UNSAVED_S)
 
@@ -331,7 +331,7 @@ def full_disk_checkpoint(root: Path) -> dict[str, Any]:
     no temporary file left behind."""
     import torch
 
-    from napari_medseg.io.errors import MedsegError
+    from napari_medseg.core.errors import MedsegError
     from napari_medseg.models.checkpoint import load_checkpoint, save_checkpoint
 
     with _disk(1024) as fs:
@@ -395,9 +395,9 @@ def full_disk_labels(root: Path) -> dict[str, Any]:
     new strokes kept in memory and saved elsewhere with ``save_as``: nothing lost."""
     import numpy as np
 
-    from napari_medseg.io.classes import ClassSchema
-    from napari_medseg.io.errors import MedsegError
-    from napari_medseg.io.label_store import LabelStore
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.core.errors import MedsegError
+    from napari_medseg.labels.store import LabelStore
 
     classes = ClassSchema(("background", "tumour", "stroma"))
     with _disk(512) as fs:
@@ -413,7 +413,7 @@ def full_disk_labels(root: Path) -> dict[str, Any]:
         if fs is not None:
             fill_fs(fs, leave_bytes=8192)
         else:
-            from napari_medseg.io import label_store_index as ix
+            from napari_medseg.labels import index as ix
             ctx = enospc_after([(ix.ChunkFiles, "write")], 3)
         with ctx:
             try:

@@ -9,7 +9,8 @@ import pytest
 import tifffile
 from faults_lib import run_cli, textured_rgb, tiny_checkpoint
 
-from napari_medseg.io import UnreadableInputError, open_path
+from napari_medseg.core.errors import UnreadableInputError
+from napari_medseg.io import open_path
 
 
 def _ngff_rgb(tmp_path, h=512, w=512, chunk=128):
@@ -113,7 +114,7 @@ def test_damaged_tiff_tile_is_named_when_read(tmp_path):
 
 def test_napari_reader_layers_report_the_position_too(tmp_path):
     """The napari reader's layer data is the same lazy array: napari's slicer gets the same clear error."""
-    from napari_medseg._napari.reader import get_reader
+    from napari_medseg._napari.contrib.reader import get_reader
 
     p = _ngff_rgb(tmp_path)
     _truncate(p / "0" / "0" / "3" / "0")

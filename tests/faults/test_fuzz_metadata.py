@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.io import open_path
-from napari_medseg.io.errors import MedsegError
 
 EXAMPLES = int(os.environ.get("MEDSEG_FUZZ_EXAMPLES", "40"))  # more for a bug hunt; 40 keeps it ~30 s
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not os.environ.get("MEDSEG_FUZZ_RANDOM"), database=None,

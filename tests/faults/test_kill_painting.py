@@ -23,7 +23,7 @@ def test_sigkill_while_painting_loses_at_most_the_autosave_window(tmp_path):
 
 
 def test_the_stated_window_is_the_one_the_user_is_told():
-    from napari_medseg._napari.painting import AUTOSAVE_NOTE, FLUSH_DELAY_S, MAX_UNSAVED_S
+    from napari_medseg._napari.painting.controller import AUTOSAVE_NOTE, FLUSH_DELAY_S, MAX_UNSAVED_S
 
     assert FLUSH_DELAY_S <= MAX_UNSAVED_S
     assert f"{MAX_UNSAVED_S:g} s" in AUTOSAVE_NOTE

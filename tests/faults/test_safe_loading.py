@@ -14,7 +14,7 @@ from faults_cases import _absurd_tiff, write_absurd_checkpoint, write_absurd_zar
 from faults_lib import clear_cli_error, clear_error, run_cli, tiny_checkpoint, write_pairs
 from faults_safety import unsafe_load_runs_code, write_malicious_checkpoint, write_pickle_zarr
 
-from napari_medseg.io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -136,7 +136,7 @@ def test_non_finite_numbers_are_refused(field):
 
 # ------------------------------------------------------------------------------------------ output paths
 def test_prediction_outputs_stay_in_the_output_folder(tmp_path):
-    from napari_medseg.inference.cli import output_paths
+    from napari_medseg.cli.predict import output_paths
 
     names = ["..", ".hidden.tif", "a b.svs", "x.ome.tiff", "series", "x.ome.tiff"]
     outs = output_paths([tmp_path / "in" / n for n in names], tmp_path / "out")
@@ -147,8 +147,8 @@ def test_prediction_outputs_stay_in_the_output_folder(tmp_path):
 
 @pytest.mark.parametrize("name", ["../../evil", "/etc/evil", "a/../../b"])
 def test_label_store_path_stays_in_the_project_folder(tmp_path, name):
-    from napari_medseg.io.label_store import LabelStore
-    from napari_medseg.io.source import ImageSource
+    from napari_medseg.core.source import ImageSource
+    from napari_medseg.labels.store import LabelStore
 
     src = ImageSource(levels=[np.zeros((8, 8), np.uint8)], axes="YX", pixel_size=(1.0, 1.0), name=name, path=None)
     p = LabelStore.default_path(src, tmp_path / "project")

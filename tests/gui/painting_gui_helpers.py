@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QApplication
 
 from napari_medseg._napari.layers import camera_of
 from napari_medseg._napari.napari_compat import canvas_size
-from napari_medseg.io.classes import ClassSchema
+from napari_medseg.core.classes import ClassSchema
 
 CLASSES = ClassSchema(names=("background", "tumor", "stroma"))
 PS = 0.5  # um per pixel

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_medseg._napari.predict_widget import PredictWidget
-from napari_medseg.io.classes import ClassSchema
+from napari_medseg._napari.widgets.predict import PredictWidget
+from napari_medseg.core.classes import ClassSchema
 from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, build_model, save_checkpoint
 
 IMAGE_SHAPE = (300, 260)

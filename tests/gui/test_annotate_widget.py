@@ -11,12 +11,12 @@ import pytest
 from fs_helpers import read_only
 from napari.utils.notifications import notification_manager
 
-from napari_medseg._napari.annotate_widget import AnnotateWidget, rescue_dir
 from napari_medseg._napari.layers import camera_of
-from napari_medseg._napari.painting import AUTOSAVE_NOTE, prediction_colormap, store_colormap
+from napari_medseg._napari.painting.controller import AUTOSAVE_NOTE, prediction_colormap, store_colormap
 from napari_medseg._napari.session import session_for
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.label_store import LabelStore
+from napari_medseg._napari.widgets.annotate import AnnotateWidget, rescue_dir
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.labels.store import LabelStore
 
 PLUGIN = "napari-medseg"
 
@@ -136,8 +136,8 @@ def test_labels_left_in_the_cache_folder_are_moved_out(widget, tmp_path, qtbot, 
 def test_counts_follow_a_prediction_accepted_into_the_labels(widget, tmp_path, qtbot):
     """Accepting a prediction writes the store outside the brush: the counts refresh, and the widget says
     what changed."""
-    from napari_medseg.io.accept_prediction import accept_prediction
-    from napari_medseg.io.source import ImageSource
+    from napari_medseg.core.source import ImageSource
+    from napari_medseg.labels.accept import accept_prediction
 
     viewer, w = widget
     layer = _image(viewer, tmp_path)

@@ -62,7 +62,7 @@ def test_without_a_window_nothing_happens():
 def test_widgets_put_the_filter_in_place(viewer, monkeypatch, tmp_path):
     monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1")
     monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
-    from napari_medseg._napari.predict_widget import PredictWidget
+    from napari_medseg._napari.widgets.predict import PredictWidget
 
     PredictWidget(viewer)
     assert getattr(lle.layer_list_model(viewer), "_medseg_filter", None) is not None

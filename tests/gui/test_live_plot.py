@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_medseg._napari.plot import SERIES_COLORS, LivePlot, nice_ticks
+from napari_medseg._napari.widgets.plot import SERIES_COLORS, LivePlot, nice_ticks
 
 
 def _pixels(widget) -> np.ndarray:

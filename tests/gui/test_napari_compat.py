@@ -12,8 +12,8 @@ from painting_gui_helpers import CLASSES, PS, SLIDE, line, look_at, qt_stroke
 from qtpy.QtWidgets import QApplication
 
 from napari_medseg._napari import napari_compat as compat
-from napari_medseg._napari.painting import PaintingController
-from napari_medseg.io.label_store import LabelStore
+from napari_medseg._napari.painting.controller import PaintingController
+from napari_medseg.labels.store import LabelStore
 
 
 def _private_warnings(record) -> list[str]:

@@ -11,12 +11,12 @@ from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
 from napari_medseg._napari.layers import camera_of, source_from_layer
-from napari_medseg._napari.painting import (
+from napari_medseg._napari.painting.controller import (
     PaintingController,
     touched_box,
 )
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.label_store import LabelStore
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.labels.store import LabelStore
 
 CLASSES = ClassSchema(names=("background", "tumor", "stroma"))
 PS = 0.5  # um per pixel

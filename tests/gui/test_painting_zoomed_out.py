@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from painting_gui_helpers import CLASSES, PS, SLIDE, blocks_only, canvas_pos, line, look_at, qt_stroke, world
 
-from napari_medseg._napari.painting import PaintingController
-from napari_medseg.io.label_store import LabelStore
+from napari_medseg._napari.painting.controller import PaintingController
+from napari_medseg.labels.store import LabelStore
 
 ALL = (slice(0, SLIDE[0]), slice(0, SLIDE[1]))
 WHOLE_ZOOM = 0.3  # the whole 3000 x 4000 px slide in view: the window shows level 2 (4 x 4 px cells)

@@ -17,8 +17,9 @@ from predict_gui_helpers import (
     wait_idle,
 )
 
-from napari_medseg._napari import predict_run, predict_widget
-from napari_medseg._napari.predict_run import RESULT_SUFFIX
+from napari_medseg._napari.jobs import predict_job as predict_run
+from napari_medseg._napari.jobs.predict_job import RESULT_SUFFIX
+from napari_medseg._napari.widgets import predict as predict_widget
 
 
 @pytest.fixture

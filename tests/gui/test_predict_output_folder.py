@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from fs_helpers import read_only
 
-from napari_medseg._napari.predict_widget import PredictWidget, default_output
-from napari_medseg.io import user_folders
+from napari_medseg._napari.widgets.predict import PredictWidget, default_output
+from napari_medseg.core import user_folders
 
 
 def _file(folder: Path, name: str) -> Path:

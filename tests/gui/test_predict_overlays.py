@@ -15,16 +15,15 @@ from predict_gui_helpers import (
     wait_idle,
 )
 
+from napari_medseg._napari.jobs.predict_job import RESULT_SUFFIX, confident_labels
 from napari_medseg._napari.layers import medseg_meta
-from napari_medseg._napari.predict_preview import (
+from napari_medseg._napari.widgets.predict_preview import (
     MIN_CONFIDENCE,
     PREVIEW_OPACITY,
     PREVIEW_SUFFIX,
-    confident_labels,
     region_at_level,
 )
-from napari_medseg._napari.predict_run import RESULT_SUFFIX
-from napari_medseg.io.source import ImageSource
+from napari_medseg.core.source import ImageSource
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from predict_gui_helpers import make_checkpoint, make_widget, noise_image, wait_
 import napari_medseg
 
 #: the Predict widget's own modules: none of them may reach a private napari attribute
-OWN = {"predict_widget.py", "predict_run.py", "predict_preview.py"}
+OWN = {"predict.py", "predict_job.py", "predict_preview.py"}
 
 
 def test_whole_predict_flow_uses_public_napari_api_only(make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch):

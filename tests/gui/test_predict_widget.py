@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medseg._napari import messages
-from napari_medseg._napari import predict_run as pr
-from napari_medseg._napari.predict_run import RESULT_SUFFIX, RunLayers
-from napari_medseg._napari.predict_widget import PredictWidget
-from napari_medseg.io.classes import ClassSchema
+from napari_medseg._napari.jobs import predict_job as pr
+from napari_medseg._napari.jobs.predict_job import RESULT_SUFFIX, RunLayers
+from napari_medseg._napari.widgets import messages
+from napari_medseg._napari.widgets.predict import PredictWidget
+from napari_medseg.core.classes import ClassSchema
 from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, build_model, save_checkpoint
 
 

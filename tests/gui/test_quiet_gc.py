@@ -9,7 +9,7 @@ import weakref
 import pytest
 
 from napari_medseg._napari import quiet_gc
-from napari_medseg._napari.workers import start_generator_worker
+from napari_medseg._napari.jobs.workers import start_generator_worker
 
 
 class _Node:

@@ -11,8 +11,9 @@ import pytest
 import tifffile
 from napari.utils.notifications import NotificationSeverity, notification_manager
 
-from napari_medseg._napari.reader import get_reader
-from napari_medseg.io import MedsegError, open_path
+from napari_medseg._napari.contrib.reader import get_reader
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.io import open_path
 from napari_medseg.io import tiff as mtiff
 from napari_medseg.io.ngff import build_pyramid, create_labels_group, write_blocks
 

@@ -153,7 +153,7 @@ def test_first_use_of_the_slide_shows_a_progress_dialog(qtbot, monkeypatch):
     progress dialog shows it, and goes away after."""
     from qtpy.QtWidgets import QApplication, QProgressDialog
 
-    from napari_medseg._napari import sample_data
+    from napari_medseg._napari.contrib import sample_data
     from napari_medseg.samples import slide
 
     def dialogs():

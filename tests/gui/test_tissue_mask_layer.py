@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_medseg._napari.reader import read_layers
+from napari_medseg._napari.contrib.reader import read_layers
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.source import ImageSource
 from napari_medseg.inference import run_predict
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.source import ImageSource
 from napari_medseg.models import ModelConfig, build_model
 
 PLUGIN = "napari-medseg"

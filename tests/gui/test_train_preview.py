@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_medseg._napari.train_widget import PREVIEW_LAYER, TrainWidget
+from napari_medseg._napari.widgets.train import PREVIEW_LAYER, TrainWidget
 
 
 def _region_prediction(labels, probs=None):
@@ -21,8 +21,8 @@ def test_live_preview_shows_only_the_pixels_the_model_is_sure_of(monkeypatch):
     its probability is at least ``min_confidence`` (0.8 unless the widget says otherwise); elsewhere 0,
     drawn transparent."""
     import napari_medseg.inference as inference
+    from napari_medseg._napari.jobs.train_job import MIN_CONFIDENCE, make_preview_hook
     from napari_medseg._napari.layers import LatestValue, ViewRequest
-    from napari_medseg._napari.training_job import MIN_CONFIDENCE, make_preview_hook
 
     assert MIN_CONFIDENCE == 0.8
     labels = np.array([[1, 2, 0], [2, 1, 2]], np.uint8)
@@ -60,8 +60,8 @@ def test_min_confidence_reaches_the_preview_and_is_remembered(make_napari_viewer
 def test_preview_layer_is_semi_transparent_and_keeps_the_users_opacity(make_napari_viewer, qtbot):
     """The preview Labels layer is added at opacity 0.5 and drawn so over the image (a class colour over
     black shows at half its intensity on the canvas); a later preview keeps the opacity the user set."""
-    from napari_medseg._napari.train_widget import PREVIEW_OPACITY, show_prediction
-    from napari_medseg.io.classes import ClassSchema
+    from napari_medseg._napari.widgets.train import PREVIEW_OPACITY, show_prediction
+    from napari_medseg.core.classes import ClassSchema
 
     viewer = make_napari_viewer(show=True)  # a hidden canvas draws nothing
     image = viewer.add_image(np.zeros((64, 64), np.uint8), name="img", contrast_limits=(0, 255))

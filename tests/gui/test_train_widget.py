@@ -10,8 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_medseg._napari.settings import settings_path
-from napari_medseg._napari.train_widget import PREVIEW_LAYER, STORE_CHOICE, TrainWidget
+from napari_medseg._napari.widgets.settings import settings_path
+from napari_medseg._napari.widgets.train import PREVIEW_LAYER, STORE_CHOICE, TrainWidget
 from napari_medseg.training import planning
 
 
@@ -164,14 +164,14 @@ def test_settings_are_remembered(make_napari_viewer, tmp_path, monkeypatch):
     w.patch_spin.setValue(96)
     w.semi_combo.setCurrentIndex(w.semi_combo.findData("pseudo_label"))
     w.ema_check.setChecked(False)
-    from napari_medseg._napari.settings import save_settings
+    from napari_medseg._napari.widgets.settings import save_settings
 
     save_settings(w.SETTINGS, w._settings_values())
     w2 = TrainWidget(viewer)
     assert w2.patch_spin.value() == 96 and w2.semi_combo.currentData() == "pseudo_label" and not w2.ema_check.isChecked()
-    from napari_medseg._napari.training_job import build_config
-    from napari_medseg.io.classes import ClassSchema
-    from napari_medseg.io.source import ImageSource
+    from napari_medseg._napari.jobs.train_job import build_config
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.core.source import ImageSource
 
     img, _ = _blobs()
     cfg = build_config(w2._settings_values(), ImageSource([img], "YX", (1.0, 1.0), name="img"), ClassSchema(), None)
@@ -179,7 +179,7 @@ def test_settings_are_remembered(make_napari_viewer, tmp_path, monkeypatch):
 
 
 def test_an_older_mean_teacher_setting_does_not_turn_it_back_on(make_napari_viewer):
-    from napari_medseg._napari.settings import save_settings
+    from napari_medseg._napari.widgets.settings import save_settings
 
     save_settings(TrainWidget.SETTINGS, {"mean_teacher": True, "mt_weight": 1.0, "patch": 128})
     w = TrainWidget(make_napari_viewer())
@@ -191,8 +191,8 @@ def test_preview_hook_caps_its_share_of_worker_time(monkeypatch):
     import time
 
     import napari_medseg.inference as inference
+    from napari_medseg._napari.jobs.train_job import make_preview_hook
     from napari_medseg._napari.layers import LatestValue, ViewRequest
-    from napari_medseg._napari.training_job import make_preview_hook
 
     calls: list[float] = []
 
@@ -396,8 +396,8 @@ def test_settings_that_never_trained_a_step_are_not_loaded_again(widget, qtbot, 
 
 
 def test_a_3d_step_far_above_the_default_is_called_slow():
-    from napari_medseg._napari.training_job import model_config, slow_step_note
-    from napari_medseg.io.source import ImageSource
+    from napari_medseg._napari.jobs.train_job import model_config, slow_step_note
+    from napari_medseg.core.source import ImageSource
     from napari_medseg.training import TrainConfig
 
     ct = ImageSource([np.zeros((64, 256, 256), np.int16)], "ZYX", (2.5, 1.5, 1.5), name="ct")
@@ -412,8 +412,8 @@ def test_a_3d_step_far_above_the_default_is_called_slow():
 
 def test_a_large_3d_view_is_previewed_window_by_window(monkeypatch):
     import napari_medseg.inference as inference
+    from napari_medseg._napari.jobs.train_job import make_preview_hook
     from napari_medseg._napari.layers import LatestValue, ViewRequest
-    from napari_medseg._napari.training_job import make_preview_hook
 
     windows: list = []
     monkeypatch.setattr(inference, "predict_region", lambda *a, **k: windows.append(k["window"]) or "prediction")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_medseg._napari.window_edits import WindowEdits
-from napari_medseg._napari.window_geometry import WindowGeometry
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.label_store import LabelStore
+from napari_medseg._napari.painting.window_edits import WindowEdits
+from napari_medseg._napari.painting.window_geometry import WindowGeometry
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.labels.store import LabelStore
 
 CLASSES = ClassSchema(names=("background", "a", "b"))
 

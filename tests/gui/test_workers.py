@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from napari_medseg._napari.workers import BACKGROUND_NICE, background_priority
+from napari_medseg._napari.jobs.workers import BACKGROUND_NICE, background_priority
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 

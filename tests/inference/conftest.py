@@ -6,7 +6,7 @@ import pytest
 import torch
 from infer_helpers import halve, small_unet, textured_rgb, zarr_source
 
-from napari_medseg.io.source import ImageSource
+from napari_medseg.core.source import ImageSource
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_medseg.io.source import ImageSource
+from napari_medseg.core.source import ImageSource
 from napari_medseg.models import ModelConfig, build_model
 
 

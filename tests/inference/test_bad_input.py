@@ -9,10 +9,10 @@ import pytest
 import torch
 from infer_helpers import small_unet, store_bytes, textured_rgb, zarr_source
 
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.inference import PredictWarning, predict, run_predict
 from napari_medseg.inference.blocks import CorruptTileError
 from napari_medseg.inference.output import DiskFullError, OutputStore, read_manifest
-from napari_medseg.io.errors import MedsegError
 from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, build_model, save_checkpoint
 
 KW = dict(window=(64, 64), tissue_mask=False, device="cpu", block=(64, 64))
@@ -46,7 +46,7 @@ def test_window_a_swin_model_cannot_take(tmp_path, rgb_source):
 
 
 def test_model_dims_and_classes(tmp_path, rgb_source, unet2d):
-    from napari_medseg.io.classes import ClassSchema
+    from napari_medseg.core.classes import ClassSchema
 
     with pytest.raises(MedsegError, match="3 channels .* names 2"):
         run_predict(rgb_source, unet2d, tmp_path / "o.zarr", classes=ClassSchema(), **KW)

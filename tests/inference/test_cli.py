@@ -8,9 +8,9 @@ import tifffile
 from infer_helpers import small_unet, textured_rgb
 
 from napari_medseg.cli import main
+from napari_medseg.cli.predict import expand_inputs, output_paths
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.inference import open_prediction
-from napari_medseg.inference.cli import expand_inputs, output_paths
-from napari_medseg.io.errors import MedsegError
 from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, save_checkpoint
 
 

@@ -9,6 +9,7 @@ import time
 import pytest
 from infer_helpers import drain, small_unet, store_bytes, textured_rgb, zarr_source
 
+from napari_medseg.core.errors import UnreadableInputError
 from napari_medseg.inference import (
     BlockDone,
     PredictDone,
@@ -19,7 +20,6 @@ from napari_medseg.inference import (
 )
 from napari_medseg.inference.distributed import kept_environ, predict_many
 from napari_medseg.inference.output import read_manifest
-from napari_medseg.io.errors import UnreadableInputError
 
 KW = dict(window=(64, 64), overlap=0.25, tissue_mask=False, device="cpu", block=(64, 64), write_probs="uint8")
 

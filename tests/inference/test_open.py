@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from infer_helpers import textured_rgb, zarr_source
 
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.inference import open_prediction, prediction_layer_data, run_predict
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.errors import MedsegError
 
 
 @pytest.fixture

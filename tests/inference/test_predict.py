@@ -9,6 +9,7 @@ import pytest
 import torch
 from infer_helpers import halve, monai_probs, read_labels, read_probs, small_unet, textured_rgb, zarr_source
 
+from napari_medseg.core.classes import ClassSchema
 from napari_medseg.inference import (
     BlockDone,
     PredictDone,
@@ -18,7 +19,6 @@ from napari_medseg.inference import (
     run_predict,
 )
 from napari_medseg.inference.tiling import WindowGrid
-from napari_medseg.io.classes import ClassSchema
 
 
 @pytest.mark.parametrize("overlap", [0.25, 0.5])

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from infer_helpers import drain
 
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.source import ImageSource
 from napari_medseg.inference import open_prediction, run_predict
 from napari_medseg.inference.process import predict_in_process
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.errors import MedsegError
-from napari_medseg.io.source import ImageSource
 from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, build_model, save_checkpoint
 
 

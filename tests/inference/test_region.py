@@ -7,8 +7,8 @@ import pytest
 import torch
 from infer_helpers import halve, monai_probs, small_unet, textured_rgb, zarr_source
 
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.inference import predict_region
-from napari_medseg.io.errors import MedsegError
 from napari_medseg.models import NormConfig
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from monai.data.utils import dense_patch_slices
 from monai.inferers.utils import _get_scan_interval
 
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.inference.tiling import (
     BlockGrid,
     WindowGrid,
@@ -20,7 +21,6 @@ from napari_medseg.inference.tiling import (
     intersect,
     plan_blocks,
 )
-from napari_medseg.io.errors import MedsegError
 
 
 @settings(max_examples=200, deadline=None)

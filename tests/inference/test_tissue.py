@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from infer_helpers import blobs, halve, monai_probs, read_probs, small_unet, textured_rgb, zarr_source
 
-from napari_medseg.inference import TissueMaskReady, compute_tissue_mask, open_prediction, run_predict
-from napari_medseg.io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.tissue import compute_tissue_mask
+from napari_medseg.inference import TissueMaskReady, open_prediction, run_predict
 
 
 def _slide(tmp_path, fraction, h=512, w=640, seed=0):

@@ -21,7 +21,8 @@ from medseg_io_synth import (
     write_truncated,
 )
 
-from napari_medseg.io import MedsegError, UnreadableInputError, open_path
+from napari_medseg.core.errors import MedsegError, UnreadableInputError
+from napari_medseg.io import open_path
 from napari_medseg.io import reader as mreader
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from napari_medseg.io import MedsegError, open_path
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.io import open_path
 from napari_medseg.io import volume as vol
 from napari_medseg.samples.dicom import write_dicom_series
 

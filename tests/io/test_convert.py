@@ -12,8 +12,9 @@ import zarr
 from medseg_io_synth import write_generic, write_imagej_volume
 
 from napari_medseg import cli
-from napari_medseg.io import MedsegError, open_path
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.io import convert as mconvert
+from napari_medseg.io import open_path
 from napari_medseg.io.convert import convert
 
 

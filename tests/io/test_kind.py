@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from napari_medseg.io import UnreadableInputError, open_image, open_path
+from napari_medseg.core.errors import UnreadableInputError
+from napari_medseg.io import open_image, open_path
 from napari_medseg.io import volume as vol
 from napari_medseg.io.kind import guess_kind, name_hint, words
 

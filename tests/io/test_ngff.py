@@ -10,7 +10,8 @@ import pytest
 import zarr
 from medseg_io_synth import pyramid, rgb_image
 
-from napari_medseg.io import MedsegError, UnreadableInputError, open_path
+from napari_medseg.core.errors import MedsegError, UnreadableInputError
+from napari_medseg.io import open_path
 from napari_medseg.io.ngff import (
     _format_attrs,
     build_pyramid,
@@ -197,7 +198,7 @@ def test_write_blocks_one_writer_per_chunk(tmp_path):
 
 
 def test_labels_writers_3d_roundtrip_and_refusals(tmp_path):
-    from napari_medseg.io import GeometryMismatchError
+    from napari_medseg.core.errors import GeometryMismatchError
     from napari_medseg.io.writers import write_labels_ngff, write_labels_tiff
 
     vol = np.zeros((6, 40, 50), np.uint8)

@@ -7,7 +7,8 @@ import pytest
 import zarr
 from medseg_io_synth import write_generic, write_strip_rgb
 
-from napari_medseg.io import UnreadableInputError, open_image, open_path, sniff
+from napari_medseg.core.errors import UnreadableInputError
+from napari_medseg.io import open_image, open_path, sniff
 from napari_medseg.io.ngff import create_labels_group, create_multiscale
 
 

@@ -20,7 +20,8 @@ from medseg_io_synth import (
 )
 from tifffile import zarr as tzarr
 
-from napari_medseg.io import UnreadableInputError, open_path
+from napari_medseg.core.errors import UnreadableInputError
+from napari_medseg.io import open_path
 from napari_medseg.io import tiff as mtiff
 from napari_medseg.io.tiff import open_tiff, open_tiff_zarr, zarr_read_kwargs
 

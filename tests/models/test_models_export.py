@@ -9,8 +9,8 @@ import pytest
 import torch
 from model_cases import random_input, small_config
 
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.errors import MedsegError
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.models import Checkpoint, build_model, save_checkpoint
 from napari_medseg.models.export import (
     ExportError,

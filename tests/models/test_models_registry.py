@@ -6,7 +6,7 @@ import pytest
 import torch
 from model_cases import NAMES, small_config
 
-from napari_medseg.io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.models import ModelConfig, build_model, check_input_size, required_multiple
 from napari_medseg.models.config import PRESETS
 from napari_medseg.models.registry import min_input_size, valid_size

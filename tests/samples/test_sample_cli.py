@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from napari_medseg.cli import main
-from napari_medseg.io import ClassSchema, open_path
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.io import open_path
 
 
 @pytest.mark.slow

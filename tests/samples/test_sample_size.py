@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from napari_medseg.cli import main
-from napari_medseg.io import ClassSchema, open_path
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.io import open_path
 from napari_medseg.samples import slide
 
 

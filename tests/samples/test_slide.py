@@ -11,7 +11,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
-from napari_medseg.io import ClassSchema, open_path
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.io import open_path
 from napari_medseg.samples import slide
 
 SMALL = 2048

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.source import ImageSource
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.source import ImageSource
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.training import TrainConfig, TrainingData, TrainingItem
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.errors import GeometryMismatchError, MedsegError
-from napari_medseg.io.source import ImageSource
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import GeometryMismatchError, MedsegError
+from napari_medseg.core.source import ImageSource
 from napari_medseg.models.checkpoint import Checkpoint, save_checkpoint
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.training import StepEvent, TrainingData, TrainingItem, WarningEvent, train

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from napari_medseg.io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.training import TrainConfig
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from napari_medseg.cli import main
-from napari_medseg.io.errors import MedsegError
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.models.checkpoint import load_checkpoint
 from napari_medseg.training import datasets, sparsify
 
@@ -102,7 +102,7 @@ def test_cli_label_image_and_bad_arguments(tmp_path, capsys):
 def test_cli_trains_from_a_label_store(tmp_path):
     import imageio.v3 as iio
 
-    label_store = pytest.importorskip("napari_medseg.io.label_store")
+    label_store = pytest.importorskip("napari_medseg.labels.store")
     img, m = blobs((96, 96))
     iio.imwrite(tmp_path / "img.png", img)
     store = label_store.LabelStore.create(tmp_path / "img.labels.zarr", (96, 96), chunks=(32, 32))

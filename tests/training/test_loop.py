@@ -160,7 +160,7 @@ def test_3d_and_slice_wise(tmp_path):
 
 
 def test_ct_volumes_use_a_hu_window(tmp_path):
-    from napari_medseg.io.source import ImageSource
+    from napari_medseg.core.source import ImageSource
     from napari_medseg.training import TrainingData, TrainingItem
 
     data = blob_data((16, 32, 32), fraction=0.1)

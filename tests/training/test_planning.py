@@ -60,8 +60,8 @@ def test_on_a_gpu_the_activations_count_against_the_gpu():
 
 _MEASURE = textwrap.dedent("""
     import json, sys, numpy as np, torch
-    from napari_medseg.io.classes import ClassSchema
-    from napari_medseg.io.source import ImageSource
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.core.source import ImageSource
     from napari_medseg.models.config import ModelConfig
     from napari_medseg.training import TrainConfig, TrainingData, TrainingItem, run_training
     from napari_medseg.training.planning import estimate_memory

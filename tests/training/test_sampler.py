@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_medseg.io.classes import ClassSchema
-from napari_medseg.io.source import ImageSource
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.source import ImageSource
 from napari_medseg.training import TrainingData, TrainingItem
 from napari_medseg.training.sampler import PatchSampler
 

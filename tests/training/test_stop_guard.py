@@ -208,7 +208,7 @@ def test_early_validations_are_skipped_while_they_cost_too_much(tmp_path, monkey
 
 @pytest.mark.parametrize("bad", [-1])
 def test_val_first_must_not_be_negative(bad):
-    from napari_medseg.io.errors import MedsegError
+    from napari_medseg.core.errors import MedsegError
     from napari_medseg.training import TrainConfig
 
     with pytest.raises(MedsegError, match="val_first"):

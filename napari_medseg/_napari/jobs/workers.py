@@ -1,0 +1,124 @@
+"""Run the engine's generators off the main thread (napari thread workers) and bring their events and
+errors back to the main thread as callbacks and napari notifications."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from napari_medseg._napari.quiet_gc import freeze_long_lived
+from napari_medseg.core.errors import MedsegError
+
+log = logging.getLogger(__name__)
+
+
+def user_message(exc: BaseException) -> str:
+    """One sentence for the user: our own errors as they are, others with their type and a hint."""
+    if isinstance(exc, MedsegError):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "Out of memory: use a smaller patch, batch or region, or close other programs, then try again."
+    return f"{type(exc).__name__}: {exc} (see the terminal for details; the widget is ready for another try)"
+
+
+#: nice increment of the worker threads (Linux: per thread): the viewer's threads win the CPU when both want it
+BACKGROUND_NICE = 10
+
+
+def _idle_policy_wanted() -> bool:
+    return os.environ.get("NAPARI_MEDSEG_WORKER_POLICY", "").strip().lower() == "idle"
+
+
+@contextlib.contextmanager
+def background_priority(increment: int = BACKGROUND_NICE) -> Iterator[bool]:
+    """Run the calling thread (and the threads it starts) at a lower CPU priority, then restore it.
+
+    On a machine with few cores, training or prediction competes with the viewer's main thread, its
+    OpenGL rasteriser and napari's tile loading; at nice +10 the scheduler gives the viewer's threads ~10x
+    the weight when they want the CPU, while the work still gets every idle cycle. Linux applies nice per
+    thread; elsewhere this does nothing. ``NAPARI_MEDSEG_WORKER_POLICY=idle`` uses the SCHED_IDLE policy
+    instead (Linux): the work runs only on otherwise idle cores, and a waking viewer thread preempts it at
+    once. Yields whether the priority was lowered."""
+    tid = threading.get_native_id()
+    idle = _idle_policy_wanted() and hasattr(os, "SCHED_IDLE")
+    try:
+        old = os.getpriority(os.PRIO_PROCESS, tid)
+        if idle:
+            old_policy = os.sched_getscheduler(tid)
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, old + increment))
+    except (AttributeError, OSError):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:  # raising it back needs privileges a user may not have: then the pooled thread stays polite
+            if idle:
+                os.sched_setscheduler(tid, old_policy, os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, tid, old)
+        except OSError:
+            log.debug("could not restore the worker thread's priority", exc_info=True)
+
+
+def _in_background(gen_func: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Generator[Any, Any, Any]]:
+    def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        with background_priority():
+            return (yield from gen_func(*args, **kwargs))
+
+    run.__name__ = getattr(gen_func, "__name__", "run")
+    return run
+
+
+def start_generator_worker(
+    gen_func: Callable[..., Generator[Any, Any, Any]],
+    *args: Any,
+    on_event: Callable[[Any], None],
+    on_finished: Callable[[], None],
+    on_error: Callable[[BaseException], None] | None = None,
+    progress: dict[str, Any] | None = None,
+    notify: Callable[[str], None] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Start ``gen_func(*args, **kwargs)`` in a napari thread worker. Events reach ``on_event`` on the main
+    thread; an exception becomes one plain error message (through ``notify``, e.g. the widget's
+    ``MessageLog.error``; a napari error notification without it) and ``on_error``; ``on_finished`` always
+    runs last, so the widget returns to a usable state. The work runs at ``background_priority``.
+
+    What is alive when the work starts, and again at its first event (after the libraries it imports),
+    goes to the garbage collector's permanent generation (``quiet_gc``), so collections during the work
+    stay short."""
+    freeze_long_lived()
+    worker = create_worker(_in_background(gen_func), *args, _start_thread=False, _progress=progress or False,
+                           _ignore_errors=True, **kwargs)  # we notify ourselves, once, in plain words
+    first = [True]
+
+    def _yielded(ev: Any) -> None:
+        if first[0]:
+            first[0] = False
+            freeze_long_lived()
+        on_event(ev)
+
+    worker.yielded.connect(_yielded)
+
+    def _errored(exc: BaseException) -> None:
+        log.error("worker failed", exc_info=exc)
+        (notify or show_error)(user_message(exc))
+        if on_error is not None:
+            on_error(exc)
+
+    worker.errored.connect(_errored)
+    worker.finished.connect(on_finished)
+    worker.start()
+    return worker
+
+
+__all__ = ["show_error", "show_info", "show_warning", "start_generator_worker", "user_message"]

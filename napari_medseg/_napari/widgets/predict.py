@@ -1,0 +1,468 @@
+"""The prediction dock widget: predict the whole image out of core into an NGFF zarr (progress in napari's
+activity dock, the result appearing as a multiscale Labels layer as blocks finish, cancellable), preview
+the checkpoint on the view, accept the prediction into the image's labels for a correction round, and save /
+load / export the model. With no output chosen the prediction goes beside the image, or into the predictions
+folder of the user data folder when the image has no writable folder of its own or is in a cache folder
+(``default_output``).
+
+The whole-image run's worker generator and result layers live in ``jobs.predict_job``, the preview in
+``predict_preview``. Whatever fails (at start, in the worker, or as an engine event) leaves the widget idle,
+says what failed in one sentence on the status line, keeps the full message in the widget's message log
+(``messages.MessageLog``) and leaves no empty result layer behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_medseg._napari.jobs import predict_job
+from napari_medseg._napari.jobs.predict_job import (
+    RunLayers,
+    failure_sentence,
+    remove_output_layers,
+    widget_hint,
+)
+from napari_medseg._napari.jobs.workers import start_generator_worker, user_message
+from napari_medseg._napari.layer_list_events import quiet_zoom_events
+from napari_medseg._napari.layers import current_view, medseg_meta, source_from_layer
+from napari_medseg._napari.quiet_gc import freeze_long_lived
+from napari_medseg._napari.session import session_for
+from napari_medseg._napari.widgets.messages import MessageLog
+from napari_medseg._napari.widgets.predict_preview import PreviewBox
+from napari_medseg._napari.widgets.qt_helpers import path_row
+from napari_medseg._napari.widgets.settings import load_settings, save_settings
+from napari_medseg.core.errors import MedsegError
+
+log = logging.getLogger(__name__)
+
+OUT_PLACEHOLDER = "beside the image, or in your napari-medseg data folder: <name>.prediction.zarr"
+
+
+def default_output(image_path: str | None, name: str) -> tuple[Path, str]:
+    """Where the prediction of an image goes when the user chose no output, and why, in plain words.
+
+    Beside the image (``<stem>.prediction.zarr``) when the image is a file or folder on disk, outside a
+    cache folder, in a folder that can be written; otherwise in the predictions folder of the user data
+    folder (``io.user_folders.predictions_folder``): never in a cache folder, which cleaning tools empty.
+    ``name`` (the layer's name, made a plain file name) names the output of an image without a file."""
+    from napari_medseg.core import user_folders
+    from napari_medseg.labels.store import _safe_name, _writable_dir
+
+    p = Path(image_path) if image_path else None
+    stem = (p.name.split(".")[0] if p is not None else "") or _safe_name(name)  # a file's own name is safe
+    file = f"{stem}.prediction.zarr"
+    if p is None or not p.exists():
+        why = "the image has no folder of its own"
+    elif user_folders.in_cache(p):
+        why = "the image is in a cache folder, which cleaning tools empty"
+    elif not _writable_dir(p.parent):
+        why = "the image's folder cannot be written"
+    else:
+        return p.parent / file, "beside the image"
+    return user_folders.predictions_folder() / file, f"in your napari-medseg data folder: {why}"
+
+
+class PredictWidget(QWidget):
+    SETTINGS = "predict"
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self._worker: Any = None
+        self._cancel = threading.Event()
+        self._out: Path | None = None
+        self._run: RunLayers | None = None  # the layers of the current (or last) whole-image run
+        self._ended: str | None = None  # how the current run ended ("done", "failed"), None while it runs
+        self._warned: set[str] = set()  # the engine's warnings of this run (each said once)
+        self._progress: Any = None
+        self._build()
+        self._load_settings()
+        self._refresh_layers()
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._refresh_layers)
+        freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
+        quiet_zoom_events(napari_viewer)  # the layer list ignores zoom steps (layer_list_events)
+
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        self.status = QLabel("idle")  # one line: what the widget is doing, or what failed
+        self.status.setWordWrap(True)
+        self.messages = MessageLog(lines=6)  # the last messages in full
+        box = QGroupBox("Predict whole image")
+        f = QFormLayout(box)
+        self.image_combo = QComboBox()
+        self.image_combo.currentTextChanged.connect(self._show_default_out)
+        ck, self.ckpt_edit = path_row("the last trained checkpoint", self._pick_ckpt)
+        out, self.out_edit = path_row(OUT_PLACEHOLDER, self._pick_out)
+        self.level_spin = QSpinBox()
+        self.level_spin.setRange(0, 16)
+        self.window_spin = QSpinBox()
+        self.window_spin.setRange(32, 4096)
+        self.window_spin.setSingleStep(32)
+        self.window_spin.setValue(512)
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0.0, 0.9)
+        self.overlap_spin.setSingleStep(0.05)
+        self.overlap_spin.setValue(0.25)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 256)
+        self.batch_spin.setValue(4)
+        self.blend_combo = QComboBox()
+        self.blend_combo.addItems(["gaussian", "crop"])
+        self.tissue_check = QCheckBox("skip background (tissue mask)")
+        self.tissue_check.setChecked(True)
+        self.tta_check = QCheckBox("flip test-time augmentation")
+        self.probs_check = QCheckBox("write class probabilities")
+        self.process_check = QCheckBox("run in a separate process (finishes sooner)")
+        self.process_check.setToolTip("The model, tile reads and writes run in their own process at a lower "
+                                      "priority, not sharing the viewer's Python lock: the image is predicted "
+                                      "15-28 % sooner, after a few seconds to start.")
+        self.process_check.setChecked(False)
+        self.skip_check = QCheckBox("predict around unreadable tiles")
+        self.skip_check.setToolTip("A tile of the image that cannot be decoded is reported and the windows "
+                                   "over it are left out; otherwise the prediction stops there.")
+        self.overwrite_check = QCheckBox("replace another run's prediction in the output")
+        self.overwrite_check.setToolTip("An output holding a prediction made with another model or settings "
+                                        "is deleted and predicted again; otherwise such an output is refused. "
+                                        "The same run is always resumed.")
+        f.addRow("image", self.image_combo)
+        f.addRow("checkpoint", ck)
+        f.addRow("output", out)
+        f.addRow("pyramid level", self.level_spin)
+        f.addRow("window", self.window_spin)
+        f.addRow("overlap", self.overlap_spin)
+        f.addRow("batch", self.batch_spin)
+        f.addRow("blending", self.blend_combo)
+        f.addRow(self.tissue_check)
+        f.addRow(self.tta_check)
+        f.addRow(self.probs_check)
+        f.addRow(self.process_check)
+        f.addRow(self.skip_check)
+        f.addRow(self.overwrite_check)
+        row = QHBoxLayout()
+        self.predict_btn = QPushButton("Predict whole image")
+        self.cancel_btn = QPushButton("Cancel")
+        self.predict_btn.clicked.connect(self.predict)
+        self.cancel_btn.clicked.connect(self.cancel)
+        row.addWidget(self.predict_btn)
+        row.addWidget(self.cancel_btn)
+        f.addRow(row)
+        lay.addWidget(box)
+
+        self.preview_box = PreviewBox(self.viewer, image_layer=self._image_layer, checkpoint=self._checkpoint,
+                                      level=self.level_spin.value, status=self.status, messages=self.messages)
+        lay.addWidget(self.preview_box)
+
+        corr = QGroupBox("Correction round")
+        g = QVBoxLayout(corr)
+        self.accept_btn = QPushButton("Accept prediction in view into the labels")
+        self.accept_btn.setToolTip("Writes the prediction of the current view into this image's labels where "
+                                   "nothing is painted yet; your own strokes are never overwritten. Correct, then "
+                                   "train again.")
+        self.accept_btn.clicked.connect(self.accept_view)
+        g.addWidget(self.accept_btn)
+        lay.addWidget(corr)
+
+        mdl = QGroupBox("Model")
+        h = QHBoxLayout(mdl)
+        for text, fn in (("Save as…", self.save_model), ("Export TorchScript…", lambda: self.export_model("torchscript")),
+                         ("Export ONNX…", lambda: self.export_model("onnx"))):
+            btn = QPushButton(text)
+            btn.clicked.connect(fn)
+            h.addWidget(btn)
+        lay.addWidget(mdl)
+        lay.addWidget(self.status)
+        lay.addWidget(self.messages)
+        lay.addStretch(1)
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.predict_btn.setEnabled(not running)
+        self.cancel_btn.setEnabled(running)
+
+    def _pick_ckpt(self) -> None:
+        p, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.pt)")
+        if p:
+            self.ckpt_edit.setText(p)
+
+    def _pick_out(self) -> None:
+        p, _ = QFileDialog.getSaveFileName(self, "Prediction output", "", "NGFF zarr (*.zarr)")
+        if p:
+            self.out_edit.setText(p if p.endswith(".zarr") else p + ".zarr")
+
+    def _values(self) -> dict[str, Any]:
+        return {"window": self.window_spin.value(), "overlap": self.overlap_spin.value(),
+                "batch": self.batch_spin.value(), "blend": self.blend_combo.currentText(),
+                "tissue": self.tissue_check.isChecked(), "tta": self.tta_check.isChecked(),
+                "probs": self.probs_check.isChecked(), "process": self.process_check.isChecked(),
+                "skip_corrupt": self.skip_check.isChecked(), "overwrite": self.overwrite_check.isChecked()}
+
+    def _load_settings(self) -> None:
+        s = load_settings(self.SETTINGS)
+        self.window_spin.setValue(int(s.get("window", 512)))
+        self.overlap_spin.setValue(float(s.get("overlap", 0.25)))
+        self.batch_spin.setValue(int(s.get("batch", 4)))
+        self.blend_combo.setCurrentText(str(s.get("blend", "gaussian")))
+        self.tissue_check.setChecked(bool(s.get("tissue", True)))
+        self.tta_check.setChecked(bool(s.get("tta", False)))
+        self.probs_check.setChecked(bool(s.get("probs", False)))
+        self.process_check.setChecked(bool(s.get("process", False)))
+        self.skip_check.setChecked(bool(s.get("skip_corrupt", False)))
+
+    def _refresh_layers(self, *_: Any) -> None:
+        from napari.layers import Image
+
+        cur = self.image_combo.currentText()
+        self.image_combo.clear()
+        self.image_combo.addItems([lay.name for lay in self.viewer.layers if isinstance(lay, Image)
+                                   and not lay.name.startswith("medseg ")])
+        if cur:
+            self.image_combo.setCurrentText(cur)
+
+    def _checkpoint(self) -> Path:
+        txt = self.ckpt_edit.text().strip()
+        ck = Path(txt) if txt else (self.session.best_checkpoint or self.session.last_checkpoint)
+        if ck is None:
+            raise MedsegError("No checkpoint yet: train a model in the Train widget or pick a checkpoint file.")
+        if not Path(ck).is_file():
+            raise MedsegError(f"Checkpoint {ck} does not exist; pick another file.")
+        return Path(ck)
+
+    def _image_layer(self) -> Any:
+        name = self.image_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise MedsegError("Choose an image layer to predict (open an image or a sample first).")
+        return self.viewer.layers[name]
+
+    def _default_out(self, layer: Any, source: Any) -> Path:
+        """Where the prediction goes when the output field is empty (``default_output``)."""
+        return default_output(source.path, layer.name)[0]
+
+    def _show_default_out(self, *_: Any) -> None:
+        """The empty output field shows where the prediction of the chosen image will go, and why."""
+        name = self.image_combo.currentText()
+        text, tip = OUT_PLACEHOLDER, "Empty: " + OUT_PLACEHOLDER
+        if name and name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            path = medseg_meta(layer).get("path") or getattr(getattr(layer, "source", None), "path", None)
+            try:
+                out, why = default_output(str(path) if path else None, layer.name)
+                text, tip = str(out), f"Empty: {out} ({why})"
+            except Exception:  # a placeholder is never worth an error
+                log.debug("could not tell the default output of %r", name, exc_info=True)
+        self.out_edit.setPlaceholderText(text)
+        self.out_edit.setToolTip(tip + ". The … button chooses another place.")
+
+    # -- whole-image prediction ---------------------------------------------------------------------
+    def predict(self) -> None:
+        if self._worker is not None:
+            self.messages.info("A prediction is already running; cancel it first.")
+            return
+        try:
+            layer = self._image_layer()
+            source = source_from_layer(layer)
+            ckpt = self._checkpoint()
+            out = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else self._default_out(layer, source)
+            v = self._values()
+            save_settings(self.SETTINGS, {k: x for k, x in v.items() if k != "overwrite"})  # never kept on
+        except Exception as e:
+            if not isinstance(e, MedsegError):
+                log.exception("could not start prediction")
+            self._failed(e, run=None)  # nothing of this run exists; the last run's layers stay
+            return
+        self._cancel.clear()
+        self._out = out
+        self._ended = None
+        self._warned = set()
+        if v["overwrite"]:  # the output's content is deleted when the run starts: so goes what showed it
+            remove_output_layers(self.viewer, out, layer.name)
+        self._run = RunLayers(self.viewer, layer, out)
+        self._set_running(True)
+        self.status.setText(f"predicting into {out}…")
+        try:
+            from napari.utils import progress
+
+            self._progress = progress(total=0, desc="napari-medseg: predicting")
+            window = (v["window"],) * source.spatial_dims
+            self._worker = start_generator_worker(
+                predict_job.predict_and_open, source, str(ckpt), str(out), level=self.level_spin.value(),
+                window=window, overlap=v["overlap"], batch_size=v["batch"], blend=v["blend"], tta=v["tta"],
+                tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
+                on_corrupt="skip" if v["skip_corrupt"] else "stop", overwrite=v["overwrite"],
+                cancel=self._cancel, resume=True, in_process=v["process"],
+                on_event=self._on_event, on_finished=self._on_finished, on_error=self._on_error,
+                notify=self.messages.error,
+            )
+        except Exception as e:
+            log.exception("could not start prediction")
+            self._failed(e, run=self._run)
+            self._on_finished()
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._cancel.set()
+            self.status.setText("cancelling; the output stays consistent and can be resumed…")
+
+    def _failed(self, cause: BaseException | str, *, run: RunLayers | None, notified: bool = False) -> None:
+        """Any failure of a run: one sentence on the status line, the full message in the log, the layers
+        ``run`` added removed; the Predict button comes back with ``_on_finished``."""
+        self._ended = "failed"
+        self.status.setText(failure_sentence(cause))
+        if not notified:
+            self.messages.error(cause if isinstance(cause, str) else user_message(cause))
+        notes = []
+        if run is not None:
+            gone = run.discard()
+            if gone:
+                log.info("removed the layers of the failed run: %s", gone)
+            if run.blocks:
+                n = run.blocks
+                notes.append(f"{n} finished block{' is' if n == 1 else 's are'} kept in {run.out}; predicting "
+                             "again resumes there.")
+        hint = widget_hint(cause)
+        if hint:
+            notes.append(hint)
+        if notes:  # what to do next, in one line of the log (no toast)
+            self.messages.say("info", " ".join(notes), toast=False)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._failed(exc, run=self._run, notified=True)  # start_generator_worker said it in the log (notify)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+        if self._ended is None:  # neither done nor failed: the worker ended without saying why
+            self._ended = "stopped"
+            self.status.setText(f"stopped before the end; predicting into {self._out} again resumes it.")
+
+    def _on_event(self, ev: Any) -> None:
+        kind = type(ev).__name__
+        run = self._run
+        try:
+            if kind == "PredictStart":
+                if self._progress is not None:
+                    self._progress.total = int(ev.total_blocks)
+                if run is not None:
+                    run.started(int(getattr(ev, "resumed_blocks", 0) or 0))
+            elif kind == "ResultLayers":
+                if run is not None:
+                    run.layers_opened(ev.layers)
+            elif kind == "BlockDone":
+                if self._progress is not None:
+                    self._progress.n = int(ev.done)
+                    self._progress.refresh()
+                self.status.setText(f"{ev.done}/{ev.total} blocks, {ev.mpix_s:.1f} MPix/s, eta {ev.eta_s:.0f} s")
+                if run is not None:
+                    run.block_done(tuple(ev.region))
+            elif kind == "PredictWarning":
+                if ev.message not in self._warned:  # e.g. one per unreadable tile: each said once
+                    self._warned.add(ev.message)
+                    self.messages.warning(ev.message)
+            elif kind == "PredictFailed":
+                self._failed(f"{ev.source}: {ev.message}" if getattr(ev, "source", "") else ev.message, run=run)
+            elif kind == "PredictDone":
+                self._ended = "done"
+                self.status.setText(("cancelled" if ev.cancelled else "done") + f": {ev.out} "
+                                    f"({ev.blocks_done} blocks, {ev.seconds:.1f} s, {ev.mpix_s:.1f} MPix/s)")
+                if run is not None:
+                    run.finished(int(ev.blocks_done))
+        except Exception:
+            log.exception("could not show a prediction event")
+
+    @property
+    def _result_layer(self) -> Any:
+        """The result layer on the canvas (of the last run that showed one), or None."""
+        return self._run.result if self._run is not None and self._run.shown else None
+
+    # -- correction round ---------------------------------------------------------------------------
+    def accept_view(self) -> None:
+        """Copy the prediction of the current view into the image's labels where nothing is painted."""
+        try:
+            layer = self._image_layer()
+            res = self._result_layer
+            if res is None or res not in self.viewer.layers:
+                raise MedsegError("Predict the image first; then accept the prediction of the view into the labels.")
+            store = self.session.label_stores.get(layer.name)
+            if store is None:
+                raise MedsegError(f"The labels of {layer.name!r} are not open: open the Annotate widget and "
+                                  "choose this image there; its labels open by themselves.")
+            view = current_view(self.viewer, layer, max_px=4096)
+            if view is None:
+                raise MedsegError("Could not tell which region is in view; zoom in on the region to accept.")
+            from napari_medseg.inference import open_prediction
+            from napari_medseg.labels.accept import accept_prediction
+
+            labels = [s for s in open_prediction(self._run.out) if s.kind == "labels"]
+            if not labels:
+                raise MedsegError(f"{self._run.out} holds no prediction labels; run the prediction first.")
+            n = accept_prediction(store, labels[0], source_from_layer(layer), view.level, view.region)
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return
+        self.messages.info(f"accepted {n} pixels of prediction into the labels; correct them and train again")
+        self.viewer.layers.events.changed() if hasattr(self.viewer.layers.events, "changed") else None
+
+    # -- model --------------------------------------------------------------------------------------
+    def save_model(self) -> None:
+        try:
+            ck = self._checkpoint()
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return
+        p, _ = QFileDialog.getSaveFileName(self, "Save model as", ck.name, "Checkpoints (*.pt)")
+        if not p:
+            return
+        try:
+            from napari_medseg.models import load_checkpoint, save_checkpoint
+
+            save_checkpoint(p, load_checkpoint(ck))
+            self.messages.info(f"saved {p}")
+        except MedsegError as e:
+            self.messages.error(str(e))
+
+    def export_model(self, fmt: str) -> None:
+        try:
+            ck = self._checkpoint()
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return
+        ext = ".ts" if fmt == "torchscript" else ".onnx"
+        p, _ = QFileDialog.getSaveFileName(self, f"Export {fmt}", ck.with_suffix(ext).name, f"*{ext}")
+        if not p:
+            return
+        try:
+            from napari_medseg.models.export import export_checkpoint
+
+            export_checkpoint(ck, p, fmt)
+            self.messages.info(f"exported {p} (checked against PyTorch on random input)")
+        except MedsegError as e:
+            self.messages.error(str(e))
+        except Exception as e:
+            log.exception("export failed")
+            self.messages.error(f"Export failed: {e}")
+
+    def closeEvent(self, event) -> None:  # noqa: N802
+        self.cancel()
+        super().closeEvent(event)

@@ -1,0 +1,306 @@
+"""The Train widget's settings form: data, model and training fields, the settings remembered between
+sessions, and the defaults planned from the image and the machine.
+
+``TrainForm`` is a base of ``TrainWidget`` (its fields are the widget's attributes, which tests and
+benchmarks use). Switching *dimensions* applies that kind's defaults: 2D patch 256, batch 4; 3D the patch
+``training.planning.default_edge`` plans from the volume's shape and spacing and the free memory (e.g. 64 x
+128 x 128 on the sample CT), batch 2. The line under *patch size* shows the patch that runs (a 3D patch spans
+the same millimetres in Z and never more than the volume) and, in 3D, the memory a step needs.
+
+Settings are saved *unconfirmed* at Start and confirmed by the first finished step (``settings.py``): a
+setting that killed napari (out of memory) is not loaded again; the next session says so instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QSpinBox,
+)
+
+from napari_medseg._napari.widgets.qt_helpers import path_row
+from napari_medseg._napari.widgets.settings import load_settings, take_unconfirmed
+
+log = logging.getLogger(__name__)
+
+SEMI_CHOICES = (("labels only (supervised)", "none"), ("+ pseudo-labels (FixMatch-style)", "pseudo_label"),
+                ("+ Mean Teacher consistency", "mean_teacher"))
+SEMI_TOOLTIP = ("Learn also from the unpainted pixels. Costs one extra forward pass per step (1.4-1.5x the step "
+                "time, so fewer steps fit a time budget). Measured at equal time on MoNuSeg nuclei "
+                "(benchmarks/RESULTS.md, 3 seeds): pseudo-labels gave +4.3 Dice when the paint sits in a few "
+                "windows of a few images, the rest unpainted, and -0.3 (no gain) with 1 % scribbles spread over "
+                "every image. Off by default because it does not help in every setting; try it when you paint "
+                "only some regions of a large image.")
+DEFAULTS = {"2D": {"patch": 256, "batch": 4}, "3D": {"patch": 64, "batch": 2}}
+PATCH_TOOLTIP = ("The patch's in-plane size (Y and X). In 3D the Z size covers the same millimetres (fewer slices "
+                 "when slices are thicker than pixels) and no axis is larger than the volume; the line below shows "
+                 "the patch that runs. Choosing 3D plans this from the volume and the free memory.")
+
+
+def available_devices() -> list[str]:
+    import torch
+
+    devs = []
+    if torch.cuda.is_available():
+        devs += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devs.append("mps")
+    devs.append("cpu")
+    return devs
+
+
+def _form(box: QGroupBox) -> QFormLayout:
+    """A form that puts a field under its label when the dock is too narrow for both on one line."""
+    f = QFormLayout(box)
+    f.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+    f.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+    return f
+
+
+def _combo() -> QComboBox:
+    """A combo box whose width does not follow its longest item (a long layer name would widen the dock):
+    it shows what fits and the full text in its list."""
+    c = QComboBox()
+    c.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    c.setMinimumContentsLength(8)
+    return c
+
+
+def _spin(lo: float, hi: float, value: float, step: float | None = None, decimals: int | None = None):
+    if decimals is None:
+        w = QSpinBox()
+    else:
+        w = QDoubleSpinBox()
+        w.setDecimals(decimals)
+    w.setRange(lo, hi)
+    if step:
+        w.setSingleStep(step)
+    w.setValue(value)
+    return w
+
+
+class TrainForm:
+    """The settings part of ``TrainWidget`` (see the module docstring)."""
+
+    SETTINGS = "train"
+    viewer: Any
+    messages: Any
+
+    # -- layout -------------------------------------------------------------------------------------
+    def _build_form(self, lay: Any) -> None:
+        data = QGroupBox("Data")
+        f = _form(data)
+        self.image_combo = _combo()
+        self.labels_combo = _combo()
+        f.addRow("image", self.image_combo)
+        f.addRow("labels", self.labels_combo)
+        lay.addWidget(data)
+
+        model = QGroupBox("Model")
+        f = _form(model)
+        self.arch_combo = _combo()
+        self.dims_combo = _combo()
+        self.dims_combo.addItems(["2D", "3D"])
+        ck, self.init_edit = path_row("train from scratch, or pick a checkpoint", self._pick_init)
+        self.device_combo = _combo()
+        f.addRow("architecture", self.arch_combo)
+        f.addRow("dimensions", self.dims_combo)
+        f.addRow("start from", ck)
+        f.addRow("device", self.device_combo)
+        lay.addWidget(model)
+
+        tr = QGroupBox("Training")
+        f = _form(tr)
+        self.patch_spin = _spin(32, 1024, 256, 32)
+        self.patch_spin.setToolTip(PATCH_TOOLTIP)
+        self.plan_label = QLabel("")
+        self.plan_label.setWordWrap(True)
+        self.batch_spin = _spin(1, 256, 4)
+        self.lr_spin = _spin(1e-6, 1.0, 1e-3, 1e-4, decimals=5)
+        self.steps_spin = _spin(1, 1_000_000, 2000, 100)
+        self.budget_spin = _spin(0, 24 * 3600, 0, 60)
+        self.budget_spin.setSuffix(" s")
+        self.budget_spin.setSpecialValueText("none")  # 0: no time limit (shorter than a suffix saying so)
+        self.semi_combo = _combo()
+        for label, value in SEMI_CHOICES:
+            self.semi_combo.addItem(label, value)
+        self.semi_combo.setToolTip(SEMI_TOOLTIP)
+        self.ema_check = QCheckBox("weights' running average (EMA)")
+        self.ema_check.setChecked(True)
+        self.ema_check.setToolTip("An exponential moving average of the weights, kept at no extra forward pass. "
+                                  "On the benchmark it scored +0.3 and +0.8 Dice over the last weights in short "
+                                  "(100 s) runs and the same in 300 s runs (benchmarks/RESULTS.md); untick to "
+                                  "predict with the last weights.")
+        self.threads_spin = _spin(1, 256, 1)
+        self.threads_spin.setToolTip("CPU threads for training; leave at least one core to the viewer")
+        f.addRow("patch size", self.patch_spin)
+        f.addRow(self.plan_label)
+        f.addRow("batch", self.batch_spin)
+        f.addRow("learning rate", self.lr_spin)
+        f.addRow("steps", self.steps_spin)
+        f.addRow("time budget", self.budget_spin)
+        f.addRow("unpainted pixels", self.semi_combo)
+        f.addRow("predict with", self.ema_check)
+        f.addRow("CPU threads", self.threads_spin)
+        outrow, self.out_edit = path_row("default: a new run folder in the napari-medseg cache", self._pick_out)
+        f.addRow("checkpoints in", outrow)
+        lay.addWidget(tr)
+
+    def _connect_form(self) -> None:
+        """After the settings are loaded: dims choose their defaults; the plan line follows every change."""
+        self.dims_combo.currentTextChanged.connect(self._apply_dims_defaults)
+        for sig in (self.patch_spin.valueChanged, self.batch_spin.valueChanged, self.image_combo.currentTextChanged,
+                    self.arch_combo.currentTextChanged, self.device_combo.currentTextChanged,
+                    self.semi_combo.currentIndexChanged):
+            sig.connect(self._update_plan_label)
+        self._update_plan_label()
+
+    def _pick_init(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Start from checkpoint", "", "Checkpoints (*.pt *.pth)")
+        if path:
+            self.init_edit.setText(path)
+
+    def _pick_out(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Checkpoint folder")
+        if path:
+            self.out_edit.setText(path)
+
+    # -- settings remembered between sessions --------------------------------------------------------
+    def _settings_values(self) -> dict[str, Any]:
+        return {"arch": self.arch_combo.currentText(), "dims": self.dims_combo.currentText(),
+                "patch": self.patch_spin.value(), "batch": self.batch_spin.value(), "lr": self.lr_spin.value(),
+                "steps": self.steps_spin.value(), "budget": self.budget_spin.value(),
+                "semi": self.semi_combo.currentData(), "ema": self.ema_check.isChecked(),
+                "threads": self.threads_spin.value(), "out": self.out_edit.text(),
+                "preview": self.preview_check.isChecked(), "uncertainty": self.uncert_check.isChecked(),
+                "preview_every": self.preview_every.value(), "preview_confidence": self.preview_confidence.value(),
+                "device": self.device_combo.currentText()}
+
+    def _load_settings(self) -> None:
+        from napari_medseg.models import available_models
+
+        self.arch_combo.addItems(available_models())
+        try:
+            self.device_combo.addItems(available_devices())
+        except Exception as e:  # a broken CUDA install must not stop the widget
+            log.warning("device listing failed: %s", e)
+            self.device_combo.addItems(["cpu"])
+        self.threads_spin.setValue(max(1, (os.cpu_count() or 2) - 1))
+        crashed = take_unconfirmed(self.SETTINGS)
+        if crashed:
+            self.messages.warning(
+                f"The last training start ({_describe(crashed)}) did not finish a single step: napari probably "
+                "closed while it ran (out of memory?). Those settings were not kept; the form shows the last "
+                "settings that trained (or the defaults).")
+        s = load_settings(self.SETTINGS)
+        if not s:
+            self.arch_combo.setCurrentText("unet")
+            return
+        self.arch_combo.setCurrentText(s.get("arch", "unet"))
+        self.dims_combo.setCurrentText(s.get("dims", "2D"))
+        for w, k in ((self.patch_spin, "patch"), (self.batch_spin, "batch"), (self.lr_spin, "lr"),
+                     (self.steps_spin, "steps"), (self.budget_spin, "budget"),
+                     (self.threads_spin, "threads"), (self.preview_every, "preview_every"),
+                     (self.preview_confidence, "preview_confidence")):
+            if k in s:
+                with contextlib.suppress(TypeError, ValueError):
+                    w.setValue(type(w.value())(s[k]))
+        # the older "mean_teacher" setting (on by default then) is not carried over: off is the measured default
+        i = self.semi_combo.findData(s.get("semi", "none"))
+        self.semi_combo.setCurrentIndex(max(0, i))
+        self.ema_check.setChecked(bool(s.get("ema", True)))
+        self.preview_check.setChecked(bool(s.get("preview", True)))
+        self.uncert_check.setChecked(bool(s.get("uncertainty", False)))
+        self.out_edit.setText(str(s.get("out", "")))
+        if s.get("device") in [self.device_combo.itemText(i) for i in range(self.device_combo.count())]:
+            self.device_combo.setCurrentText(s["device"])
+
+    # -- planned defaults ---------------------------------------------------------------------------
+    def _source(self) -> Any:
+        """The chosen image's ``ImageSource`` (None without one)."""
+        from napari_medseg._napari.layers import source_from_layer
+
+        name = self.image_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            return None
+        try:
+            return source_from_layer(self.viewer.layers[name], reopen=False)  # no file opened per keystroke
+        except Exception:  # the plan is a hint: never break the form over it
+            log.debug("no source for %s", name, exc_info=True)
+            return None
+
+    def _planned(self) -> tuple[Any, Any, tuple[int, ...]]:
+        """(source, model config, patch that runs) for the form as it is."""
+        from napari_medseg._napari.jobs.train_job import model_config, planned_patch
+
+        src = self._source()
+        values = self._settings_values()
+        mcfg = model_config(values, src.n_channels if src is not None else 1)
+        if src is not None and mcfg.spatial_dims > src.spatial_dims:
+            src = None
+        return src, mcfg, planned_patch(values, src, mcfg)
+
+    def _apply_dims_defaults(self, dims: str) -> None:
+        """The defaults of ``dims``; in 3D the patch planned from the volume and the free memory."""
+        d = DEFAULTS.get(dims, DEFAULTS["2D"])
+        self.batch_spin.setValue(d["batch"])
+        if dims != "3D":
+            self.patch_spin.setValue(d["patch"])
+            return
+        from napari_medseg._napari.jobs.train_job import device_type
+        from napari_medseg.training import TrainConfig, planning
+
+        try:
+            src, mcfg, _ = self._planned()
+            shape, spacing = planning.image_geometry(src) if src is not None else (None, None)
+            dev = device_type(self.device_combo.currentText())
+            edge = planning.default_edge(
+                mcfg, shape, spacing, d["batch"], cfg=TrainConfig(model=mcfg, semi=self.semi_combo.currentData()),
+                n_channels=mcfg.in_channels, itemsize=src.dtype.itemsize if src is not None else 2, device_type=dev,
+                available=planning.available_memory(dev))
+        except Exception:
+            log.exception("could not plan the 3D patch; using %s", d["patch"])
+            self.patch_spin.setValue(d["patch"])
+            return
+        self.patch_spin.setValue(edge)
+        src, _, patch = self._planned()
+        where = "" if src is None else (f" from the volume ({planning.size_text(src.shape)} voxels of "
+                                         f"{' x '.join(f'{s:g}' for s in src.pixel_size)} {src.unit or ''}".rstrip()
+                                         + ")")
+        self.messages.say("info", f"3D defaults: patch {planning.size_text(patch)}, batch {d['batch']}, planned"
+                          f"{where} and the free memory; a 3D step costs far more than a 2D one.", toast=False)
+
+    def _update_plan_label(self, *_: Any) -> None:
+        try:
+            from napari_medseg._napari.jobs.train_job import device_type
+            from napari_medseg.training import TrainConfig, planning
+
+            src, mcfg, patch = self._planned()
+            text = f"runs as {planning.size_text(patch)} x batch {self.batch_spin.value()}"
+            if mcfg.spatial_dims == 3:  # where memory matters most (2D is checked at Start too)
+                dev = device_type(self.device_combo.currentText())
+                cfg = TrainConfig(model=mcfg, batch_size=self.batch_spin.value(),
+                                  semi=self.semi_combo.currentData())
+                est = planning.estimate_memory(cfg, mcfg, patch, mcfg.in_channels,
+                                               src.dtype.itemsize if src is not None else 2, dev)
+                usable = planning.usable_memory(planning.available_memory(dev))
+                room = usable.device if dev == "cuda" else usable.host
+                text += f" · about {planning.gb(est.device or est.host)} of {planning.gb(room)} usable"
+            self.plan_label.setText(text)
+        except Exception:  # a hint only
+            log.debug("plan line not updated", exc_info=True)
+
+
+def _describe(s: dict[str, Any]) -> str:
+    return f"{s.get('dims', '?')}, patch {s.get('patch', '?')}, batch {s.get('batch', '?')}, {s.get('device') or '?'}"

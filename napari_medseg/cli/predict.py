@@ -1,0 +1,238 @@
+"""``napari-medseg predict CHECKPOINT INPUT... --out DIR``: tiled prediction of slides or volumes.
+
+Each input (a path, a folder, or a glob such as ``'slides/*.svs'``) is written to
+``DIR/<name>.prediction.zarr``; a folder that is not itself a zarr or a DICOM series stands for the files
+in it that napari-medseg reads. Progress bars per slide. An input that fails (unreadable, labels instead of
+an image, refused by the model...) gets one ``napari-medseg predict: error:`` line saying why, the others
+go on, and with several inputs a summary at the end lists the failures; the exit status is then 2 (1 when some outputs are only unfinished, 0 when all are
+complete). ``--input-kind image`` reads every input as an image even where its values look like labels.
+``--workers N`` starts a local ``dask.distributed`` cluster of N worker processes and ``--scheduler
+ADDRESS`` uses an existing one; slides and their blocks are spread over the workers, each opening its own
+image and model. A rerun of the same command resumes unfinished outputs; ``--overwrite`` replaces outputs
+of a different run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import sys
+from pathlib import Path
+
+from napari_medseg.core.errors import MedsegError
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="model checkpoint (.pt) written by napari-medseg train or the GUI")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="slide/volume paths or globs (quote globs)")
+    p.add_argument("--out", required=True, help="output folder; one NAME.prediction.zarr per input")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--level", type=int, default=0, help="pyramid level to predict (default 0, full resolution)")
+    g.add_argument("--pixel-size", type=float, default=None,
+                   help="predict at the coarsest level with at most this pixel size (e.g. microns)")
+    p.add_argument("--window", type=int, nargs="+", default=None,
+                   help="window size, one value or one per model axis (default 512 for 2D, 96 for 3D models)")
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--blend", choices=("gaussian", "crop"), default="gaussian")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--tissue-mask", default="auto",
+                   help="auto | on | off | otsu_saturation | otsu_intensity | otsu_fluorescence (default auto)")
+    p.add_argument("--probs", choices=("uint8", "float16", "float32"), default=None,
+                   help="also write class probabilities")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that hold a different run")
+    p.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished output")
+    p.add_argument("--on-corrupt", choices=("stop", "skip"), default="stop",
+                   help="an undecodable source tile: stop (default) or predict around it with a warning")
+    p.add_argument("--workers", type=int, default=None, help="run on a local Dask cluster of N processes")
+    p.add_argument("--scheduler", default=None, help="address of an existing Dask scheduler")
+    p.add_argument("--blocks-per-task", type=int, default=4, help="blocks per Dask task (default 4)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (per worker with Dask)")
+    p.add_argument("--input-kind", choices=("auto", "image"), default="auto",
+                   help="auto: refuse inputs that hold labels (a NIfTI label map); image: read every input as "
+                        "an image even where its values look like labels (default auto)")
+
+
+def _folder_inputs(folder: Path) -> list[Path]:
+    """The entries of a plain folder (not a zarr, not a DICOM series) that napari-medseg reads, sorted."""
+    from napari_medseg.io.reader import sniff
+
+    entries = sorted(c for c in folder.iterdir() if not c.name.startswith("."))
+    found = [c for c in entries if sniff(c) is not None]
+    if not found:
+        raise MedsegError(f"folder {folder} holds no file napari-medseg reads (TIFF/SVS/NDPI, zarr, NIfTI, DICOM)")
+    if len(found) < len(entries):
+        log.info("%s: %d entries that napari-medseg does not read are left out", folder, len(entries) - len(found))
+    return found
+
+
+def expand_inputs(items: list[str]) -> list[Path]:
+    """Paths as given (a plain folder: the files in it that can be read), globs expanded (sorted); an input
+    matching nothing is an error."""
+    from napari_medseg.io.reader import sniff
+
+    out: list[Path] = []
+    for it in items:
+        if Path(it).exists():
+            p = Path(it)
+            out.extend(_folder_inputs(p) if p.is_dir() and sniff(p) is None else [p])
+            continue
+        hits = sorted(glob.glob(it, recursive=True))
+        if not hits:
+            raise MedsegError(f"input {it!r} does not exist and matches no file")
+        out.extend(Path(h) for h in hits)
+    seen: set[Path] = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
+
+
+def output_paths(inputs: list[Path], out_dir: Path) -> list[Path]:
+    names: dict[str, int] = {}
+    outs = []
+    for p in inputs:
+        stem = p.name.split(".")[0] or p.name
+        n = names.get(stem, 0)
+        names[stem] = n + 1
+        outs.append(out_dir / (f"{stem}.prediction.zarr" if n == 0 else f"{stem}-{n}.prediction.zarr"))
+    return outs
+
+
+def _window(args: argparse.Namespace) -> tuple[int, ...] | None:
+    if args.window is None:
+        return None
+    return tuple(args.window)
+
+
+def _cause(message: str, source: str) -> str:
+    """The error message without the leading ``<source>:`` most of them start with."""
+    for prefix in (f"{source}:", f"{Path(source).resolve()}:"):
+        if message.startswith(prefix):
+            return message[len(prefix):].strip()
+    return message
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from napari_medseg.inference.distributed import predict_many
+    from napari_medseg.inference.events import (
+        BlockDone,
+        PredictDone,
+        PredictFailed,
+        PredictStart,
+        PredictWarning,
+        TissueMaskReady,
+    )
+    from napari_medseg.inference.modelrun import resolve_model
+    from napari_medseg.io.reader import open_image
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise MedsegError(f"checkpoint {ckpt} does not exist")
+    inputs = expand_inputs(list(args.inputs))
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedsegError(f"--out {out_dir} is a file; give a folder")
+    if int(args.batch_size) < 1:
+        raise MedsegError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= float(args.overlap) < 1:
+        raise MedsegError(f"--overlap must be in [0, 1), got {args.overlap}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outs = output_paths(inputs, out_dir)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # the checkpoint is read, checked and hashed once here: a broken one is one error, not one failure per
+    # input, and a folder of slides does not read it once per slide
+    loaded = resolve_model(ckpt)
+    md = loaded.spatial_dims or 2
+    window = _window(args) or ((96, 96, 96) if md == 3 else (512, 512))
+    settings = dict(level=args.level, pixel_size=args.pixel_size, window=window, overlap=args.overlap,
+                    batch_size=args.batch_size, blend=args.blend, tta=args.tta,
+                    tissue_mask={"on": True, "off": False}.get(args.tissue_mask, args.tissue_mask),
+                    write_probs=args.probs, device=args.device, amp=not args.no_amp, on_corrupt=args.on_corrupt)
+    kind = getattr(args, "input_kind", "auto")
+    bars: dict[str, tqdm] = {}
+    failures: list[tuple[str, str]] = []
+    unfinished = 0
+
+    def fail(source: str, message: str) -> None:
+        cause = _cause(message, source)
+        failures.append((source, cause))
+        # the CLI's one-line error per failed input (with one input: the whole story, exit status 2)
+        tqdm.write(f"napari-medseg predict: error: {source}: {cause}", file=sys.stderr)
+
+    def opened(paths: list[Path], path_outs: list[Path]) -> tuple[list, list[Path]]:
+        """The inputs for predict_many: paths, or with --input-kind image the sources opened as images."""
+        if kind == "auto":
+            return list(paths), list(path_outs)
+        items, item_outs = [], []
+        for p, o in zip(paths, path_outs):
+            try:
+                items.append(open_image(p, kind=kind))
+                item_outs.append(o)
+            except MedsegError as e:
+                fail(str(p), str(e))
+        return items, item_outs
+
+    def follow(gen) -> None:
+        nonlocal unfinished
+        for ev in gen:
+            if isinstance(ev, TissueMaskReady):
+                log.info("tissue mask: %.1f%% tissue", 100 * ev.mask.fraction)
+            elif isinstance(ev, PredictStart):
+                bars[ev.name] = tqdm(total=ev.total_blocks, initial=ev.resumed_blocks, unit="block",
+                                     desc=ev.name[:30], position=len(bars), leave=True, file=sys.stderr)
+            elif isinstance(ev, BlockDone):
+                bar = bars.get(ev.name)
+                if bar is not None:
+                    bar.n = ev.done
+                    bar.set_postfix_str(f"{ev.mpix_s:.1f} MPix/s", refresh=True)
+            elif isinstance(ev, PredictWarning):
+                tqdm.write(f"warning: {ev.message}", file=sys.stderr)
+            elif isinstance(ev, PredictFailed):
+                bar = bars.get(ev.name) if ev.name else None
+                if bar is not None:
+                    bar.close()
+                fail(ev.source, ev.message)
+            elif isinstance(ev, PredictDone):
+                bar = bars.get(ev.name)
+                if bar is not None:
+                    bar.n = ev.blocks_done
+                    bar.refresh()
+                    bar.close()
+                unfinished += int(ev.cancelled)
+                state = "unfinished (rerun to resume)" if ev.cancelled else "done"
+                tqdm.write(f"{ev.name}: {state}: {ev.out} ({ev.blocks_done} blocks, {ev.seconds:.1f} s)")
+
+    common = dict(resume=not args.no_resume, overwrite=args.overwrite, keep_going=True, **settings)
+    try:
+        if args.workers is None and args.scheduler is None:
+            # one input after the other, each opened only when its turn comes
+            for p, o in zip(inputs, outs):
+                items, item_outs = opened([p], [o])
+                if items:
+                    follow(predict_many(items, loaded, item_outs, torch_threads=args.threads or 1, **common))
+        else:
+            items, item_outs = opened(inputs, outs)
+            if items:
+                follow(predict_many(items, str(ckpt), item_outs, workers=args.workers, scheduler=args.scheduler,
+                                    blocks_per_task=args.blocks_per_task, torch_threads=args.threads or 1,
+                                    **common))
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if len(inputs) > 1:
+        n_done = len(inputs) - len(failures) - unfinished
+        lines = [f"napari-medseg predict: {n_done} of {len(inputs)} input(s) done"
+                 + (f", {unfinished} unfinished (rerun to resume)" if unfinished else "")
+                 + (f", {len(failures)} failed:" if failures else "")]
+        lines += [f"  {source}: {cause}" for source, cause in failures]
+        print("\n".join(lines), file=sys.stderr)
+    if failures:
+        return 2
+    return 1 if unfinished else 0
