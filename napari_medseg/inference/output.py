@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +41,7 @@ import numpy as np
 
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.files import write_json_atomic
 from napari_medseg.inference.memory import trim
 from napari_medseg.io.ngff_meta import image_label_attrs, multiscales_attrs
 
@@ -84,20 +84,6 @@ def _is_disk_full(e: BaseException) -> bool:
             return True
         e = e.__cause__ or e.__context__  # type: ignore[assignment]
     return False
-
-
-def _atomic_json(path: Path, obj: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def read_manifest(out: str | Path) -> dict[str, Any] | None:
@@ -290,7 +276,7 @@ class OutputStore:
             manifest = {"format": FORMAT, "version": VERSION, "job": job, "layout": layout.to_dict(),
                         "classes": classes.to_dict(), "status": "running", "created": time.time(),
                         "updated": time.time()}
-            _atomic_json(p / MANIFEST, manifest)
+            write_json_atomic(p / MANIFEST, manifest, durable=True, indent=1)
         except OSError as e:
             if _is_disk_full(e):
                 raise DiskFullError(f"the disk holding {p} is full; free some space and run again") from e
@@ -330,7 +316,7 @@ class OutputStore:
         m.update(kw)
         m["updated"] = time.time()
         try:
-            _atomic_json(self.path / MANIFEST, m)
+            write_json_atomic(self.path / MANIFEST, m, durable=True, indent=1)
         except OSError as e:
             if _is_disk_full(e):
                 raise DiskFullError(f"the disk holding {self.path} is full; finished blocks are kept. Free some "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_medseg.core.errors import GeometryMismatchError, MedsegError
+from napari_medseg.core.files import write_json_atomic
 from napari_medseg.core.source import ImageSource
 from napari_medseg.labels import index as ix
 
@@ -292,7 +293,7 @@ class LabelStoreRWMixin:
             journal = self.path / ix.JOURNAL_NAME if self.path is not None else None
             if self._disk_ok and journal is not None:
                 try:
-                    ix.write_json_atomic(journal, {"chunks": [ix.chunk_key(c) for c in changed], "time": time.time()})
+                    write_json_atomic(journal, {"chunks": [ix.chunk_key(c) for c in changed], "time": time.time()})
                 except OSError as e:
                     self._go_memory(e)
                     failed = e

@@ -11,17 +11,16 @@ recomputing just those chunks.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from napari_medseg.core.files import atomic_write
 
 INDEX_NAME = "medseg_index.json"
 JOURNAL_NAME = "medseg_journal.json"
@@ -64,24 +63,6 @@ def value_counts(block: np.ndarray) -> Counts:
 
 
 # -- atomic JSON -----------------------------------------------------------------------------------
-def write_json_atomic(path: str | os.PathLike, obj: Any, durable: bool = False) -> None:
-    """Write JSON to ``path`` via a temporary file in the same folder and ``os.replace`` (readers and a
-    killed process see the old or the new file). ``durable`` also fsyncs (power loss), at ~5 ms a call."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, separators=(",", ":"))
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def index_to_json(counts: dict[Chunk, Counts]) -> dict[str, Any]:
     return {"version": INDEX_VERSION,
             "chunks": {chunk_key(c): {str(v): n for v, n in sorted(cnt.items())} for c, cnt in counts.items()}}
@@ -94,13 +75,6 @@ def index_from_json(obj: Any) -> dict[Chunk, Counts] | None:
             return None
         return {parse_chunk_key(k): {int(v): int(n) for v, n in cnt.items()} for k, cnt in obj["chunks"].items()}
     except (AttributeError, KeyError, TypeError, ValueError):
-        return None
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
         return None
 
 
@@ -224,15 +198,7 @@ class ChunkFiles:
         buf = self.codec.encode(data) if self.codec is not None else data.tobytes()
         p = self.path(c)
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf)
-            os.replace(tmp, p)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(p, lambda f: f.write(buf), suffix=".partial")
 
     def delete(self, c: Chunk) -> bool:
         try:

@@ -37,6 +37,7 @@ from zarr.storage import LocalStore
 
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import GeometryMismatchError, MedsegError, UnreadableInputError
+from napari_medseg.core.files import read_json, write_json_atomic
 from napari_medseg.core.source import ImageSource
 from napari_medseg.io.ngff_meta import image_label_attrs, multiscales_attrs
 from napari_medseg.labels import index as ix
@@ -192,7 +193,7 @@ class LabelStore(LabelStoreRWMixin, LabelStoreOpsMixin):
             store._files = store._chunk_files(arrays, path)
             store._disk_ok = True
             store._write_attrs()
-            ix.write_json_atomic(path / ix.INDEX_NAME, ix.index_to_json({}))
+            write_json_atomic(path / ix.INDEX_NAME, ix.index_to_json({}))
         except BaseException:
             lock.release()
             raise
@@ -399,10 +400,10 @@ class LabelStore(LabelStoreRWMixin, LabelStoreOpsMixin):
         repair what a journal says was in flight when a process died."""
         assert self.path is not None
         idx_path = self.path / ix.INDEX_NAME
-        counts = ix.index_from_json(ix.read_json(idx_path)) or {}
+        counts = ix.index_from_json(read_json(idx_path)) or {}
         self._index_mtime = idx_path.stat().st_mtime if idx_path.exists() else None
         listed = ix.list_chunk_files(self.path / "0", self.ndim)
-        journal = ix.read_json(self.path / ix.JOURNAL_NAME)
+        journal = read_json(self.path / ix.JOURNAL_NAME)
         suspects = {ix.parse_chunk_key(k) for k in (journal or {}).get("chunks", [])} if journal else set()
         suspects |= listed.symmetric_difference(counts.keys())
         for c in suspects:
@@ -445,7 +446,7 @@ class LabelStore(LabelStoreRWMixin, LabelStoreOpsMixin):
             return
         with self._lock:
             obj = ix.index_to_json(self._counts)
-        ix.write_json_atomic(self.path / ix.INDEX_NAME, obj)
+        write_json_atomic(self.path / ix.INDEX_NAME, obj)
         self._index_mtime = (self.path / ix.INDEX_NAME).stat().st_mtime
 
     def refresh(self) -> bool:

@@ -15,7 +15,6 @@ import glob
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn as nn
 
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.files import atomic_write
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.models.normalization import NormConfig
 
@@ -64,27 +64,8 @@ def _file_mode() -> int:
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with contextlib.suppress(OSError):  # mkstemp makes it owner-only (0600); a checkpoint is shared like any file
-            os.fchmod(fd, _file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    # mkstemp makes the file owner-only (0600); a checkpoint is shared like any file
+    atomic_write(path, write, durable=True, mode=_file_mode())
     _remove_stale_temps(path)
 
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from napari_medseg.core.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,6 @@ def load_settings(section: str) -> dict[str, Any]:
         return {}
 
 
-def _write(p: Path, data: dict[str, Any]) -> None:
-    """Replace the settings file atomically (a temporary file beside it, then a rename)."""
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".settings.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1, default=str)
-    os.replace(tmp, p)
-
-
 def save_settings(section: str, values: dict[str, Any]) -> None:
     p = settings_path()
     try:
@@ -63,7 +56,7 @@ def save_settings(section: str, values: dict[str, Any]) -> None:
             data = {}
         data[section] = values
         p.parent.mkdir(parents=True, exist_ok=True)
-        _write(p, data)
+        write_json_atomic(p, data, indent=1, default=str)
     except OSError as e:
         log.warning("could not save settings to %s (%s)", p, e)
 
@@ -107,6 +100,6 @@ def _remove_section(section: str) -> None:
         return
     del data[section]
     try:
-        _write(p, data)
+        write_json_atomic(p, data, indent=1, default=str)
     except OSError as e:
         log.warning("could not update settings in %s (%s)", p, e)
