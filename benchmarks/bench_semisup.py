@@ -54,7 +54,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # method -> TrainConfig changes (every run also keeps a weight EMA, scored beside the student)
 METHODS = {"sup": {"semi": "none"}, "pl": {"semi": "pseudo_label"},  # the unpainted pixels of painted patches
            "pl_u25": {"semi": "pseudo_label", "unlabelled_ratio": 0.25},  # + a quarter batch of windows anywhere
-           "mt": {"semi": "mean_teacher"}, "full": {"semi": "none"}}
+           "mt": {"semi": "mean_teacher"}, "full": {"semi": "none"},
+           "crf": {"semi": "none", "crf_weight": 0.1},  # + the gated CRF loss (training/gated_crf.py)
+           "pl_crf": {"semi": "pseudo_label", "crf_weight": 0.1}}
 
 
 def downsample(pairs: list[Pair], f: int = 2) -> list[Pair]:

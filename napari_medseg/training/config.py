@@ -66,6 +66,12 @@ class TrainConfig:
     pl_full: float = 0.4
     pl_cutmix: float = 0.5  # probability per patch of a CutMix box from another patch of the batch
     pl_class_balance: bool = True  # average the pseudo-label loss per pseudo-class
+    # gated CRF loss (training/gated_crf.py): neighbouring pixels that look alike get the same class, over every
+    # pixel of the patch; 0 = off. Scribbles lie inside objects: this says where the objects end.
+    crf_weight: float = 0.0
+    crf_radius: int = 5  # pixels (at the training level) within which pairs count
+    crf_sigma_xy: float = 6.0  # pixels
+    crf_sigma_rgb: float = 0.4  # standard deviations of the image's intensities
     consistency_weight: float = 0.1  # Mean Teacher, as UA-MT / SSL4MIS
     rampup: float = 1.0  # fraction of the run over which the consistency weight ramps up (sigmoid)
     consistency_on: str = "unpainted"  # "unpainted" pixels of every patch, "unlabelled" patches, or "all"
@@ -121,12 +127,14 @@ class TrainConfig:
         if self.patch_size is not None and (len(self.patch_size) not in (1, 2, 3)
                                             or any(p < 1 for p in self.patch_size)):
             raise MedsegError(f"patch_size must be 1-3 positive integers (YX or ZYX), got {self.patch_size}")
-        positive = ("batch_size", "steps", "val_every", "max_val_patches", "prefetch", "uncertainty_samples")
+        positive = ("batch_size", "steps", "val_every", "max_val_patches", "prefetch", "uncertainty_samples",
+                    "crf_radius")
         for name in positive:
             if getattr(self, name) < 1:
                 raise MedsegError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "ema_decay", "val_fraction", "consistency_weight", "unlabelled_ratio", "weight_decay",
-                     "warmup_steps", "rampup", "level", "num_workers", "pl_weight", "teacher_noise", "val_first"):
+                     "warmup_steps", "rampup", "level", "num_workers", "pl_weight", "teacher_noise", "val_first",
+                     "crf_weight"):
             if getattr(self, name) < 0:
                 raise MedsegError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
@@ -145,6 +153,9 @@ class TrainConfig:
             raise MedsegError(f"time_budget_s must be positive (or null for none), got {self.time_budget_s}")
         if self.threads is not None and self.threads < 1:
             raise MedsegError(f"threads must be at least 1 (or null for torch's default), got {self.threads}")
+        for name in ("crf_sigma_xy", "crf_sigma_rgb"):
+            if getattr(self, name) <= 0:
+                raise MedsegError(f"{name} must be positive, got {getattr(self, name)}")
         if self.pixel_size is not None and self.pixel_size <= 0:
             raise MedsegError(f"pixel_size must be positive, got {self.pixel_size}")
 

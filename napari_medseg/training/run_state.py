@@ -28,6 +28,7 @@ from napari_medseg.training.data import TrainingData
 from napari_medseg.training.ema import WeightEMA
 from napari_medseg.training.events import ValidationEvent
 from napari_medseg.training.losses import SparseSegLoss, consistency_loss, store_to_target
+from napari_medseg.training.gated_crf import gated_crf_loss
 from napari_medseg.training.mean_teacher import MeanTeacher
 from napari_medseg.training.metrics import confusion, dense_scores, dice_from_confusion
 from napari_medseg.training.prefetch import to_tensors
@@ -159,6 +160,10 @@ class Run:
                     w = self.mt.cons_weight(progress)
                     cons = consistency_loss(logits[first:], probs, mask)
         total = sup + w * cons
+        if self.cfg.crf_weight > 0:  # on the view the student saw (strong view, CutMix boxes included)
+            crf = gated_crf_loss(torch.softmax(logits.float(), 1), xs, radius=self.cfg.crf_radius,
+                                 sigma_xy=self.cfg.crf_sigma_xy, sigma_rgb=self.cfg.crf_sigma_rgb)
+            total = total + self.cfg.crf_weight * crf
         t, s, c = torch.stack([total.detach(), sup.detach(), cons.detach()]).float().tolist()
         self.opt.zero_grad(set_to_none=True)
         if not math.isfinite(t):  # skip the update: one bad batch must not ruin the weights
