@@ -27,8 +27,8 @@ from napari_medseg.training.config import TrainConfig
 from napari_medseg.training.data import TrainingData
 from napari_medseg.training.ema import WeightEMA
 from napari_medseg.training.events import ValidationEvent
-from napari_medseg.training.losses import SparseSegLoss, consistency_loss, store_to_target
 from napari_medseg.training.gated_crf import gated_crf_loss
+from napari_medseg.training.losses import SparseSegLoss, consistency_loss, store_to_target
 from napari_medseg.training.mean_teacher import MeanTeacher
 from napari_medseg.training.metrics import confusion, dense_scores, dice_from_confusion
 from napari_medseg.training.prefetch import to_tensors
