@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     from _gui_probe import paint_strokes, wait_until
 
-    from napari_medseg._napari.layers import source_from_layer
+    from napari_medseg._napari.layerdata import from_layer
     from napari_medseg._napari.widgets.train import TrainWidget
     from napari_medseg.core.classes import ClassSchema
     from napari_medseg.labels.snapshot import LabelSnapshot
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     tw.threads_spin.setValue(args.threads)
     tw.preview_check.setChecked(True)
     tw.out_edit.setText(str(tmp / "run"))
-    extra_sources = {i: source_from_layer(ly) for i, ly in enumerate(images) if i}
+    extra_sources = {i: from_layer(ly) for i, ly in enumerate(images) if i}
     extras: list[int] = []  # the painted images besides the one in view, this round
 
     orig_gather = tw._gather

@@ -141,10 +141,12 @@ def make_viewer(img: Any) -> tuple[Any, Any, Any]:
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_medseg._napari.layerdata import to_layer_data
+
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1200, 800)
-    kw = img.layer_kwargs()
-    layer = viewer.add_image(**kw)
+    data, kw, _ = to_layer_data(img)
+    layer = viewer.add_image(data, **kw)
     app = QApplication.instance()
     app.processEvents()
     return viewer, layer, app
@@ -178,7 +180,7 @@ def napari_dask_cache_mb() -> float:
 def count_zero_writes(store: Any) -> dict[str, int]:
     """Wrap every chunk writer of ``store`` to count the chunk writes, and those of all-zero chunks."""
     counter = {"writes": 0, "empty": 0}
-    for files in store._files:
+    for files in store.io.files:
         if files is None:
             continue
         orig = files.write
@@ -196,7 +198,7 @@ def count_zero_writes(store: Any) -> dict[str, int]:
 def disk_report(store_path: Path, ndim: int) -> dict[str, Any]:
     import zarr
 
-    from napari_medseg.labels.index import list_chunk_files
+    from napari_medseg.labels.format import list_chunk_files
 
     files0, zero_files, n_files = 0, 0, 0
     for lvl in sorted(p for p in store_path.iterdir() if p.is_dir() and p.name.isdigit()):
@@ -292,7 +294,7 @@ def compare_with_plain_labels(viewer: Any, app: Any, ctl: Any, rng: np.random.Ge
                               n_events: int) -> dict[str, float]:
     """Side by side in one viewer and one scene: strokes alternate between the store's window layer and a
     plain napari Labels layer (numpy, same size and place), so both see the same render and machine load."""
-    from napari_medseg._napari.painting.controller import store_colormap
+    from napari_medseg._napari.layerdata import store_colormap
 
     center = (N_SLIDE / 2 * MPP, N_SLIDE / 2 * MPP)
     set_view(viewer, app, center, 1.0)

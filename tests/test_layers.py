@@ -131,7 +131,6 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="labels.store/chunks/ops are mixins of one class; the next step composes them")
 def test_no_module_cycles():
     cycles = _cycles(_graph())
     assert not cycles, "modules that import each other (directly or round a loop):\n" + "\n".join(

@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_medseg._napari.layers import source_from_layer
+from napari_medseg._napari.layerdata import from_layer
 from napari_medseg._napari.napari_compat_layers import is_labels_layer
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.user_folders import rescue_folder
+from napari_medseg.labels.format import default_path, is_label_store
 from napari_medseg.labels.location import labels_location, move_from_cache
-from napari_medseg.labels.store import LabelStore, is_label_store
+from napari_medseg.labels.ops import save_as
+from napari_medseg.labels.store import LabelStore
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def open_labels(layer: Any, viewer: Any = None, path: str | Path | None = None, 
                 read_only: bool = False) -> OpenedLabels:
     """The label store of image ``layer``, why it is there, and the notes for the user (see module)."""
     mode = "r" if read_only else "r+"
-    src = source_from_layer(layer, reopen=False)
+    src = from_layer(layer, reopen=False)
     classes = classes_from_layer(layer, viewer)
     notes: list[Note] = []
     why = ""
@@ -89,7 +91,7 @@ def open_labels(layer: Any, viewer: Any = None, path: str | Path | None = None, 
 
 def _beside(src: Any) -> Path | None:
     try:
-        return LabelStore.default_path(src)
+        return default_path(src)
     except MedsegError:
         return None
 
@@ -105,7 +107,7 @@ def rescue(store: LabelStore, name: str) -> Note:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
     target = rescue_dir() / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}.labels.zarr"
     try:
-        store.save_as(target)
+        save_as(store, target)
     except MedsegError as e:
         log.error("could not rescue unsaved labels: %s", e)
         return ("error", f"Unsaved labels could not be written anywhere ({e}).")

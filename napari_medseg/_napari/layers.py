@@ -1,5 +1,6 @@
-"""Bridges between napari layers and the pure engine: an ``ImageSource`` for an Image layer, the current
-view of a layer as a region at a pyramid level, and in-place updates of result layers.
+"""The viewer side of layers: the current view of a layer as a region at a pyramid level, a thread-safe box
+for it (``LatestValue``), the camera (LPS orientation for volumes), and adding or updating result layers
+in place. (An ``ImageSource`` to and from a layer: ``layerdata``.)
 
 Everything here runs on the main thread (it touches layers); workers only get plain values from it.
 """
@@ -13,47 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_medseg.core.errors import MedsegError
-from napari_medseg.core.source import ImageSource
+from napari_medseg._napari.layerdata import medseg_meta
 
 log = logging.getLogger(__name__)
-
-
-def medseg_meta(layer: Any) -> dict[str, Any]:
-    meta = getattr(layer, "metadata", None) or {}
-    m = meta.get("napari_medseg")
-    return m if isinstance(m, dict) else {}
-
-
-def source_from_layer(layer: Any, *, reopen: bool = True) -> ImageSource:
-    """The ``ImageSource`` behind an Image layer.
-
-    With ``reopen`` (for workers) a layer made by the plugin's reader is reopened lazily from its file, so
-    the worker has its own file handle and never touches the layer; otherwise (and for layers from
-    elsewhere) the layer's own (lazy) levels are wrapped, with axes and units from the plugin's metadata.
-    """
-    meta = medseg_meta(layer)
-    path = meta.get("path") or getattr(getattr(layer, "source", None), "path", None)
-    if reopen and meta.get("path"):
-        from napari_medseg.io.reader import open_path
-
-        for src in open_path(meta["path"]):
-            if src.kind == "image":
-                return src
-    levels = list(layer.data) if getattr(layer, "multiscale", False) else [layer.data]
-    ndim = levels[0].ndim
-    axes = meta.get("axes")
-    if not axes or len(axes) != ndim:
-        axes = "YXC" if getattr(layer, "rgb", False) else {2: "YX", 3: "ZYX", 4: "CZYX"}.get(ndim)
-    if axes is None:
-        raise MedsegError(f"layer {layer.name!r} has {ndim} dimensions; napari-medseg works on 2D slides "
-                          "and 3D volumes.")
-    n_sp = sum(a in "ZYX" for a in axes)
-    rgb = bool(getattr(layer, "rgb", False)) and "C" in axes
-    return ImageSource(levels=levels, axes=axes, pixel_size=tuple(float(s) for s in layer.scale[-n_sp:]),
-                       unit=meta.get("unit") or ("millimeter" if n_sp == 3 else "micrometer"), name=layer.name,
-                       path=str(path) if path else None, rgb=rgb,
-                       modality=meta.get("modality") or ("brightfield" if rgb else "unknown"))
 
 
 @dataclass(frozen=True)
@@ -142,13 +105,6 @@ class LatestValue:
             return self._value
 
 
-def units_of(layer: Any, ndim: int) -> dict[str, Any]:
-    """``{"units": ...}`` of ``layer``'s last ``ndim`` axes for a layer drawn over it (napari ignores units
-    for rendering, with a console warning on every add, when layers disagree); empty if it has none."""
-    units = getattr(layer, "units", None) if layer is not None else None
-    return {"units": tuple(units)[-ndim:]} if units is not None else {}
-
-
 def camera_of(viewer: Any) -> Any:
     """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
@@ -233,3 +189,15 @@ def add_then_show(viewer: Any, kind: str, data: Any, *, activate: bool = False, 
 
         QTimer.singleShot(SHOW_AFTER_MS, show)
     return layer
+
+
+def on_layer_renamed(viewer: Any, callback: Any) -> None:
+    """Call ``callback(layer)`` on the main thread whenever a layer of ``viewer`` (now or later) is renamed.
+
+    napari re-emits every event of every layer through the layer list's event group; this listens there
+    and passes only ``name`` events on."""
+    def _on_layer_event(event: Any) -> None:
+        if getattr(event, "type", None) == "name":
+            callback(getattr(event, "source", None))
+
+    viewer.layers.events.connect(_on_layer_event)

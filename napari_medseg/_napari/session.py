@@ -1,19 +1,75 @@
-"""Per-viewer state shared by the plugin's widgets (the last checkpoint trained, the open label store)."""
+"""Per-viewer state shared by the plugin's widgets: for each image layer its open label store (and the
+painter showing it) and the ``ImageSource`` opened for it, and the last and best checkpoint trained.
+
+Layers are keyed by identity (the layer object behind napari's proxy), never by name: a user who renames
+an image layer keeps its labels in every widget. Entries go with their layer (weak keys). The widgets ask
+the session (``store_for``, ``painter_for``, ``source_for``) each time and keep no second reference; the
+Annotate widget, which opens and closes the labels, is the one that attaches and detaches them.
+"""
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from napari_medseg._napari.layerdata import from_layer, medseg_meta
+from napari_medseg._napari.napari_compat_layers import unwrap
+
+if TYPE_CHECKING:
+    from napari_medseg.core.source import ImageSource
+    from napari_medseg.labels.store import LabelStore
 
 
-@dataclass
+class Painter(Protocol):
+    """What the session's users need of a painter (``painting.controller.PaintingController``)."""
+
+    def flush(self, wait: bool = False, full: bool = False) -> Any: ...
+
+
 class Session:
-    last_checkpoint: Path | None = None
-    best_checkpoint: Path | None = None
-    label_stores: dict[str, Any] = field(default_factory=dict)  # image layer name -> LabelStore
-    painters: dict[str, Any] = field(default_factory=dict)  # image layer name -> PaintingController
+    """The state of one viewer (see module); ``session_for(viewer)`` gives it."""
+
+    def __init__(self) -> None:
+        self.last_checkpoint: Path | None = None
+        self.best_checkpoint: Path | None = None
+        self._labels: weakref.WeakKeyDictionary[Any, tuple[LabelStore, Painter | None]] = \
+            weakref.WeakKeyDictionary()
+        self._sources: weakref.WeakKeyDictionary[Any, tuple[Any, Any, ImageSource]] = weakref.WeakKeyDictionary()
+
+    # -- labels ---------------------------------------------------------------------------------------
+    def attach_labels(self, layer: Any, store: LabelStore, painter: Painter | None = None) -> None:
+        """``store`` (shown by ``painter``) is now the open label store of image ``layer``."""
+        self._labels[unwrap(layer)] = (store, painter)
+
+    def detach_labels(self, layer: Any) -> None:
+        """Image ``layer`` has no open label store any more."""
+        if layer is not None:
+            self._labels.pop(unwrap(layer), None)
+
+    def store_for(self, layer: Any) -> LabelStore | None:
+        """The open label store of image ``layer`` (whatever its name now), or None."""
+        entry = self._labels.get(unwrap(layer)) if layer is not None else None
+        return entry[0] if entry is not None else None
+
+    def painter_for(self, layer: Any) -> Painter | None:
+        """The painter showing the label store of image ``layer``, or None."""
+        entry = self._labels.get(unwrap(layer)) if layer is not None else None
+        return entry[1] if entry is not None else None
+
+    # -- images ---------------------------------------------------------------------------------------
+    def source_for(self, layer: Any) -> ImageSource:
+        """The ``ImageSource`` of image ``layer`` for workers (``layerdata.from_layer``: reopened from its
+        file where the plugin's reader made the layer), opened once per layer and again only when the
+        layer's data or file changed."""
+        key = unwrap(layer)
+        data, path = key.data, medseg_meta(key).get("path")
+        entry = self._sources.get(key)
+        if entry is not None and entry[0] is data and entry[1] == path:
+            return entry[2]
+        src = from_layer(key)
+        self._sources[key] = (data, path, src)
+        return src
 
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -24,8 +80,6 @@ def session_for(viewer: Any) -> Session:
     or napari's proxy of it). Creating it also makes 3D views of volumes opened later through the plugin
     anatomically correct (LPS camera), as ``napari-medseg gui`` does, and keeps reference labels (a
     sample's ground truth) from being painted (``reference_layers``)."""
-    from napari_medseg._napari.napari_compat_layers import unwrap
-
     viewer = unwrap(viewer)  # each widget gets its own proxy: the session belongs to the viewer behind it
     s = _SESSIONS.get(viewer)
     if s is None:

@@ -19,8 +19,10 @@ import glob
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.events import drive
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # the checkpoint is read, checked and hashed once here: a broken one is one error, not one failure per
-    # input, and a folder of slides does not read it once per slide
+    # input, and a folder of slides does not read it once per slide (nor do Dask workers hash it again)
     loaded = resolve_model(ckpt)
     md = loaded.spatial_dims or 2
     window = _window(args) or ((96, 96, 96) if md == 3 else (512, 512))
@@ -179,35 +181,34 @@ def run(args: argparse.Namespace) -> int:
                 fail(str(p), str(e))
         return items, item_outs
 
-    def follow(gen) -> None:
+    def show(ev: Any) -> None:
         nonlocal unfinished
-        for ev in gen:
-            if isinstance(ev, TissueMaskReady):
-                log.info("tissue mask: %.1f%% tissue", 100 * ev.mask.fraction)
-            elif isinstance(ev, PredictStart):
-                bars[ev.name] = tqdm(total=ev.total_blocks, initial=ev.resumed_blocks, unit="block",
-                                     desc=ev.name[:30], position=len(bars), leave=True, file=sys.stderr)
-            elif isinstance(ev, BlockDone):
-                bar = bars.get(ev.name)
-                if bar is not None:
-                    bar.n = ev.done
-                    bar.set_postfix_str(f"{ev.mpix_s:.1f} MPix/s", refresh=True)
-            elif isinstance(ev, PredictWarning):
-                tqdm.write(f"warning: {ev.message}", file=sys.stderr)
-            elif isinstance(ev, PredictFailed):
-                bar = bars.get(ev.name) if ev.name else None
-                if bar is not None:
-                    bar.close()
-                fail(ev.source, ev.message)
-            elif isinstance(ev, PredictDone):
-                bar = bars.get(ev.name)
-                if bar is not None:
-                    bar.n = ev.blocks_done
-                    bar.refresh()
-                    bar.close()
-                unfinished += int(ev.cancelled)
-                state = "unfinished (rerun to resume)" if ev.cancelled else "done"
-                tqdm.write(f"{ev.name}: {state}: {ev.out} ({ev.blocks_done} blocks, {ev.seconds:.1f} s)")
+        if isinstance(ev, TissueMaskReady):
+            log.info("tissue mask: %.1f%% tissue", 100 * ev.mask.fraction)
+        elif isinstance(ev, PredictStart):
+            bars[ev.name] = tqdm(total=ev.total_blocks, initial=ev.resumed_blocks, unit="block",
+                                 desc=ev.name[:30], position=len(bars), leave=True, file=sys.stderr)
+        elif isinstance(ev, BlockDone):
+            bar = bars.get(ev.name)
+            if bar is not None:
+                bar.n = ev.done
+                bar.set_postfix_str(f"{ev.mpix_s:.1f} MPix/s", refresh=True)
+        elif isinstance(ev, PredictWarning):
+            tqdm.write(f"warning: {ev.message}", file=sys.stderr)
+        elif isinstance(ev, PredictFailed):
+            bar = bars.get(ev.name) if ev.name else None
+            if bar is not None:
+                bar.close()
+            fail(ev.source, ev.message)
+        elif isinstance(ev, PredictDone):
+            bar = bars.get(ev.name)
+            if bar is not None:
+                bar.n = ev.blocks_done
+                bar.refresh()
+                bar.close()
+            unfinished += int(ev.cancelled)
+            state = "unfinished (rerun to resume)" if ev.cancelled else "done"
+            tqdm.write(f"{ev.name}: {state}: {ev.out} ({ev.blocks_done} blocks, {ev.seconds:.1f} s)")
 
     common = dict(resume=not args.no_resume, overwrite=args.overwrite, keep_going=True, **settings)
     try:
@@ -216,13 +217,13 @@ def run(args: argparse.Namespace) -> int:
             for p, o in zip(inputs, outs):
                 items, item_outs = opened([p], [o])
                 if items:
-                    follow(predict_many(items, loaded, item_outs, torch_threads=args.threads or 1, **common))
+                    drive(predict_many(items, loaded, item_outs, torch_threads=args.threads or 1, **common), show)
         else:
             items, item_outs = opened(inputs, outs)
             if items:
-                follow(predict_many(items, str(ckpt), item_outs, workers=args.workers, scheduler=args.scheduler,
-                                    blocks_per_task=args.blocks_per_task, torch_threads=args.threads or 1,
-                                    **common))
+                drive(predict_many(items, loaded, item_outs, workers=args.workers, scheduler=args.scheduler,
+                                   blocks_per_task=args.blocks_per_task, torch_threads=args.threads or 1,
+                                   **common), show)
     finally:
         for bar in bars.values():
             bar.close()

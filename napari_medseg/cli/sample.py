@@ -69,7 +69,7 @@ def write_sample(which: str, out: Path, *, dicom: bool = False, force: bool = Fa
         if dicom:
             import numpy as np
 
-            from napari_medseg.io.volume import open_nifti
+            from napari_medseg.io.nifti import open_nifti
             from napari_medseg.samples.ct import SPACING
             from napari_medseg.samples.dicom import write_dicom_series
 

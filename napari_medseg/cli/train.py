@@ -27,6 +27,8 @@ from typing import Any
 
 from napari_medseg.core.classes import DEFAULT_COLORS, ClassSchema
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.events import drive
+from napari_medseg.core.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 #: keys of an NGFF ``image-label`` property that may hold a class name (the label store writes "class")
@@ -190,10 +192,6 @@ def _class_file(path: Path) -> ClassSchema:
         raise MedsegError(f"the class file {path}: {e}") from e
 
 
-def _generic_classes(k: int) -> ClassSchema:
-    return ClassSchema(("background",) + tuple(f"class {i}" for i in range(1, max(k, 1) + 1)))
-
-
 def _ngff_label_classes(path: Path, k: int) -> ClassSchema | None:
     """Class names and colours of an NGFF label group (``image-label`` ``properties`` and ``colors``) whose values
     follow the label-store convention (0 not annotated, 1 background, 2.. classes), for the ``k`` classes its
@@ -231,7 +229,7 @@ def _ngff_label_classes(path: Path, k: int) -> ClassSchema | None:
     n = min(n, 254)
     if not any(1 <= v <= n for v in (*names, *colors)):
         return None
-    default = _generic_classes(n - 1)
+    default = ClassSchema.default(max(n, 2))
     out_names = [names.get(v, default.names[v - 1]) for v in range(1, n + 1)]
     out_colors = [colors.get(v, default.colors[v - 1]) for v in range(1, n + 1)]
     if len(set(out_names)) != len(out_names):
@@ -258,7 +256,7 @@ def _data(args: argparse.Namespace) -> Any:
         labels, classes = _open_labels(args.labels, img)
         if args.classes:
             classes = _classes(args.classes, classes.n_classes - 1) or classes
-        elif classes == _generic_classes(classes.n_classes - 1):
+        elif classes == ClassSchema.default(classes.n_classes):
             _say_generic(args.labels, classes)
         return TrainingData([TrainingItem(img, labels, name=Path(args.image).name)], classes)
     if args.data:
@@ -270,7 +268,7 @@ def _data(args: argparse.Namespace) -> Any:
     k = max(int(p.mask.max(initial=0)) for p in pairs)
     classes = _classes(args.classes, k)
     if classes is None:
-        _say_generic(args.data or args.masks, _generic_classes(k))
+        _say_generic(args.data or args.masks, ClassSchema.default(max(k, 1) + 1))
     sparse = "dense" if args.label_fraction is None else args.sparse
     return datasets.make_training_data(pairs, classes=classes, sparse=sparse,
                                        fraction=args.label_fraction or 1.0, cases=args.labelled_cases,
@@ -300,7 +298,7 @@ def _open_labels(path: str, image: Any) -> tuple[Any, ClassSchema]:
             log.info("%s is not a label store (%s); reading it as a label image", p, e)
     arr = datasets.read_mask(p, image)
     k = max(1, int(arr.max(initial=0)) - 1)
-    return arr, (_ngff_label_classes(p, k) if p.is_dir() else None) or _generic_classes(k)
+    return arr, (_ngff_label_classes(p, k) if p.is_dir() else None) or ClassSchema.default(k + 1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -332,38 +330,35 @@ def run(args: argparse.Namespace) -> int:
                                "data": {"items": [it.key for it in data.items], "classes": list(data.classes.names),
                                         "labelled": sum(it.labels is not None for it in data.items)},
                                "warnings": [], "validations": [], "steps": []}
+    def show(ev: Any) -> None:
+        if isinstance(ev, StepEvent):
+            log_doc["steps"].append({k: v for k, v in ev.__dict__.items()})
+            if bar is not None:
+                bar.update(1)
+                if ev.step % 10 == 0:
+                    bar.set_postfix(loss=f"{ev.loss:.3f}", cons=f"{ev.loss_cons:.3f}")
+        elif isinstance(ev, ValidationEvent):
+            log_doc["validations"].append(_clean(ev.__dict__))
+            msg = f"step {ev.step}: validation Dice {ev.mean_dice:.4f} " + ", ".join(
+                f"{k} {v:.3f}" for k, v in ev.dice_per_class.items() if not math.isnan(v))
+            (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
+        elif isinstance(ev, WarningEvent):
+            log_doc["warnings"].append(ev.message)
+            (bar.write(f"warning: {ev.message}") if bar is not None else print(f"warning: {ev.message}",
+                                                                              file=sys.stderr))
+        elif isinstance(ev, StartEvent):
+            log_doc["start"] = _clean({k: v for k, v in ev.__dict__.items() if k != "norm"})
+            log_doc["norm"] = ev.norm.to_dict() if ev.norm is not None else None
+            msg = (f"training a {ev.model_summary} on {ev.device}: {ev.n_labelled} labelled and "
+                   f"{ev.n_unlabelled} unlabelled images, {ev.n_val_patches} validation patches")
+            (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
+        elif isinstance(ev, CheckpointEvent):
+            log_doc.setdefault("checkpoints", []).append(ev.__dict__)
+
     gen = train(cfg, data, init=args.init)
     result = None
     try:
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as s:
-                result = s.value
-                break
-            if isinstance(ev, StepEvent):
-                log_doc["steps"].append({k: v for k, v in ev.__dict__.items()})
-                if bar is not None:
-                    bar.update(1)
-                    if ev.step % 10 == 0:
-                        bar.set_postfix(loss=f"{ev.loss:.3f}", cons=f"{ev.loss_cons:.3f}")
-            elif isinstance(ev, ValidationEvent):
-                log_doc["validations"].append(_clean(ev.__dict__))
-                msg = f"step {ev.step}: validation Dice {ev.mean_dice:.4f} " + ", ".join(
-                    f"{k} {v:.3f}" for k, v in ev.dice_per_class.items() if not math.isnan(v))
-                (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
-            elif isinstance(ev, WarningEvent):
-                log_doc["warnings"].append(ev.message)
-                (bar.write(f"warning: {ev.message}") if bar is not None else print(f"warning: {ev.message}",
-                                                                                  file=sys.stderr))
-            elif isinstance(ev, StartEvent):
-                log_doc["start"] = _clean({k: v for k, v in ev.__dict__.items() if k != "norm"})
-                log_doc["norm"] = ev.norm.to_dict() if ev.norm is not None else None
-                msg = (f"training a {ev.model_summary} on {ev.device}: {ev.n_labelled} labelled and "
-                       f"{ev.n_unlabelled} unlabelled images, {ev.n_val_patches} validation patches")
-                (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
-            elif isinstance(ev, CheckpointEvent):
-                log_doc.setdefault("checkpoints", []).append(ev.__dict__)
+        result = drive(gen, show)
     except KeyboardInterrupt:
         gen.close()
         raise
@@ -375,13 +370,10 @@ def run(args: argparse.Namespace) -> int:
             log_doc["result"] = {"reason": result.reason, "steps": result.steps,
                                  "last_checkpoint": result.last_checkpoint, "best_checkpoint": result.best_checkpoint,
                                  "best_dice": result.best_dice, "elapsed_s": result.elapsed_s}
-        tmp = out / ".train_log.json.tmp"
         try:  # on a full disk this must not replace the clear error that stopped training
-            tmp.write_text(json.dumps(_clean(log_doc), indent=1))
-            tmp.replace(out / "train_log.json")
+            write_json_atomic(out / "train_log.json", _clean(log_doc), indent=1)
         except OSError as e:
             logging.getLogger(__name__).warning("could not write %s (%s)", out / "train_log.json", e.strerror or e)
-            tmp.unlink(missing_ok=True)
     assert result is not None
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
     print(f"done ({result.reason}) after {result.steps} steps in {result.elapsed_s:.0f} s; best validation Dice "

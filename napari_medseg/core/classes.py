@@ -53,6 +53,12 @@ class ClassSchema:
         object.__setattr__(self, "names", tuple(self.names))
         object.__setattr__(self, "colors", colors)
 
+    @classmethod
+    def default(cls, n: int) -> ClassSchema:
+        """The schema of ``n`` model output channels when nothing names them: ``background``, ``class 1`` ..
+        ``class n-1``, default colors. ``n`` counts background (at least 2)."""
+        return cls(names=("background",) + tuple(f"class {i}" for i in range(1, n)))
+
     @property
     def n_classes(self) -> int:
         """Number of model output channels (background included)."""

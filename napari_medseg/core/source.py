@@ -107,28 +107,42 @@ class ImageSource:
                 best = i
         return best
 
-    # -- napari-facing description (pure: no napari import) -------------------------------------------
-    def layer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``viewer.add_image`` / a reader's LayerData tuple."""
-        data = self.levels if len(self.levels) > 1 else self.levels[0]
-        kw: dict[str, Any] = {
-            "name": self.name,
-            "multiscale": len(self.levels) > 1,
-            "rgb": self.rgb,
-            "scale": self.pixel_size,
-            "units": self.unit,
-            "metadata": {"napari_medseg": {"path": self.path, "axes": self.axes, "modality": self.modality,
-                                           "unit": self.unit, **self.metadata}},
-        }
-        if self.channel_axis is not None and not self.rgb:
-            kw["channel_axis"] = self.channel_axis
-            if self.channel_names:
-                kw["name"] = [f"{self.name} [{c}]" for c in self.channel_names]
-        if self.kind == "labels":
-            kw.pop("rgb")
-            return {"data": data, **kw}
-        if self.contrast_limits is not None and not self.rgb:
-            kw["contrast_limits"] = list(self.contrast_limits)
-        if self.modality in ("CT", "MR") or self.spatial_dims == 3:
-            kw["colormap"] = "gray"
-        return {"data": data, **kw}
+
+def read_box(source: ImageSource, level: int, box: Sequence[tuple[int, int]], *, pad: float | None = 0,
+             channels_last: bool = False, compute: bool = True) -> Any:
+    """The pixels of ``box`` (``[start, stop)`` per spatial axis of ``level``) in the source dtype, as
+    ``(C, *spatial)``, or ``(*spatial, C)`` with ``channels_last`` (C = 1 for an image without channels).
+
+    Where the box reaches outside the image it is filled with ``pad``; with ``pad=None`` the box is clipped
+    to the image instead. ``compute=False`` leaves a dask level's pixels lazy (to compute many boxes in one
+    ``core.compute.compute_many``); otherwise the result is a numpy array. The one box reader of the
+    engines: the tiled predictor's tile reads, the live preview's region."""
+    from napari_medseg.core.compute import materialize
+
+    shape = source.level_shape(level)
+    if len(box) != len(shape):
+        raise ValueError(f"box {tuple(box)} needs one [start, stop) per spatial axis {source.spatial_axes!r}")
+    valid = []
+    for (a, b), s in zip(box, shape):
+        lo = min(max(int(a), 0), s)
+        valid.append((lo, max(lo, min(int(b), s))))
+    spatial = iter(valid)
+    idx = tuple(slice(*next(spatial)) if ax in SPATIAL_AXES else slice(None) for ax in source.axes)
+    a = source.levels[level][idx]
+    if compute:
+        a = materialize(a)
+    c = source.channel_axis
+    if c is None:
+        a = a[..., None] if channels_last else a[None]
+    else:
+        a = np.moveaxis(a, c, -1 if channels_last else 0)
+    if pad is None:
+        return a
+    pads = []
+    for (s, e), (lo, hi) in zip(box, valid):
+        before = min(int(e) - int(s), max(0, -int(s)))
+        pads.append((before, int(e) - int(s) - before - (hi - lo)))
+    if any(p != (0, 0) for p in pads):
+        pads = pads + [(0, 0)] if channels_last else [(0, 0)] + pads
+        a = np.pad(a, pads, constant_values=pad)
+    return a

@@ -1,4 +1,5 @@
-"""Reading the source in large blocks: a source-tile cache, corrupt-tile handling and background prefetch.
+"""Reading the source in large blocks: a source-tile cache, corrupt-tile handling and background prefetch
+(``TileReader``, ``Prefetcher``); ``ArrayReader`` serves the same boxes from an array already in memory.
 
 A block's input (its windows' extent: the block plus a halo of ``window - interval`` pixels) is assembled
 from the source level's own tiles (its dask/zarr chunks). Decoded tiles stay in an LRU cache sized to hold
@@ -22,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from napari_medseg.core.compute import compute_many, materialize
+from napari_medseg.core.compute import compute_many
 from napari_medseg.core.errors import MedsegError, UnreadableInputError
-from napari_medseg.core.source import SPATIAL_AXES, ImageSource
+from napari_medseg.core.source import SPATIAL_AXES, ImageSource, read_box
 
 log = logging.getLogger(__name__)
 Box = tuple[tuple[int, int], ...]
@@ -128,18 +129,9 @@ class TileReader:
     def tile_box(self, key: Sequence[int]) -> Box:
         return tuple((k * t, min((k + 1) * t, s)) for k, t, s in zip(key, self.tile, self.shape))
 
-    def _index(self, box: Box) -> tuple[slice, ...]:
-        sl: list[slice] = [slice(None)] * self.arr.ndim
-        for p, (a, b) in zip(self.sp_pos, box):
-            sl[p] = slice(a, b)
-        return tuple(sl)
-
-    def _canonical(self, a: np.ndarray) -> np.ndarray:
-        """Source axes -> (*spatial, C)."""
-        a = materialize(a)
-        if self.c_pos is None:
-            return a[..., None]
-        return a if self.c_pos == a.ndim - 1 else np.moveaxis(a, self.c_pos, -1)
+    def _read(self, key: tuple[int, ...], compute: bool = True) -> Any:
+        """The tile ``key``, channels last (lazy with ``compute=False``)."""
+        return read_box(self.source, self.level, self.tile_box(key), pad=None, channels_last=True, compute=compute)
 
     def _describe(self, box: Box) -> str:
         axes = self.source.spatial_axes
@@ -150,16 +142,14 @@ class TileReader:
         if not keys:
             return out
         parts = None
-        if self._is_dask and len(keys) > 1:
-
+        if self._is_dask and len(keys) > 1:  # one compute for all of them (dask decodes them in parallel)
             try:
-                parts = compute_many([self.arr[self._index(self.tile_box(k))] for k in keys])
+                parts = compute_many([self._read(k, compute=False) for k in keys])
             except Exception:  # find the culprit(s) tile by tile below
                 parts = None
         for i, k in enumerate(keys):
             try:
-                a = parts[i] if parts is not None else self.arr[self._index(self.tile_box(k))]
-                out[k] = np.ascontiguousarray(self._canonical(a))
+                out[k] = np.ascontiguousarray(parts[i] if parts is not None else self._read(k))
             except Exception as e:
                 where = f"level {self.level}, {self._describe(self.tile_box(k))}"
                 msg = f"{type(e).__name__}: {e}"
@@ -228,6 +218,25 @@ class TileReader:
                 "decode_ratio": round(self.decoded / unique, 3) if unique else 1.0,
                 "tile": list(self.tile), "cache_mb": round(self.cache_bytes / 2**20, 1),
                 "bad_tiles": len(self.bad_tiles)}
+
+
+class ArrayReader:
+    """Boxes of an array already in memory, ``(*spatial, C)`` (the live preview's region, read once with
+    ``core.source.read_box``), through the interface the block engine reads a ``TileReader`` by."""
+
+    def __init__(self, data: np.ndarray, level: int = 0) -> None:
+        self.data, self.level = data, level
+        self.shape = tuple(data.shape[:-1])
+
+    def plan(self, boxes: Sequence[Box | None]) -> None:
+        """Nothing to plan: every pixel is in memory."""
+
+    def read(self, box: Box) -> BlockData:
+        valid = tuple((min(max(0, a), s), max(min(max(0, a), s), min(s, b))) for (a, b), s in zip(box, self.shape))
+        return BlockData(box, valid, np.ascontiguousarray(self.data[tuple(slice(a, b) for a, b in valid)]), [])
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
 
 class Prefetcher:

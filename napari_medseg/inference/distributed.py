@@ -1,12 +1,15 @@
 """Many slides, and the blocks of each, spread over a ``dask.distributed`` cluster.
 
-The driver (``predict_many``) prepares every output (manifest, arrays, tissue mask: nothing is refused
-once work is sent), then submits tasks of a few neighbouring blocks each. Each worker process opens its
-own source (by path: tifffile's store holds a file lock and cannot be pickled) and its own model (from the
-checkpoint path, or the module scattered once), predicts its blocks into the shared output store (chunks
-are block-aligned, so there is one writer per chunk) and journals them. A task whose worker is lost is
+The driver (``predict_many``) resolves and hashes the model once, prepares every output (manifest, arrays,
+tissue mask: nothing is refused once work is sent), then submits tasks of a few neighbouring blocks each.
+Each worker process opens its own source (by path: tifffile's store holds a file lock and cannot be
+pickled) and its own model (from the checkpoint path, or the module scattered once) without hashing it
+again: it takes the driver's job identity and checks its own image and settings against it (the image's
+fingerprint above all). It predicts its blocks into the shared output store (chunks are block-aligned, so
+there is one writer per chunk) and journals them. A task whose worker is lost is
 rescheduled by Dask; afterwards the driver compares the journal with the blocks due and resubmits any
-missing ones, then builds the coarse pyramid levels and marks the output complete.
+missing ones, then builds the coarse pyramid levels and marks the output complete (the lifecycle of each
+output is ``run.PredictionRun``, as in ``predict``).
 
 Without a cluster (``workers=None`` and no ``scheduler``) the slides are predicted one after the other in
 this process with ``predictor.predict``.
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Generator, Iterator, Sequence
@@ -26,19 +28,12 @@ from typing import Any
 
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.source import ImageSource
-from napari_medseg.inference.events import (
-    BlockDone,
-    PredictDone,
-    PredictEvent,
-    PredictFailed,
-    PredictStart,
-    PredictWarning,
-    TissueMaskReady,
-)
+from napari_medseg.inference.events import PredictEvent, PredictFailed, PredictStart, PredictWarning
 from napari_medseg.inference.job import Job, make_job, open_source
-from napari_medseg.inference.modelrun import resolve_model
+from napari_medseg.inference.modelrun import LoadedModel, resolve_model
 from napari_medseg.inference.output import OutputStore
-from napari_medseg.inference.predictor import open_output, predict
+from napari_medseg.inference.predictor import predict
+from napari_medseg.inference.run import PredictionRun
 
 log = logging.getLogger(__name__)
 _JOBS: dict[tuple[str, str], Job] = {}  # per worker process: the job of each output, built once
@@ -53,14 +48,34 @@ class TaskSpec:
     source: ImageSource | None
     model: Any                     # checkpoint path or nn.Module (set on the worker from run_task's argument)
     settings: dict[str, Any]
-    identity: dict[str, Any]
+    identity: dict[str, Any]       # the driver's job identity (its model hash: workers do not hash again)
     torch_threads: int = 1
     delay_s: float = 0.0           # testing: hold each task this long before it starts
     token: str = field(default_factory=lambda: f"{os.getpid()}-{time.time_ns()}")
     source_kind: str = "auto"      # how the worker opens source_path ("image": the user said so)
+    model_stamp: str | None = None  # ``file_stamp`` of the checkpoint the driver hashed (None: a module)
+
+
+def file_stamp(path: str | os.PathLike, window: int = 256 * 1024) -> str:
+    """A cheap fingerprint of a file: its size and three windows of its bytes (start, middle, end).
+
+    Workers check the checkpoint they load against the driver's stamp instead of hashing all of it again:
+    a different file at the same path (another version of the model on one node) is refused."""
+    import hashlib
+
+    size = os.path.getsize(path)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for start in (0, max(0, size // 2 - window // 2), max(0, size - window)):
+            f.seek(start)
+            h.update(f.read(window))
+    return h.hexdigest()[:16]
 
 
 def _worker_job(spec: TaskSpec) -> Job:
+    """The slide's job on this worker, built once per run: the model as the driver resolved it (its hash
+    taken from the driver's identity, not computed again), the image opened here and checked against the
+    driver's (same fingerprint, shapes and settings)."""
     key = (spec.out, spec.token)
     job = _JOBS.get(key)
     if job is None:
@@ -68,7 +83,13 @@ def _worker_job(spec: TaskSpec) -> Job:
 
         torch.set_num_threads(max(1, spec.torch_threads))
         src = open_source(spec.source_path, kind=spec.source_kind) if spec.source_path else spec.source
-        job = make_job(src, spec.model, **spec.settings)
+        if spec.model_stamp is not None and isinstance(spec.model, (str, os.PathLike)) \
+                and file_stamp(spec.model) != spec.model_stamp:
+            raise MedsegError(f"the worker's checkpoint {spec.model} is not the file the driver read; "
+                              "are all workers reading the same model file?")
+        loaded = resolve_model(spec.model, hash_weights=False)
+        loaded.model_hash = spec.identity["model"]
+        job = make_job(src, loaded, **spec.settings)
         if job.identity != spec.identity:
             raise MedsegError(f"the worker sees a different image or model than the driver for {spec.out}; "
                               "are all workers reading the same files?")
@@ -177,8 +198,9 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
                  keep_going: bool = False, **settings: Any) -> Generator[PredictEvent, None, list[Path]]:
     """Predict each of ``inputs`` into the matching ``outs``; events carry the slide's ``name``.
 
-    ``model`` is a checkpoint path or an ``nn.Module``; ``settings`` are ``predict``'s keyword arguments
-    (window, overlap, level, tissue_mask, write_probs...). Without ``client``/``workers``/``scheduler``
+    ``model`` is a checkpoint path, an ``nn.Module`` or a ``LoadedModel`` (resolved once by the caller, e.g.
+    the CLI); ``settings`` are ``predict``'s keyword arguments (window, overlap, level, tissue_mask,
+    write_probs...). Without ``client``/``workers``/``scheduler``
     the slides run here one by one. Returns the output paths (of the inputs that did not fail).
 
     An input that cannot be predicted (unreadable, refused by the model, a damaged tile with
@@ -207,55 +229,53 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
                 yield PredictFailed(source=_input_text(src), out=Path(out), message=_failure_message(e), name=name)
         return done_outs
     own_client = client is None
-    # prepare every slide before sending work: bad input is refused here (or, with keep_going, reported and
-    # left out), with nothing written elsewhere
-    jobs: list[tuple[Job, OutputStore, TaskSpec, list[str], int, str]] = []
+    # the model is read and hashed once, here; the workers get its checkpoint path (each loads it) or the
+    # module (scattered once), and the driver's identity of every job, hash included
+    loaded = model if isinstance(model, LoadedModel) else resolve_model(model)
+    worker_model = loaded.checkpoint or loaded.module
+    stamp = file_stamp(loaded.checkpoint) if loaded.checkpoint else None
+    runs: list[PredictionRun] = []
+    specs: list[TaskSpec] = []
     sources: list[str] = []
-    model_arg = str(model) if isinstance(model, (str, Path)) else model
-    for src_in, out in zip(inputs, outs):
-        try:
-            job = make_job(src_in, model_arg, **settings)
-            store, done = open_output(job, out, resume=resume, overwrite=overwrite)
-        except Exception as e:
-            if not keep_going:
-                raise
-            log.debug("preparing %s failed", _input_text(src_in), exc_info=True)
-            yield PredictFailed(source=_input_text(src_in), out=Path(out), message=_failure_message(e))
-            continue
-        keys = [job.blocks.key(b) for b in job.tissue_blocks]
-        todo = [k for k in keys if k not in done]
-        path, obj = _source_ref(job.source)
-        wsettings = dict(settings, tissue_mask=job.tissue if job.tissue is not None else False)
-        spec = TaskSpec(out=str(out), source_path=path, source=obj, model=None, settings=wsettings,
-                        identity=job.identity, torch_threads=torch_threads, delay_s=delay_s,
-                        source_kind=_source_kind(job.source))
-        name = job.source.name
-        if job.tissue is not None:
-            yield TissueMaskReady(job.tissue, Path(out))
-        yield PredictStart(total_blocks=len(keys), skipped_blocks=job.blocks.n_blocks - len(keys), out=Path(out),
-                           level=job.level, shape=job.shape, resumed_blocks=len(keys) - len(todo), name=name)
-        if todo:
-            store.update_manifest(status="running")
-        jobs.append((job, store, spec, keys, len(keys) - len(todo), name))
-        sources.append(_input_text(src_in))
-    if not jobs:
-        return []
-    from distributed import as_completed
-
-    client = client or make_client(workers, scheduler, threads_per_worker=1)
-    t0 = time.perf_counter()
+    client_made = None
     try:
-        model_ref = model_arg if isinstance(model_arg, str) else client.scatter(model_arg, broadcast=True)
-        done_count = {i: j[4] for i, j in enumerate(jobs)}
+        # prepare every slide before sending work: bad input is refused here (or, with keep_going, reported
+        # and left out), with nothing written elsewhere
+        for src_in, out in zip(inputs, outs):
+            try:
+                job = make_job(src_in, loaded, **settings)
+                run = PredictionRun(job, out, resume=resume, overwrite=overwrite)
+            except Exception as e:
+                if not keep_going:
+                    raise
+                log.debug("preparing %s failed", _input_text(src_in), exc_info=True)
+                yield PredictFailed(source=_input_text(src_in), out=Path(out), message=_failure_message(e))
+                continue
+            path, obj = _source_ref(job.source)
+            wsettings = dict(settings, tissue_mask=job.tissue if job.tissue is not None else False)
+            runs.append(run)
+            specs.append(TaskSpec(out=str(run.out), source_path=path, source=obj, model=None, settings=wsettings,
+                                  identity=job.identity, torch_threads=torch_threads, delay_s=delay_s,
+                                  source_kind=_source_kind(job.source), model_stamp=stamp))
+            sources.append(_input_text(src_in))
+            yield from run.start()
+        if not runs:
+            return []
+        from distributed import as_completed
+
+        client = client_made = client or make_client(workers, scheduler, threads_per_worker=1)
+        model_ref = worker_model if isinstance(worker_model, str) else client.scatter(worker_model, broadcast=True)
+        t0 = time.perf_counter()
+        for run in runs:  # rates count from here, not from the cluster's start
+            run.t0 = t0
         failed: set[int] = set()
-        pixels = 0
         for rnd in range(max_rounds):
             futures = {}
-            for i, (_job, store, spec, keys, _, _) in enumerate(jobs):
+            for i, (run, spec) in enumerate(zip(runs, specs)):
                 if i in failed:
                     continue
-                done = store.done_blocks()
-                missing = [k for k in keys if k not in done]
+                done = run.store.done_blocks()
+                missing = [k for k in run.keys if k not in done]
                 for part in _chunks(missing, max(1, blocks_per_task)):
                     futures[client.submit(run_task, spec, part, model_ref, pure=False)] = i
             if not futures:
@@ -264,7 +284,7 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
                 yield PredictWarning(f"{len(futures)} task(s) were redone (a worker was lost or a block is missing)")
             for fut in as_completed(list(futures)):
                 i = futures[fut]
-                job, store, spec, keys, _, name = jobs[i]
+                run = runs[i]
                 if cancel is not None and cancel.is_set():
                     client.cancel(list(futures))
                     break
@@ -278,51 +298,31 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
                         raise
                     failed.add(i)
                     client.cancel([f for f, j in futures.items() if j == i])
-                    yield PredictFailed(source=sources[i], out=Path(spec.out), message=str(e), name=name)
+                    run.abort()  # interrupted: a rerun resumes it
+                    yield PredictFailed(source=sources[i], out=run.out, message=str(e), name=run.name)
                     continue
                 except Exception as e:  # a lost worker ends up here when Dask gives up; redone next round
-                    log.warning("task for %s failed: %s", name, e)
-                    yield PredictWarning(f"{name}: a task failed ({type(e).__name__}: {e}); its blocks will be redone",
-                                         name=name)
+                    log.warning("task for %s failed: %s", run.name, e)
+                    yield PredictWarning(f"{run.name}: a task failed ({type(e).__name__}: {e}); its blocks will "
+                                         "be redone", name=run.name)
                     continue
                 for w in res["warnings"]:
-                    yield PredictWarning(w, name=name)
+                    yield run.warning(w)
                 for k in res["keys"]:
-                    done_count[i] += 1
-                    b = job.blocks.from_key(k)
-                    pixels += math.prod(hi - lo for lo, hi in job.blocks.box(b))
-                    dt = time.perf_counter() - t0
-                    left = sum(len(j[3]) for j in jobs) - sum(done_count.values())
-                    rate = pixels / 1e6 / max(dt, 1e-9)
-                    yield BlockDone(done=min(done_count[i], len(keys)), total=len(keys), region=job.blocks.slices(b),
-                                    mpix_s=rate, eta_s=dt / max(1, sum(done_count.values())) * max(0, left), name=name)
+                    yield run.block_done(run.job.blocks.box(run.job.blocks.from_key(k)))
             if cancel is not None and cancel.is_set():
                 break
         outs_done = []
-        for i, (job, store, _spec, keys, _, name) in enumerate(jobs):
-            if i in failed:  # reported above; a rerun resumes it
-                store.update_manifest(status="interrupted")
-                store.close()
-                continue
-            done = store.done_blocks()
-            finished = all(k in done for k in keys)
-            cancelled = not finished
-            if finished:
-                store.finalize()
-                store.update_manifest(status="complete")
-            else:
-                store.update_manifest(status="cancelled" if cancel is not None and cancel.is_set() else "interrupted")
-            store.close()
-            n = sum(1 for k in keys if k in done)
-            px = sum(math.prod(b - a for a, b in job.blocks.box(job.blocks.from_key(k))) for k in keys)
-            sec = time.perf_counter() - t0
-            yield PredictDone(out=store.path, blocks_done=n, seconds=sec, mpix_s=px / 1e6 / max(sec, 1e-9),
-                              cancelled=cancelled, name=name)
-            outs_done.append(store.path)
+        for i, run in enumerate(runs):
+            if i not in failed:
+                yield run.finish(cancelled=cancel is not None and cancel.is_set())
+                outs_done.append(run.out)
         return outs_done
     finally:
-        if own_client:
-            cluster = getattr(client, "cluster", None)
-            client.close()
+        for run in runs:  # after an error: every unfinished output stays resumable
+            run.abort()
+        if own_client and client_made is not None:
+            cluster = getattr(client_made, "cluster", None)
+            client_made.close()
             if cluster is not None:
                 cluster.close()

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from napari_medseg.inference.blocks import BlockData, Box, Prefetcher, TileReader, boxes_overlap
+from napari_medseg.inference.blocks import ArrayReader, BlockData, Box, Prefetcher, TileReader, boxes_overlap
 from napari_medseg.inference.modelrun import WindowRunner
 from napari_medseg.inference.tiling import BlockPlan, box_slices, importance_map, intersect
 from napari_medseg.models.normalization import NormConfig
@@ -67,19 +67,20 @@ class EngineStats:
 
 
 class BlockEngine:
-    def __init__(self, plan: BlockPlan, reader: TileReader, runner: WindowRunner, norm: NormConfig,
-                 n_classes: int, *, sigma_scale: float = 0.125,
+    def __init__(self, plan: BlockPlan, reader: TileReader | ArrayReader, runner: WindowRunner, norm: NormConfig,
+                 n_classes: int | None, *, sigma_scale: float = 0.125,
                  extra_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, prefetch_depth: int = 1,
                  pixel_mask: Callable[[Box], Any] | None = None) -> None:
-        """``pixel_mask(box)``: the pixels of a block's box to keep (bool, the box's trailing YX shape,
-        numpy or torch), or None to keep all; everything else is written as 0 (not predicted)."""
+        """``n_classes``: the model's output channels, or None to take them from the first batch (a block
+        no window writes to then needs them: the tiled predictor always passes them). ``pixel_mask(box)``:
+        the pixels of a block's box to keep (bool, the box's trailing YX shape, numpy or torch), or None to
+        keep all; everything else is written as 0 (not predicted)."""
         self.plan, self.reader, self.runner, self.norm = plan, reader, runner, norm
         self.pixel_mask = pixel_mask
         self.grid, self.blocks = plan.grid, plan.blocks
         self.device = runner.device
-        self.n_classes = n_classes
         self.extra_fn = extra_fn
-        self.n_out = n_classes + (1 if extra_fn is not None else 0)
+        self._set_classes(n_classes)
         self.gaussian = self.grid.blend == "gaussian"
         self.wmap = importance_map(self.grid.window, self.grid.blend, sigma_scale, device=self.device)
         self.prefetch_depth = prefetch_depth
@@ -103,6 +104,10 @@ class BlockEngine:
                     old = self.part_box.get((o, t))
                     self.part_box[(o, t)] = inter if old is None else tuple(
                         (min(x0, y0), max(x1, y1)) for (x0, x1), (y0, y1) in zip(old, inter))
+
+    def _set_classes(self, n_classes: int | None) -> None:
+        self.n_classes = n_classes
+        self.n_out = None if n_classes is None else n_classes + (1 if self.extra_fn is not None else 0)
 
     # -- accumulation ------------------------------------------------------------------------------------
     def _part(self, owner: Key, t: Key) -> tuple[torch.Tensor, list[int]]:
@@ -136,6 +141,8 @@ class BlockEngine:
                 free.append(base)
 
     def _finish(self, b: Key) -> FinishedBlock:
+        if self.n_out is None:
+            raise ValueError("a block without windows needs the engine's n_classes")
         bbox = self.blocks.box(b)
         origin = [a for a, _ in bbox]
         parts = self.parts.pop(b, {})
@@ -221,6 +228,8 @@ class BlockEngine:
             self._raw = torch.empty(shape, dtype=views[0].dtype, device=self.device)
         batch = self._normalise(torch.stack(views, out=self._raw), [w for w, _, _ in items])
         probs = self.runner(batch)
+        if self.n_classes is None:
+            self._set_classes(int(probs.shape[1]))
         if self.extra_fn is not None:
             probs = torch.cat([probs, self.extra_fn(batch)[:, None].float()], dim=1)
         if self.device.type == "cuda":

@@ -31,7 +31,6 @@ from napari_medseg.inference.modelrun import (
     LoadedModel,
     WindowRunner,
     check_model_input,
-    default_classes,
     default_norm,
     model_window,
     resolve_device,
@@ -197,7 +196,7 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
         window = (96, 96, 96) if loaded.spatial_dims == 3 else (512, 512)
     win = model_window(loaded, src, tuple(window) if not isinstance(window, int) else (window,) * src.spatial_dims)
     out_ch = check_model_input(loaded, src, win, dev, norm)
-    classes = classes or loaded.classes or default_classes(out_ch)
+    classes = classes or loaded.classes or ClassSchema.default(out_ch)
     if out_ch != classes.n_classes:
         raise MedsegError(f"the model predicts {out_ch} channels (classes with background) but the class schema "
                           f"names {classes.n_classes}; pass the model's class schema")

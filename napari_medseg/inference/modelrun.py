@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from napari_medseg.core.classes import DEFAULT_COLORS, ClassSchema
+from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.source import ImageSource
 from napari_medseg.models.config import ModelConfig
@@ -101,11 +101,6 @@ def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = No
                        state_hash(module) if hash_weights else "", in_ch, dims, ckpt_path, was_training)
 
 
-def default_classes(n: int) -> ClassSchema:
-    names = ("background",) + tuple(f"class {i}" for i in range(1, n))
-    return ClassSchema(names=names, colors=tuple(DEFAULT_COLORS[i % len(DEFAULT_COLORS)] for i in range(n)))
-
-
 def default_norm(source: ImageSource) -> NormConfig:
     if source.dtype == "uint8":
         return NormConfig.uint8(source.n_channels)
@@ -181,19 +176,22 @@ class WindowRunner:
 
     def __init__(self, module: nn.Module, device: torch.device, *, batch_size: int = 4, amp: bool = True,
                  tta: bool = False, model_dims: int = 2, squeeze_axis: int | None = None,
-                 cpu_nhwc: bool = True) -> None:
+                 cpu_nhwc: bool = True, keep_module: bool = False) -> None:
+        """``keep_module``: run the module where it is, its weights' memory format untouched (a model that
+        is being trained, previewed between its steps); otherwise it is moved to ``device`` and, on CUDA,
+        given channels-last weights."""
         if batch_size < 1:
             raise MedsegError(f"batch size must be >= 1, got {batch_size}")
         self.device, self.batch_size, self.tta = device, int(batch_size), bool(tta)
         self.amp = bool(amp) and device.type == "cuda"
-        self.channels_last = device.type == "cuda"
+        self.channels_last = device.type == "cuda" and not keep_module
         # On the CPU a 2D model gets its input channels-last (NHWC), its weights left as they are: oneDNN's
         # convolutions take that layout several times faster than NCHW (the first, 3-channel one above all;
         # see benchmarks/bench_memory_format.py). The result is the same (to float rounding), and the same
         # in every run, as the choice depends only on the device and the model's dimensions.
         self.input_channels_last = self.channels_last or (device.type == "cpu" and model_dims == 2 and cpu_nhwc)
         self.model_dims, self.squeeze_axis = model_dims, squeeze_axis
-        module = module.to(device).eval()
+        module = (module if keep_module else module.to(device)).eval()
         if self.channels_last:
             fmt = torch.channels_last if model_dims == 2 else torch.channels_last_3d
             module = module.to(memory_format=fmt)

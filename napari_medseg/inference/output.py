@@ -417,6 +417,8 @@ class OutputStore:
         self._futures = []
 
     def close(self) -> None:
+        """Wait for the queued writes (raising the first error) and end the writer thread: the store owns
+        its pool, and this is the one place it is shut down."""
         try:
             self.flush()
         finally:

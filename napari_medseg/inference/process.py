@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.events import drive
 from napari_medseg.core.source import ImageSource
 from napari_medseg.inference.events import PredictEvent
 
@@ -44,7 +45,7 @@ def _source_spec(source: ImageSource | str | Path) -> tuple[str, Any]:
     if source.path and Path(source.path).exists():
         from napari_medseg.io.reader import open_path
 
-        try:  # the same image the path opens first (what ``source_from_layer`` reopens too)
+        try:  # the same image the path opens first (what ``_napari.layerdata.from_layer`` reopens too)
             first = next(s for s in open_path(source.path) if s.kind == "image")
             if first.levels[0].shape == source.levels[0].shape:
                 return ("path", str(source.path))
@@ -74,14 +75,8 @@ def _child(spec: tuple[str, Any], model: str, out: str, kwargs: dict[str, Any], 
     try:
         from napari_medseg.inference.predictor import predict
 
-        gen = predict(_open_spec(spec), model, out, cancel=stop, **kwargs)
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as fin:
-                q.put(("done", fin.value))
-                return
-            q.put(("event", ev))
+        result = drive(predict(_open_spec(spec), model, out, cancel=stop, **kwargs), lambda ev: q.put(("event", ev)))
+        q.put(("done", result))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the caller
         try:
             payload: Any = pickle.dumps(e)

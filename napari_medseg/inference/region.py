@@ -1,11 +1,20 @@
 """Live preview: predict just a region of one pyramid level (the current view), fast, in memory.
 
-``predict_region`` reads the region (plus a little real context so the model sees a valid size),
-normalises it on the device and runs the model in one pass (``window=None``, for views up to
-``max_side`` pixels) or with MONAI's Gaussian sliding window (``window`` given, or larger views).
+``predict_region`` goes through the tiled predictor's own parts: the region is read once
+(``core.source.read_box``), its windows run through ``modelrun.WindowRunner`` and are blended by
+``engine.BlockEngine``, and the finished blocks are merged into arrays in memory (no output store):
+
+- ``window=None`` and a view up to ``max_side`` pixels: one window over the view (one per slice for a 2D
+  model over a volume), grown to a size the model takes with real image context where the image has it,
+  then cropped back;
+- otherwise (``window`` given, or a larger view) the Gaussian sliding window over exactly the region,
+  MONAI's grid and zero padding (``tiling.py``): the probabilities ``predict`` writes for an image that is
+  this region.
+
 Results are numpy arrays over exactly the region: labels ``uint8`` (0 = background), optionally
-probabilities ``(C, *spatial)`` float16 and the teacher's predictive entropy in [0, 1] (float32).
-``translate``/``scale`` place the result over the image in level-0 physical units (napari layer kwargs).
+probabilities ``(C, *spatial)`` (float16, or ``probs_dtype``) and the teacher's predictive entropy in
+[0, 1] (float32, blended like the probabilities). ``translate``/``scale`` place the result over the image in
+level-0 physical units (napari layer kwargs).
 """
 
 from __future__ import annotations
@@ -14,26 +23,38 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from napari_medseg.core.compute import materialize
 from napari_medseg.core.errors import MedsegError
-from napari_medseg.core.source import SPATIAL_AXES, ImageSource
-from napari_medseg.inference.modelrun import LoadedModel, model_multiple, resolve_device, resolve_model
+from napari_medseg.core.source import ImageSource, read_box
+from napari_medseg.inference.blocks import ArrayReader
+from napari_medseg.inference.engine import BlockEngine, FinishedBlock
+from napari_medseg.inference.job import default_block
+from napari_medseg.inference.modelrun import (
+    LoadedModel,
+    WindowRunner,
+    model_multiple,
+    resolve_device,
+    resolve_model,
+)
+from napari_medseg.inference.output import argmax_channels
+from napari_medseg.inference.tiling import BlockGrid, WindowGrid, box_slices, intersect, plan_blocks
 from napari_medseg.models.normalization import NormConfig
 from napari_medseg.models.uncertainty import predictive_entropy
 
 log = logging.getLogger(__name__)
 _MODELS: dict[tuple[str, int], LoadedModel] = {}
+Box = list[tuple[int, int]]
 
 
 @dataclass
 class RegionPrediction:
     labels: np.ndarray                 # (*spatial) uint8, 0 = background, k = class k
-    probs: np.ndarray | None           # (C, *spatial) float16
+    probs: np.ndarray | None           # (C, *spatial) float16 (or the probs_dtype asked for)
     uncertainty: np.ndarray | None     # (*spatial) float32 in [0, 1]
     region: tuple[slice, ...]          # in pixels of ``level`` (clipped to the image)
     level: int
@@ -52,36 +73,15 @@ def _loaded(model: nn.Module | str | Path) -> LoadedModel:
     key = (str(p.resolve()), p.stat().st_mtime_ns if p.exists() else 0)
     if key not in _MODELS:
         _MODELS.clear()
-        _MODELS[key] = resolve_model(p)
+        _MODELS[key] = resolve_model(p, hash_weights=False)  # a preview has no manifest: no identity needed
     return _MODELS[key]
-
-
-def _read(source: ImageSource, level: int, box: list[tuple[int, int]]) -> np.ndarray:
-    """Pixels of ``box`` (clipped to the image, zero outside) as (C, *spatial)."""
-    arr = source.levels[level]
-    shape = source.level_shape(level)
-    valid = [(max(0, a), min(s, b)) for (a, b), s in zip(box, shape)]
-    idx: list[slice] = []
-    k = 0
-    for ax in source.axes:
-        if ax in SPATIAL_AXES:
-            idx.append(slice(*valid[k]))
-            k += 1
-        else:
-            idx.append(slice(None))
-    a = materialize(arr[tuple(idx)])
-    c = source.channel_axis
-    a = a[None] if c is None else np.moveaxis(a, c, 0)
-    pads = [(0, 0)] + [(va - a0, b0 - vb) for (a0, b0), (va, vb) in zip(box, valid)]
-    if any(p != (0, 0) for p in pads):
-        a = np.pad(a, pads)
-    return a
 
 
 def predict_region(model: nn.Module | str | Path, source: ImageSource, level: int, region: tuple[slice, ...],
                    norm: NormConfig, *, window=None, overlap: float = 0.25, device: str = "cpu",
                    with_probs: bool = False, uncertainty_model: nn.Module | None = None, amp: bool = False,
-                   max_side: int = 2048, batch_size: int = 4, uncertainty_samples: int = 4) -> RegionPrediction:
+                   max_side: int = 2048, batch_size: int = 4, uncertainty_samples: int = 4,
+                   probs_dtype: str = "float16") -> RegionPrediction:
     """Predict ``region`` (slices over the spatial axes of ``level``) of ``source``."""
     t0 = time.perf_counter()
     if not 0 <= level < len(source.levels):
@@ -92,21 +92,30 @@ def predict_region(model: nn.Module | str | Path, source: ImageSource, level: in
     reg = [(max(0, s.start or 0), min(n, n if s.stop is None else s.stop)) for s, n in zip(region, shape)]
     if any(b <= a for a, b in reg):
         raise MedsegError(f"the region {region} lies outside the image {shape}")
+    if probs_dtype not in ("float16", "float32"):
+        raise MedsegError(f"probs_dtype must be 'float16' or 'float32', got {probs_dtype!r}")
     loaded = _loaded(model)
     dev = resolve_device(device)
-    if isinstance(model, nn.Module):  # a model we do not own (e.g. the one being trained): never moved
+    owned = not isinstance(model, nn.Module)
+    if not owned:  # a model we do not own (e.g. the one being trained): never moved
         dev = _device_of(model, dev)
-    net = loaded.module.to(dev)
+    net = loaded.module
     modes = [(net, net.training)] + ([(uncertainty_model, uncertainty_model.training)] if uncertainty_model else [])
     try:
         net.eval()
         if uncertainty_model is not None:
             uncertainty_model.eval()
-        return _predict(net, loaded, source, level, reg, norm, window, overlap, dev, with_probs, uncertainty_model,
-                        amp, max_side, batch_size, uncertainty_samples, t0)
+        labels, probs, unc = _predict(net, loaded, source, level, reg, norm, window, overlap, dev, owned,
+                                      with_probs, probs_dtype, uncertainty_model, amp, max_side, batch_size,
+                                      uncertainty_samples)
     finally:  # hand the models back in the mode they came in (training continues undisturbed)
         for m, was_training in modes:
             m.train(was_training)
+    ds = source.level_downsample(level)
+    p0 = source.pixel_size
+    translate = tuple((a * d + (d - 1) / 2) * p for (a, _), d, p in zip(reg, ds, p0))
+    return RegionPrediction(labels, probs, unc, tuple(slice(a, b) for a, b in reg), level, translate,
+                            tuple(source.level_pixel_size(level)), time.perf_counter() - t0)
 
 
 def _device_of(module: nn.Module, default: torch.device) -> torch.device:
@@ -114,8 +123,23 @@ def _device_of(module: nn.Module, default: torch.device) -> torch.device:
     return p.device if p is not None else default
 
 
-def _predict(net, loaded, source, level, reg, norm, window, overlap, dev, with_probs, uncertainty_model, amp,
-             max_side, batch_size, uncertainty_samples, t0) -> RegionPrediction:
+def _grown(reg: Box, shape: tuple[int, ...], axes: range, mult: int) -> Box:
+    """``reg`` grown along ``axes`` to multiples of ``mult``, centred, with real context where the image has
+    it (shifted inside the image; beyond an image smaller than that, zero padding)."""
+    box = list(reg)
+    for d in axes:
+        a, b = reg[d]
+        need = -(-(b - a) // mult) * mult
+        extra = need - (b - a)
+        a2 = max(0, min(a - extra // 2, shape[d] - need)) if need <= shape[d] else a - extra // 2
+        box[d] = (a2, a2 + need)
+    return box
+
+
+def _predict(net: nn.Module, loaded: LoadedModel, source: ImageSource, level: int, reg: Box, norm: NormConfig,
+             window: Any, overlap: float, dev: torch.device, owned: bool, with_probs: bool, probs_dtype: str,
+             uncertainty_model: nn.Module | None, amp: bool, max_side: int, batch_size: int,
+             uncertainty_samples: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     shape = source.level_shape(level)
     nd = len(shape)
     md = loaded.spatial_dims or (2 if nd == 2 else 3)
@@ -124,67 +148,60 @@ def _predict(net, loaded, source, level, reg, norm, window, overlap, dev, with_p
                           f"{source.n_channels}")
     mult = model_multiple(loaded)
     slicewise = md == 2 and nd == 3
-    sizes = [b - a for a, b in reg]
-    plane = sizes[1:] if slicewise else sizes
-    single = window is None and max(plane) <= max_side
-    if single:
-        # grow the in-plane box to a multiple the model takes, with real context where the image has it
-        box = list(reg)
-        for d in range(nd - len(plane), nd):
-            a, b = reg[d]
-            need = -(-(b - a) // mult) * mult
-            extra = need - (b - a)
-            a2 = max(0, min(a - extra // 2, shape[d] - need)) if need <= shape[d] else a - extra // 2
-            box[d] = (a2, a2 + need)
+    lead = 1 if slicewise else 0  # a 2D model over a volume: windows of one slice
+    plane = [b - a for a, b in reg][lead:]
+    if window is None and max(plane) <= max_side:
+        box = _grown(reg, shape, range(lead, nd), mult)
+        win = (1,) * lead + tuple(b - a for a, b in box[lead:])
+        blend = "crop"  # one window per view (per slice): its probabilities as they are
     else:
         box = list(reg)
-    x = torch.from_numpy(_read(source, level, box)).to(dev)
-    x = norm.apply(x[None])  # (1, C, *box) float32
-    if slicewise:  # 2D model over a volume region: the slices are the batch
-        x = x[0].permute(1, 0, 2, 3)  # (Z, C, Y, X)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if (amp and dev.type == "cuda") else None
+        win = tuple(int(w) for w in (window or (min(1024, max_side),) * len(plane)))[-len(plane):]
+        win = (1,) * lead + tuple(max(mult, (w // mult) * mult) for w in win)
+        blend = "gaussian"
+    gshape = tuple(b - a for a, b in box)
+    grid = WindowGrid(gshape, win, float(overlap), blend)
+    blocks = BlockGrid(gshape, default_block(win, grid.intervals, gshape, md))
+    plan = plan_blocks(grid, blocks, list(blocks.indices()))
+    reader = ArrayReader(read_box(source, level, box, pad=0, channels_last=True), level)
+    runner = WindowRunner(net, dev, batch_size=max(1, min(int(batch_size), grid.n_windows)), amp=amp,
+                          model_dims=md, squeeze_axis=0 if slicewise else None, keep_module=not owned)
+    extra = _entropy_fn(uncertainty_model, dev, slicewise, uncertainty_samples) if uncertainty_model else None
+    engine = BlockEngine(plan, reader, runner, norm, None, extra_fn=extra)
+    # the region inside the grid (which may hold context around it), and the merged outputs
+    rbox = tuple((a - ba, b - ba) for (a, b), (ba, _) in zip(reg, box))
+    out_shape = tuple(b - a for a, b in reg)
+    labels = np.zeros(out_shape, np.uint8)
+    probs: np.ndarray | None = None
+    unc = np.zeros(out_shape, np.float32) if extra is not None else None
+    tdtype = torch.float16 if probs_dtype == "float16" else torch.float32
+    for item in engine.run():
+        if not isinstance(item, FinishedBlock):
+            continue
+        inter = intersect(item.box, rbox)
+        if inter is not None:
+            src = box_slices(inter, [a for a, _ in item.box])
+            dst = box_slices(inter, [a for a, _ in rbox])
+            p = item.probs[(slice(None),) + src]
+            labels[dst] = argmax_channels(p).cpu().numpy()
+            if with_probs:
+                if probs is None:
+                    probs = np.zeros((p.shape[0], *out_shape), probs_dtype)
+                probs[(slice(None),) + dst] = p.to(tdtype).cpu().numpy()
+            if unc is not None and item.extra is not None:
+                unc[dst] = item.extra[src].float().clamp(0, 1).cpu().numpy()
+        engine.release(item.probs)
+    return labels, probs, unc
 
-    def probs_of(t: torch.Tensor) -> torch.Tensor:
-        if autocast is not None:
-            with autocast:
-                return torch.softmax(net(t).float(), 1)
-        return torch.softmax(net(t).float(), 1)
 
-    with torch.inference_mode():
-        if single:
-            p = torch.cat([probs_of(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-            unc = None
-            if uncertainty_model is not None:
-                um = uncertainty_model
-                ux = x.to(_device_of(um, dev))
-                unc = torch.cat([predictive_entropy(um, ux[i:i + batch_size], n_samples=uncertainty_samples).to(dev)
-                                 for i in range(0, x.shape[0], batch_size)])
-        else:
-            from monai.inferers import sliding_window_inference
+def _entropy_fn(model: nn.Module, dev: torch.device, slicewise: bool, n_samples: int) -> Any:
+    """The block engine's extra map: ``model``'s predictive entropy of a normalised batch, ``(N, *window)``."""
+    udev = _device_of(model, dev)
 
-            win = tuple(int(w) for w in (window or (min(1024, max_side),) * len(plane)))[-len(plane):]
-            win = tuple(max(mult, (w // mult) * mult) for w in win)
-            p = sliding_window_inference(x, win, batch_size, probs_of, overlap=overlap, mode="gaussian")
-            unc = None
-            if uncertainty_model is not None:
-                um = uncertainty_model
-                udev = _device_of(um, dev)
-                unc = sliding_window_inference(
-                    x, win, batch_size,
-                    lambda t: predictive_entropy(um, t.to(udev), n_samples=uncertainty_samples)[:, None].to(t.device),
-                    overlap=overlap, mode="gaussian")[:, 0]
-    if slicewise:
-        p = p.permute(1, 0, 2, 3)[None]  # (1, C, Z, Y, X)
-        unc = unc[None] if unc is not None else None
-    crop = tuple(slice(a - ba, b - ba) for (a, b), (ba, _) in zip(reg, box))
-    p = p[(0, slice(None)) + crop]
-    labels = torch.argmax(p, 0).to(torch.uint8).cpu().numpy()
-    probs = p.to(torch.float16).cpu().numpy() if with_probs else None
-    uncertainty = unc[(0,) + crop].float().clamp(0, 1).cpu().numpy() if unc is not None else None
-    ds = source.level_downsample(level)
-    p0 = source.pixel_size
-    translate = tuple((a * d + (d - 1) / 2) * p for (a, _), d, p in zip(reg, ds, p0))
-    scale = tuple(source.level_pixel_size(level))
-    out_region = tuple(slice(a, b) for a, b in reg)
-    return RegionPrediction(labels, probs, uncertainty, out_region, level, translate, scale,
-                            time.perf_counter() - t0)
+    def fn(batch: torch.Tensor) -> torch.Tensor:
+        x = batch.squeeze(2) if slicewise else batch
+        with torch.inference_mode():
+            e = predictive_entropy(model, x.to(udev), n_samples=n_samples).to(batch.device)
+        return e.unsqueeze(1) if slicewise else e
+
+    return fn

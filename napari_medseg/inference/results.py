@@ -1,4 +1,4 @@
-"""Opening a prediction output for napari (pure: builds ``ImageSource``s and layer tuples, imports no napari).
+"""Opening a prediction output as ``ImageSource``s (pure: imports no napari; ``_napari.layerdata`` makes layers).
 
 ``open_prediction(out)`` returns the labels (``kind="labels"``, multiscale, class colors in
 ``metadata["colors"]``), then the probabilities (if written) and the tissue mask (if used). Levels are
@@ -63,21 +63,3 @@ def open_prediction(out: str | Path) -> list[ImageSource]:
             path=str(p), kind="labels",
             metadata={"translate": trans, "colors": {1: (0.0, 0.8, 0.3, 0.35)}, "ngff_path": "labels/tissue"}))
     return out_sources
-
-
-def prediction_layer_data(out: str | Path) -> list[tuple[Any, dict[str, Any], str]]:
-    """napari LayerData tuples for the prediction (labels with the class colors, probabilities, tissue)."""
-    layers = []
-    for src in open_prediction(out):
-        kw = src.layer_kwargs()
-        data = kw.pop("data")
-        kw["translate"] = tuple(src.metadata.get("translate") or (0.0,) * src.spatial_dims)
-        if src.kind == "labels":
-            kw["colormap"] = {**{int(k): tuple(v) for k, v in src.metadata["colors"].items()}, None: (0, 0, 0, 0)}
-            kw["opacity"] = 0.7
-            layers.append((data, kw, "labels"))
-        else:
-            kw["blending"] = "additive"
-            kw["visible"] = False
-            layers.append((data, kw, "image"))
-    return layers

@@ -24,13 +24,13 @@ import numpy as np
 from napari_medseg.core.compute import compute
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.source import ImageSource
-from napari_medseg.io.ngff import (
+from napari_medseg.io.ngff_write import (
     BLOCK_BYTES,
-    _remove_zarr,
     block_shape,
     build_pyramid,
     create_multiscale,
     n_blocks,
+    remove_zarr,
     write_blocks,
 )
 from napari_medseg.io.reader import open_image
@@ -88,7 +88,7 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, chunk: int = 512,
     level0 = image.levels[0]
     partial = out_p.with_name(out_p.name + ".partial")
     if partial.exists():
-        _remove_zarr(partial)
+        remove_zarr(partial)
     meta = {"napari_medseg": {"source": str(src_p), "modality": image.modality, "rgb": image.rgb,
                               "channel_names": list(image.channel_names)}, "method": "mean"}
     if image.contrast_limits is not None:
@@ -125,6 +125,6 @@ def convert(src: str | os.PathLike, out: str | os.PathLike, *, chunk: int = 512,
         write_blocks(arrays[0], read, block=blk0, workers=workers, progress=tick)
         build_pyramid(arrays, disk, "image", workers=workers, block_bytes=block_bytes, progress=tick)
     if out_p.exists():  # overwrite was asked for and checked above
-        _remove_zarr(out_p)
+        remove_zarr(out_p)
     os.replace(partial, out_p)
     return out_p

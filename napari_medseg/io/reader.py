@@ -87,16 +87,16 @@ def open_path(path: str | os.PathLike, kind: str = "auto") -> list[ImageSource]:
         raise UnreadableInputError(f"{p}: no permission to read it; check the file's permissions.")
     try:
         if fmt == "nifti":
-            from napari_medseg.io.volume import open_nifti
+            from napari_medseg.io.nifti import open_nifti
             return [open_nifti(p, kind=kind)]
         if fmt == "tiff":
             from napari_medseg.io.tiff import open_tiff
             sources = [open_tiff(p)]
         elif fmt == "zarr":
-            from napari_medseg.io.ngff import open_zarr
+            from napari_medseg.io.ngff_read import open_zarr
             sources = open_zarr(p)
         else:
-            from napari_medseg.io.volume import open_dicom
+            from napari_medseg.io.dicom import open_dicom
             sources = open_dicom(p)
         return _as_kind(sources, kind, p)
     except MedsegError:

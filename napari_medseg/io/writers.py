@@ -24,8 +24,8 @@ import zarr
 from napari_medseg.core.compute import compute
 from napari_medseg.core.errors import GeometryMismatchError, MedsegError
 from napari_medseg.io.lazy import convert_length
-from napari_medseg.io.ngff import build_pyramid, create_labels_group, write_blocks
 from napari_medseg.io.ngff_meta import ome_attrs, parse_multiscales
+from napari_medseg.io.ngff_write import build_pyramid, create_labels_group, write_blocks
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 ``labels_location(image)`` decides, in this order:
 
-1. a label store **beside the image** that already exists (``LabelStore.default_path``), unless the
+1. a label store **beside the image** that already exists (``format.default_path``), unless the
    image lives in a cache folder;
 2. a store for this image in the **labels folder** of the user data folder (``user_folders``), matched by
    the image's path (or, when that path is gone, by its file name and shape);
@@ -24,8 +24,8 @@ from pathlib import Path
 from napari_medseg.core import user_folders
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.source import ImageSource
+from napari_medseg.labels.format import default_path, is_label_store, read_meta, writable_dir
 from napari_medseg.labels.lock import LOCK_NAME
-from napari_medseg.labels.store import LabelStore, _writable_dir, is_label_store
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def labels_location(image: ImageSource) -> LabelsLocation:
     file = Path(image.path) if image.path else None
     on_disk = file is not None and file.exists()
     cached = on_disk and user_folders.in_cache(file)
-    beside = LabelStore.default_path(image) if on_disk else None
+    beside = default_path(image) if on_disk else None
     if beside is not None and not cached and is_label_store(beside):
         return LabelsLocation(beside, "beside the image", exists=True)
     own = _in_labels_folder(image)
@@ -57,7 +57,7 @@ def labels_location(image: ImageSource) -> LabelsLocation:
     if beside is not None and cached and is_label_store(beside):
         return LabelsLocation(own.path, "in your napari-medseg data folder: moved out of the cache folder",
                               exists=False, from_cache=beside)
-    if beside is not None and not cached and _writable_dir(beside.parent):
+    if beside is not None and not cached and writable_dir(beside.parent):
         return LabelsLocation(beside, "beside the image", exists=False)
     return own
 
@@ -68,7 +68,7 @@ def _in_labels_folder(image: ImageSource) -> LabelsLocation:
            "in your napari-medseg data folder: the image is in a cache folder, which cleaning tools empty"
            if user_folders.in_cache(image.path) else
            "in your napari-medseg data folder: the image's folder cannot be written")
-    first = LabelStore.default_path(image, folder)
+    first = default_path(image, folder)
     stem = first.name[: -len(".labels.zarr")]
     free: Path | None = None
     for k in range(1, MAX_NAMESAKES + 1):
@@ -88,7 +88,7 @@ def _made_for(path: Path, image: ImageSource) -> bool:
     """Whether the store at ``path`` was made for ``image``: the same image file (or, if the file it was
     made for is gone, one of the same name), of the same shape. Unreadable stores never match."""
     try:
-        meta = LabelStore._read_meta(path)
+        meta = read_meta(path)
     except (MedsegError, OSError):
         return False
     if tuple(meta.get("image_shape") or meta["shape"]) != tuple(image.shape):

@@ -1,48 +1,85 @@
 """A consistent, in-memory snapshot of painted labels for a training run.
 
 The user keeps painting while a model trains; training must see one consistent version of the labels and
-pick up new strokes only at a refresh. ``LabelSnapshot.of_store`` copies the painted chunks of a
-``LabelStore`` (sparse: empty space costs nothing); ``LabelSnapshot.of_array`` copies a dense array (a
-plain Labels layer). Both expose the array-like protocol the training engine reads: ``shape``, ``ndim``,
+pick up new strokes only at a refresh. ``LabelSnapshot.of_store`` takes the painted chunks of a
+``LabelStore`` at one ``version`` without copying them (the store's chunks are read-only arrays that a write
+replaces, never changes; the values per chunk come from its index), and a refresh from an earlier snapshot
+looks up only the chunks changed since (``is_current`` tells whether anything changed at all).
+``LabelSnapshot.of_array`` copies a dense array (a plain Labels layer: compare ``fingerprint()``s to see
+whether it changed). Both expose the array-like protocol the training engine reads: ``shape``, ``ndim``,
 ``dtype``, ``chunks``, ``__getitem__``, ``painted_chunks()``, ``chunk_classes()``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.grid import normalize_key
+from napari_medseg.labels.index import value_counts
+from napari_medseg.labels.store import LabelStore
 
 
 class LabelSnapshot:
+    """Painted chunks (grid index -> read-only block) and their value counts, frozen at one moment.
+
+    ``version`` is the store's version it was taken at (None for a dense array).
+    """
+
     def __init__(self, shape: Sequence[int], chunks: Sequence[int], blocks: dict[tuple[int, ...], np.ndarray],
-                 classes: ClassSchema) -> None:
+                 classes: ClassSchema, counts: dict[tuple[int, ...], dict[int, int]] | None = None) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.chunks = tuple(int(c) for c in chunks)
         self.ndim = len(self.shape)
         self.dtype = np.dtype(np.uint8)
         self.classes = classes
-        self._blocks = {c: b for c, b in blocks.items() if b is not None and b.any()}
-        self._classes = {c: frozenset(int(v) for v in np.unique(b) if v) for c, b in self._blocks.items()}
+        self.version: int | None = None
+        self._store: weakref.ref[LabelStore] | None = None
+        if counts is None:  # count what is painted in each block (a dense array's blocks)
+            counts = {c: value_counts(b) for c, b in blocks.items() if b is not None}
+        self._counts = {c: cnt for c, cnt in counts.items() if cnt and blocks.get(c) is not None}
+        self._blocks = {c: blocks[c] for c in self._counts}
+        self._classes = {c: frozenset(cnt) for c, cnt in self._counts.items()}
 
     # -- construction --------------------------------------------------------------------------------
     @classmethod
-    def of_store(cls, store: Any) -> LabelSnapshot:
-        blocks = {}
-        for c in store.painted_chunks():
-            blocks[tuple(c)] = np.array(store.read(store.chunk_region(c)), dtype=np.uint8, copy=True)
-        return cls(store.shape, store.chunks, blocks, store.classes)
+    def of_store(cls, store: LabelStore, since: LabelSnapshot | None = None) -> LabelSnapshot:
+        """The store's painted labels now, sharing the store's read-only chunks (no copy). With ``since``
+        (an earlier snapshot of this store) only the chunks changed after it are looked up."""
+        reuse = since is not None and since._store is not None and since._store() is store
+        version, blocks, counts = store.painted_blocks(since._blocks if reuse else None,
+                                                       since.version if reuse else -1)
+        if reuse:  # a chunk rewritten with the labels it had (a stroke undone) keeps the block ``since`` has
+            for c, blk in blocks.items():
+                old = since._blocks.get(c)
+                if old is not None and old is not blk and old.shape == blk.shape and np.array_equal(old, blk):
+                    blocks[c] = old
+        snap = cls(store.shape, store.chunks, blocks, store.classes, counts)
+        snap.version, snap._store = version, weakref.ref(store)
+        return snap
+
+    def is_current(self, store: LabelStore) -> bool:
+        """True if this is a snapshot of ``store`` and nothing was written to it since (no reading, no hashing)."""
+        return self._store is not None and self._store() is store and self.version == store.version
+
+    def same_blocks(self, other: LabelSnapshot) -> bool:
+        """True if both hold the very same chunk arrays (``of_store(store, other)`` with the same labels)."""
+        return self._blocks.keys() == other._blocks.keys() and all(
+            b is other._blocks[c] for c, b in self._blocks.items())
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_store": None}  # a weak reference does not pickle
 
     @classmethod
     def of_array(cls, arr: Any, classes: ClassSchema, chunks: Sequence[int] | None = None) -> LabelSnapshot:
         a = np.asarray(arr)
         if a.dtype.kind not in "iub":
-            from napari_medseg.core.errors import MedsegError
-
             raise MedsegError(f"labels must be integers, not {a.dtype}; paint with a Labels layer")
         chunks = tuple(chunks or ((256,) * a.ndim if a.ndim == 2 else (32, 128, 128)))
         blocks = {}
@@ -66,10 +103,11 @@ class LabelSnapshot:
 
     @property
     def n_painted(self) -> int:
-        return int(sum(int((b > 0).sum()) for b in self._blocks.values()))
+        return int(sum(sum(cnt.values()) for cnt in self._counts.values()))
 
     def fingerprint(self) -> str:
-        """Changes whenever any painted pixel changes (used to tell whether a refresh is needed)."""
+        """A hash of every painted pixel: changes whenever one changes (for a Labels layer, which has no
+        version; a store's snapshot is compared with ``is_current``)."""
         h = hashlib.blake2b(digest_size=16)
         for c in sorted(self._blocks):
             h.update(np.asarray(c, dtype=np.int64).tobytes())
@@ -80,25 +118,11 @@ class LabelSnapshot:
         return self[tuple(slice(0, s) for s in self.shape)].astype(dtype or np.uint8)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        """numpy semantics for ints and slices (any step): read the bounding box, then index it."""
-        if not isinstance(key, tuple):
-            key = (key,)
-        key = key + (slice(None),) * (self.ndim - len(key))
-        box, post = [], []
-        for k, n in zip(key, self.shape):
-            if isinstance(k, (int, np.integer)):
-                k = int(k) + n if k < 0 else int(k)
-                if not 0 <= k < n:
-                    raise IndexError(f"index {k} out of range for size {n}")
-                box.append(slice(k, k + 1))
-                post.append(0)
-            else:
-                start, stop, step = k.indices(n)
-                if step < 0:
-                    raise IndexError("negative steps are not supported")
-                box.append(slice(start, max(start, stop)))
-                post.append(slice(None, None, step))
-        return self._read_box(box)[tuple(post)]
+        """numpy basic indexing (ints, slices with positive steps, Ellipsis): read the bounding box, then index it."""
+        ranges, squeeze = normalize_key(key, self.shape)
+        box = [slice(start, stop) for start, stop, _step in ranges]
+        post = tuple(0 if ax in squeeze else slice(None, None, step) for ax, (_s, _e, step) in enumerate(ranges))
+        return self._read_box(box)[post]
 
     def _read_box(self, sl: list[slice]) -> np.ndarray:
         out = np.zeros([s.stop - s.start for s in sl], dtype=np.uint8)

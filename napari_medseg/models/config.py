@@ -1,4 +1,4 @@
-"""``ModelConfig``: a frozen dataclass with a JSON round trip, stored beside every checkpoint."""
+"""``ModelConfig``: a frozen dataclass with a JSON round trip (checked field by field), stored beside every checkpoint."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from napari_medseg.core.config_values import coerce, kind_of
 from napari_medseg.core.errors import MedsegError
 
 
@@ -69,26 +70,7 @@ class ModelConfig:
         unknown = sorted(set(d) - set(known))
         if unknown:
             raise MedsegError(f"unknown model config keys {unknown}; valid keys are {sorted(known)}")
-        kw: dict[str, Any] = {}
-        for k, v in d.items():
-            default = known[k].default
-            if isinstance(default, tuple):
-                if not isinstance(v, (list, tuple)) or not all(isinstance(i, int) for i in v):
-                    raise MedsegError(f"model config {k!r} must be a list of integers, got {v!r}")
-                v = tuple(v)
-            elif isinstance(default, bool) or not isinstance(default, (int, float, str)):
-                pass
-            elif isinstance(default, float):
-                if not isinstance(v, (int, float)) or isinstance(v, bool):
-                    raise MedsegError(f"model config {k!r} must be a number, got {v!r}")
-                v = float(v)
-            elif isinstance(default, int):
-                if not isinstance(v, int) or isinstance(v, bool):
-                    raise MedsegError(f"model config {k!r} must be an integer, got {v!r}")
-            elif isinstance(default, str) and not isinstance(v, str):
-                raise MedsegError(f"model config {k!r} must be a string, got {v!r}")
-            kw[k] = v
-        return cls(**kw)
+        return cls(**{k: coerce("model config", k, v, kind_of(known[k].default)) for k, v in d.items()})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)

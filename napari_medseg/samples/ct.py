@@ -10,7 +10,7 @@ kidneys (medulla 30 HU, contrast-enhanced cortex 150 HU, sinus fat), aorta and v
 (partial volume) and carries 12 HU Gaussian noise; int16.
 
 Files (in ``cache.cache_dir()``, the version key in the name), both stored in RAS+ order with a correct
-affine, as scanners' converters write them, so opening them exercises ``io.volume.open_nifti``'s
+affine, as scanners' converters write them, so opening them exercises ``io.nifti.open_nifti``'s
 reorientation:
 
 - ``sample-ct-v{VERSION}.nii.gz``: the image, int16 HU;
@@ -205,7 +205,7 @@ def sample_ct_path() -> Path:
 
 def load_sample_ct() -> tuple[ImageSource, ImageSource]:
     """(CT, ground truth) as lazy ``ZYX`` ``ImageSource`` in LPS+ order (mm), read through ``open_nifti``."""
-    from napari_medseg.io.volume import open_nifti
+    from napari_medseg.io.nifti import open_nifti
 
     img_path, lab_path = sample_ct_paths()
     img = open_nifti(img_path)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from napari_medseg.core.config_values import coerce, kind_of
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.models.config import ModelConfig
 
@@ -34,7 +35,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 # keys of older configs (checkpoints' ``train_config``) -> what they became; see ``TrainConfig.from_dict``
 LEGACY_KEYS = ("mean_teacher", "rampup_steps")
 
-# field -> (kind, nullable); kinds: int, float, bool, str, ints, floats2, model
+# field -> (kind, nullable), see core/config_values.py; filled in below the class
 _KINDS: dict[str, tuple[str, bool]] = {}
 
 
@@ -115,7 +116,7 @@ class TrainConfig:
             if f.name == "model":
                 continue
             kind, nullable = _KINDS[f.name]
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), kind, nullable))
+            object.__setattr__(self, f.name, coerce("training config", f.name, getattr(self, f.name), kind, nullable))
         for f in dataclasses.fields(self):  # NaN and inf pass range checks: refuse them here
             v = getattr(self, f.name)
             vals = v if isinstance(v, tuple) else (v,)
@@ -239,55 +240,13 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def _coerce(name: str, v: Any, kind: str, nullable: bool) -> Any:
-    if v is None:
-        if nullable:
-            return None
-        raise MedsegError(f"training config {name!r} must not be null")
-    bad = MedsegError(f"training config {name!r} must be {_KIND_WORDS[kind]}, got {v!r}")
-    if kind == "bool":
-        if not isinstance(v, bool):
-            raise bad
-        return v
-    if kind == "int":
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise bad
-        return int(v)
-    if kind == "float":
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise bad
-        return float(v)
-    if kind == "str":
-        if not isinstance(v, str):
-            raise bad
-        return v
-    if kind == "ints":
-        if isinstance(v, int) and not isinstance(v, bool):
-            return (int(v),)
-        if not isinstance(v, (list, tuple)) or not v or not all(isinstance(i, int) and not isinstance(i, bool)
-                                                                 for i in v):
-            raise bad
-        return tuple(int(i) for i in v)
-    if kind == "floats2":
-        if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
-                isinstance(i, (int, float)) and not isinstance(i, bool) for i in v):
-            raise bad
-        return (float(v[0]), float(v[1]))
-    raise AssertionError(kind)  # pragma: no cover
-
-
-_KIND_WORDS = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
-               "ints": "a list of integers", "floats2": "a list of two numbers"}
-
 _KINDS.update({
-    "patch_size": ("ints", True), "time_budget_s": ("float", True), "pixel_size": ("float", True),
+    "patch_size": ("int_or_ints", True), "time_budget_s": ("float", True), "pixel_size": ("float", True),
     "threads": ("int", True), "checkpoint_dir": ("str", True), "ct_window": ("floats2", False),
 })
 for _f in dataclasses.fields(TrainConfig):
     if _f.name in _KINDS or _f.name == "model":
         continue
-    _d = _f.default
-    _KINDS[_f.name] = ("bool" if isinstance(_d, bool) else "int" if isinstance(_d, int) else
-                       "float" if isinstance(_d, float) else "str", False)
+    _KINDS[_f.name] = (kind_of(_f.default), False)
 
 __all__ = ["CHOICES", "LEGACY_KEYS", "DEFAULT_MODEL", "DEFAULT_PATCH", "TrainConfig", "field"]

@@ -196,7 +196,7 @@ def make_training_data(pairs: Sequence[Pair], *, classes: ClassSchema | None = N
         raise MedsegError("no image/mask pairs to train on")
     k = max(int(p.mask.max(initial=0)) for p in pairs)
     if classes is None:
-        classes = ClassSchema(("background",) + tuple(f"class {i}" for i in range(1, max(k, 1) + 1)))
+        classes = ClassSchema.default(max(k, 1) + 1)
     if k > classes.n_classes - 1:
         raise MedsegError(f"the masks hold {k} classes but the schema names {classes.n_classes - 1}")
     keep = set(range(len(pairs))) if cases is None else set(sparsify.keep_cases(len(pairs), cases, seed))

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.events import drive
 from napari_medseg.models.checkpoint import Checkpoint, load_state_dict_report
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.models.devices import DeviceSetup, free_memory, is_oom, select_device
@@ -341,11 +342,4 @@ def _validate_and_save(run: Run, step: int, stop: threading.Event | None, histor
 def run_training(cfg: TrainConfig, data: TrainingData, on_event: Callable[[TrainEvent], None] | None = None,
                  **kw: Any) -> TrainResult:
     """Drive ``train`` to the end (``on_event`` sees every event) and return its ``TrainResult``."""
-    gen = train(cfg, data, **kw)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as s:
-            return s.value
-        if on_event is not None:
-            on_event(ev)
+    return drive(train(cfg, data, **kw), on_event)

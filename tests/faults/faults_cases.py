@@ -102,7 +102,7 @@ def _absurd_tiff(path: Path, side: int = 2**31 - 1) -> Path:
 
 
 def _ngff(path: Path, shape=(256, 256), chunks=(64, 64), levels: int = 2) -> Path:
-    from napari_medseg.io.ngff import build_pyramid, create_multiscale
+    from napari_medseg.io.ngff_write import build_pyramid, create_multiscale
 
     rng = np.random.default_rng(1)
     arrs = create_multiscale(path, shape, np.uint8, "YX", (0.5, 0.5), "micrometer", chunks, n_levels=levels,

@@ -397,6 +397,7 @@ def full_disk_labels(root: Path) -> dict[str, Any]:
 
     from napari_medseg.core.classes import ClassSchema
     from napari_medseg.core.errors import MedsegError
+    from napari_medseg.labels.ops import save_as
     from napari_medseg.labels.store import LabelStore
 
     classes = ClassSchema(("background", "tumour", "stroma"))
@@ -413,8 +414,8 @@ def full_disk_labels(root: Path) -> dict[str, Any]:
         if fs is not None:
             fill_fs(fs, leave_bytes=8192)
         else:
-            from napari_medseg.labels import index as ix
-            ctx = enospc_after([(ix.ChunkFiles, "write")], 3)
+            from napari_medseg.labels.format import ChunkFiles
+            ctx = enospc_after([(ChunkFiles, "write")], 3)
         with ctx:
             try:
                 store.write((slice(300, 900), slice(300, 900)), noise)
@@ -426,7 +427,7 @@ def full_disk_labels(root: Path) -> dict[str, Any]:
             on_disk = LabelStore.open(path, mode="r")
             disk_earlier = bool(np.array_equal(on_disk[0:200, 0:200], earlier[0:200, 0:200]))
             on_disk.close()
-        store.save_as(root / "rescued.labels.zarr")
+        save_as(store, root / "rescued.labels.zarr")
         store.close()
         rescued = LabelStore.open(root / "rescued.labels.zarr", mode="r")
         saved_all = bool(np.array_equal(rescued[...], want))

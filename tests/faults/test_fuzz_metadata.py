@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from napari_medseg._napari.layerdata import to_layer_data
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.io import open_path
 
@@ -38,7 +39,7 @@ def make_seeds(d: Path) -> dict:
     import nibabel as nib
     import tifffile
 
-    from napari_medseg.io.ngff import build_pyramid, create_multiscale
+    from napari_medseg.io.ngff_write import build_pyramid, create_multiscale
 
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -62,9 +63,9 @@ def _check(path: Path) -> str:
             sources = open_path(path)
             claimed = max(int(np.prod(s.levels[0].shape)) * s.dtype.itemsize for s in sources)
             for src in sources:
-                kw = src.layer_kwargs()
+                data, _kw, _kind = to_layer_data(src)  # what napari gets
                 assert all(math.isfinite(v) and v > 0 for v in src.pixel_size), src.pixel_size
-                assert kw["data"] is not None
+                assert data is not None
                 for lvl in (src.levels[-1], src.levels[0]):
                     corner = tuple(slice(0, 8) if a in "ZYX" else slice(None) for a in src.axes)
                     np.asarray(lvl[corner])
@@ -208,7 +209,7 @@ def test_nifti_with_a_non_finite_affine_is_refused_or_repaired(seeds, tmp_path):
 
 
 def test_ngff_scale_that_is_not_a_positive_size_falls_back_to_pixels(seeds, tmp_path):
-    """Regression (io/ngff.py, found by test_mutated_zarr_metadata): scale 0 (or NaN, or negative) gave
+    """Regression (io/ngff_read.py, found by test_mutated_zarr_metadata): scale 0 (or NaN, or negative) gave
     ``pixel_size`` 0, which napari cannot place; now the image opens in pixel units."""
     for bad in ([0.0, 0.0], [float("nan"), 1.0], [-0.5, 0.5]):
         p = tmp_path / f"img{bad[0]}.zarr"

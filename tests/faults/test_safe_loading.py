@@ -148,18 +148,18 @@ def test_prediction_outputs_stay_in_the_output_folder(tmp_path):
 @pytest.mark.parametrize("name", ["../../evil", "/etc/evil", "a/../../b"])
 def test_label_store_path_stays_in_the_project_folder(tmp_path, name):
     from napari_medseg.core.source import ImageSource
-    from napari_medseg.labels.store import LabelStore
+    from napari_medseg.labels.format import default_path
 
     src = ImageSource(levels=[np.zeros((8, 8), np.uint8)], axes="YX", pixel_size=(1.0, 1.0), name=name, path=None)
-    p = LabelStore.default_path(src, tmp_path / "project")
+    p = default_path(src, tmp_path / "project")
     assert p.resolve().parent == (tmp_path / "project").resolve(), p
 
 
 def test_ngff_names_never_lead_outside_the_store(tmp_path):
-    """Regression (io/ngff.py): a labels entry like '../../x' is skipped (with a warning) instead of being
+    """Regression (io/ngff_read.py): a labels entry like '../../x' is skipped (with a warning) instead of being
     looked up, and the image still opens; a dataset path with '..' is refused."""
     from napari_medseg.io import open_path
-    from napari_medseg.io.ngff import create_labels_group, create_multiscale
+    from napari_medseg.io.ngff_write import create_labels_group, create_multiscale
 
     p = tmp_path / "img.zarr"
     create_multiscale(p, (64, 64), np.uint8, "YX", (1.0, 1.0), "micrometer", (32, 32), n_levels=1)

@@ -11,8 +11,9 @@ import pytest
 from fs_helpers import read_only
 from napari.utils.notifications import notification_manager
 
+from napari_medseg._napari.layerdata import prediction_colormap, store_colormap
 from napari_medseg._napari.layers import camera_of
-from napari_medseg._napari.painting.controller import AUTOSAVE_NOTE, prediction_colormap, store_colormap
+from napari_medseg._napari.painting.controller import AUTOSAVE_NOTE
 from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.annotate import AnnotateWidget, rescue_dir
 from napari_medseg.core.classes import ClassSchema
@@ -69,7 +70,7 @@ def test_labels_open_by_themselves_beside_the_image_ready_to_paint(widget, tmp_p
     assert store.path == tmp_path / "slide.labels.zarr" and store.shape == (2000, 2000)
     assert f"Your labels are saved automatically to {store.path} (beside the image)" in w.status_label.text()
     assert "Nothing painted yet" in w.status_label.text()
-    assert session_for(viewer).label_stores["slide"] is store
+    assert session_for(viewer).store_for(viewer.layers["slide"]) is store
     assert viewer.layers.selection.active is ctl.layer and ctl.layer.editable
     assert [w.class_table.item(i, 1).text() for i in range(w.class_table.rowCount())] == ["background", "foreground"]
     ctl.layer.brush_size = 10

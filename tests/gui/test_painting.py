@@ -10,7 +10,8 @@ import pytest
 from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 
-from napari_medseg._napari.layers import camera_of, source_from_layer
+from napari_medseg._napari.layerdata import from_layer
+from napari_medseg._napari.layers import camera_of
 from napari_medseg._napari.painting.controller import (
     PaintingController,
     touched_box,
@@ -188,7 +189,7 @@ def test_labels_beyond_the_schema_are_kept_not_lost(slide):
 def test_volume_paints_in_slices_and_in_3d(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     vol = viewer.add_image(np.zeros((20, 64, 80), np.uint16), scale=(2.5, 0.8, 0.8), name="ct")
-    src = source_from_layer(vol, reopen=False)
+    src = from_layer(vol, reopen=False)
     assert src.axes == "ZYX" and src.pixel_size == (2.5, 0.8, 0.8)
     store = LabelStore.for_image(src, folder=tmp_path, classes=CLASSES, chunks=(8, 32, 32))
     ctl = PaintingController(viewer, store, vol)
@@ -234,7 +235,7 @@ def test_store_at_a_declared_level_sits_on_the_image(make_napari_viewer, tmp_pat
     viewer = make_napari_viewer()
     levels = [np.zeros((800, 1000), np.uint8), np.zeros((400, 500), np.uint8), np.zeros((200, 250), np.uint8)]
     img = viewer.add_image(levels, multiscale=True, scale=(0.25, 0.25), name="pyr")
-    src = source_from_layer(img, reopen=False)
+    src = from_layer(img, reopen=False)
     store = LabelStore.for_image(src, folder=tmp_path, level=1, classes=CLASSES)
     assert store.shape == (400, 500) and store.pixel_size == (0.5, 0.5)
     ctl = PaintingController(viewer, store, img)

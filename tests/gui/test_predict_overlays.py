@@ -16,7 +16,7 @@ from predict_gui_helpers import (
 )
 
 from napari_medseg._napari.jobs.predict_job import RESULT_SUFFIX, confident_labels
-from napari_medseg._napari.layers import medseg_meta
+from napari_medseg._napari.layerdata import medseg_meta
 from napari_medseg._napari.widgets.predict_preview import (
     MIN_CONFIDENCE,
     PREVIEW_OPACITY,

@@ -69,10 +69,10 @@ def test_predict_whole_image_matches_headless(widget, checkpoint, qtbot, tmp_pat
     assert shown.any(), "the drawn result is empty although the prediction finished"
     gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
 
-    from napari_medseg._napari.layers import source_from_layer
+    from napari_medseg._napari.layerdata import from_layer
     from napari_medseg.inference import open_prediction, run_predict
 
-    run_predict(source_from_layer(viewer.layers["img"]), str(checkpoint), str(tmp_path / "cli.zarr"),
+    run_predict(from_layer(viewer.layers["img"]), str(checkpoint), str(tmp_path / "cli.zarr"),
                 window=(64, 64), overlap=0.25, batch_size=4, tissue_mask=False)
     headless = np.asarray([s for s in open_prediction(tmp_path / "cli.zarr") if s.kind == "labels"][0].levels[0])
     assert gui.shape == img.shape

@@ -15,7 +15,7 @@ from napari_medseg._napari.contrib.reader import get_reader
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.io import open_path
 from napari_medseg.io import tiff as mtiff
-from napari_medseg.io.ngff import build_pyramid, create_labels_group, write_blocks
+from napari_medseg.io.ngff_write import build_pyramid, create_labels_group, write_blocks
 
 PLUGIN = "napari-medseg"
 
@@ -77,7 +77,7 @@ def test_open_slide_in_viewer(make_napari_viewer, tmp_path, qtbot):
 
 def test_open_ngff_image_and_labels(make_napari_viewer, tmp_path):
     img = fx.rgb_image(300, 400).transpose(2, 0, 1)
-    from napari_medseg.io.ngff import create_multiscale
+    from napari_medseg.io.ngff_write import create_multiscale
 
     arrays = create_multiscale(tmp_path / "s.zarr", img.shape, img.dtype, "CYX", (0.5, 0.5), "micrometer",
                                (3, 128, 128), n_levels=2)
@@ -169,7 +169,7 @@ def test_save_labels_as_zarr_and_tiff(make_napari_viewer, tmp_path):
 
 def test_save_multiscale_labels_writes_level0_into_image_zarr(make_napari_viewer, tmp_path):
     img = fx.rgb_image(256, 384).transpose(2, 0, 1)
-    from napari_medseg.io.ngff import create_multiscale
+    from napari_medseg.io.ngff_write import create_multiscale
 
     arrays = create_multiscale(tmp_path / "s.zarr", img.shape, img.dtype, "CYX", (1.0, 1.0), "micrometer",
                                (3, 128, 128))

@@ -53,16 +53,6 @@ def zarr_source(path: Path, levels: list[np.ndarray], axes: str, pixel_size=(0.5
     return ImageSource(levels=lv, axes=axes, pixel_size=pixel_size, rgb=rgb, name=name, **kw)
 
 
-def drain(gen) -> tuple[list, object]:
-    """Run an event generator to the end: (its events, its return value)."""
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
-
-
 def halve(a: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
     sl = tuple(slice(None, None, 2) if i in spatial else slice(None) for i in range(a.ndim))
     return np.ascontiguousarray(a[sl])

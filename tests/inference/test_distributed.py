@@ -7,7 +7,8 @@ import signal
 import time
 
 import pytest
-from infer_helpers import drain, small_unet, store_bytes, textured_rgb, zarr_source
+from helpers import drain
+from infer_helpers import small_unet, store_bytes, textured_rgb, zarr_source
 
 from napari_medseg.core.errors import UnreadableInputError
 from napari_medseg.inference import (
@@ -29,8 +30,10 @@ def _sources(tmp_path):
                         name=f"s{i}") for i, (h, w) in enumerate([(200, 260), (130, 190)])]
 
 
-def test_in_process_cluster_matches_local(tmp_path):
+def test_in_process_cluster_matches_local(tmp_path, monkeypatch):
     from distributed import Client, LocalCluster
+
+    from napari_medseg.inference import modelrun
 
     srcs = _sources(tmp_path)
     model = small_unet()
@@ -39,6 +42,9 @@ def test_in_process_cluster_matches_local(tmp_path):
         run_predict(s, model, tmp_path / f"ref{i}.zarr", **KW)
         refs.append(store_bytes(tmp_path / f"ref{i}.zarr"))
     outs = [tmp_path / f"o{i}.zarr" for i in range(len(srcs))]
+    hashes = []
+    real_hash = modelrun.state_hash
+    monkeypatch.setattr(modelrun, "state_hash", lambda m: hashes.append(1) or real_hash(m))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         events, paths = drain(predict_many(srcs, model, outs, client=client, blocks_per_task=3, **KW))
@@ -48,6 +54,57 @@ def test_in_process_cluster_matches_local(tmp_path):
     assert {e.name for e in events if isinstance(e, BlockDone)} == {"s0", "s1"}
     for o, ref in zip(outs, refs):
         assert store_bytes(o) == ref
+    assert len(hashes) == 1  # once by the driver, for both slides; the workers take its hash
+
+
+def test_a_worker_takes_the_drivers_model_hash_and_checks_the_image(tmp_path, monkeypatch):
+    """``run_task`` (a Dask task, called here directly) rebuilds the job without hashing the model again,
+    and refuses when its image differs from the driver's (the fingerprint in the driver's identity)."""
+    from napari_medseg.core.errors import MedsegError
+    from napari_medseg.inference import modelrun
+    from napari_medseg.inference.distributed import TaskSpec, run_task
+    from napari_medseg.inference.job import make_job
+    from napari_medseg.inference.run import PredictionRun
+
+    src = _sources(tmp_path)[0]
+    model = small_unet()
+    job = make_job(src, model, **KW)
+    run = PredictionRun(job, tmp_path / "o.zarr")
+    monkeypatch.setattr(modelrun, "state_hash", lambda m: pytest.fail("a worker hashed the model"))
+    spec = TaskSpec(out=str(run.out), source_path=None, source=src, model=None, settings=dict(KW),
+                    identity=job.identity)
+    res = run_task(spec, run.keys[:1], model)
+    assert res["computed"] == 1 and run.keys[0] in run.store.done_blocks()
+    other = dict(job.identity, source=dict(job.identity["source"], fingerprint="0" * 40))
+    spec = TaskSpec(out=str(run.out), source_path=None, source=src, model=None, settings=dict(KW), identity=other)
+    with pytest.raises(MedsegError, match="different image"):
+        run_task(spec, run.keys[1:2], model)
+    run.abort()
+    assert read_manifest(run.out)["status"] == "interrupted"
+
+
+def test_a_worker_refuses_a_different_checkpoint_at_the_drivers_path(tmp_path):
+    """Workers do not hash the model again, but a different checkpoint file at the path the driver read (another
+    version of the model on one node) is still refused, through the file's stamp."""
+    from napari_medseg.core.errors import MedsegError
+    from napari_medseg.inference.distributed import TaskSpec, file_stamp, run_task
+    from napari_medseg.inference.job import make_job
+    from napari_medseg.inference.run import PredictionRun
+
+    src = _sources(tmp_path)[0]
+    ckpt = tmp_path / "m.pt"
+    model = small_unet()
+    job = make_job(src, model, **KW)
+    run = PredictionRun(job, tmp_path / "o.zarr")
+    ckpt.write_bytes(b"x" * 1000)
+    stamp = file_stamp(ckpt)
+    assert file_stamp(ckpt) == stamp
+    ckpt.write_bytes(b"x" * 999 + b"y")  # same size, other bytes
+    spec = TaskSpec(out=str(run.out), source_path=None, source=src, model=None, settings=dict(KW),
+                    identity=job.identity, model_stamp=stamp)
+    with pytest.raises(MedsegError, match="not the file the driver read"):
+        run_task(spec, run.keys[:1], str(ckpt))
+    run.abort()
 
 
 @pytest.mark.parametrize("cluster", [False, True])

@@ -8,7 +8,7 @@ from infer_helpers import textured_rgb, zarr_source
 
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
-from napari_medseg.inference import open_prediction, prediction_layer_data, run_predict
+from napari_medseg.inference import open_prediction, run_predict
 
 
 @pytest.fixture
@@ -46,6 +46,8 @@ def test_io_reader_opens_the_output_too(prediction):
 
 def test_napari_labels_layer_from_layer_data(prediction):
     napari = pytest.importorskip("napari")
+    from napari_medseg._napari.layerdata import prediction_layer_data
+
     out, classes = prediction
     (data, kw, kind), (pdata, pkw, pkind) = prediction_layer_data(out)
     assert kind == "labels" and pkind == "image"

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 import pytest
-from infer_helpers import drain
+from helpers import drain
 
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError

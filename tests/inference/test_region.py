@@ -79,3 +79,55 @@ def test_region_leaves_a_training_model_as_it_was(slide):
     assert student.training and teacher.training  # the preview does not switch training off
     after = student.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # nor touch BatchNorm statistics
+
+
+def test_region_equals_the_tiled_prediction(tmp_path, unet2d):
+    """The preview runs the tiled predictor's parts: over the same pixels, the same probabilities (here the
+    whole image as the region; the tiled run in several blocks)."""
+    from infer_helpers import read_labels, read_probs
+
+    from napari_medseg.inference import run_predict
+
+    img = textured_rgb(200, 300)
+    src = zarr_source(tmp_path / "s.zarr", [img], "YXC", chunks=(64, 64, 3))
+    region = (slice(0, 200), slice(0, 300))
+    kw = dict(tissue_mask=False, device="cpu", write_probs="float32", block=(128, 128))
+    # Gaussian sliding window
+    run_predict(src, unet2d, tmp_path / "win.zarr", window=(64, 64), overlap=0.25, **kw)
+    r = predict_region(unet2d, src, 0, region, NormConfig.uint8(3), window=(64, 64), with_probs=True,
+                       probs_dtype="float32")
+    assert r.probs.dtype == np.float32
+    assert np.abs(r.probs - read_probs(tmp_path / "win.zarr")).max() < 1e-4
+    assert (r.labels == read_labels(tmp_path / "win.zarr")).mean() > 0.999
+    # one window over the whole view
+    run_predict(src, unet2d, tmp_path / "one.zarr", window=(200, 300), blend="crop", **kw)
+    r = predict_region(unet2d, src, 0, region, NormConfig.uint8(3), with_probs=True, probs_dtype="float32")
+    assert np.abs(r.probs - read_probs(tmp_path / "one.zarr")).max() < 1e-4
+
+
+def test_region_volume_2d_model_with_uncertainty(tmp_path):
+    vol = np.random.default_rng(0).integers(0, 255, (6, 40, 50), dtype=np.uint8)
+    src = zarr_source(tmp_path / "v.zarr", [vol], "ZYX", pixel_size=(2.0, 1.0, 1.0))
+    region = (slice(2, 4), slice(0, 40), slice(5, 45))
+    for window in (None, (32, 32)):
+        r = predict_region(small_unet(1, 2), src, 0, region, NormConfig.uint8(1), window=window,
+                           uncertainty_model=small_unet(1, 2, seed=1))
+        assert r.labels.shape == r.uncertainty.shape == (2, 40, 40)
+        assert r.uncertainty.min() >= 0.0 and 0.0 < r.uncertainty.max() <= 1.0
+
+
+def test_read_box_pads_clips_and_moves_channels(tmp_path):
+    """``core.source.read_box``, the one box reader of the preview and the tiled predictor's tiles."""
+    from napari_medseg.core.source import read_box
+
+    img = textured_rgb(40, 50)
+    src = zarr_source(tmp_path / "s.zarr", [img], "YXC", chunks=(16, 16, 3))
+    a = read_box(src, 0, [(-3, 10), (45, 55)])
+    assert a.shape == (3, 13, 10) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a[:, 3:, :5], img[:10, 45:].transpose(2, 0, 1))
+    assert not a[:, :3].any() and not a[:, :, 5:].any()
+    b = read_box(src, 0, [(-3, 10), (45, 55)], pad=None, channels_last=True)
+    np.testing.assert_array_equal(b, img[:10, 45:])
+    lazy = read_box(src, 0, [(0, 8), (0, 8)], pad=None, compute=False)
+    assert not isinstance(lazy, np.ndarray) and np.array_equal(np.asarray(lazy), img[:8, :8].transpose(2, 0, 1))
+    assert read_box(src, 0, [(60, 70), (0, 4)]).shape == (3, 10, 4)  # all outside: all padding

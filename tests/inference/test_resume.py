@@ -51,6 +51,7 @@ def test_killed_generator_resumes_identical(tmp_path, rgb_source, unet2d):
                 break
     gen.close()
     assert read_manifest(out)["status"] == "interrupted"
+    assert not [t for t in threading.enumerate() if t.name.startswith("medseg-write")]  # the store closed its pool
     run_predict(rgb_source, unet2d, out, **KW)
     assert store_bytes(out) == ref
 

@@ -9,7 +9,7 @@ import pytest
 
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.io import open_path
-from napari_medseg.io import volume as vol
+from napari_medseg.io.dicom import open_dicom
 from napari_medseg.samples.dicom import write_dicom_series
 
 
@@ -98,13 +98,13 @@ def test_dicom_folder_without_series(tmp_path):
     d.mkdir()
     (d / "x.dcm").write_bytes(b"\0" * 300)
     with pytest.raises(MedsegError, match="no readable DICOM image series"):
-        vol.open_dicom(d)
+        open_dicom(d)
 
 
 def test_dicom_undecodable_pixels_named(tmp_path):
     d = tmp_path / "dcm"
     paths = write_dicom_series(_vol((3, 6, 7)), d, uid_seed="y")
-    src = vol.open_dicom(d)[0]
+    src = open_dicom(d)[0]
     paths[1].unlink()  # gone after opening: the lazy read names the file
     with pytest.raises(MedsegError, match=paths[1].name):
         np.asarray(src.levels[0][1])

@@ -13,8 +13,8 @@ from scipy.ndimage import gaussian_filter
 
 from napari_medseg.core.errors import UnreadableInputError
 from napari_medseg.io import open_image, open_path
-from napari_medseg.io import volume as vol
 from napari_medseg.io.kind import guess_kind, name_hint, words
+from napari_medseg.io.nifti import open_nifti
 
 SHAPE = (20, 72, 64)  # ZYX
 
@@ -130,7 +130,7 @@ def test_kind_override_both_ways(tmp_path):
     assert open_image(img_p, kind="image").kind == "image"
     src = open_path(lab_p, kind="labels")[0]
     assert src.kind == "labels" and src.contrast_limits is None and src.dtype == np.uint8
-    assert vol.open_nifti(lab_p, kind="labels").kind == "labels"
+    assert open_nifti(lab_p, kind="labels").kind == "labels"
     # float data opened as labels become integers (napari's labels are integers)
     f = save(tmp_path / "data" / "f.nii.gz", label_map(3).astype(np.float32))
     assert open_path(f)[0].kind == "image"

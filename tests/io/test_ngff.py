@@ -12,17 +12,17 @@ from medseg_io_synth import pyramid, rgb_image
 
 from napari_medseg.core.errors import MedsegError, UnreadableInputError
 from napari_medseg.io import open_path
-from napari_medseg.io.ngff import (
+from napari_medseg.io.ngff_meta import multiscales_attrs
+from napari_medseg.io.ngff_read import open_zarr
+from napari_medseg.io.ngff_write import (
     _format_attrs,
     build_pyramid,
     create_labels_group,
     create_multiscale,
     downsample_block,
-    open_zarr,
     pyramid_shapes,
     write_blocks,
 )
-from napari_medseg.io.ngff_meta import multiscales_attrs
 
 
 def _write_rgb_ngff(path, shape=(600, 900), chunk=128):

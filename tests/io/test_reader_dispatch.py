@@ -9,7 +9,7 @@ from medseg_io_synth import write_generic, write_strip_rgb
 
 from napari_medseg.core.errors import UnreadableInputError
 from napari_medseg.io import open_image, open_path, sniff
-from napari_medseg.io.ngff import create_labels_group, create_multiscale
+from napari_medseg.io.ngff_write import create_labels_group, create_multiscale
 
 
 def test_sniff_slides_and_zarr(svs_path, ome_path, ndpi_path, tmp_path):
@@ -55,10 +55,11 @@ def test_open_path_tiff_and_missing(svs_path, tmp_path):
         open_path(tmp_path / "gone.svs")
 
 
-def test_layer_kwargs_of_a_slide(svs_path, tmp_path):
-    kw = open_path(svs_path)[0].layer_kwargs()
-    assert kw["multiscale"] and kw["rgb"] and len(kw["data"]) == 3
-    assert kw["scale"] == pytest.approx((0.2527, 0.2527)) and kw["units"] == "micrometer"
+def test_geometry_of_a_slide(svs_path, tmp_path):
+    """What the napari layer is made of (``_napari.layerdata``, tested in tests/gui/test_layerdata.py)."""
+    src = open_path(svs_path)[0]
+    assert len(src.levels) == 3 and src.rgb
+    assert src.pixel_size == pytest.approx((0.2527, 0.2527)) and src.unit == "micrometer"
     flat = write_strip_rgb(tmp_path / "small.tif", shape=(100, 120))
-    kw = open_path(flat)[0].layer_kwargs()
-    assert not kw["multiscale"] and kw["data"].shape == (100, 120, 3)
+    src = open_path(flat)[0]
+    assert len(src.levels) == 1 and src.levels[0].shape == (100, 120, 3)

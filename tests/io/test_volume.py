@@ -9,8 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_medseg.io import open_path, sniff
-from napari_medseg.io import volume as vol
+from napari_medseg.io import dicom, nifti, open_path, sniff, volume
 from napari_medseg.samples.dicom import write_dicom_series
 
 SPACING = (2.5, 0.8, 0.6)           # ZYX mm
@@ -82,7 +81,7 @@ def test_nifti_ras_marker_and_hu_scaling(tmp_path):
     save_nifti_oriented(v, tmp_path / "ct.nii", dtype=np.uint16)  # stored unsigned with scl_inter
     img = nib.load(str(tmp_path / "ct.nii"))
     assert img.dataobj.inter != 0  # the file really uses scl_inter
-    src = vol.open_nifti(tmp_path / "ct.nii")
+    src = nifti.open_nifti(tmp_path / "ct.nii")
     lvl = np.asarray(src.levels[0])
     assert lvl.dtype.kind == "i"  # integral scaling keeps integers (HU), no float squashing
     assert tuple(np.argwhere(lvl == 1500)[0]) == MARKER
@@ -98,7 +97,7 @@ def test_nifti_mr_percentile_contrast_and_4d(tmp_path):
     stack = np.stack([v, 2 * v], axis=-1)  # XYZT-like: 2 sequences
     ras = np.transpose(stack, (2, 1, 0, 3))[::-1, ::-1]
     nib.save(nib.Nifti1Image(np.ascontiguousarray(ras), np.diag([0.6, 0.8, 2.5, 1])), str(tmp_path / "mr.nii.gz"))
-    src = vol.open_nifti(tmp_path / "mr.nii.gz")
+    src = nifti.open_nifti(tmp_path / "mr.nii.gz")
     assert src.axes == "CZYX" and src.n_channels == 2
     np.testing.assert_allclose(src.pixel_size, SPACING)
     np.testing.assert_allclose(np.asarray(src.levels[0][1]), 2 * v)
@@ -120,18 +119,18 @@ def test_nifti_integer_few_values_is_labels(tmp_path):
 def test_nifti_label_intent_is_labels_even_with_many_values(tmp_path):
     lab = (np.arange(6 * 7 * 9) % 200).reshape(6, 7, 9).astype(np.uint8)
     save_nifti_oriented(lab, tmp_path / "many.nii.gz")
-    assert vol.open_nifti(tmp_path / "many.nii.gz").kind == "image"  # 200 values: looks like an image
+    assert nifti.open_nifti(tmp_path / "many.nii.gz").kind == "image"  # 200 values: looks like an image
     img = nib.load(str(tmp_path / "many.nii.gz"))
     img.header.set_intent("label")
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), str(tmp_path / "seg.nii.gz"))
-    assert vol.open_nifti(tmp_path / "seg.nii.gz").kind == "labels"
+    assert nifti.open_nifti(tmp_path / "seg.nii.gz").kind == "labels"
 
 
 def test_nifti_is_lazy(tmp_path, monkeypatch):
     """Opening reads only a small subsample; one slice reads only its chunk, never the whole volume."""
     v = np.random.default_rng(2).integers(-1000, 1000, size=(40, 64, 64)).astype(np.int16)
     save_nifti_oriented(v, tmp_path / "big.nii")
-    monkeypatch.setattr(vol, "CHUNK_BYTES", 64 * 64 * 2 * 4)  # 4 slices per chunk
+    monkeypatch.setattr(nifti, "CHUNK_BYTES", 64 * 64 * 2 * 4)  # 4 slices per chunk
     read = []
     orig = nib.arrayproxy.ArrayProxy.__getitem__
 
@@ -142,7 +141,7 @@ def test_nifti_is_lazy(tmp_path, monkeypatch):
 
     monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__getitem__", counting)
     monkeypatch.setattr(nib.Nifti1Image, "get_fdata", lambda *a, **k: pytest.fail("get_fdata() reads everything"))
-    src = vol.open_nifti(tmp_path / "big.nii")
+    src = nifti.open_nifti(tmp_path / "big.nii")
     assert sum(read) <= 0.2 * v.size, f"open read {sum(read)} of {v.size} voxels"
     read.clear()
     sl = np.asarray(src.levels[0][17])
@@ -153,8 +152,8 @@ def test_nifti_is_lazy(tmp_path, monkeypatch):
 def test_large_volume_gets_lazy_inplane_levels(tmp_path, monkeypatch):
     v = phantom(shape=(8, 128, 128))
     save_nifti_oriented(v, tmp_path / "v.nii")
-    monkeypatch.setattr(vol, "LARGE_VOXELS", 8 * 64 * 64)
-    src = vol.open_nifti(tmp_path / "v.nii")
+    monkeypatch.setattr(volume, "LARGE_VOXELS", 8 * 64 * 64)
+    src = nifti.open_nifti(tmp_path / "v.nii")
     shapes = [src.level_shape(i) for i in range(len(src.levels))]
     assert shapes[0] == (8, 128, 128) and len(shapes) >= 2
     assert shapes[1] == (8, 64, 64)  # anisotropic (2.5 vs 0.8/0.6 mm): only in-plane is halved
@@ -226,14 +225,14 @@ def test_nifti_and_dicom_of_same_phantom_agree(tmp_path):
 def test_dicom_is_lazy_per_slice(tmp_path, monkeypatch):
     write_series(tmp_path / "dcm", phantom())
     calls = []
-    orig = vol._read_dicom_slice
+    orig = dicom._read_dicom_slice
 
     def counting(path, *a):
         calls.append(path)
         return orig(path, *a)
 
-    monkeypatch.setattr(vol, "_read_dicom_slice", counting)
-    (src,) = vol.open_dicom(tmp_path / "dcm")
+    monkeypatch.setattr(dicom, "_read_dicom_slice", counting)
+    (src,) = dicom.open_dicom(tmp_path / "dcm")
     assert len(calls) <= 1  # one decode check per series at most
     calls.clear()
     np.asarray(src.levels[0][3])
@@ -259,7 +258,7 @@ def test_dicom_several_series_largest_first_and_reported(tmp_path):
 def test_dicom_series_in_subfolders(tmp_path):
     write_series(tmp_path / "dcm" / "s1", phantom(), uid_seed="a")
     write_series(tmp_path / "dcm" / "s2", phantom(), uid_seed="b", series_number=2)
-    assert len(vol.open_dicom(tmp_path / "dcm")) == 2
+    assert len(dicom.open_dicom(tmp_path / "dcm")) == 2
 
 
 @pytest.mark.parametrize("cache_limit", [1 << 30, 0])
@@ -268,12 +267,12 @@ def test_nii_gz_decompressed_once_when_small(tmp_path, monkeypatch, cache_limit)
     chunk. Both give the same voxels."""
     v = np.random.default_rng(5).integers(-1000, 1000, size=(20, 32, 32)).astype(np.int16)
     save_nifti_oriented(v, tmp_path / "v.nii.gz")
-    monkeypatch.setattr(vol, "GZ_CACHE_BYTES", cache_limit)
-    monkeypatch.setattr(vol, "CHUNK_BYTES", 32 * 32 * 2 * 2)
+    monkeypatch.setattr(nifti, "GZ_CACHE_BYTES", cache_limit)
+    monkeypatch.setattr(nifti, "CHUNK_BYTES", 32 * 32 * 2 * 2)
     reads = []
     orig = nib.arrayproxy.ArrayProxy.__getitem__
     monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__getitem__", lambda self, key: reads.append(key) or orig(self, key))
-    src = vol.open_nifti(tmp_path / "v.nii.gz")
+    src = nifti.open_nifti(tmp_path / "v.nii.gz")
     n_open = len(reads)
     for z in (15, 2, 11):
         np.testing.assert_array_equal(np.asarray(src.levels[0][z]), v[z])

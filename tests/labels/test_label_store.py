@@ -20,8 +20,12 @@ import zarr
 
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import StoreLockedError
+from napari_medseg.core.grid import chunk_key
 from napari_medseg.core.source import ImageSource
-from napari_medseg.labels.index import INDEX_NAME, JOURNAL_NAME, chunk_key, list_chunk_files, pool_max
+from napari_medseg.labels import ops
+from napari_medseg.labels.chunks import pool_max
+from napari_medseg.labels.format import list_chunk_files
+from napari_medseg.labels.index import INDEX_NAME, JOURNAL_NAME
 from napari_medseg.labels.store import LabelStore
 
 CLASSES = ClassSchema(names=("background", "tumor", "stroma", "necrosis"))
@@ -100,8 +104,8 @@ def test_reads_skip_empty_space(tmp_path, monkeypatch):
     store = LabelStore.create(tmp_path / "big.zarr", (50_000, 50_000), chunks=(512, 512), classes=CLASSES)
     store.write((slice(30_000, 30_010), slice(40_000, 40_010)), 3)
     calls = []
-    orig = store._get_chunk
-    monkeypatch.setattr(store, "_get_chunk", lambda lvl, c: calls.append((lvl, c)) or orig(lvl, c))
+    orig = store.io.get_chunk
+    monkeypatch.setattr(store.io, "get_chunk", lambda lvl, c: calls.append((lvl, c)) or orig(lvl, c))
     out = store[20_000:36_000, 30_000:46_000]  # 32 x 32 chunks, one painted
     assert out.sum() == 3 * 100
     assert calls == [(0, (58, 78))]
@@ -114,7 +118,7 @@ def test_overview_pyramid_keeps_every_stroke(tmp_path):
     assert len(store.level_shapes) >= 4
     store.write((slice(500, 501), slice(700, 701)), 4)  # a single pixel
     store.write((slice(10, 200), slice(10, 30)), 2)
-    levels = store.overview_levels()
+    levels = ops.overview_levels(store)
     assert [lv.shape for lv in levels] == store.level_shapes
     coarse = np.asarray(levels[-1])
     assert (coarse == 4).sum() == 1 and (coarse == 2).any()
@@ -123,13 +127,13 @@ def test_overview_pyramid_keeps_every_stroke(tmp_path):
         np.testing.assert_array_equal(np.asarray(levels[k]),
                                       pool_max(np.asarray(levels[k - 1]), store.level_factors[k]))
     store.write((slice(500, 501), slice(700, 701)), 0)
-    assert not (np.asarray(store.overview_levels()[-1]) == 4).any()
+    assert not (np.asarray(ops.overview_levels(store)[-1]) == 4).any()
     meta = json.loads((store.path / ".zattrs").read_text())
     ds = meta["multiscales"][0]["datasets"]
     assert [d["path"] for d in ds] == [str(k) for k in range(len(levels))]
     assert ds[1]["coordinateTransformations"][0]["scale"] == [1.0, 1.0]
     assert [p["class"] for p in meta["image-label"]["properties"]] == list(CLASSES.names)
-    src = store.to_image_source()
+    src = ops.to_image_source(store)
     assert src.kind == "labels" and src.shape == store.shape
 
 
@@ -140,11 +144,11 @@ def test_dense_mask_import_is_an_explicit_conversion(tmp_path, nd):
     mask = rng.integers(0, 3, size=store.shape).astype(np.int32)  # 0 = bg, 1 = tumor, 2 = stroma
     mask[(slice(0, 5),) * nd] = 9  # "unknown" in the source mask
     store.write((slice(0, 5),) * nd, 4)
-    store.import_dense_mask(mask, ignore_value=9)
+    ops.import_dense_mask(store, mask, ignore_value=9)
     expect = mask + 1
     expect[(slice(0, 5),) * nd] = 4  # ignore_value keeps what was painted
     np.testing.assert_array_equal(store[...], expect.astype(np.uint8))
-    store.import_dense_mask(mask[(slice(0, 10),) * nd] > 0, region=(slice(0, 10),) * nd)
+    ops.import_dense_mask(store, mask[(slice(0, 10),) * nd] > 0, region=(slice(0, 10),) * nd)
     assert set(np.unique(store[(slice(0, 10),) * nd])) <= {1, 2}
 
 
@@ -242,7 +246,7 @@ def test_killed_writer_leaves_a_consistent_store(tmp_path):
     proc.wait()
     again = LabelStore.open(path)  # takes over the dead writer's lock, repairs the index if needed
     full = again[...]
-    for c, cnt in again.chunk_counts().items():
+    for c, cnt in again.index.chunk_counts().items():
         blk = full[again.chunk_region(c)]
         assert cnt == {int(v): int((blk == v).sum()) for v in np.unique(blk) if v}
     assert set(again.painted_chunks()) == {c for c in np.ndindex(5, 8) if full[again.chunk_region(c)].any()}
@@ -256,7 +260,7 @@ def test_save_as_from_memory_and_classes_editing(tmp_path):
     mem.write((slice(150, 160), slice(250, 260)), 4)
     assert mem.unsaved_chunks == len(mem.painted_chunks())
     ref = mem[...]
-    mem.save_as(tmp_path / "saved.zarr")
+    ops.save_as(mem, tmp_path / "saved.zarr")
     assert mem.persistent and mem.unsaved_chunks == 0 and mem.path == tmp_path / "saved.zarr"
     mem.write((slice(0, 5), slice(0, 5)), 2)
     ref[0:5, 0:5] = 2
@@ -264,8 +268,8 @@ def test_save_as_from_memory_and_classes_editing(tmp_path):
     disk = LabelStore.open(tmp_path / "saved.zarr")
     np.testing.assert_array_equal(disk[...], ref)
     # classes: rename/add freely; removing a painted class relabels only the chunks that hold it
-    disk.set_classes(ClassSchema(names=("bg", "tumour", "stroma", "necrosis", "fat")))
-    disk.remove_class(3)  # stroma: its pixels become "not annotated", necrosis 4 -> 3
+    ops.set_classes(disk, ClassSchema(names=("bg", "tumour", "stroma", "necrosis", "fat")))
+    ops.remove_class(disk, 3)  # stroma: its pixels become "not annotated", necrosis 4 -> 3
     assert disk.classes.names == ("bg", "tumour", "necrosis", "fat")
     expect = ref.copy()
     expect[ref == 3] = 0
@@ -280,8 +284,8 @@ def test_painted_regions_and_pickle_for_workers(tmp_path):
     s.write((slice(0, 10), slice(0, 10)), 2)
     s.write((slice(60, 70), slice(60, 70)), 2)  # touches chunk (0,0)'s neighbour: same region
     s.write((slice(250, 260), slice(400, 410)), 3)
-    assert s.painted_regions() == [(slice(0, 128), slice(0, 128)), (slice(192, 300), slice(384, 448))]
-    assert s.painted_bbox() == (slice(0, 300), slice(0, 448))
+    assert ops.painted_regions(s) == [(slice(0, 128), slice(0, 128)), (slice(192, 300), slice(384, 448))]
+    assert ops.painted_bbox(s) == (slice(0, 300), slice(0, 448))
     s.flush()
     clone = pickle.loads(pickle.dumps(s))
     assert clone.mode == "r" and clone.painted_chunks() == s.painted_chunks()

@@ -18,7 +18,9 @@ from napari_medseg.core.errors import (
     UnreadableInputError,
 )
 from napari_medseg.core.source import ImageSource
-from napari_medseg.labels.store import LabelStore, LabelValueError, StoreNotWritableError
+from napari_medseg.labels import ops
+from napari_medseg.labels.format import LabelValueError, StoreNotWritableError
+from napari_medseg.labels.store import LabelStore
 
 CLASSES = ClassSchema(names=("background", "tumor", "stroma"))
 
@@ -40,7 +42,7 @@ def test_store_in_read_only_folder_stays_in_memory_and_saves_elsewhere(tmp_path)
         store.write((slice(0, 50), slice(0, 50)), 2)  # painting goes on, in memory
         assert store.unsaved_chunks == 1
         assert not (ro / "img.labels.zarr").exists()
-    store.save_as(tmp_path / "elsewhere.zarr")
+    ops.save_as(store, tmp_path / "elsewhere.zarr")
     store.close()
     again = LabelStore.open(tmp_path / "elsewhere.zarr", mode="r")
     assert (again[0:50, 0:50] == 2).all() and again.painted_chunks() == [(0, 0)]
@@ -59,7 +61,7 @@ def test_folder_turning_read_only_mid_session_loses_nothing(tmp_path):
         reader = LabelStore.open(tmp_path / "s.zarr", mode="r")
         assert reader.painted_chunks() == [(0, 0)]
     expect = store[...]
-    store.save_as(tmp_path / "rescued.zarr")
+    ops.save_as(store, tmp_path / "rescued.zarr")
     store.close()
     rescued = LabelStore.open(tmp_path / "rescued.zarr", mode="r")
     np.testing.assert_array_equal(rescued[...], expect)
@@ -94,11 +96,11 @@ def test_dense_mask_wrong_shape_or_float_is_refused_and_changes_nothing(tmp_path
     s.write((slice(0, 10), slice(0, 10)), 3)
     before = s[...]
     with pytest.raises(GeometryMismatchError, match=r"\(400, 300\).*\(300, 400\)"):
-        s.import_dense_mask(np.zeros((400, 300), np.uint8))
+        ops.import_dense_mask(s, np.zeros((400, 300), np.uint8))
     with pytest.raises(GeometryMismatchError, match="colour mask"):
-        s.import_dense_mask(np.zeros((300, 400, 3), np.uint8))
+        ops.import_dense_mask(s, np.zeros((300, 400, 3), np.uint8))
     with pytest.raises(LabelValueError, match="float32"):
-        s.import_dense_mask(np.zeros((300, 400), np.float32))
+        ops.import_dense_mask(s, np.zeros((300, 400), np.float32))
     with pytest.raises(LabelValueError, match="float64"):
         s.write((slice(0, 5), slice(0, 5)), np.ones((5, 5)))
     np.testing.assert_array_equal(s[...], before)
@@ -117,10 +119,10 @@ def test_label_values_beyond_the_schema_are_refused_and_change_nothing(tmp_path)
     mask = np.zeros((300, 400), np.int32)
     mask[-1, -1] = 5  # in the last block: the whole mask is checked before anything is written
     with pytest.raises(LabelValueError, match=r"\[5\].*3 classes"):
-        s.import_dense_mask(mask)
+        ops.import_dense_mask(s, mask)
     s.write((slice(0, 10), slice(0, 10)), 3)
     with pytest.raises(LabelValueError, match="remove_class"):
-        s.set_classes(ClassSchema(names=("bg", "only")))
+        ops.set_classes(s, ClassSchema(names=("bg", "only")))
     before[0:10, 0:10] = 3
     np.testing.assert_array_equal(s[...], before)
     assert s.classes == CLASSES

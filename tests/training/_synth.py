@@ -54,12 +54,3 @@ def tiny_cfg(tmp_path, dims: int = 2, **kw) -> TrainConfig:
                 warmup_steps=2)
     base.update(kw)
     return TrainConfig(**base)
-
-
-def events_of(gen) -> tuple[list, object]:
-    out = []
-    while True:
-        try:
-            out.append(next(gen))
-        except StopIteration as s:
-            return out, s.value

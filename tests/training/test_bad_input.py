@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import drain
 
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import GeometryMismatchError, MedsegError
@@ -13,7 +14,7 @@ from napari_medseg.models.checkpoint import Checkpoint, save_checkpoint
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.training import StepEvent, TrainingData, TrainingItem, WarningEvent, train
 
-from ._synth import TINY_2D, blob_data, blobs, events_of, tiny_cfg
+from ._synth import TINY_2D, blob_data, blobs, tiny_cfg
 
 
 def _data(img, lab, classes=None):
@@ -32,7 +33,7 @@ def test_only_one_class_painted_warns_and_trains(tmp_path):
     img, _ = blobs((64, 64))
     lab = np.zeros((64, 64), np.uint8)
     lab[::5, ::5] = 1  # background only
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=2), _data(img, lab)))
+    events, res = drain(train(tiny_cfg(tmp_path, steps=2), _data(img, lab)))
     msgs = [e.message for e in events if isinstance(e, WarningEvent)]
     assert any("only 'background' is painted" in m and "'foreground'" in m for m in msgs)
     assert res.steps == 2
@@ -56,7 +57,7 @@ def test_nan_and_inf_in_the_image(tmp_path):
     f[30, :] = np.inf
     f[40, :] = -np.inf
     lab = np.where(np.random.default_rng(0).random(m.shape) < 0.1, m + 1, 0).astype(np.uint8)
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=3), _data(f, lab)))
+    events, res = drain(train(tiny_cfg(tmp_path, steps=3), _data(f, lab)))
     assert any("NaN or infinite" in e.message for e in events if isinstance(e, WarningEvent))
     assert all(np.isfinite(e.loss) for e in events if isinstance(e, StepEvent))
     assert all(torch.isfinite(p).all() for p in res.model.parameters())
@@ -65,7 +66,7 @@ def test_nan_and_inf_in_the_image(tmp_path):
 def test_image_smaller_than_the_patch_is_padded(tmp_path):
     img, m = blobs((20, 27), n=3, radius=(3, 6))
     lab = np.where(np.random.default_rng(0).random(m.shape) < 0.3, m + 1, 0).astype(np.uint8)
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=2, patch_size=(32,)), _data(img, lab)))
+    events, res = drain(train(tiny_cfg(tmp_path, steps=2, patch_size=(32,)), _data(img, lab)))
     assert res.steps == 2 and events[0].patch_size == (32, 32)
 
 

@@ -76,7 +76,7 @@ def test_names_with_colours_on_the_command_line(slide):
 
 
 def test_ngff_label_group_names_and_colours_its_classes(slide):
-    from napari_medseg.io.ngff import build_pyramid, create_labels_group, write_blocks
+    from napari_medseg.io.ngff_write import build_pyramid, create_labels_group, write_blocks
 
     labels = tifffile.imread(slide / "slide-labels.ome.tif")
     root = slide / "slide.zarr"

@@ -32,6 +32,22 @@ def test_wrong_types_are_named(key, value):
         TrainConfig.from_dict(d)
 
 
+@pytest.mark.parametrize("key,value", [("channels", 16), ("channels", []), ("depths", [2, True]), ("dropout", "0.1"),
+                                       ("spatial_dims", 2.0), ("norm", None)])
+def test_model_config_wrong_types_are_named(key, value):
+    d = ModelConfig().to_dict()
+    d[key] = value
+    with pytest.raises(MedsegError, match=f"model config '{key}'"):
+        ModelConfig.from_dict(d)
+
+
+def test_configs_store_numbers_and_lists_as_their_fields():
+    m = ModelConfig.from_dict({"channels": [8, 16], "dropout": 0})
+    assert m.channels == (8, 16) and isinstance(m.dropout, float)
+    t = TrainConfig.from_dict({"patch_size": 128, "lr": 1, "ct_window": [40, 400]})
+    assert t.patch_size == (128,) and isinstance(t.lr, float) and t.ct_window == (40.0, 400.0)
+
+
 def test_bad_choices_and_ranges():
     with pytest.raises(MedsegError, match="loss"):
         TrainConfig(loss="hinge")

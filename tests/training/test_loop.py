@@ -4,6 +4,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import drain
 
 from napari_medseg.models.checkpoint import load_checkpoint, load_model
 from napari_medseg.training import (
@@ -19,13 +20,13 @@ from napari_medseg.training import (
 )
 from napari_medseg.training import loop as loop_mod
 
-from ._synth import blob_data, events_of, tiny_cfg
+from ._synth import blob_data, tiny_cfg
 
 
 def test_events_checkpoints_and_meta(tmp_path):
     data = blob_data((96, 96), n_items=2, unlabelled=1, dense=True, fraction=0.05)
     cfg = tiny_cfg(tmp_path, steps=6, val_every=3, val_fraction=0.3, semi="mean_teacher", unlabelled_ratio=0.5)
-    events, result = events_of(train(cfg, data))
+    events, result = drain(train(cfg, data))
     assert isinstance(events[0], StartEvent) and isinstance(events[-1], DoneEvent)
     start = events[0]
     assert start.n_labelled == 2 and start.n_unlabelled == 1 and start.batch == (4, 2) and start.norm is not None
@@ -77,7 +78,7 @@ def test_stop_flag_saves_a_checkpoint_quickly(tmp_path):
 
 
 def test_time_budget(tmp_path):
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=10**6, time_budget_s=0.5, val_every=10**6),
+    events, res = drain(train(tiny_cfg(tmp_path, steps=10**6, time_budget_s=0.5, val_every=10**6),
                                   blob_data()))
     assert events[-1].reason == "time" and res.steps >= 1
 
@@ -91,7 +92,7 @@ def test_out_of_memory_halves_the_batch(tmp_path, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. (simulated)")
 
     monkeypatch.setattr(loop_mod, "_fault_hook", fault)
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=5, batch_size=4), blob_data()))
+    events, res = drain(train(tiny_cfg(tmp_path, steps=5, batch_size=4), blob_data()))
     warn = [e for e in events if isinstance(e, WarningEvent) and "out of memory" in e.message]
     assert len(warn) == 1
     sizes = [e.batch_size for e in events if isinstance(e, StepEvent)]
@@ -105,7 +106,7 @@ def test_preview_hook_runs_in_eval_and_inference_mode(tmp_path):
         seen.append((model.training, torch.is_inference_mode_enabled(), teacher is not None, step))
         return {"step": step}
 
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=4, val_every=2, eval_model="ema"),
+    events, res = drain(train(tiny_cfg(tmp_path, steps=4, val_every=2, eval_model="ema"),
                                   blob_data((96, 96), fraction=0.1), preview_hook=hook, preview_every_s=0.0))
     previews = [e for e in events if isinstance(e, PreviewEvent)]
     assert previews and previews[0].payload == {"step": previews[0].step}
@@ -116,17 +117,17 @@ def test_preview_hook_runs_in_eval_and_inference_mode(tmp_path):
 def test_rounds_continue_from_the_checkpoint(tmp_path):
     data = blob_data((128, 128), n_items=2, fraction=0.05)
     cfg = tiny_cfg(tmp_path, steps=3, val_every=3, val_fraction=0.3)
-    ev1, r1 = events_of(train(cfg, data))
+    ev1, r1 = drain(train(cfg, data))
     ck1 = load_checkpoint(r1.last_checkpoint)
     cfg2 = cfg.replace(checkpoint_dir=str(tmp_path / "round2"), seed=99)  # a new seed must not move validation
-    ev2, r2 = events_of(train(cfg2, data, init=r1.last_checkpoint))
+    ev2, r2 = drain(train(cfg2, data, init=r1.last_checkpoint))
     start2 = ev2[0]
     assert start2.round == 2 and start2.init_report.startswith(f"{len(ck1.state_dict)} matched, 0 missing")
     ck2 = load_checkpoint(r2.last_checkpoint)
     assert ck2.meta["round"] == 2 and ck2.meta["val_seed"] == ck1.meta["val_seed"]
     assert ck2.meta["val_block"] == ck1.meta["val_block"] and ck2.norm == ck1.norm
     # a plain state dict works too, with a report
-    ev3, _ = events_of(train(cfg.replace(checkpoint_dir=str(tmp_path / "r3")), data, init=ck1.state_dict))
+    ev3, _ = drain(train(cfg.replace(checkpoint_dir=str(tmp_path / "r3")), data, init=ck1.state_dict))
     assert ev3[0].init_report.startswith(f"{len(ck1.state_dict)} matched")
 
 
@@ -140,7 +141,7 @@ def test_rounds_continue_from_the_checkpoint(tmp_path):
                                 dict(semi="pseudo_label", pl_teacher="self", eval_model="student", pl_cutmix=0.0, pl_class_balance=False,
                                      pl_start=0.0, pl_full=0.0, pl_threshold=0.0)])
 def test_variants_run(tmp_path, kw):
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=3, **kw), blob_data(fraction=0.1)))
+    events, res = drain(train(tiny_cfg(tmp_path, steps=3, **kw), blob_data(fraction=0.1)))
     steps = [e for e in events if isinstance(e, StepEvent)]
     assert len(steps) == 3 and all(np.isfinite(e.loss) for e in steps)
     if kw.get("semi") == "none":
@@ -152,9 +153,9 @@ def test_variants_run(tmp_path, kw):
 
 def test_3d_and_slice_wise(tmp_path):
     data = blob_data((24, 24, 24), fraction=0.05)
-    events, res = events_of(train(tiny_cfg(tmp_path, dims=3, steps=2, batch_size=2), data))
+    events, res = drain(train(tiny_cfg(tmp_path, dims=3, steps=2, batch_size=2), data))
     assert events[0].patch_size == (16, 16, 16) and res.steps == 2
-    events, res = events_of(train(tiny_cfg(tmp_path, dims=2, steps=2, patch_size=(16,)), data))
+    events, res = drain(train(tiny_cfg(tmp_path, dims=2, steps=2, patch_size=(16,)), data))
     ck = load_checkpoint(res.last_checkpoint)
     assert ck.meta["slice_wise"] is True and ck.meta["spatial_dims"] == 2
 
@@ -168,7 +169,7 @@ def test_ct_volumes_use_a_hu_window(tmp_path):
     hu = it.image.levels[0].astype(np.int16) * 4 - 600
     src = ImageSource([hu], "ZYX", (2.0, 0.7, 0.7), unit="millimeter", modality="CT", name="ct")
     ct = TrainingData([TrainingItem(src, it.labels, name="ct")], data.classes)
-    events, res = events_of(train(tiny_cfg(tmp_path, dims=3, steps=1, ct_window=(50.0, 350.0)), ct))
+    events, res = drain(train(tiny_cfg(tmp_path, dims=3, steps=1, ct_window=(50.0, 350.0)), ct))
     assert events[0].norm.mode == "ct_window" and events[0].norm.low == (50.0 - 175.0,)
     meta = load_checkpoint(res.last_checkpoint).meta
     assert meta["pixel_size"] == [2.0, 0.7, 0.7] and meta["unit"] == "millimeter" and meta["modality"] == "CT"
@@ -186,7 +187,7 @@ def test_a_non_finite_loss_skips_the_step(tmp_path, monkeypatch):
         return out * float("nan") if len(calls) == 2 else out
 
     monkeypatch.setattr(SparseSegLoss, "forward", flaky)
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=3), blob_data()))
+    events, res = drain(train(tiny_cfg(tmp_path, steps=3), blob_data()))
     assert any("skipped" in e.message for e in events if isinstance(e, WarningEvent))
     assert res.steps == 3 and all(torch.isfinite(p).all() for p in res.model.parameters())
 
@@ -198,7 +199,7 @@ def test_an_unexpected_failure_keeps_the_last_state(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop_mod, "_fault_hook", fault)
     with pytest.raises(RuntimeError, match="tile decoder"):
-        events_of(train(tiny_cfg(tmp_path, steps=10, val_every=100), blob_data()))
+        drain(train(tiny_cfg(tmp_path, steps=10, val_every=100), blob_data()))
     assert load_checkpoint(tmp_path / "ck" / "last.pt").meta["step"] == 3
 
 
@@ -210,10 +211,10 @@ def test_consistency_on_unlabelled_patches_only(tmp_path, monkeypatch):
     monkeypatch.setattr(MeanTeacher, "targets", lambda self, x, p: (seen.append(x.shape[0]), orig(self, x, p))[1])
     cfg = tiny_cfg(tmp_path, steps=2, batch_size=2, semi="mean_teacher", unlabelled_ratio=1.0,
                    consistency_on="unlabelled")
-    events_of(train(cfg, blob_data(fraction=0.1)))
+    drain(train(cfg, blob_data(fraction=0.1)))
     assert seen == [2, 2]  # the teacher sees the 2 unlabelled patches of each 2 + 2 batch
     seen.clear()
-    events_of(train(cfg.replace(consistency_on="all", checkpoint_dir=str(tmp_path / "all")), blob_data(fraction=0.1)))
+    drain(train(cfg.replace(consistency_on="all", checkpoint_dir=str(tmp_path / "all")), blob_data(fraction=0.1)))
     assert seen == [4, 4]
 
 
@@ -236,7 +237,7 @@ def test_the_schedule_follows_the_time_budget():
 
 
 def test_time_budgeted_run_reaches_a_low_learning_rate(tmp_path):
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=10**9, time_budget_s=2.0, val_every=10**6,
+    events, res = drain(train(tiny_cfg(tmp_path, steps=10**9, time_budget_s=2.0, val_every=10**6,
                                            warmup_steps=1), blob_data()))
     steps = [e for e in events if isinstance(e, StepEvent)]
     assert events[-1].reason == "time" and len(steps) >= 3
@@ -248,7 +249,7 @@ def test_prediction_uses_the_weight_average_when_asked(tmp_path):
     from napari_medseg.models.checkpoint import load_checkpoint
 
     data = blob_data(fraction=0.1)
-    _, res = events_of(train(tiny_cfg(tmp_path, steps=4, eval_model="ema", val_every=10**6), data))
+    _, res = drain(train(tiny_cfg(tmp_path, steps=4, eval_model="ema", val_every=10**6), data))
     ck = load_checkpoint(res.last_checkpoint)
     assert ck.meta["predict_with"] == "ema" and ck.teacher_state_dict is not None
     model, _ = load_model(res.last_checkpoint)  # follows the run's choice
@@ -256,13 +257,13 @@ def test_prediction_uses_the_weight_average_when_asked(tmp_path):
     name = next(iter(ck.state_dict))
     assert torch.equal(model.state_dict()[name], ck.teacher_state_dict[name])
     assert not torch.equal(model.state_dict()[name], student.state_dict()[name])
-    _, plain = events_of(train(tiny_cfg(tmp_path / "plain", steps=2, val_every=10**6, eval_model="student"), data))
+    _, plain = drain(train(tiny_cfg(tmp_path / "plain", steps=2, val_every=10**6, eval_model="student"), data))
     assert load_checkpoint(plain.last_checkpoint).teacher_state_dict is None  # nothing kept when not asked
 
 
 def test_pseudo_label_precision_is_reported_at_validation(tmp_path):
     data = blob_data((96, 96), n_items=2, fraction=0.1)
-    events, _ = events_of(train(tiny_cfg(tmp_path, steps=4, val_every=2, val_fraction=0.3, semi="pseudo_label",
+    events, _ = drain(train(tiny_cfg(tmp_path, steps=4, val_every=2, val_fraction=0.3, semi="pseudo_label",
                                          pl_threshold=0.0), data))
     vals = [e for e in events if isinstance(e, ValidationEvent)]
     assert vals and all(v.pl_coverage == pytest.approx(1.0) and 0.0 <= v.pl_precision <= 1.0 for v in vals)

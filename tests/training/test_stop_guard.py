@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import torch
+from helpers import drain
 
 from napari_medseg.models.checkpoint import load_checkpoint
 from napari_medseg.training import DoneEvent, PreviewEvent, StepEvent, ValidationEvent, WarningEvent, train
@@ -15,7 +16,7 @@ from napari_medseg.training import loop as loop_mod
 from napari_medseg.training.loop import validation_due
 from napari_medseg.training.run_state import Run
 
-from ._synth import blob_data, events_of, tiny_cfg
+from ._synth import blob_data, tiny_cfg
 
 
 def _long(tmp_path, **kw):
@@ -51,7 +52,7 @@ def test_stop_interrupts_the_forward_pass_of_a_step(tmp_path, monkeypatch):
         return m
 
     monkeypatch.setattr(loop_mod, "build_model", build)
-    events, res = events_of(train(_long(tmp_path), blob_data(), stop=stop))
+    events, res = drain(train(_long(tmp_path), blob_data(), stop=stop))
     done = events[-1]
     assert isinstance(done, DoneEvent) and done.reason == "stopped"
     # step 3 began (its forward pass set the flag) but never finished: the run ends after 2 whole steps
@@ -106,7 +107,7 @@ def test_stop_while_a_batch_is_being_read(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Run, "make_batch", slow)
     try:
-        events, _ = events_of(train(_long(tmp_path, num_workers=1), blob_data(), stop=stop))
+        events, _ = drain(train(_long(tmp_path, num_workers=1), blob_data(), stop=stop))
         assert not release.is_set()  # the run ended while the read was still blocked
     finally:
         release.set()
@@ -125,7 +126,7 @@ def test_stop_during_a_preview_interrupts_it_quietly(tmp_path):
         finished.append(step)
         return step
 
-    events, _ = events_of(train(_long(tmp_path), blob_data(), stop=stop, preview_hook=hook, preview_every_s=0.0))
+    events, _ = drain(train(_long(tmp_path), blob_data(), stop=stop, preview_hook=hook, preview_every_s=0.0))
     assert finished == [1]  # the preview at step 2 was cut short
     assert [e.payload for e in events if isinstance(e, PreviewEvent)] == [1]
     assert not [e for e in events if isinstance(e, WarningEvent) and "preview" in e.message]
@@ -154,7 +155,7 @@ def test_ram_running_out_mid_step_halves_the_batch(tmp_path, monkeypatch):
     monkeypatch.setattr(loop_mod, "build_model", build)
     monkeypatch.setattr(guard_mod, "available_ram", available)
     monkeypatch.setattr(guard_mod.StepGuard, "check", _check_every_time(guard_mod.StepGuard.check))
-    events, res = events_of(train(tiny_cfg(tmp_path, steps=5, batch_size=4, val_first=0), blob_data()))
+    events, res = drain(train(tiny_cfg(tmp_path, steps=5, batch_size=4, val_first=0), blob_data()))
     warn = [e.message for e in events if isinstance(e, WarningEvent) and "out of memory" in e.message]
     assert len(warn) == 1 and "RAM" in warn[0] and "continuing with 2" in warn[0]
     assert [e.batch_size for e in events if isinstance(e, StepEvent)] == [4, 4, 2, 2, 2] and res.steps == 5
@@ -195,14 +196,14 @@ def test_validation_due_early_then_every_val_every():
 def test_validation_is_a_curve_from_the_first_steps(tmp_path, monkeypatch):
     monkeypatch.setattr(loop_mod, "EARLY_VAL_MAX_SHARE", float("inf"))  # the cost rule has its own test
     cfg = tiny_cfg(tmp_path, steps=12, val_every=100, val_first=2, val_fraction=0.3)
-    events, _ = events_of(train(cfg, blob_data((128, 128), fraction=0.05)))
+    events, _ = drain(train(cfg, blob_data((128, 128), fraction=0.05)))
     assert [e.step for e in events if isinstance(e, ValidationEvent)] == [2, 4, 8, 12]
 
 
 def test_early_validations_are_skipped_while_they_cost_too_much(tmp_path, monkeypatch):
     monkeypatch.setattr(loop_mod, "EARLY_VAL_MAX_SHARE", 0.0)  # any cost is too much: only the first runs
     cfg = tiny_cfg(tmp_path, steps=12, val_every=100, val_first=2, val_fraction=0.3)
-    events, _ = events_of(train(cfg, blob_data((128, 128), fraction=0.05)))
+    events, _ = drain(train(cfg, blob_data((128, 128), fraction=0.05)))
     assert [e.step for e in events if isinstance(e, ValidationEvent)] == [2, 12]
 
 

@@ -2,9 +2,10 @@
 
 ``get_reader(path)`` answers quickly: ``None`` for anything ``io.reader.sniff`` does not claim (it never
 raises on a foreign file). The returned function opens each path with ``io.open_path`` and returns
-LayerData tuples: images as ``"image"`` (multiscale when the source has several levels, ``scale`` from the
-pixel size), labels as ``"labels"`` with their NGFF colors. The tissue mask a prediction writes beside its
-result (``labels/tissue``) opens hidden and faint, named after the result ("slide tissue mask").
+LayerData tuples (``layerdata.to_layer_data``): images as ``"image"`` (multiscale when the source has several
+levels, ``scale`` from the pixel size), labels as ``"labels"`` with their NGFF colors. The tissue mask a
+prediction writes beside its result (``labels/tissue``) opens hidden and faint, named after the result
+("slide tissue mask").
 
 A file we claim but cannot read: the user gets one napari error notification naming the file and the
 reason, and the reader returns napari's "nothing to add" sentinel ``[(None,)]``, so the viewer keeps
@@ -16,17 +17,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from napari.utils.notifications import show_error, show_info
 
+from napari_medseg._napari.layerdata import TISSUE_NAME, LayerData, is_tissue_mask, to_layer_data
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.source import ImageSource
 from napari_medseg.io.reader import open_path, sniff
 
 logger = logging.getLogger(__name__)
-
-LayerData = tuple[Any, ...]
 
 
 def _paths(path: str | Sequence[str]) -> list[str]:
@@ -44,18 +43,6 @@ def get_reader(path: str | Sequence[str]) -> Callable[[str | Sequence[str]], lis
     return read_layers
 
 
-#: opacity of a tissue mask layer once shown: with the mask's own colour (alpha 0.35) a faint tint over the tissue
-TISSUE_OPACITY = 0.3
-TISSUE_NAME = "tissue mask"
-
-
-def is_tissue_mask(src: ImageSource) -> bool:
-    """Whether ``src`` is the tissue mask a prediction writes beside its result: the ``labels/tissue`` group
-    of an NGFF zarr, named "tissue mask" (1 = tissue, where windows were computed)."""
-    parts = [p for p in str(src.metadata.get("ngff_path") or "").split("/") if p]
-    return src.kind == "labels" and parts[-2:] == ["labels", "tissue"] and src.name == TISSUE_NAME
-
-
 def _name_tissue_masks(sources: list[ImageSource], layers: list[LayerData]) -> None:
     """Name a tissue mask plainly after the result it belongs to ("slide tissue mask" beside "slide
     prediction", as the Predict widget names it), so masks of several predictions stay apart."""
@@ -65,28 +52,6 @@ def _name_tissue_masks(sources: list[ImageSource], layers: list[LayerData]) -> N
     for src, (_, kw, _) in zip(sources, layers):
         if is_tissue_mask(src):
             kw["name"] = f"{stem} {TISSUE_NAME}" if stem else TISSUE_NAME
-
-
-def layer_data(src: ImageSource) -> LayerData:
-    """One napari LayerData tuple ``(data, kwargs, layer_type)`` for ``src``."""
-    kw = src.layer_kwargs()
-    data = kw.pop("data")
-    if src.kind == "labels":
-        colors = src.metadata.get("colors") or {}
-        if colors:
-            cmap: dict[Any, tuple[float, ...]] = {0: (0.0, 0.0, 0.0, 0.0), None: (0.0, 0.0, 0.0, 0.0)}
-            cmap.update({int(k): tuple(float(c) for c in v) for k, v in colors.items()})
-            kw["colormap"] = cmap
-        kw["units"] = src.unit
-        if src.metadata.get("translate"):  # e.g. a prediction made at an offset or a coarser level
-            kw["translate"] = tuple(float(t) for t in src.metadata["translate"])
-        if is_tissue_mask(src):
-            # where a prediction looked for tissue: context, not a result. Shown as it is it covers the image
-            # with a coarse block over every tissue pixel; it opens hidden, and faint once ticked. (An outline
-            # would be clearer still, but napari's Labels take ``contour`` only after they are made.)
-            kw.update(visible=False, opacity=TISSUE_OPACITY)
-        return (data, kw, "labels")
-    return (data, kw, "image")
 
 
 def read_layers(path: str | Sequence[str]) -> list[LayerData]:
@@ -100,7 +65,7 @@ def read_layers(path: str | Sequence[str]) -> list[LayerData]:
             show_error(f"napari-medseg could not open {p}: {_reason(e, p)}")
             continue
         reported = False
-        layers = [layer_data(src) for src in sources]
+        layers = [to_layer_data(src) for src in sources]
         _name_tissue_masks(sources, layers)
         out.extend(layers)
         for src in sources:

@@ -1,11 +1,11 @@
 """File > Open Sample > napari-medseg: the H&E-like slide and the CT-like volume, each with ground truth.
 
-Each function returns napari LayerData: the image (the slide as a 5-level multiscale RGB pyramid at
+Each function returns napari LayerData (``layerdata.to_layer_data``): the image (the slide as a 5-level multiscale RGB pyramid at
 0.5 um/px; the CT as a ZYX volume in mm with the soft-tissue window W400/L40), then its ground truth as a
 Labels layer named "ground truth" in the label-store values (1 background, 2.. classes) with the class
 colours of ``sample_data/*_classes.json`` (background drawn transparent, as in predictions). The ground
 truth starts hidden on the slide (so it does not give away the answer while annotating) and at low opacity
-on the CT; tick its eye to compare. It is reference labels (``reference_layers``): not editable, and the
+on the CT; tick its eye to compare. It is reference labels (role ``"reference"``, ``reference_layers``): not editable, and the
 image, not the ground truth, is the layer selected after the sample opens.
 First use generates the files into the cache (slide about 20-40 s, CT a few seconds); later uses are
 instant. The labels a user paints on a sample are kept in the user data folder, never in the cache
@@ -17,36 +17,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
-from napari_medseg._napari.reference_layers import guard_reference_layers, mark_reference
-from napari_medseg.core.classes import ClassSchema
-from napari_medseg.core.source import ImageSource
+from napari_medseg._napari.layerdata import LayerData, to_layer_data
+from napari_medseg._napari.reference_layers import guard_reference_layers
 
 logger = logging.getLogger(__name__)
-
-LayerData = tuple[Any, ...]
-
-
-def _image_layer(src: ImageSource) -> LayerData:
-    kw = src.layer_kwargs()
-    return (kw.pop("data"), kw, "image")
-
-
-def _labels_layer(src: ImageSource, schema: ClassSchema, *, visible: bool, opacity: float) -> LayerData:
-    from napari.utils.colormaps import DirectLabelColormap
-
-    kw = src.layer_kwargs()
-    data = kw.pop("data")
-    colors = schema.store_colors(alpha=1.0)
-    colors[1] = (0.0, 0.0, 0.0, 0.0)  # background transparent, as in predictions: only classes are drawn
-    kw["colormap"] = DirectLabelColormap(color_dict=colors)
-    kw["units"] = src.unit  # same units as the image, or napari ignores units for rendering
-    kw["visible"] = visible
-    kw["opacity"] = opacity
-    kw["metadata"]["napari_medseg"]["classes"] = schema.to_dict()
-    mark_reference(kw["metadata"])
-    return (data, kw, "labels")
 
 
 def _guard_current_viewer() -> None:
@@ -73,7 +48,7 @@ def sample_slide() -> list[LayerData]:
         with first_use_progress("Preparing the sample slide (first use only; later it opens at once)…") as report:
             img, gt = load_sample_slide(progress=report)
     _guard_current_viewer()
-    return [_image_layer(img), _labels_layer(gt, slide_classes(), visible=False, opacity=0.5)]
+    return [to_layer_data(img), to_layer_data(gt, "reference", classes=slide_classes(), visible=False, opacity=0.5)]
 
 
 @contextlib.contextmanager
@@ -120,4 +95,4 @@ def sample_ct() -> list[LayerData]:
 
     img, gt = load_sample_ct()
     _guard_current_viewer()
-    return [_image_layer(img), _labels_layer(gt, ct_classes(), visible=True, opacity=0.35)]
+    return [to_layer_data(img), to_layer_data(gt, "reference", classes=ct_classes(), visible=True, opacity=0.35)]

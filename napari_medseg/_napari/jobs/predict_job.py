@@ -26,22 +26,22 @@ from typing import Any
 import numpy as np
 
 from napari_medseg._napari.jobs.workers import user_message
-from napari_medseg._napari.layers import add_then_show, medseg_meta, overlaps, units_of, view_at_level0
+from napari_medseg._napari.layerdata import LayerData, medseg_meta, prediction_layer_data, units_of
+from napari_medseg._napari.layers import add_then_show, overlaps, view_at_level0
+from napari_medseg.inference import BlockDone, PredictDone, PredictStart
+from napari_medseg.inference.blocks import CorruptTileError
 
 log = logging.getLogger(__name__)
 RESULT_SUFFIX = " prediction"
 MASK_SUFFIX = " tissue mask"
 REFRESH_S = 2.0  # the growing result layer is redrawn at most this often, and only for blocks in view
 
-LayerTuple = tuple[Any, dict[str, Any], str]
-
-
 @dataclass
 class ResultLayers:
     """The output's napari layer data, opened in the worker thread (zarr and dask setup stay off the
     main thread); the main thread only adds the layers."""
 
-    layers: list[LayerTuple]
+    layers: list[LayerData]
 
 
 class OverviewLevel:
@@ -68,7 +68,7 @@ class OverviewLevel:
             self.array[...] = compute(self.lazy)
 
 
-def with_overview(layers: list[LayerTuple]) -> tuple[list[LayerTuple], list[OverviewLevel]]:
+def with_overview(layers: list[LayerData]) -> tuple[list[LayerData], list[OverviewLevel]]:
     """``layers`` with each multiscale Labels layer's coarsest level swapped for an ``OverviewLevel``."""
     out, overviews = [], []
     for data, kw, kind in layers:
@@ -80,15 +80,12 @@ def with_overview(layers: list[LayerTuple]) -> tuple[list[LayerTuple], list[Over
     return out, overviews
 
 
-_with_overview = with_overview  # the name before the split
-
-
 def predict_and_open(*args: Any, in_process: bool = False, **kwargs: Any) -> Generator[Any, None, Any]:
     """``inference.predict``'s events, plus ``ResultLayers`` once the output exists (worker thread).
 
     ``in_process``: the prediction itself runs in a child process (``inference.process``), so its threads
     never hold the viewer's GIL; this thread relays the events and refills the result's overview level."""
-    from napari_medseg.inference import predict, prediction_layer_data
+    from napari_medseg.inference import predict
 
     if in_process:
         from napari_medseg.inference.process import predict_in_process as predict
@@ -100,15 +97,14 @@ def predict_and_open(*args: Any, in_process: bool = False, **kwargs: Any) -> Gen
                 ev = next(gen)
             except StopIteration as stop:
                 return stop.value
-            kind = type(ev).__name__
-            if overviews and kind in ("BlockDone", "PredictDone"):
+            if overviews and isinstance(ev, (BlockDone, PredictDone)):
                 try:
                     for ov in overviews:
-                        ov.refill(force=kind == "PredictDone")
+                        ov.refill(force=isinstance(ev, PredictDone))
                 except Exception as e:  # a stale overview is no reason to stop the prediction
                     log.debug("could not refill the overview: %s", e)
             yield ev
-            if kind == "PredictStart":
+            if isinstance(ev, PredictStart):
                 try:
                     layers, overviews = with_overview(prediction_layer_data(ev.out))
                     yield ResultLayers(layers)
@@ -126,7 +122,7 @@ def failure_sentence(cause: BaseException | str, what: str = "Prediction") -> st
     """One plain sentence for the status line: ``"<what> failed: <the first sentence of the cause>."``
     (the full message goes to the widget's message log)."""
     text = cause if isinstance(cause, str) else user_message(cause)
-    if not isinstance(cause, str) and type(cause).__name__ == "CorruptTileError":
+    if isinstance(cause, CorruptTileError):
         text = text.split("; repair or reconvert")[0]  # the widget's way around it goes to the log
     text = text.split("; choose another output path, or pass overwrite=True")[0]  # likewise
     first = _SENTENCE_END.split(" ".join(str(text).split()), maxsplit=1)[0].rstrip(" .;")
@@ -136,7 +132,7 @@ def failure_sentence(cause: BaseException | str, what: str = "Prediction") -> st
 def widget_hint(cause: BaseException | str) -> str | None:
     """What a widget user can do about a failure whose engine message names the API's way around it."""
     text = str(cause)
-    if type(cause).__name__ == "CorruptTileError" or "could not be decoded" in text:
+    if isinstance(cause, CorruptTileError) or "could not be decoded" in text:
         return ("Tick 'predict around unreadable tiles' to predict the rest of the image, or repair or "
                 "reconvert the image file.")
     if "holds a different prediction run" in text:
@@ -172,7 +168,7 @@ class RunLayers:
 
     def __init__(self, viewer: Any, image: Any, out: Path) -> None:
         self.viewer, self.image, self.out = viewer, image, Path(out)
-        self.opened: list[LayerTuple] | None = None
+        self.opened: list[LayerData] | None = None
         self.overviews: list[OverviewLevel] = []  # overview levels opened on the main thread (refilled here)
         self.result: Any = None
         self.mask: Any = None
@@ -185,7 +181,7 @@ class RunLayers:
     def started(self, resumed_blocks: int) -> None:
         self.blocks += int(resumed_blocks)
 
-    def layers_opened(self, layers: list[LayerTuple]) -> None:
+    def layers_opened(self, layers: list[LayerData]) -> None:
         self.opened = layers
         if self.blocks:
             self.show()
@@ -214,9 +210,7 @@ class RunLayers:
         return self.result is not None and self.result in self.viewer.layers
 
     # showing
-    def _open_here(self) -> list[LayerTuple]:
-        from napari_medseg.inference import prediction_layer_data
-
+    def _open_here(self) -> list[LayerData]:
         try:
             layers, self.overviews = with_overview(prediction_layer_data(self.out))
         except Exception as e:

@@ -19,7 +19,8 @@ import time
 from collections.abc import Generator
 from typing import Any
 
-from napari_medseg._napari.layers import LatestValue, ViewRequest, medseg_meta
+from napari_medseg._napari.layerdata import medseg_meta
+from napari_medseg._napari.layers import LatestValue, ViewRequest
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import GeometryMismatchError, MedsegError
 from napari_medseg.core.source import ImageSource
@@ -46,21 +47,26 @@ def classes_for_layer(layer: Any, n_max: int) -> ClassSchema:
     if isinstance(meta.get("classes"), dict):
         return ClassSchema.from_dict(meta["classes"])
     n = max(2, n_max)  # store values 1..n -> background + n - 1 classes
-    return ClassSchema(names=("background",) + tuple(f"class {i}" for i in range(1, n)))
+    return ClassSchema.default(n)
 
 
-def snapshot_labels(session: Any, viewer: Any, image_layer: Any, labels_choice: str, store_choice: str
-                    ) -> tuple[LabelSnapshot, str]:
-    """(snapshot, description) of the chosen labels; main thread."""
+def snapshot_labels(session: Any, viewer: Any, image_layer: Any, labels_choice: str, store_choice: str,
+                    since: LabelSnapshot | None = None) -> tuple[LabelSnapshot, str]:
+    """(snapshot, description) of the chosen labels; main thread.
+
+    With ``since`` (the snapshot the run has), a label store that was not written since is answered with
+    ``since`` itself (nothing read, nothing hashed), and a changed one looks up only its changed chunks."""
     if labels_choice == store_choice:
-        store = session.label_stores.get(image_layer.name)
+        store = session.store_for(image_layer)
         if store is None:
             raise MedsegError("No label store is open for this image: open or create one in the Annotate widget "
                               "and paint some labels, or choose a Labels layer.")
-        ctrl = session.painters.get(image_layer.name) if hasattr(session, "painters") else None
+        ctrl = session.painter_for(image_layer)
         if ctrl is not None:
             ctrl.flush(wait=True)
-        return LabelSnapshot.of_store(store), f"label store {store.path}"
+        if since is not None and since.is_current(store):
+            return since, f"label store {store.path}"
+        return LabelSnapshot.of_store(store, since), f"label store {store.path}"
     if labels_choice not in viewer.layers:
         raise MedsegError(f"The labels layer {labels_choice!r} no longer exists; choose another.")
     layer = viewer.layers[labels_choice]

@@ -34,21 +34,23 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from napari.utils.colormaps import DirectLabelColormap
 from qtpy.QtCore import QObject, QThread, QTimer, Signal
 
 from napari_medseg._napari import napari_compat as compat
-from napari_medseg._napari.layers import camera_of, units_of
-from napari_medseg._napari.painting.store_overview import MaskedLevel, overview_levels
+from napari_medseg._napari.layerdata import store_colormap, units_of
+from napari_medseg._napari.layers import camera_of
+from napari_medseg._napari.painting.store_overview import overview_levels
 from napari_medseg._napari.painting.window_edits import TrackedLabels, WindowEdits, WriteJob, touched_box
 from napari_medseg._napari.painting.window_geometry import Window, WindowGeometry
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
-from napari_medseg.labels import index as ix
+from napari_medseg.core.grid import Chunk
+from napari_medseg.labels.chunks import LevelArray
+from napari_medseg.labels.ops import set_classes
 from napari_medseg.labels.store import LabelStore
 
-__all__ = ["AUTOSAVE_NOTE", "FLUSH_DELAY_S", "MAX_UNSAVED_S", "MaskedLevel", "PaintingController", "TrackedLabels",
-           "prediction_colormap", "store_colormap", "touched_box"]
+__all__ = ["AUTOSAVE_NOTE", "FLUSH_DELAY_S", "MAX_UNSAVED_S", "PaintingController", "TrackedLabels",
+           "touched_box"]
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +62,6 @@ AUTOSAVE_NOTE = (f"Autosave: edits are written {FLUSH_DELAY_S:g} s after you sto
 FOLLOW_DELAY_MS = 300
 OUTLINE_COLOR = "#ffd400"
 PAINT_MODES = ("paint", "erase", "fill")  # modes whose first click must land in the window
-
-
-def store_colormap(classes: ClassSchema) -> DirectLabelColormap:
-    """napari colormap for label-store values (0 transparent, 1 background, 2.. classes)."""
-    return DirectLabelColormap(color_dict=classes.store_colors())
-
-
-def prediction_colormap(classes: ClassSchema) -> DirectLabelColormap:
-    """napari colormap for predictions (0 background, transparent; k = class k): same colors per class."""
-    return DirectLabelColormap(color_dict=classes.prediction_colors())
 
 
 def _default_inform(message: str) -> None:
@@ -116,7 +108,7 @@ class PaintingController(QObject):
         self._scale, self._translate = self._geometry()
         units = units_of(image_layer, store.ndim)
         self.overview_layer = None
-        self._overview_levels: list[MaskedLevel] = []
+        self._overview_levels: list[LevelArray] = []
         if store.ndim == 2 and not self.geom.fits_whole:  # a volume's window follows the slice slider instead
             self._overview_levels = overview_levels(store, self._window_or_none)
             levels = self._overview_levels
@@ -390,7 +382,7 @@ class PaintingController(QObject):
         self.flush_log.append(info)
         self.flushed.emit(info)
 
-    def _on_store_change(self, chunks: list[ix.Chunk], origin: Any) -> None:
+    def _on_store_change(self, chunks: list[Chunk], origin: Any) -> None:
         """A store listener: chunks written by anyone but this controller (accepting a prediction,
         importing a mask, removing a class) are re-read into the window."""
         if origin is self or self._closed:
@@ -426,7 +418,7 @@ class PaintingController(QObject):
     def set_classes(self, classes: ClassSchema) -> None:
         """Apply a new class schema to the store and the layers' colors."""
         self.flush(wait=True, full=True)
-        self.store.set_classes(classes)
+        set_classes(self.store, classes)
         self.update_colors()
         if self.edits.dirty:
             self.flush(wait=True)
@@ -453,7 +445,7 @@ class PaintingController(QObject):
                 top = int(data.max())
                 names = list(self.store.classes.names) + [f"class {v - 1}" for v in
                                                           range(self.store.classes.max_store_value + 1, top + 1)]
-                self.store.set_classes(ClassSchema(names=tuple(names)))
+                set_classes(self.store, ClassSchema(names=tuple(names)))
                 log.warning("classes are now %s so that painted labels are not lost", names)
                 self.flush(wait=True)
         finally:

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from napari_medseg._napari.painting.window_geometry import Window, WindowGeometry
-from napari_medseg.labels import index as ix
+from napari_medseg.core.grid import Chunk, chunks_in_box
+from napari_medseg.labels.chunks import pool_max
 
 WRITE_BATCH_CHUNKS = 64  # chunks per store write when expanding coarse edits (bounds the memory of a big fill)
 
@@ -87,11 +88,11 @@ def touched_box(key: Any, shape: Sequence[int]) -> tuple[list[int], list[int]] |
 class WriteJob:
     """Whole chunks to write, prepared on the GUI thread; ``run`` writes them (in the writer thread)."""
 
-    def __init__(self, chunks: list[ix.Chunk], block: Callable[[ix.Chunk], np.ndarray]) -> None:
+    def __init__(self, chunks: list[Chunk], block: Callable[[Chunk], np.ndarray]) -> None:
         self.chunks, self._block = chunks, block
 
-    def run(self, store: Any, origin: Any) -> list[ix.Chunk]:
-        changed: list[ix.Chunk] = []
+    def run(self, store: Any, origin: Any) -> list[Chunk]:
+        changed: list[Chunk] = []
         for i in range(0, len(self.chunks), WRITE_BATCH_CHUNKS):
             part = self.chunks[i:i + WRITE_BATCH_CHUNKS]
             changed += store.write_chunks({c: self._block(c) for c in part}, validated=True, origin=origin)
@@ -105,9 +106,9 @@ class WindowEdits:
         self.store, self.geom = store, geometry
         self.window: Window = tuple(slice(0, 0) for _ in store.shape)
         self.level = 0
-        self.dirty: set[ix.Chunk] = set()
+        self.dirty: set[Chunk] = set()
         self.loaded: np.ndarray | None = None  # coarse window: each cell's value when read
-        self._originals: dict[ix.Chunk, bytes | None] = {}  # coarse window: chunks before their first write
+        self._originals: dict[Chunk, bytes | None] = {}  # coarse window: chunks before their first write
         self._lock = threading.Lock()
 
     @property
@@ -130,7 +131,7 @@ class WindowEdits:
         return data
 
     # -- geometry helpers ---------------------------------------------------------------------------
-    def _inside(self, c: ix.Chunk) -> bool:
+    def _inside(self, c: Chunk) -> bool:
         return all(w.start <= g.start and g.stop <= w.stop for g, w in zip(self.store.chunk_region(c), self.window))
 
     def _cells_of(self, region: Window) -> tuple[slice, ...]:
@@ -143,7 +144,7 @@ class WindowEdits:
         f, o = self.factor, self.origin
         lo = [(o_ + a) * ff for a, ff, o_ in zip(box[0], f, o)]
         hi = [min((o_ + b) * ff, s) for b, ff, o_, s in zip(box[1], f, o, self.store.shape)]
-        self.dirty.update(ix.chunks_in_box(lo, hi, self.store.chunks))
+        self.dirty.update(chunks_in_box(lo, hi, self.store.chunks))
 
     # -- saving -------------------------------------------------------------------------------------
     def full_diff(self, data: np.ndarray) -> None:
@@ -157,7 +158,7 @@ class WindowEdits:
             return
         ch = self.store.chunks
         org = [w.start // c for w, c in zip(self.window, ch)]
-        for c in ix.chunks_in_box([0] * data.ndim, data.shape, ch):
+        for c in chunks_in_box([0] * data.ndim, data.shape, ch):
             sl = tuple(slice(i * cc, (i + 1) * cc) for i, cc in zip(c, ch))
             if not np.array_equal(data[sl], cur[sl]):
                 self.dirty.add(tuple(o + i for o, i in zip(org, c)))
@@ -209,7 +210,7 @@ class WindowEdits:
     def _local(self, region: Window) -> tuple[slice, ...]:
         return tuple(slice(g.start - w.start, g.stop - w.start) for g, w in zip(region, self.window))
 
-    def _coarse_job(self, chunks: list[ix.Chunk], data: np.ndarray) -> WriteJob:
+    def _coarse_job(self, chunks: list[Chunk], data: np.ndarray) -> WriteJob:
         boxes = [self._cells_of(self.store.chunk_region(c)) for c in chunks]
         lo = [min(b[a].start for b in boxes) for a in range(data.ndim)]
         hi = [max(b[a].stop for b in boxes) for a in range(data.ndim)]
@@ -218,7 +219,7 @@ class WindowEdits:
         first = tuple(o + a for o, a in zip(self.origin, lo))
         factor, originals = self.factor, self._originals
 
-        def block(c: ix.Chunk) -> np.ndarray:
+        def block(c: Chunk) -> np.ndarray:
             region = self.store.chunk_region(c)
             cells = tuple(slice(g.start // f - s, -(-g.stop // f) - s) for g, f, s in zip(region, factor, first))
             new, changed = now[cells], now[cells] != was[cells]
@@ -236,7 +237,7 @@ class WindowEdits:
 
         return WriteJob(chunks, block)
 
-    def _original(self, c: ix.Chunk, region: Window, originals: dict[ix.Chunk, bytes | None]) -> np.ndarray | None:
+    def _original(self, c: Chunk, region: Window, originals: dict[Chunk, bytes | None]) -> np.ndarray | None:
         """Chunk ``c`` as it was before this window first rewrote it (read now if it was not yet)."""
         with self._lock:
             if c in originals:
@@ -251,7 +252,7 @@ class WindowEdits:
         return blk if blk.any() else None
 
     # -- someone else wrote the store -------------------------------------------------------------------
-    def apply_external(self, chunks: Sequence[ix.Chunk], data: np.ndarray) -> bool:
+    def apply_external(self, chunks: Sequence[Chunk], data: np.ndarray) -> bool:
         """Re-read chunks written by someone else into ``data`` (a plain view of the layer's array: these
         writes are not edits). Unsaved strokes win where they painted. True if the window changed."""
         touched = False
@@ -263,7 +264,7 @@ class WindowEdits:
                 cs = self._cells_of(region)
                 full = tuple(slice((o + s.start) * f, min((o + s.stop) * f, n))
                              for s, f, o, n in zip(cs, self.factor, self.origin, self.store.shape))
-                new = ix.pool_max(self.store.read(full), self.factor)
+                new = pool_max(self.store.read(full), self.factor)
                 edited = data[cs] != self.loaded[cs]
                 data[cs] = np.where(edited, data[cs], new)
                 self.loaded[cs] = new

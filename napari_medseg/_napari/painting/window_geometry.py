@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from napari_medseg.labels import index as ix
+from napari_medseg.labels.chunks import cumulative_factors
 
 Window = tuple[slice, ...]
 
@@ -34,7 +34,7 @@ class WindowGeometry:
         self.max_window = max(int(max_window), 1)
         self.volume_max_voxels = int(volume_max_voxels)
         if self.ndim == 2 and not self.fits_whole:
-            self.factors = ix.cumulative_factors(level_factors)
+            self.factors = cumulative_factors(level_factors)
             self.level_shapes = [tuple(int(s) for s in ls) for ls in level_shapes]
         else:
             self.factors = [(1,) * self.ndim]

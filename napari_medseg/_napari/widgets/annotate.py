@@ -36,13 +36,16 @@ from qtpy.QtWidgets import (
 
 from napari_medseg._napari.labels_opening import open_labels, rescue, rescue_dir
 from napari_medseg._napari.layer_list_events import quiet_zoom_events
+from napari_medseg._napari.layers import on_layer_renamed
 from napari_medseg._napari.napari_compat_layers import is_image_layer, same_layer, unwrap
 from napari_medseg._napari.painting.controller import AUTOSAVE_NOTE, PaintingController
 from napari_medseg._napari.quiet_gc import freeze_long_lived
 from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.class_table import ClassTableMixin
 from napari_medseg._napari.widgets.messages import MessageLog
+from napari_medseg._napari.widgets.qt_helpers import combo_layer, fill_layer_combo
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.labels import ops
 from napari_medseg.labels.store import LabelStore
 
 __all__ = ["AnnotateWidget", "rescue_dir"]
@@ -60,10 +63,9 @@ class AnnotateWidget(ClassTableMixin, QWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
-        self.store: LabelStore | None = None
-        self.controller: PaintingController | None = None
+        self.session = session_for(napari_viewer)  # reference labels stay unpaintable, volumes get the LPS camera
         self.why = ""  # why the labels are where they are, in plain words
-        self._image_layer: Any = None
+        self._image_layer: Any = None  # the image whose labels are open (the session holds store and painter)
         self._regions: list[tuple[slice, ...]] = []
         self._region_i = -1
         self._opened_for: weakref.WeakSet = weakref.WeakSet()  # images whose labels opened by themselves once
@@ -81,16 +83,26 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         self._counts_timer.timeout.connect(self.refresh_counts)
         self._store_written.connect(self._after_outside_write)
         self._build()
-        session_for(napari_viewer)  # reference labels stay unpaintable, volumes get the LPS camera
         self._refresh_images()
         self.viewer.layers.events.inserted.connect(self._refresh_images)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        on_layer_renamed(self.viewer, self._refresh_images)
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.close_store)
         self.destroyed.connect(lambda *_: self.close_store())
         freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
         quiet_zoom_events(napari_viewer)  # the layer list ignores zoom steps (layer_list_events)
+
+    @property
+    def store(self) -> LabelStore | None:
+        """The open labels (of ``_image_layer``, as the session has them), or None."""
+        return self.session.store_for(self._image_layer)
+
+    @property
+    def controller(self) -> PaintingController | None:
+        """The painter of the open labels (the session's), or None."""
+        return self.session.painter_for(self._image_layer)  # type: ignore[return-value]
 
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -167,15 +179,11 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         return [ly for ly in self.viewer.layers if is_image_layer(ly)]
 
     def _refresh_images(self, *_: Any) -> None:
-        current = self.image_combo.currentText()
-        names = [ly.name for ly in self._image_layers()]
+        current = self._current_layer()
         self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
+        fill_layer_combo(self.image_combo, self._image_layers())  # a renamed image stays the one chosen
         self.image_combo.blockSignals(False)
-        if self.image_combo.currentText() != current:
+        if not same_layer(self._current_layer(), current):
             self._image_switched = True  # the image was removed, or this is the first one
         if self.store is None:
             self._open_timer.start()  # its labels open by themselves
@@ -186,8 +194,7 @@ class AnnotateWidget(ClassTableMixin, QWidget):
             self._open_timer.start()
 
     def _current_layer(self) -> Any:
-        name = self.image_combo.currentText()
-        return self.viewer.layers[name] if name and name in self.viewer.layers else None
+        return combo_layer(self.image_combo, self.viewer.layers)
 
     def _open_for_current(self) -> None:
         switched, self._image_switched = self._image_switched, False
@@ -261,22 +268,22 @@ class AnnotateWidget(ClassTableMixin, QWidget):
             self.open_store(self.store.path, read_only=checked)
 
     def _attach(self, store: LabelStore, layer: Any, why: str = "") -> None:
-        self.store, self._image_layer, self.why = store, layer, why
+        self._image_layer, self.why = layer, why
         self._opened_for.add(unwrap(layer))
+        self.session.attach_labels(layer, store)  # the other widgets find them there, by layer
         try:
-            self.controller = PaintingController(self.viewer, store, layer, notify=self.messages.warning,
-                                                 inform=self.messages.info)
+            controller = PaintingController(self.viewer, store, layer, notify=self.messages.warning,
+                                            inform=self.messages.info)
         except Exception:
+            self.session.detach_labels(layer)
+            self._image_layer = None
             store.close()
-            self.store = None
             raise
-        self.controller.flushed.connect(lambda *_: self.refresh_counts())
-        self.controller.flush_failed.connect(self._on_flush_failed)
+        self.session.attach_labels(layer, store, controller)
+        controller.flushed.connect(lambda *_: self.refresh_counts())
+        controller.flush_failed.connect(self._on_flush_failed)
         store.add_listener(self._on_store_write)
-        self.viewer.layers.selection.active = self.controller.layer
-        session = session_for(self.viewer)
-        session.label_stores[layer.name] = store
-        session.painters[layer.name] = self.controller
+        self.viewer.layers.selection.active = controller.layer
         self._fill_table()
         self._painted_before = -1
         self.refresh_counts()
@@ -285,8 +292,9 @@ class AnnotateWidget(ClassTableMixin, QWidget):
     def close_store(self) -> None:
         """Save and close the open labels (their layers are removed). Labels that could not be saved where
         they are are written to a rescue folder first (see ``rescue_dir``), never dropped."""
-        ctl, store = self.controller, self.store
-        self.controller = self.store = None
+        layer, ctl, store = self._image_layer, self.controller, self.store
+        self.session.detach_labels(layer)
+        self._image_layer = None
         try:
             if store is not None:
                 store.remove_listener(self._on_store_write)
@@ -298,14 +306,8 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         finally:
             if store is not None:
                 if store.writable and store.unsaved_chunks:
-                    name = self._image_layer.name if self._image_layer is not None else "labels"
-                    self._say(*rescue(store, name))
+                    self._say(*rescue(store, layer.name if layer is not None else "labels"))
                 store.close()
-            session = session_for(self.viewer)
-            if self._image_layer is not None:
-                session.label_stores.pop(self._image_layer.name, None)
-                session.painters.pop(self._image_layer.name, None)
-            self._image_layer = None
             self._regions, self._region_i = [], -1
             try:
                 self._update_enabled()
@@ -363,7 +365,7 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         except MedsegError as e:
             self.messages.warning(str(e))
         try:
-            self.store.save_as(path)
+            ops.save_as(self.store, path)
         except MedsegError as e:
             self.messages.error(str(e))
             return False
@@ -390,7 +392,7 @@ class AnnotateWidget(ClassTableMixin, QWidget):
                                       "brush (e.g. an accepted prediction); the counts are up to date.",
                               toast=False)  # the Predict widget says it too
         self._outside_writes, self._painted_before = False, painted
-        self._regions = self.store.painted_regions()
+        self._regions = ops.painted_regions(self.store)
         if self._region_i >= len(self._regions):
             self._region_i = len(self._regions) - 1
         self._update_region_label()
@@ -429,7 +431,7 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         if self.controller is None:
             return
         self.controller.flush()
-        self._regions = self.store.painted_regions()
+        self._regions = ops.painted_regions(self.store)
         if not self._regions:
             self.messages.info("Nothing painted yet.")
             self._update_region_label()

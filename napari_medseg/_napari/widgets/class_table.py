@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 
 from napari_medseg.core.classes import DEFAULT_COLORS, ClassSchema
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.labels import ops
 
 HINT = ("Value 0 = not annotated (ignored by training), 1 = background, 2.. = classes. Click a row to paint "
         "with it, a colour to change it.")
@@ -182,7 +183,7 @@ class ClassTableMixin:
         self._own_write = True  # not a change "from outside the brush" (see AnnotateWidget)
         try:
             self.controller.flush(wait=True, full=True)
-            self.store.remove_class(value)
+            ops.remove_class(self.store, value)
         except MedsegError as e:
             self.messages.error(str(e))
             return False

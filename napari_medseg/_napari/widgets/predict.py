@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from napari_medseg._napari.jobs import predict_job
 from napari_medseg._napari.jobs.predict_job import (
+    ResultLayers,
     RunLayers,
     failure_sentence,
     remove_output_layers,
@@ -42,14 +43,16 @@ from napari_medseg._napari.jobs.predict_job import (
 )
 from napari_medseg._napari.jobs.workers import start_generator_worker, user_message
 from napari_medseg._napari.layer_list_events import quiet_zoom_events
-from napari_medseg._napari.layers import current_view, medseg_meta, source_from_layer
+from napari_medseg._napari.layerdata import medseg_meta
+from napari_medseg._napari.layers import current_view, on_layer_renamed
 from napari_medseg._napari.quiet_gc import freeze_long_lived
 from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.messages import MessageLog
 from napari_medseg._napari.widgets.predict_preview import PreviewBox
-from napari_medseg._napari.widgets.qt_helpers import path_row
+from napari_medseg._napari.widgets.qt_helpers import combo_layer, fill_layer_combo, path_row
 from napari_medseg._napari.widgets.settings import load_settings, save_settings
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.inference import BlockDone, PredictDone, PredictFailed, PredictStart, PredictWarning
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +67,16 @@ def default_output(image_path: str | None, name: str) -> tuple[Path, str]:
     folder (``io.user_folders.predictions_folder``): never in a cache folder, which cleaning tools empty.
     ``name`` (the layer's name, made a plain file name) names the output of an image without a file."""
     from napari_medseg.core import user_folders
-    from napari_medseg.labels.store import _safe_name, _writable_dir
+    from napari_medseg.labels.format import safe_name, writable_dir
 
     p = Path(image_path) if image_path else None
-    stem = (p.name.split(".")[0] if p is not None else "") or _safe_name(name)  # a file's own name is safe
+    stem = (p.name.split(".")[0] if p is not None else "") or safe_name(name)  # a file's own name is safe
     file = f"{stem}.prediction.zarr"
     if p is None or not p.exists():
         why = "the image has no folder of its own"
     elif user_folders.in_cache(p):
         why = "the image is in a cache folder, which cleaning tools empty"
-    elif not _writable_dir(p.parent):
+    elif not writable_dir(p.parent):
         why = "the image's folder cannot be written"
     else:
         return p.parent / file, "beside the image"
@@ -99,6 +102,7 @@ class PredictWidget(QWidget):
         self._refresh_layers()
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
+        on_layer_renamed(napari_viewer, self._refresh_layers)  # the choice follows the layer, not its name
         freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
         quiet_zoom_events(napari_viewer)  # the layer list ignores zoom steps (layer_list_events)
 
@@ -231,12 +235,8 @@ class PredictWidget(QWidget):
     def _refresh_layers(self, *_: Any) -> None:
         from napari.layers import Image
 
-        cur = self.image_combo.currentText()
-        self.image_combo.clear()
-        self.image_combo.addItems([lay.name for lay in self.viewer.layers if isinstance(lay, Image)
-                                   and not lay.name.startswith("medseg ")])
-        if cur:
-            self.image_combo.setCurrentText(cur)
+        fill_layer_combo(self.image_combo, [lay for lay in self.viewer.layers if isinstance(lay, Image)
+                                            and not lay.name.startswith("medseg ")])
 
     def _checkpoint(self) -> Path:
         txt = self.ckpt_edit.text().strip()
@@ -248,10 +248,10 @@ class PredictWidget(QWidget):
         return Path(ck)
 
     def _image_layer(self) -> Any:
-        name = self.image_combo.currentText()
-        if not name or name not in self.viewer.layers:
+        layer = combo_layer(self.image_combo, self.viewer.layers)
+        if layer is None:
             raise MedsegError("Choose an image layer to predict (open an image or a sample first).")
-        return self.viewer.layers[name]
+        return layer
 
     def _default_out(self, layer: Any, source: Any) -> Path:
         """Where the prediction goes when the output field is empty (``default_output``)."""
@@ -259,16 +259,15 @@ class PredictWidget(QWidget):
 
     def _show_default_out(self, *_: Any) -> None:
         """The empty output field shows where the prediction of the chosen image will go, and why."""
-        name = self.image_combo.currentText()
+        layer = combo_layer(self.image_combo, self.viewer.layers)
         text, tip = OUT_PLACEHOLDER, "Empty: " + OUT_PLACEHOLDER
-        if name and name in self.viewer.layers:
-            layer = self.viewer.layers[name]
+        if layer is not None:
             path = medseg_meta(layer).get("path") or getattr(getattr(layer, "source", None), "path", None)
             try:
                 out, why = default_output(str(path) if path else None, layer.name)
                 text, tip = str(out), f"Empty: {out} ({why})"
             except Exception:  # a placeholder is never worth an error
-                log.debug("could not tell the default output of %r", name, exc_info=True)
+                log.debug("could not tell the default output of %r", layer.name, exc_info=True)
         self.out_edit.setPlaceholderText(text)
         self.out_edit.setToolTip(tip + ". The … button chooses another place.")
 
@@ -279,7 +278,7 @@ class PredictWidget(QWidget):
             return
         try:
             layer = self._image_layer()
-            source = source_from_layer(layer)
+            source = self.session.source_for(layer)
             ckpt = self._checkpoint()
             out = Path(self.out_edit.text().strip()) if self.out_edit.text().strip() else self._default_out(layer, source)
             v = self._values()
@@ -358,36 +357,36 @@ class PredictWidget(QWidget):
             self.status.setText(f"stopped before the end; predicting into {self._out} again resumes it.")
 
     def _on_event(self, ev: Any) -> None:
-        kind = type(ev).__name__
         run = self._run
         try:
-            if kind == "PredictStart":
-                if self._progress is not None:
-                    self._progress.total = int(ev.total_blocks)
-                if run is not None:
-                    run.started(int(getattr(ev, "resumed_blocks", 0) or 0))
-            elif kind == "ResultLayers":
-                if run is not None:
-                    run.layers_opened(ev.layers)
-            elif kind == "BlockDone":
-                if self._progress is not None:
-                    self._progress.n = int(ev.done)
-                    self._progress.refresh()
-                self.status.setText(f"{ev.done}/{ev.total} blocks, {ev.mpix_s:.1f} MPix/s, eta {ev.eta_s:.0f} s")
-                if run is not None:
-                    run.block_done(tuple(ev.region))
-            elif kind == "PredictWarning":
-                if ev.message not in self._warned:  # e.g. one per unreadable tile: each said once
-                    self._warned.add(ev.message)
-                    self.messages.warning(ev.message)
-            elif kind == "PredictFailed":
-                self._failed(f"{ev.source}: {ev.message}" if getattr(ev, "source", "") else ev.message, run=run)
-            elif kind == "PredictDone":
-                self._ended = "done"
-                self.status.setText(("cancelled" if ev.cancelled else "done") + f": {ev.out} "
-                                    f"({ev.blocks_done} blocks, {ev.seconds:.1f} s, {ev.mpix_s:.1f} MPix/s)")
-                if run is not None:
-                    run.finished(int(ev.blocks_done))
+            match ev:
+                case PredictStart():
+                    if self._progress is not None:
+                        self._progress.total = int(ev.total_blocks)
+                    if run is not None:
+                        run.started(int(getattr(ev, "resumed_blocks", 0) or 0))
+                case ResultLayers():
+                    if run is not None:
+                        run.layers_opened(ev.layers)
+                case BlockDone():
+                    if self._progress is not None:
+                        self._progress.n = int(ev.done)
+                        self._progress.refresh()
+                    self.status.setText(f"{ev.done}/{ev.total} blocks, {ev.mpix_s:.1f} MPix/s, eta {ev.eta_s:.0f} s")
+                    if run is not None:
+                        run.block_done(tuple(ev.region))
+                case PredictWarning():
+                    if ev.message not in self._warned:  # e.g. one per unreadable tile: each said once
+                        self._warned.add(ev.message)
+                        self.messages.warning(ev.message)
+                case PredictFailed():
+                    self._failed(f"{ev.source}: {ev.message}" if getattr(ev, "source", "") else ev.message, run=run)
+                case PredictDone():
+                    self._ended = "done"
+                    self.status.setText(("cancelled" if ev.cancelled else "done") + f": {ev.out} "
+                                        f"({ev.blocks_done} blocks, {ev.seconds:.1f} s, {ev.mpix_s:.1f} MPix/s)")
+                    if run is not None:
+                        run.finished(int(ev.blocks_done))
         except Exception:
             log.exception("could not show a prediction event")
 
@@ -404,7 +403,7 @@ class PredictWidget(QWidget):
             res = self._result_layer
             if res is None or res not in self.viewer.layers:
                 raise MedsegError("Predict the image first; then accept the prediction of the view into the labels.")
-            store = self.session.label_stores.get(layer.name)
+            store = self.session.store_for(layer)
             if store is None:
                 raise MedsegError(f"The labels of {layer.name!r} are not open: open the Annotate widget and "
                                   "choose this image there; its labels open by themselves.")
@@ -417,7 +416,7 @@ class PredictWidget(QWidget):
             labels = [s for s in open_prediction(self._run.out) if s.kind == "labels"]
             if not labels:
                 raise MedsegError(f"{self._run.out} holds no prediction labels; run the prediction first.")
-            n = accept_prediction(store, labels[0], source_from_layer(layer), view.level, view.region)
+            n = accept_prediction(store, labels[0], self.session.source_for(layer), view.level, view.region)
         except MedsegError as e:
             self.messages.error(str(e))
             return

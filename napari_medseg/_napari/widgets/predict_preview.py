@@ -30,13 +30,9 @@ from qtpy.QtWidgets import QDoubleSpinBox, QGroupBox, QHBoxLayout, QLabel, QPush
 
 from napari_medseg._napari.jobs.predict_job import confident_labels, failure_sentence
 from napari_medseg._napari.jobs.workers import start_generator_worker, user_message
-from napari_medseg._napari.layers import (
-    add_then_show,
-    medseg_meta,
-    source_from_layer,
-    units_of,
-    view_at_level0,
-)
+from napari_medseg._napari.layerdata import medseg_meta, prediction_colormap, units_of
+from napari_medseg._napari.layers import add_then_show, view_at_level0
+from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.settings import load_settings, save_settings
 from napari_medseg.core.errors import MedsegError
 
@@ -98,15 +94,16 @@ def _load(checkpoint: str | Path, device: str) -> Any:
 def preview_view(checkpoint: str | Path, source: Any, level: int, region: tuple[slice, ...], *,
                  min_confidence: float = MIN_CONFIDENCE, device: str = "auto") -> Generator[PreviewResult, None, None]:
     """Worker thread: predict ``region`` of ``level`` with the checkpoint; yields one ``PreviewResult``."""
+    from napari_medseg.core.classes import ClassSchema
     from napari_medseg.inference import predict_region
-    from napari_medseg.inference.modelrun import default_classes, default_norm, model_window
+    from napari_medseg.inference.modelrun import default_norm, model_window
 
     loaded = _load(checkpoint, device)
     model_window(loaded, source, (64,))  # refuses a 3D model on a 2D image, in the engine's words
     norm = loaded.norm or default_norm(source)
     pred = predict_region(loaded.module, source, level, region, norm, with_probs=True)
     labels = confident_labels(pred.labels, pred.probs, min_confidence)
-    classes = loaded.classes or default_classes(int(pred.probs.shape[0]))
+    classes = loaded.classes or ClassSchema.default(int(pred.probs.shape[0]))
     pred.labels, pred.probs = labels, None  # the probabilities are not shown: no need to carry them over
     yield PreviewResult(pred, classes, float(min_confidence), float(np.count_nonzero(labels)) / max(labels.size, 1))
 
@@ -132,8 +129,7 @@ def show_preview(viewer: Any, image: Any, result: PreviewResult) -> Any:
     nd = len(pred.scale)
     offset = tuple(image.translate)[-nd:]
     translate = tuple(float(a) + float(b) for a, b in zip(pred.translate, offset))
-    colors = {int(k): tuple(v) for k, v in result.classes.prediction_colors(alpha=1.0).items() if k is not None}
-    colormap = {**colors, None: (0.0, 0.0, 0.0, 0.0)}
+    colormap = prediction_colormap(result.classes, alpha=1.0)
     layer = preview_layer(viewer, image)
     if layer is not None and isinstance(layer, Labels) and layer.ndim == nd:
         layer.data = pred.labels
@@ -193,7 +189,7 @@ class PreviewBox(QGroupBox):
         try:
             layer = self._image_layer()
             ckpt = self._checkpoint()
-            source = source_from_layer(layer)
+            source = session_for(self.viewer).source_for(layer)
             level = int(self._level())
             view = view_at_level0(self.viewer, layer)
             if view is None:

@@ -32,19 +32,13 @@ from napari_medseg._napari.dock_layout import VerticalScroll, dock_into_tabs
 from napari_medseg._napari.jobs.train_job import MIN_CONFIDENCE
 from napari_medseg._napari.jobs.workers import start_generator_worker
 from napari_medseg._napari.layer_list_events import quiet_zoom_events
-from napari_medseg._napari.layers import (
-    LatestValue,
-    camera_of,
-    current_view,
-    medseg_meta,
-    source_from_layer,
-    units_of,
-    upsert_layer,
-)
+from napari_medseg._napari.layerdata import medseg_meta, prediction_colormap, units_of
+from napari_medseg._napari.layers import LatestValue, camera_of, current_view, on_layer_renamed, upsert_layer
 from napari_medseg._napari.quiet_gc import freeze_long_lived
 from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.messages import MessageLog
 from napari_medseg._napari.widgets.plot import LivePlot
+from napari_medseg._napari.widgets.qt_helpers import combo_layer, fill_layer_combo
 from napari_medseg._napari.widgets.settings import confirm, drop_unconfirmed, save_unconfirmed
 from napari_medseg._napari.widgets.train_feedback import RunFeedback
 from napari_medseg._napari.widgets.train_form import (
@@ -55,6 +49,15 @@ from napari_medseg._napari.widgets.train_form import (
     available_devices,
 )
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.training import (
+    CheckpointEvent,
+    DoneEvent,
+    PreviewEvent,
+    StartEvent,
+    StepEvent,
+    ValidationEvent,
+    WarningEvent,
+)
 
 log = logging.getLogger(__name__)
 PREVIEW_LAYER = "medseg preview"
@@ -84,7 +87,8 @@ class TrainWidget(TrainForm, QWidget):
         self._view = LatestValue()
         self._preview_opts = LatestValue({})
         self._labels_box = LatestValue()
-        self._labels_fp: str | None = None
+        self._labels_snap: Any = None  # the labels the run trains on (a newer snapshot replaces it)
+        self._labels_fp: str | None = None  # of a Labels layer's snapshot (a label store has a version instead)
         # Labels painted while training runs are picked up at the next refresh (a new consistent snapshot).
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setInterval(20_000)
@@ -102,6 +106,7 @@ class TrainWidget(TrainForm, QWidget):
         self._connect_form()
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
+        on_layer_renamed(napari_viewer, self._refresh_layers)  # the choices follow the layers, not their names
         # The current view, sampled on the main thread for the worker (debounced on camera moves).
         self._view_timer = QTimer(self)
         self._view_timer.setSingleShot(True)
@@ -180,24 +185,17 @@ class TrainWidget(TrainForm, QWidget):
     def _refresh_layers(self, *_: Any) -> None:
         from napari.layers import Image, Labels
 
-        img, lab = self.image_combo.currentText(), self.labels_combo.currentText()
-        self.image_combo.clear()
-        self.labels_combo.clear()
-        self.image_combo.addItems([lay.name for lay in self.viewer.layers if isinstance(lay, Image)
-                                   and lay.name != UNCERTAINTY_LAYER])
-        self.labels_combo.addItem(STORE_CHOICE)
-        self.labels_combo.addItems([lay.name for lay in self.viewer.layers if isinstance(lay, Labels)
-                                    and lay.name != PREVIEW_LAYER and not medseg_meta(lay).get("read_only")])
-        if img:
-            self.image_combo.setCurrentText(img)
-        if lab:
-            self.labels_combo.setCurrentText(lab)
+        fill_layer_combo(self.image_combo, [lay for lay in self.viewer.layers if isinstance(lay, Image)
+                                            and lay.name != UNCERTAINTY_LAYER])
+        fill_layer_combo(self.labels_combo, [lay for lay in self.viewer.layers if isinstance(lay, Labels)
+                                             and lay.name != PREVIEW_LAYER and not medseg_meta(lay).get("read_only")],
+                         head=[STORE_CHOICE])
 
     def _image_layer(self):
-        name = self.image_combo.currentText()
-        if not name or name not in self.viewer.layers:
+        layer = combo_layer(self.image_combo, self.viewer.layers)
+        if layer is None:
             raise MedsegError("Choose an image layer to train on (open an image or a sample first).")
-        return self.viewer.layers[name]
+        return layer
 
     def _update_view(self) -> None:
         try:
@@ -223,7 +221,7 @@ class TrainWidget(TrainForm, QWidget):
         from napari_medseg._napari.jobs.train_job import prepare_job
 
         image_layer = self._image_layer()
-        source = source_from_layer(image_layer)
+        source = self.session.source_for(image_layer)
         labels_choice = self.labels_combo.currentText()
         init = self.init_edit.text().strip() or None
         if resume:
@@ -271,7 +269,8 @@ class TrainWidget(TrainForm, QWidget):
         self.status.setText(f"starting on {job['device']}…")
         self._set_running(True)
         self._labels_box.set(None)
-        self._labels_fp = job["snapshot"].fingerprint()
+        self._labels_snap = job["snapshot"]
+        self._labels_fp = None
         self._refresh_timer.start()
         self._worker = start_generator_worker(
             run_job, job, self._stop, self._view, self._preview_opts, self._labels_box,
@@ -297,14 +296,24 @@ class TrainWidget(TrainForm, QWidget):
 
         try:
             snap, _ = snapshot_labels(self.session, self.viewer, self._image_layer(), self.labels_combo.currentText(),
-                                      STORE_CHOICE)
+                                      STORE_CHOICE, since=self._labels_snap)
         except MedsegError as e:  # e.g. the labels layer was deleted: keep training on the last snapshot
             self.messages.warning(f"Labels not refreshed: {e} Training goes on with the labels it has.")
             return
-        fp = snap.fingerprint()
-        if fp != self._labels_fp and snap.painted_chunks():
+        if snap is self._labels_snap or not snap.painted_chunks():  # a label store not written since
+            return
+        if snap.version is None:  # a Labels layer has no version: compare its contents
+            if self._labels_fp is None and self._labels_snap is not None:
+                self._labels_fp = self._labels_snap.fingerprint()
+            fp = snap.fingerprint()
+            if fp == self._labels_fp:
+                return
             self._labels_fp = fp
-            self._labels_box.set(snap)
+        elif self._labels_snap is not None and snap.same_blocks(self._labels_snap):
+            self._labels_snap = snap  # written back to the same labels (a stroke undone): nothing new to train on
+            return
+        self._labels_snap = snap
+        self._labels_box.set(snap)
 
     def _on_finished(self) -> None:
         self._worker = None
@@ -315,32 +324,32 @@ class TrainWidget(TrainForm, QWidget):
 
     # -- events (main thread) -----------------------------------------------------------------------
     def _on_event(self, ev: Any) -> None:
-        kind = type(ev).__name__
         try:
-            if kind == "StepEvent":
-                if not self._confirmed:  # the settings ran a step: remember them for the next session
-                    self._confirmed = True
-                    confirm(self.SETTINGS)
-                self.feedback.step(ev)
-            elif kind == "ValidationEvent":
-                self.feedback.validation(ev)
-            elif kind == "PreviewEvent":
-                self._show_preview(ev.payload)
-            elif kind == "CheckpointEvent":
-                self.session.last_checkpoint = Path(ev.path)
-            elif kind == "WarningEvent":
-                if ev.message not in self._warned:  # a repeated warning is shown once per run
-                    self._warned.add(ev.message)
-                    self.messages.warning(ev.message)
-            elif kind == "StartEvent":
-                self.status.setText(f"training on {getattr(ev, 'device', '?')}")
-            elif kind == "DoneEvent":
-                ck = getattr(ev, "last_checkpoint", None)
-                if ck:
-                    self.session.last_checkpoint = Path(ck)
-                if getattr(ev, "best_checkpoint", None):
-                    self.session.best_checkpoint = Path(ev.best_checkpoint)
-                self.feedback.done(ev, ck)
+            match ev:
+                case StepEvent():
+                    if not self._confirmed:  # the settings ran a step: remember them for the next session
+                        self._confirmed = True
+                        confirm(self.SETTINGS)
+                    self.feedback.step(ev)
+                case ValidationEvent():
+                    self.feedback.validation(ev)
+                case PreviewEvent():
+                    self._show_preview(ev.payload)
+                case CheckpointEvent():
+                    self.session.last_checkpoint = Path(ev.path)
+                case WarningEvent():
+                    if ev.message not in self._warned:  # a repeated warning is shown once per run
+                        self._warned.add(ev.message)
+                        self.messages.warning(ev.message)
+                case StartEvent():
+                    self.status.setText(f"training on {getattr(ev, 'device', '?')}")
+                case DoneEvent():
+                    ck = getattr(ev, "last_checkpoint", None)
+                    if ck:
+                        self.session.last_checkpoint = Path(ck)
+                    if getattr(ev, "best_checkpoint", None):
+                        self.session.best_checkpoint = Path(ev.best_checkpoint)
+                    self.feedback.done(ev, ck)
         except Exception:  # a display problem must never kill the run
             log.exception("could not show a training event")
 
@@ -380,9 +389,8 @@ def show_prediction(viewer: Any, pred: Any, classes: Any, *, uncertainty: bool, 
     (``PREVIEW_OPACITY`` when it is added; an opacity the user sets later is kept) and shows only the
     pixels the model is sure of (``jobs.train_job.confident_only``: the others are 0, transparent)."""
     from napari.layers import Labels
-    from napari.utils.colormaps import DirectLabelColormap
 
-    cmap = DirectLabelColormap(color_dict=classes.prediction_colors(alpha=1.0))
+    cmap = prediction_colormap(classes, alpha=1.0)
     units = units_of(image, len(pred.scale))
     keep = PREVIEW_LAYER in viewer.layers and isinstance(viewer.layers[PREVIEW_LAYER], Labels)
     upsert_layer(viewer, PREVIEW_LAYER, "labels", pred.labels, translate=pred.translate, scale=pred.scale,

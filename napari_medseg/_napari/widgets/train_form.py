@@ -229,13 +229,13 @@ class TrainForm:
     # -- planned defaults ---------------------------------------------------------------------------
     def _source(self) -> Any:
         """The chosen image's ``ImageSource`` (None without one)."""
-        from napari_medseg._napari.layers import source_from_layer
+        from napari_medseg._napari.layerdata import from_layer
 
         name = self.image_combo.currentText()
         if not name or name not in self.viewer.layers:
             return None
         try:
-            return source_from_layer(self.viewer.layers[name], reopen=False)  # no file opened per keystroke
+            return from_layer(self.viewer.layers[name], reopen=False)  # no file opened per keystroke
         except Exception:  # the plan is a hint: never break the form over it
             log.debug("no source for %s", name, exc_info=True)
             return None
