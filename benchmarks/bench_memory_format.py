@@ -22,14 +22,14 @@ import time
 def _models():
     import torch
 
-    from napari_medseg.models import ModelConfig, available_models, build_model
+    from napari_medseg.models import available_models, build_model, preset
 
     torch.manual_seed(0)
     yield "null (1x1 conv)", torch.nn.Conv2d(3, 2, 1).eval()
     for name in available_models():
         for norm in ("instance", "batch"):
             torch.manual_seed(0)
-            cfg = ModelConfig.preset(name, "small", spatial_dims=2, in_channels=3, out_channels=3, norm=norm)
+            cfg = preset(name, "small", spatial_dims=2, in_channels=3, out_channels=3, norm=norm)
             yield f"{name} ({norm})", build_model(cfg).eval()
 
 

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from napari_medseg.models import ModelConfig, build_model
+from napari_medseg.models import ModelConfig, build_model, preset
 
 NAMES = ["unet", "attention_unet", "unetpp", "swin_unet", "swin_unetr"]
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(a.threads)
     size = a.size or ((128 if a.dims == 2 else 32) if a.quick else (256 if a.dims == 2 else 64))
     reps = 1 if a.quick else a.reps
-    cases = {name: Case(ModelConfig.preset(name, a.preset, spatial_dims=a.dims, in_channels=3, out_channels=4),
+    cases = {name: Case(preset(name, a.preset, spatial_dims=a.dims, in_channels=3, out_channels=4),
                         size, a.channels_last) for name in a.models.split(",")}
     for c in cases.values():
         c.step()  # warm-up: allocators, kernels

@@ -33,11 +33,11 @@ from napari_medseg.inference.modelrun import (
     check_model_input,
     default_norm,
     model_window,
-    resolve_device,
     resolve_model,
 )
 from napari_medseg.inference.output import Layout, OutputStore
 from napari_medseg.inference.tiling import BlockGrid, BlockPlan, WindowGrid, choose_block, plan_blocks
+from napari_medseg.models.devices import resolve_device
 from napari_medseg.models.normalization import NormConfig
 
 log = logging.getLogger(__name__)

@@ -41,18 +41,6 @@ class LoadedModel:
     was_training: bool = False  # the module's mode when handed in (restored after a run)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise MedsegError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'")
-    return dev
-
-
 def state_hash(module: nn.Module) -> str:
     """sha256 of the weights (names, shapes and bytes): identifies the model of a run."""
     h = hashlib.sha256()

@@ -34,15 +34,10 @@ from napari_medseg.core.source import ImageSource, read_box
 from napari_medseg.inference.blocks import ArrayReader
 from napari_medseg.inference.engine import BlockEngine, FinishedBlock
 from napari_medseg.inference.job import default_block
-from napari_medseg.inference.modelrun import (
-    LoadedModel,
-    WindowRunner,
-    model_multiple,
-    resolve_device,
-    resolve_model,
-)
+from napari_medseg.inference.modelrun import LoadedModel, WindowRunner, model_multiple, resolve_model
 from napari_medseg.inference.output import argmax_channels
 from napari_medseg.inference.tiling import BlockGrid, WindowGrid, box_slices, intersect, plan_blocks
+from napari_medseg.models.devices import resolve_device
 from napari_medseg.models.normalization import NormConfig
 from napari_medseg.models.uncertainty import predictive_entropy
 

@@ -42,19 +42,6 @@ class ModelConfig:
         for f in ("channels", "depths", "num_heads"):
             object.__setattr__(self, f, tuple(int(v) for v in getattr(self, f)))
 
-    @classmethod
-    def preset(cls, name: str, size: str = "small", **kw: Any) -> ModelConfig:
-        """A named starting point: ``ModelConfig.preset("swin_unet", "base", in_channels=3, out_channels=4)``.
-
-        ``size`` is ``"small"`` (trains on a CPU in minutes on 256 x 256 patches; mostly the defaults) or ``"base"``
-        (the papers' widths, for a GPU). Keyword arguments override any field.
-        """
-        if size not in PRESETS:
-            raise MedsegError(f"unknown preset size {size!r}; choose one of {', '.join(PRESETS)}")
-        fields = dict(PRESETS[size].get(name, {}))
-        fields.update(kw)
-        return cls(name=name, **fields)
-
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
@@ -85,14 +72,3 @@ class ModelConfig:
 
 
 # Per-model overrides of the defaults (the defaults are "small" except swin_unetr's). See docs/models.md.
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # SwinUNETR's full-resolution convolutional decoder makes feature_size 24 twice as slow on a CPU: halve it
-    "small": {"swin_unetr": {"feature_size": 12}},
-    "base": {
-        "unet": {"channels": (32, 64, 128, 256, 512)},
-        "attention_unet": {"channels": (32, 64, 128, 256, 512)},
-        "unetpp": {"channels": (32, 64, 128, 256, 512)},
-        "swin_unetr": {"feature_size": 48},
-        "swin_unet": {"feature_size": 96},
-    },
-}

@@ -83,3 +83,17 @@ def free_memory(device: torch.device) -> None:
     elif device.type == "mps":
         with contextlib.suppress(Exception):
             torch.mps.empty_cache()
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """The torch device for inference: ``"auto"`` is CUDA when there is a GPU, else the CPU; an unknown or
+    missing device is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise MedsegError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda'") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedsegError("device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' or 'auto'")
+    return dev

@@ -7,10 +7,12 @@ raises an error that names the sizes that would work).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 
 from napari_medseg.core.errors import MedsegError
-from napari_medseg.models.base import ModelEntry, SizeRule
+from napari_medseg.models.base import PRESET_SIZES, ModelEntry, SizeRule
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.models.swin_family import ENTRIES as SWIN_MODELS
 from napari_medseg.models.unet_family import ENTRIES as UNET_MODELS
@@ -21,6 +23,20 @@ _REGISTRY: dict[str, ModelEntry] = {**UNET_MODELS, **SWIN_MODELS}
 def register(name: str, entry: ModelEntry) -> None:
     """Add (or replace) a model under ``name``: its builder and the sizes it takes (``ModelEntry``)."""
     _REGISTRY[name] = entry
+
+
+def preset(name: str, size: str = "small", **kw: Any) -> ModelConfig:
+    """A named starting point: ``preset("swin_unet", "base", in_channels=3, out_channels=4)``.
+
+    ``size`` is ``"small"`` (trains on a CPU in minutes on 256 x 256 patches; mostly the defaults) or
+    ``"base"`` (the papers' widths, for a GPU); each family sets its own (``ModelEntry.presets``). Keyword
+    arguments override any field.
+    """
+    if size not in PRESET_SIZES:
+        raise MedsegError(f"unknown preset size {size!r}; choose one of {', '.join(PRESET_SIZES)}")
+    if name not in _REGISTRY:
+        raise MedsegError(f"unknown model {name!r}; choose one of {', '.join(sorted(_REGISTRY))}")
+    return ModelConfig(name=name, **{**_REGISTRY[name].presets.get(size, {}), **kw})
 
 
 def available_models() -> list[str]:

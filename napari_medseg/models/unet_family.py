@@ -115,9 +115,12 @@ def build_unetpp(cfg: ModelConfig) -> nn.Module:
     return UNetPlusPlus(cfg)
 
 
+#: the "base" preset: the widths of the U-Net papers (the "small" one is ModelConfig's default)
+BASE_WIDTHS = {"channels": (32, 64, 128, 256, 512)}
+
 #: the models of this family, merged by ``registry``
 ENTRIES: dict[str, ModelEntry] = {
-    "unet": ModelEntry(build_unet, multiple=_levels_multiple),
-    "attention_unet": ModelEntry(build_attention_unet, multiple=_levels_multiple),
-    "unetpp": ModelEntry(build_unetpp, multiple=16),
+    "unet": ModelEntry(build_unet, multiple=_levels_multiple, presets={"base": BASE_WIDTHS}),
+    "attention_unet": ModelEntry(build_attention_unet, multiple=_levels_multiple, presets={"base": BASE_WIDTHS}),
+    "unetpp": ModelEntry(build_unetpp, multiple=16, presets={"base": BASE_WIDTHS}),
 }

@@ -8,8 +8,8 @@ from model_cases import NAMES, small_config
 
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.models import ModelConfig, build_model, check_input_size, required_multiple
-from napari_medseg.models.config import PRESETS
-from napari_medseg.models.registry import min_input_size, valid_size
+from napari_medseg.models.base import PRESET_SIZES
+from napari_medseg.models.registry import min_input_size, preset, valid_size
 
 
 def test_wrong_name_lists_the_valid_names():
@@ -87,10 +87,10 @@ def test_config_rejects_impossible_channels_and_dims():
         ModelConfig(spatial_dims=4)
 
 
-@pytest.mark.parametrize("size", list(PRESETS))
+@pytest.mark.parametrize("size", PRESET_SIZES)
 @pytest.mark.parametrize("name", NAMES)
 def test_presets_build_and_round_trip_json(name, size):
-    cfg = ModelConfig.preset(name, size, in_channels=3, out_channels=5)
+    cfg = preset(name, size, in_channels=3, out_channels=5)
     assert cfg.name == name and cfg.in_channels == 3 and cfg.out_channels == 5
     assert ModelConfig.from_json(cfg.to_json()) == cfg
     model = build_model(cfg)
@@ -99,10 +99,10 @@ def test_presets_build_and_round_trip_json(name, size):
 
 def test_unknown_preset_size():
     with pytest.raises(MedsegError, match="small, base"):
-        ModelConfig.preset("unet", "huge")
+        preset("unet", "huge")
 
 
 def test_base_presets_are_larger_than_small():
     for name in NAMES:
-        n = {s: sum(p.numel() for p in build_model(ModelConfig.preset(name, s)).parameters()) for s in ("small", "base")}
+        n = {s: sum(p.numel() for p in build_model(preset(name, s)).parameters()) for s in ("small", "base")}
         assert n["base"] > n["small"], name

@@ -78,7 +78,8 @@ def region_at_level(region0: tuple[slice, ...], source: Any, level: int, max_px:
 
 
 def _load(checkpoint: str | Path, device: str) -> Any:
-    from napari_medseg.inference.modelrun import resolve_device, resolve_model
+    from napari_medseg.inference.modelrun import resolve_model
+    from napari_medseg.models.devices import resolve_device
 
     p = Path(checkpoint)
     st = p.stat()
