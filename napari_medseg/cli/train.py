@@ -97,6 +97,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="mask the consistency by the teacher's uncertainty (UA-MT)")
     m.add_argument("--consistency-weight", type=float, help="Mean Teacher's weight (default 0.1)")
     m.add_argument("--pl-threshold", type=float, help="pseudo-labels: the confidence they need (default 0.9)")
+    m.add_argument("--crf-weight", type=float,
+                   help="gated CRF loss: like-looking neighbours take the same class (default 0: off; 0.1 "
+                        "moved Dice within the noise on benchmarks/bench_semisup.py)")
     m.add_argument("--loss", choices=("ce_dice", "focal_dice", "ce"))
     m.add_argument("--level", type=int, help="pyramid level to train at")
     m.add_argument("--pixel-size", type=float, help="train at the level with this pixel size (overrides --level)")
@@ -134,7 +137,7 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
     kw: dict[str, Any] = {"model": model, "checkpoint_dir": str(Path(args.out))}
     for opt, field_ in (("patch_size", "patch_size"), ("batch_size", "batch_size"), ("steps", "steps"),
                         ("time_budget", "time_budget_s"), ("lr", "lr"), ("semi", "semi"),
-                        ("predict_with", "eval_model"), ("pl_threshold", "pl_threshold"),
+                        ("predict_with", "eval_model"), ("pl_threshold", "pl_threshold"), ("crf_weight", "crf_weight"),
                         ("uncertainty_mask", "uncertainty_mask"), ("consistency_weight", "consistency_weight"),
                         ("loss", "loss"), ("level", "level"), ("pixel_size", "pixel_size"),
                         ("val_fraction", "val_fraction"), ("val_every", "val_every"), ("seed", "seed"),

@@ -98,3 +98,21 @@ def test_older_configs_are_read_in_todays_terms():
 def test_semi_supervised_options_are_checked(kw, word):
     with pytest.raises(MedsegError, match=word):
         TrainConfig(**kw)
+
+
+def test_crf_settings_from_the_command_line_and_bad_values():
+    """``--crf-weight`` reaches the config (off by default); a negative weight or a non-positive sigma is refused."""
+    import argparse
+
+    from napari_medseg.cli.train import _config, add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--images", "i", "--masks", "m", "--out", "o"])
+    assert _config(args, 2).crf_weight == 0.0
+    args = p.parse_args(["--images", "i", "--masks", "m", "--out", "o", "--crf-weight", "0.1"])
+    assert _config(args, 2).crf_weight == pytest.approx(0.1)
+    with pytest.raises(MedsegError, match="crf_weight"):
+        TrainConfig(crf_weight=-1)
+    with pytest.raises(MedsegError, match="crf_sigma_rgb"):
+        TrainConfig(crf_sigma_rgb=0)
