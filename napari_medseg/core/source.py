@@ -108,6 +108,29 @@ class ImageSource:
         return best
 
 
+def box_index(source: ImageSource, level: int, box: Sequence[tuple[int, int]]
+              ) -> tuple[tuple[slice, ...], list[tuple[int, int]]]:
+    """The index of ``box`` (clipped to the image) into ``source.levels[level]``, and the clipped box."""
+    shape = source.level_shape(level)
+    if len(box) != len(shape):
+        raise ValueError(f"box {tuple(box)} needs one [start, stop) per spatial axis {source.spatial_axes!r}")
+    valid = []
+    for (a, b), s in zip(box, shape):
+        lo = min(max(int(a), 0), s)
+        valid.append((lo, max(lo, min(int(b), s))))
+    spatial = iter(valid)
+    return tuple(slice(*next(spatial)) if ax in SPATIAL_AXES else slice(None) for ax in source.axes), valid
+
+
+def channels_to(source: ImageSource, a: Any, channels_last: bool) -> Any:
+    """Pixels indexed from ``source`` (its axes) as ``(C, *spatial)``, or ``(*spatial, C)`` with
+    ``channels_last``; C = 1 for an image without channels."""
+    c = source.channel_axis
+    if c is None:
+        return a[..., None] if channels_last else a[None]
+    return np.moveaxis(a, c, -1 if channels_last else 0)
+
+
 def read_box(source: ImageSource, level: int, box: Sequence[tuple[int, int]], *, pad: float | None = 0,
              channels_last: bool = False, compute: bool = True) -> Any:
     """The pixels of ``box`` (``[start, stop)`` per spatial axis of ``level``) in the source dtype, as
@@ -119,23 +142,11 @@ def read_box(source: ImageSource, level: int, box: Sequence[tuple[int, int]], *,
     engines: the tiled predictor's tile reads, the live preview's region."""
     from napari_medseg.core.compute import materialize
 
-    shape = source.level_shape(level)
-    if len(box) != len(shape):
-        raise ValueError(f"box {tuple(box)} needs one [start, stop) per spatial axis {source.spatial_axes!r}")
-    valid = []
-    for (a, b), s in zip(box, shape):
-        lo = min(max(int(a), 0), s)
-        valid.append((lo, max(lo, min(int(b), s))))
-    spatial = iter(valid)
-    idx = tuple(slice(*next(spatial)) if ax in SPATIAL_AXES else slice(None) for ax in source.axes)
+    idx, valid = box_index(source, level, box)
     a = source.levels[level][idx]
     if compute:
         a = materialize(a)
-    c = source.channel_axis
-    if c is None:
-        a = a[..., None] if channels_last else a[None]
-    else:
-        a = np.moveaxis(a, c, -1 if channels_last else 0)
+    a = channels_to(source, a, channels_last)
     if pad is None:
         return a
     pads = []

@@ -25,7 +25,7 @@ import numpy as np
 
 from napari_medseg.core.compute import compute_many
 from napari_medseg.core.errors import MedsegError, UnreadableInputError
-from napari_medseg.core.source import SPATIAL_AXES, ImageSource, read_box
+from napari_medseg.core.source import SPATIAL_AXES, ImageSource, box_index, channels_to, read_box
 
 log = logging.getLogger(__name__)
 Box = tuple[tuple[int, int], ...]
@@ -129,9 +129,14 @@ class TileReader:
     def tile_box(self, key: Sequence[int]) -> Box:
         return tuple((k * t, min((k + 1) * t, s)) for k, t, s in zip(key, self.tile, self.shape))
 
-    def _read(self, key: tuple[int, ...], compute: bool = True) -> Any:
-        """The tile ``key``, channels last (lazy with ``compute=False``)."""
-        return read_box(self.source, self.level, self.tile_box(key), pad=None, channels_last=True, compute=compute)
+    def _read(self, key: tuple[int, ...]) -> np.ndarray:
+        """The tile ``key``, channels last."""
+        return read_box(self.source, self.level, self.tile_box(key), pad=None, channels_last=True)
+
+    def _lazy(self, key: tuple[int, ...]) -> Any:
+        """The tile ``key`` in the source's own axes, not computed (many are computed at once; the axes are
+        moved after, in numpy, which keeps each tile's dask graph to the one slice)."""
+        return self.arr[box_index(self.source, self.level, self.tile_box(key))[0]]
 
     def _describe(self, box: Box) -> str:
         axes = self.source.spatial_axes
@@ -144,7 +149,7 @@ class TileReader:
         parts = None
         if self._is_dask and len(keys) > 1:  # one compute for all of them (dask decodes them in parallel)
             try:
-                parts = compute_many([self._read(k, compute=False) for k in keys])
+                parts = [channels_to(self.source, p, True) for p in compute_many([self._lazy(k) for k in keys])]
             except Exception:  # find the culprit(s) tile by tile below
                 parts = None
         for i, k in enumerate(keys):
