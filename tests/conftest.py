@@ -115,7 +115,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture
 def folders(tmp_path, monkeypatch):
-    """A temporary user data folder and cache folder (``io.user_folders``): (data, cache)."""
+    """A temporary user data folder and cache folder (``core.user_folders``): (data, cache)."""
     data, cache = tmp_path / "user-data", tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("NAPARI_MEDSEG_DATA", str(data))

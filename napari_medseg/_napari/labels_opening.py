@@ -1,7 +1,7 @@
 """Opening an image's labels for the Annotate widget, and rescuing labels that could not be saved.
 
 ``open_labels(layer, viewer)`` opens (or creates) the label store of an image layer where
-``io.label_store_location`` says it belongs: beside the image, or in the user data folder; an old store
+``labels.location`` says it belongs: beside the image, or in the user data folder; an old store
 in the cache folder is moved out first. With a ``path`` the user chose: a store, a project folder (the
 store goes inside it) or a new store's path. It returns the store and what to tell the user; it raises
 ``MedsegError`` with a message for the user. No Qt here.
@@ -97,7 +97,7 @@ def _beside(src: Any) -> Path | None:
 
 
 def rescue_dir() -> Path:
-    """Where labels that could not be saved go when their store is closed (``io.user_folders``:
+    """Where labels that could not be saved go when their store is closed (``core.user_folders``:
     ``<data folder>/unsaved-labels``, e.g. ``~/.local/share/napari-medseg/unsaved-labels``)."""
     return rescue_folder()
 

@@ -271,7 +271,7 @@ def _blocks(labels: Any):
 
 
 def tissue_mask(src: ImageSource) -> tuple[np.ndarray, tuple[int, ...], tuple[float, ...]] | None:
-    """Tissue pixels of a brightfield slide (``inference.tissue.compute_tissue_mask``, the mask prediction uses):
+    """Tissue pixels of a brightfield slide (``core.tissue.compute_tissue_mask``, the mask prediction uses):
     ``(flat indices, mask shape, factor to level 0)``; ``None`` if not a slide or the mask is (almost) empty or
     full, in which case the whole image counts."""
     if src.spatial_dims != 2 or not (src.rgb or src.modality == "brightfield") or src.n_channels < 3:

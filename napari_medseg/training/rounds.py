@@ -100,7 +100,7 @@ def check_architecture(init: InitWeights, model_cfg: ModelConfig) -> None:
 
 def run_dir(checkpoint_dir: str | None) -> Path:
     """The folder for this run's checkpoints: the given one, else a new one in the user data folder's
-    ``runs`` (``io.user_folders.runs_folder``; never the cache folder, which cleaning tools empty)."""
+    ``runs`` (``core.user_folders.runs_folder``; never the cache folder, which cleaning tools empty)."""
     if checkpoint_dir:
         return Path(checkpoint_dir)
     from napari_medseg.core.user_folders import runs_folder

@@ -1,6 +1,6 @@
 """Where the Predict widget writes a prediction when no output is chosen: beside the image when the image is
 a file in a folder that can be written and is not a cache folder; else in the predictions folder of the
-user data folder (``io.user_folders``), never the cache, which cleaning tools empty. And its messages about
+user data folder (``core.user_folders``), never the cache, which cleaning tools empty. And its messages about
 the labels are in plain words."""
 
 from __future__ import annotations

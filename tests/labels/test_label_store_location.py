@@ -1,5 +1,5 @@
-"""Where an image's labels go by default (``io.label_store_location``) and the user folders behind it
-(``io.user_folders``): beside the image when its folder can be written, else the user *data* folder,
+"""Where an image's labels go by default (``labels.location``) and the user folders behind it
+(``core.user_folders``): beside the image when its folder can be written, else the user *data* folder,
 never the cache folder; labels an older version left in the cache folder are moved out, never lost."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ on the CT; tick its eye to compare. It is reference labels (role ``"reference"``
 image, not the ground truth, is the layer selected after the sample opens.
 First use generates the files into the cache (slide about 20-40 s, CT a few seconds); later uses are
 instant. The labels a user paints on a sample are kept in the user data folder, never in the cache
-(``io.label_store_location``).
+(``labels.location``).
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def default_output(image_path: str | None, name: str) -> tuple[Path, str]:
 
     Beside the image (``<stem>.prediction.zarr``) when the image is a file or folder on disk, outside a
     cache folder, in a folder that can be written; otherwise in the predictions folder of the user data
-    folder (``io.user_folders.predictions_folder``): never in a cache folder, which cleaning tools empty.
+    folder (``core.user_folders.predictions_folder``): never in a cache folder, which cleaning tools empty.
     ``name`` (the layer's name, made a plain file name) names the output of an image without a file."""
     from napari_medseg.core import user_folders
     from napari_medseg.labels.format import safe_name, writable_dir
