@@ -132,21 +132,17 @@ def channels_to(source: ImageSource, a: Any, channels_last: bool) -> Any:
 
 
 def read_box(source: ImageSource, level: int, box: Sequence[tuple[int, int]], *, pad: float | None = 0,
-             channels_last: bool = False, compute: bool = True) -> Any:
+             channels_last: bool = False) -> np.ndarray:
     """The pixels of ``box`` (``[start, stop)`` per spatial axis of ``level``) in the source dtype, as
     ``(C, *spatial)``, or ``(*spatial, C)`` with ``channels_last`` (C = 1 for an image without channels).
 
     Where the box reaches outside the image it is filled with ``pad``; with ``pad=None`` the box is clipped
-    to the image instead. ``compute=False`` leaves a dask level's pixels lazy (to compute many boxes in one
-    ``core.compute.compute_many``); otherwise the result is a numpy array. The one box reader of the
-    engines: the tiled predictor's tile reads, the live preview's region."""
+    to the image instead. The one box reader of the engines: the tiled predictor's tile reads, the live
+    preview's region (the tile reader computes many boxes at once through ``box_index`` and ``channels_to``)."""
     from napari_medseg.core.compute import materialize
 
     idx, valid = box_index(source, level, box)
-    a = source.levels[level][idx]
-    if compute:
-        a = materialize(a)
-    a = channels_to(source, a, channels_last)
+    a = channels_to(source, materialize(source.levels[level][idx]), channels_last)
     if pad is None:
         return a
     pads = []

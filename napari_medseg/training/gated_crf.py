@@ -22,6 +22,7 @@ instead of the ``(2r+1)^d``-fold unfold of the reference implementation.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -80,5 +81,5 @@ def gated_crf_loss(probs: torch.Tensor, image: torch.Tensor, *, radius: int = 5,
         if v is not None:
             term = term * (v[(slice(None), *a)] & v[(slice(None), *b)])
         total = total + term.sum()
-    n_pixels = p.shape[0] * int(torch.tensor(shape).prod())
+    n_pixels = p.shape[0] * math.prod(shape)
     return 2.0 * total / max(1, n_pixels)
