@@ -5,6 +5,11 @@ Label store values: 0 = not annotated (ignored by training), 1 = background, 2..
 Model outputs and predictions: channel / value 0 = background, k = the k-th class (store value k + 1).
 A class keeps the same color in every layer: ``store_colors()`` and ``prediction_colors()`` give the
 value -> RGBA maps for the two value conventions.
+
+Object classes (``objects``): classes whose connected regions are objects to count and measure (nuclei,
+cells, lesions). A schema with object classes usually also holds the class ``BOUNDARY`` ("object
+boundary"): the rim of each painted object, derived automatically from the painting for training
+(``napari_medseg.objects.boundaries``), which the model learns so that touching objects can be told apart.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ DEFAULT_COLORS = ["#9e9e9e", "#e69f00", "#56b4e9", "#009e73", "#f0e442", "#0072b
                   "#882255", "#44aa99", "#117733", "#332288"]
 UNANNOTATED = 0
 BACKGROUND = 1
+BOUNDARY = "object boundary"
+BOUNDARY_COLOR = "#ffffff"
 
 
 def _hex_to_rgba(color: str, alpha: float = 1.0) -> tuple[float, float, float, float]:
@@ -37,6 +44,7 @@ class ClassSchema:
 
     names: tuple[str, ...] = ("background", "foreground")
     colors: tuple[str, ...] = field(default=())
+    objects: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if len(self.names) < 2:
@@ -52,6 +60,33 @@ class ClassSchema:
             _hex_to_rgba(c)
         object.__setattr__(self, "names", tuple(self.names))
         object.__setattr__(self, "colors", colors)
+        objects = tuple(str(o) for o in self.objects)
+        for o in objects:
+            if o not in self.names:
+                raise MedsegError(f"object class {o!r} is not one of the classes {list(self.names)}")
+            if o in (self.names[0], BOUNDARY):
+                raise MedsegError(f"{o!r} cannot be an object class (it is the background or the boundary class)")
+        if len(set(objects)) != len(objects):
+            raise MedsegError(f"object classes must be unique, got {list(objects)}")
+        object.__setattr__(self, "objects", objects)
+
+    def with_objects(self, objects: tuple[str, ...] | list[str], boundary: bool = True) -> ClassSchema:
+        """This schema with ``objects`` as its object classes and, when ``boundary``, the class ``BOUNDARY``
+        appended if it is missing. The other classes keep their values."""
+        names, colors = self.names, self.colors
+        if boundary and objects and BOUNDARY not in names:
+            names, colors = names + (BOUNDARY,), colors + (BOUNDARY_COLOR,)
+        return ClassSchema(names=names, colors=colors, objects=tuple(objects))
+
+    @property
+    def object_values(self) -> tuple[int, ...]:
+        """Prediction values (model channels) of the object classes."""
+        return tuple(self.names.index(o) for o in self.objects)
+
+    @property
+    def boundary_value(self) -> int | None:
+        """Prediction value of the ``BOUNDARY`` class when the schema has object classes and that class."""
+        return self.names.index(BOUNDARY) if self.objects and BOUNDARY in self.names else None
 
     @classmethod
     def default(cls, n: int) -> ClassSchema:
@@ -83,13 +118,20 @@ class ClassSchema:
         return m
 
     def to_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "colors": list(self.colors)}
+        d: dict[str, Any] = {"names": list(self.names), "colors": list(self.colors)}
+        if self.objects:
+            d["objects"] = list(self.objects)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassSchema:
         if not isinstance(d, dict) or not isinstance(d.get("names"), list):
             raise MedsegError("a class schema must be a mapping with a list of 'names'")
-        return cls(names=tuple(str(n) for n in d["names"]), colors=tuple(str(c) for c in d.get("colors", [])))
+        objects = d.get("objects", [])
+        if not isinstance(objects, list):
+            raise MedsegError("a class schema's 'objects' must be a list of class names")
+        return cls(names=tuple(str(n) for n in d["names"]), colors=tuple(str(c) for c in d.get("colors", [])),
+                   objects=tuple(str(o) for o in objects))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
