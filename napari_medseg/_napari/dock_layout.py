@@ -3,7 +3,7 @@
 - The plugin's widgets share one tabbed dock (the area of the first one, the right by default), whether
   ``napari-medseg gui`` docks them or the user opens them from the Plugins menu: stacked one under the
   other, each would get a third of the height, and the area would be as wide as the widest of them.
-- Their tabs read "Annotate", "Train", "Predict": napari titles a plugin's dock "<widget> (<plugin>)",
+- Their tabs read "Annotate", "Train", "Predict", "Objects": napari titles a plugin's dock "<widget> (<plugin>)",
   which a tab cuts to "Annotate (napari-..." (the dock's own title bar keeps napari's full name).
 - The tabbed dock starts ``DOCK_WIDTH`` pixels wide (or as narrow as its widgets allow) and can be widened
   by hand to ``DOCK_MAX_WIDTH``: at a 1600 px window the canvas keeps about 60 % of the width, beside
@@ -52,7 +52,8 @@ def medseg_docks(window: QMainWindow) -> list[QDockWidget]:
 
 
 def workflow_rank(dock: QDockWidget) -> int:
-    """Where a dock's tab goes: the order of the plugin's manifest (Annotate, Train, Predict), others last."""
+    """Where a dock's tab goes: the order of the plugin's manifest (Annotate, Train, Predict, Objects),
+    others last."""
     try:
         names = [name for name, _ in manifest_widgets()]
     except Exception:  # the manifest cannot be read: keep the order the docks came in

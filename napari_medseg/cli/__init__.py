@@ -6,6 +6,8 @@ Subcommands live in their own modules (imported only when used, so ``--help`` is
 - ``train``                      fine-tune a model from a label store, image/mask folders or NIfTI pairs
 - ``predict CKPT INPUT... --out`` tiled prediction into NGFF zarr, optionally on a Dask cluster
 - ``sample {slide,ct} --out DIR`` write the sample data (image and ground truth) to disk
+- ``measure IMAGE OBJECTS --out`` one table row per object (+ summary per class/region, QuPath GeoJSON)
+- ``objects {import,export}``    objects from/to QuPath GeoJSON, NIfTI and instance label images
 - ``gui [PATH] [--sample ...]``  start napari with the plugin's widgets (and a sample)
 
 Errors a user caused print one clear line and exit with status 2; nothing here imports Qt at import time.
@@ -27,6 +29,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("napari_medseg.cli.train", "fine-tune a UNet / Swin-UNet (optionally Mean Teacher)"),
     "predict": ("napari_medseg.cli.predict", "tiled prediction of slides or volumes into NGFF zarr"),
     "sample": ("napari_medseg.cli.sample", "write the sample slide or CT volume (with ground truth) to disk"),
+    "measure": ("napari_medseg.cli.measure", "measure objects: a table per object, counts and densities per class"),
+    "objects": ("napari_medseg.cli.objects", "objects in and out: QuPath GeoJSON, NIfTI, instance label images"),
     "gui": ("napari_medseg._napari.launch", "start napari with the napari-medseg widgets"),
 }
 

@@ -10,6 +10,12 @@ complete). ``--input-kind image`` reads every input as an image even where its v
 ADDRESS`` uses an existing one; slides and their blocks are spread over the workers, each opening its own
 image and model. A rerun of the same command resumes unfinished outputs; ``--overwrite`` replaces outputs
 of a different run.
+
+``--instances`` also finds the objects of each finished prediction (whole-slide, block by block, resumable:
+``napari_medseg.objects.tiled``) into ``labels/objects`` of its zarr; ``--halo`` and ``--min-size`` tune it.
+``napari-medseg predict --instances-only NAME.prediction.zarr...`` does only that, on existing predictions
+(no checkpoint, no ``--out``). With ``--workers``/``--scheduler`` the objects are found here, after the
+distributed semantic pass.
 """
 
 from __future__ import annotations
@@ -28,9 +34,9 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="model checkpoint (.pt) written by napari-medseg train or the GUI")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="slide/volume paths or globs (quote globs)")
-    p.add_argument("--out", required=True, help="output folder; one NAME.prediction.zarr per input")
+    p.add_argument("checkpoint", nargs="?", help="model checkpoint (.pt) written by napari-medseg train or the GUI")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="slide/volume paths or globs (quote globs)")
+    p.add_argument("--out", default=None, help="output folder; one NAME.prediction.zarr per input (required)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--level", type=int, default=0, help="pyramid level to predict (default 0, full resolution)")
     g.add_argument("--pixel-size", type=float, default=None,
@@ -58,6 +64,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-kind", choices=("auto", "image"), default="auto",
                    help="auto: refuse inputs that hold labels (a NIfTI label map); image: read every input as "
                         "an image even where its values look like labels (default auto)")
+    o = p.add_argument_group("objects (models trained with --objects)")
+    o.add_argument("--instances", action="store_true",
+                   help="also find the objects (instances) of each prediction: labels/objects in its zarr")
+    o.add_argument("--instances-only", nargs="+", default=None, metavar="PREDICTION",
+                   help="only find the objects of existing NAME.prediction.zarr outputs (no checkpoint, no --out)")
+    o.add_argument("--halo", type=int, default=64,
+                   help="pixels read around each block; objects larger than this are reported, not kept "
+                        "(rule of thumb: the largest object's diameter; default 64)")
+    o.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this many pixels (default 0)")
+    o.add_argument("--min-seed", type=int, default=10,
+                   help="object interiors smaller than this many pixels are speckle, not objects: they join a "
+                        "neighbouring object or vanish (default 10)")
+    o.add_argument("--features", choices=("basic", "full"), default="basic",
+                   help="shape features of the objects table: basic (size, centroid, intensities, axes, "
+                        "eccentricity, orientation) or full (adds perimeter and solidity; about 3x slower per "
+                        "block; default basic)")
+    o.add_argument("--instance-block", type=int, default=None,
+                   help="block side of the objects pass (default 2048 px in 2D, 128 in 3D)")
 
 
 def _folder_inputs(folder: Path) -> list[Path]:
@@ -117,7 +141,71 @@ def _cause(message: str, source: str) -> str:
     return message
 
 
+def _instances(path: Path, args: argparse.Namespace, schema: Any = None) -> None:
+    """The objects pass over one finished prediction, with a progress bar; its summary line."""
+    from tqdm import tqdm
+
+    from napari_medseg.objects.tiled import InstancesProgress, InstancesStart, instances_from_prediction
+
+    bar = None
+
+    def show(ev: Any) -> None:
+        nonlocal bar
+        if isinstance(ev, InstancesStart):
+            bar = tqdm(total=ev.total_blocks, initial=ev.resumed_blocks, unit="block",
+                       desc=f"objects {path.name.split('.')[0]}"[:30], leave=True, file=sys.stderr)
+        elif isinstance(ev, InstancesProgress) and bar is not None:
+            bar.n = ev.done
+            bar.set_postfix_str(f"{ev.objects} objects", refresh=True)
+
+    try:
+        res = drive(instances_from_prediction(path, schema=schema, halo=args.halo, min_size=args.min_size,
+                                              min_seed=args.min_seed, block=args.instance_block,
+                                              features=args.features), show)
+    finally:
+        if bar is not None:
+            bar.close()
+    tqdm.write(f"objects: {res.message}")
+    if res.cut:
+        tqdm.write(f"warning: {path}: {res.cut} object(s) larger than the halo ({args.halo} px) are missing; "
+                   "rerun with a larger --halo", file=sys.stderr)
+
+
+def _instances_only(args: argparse.Namespace) -> int:
+    if args.checkpoint or args.inputs:
+        raise MedsegError("--instances-only takes prediction zarrs only: napari-medseg predict --instances-only "
+                          "NAME.prediction.zarr [...] (no checkpoint, no inputs)")
+    failures = 0
+    for item in args.instances_only:
+        try:
+            _instances(Path(item), args)
+        except MedsegError as e:
+            failures += 1
+            print(f"napari-medseg predict: error: {e}", file=sys.stderr)
+    return 2 if failures else 0
+
+
+def _check_instance_args(args: argparse.Namespace) -> None:
+    if args.halo < 0 or args.min_size < 0 or args.min_seed < 0:
+        raise MedsegError(f"--halo, --min-size and --min-seed must be >= 0, got {args.halo}, {args.min_size} and "
+                          f"{args.min_seed}")
+    if args.instance_block is not None and args.instance_block < 8:
+        raise MedsegError(f"--instance-block must be >= 8, got {args.instance_block}")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_instance_args(args)
+    if args.instances_only:
+        return _instances_only(args)
+    if not args.checkpoint or not args.inputs or not args.out:
+        raise MedsegError("usage: napari-medseg predict CHECKPOINT INPUT... --out DIR (or --instances-only "
+                          "NAME.prediction.zarr...); missing: "
+                          + ", ".join(n for n, v in (("CHECKPOINT", args.checkpoint), ("INPUT", args.inputs),
+                                                     ("--out", args.out)) if not v))
+    return _run_predict(args)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
@@ -151,6 +239,10 @@ def run(args: argparse.Namespace) -> int:
     # the checkpoint is read, checked and hashed once here: a broken one is one error, not one failure per
     # input, and a folder of slides does not read it once per slide (nor do Dask workers hash it again)
     loaded = resolve_model(ckpt)
+    if args.instances and not (loaded.classes and loaded.classes.objects):
+        names = list(loaded.classes.names[1:]) if loaded.classes else []
+        raise MedsegError(f"--instances: this model has no object classes (classes {names}); train with "
+                          "--objects NAME (e.g. --objects nucleus) to count and measure objects")
     md = loaded.spatial_dims or 2
     window = _window(args) or ((96, 96, 96) if md == 3 else (512, 512))
     settings = dict(level=args.level, pixel_size=args.pixel_size, window=window, overlap=args.overlap,
@@ -161,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
     bars: dict[str, tqdm] = {}
     failures: list[tuple[str, str]] = []
     unfinished = 0
+    finished: list[Path] = []
 
     def fail(source: str, message: str) -> None:
         cause = _cause(message, source)
@@ -207,8 +300,22 @@ def run(args: argparse.Namespace) -> int:
                 bar.refresh()
                 bar.close()
             unfinished += int(ev.cancelled)
+            if not ev.cancelled:
+                finished.append(Path(ev.out))
             state = "unfinished (rerun to resume)" if ev.cancelled else "done"
             tqdm.write(f"{ev.name}: {state}: {ev.out} ({ev.blocks_done} blocks, {ev.seconds:.1f} s)")
+
+    objects_done: set[Path] = set()
+
+    def objects_of(paths: list[Path]) -> None:
+        for o in paths:
+            if o in objects_done:
+                continue
+            objects_done.add(o)
+            try:
+                _instances(o, args, schema=loaded.classes)
+            except MedsegError as e:
+                fail(str(o), str(e))
 
     common = dict(resume=not args.no_resume, overwrite=args.overwrite, keep_going=True, **settings)
     try:
@@ -218,12 +325,16 @@ def run(args: argparse.Namespace) -> int:
                 items, item_outs = opened([p], [o])
                 if items:
                     drive(predict_many(items, loaded, item_outs, torch_threads=args.threads or 1, **common), show)
+                if args.instances:
+                    objects_of(list(finished))
         else:
             items, item_outs = opened(inputs, outs)
             if items:
                 drive(predict_many(items, loaded, item_outs, workers=args.workers, scheduler=args.scheduler,
                                    blocks_per_task=args.blocks_per_task, torch_threads=args.threads or 1,
                                    **common), show)
+            if args.instances:  # found here, after the distributed semantic pass
+                objects_of(list(finished))
     finally:
         for bar in bars.values():
             bar.close()

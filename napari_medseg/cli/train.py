@@ -9,6 +9,10 @@ Examples::
     napari-medseg train --image demo/sample-slide.ome.tif --labels demo/sample-slide-labels.ome.tif \
         --classes demo/slide_classes.json --steps 20 --out demo/run
 
+``--objects nucleus`` marks classes as objects to count (nuclei, cells, lesions): the checkpoint gets the class
+"object boundary", derived from the painting (the rim of each painted or masked object), so the model learns to
+tell touching objects apart (``napari_medseg.objects.boundaries``).
+
 The checkpoint records the class names and colours (``--classes``; else a label store's or an NGFF label group's
 own; else "class 1", "class 2" ...) and the image's pixel size (from its metadata, e.g. an OME-TIFF's
 PhysicalSizeX/Y).
@@ -61,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "'names', background first, and 'colors'; a .json path, like the slide_classes.json `napari-medseg "
                           "sample` writes). Default: a label store's or NGFF label group's own classes, else "
                           "'class 1', 'class 2' ...")
+    src.add_argument("--objects", nargs="+", metavar="NAME",
+                     help="classes whose regions are objects to count and measure (nuclei, cells, lesions): adds "
+                          "the class 'object boundary', learnt from the rims of the painted objects, so touching "
+                          "objects can be told apart (e.g. --objects nucleus; default: a label store's own)")
     src.add_argument("--foreground", type=_ints, help="raw mask value of each class, in order (default: every "
                      "non-zero value)")
     src.add_argument("--limit", type=int, help="use only the first N pairs")
@@ -180,6 +188,27 @@ def _classes(value: str | None, k: int) -> ClassSchema | None:
     return schema
 
 
+def _with_objects(schema: ClassSchema, objects: list[str] | None, where: str = "") -> ClassSchema:
+    """``--objects``: ``schema`` with those object classes (and the boundary class); checked names."""
+    if not objects:
+        return schema
+    names = [o.strip() for part in objects for o in part.split(",") if o.strip()]
+    for o in names:
+        if o not in schema.names:
+            raise MedsegError(f"--objects {o!r} is not one of the classes {list(schema.names[1:])}{where}; "
+                              "name a class (--classes names them)")
+        if o == schema.names[0]:
+            raise MedsegError(f"--objects {o!r} is the background: name the classes to count, e.g. nuclei")
+    return schema.with_objects(list(dict.fromkeys(names)))
+
+
+def _keep_objects(new: ClassSchema, old: ClassSchema) -> ClassSchema:
+    """``new`` (from ``--classes``) with the object classes of ``old`` (a label store's) when it names them."""
+    if new.objects or not old.objects or not all(o in new.names for o in old.objects):
+        return new
+    return new.with_objects(list(old.objects))
+
+
 def _class_file(path: Path) -> ClassSchema:
     """A class file: ``{"names": [background, ...], "colors": ["#rrggbb", ...]}`` (other keys ignored)."""
     try:
@@ -189,7 +218,7 @@ def _class_file(path: Path) -> ClassSchema:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MedsegError(f"the class file {path} is not JSON ({e})") from e
     try:
-        return ClassSchema.from_dict({k: doc[k] for k in ("names", "colors") if k in doc}
+        return ClassSchema.from_dict({k: doc[k] for k in ("names", "colors", "objects") if k in doc}
                                      if isinstance(doc, dict) else doc)
     except MedsegError as e:
         raise MedsegError(f"the class file {path}: {e}") from e
@@ -258,9 +287,15 @@ def _data(args: argparse.Namespace) -> Any:
         img = datasets.read_image(args.image)
         labels, classes = _open_labels(args.labels, img)
         if args.classes:
-            classes = _classes(args.classes, classes.n_classes - 1) or classes
+            store = classes
+            given = _classes(args.classes, 0) or classes
+            classes = _keep_objects(given, store)
+            if classes.n_classes < store.n_classes:
+                raise MedsegError(f"--classes names {given.n_classes - 1} classes but the labels hold "
+                                  f"{store.n_classes - 1} ({', '.join(store.names[1:])})")
         elif classes == ClassSchema.default(classes.n_classes):
             _say_generic(args.labels, classes)
+        classes = _with_objects(classes, args.objects)
         return TrainingData([TrainingItem(img, labels, name=Path(args.image).name)], classes)
     if args.data:
         pairs = datasets.load_folder(args.data, foreground=args.foreground, limit=args.limit)
@@ -272,6 +307,9 @@ def _data(args: argparse.Namespace) -> Any:
     classes = _classes(args.classes, k)
     if classes is None:
         _say_generic(args.data or args.masks, ClassSchema.default(max(k, 1) + 1))
+    if args.objects:
+        classes = _with_objects(classes or ClassSchema.default(max(k, 1) + 1), args.objects,
+                                "" if args.classes else " (name them with --classes)")
     sparse = "dense" if args.label_fraction is None else args.sparse
     return datasets.make_training_data(pairs, classes=classes, sparse=sparse,
                                        fraction=args.label_fraction or 1.0, cases=args.labelled_cases,

@@ -150,7 +150,9 @@ def remove_class(store: LabelStore, value: int, *, merge_into: int = 0) -> None:
     colors = list(store.classes.colors)
     del names[value - 1]
     del colors[value - 1]
-    new = ClassSchema(names=tuple(names), colors=tuple(colors))
+    gone = store.classes.names[value - 1]
+    new = ClassSchema(names=tuple(names), colors=tuple(colors),
+                      objects=tuple(o for o in store.classes.objects if o != gone))  # the others stay objects
     with store.write_lock:
         affected = [c for c, vals in store.chunk_classes().items() if any(v >= value for v in vals)]
         store.classes = new

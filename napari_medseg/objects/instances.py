@@ -5,11 +5,16 @@
 recipe is the boundary-class one of the 3-class U-Net used for nuclei (interior / boundary / background):
 
 1. seeds: the connected components (face connectivity) of each object class's interior; the predicted
-   ``object boundary`` pixels separate touching objects, so each seed is one object;
-2. each seed grows into the boundary pixels around it (nearest seed wins, at most ``grow`` pixels), so
-   objects keep their full extent;
-3. objects smaller than ``min_size`` pixels are dropped; ids are renumbered 1..n in raster order of the
-   objects' first pixel, so the same prediction always gives the same ids.
+   ``object boundary`` pixels separate touching objects, so each seed is one object; interior fragments
+   smaller than ``min_seed`` pixels (speckle of an uncertain prediction) are no seeds: they are treated like
+   boundary pixels (joined to a nearby seed, else dropped);
+2. each seed grows into the boundary pixels around it, one face-neighbour step at a time (at most
+   ``grow`` steps, through boundary pixels only), so objects keep their full extent; a pixel reached by two
+   seeds in the same step joins the one in a fixed direction order, so a window of a slide gives the same
+   objects as the whole slide;
+3. objects smaller than ``min_size`` pixels are dropped; ids are 1..n class by class (in the schema's
+   order of object classes), within a class in raster order of each seed's first pixel, so the same
+   prediction always gives the same ids.
 
 Without a boundary class the objects are the connected components of each object class.
 ``watershed_objects`` is the classic alternative that needs no boundary class (distance transform, one
@@ -50,24 +55,54 @@ def _check(pred: np.ndarray, schema: ClassSchema) -> np.ndarray:
 
 
 def _renumber(labels: np.ndarray, classes_of: np.ndarray, min_size: int) -> Objects:
-    """Drop objects under ``min_size`` pixels; ids 1..n in raster order of the objects' first pixel."""
-    flat = labels.ravel()
-    sizes = np.bincount(flat, minlength=len(classes_of))
+    """Drop objects under ``min_size`` pixels and number the others 1..n, keeping their order."""
+    sizes = np.bincount(labels.ravel(), minlength=len(classes_of))
     keep = sizes >= max(1, int(min_size))
     keep[0] = False
-    # first pixel of each id in raster order
-    ids, first = np.unique(flat, return_index=True)
-    order = ids[np.argsort(first)]
-    order = order[keep[order]]
+    order = np.flatnonzero(keep)
+    if len(order) == len(classes_of) - 1:  # nothing dropped: the ids are already 1..n
+        return Objects(labels, np.asarray(classes_of, np.int32))
     lut = np.zeros(len(classes_of), np.uint32)
     lut[order] = np.arange(1, len(order) + 1, dtype=np.uint32)
-    out = lut[labels]
     classes = np.zeros(len(order) + 1, np.int32)
     classes[1:] = classes_of[order]
-    return Objects(out, classes)
+    return Objects(lut[labels], classes)
 
 
-def find_objects(pred: np.ndarray, schema: ClassSchema, *, min_size: int = 0, grow: int = 3) -> Objects:
+def _shifted(a: np.ndarray, axis: int, step: int) -> np.ndarray:
+    """``a`` moved by ``step`` (+1 / -1) along ``axis``, zero-filled: out[i] = a[i - step]."""
+    out = np.zeros_like(a)
+    src = [slice(None)] * a.ndim
+    dst = [slice(None)] * a.ndim
+    src[axis], dst[axis] = (slice(None, -1), slice(1, None)) if step > 0 else (slice(1, None), slice(None, -1))
+    out[tuple(dst)] = a[tuple(src)]
+    return out
+
+
+def _grow_into(seeds: np.ndarray, room: np.ndarray, steps: int) -> None:
+    """Grow ``seeds`` (in place) into the pixels of ``room``, one face-neighbour step at a time, at most
+    ``steps`` steps: a pixel joins the seed of its first labelled neighbour in a fixed direction order, so
+    the result depends on the pixels around it, never on the ids (a window of a slide gives the same
+    objects as the whole slide)."""
+    room = room & (seeds == 0)
+    for _ in range(int(steps)):
+        if not room.any():
+            return
+        new = np.zeros_like(seeds)
+        for axis in range(seeds.ndim):
+            for step in (1, -1):
+                nb = _shifted(seeds, axis, step)
+                take = room & (new == 0) & (nb > 0)
+                new[take] = nb[take]
+        grown = new > 0
+        if not grown.any():
+            return
+        seeds[grown] = new[grown]
+        room &= ~grown
+
+
+def find_objects(pred: np.ndarray, schema: ClassSchema, *, min_size: int = 0, grow: int = 3,
+                 min_seed: int = 0) -> Objects:
     """Instances of every object class of ``schema`` in ``pred`` (prediction values)."""
     pred = _check(pred, schema)
     b = schema.boundary_value
@@ -76,17 +111,23 @@ def find_objects(pred: np.ndarray, schema: ClassSchema, *, min_size: int = 0, gr
     for v in schema.object_values:
         lab, n = ndi.label(pred == v)
         if n:
-            seeds[lab > 0] = lab[lab > 0] + np.uint32(len(classes_of) - 1)
+            fg = lab > 0
+            seeds[fg] = lab[fg].astype(np.uint32) + np.uint32(len(classes_of) - 1)
             classes_of.extend([v] * n)
     classes_arr = np.asarray(classes_of, np.int32)
+    fragments = None
+    if min_seed > 1 and len(classes_of) > 1:
+        small = np.bincount(seeds.ravel(), minlength=len(classes_of)) < int(min_seed)
+        small[0] = False
+        if small.any():
+            fragments = small[seeds]
+            seeds[fragments] = 0
     if b is not None and grow > 0 and len(classes_of) > 1:
-        boundary = pred == b
-        if boundary.any():
-            # nearest seed pixel of every boundary pixel, within ``grow`` pixels
-            dist, idx = ndi.distance_transform_edt(seeds == 0, return_indices=True)
-            near = seeds[tuple(idx)]
-            take = boundary & (dist <= grow)
-            seeds[take] = near[take]
+        room = pred == b
+        if fragments is not None:
+            room |= fragments
+        if room.any() and seeds.any():
+            _grow_into(seeds, room, grow)
     return _renumber(seeds, classes_arr, min_size)
 
 

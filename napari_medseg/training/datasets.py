@@ -2,7 +2,9 @@
 pairs, with optional simulated sparse annotation (``sparsify``).
 
 Masks are dense (0 = background; other values are classes, mapped in increasing order to 1, 2, ..., or as
-``foreground`` says). Images are ``YX``/``YXC`` (PNG, JPEG, TIFF) or ``ZYX`` (NIfTI, through the package's
+``foreground`` says). With object classes (``ClassSchema.objects`` and the ``object boundary`` class), the
+rim of every connected region of an object class in a mask becomes the boundary class (the instances of a dense
+mask are its connected regions: touching objects merged in the mask stay one object). Images are ``YX``/``YXC`` (PNG, JPEG, TIFF) or ``ZYX`` (NIfTI, through the package's
 reader, LPS+). Small images are read into memory so training does not decode a file per patch.
 """
 
@@ -190,7 +192,9 @@ def make_training_data(pairs: Sequence[Pair], *, classes: ClassSchema | None = N
 
     ``sparse``: "dense" (every pixel labelled), "scribbles" or "pixels" (about ``fraction`` of the pixels of each
     labelled case); ``cases`` keeps labels on only that many cases (int) or that fraction (float); the other
-    cases become unlabelled images. Every item keeps its dense mask for scoring.
+    cases become unlabelled images. Every item keeps its dense mask for scoring. When ``classes`` has object
+    classes and the boundary class, the masks get the rims of their object regions first (both the labels and
+    the scoring mask).
     """
     if not pairs:
         raise MedsegError("no image/mask pairs to train on")
@@ -200,6 +204,10 @@ def make_training_data(pairs: Sequence[Pair], *, classes: ClassSchema | None = N
     if k > classes.n_classes - 1:
         raise MedsegError(f"the masks hold {k} classes but the schema names {classes.n_classes - 1}")
     keep = set(range(len(pairs))) if cases is None else set(sparsify.keep_cases(len(pairs), cases, seed))
+    if classes.boundary_value is not None:
+        from napari_medseg.objects.boundaries import mark_dense_boundaries
+
+        pairs = [Pair(p.name, p.image, mark_dense_boundaries(p.mask, classes)) for p in pairs]
     items = []
     for i, p in enumerate(pairs):
         labels = None

@@ -8,6 +8,11 @@ every earlier held-out pixel stays held out in later rounds (same seed, names an
 checkpoint records and ``train`` reuses), and training patches never see held-out paint (it reads as 0).
 Arrays: image patches ``(C, *P)`` in the image's dtype, label patches ``(*P)`` uint8 store values;
 ``P`` is ``YX`` or ``ZYX`` at the training level.
+
+Object classes (``classes.objects`` with the ``object boundary`` class): every labelled and validation patch
+gets the rims of its painted objects as the boundary class (``objects.boundaries.mark_boundaries``, read with a
+margin of the rim width so rims do not depend on where a patch starts), and dense validation masks get the rims
+of their object regions, so the boundary class is trained and scored like any painted class.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.objects.boundaries import mark_boundaries
 from napari_medseg.training.data import ItemView, TrainingData, scan_painted, tissue_mask
 
 log = logging.getLogger(__name__)
 MIN_VAL_BLOCKS = 5
+#: rim width (pixels at the training level) of the derived ``object boundary`` class
+BOUNDARY_WIDTH = 2
 
 
 @dataclass
@@ -59,6 +67,8 @@ class PatchSampler:
         self.max_value = data.classes.max_store_value
         self.seed = seed
         self.warnings: list[str] = []
+        # the boundary class is derived from the painted objects, not painted
+        self.boundary_store = None if data.classes.boundary_value is None else data.classes.boundary_value + 1
         ddims = data.spatial_dims
         if model_dims > ddims:
             raise MedsegError(f"a {model_dims}D model needs {model_dims}D images; these are {ddims}D")
@@ -92,9 +102,10 @@ class PatchSampler:
             self.warnings.append(f"only '{only}' is painted: the model can only learn to predict '{only}' "
                                  f"everywhere; paint some {', '.join(repr(o) for o in others)} too")
         elif len(present) < len(names):
-            missing = [n for j, n in enumerate(names) if j + 1 not in present]
-            self.warnings.append(f"no paint for {', '.join(repr(m) for m in missing)}: the model will not learn "
-                                 "to predict them")
+            missing = [n for j, n in enumerate(names) if j + 1 not in present and j + 1 != self.boundary_store]
+            if missing:
+                self.warnings.append(f"no paint for {', '.join(repr(m) for m in missing)}: the model will not "
+                                     "learn to predict them")
         self.present_values = present
 
         # validation blocks (level-0 geometry, one training patch wide)
@@ -186,12 +197,43 @@ class PatchSampler:
     def _squeeze(self, a: np.ndarray, lead: int) -> np.ndarray:
         return a[(slice(None),) * lead + (0,)] if self.squeeze else a
 
+    def _margin(self) -> tuple[int, ...]:
+        """Per-axis margin read around a label window to derive object rims (none across a squeezed Z)."""
+        m = BOUNDARY_WIDTH if self.boundary_store is not None else 0
+        return tuple(0 if (self.squeeze and ax == 0) else m for ax in range(len(self.patch)))
+
+    def _with_rims(self, v: ItemView, read, start: tuple[int, ...], dense: bool = False) -> np.ndarray:
+        """``read(start, size)`` of a label window of ``v``, squeezed, with the object rims derived (store values,
+        or prediction values when ``dense``) from a window ``BOUNDARY_WIDTH`` larger on each side. Outside the
+        image is unannotated: the image border makes no rim."""
+        margin = self._margin()
+        if not any(margin):
+            return self._squeeze(read(start, self.patch), 0)
+        bstart = tuple(s - m for s, m in zip(start, margin))
+        bsize = tuple(p + 2 * m for p, m in zip(self.patch, margin))
+        big = read(bstart, bsize)
+        if dense:  # prediction values -> store values, 0 outside the image
+            inside = np.ones(big.shape, bool)
+            for ax, idx in enumerate(v.level0_index(bstart, bsize)):
+                shape = [1] * big.ndim
+                shape[ax] = -1
+                inside &= (idx >= 0).reshape(shape)
+            big = np.where(inside, big.astype(np.uint8) + np.uint8(1), np.uint8(0))
+        big = mark_boundaries(self._squeeze(big, 0), self.classes, BOUNDARY_WIDTH)
+        keep = margin[1:] if self.squeeze else margin
+        size = self.patch[1:] if self.squeeze else self.patch
+        out = big[tuple(slice(m, m + p) for m, p in zip(keep, size))]
+        if dense:
+            out = np.where(out > 0, out - np.uint8(1), np.uint8(0)).astype(np.uint8)
+        return np.ascontiguousarray(out)
+
     def labelled_patch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         i, start = self.labelled_window(rng)
         v = self.views[i]
         img = v.read_image(start, self.patch)
-        lab = v.read_labels(start, self.patch, self.max_value, self.val_blocks.get(i), self.val_block)
-        return self._squeeze(img, 1), self._squeeze(lab, 0)
+        lab = self._with_rims(v, lambda s, p: v.read_labels(s, p, self.max_value, self.val_blocks.get(i),
+                                                         self.val_block), start)
+        return self._squeeze(img, 1), lab
 
     def unlabelled_patch(self, rng: np.random.Generator) -> np.ndarray:
         i, start = self.unlabelled_window(rng)
@@ -218,11 +260,15 @@ class PatchSampler:
                     start0 = np.asarray(b) * np.asarray(self.val_block)
                     start = tuple(int(np.floor(s / f)) for s, f in zip(start0, v.factor))
                     img = v.read_image(start, self.patch)
-                    lab = v.read_labels(start, self.patch, self.max_value, block=self.val_block, only_block=b)
-                    dense = v.read_dense(start, self.patch) if v.dense is not None else None
+                    lab = self._squeeze(v.read_labels(start, self.patch, self.max_value, block=self.val_block,
+                                                      only_block=b), 0)
+                    if self.boundary_store is not None:
+                        # rims from all the paint around (as training sees it), scored on this block's paint only
+                        rims = self._with_rims(v, lambda s, p, v=v: v.read_labels(s, p, self.max_value), start)
+                        lab = np.where(lab > 0, rims, 0).astype(lab.dtype)
+                    dense = None if v.dense is None else self._with_rims(v, v.read_dense, start, dense=True)
                     spacing = v.spacing[1:] if self.squeeze else v.spacing
-                    out.append(ValPatch(i, start, self._squeeze(img, 1), self._squeeze(lab, 0),
-                                        None if dense is None else self._squeeze(dense, 0), spacing))
+                    out.append(ValPatch(i, start, self._squeeze(img, 1), lab, dense, spacing))
             self._val_patches = out
         return self._val_patches
 

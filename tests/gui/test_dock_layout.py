@@ -111,23 +111,23 @@ def _assert_all_in_view(viewer) -> None:
 
 def test_launch_tabs_the_widgets_in_one_narrow_dock(make_napari_viewer, qtbot):
     """``napari-medseg gui --sample ct`` at 1600 x 1000: one tab group titled Annotate, Train, Predict,
-    Annotate shown; the group as narrow as its widgets allow, the Train widget within ``DOCK_WIDTH``; the
+    Objects, Annotate shown; the group as narrow as its widgets allow, the Train widget within ``DOCK_WIDTH``; the
     canvas keeps 60 % of the width when every widget fits that width."""
     viewer = _shown_viewer(make_napari_viewer, qtbot)
     with warnings.catch_warnings(record=True) as caught:  # the widgets get napari's public-only viewer proxy
         warnings.simplefilter("always")
         info = launch.setup_viewer(viewer, sample="ct")
         _settle(qtbot)
-    assert info["docked"] == ["Annotate", "Train", "Predict"]
+    assert info["docked"] == ["Annotate", "Train", "Predict", "Objects"]
     assert type(viewer.window.dock_widgets["Train (napari-medseg)"].viewer).__name__ == "PublicOnlyProxy"
     assert _private_access(caught) == []
     window = _window(viewer)
     assert window.width() == WIDTH
-    assert ["Annotate", "Train", "Predict"] in _tab_bars(window)
+    assert ["Annotate", "Train", "Predict", "Objects"] in _tab_bars(window)
     docks = dock_layout.medseg_docks(window)
-    assert sorted(d.windowTitle() for d in docks) == ["Annotate", "Predict", "Train"]
+    assert sorted(d.windowTitle() for d in docks) == ["Annotate", "Objects", "Predict", "Train"]
     assert len({window.dockWidgetArea(d) for d in docks}) == 1
-    assert _shown_tab(window, ["Annotate", "Train", "Predict"]) == "Annotate"
+    assert _shown_tab(window, ["Annotate", "Train", "Predict", "Objects"]) == "Annotate"
     train = next(d for d in docks if d.windowTitle() == "Train")
     assert train.minimumSizeHint().width() <= dock_layout.DOCK_WIDTH + 5  # its form wraps and scrolls
     need = max(d.minimumSizeHint().width() for d in docks)

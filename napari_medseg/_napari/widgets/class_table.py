@@ -1,9 +1,15 @@
-"""The Annotate widget's classes: a table of value, name, colour and painted pixels, and its edits.
+"""The Annotate widget's classes: a table of value, name, colour, painted pixels and the "objects" tick, and
+its edits.
 
 ``ClassTableMixin`` is mixed into ``AnnotateWidget``: it builds the "Classes" box and edits the open
-store's classes (rename in place, recolour, add, remove with a confirmation), telling the user through
-the widget's message log (``self.messages``). It expects ``self.store``, ``self.controller`` and
-``self.refresh_counts()`` from the widget.
+store's classes (rename in place, recolour, add, remove with a confirmation, mark as an object class),
+telling the user through the widget's message log (``self.messages``). It expects ``self.store``,
+``self.controller`` and ``self.refresh_counts()`` from the widget.
+
+The "Obj." tick marks a class as an object class (nuclei, cells, lesions: counted and measured one by one,
+``ClassSchema.with_objects``): the first tick appends the ``object boundary`` class, which training derives
+from the painting; unticking the last object class keeps that class (harmless: nothing is painted with it).
+Every edit keeps the object classes (a renamed object class stays one).
 """
 
 from __future__ import annotations
@@ -25,12 +31,13 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_medseg.core.classes import DEFAULT_COLORS, ClassSchema
+from napari_medseg.core.classes import BOUNDARY, DEFAULT_COLORS, ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.labels import ops
 
 HINT = ("Value 0 = not annotated (ignored by training), 1 = background, 2.. = classes. Click a row to paint "
-        "with it, a colour to change it.")
+        "with it, a colour to change it. Tick 'Obj.' for classes whose objects you count (nuclei, cells).")
+OBJ_COL = 4  # the "objects" tick
 
 
 class ClassTableMixin:
@@ -45,11 +52,14 @@ class ClassTableMixin:
         self._updating_table = False
         box = QGroupBox("Classes")
         lay = QVBoxLayout(box)
-        self.class_table = QTableWidget(0, 4)
-        self.class_table.setHorizontalHeaderLabels(["Value", "Name", "Color", "Painted px"])
+        self.class_table = QTableWidget(0, 5)
+        self.class_table.setHorizontalHeaderLabels(["Value", "Name", "Color", "Painted px", "Obj."])
+        self.class_table.horizontalHeaderItem(OBJ_COL).setToolTip(
+            "Object class: its objects are counted and measured one by one (Objects widget); adds the "
+            "'object boundary' class that training derives from the painting")
         self.class_table.verticalHeader().setVisible(False)
         header = self.class_table.horizontalHeader()
-        for col in (0, 2, 3):
+        for col in (0, 2, 3, OBJ_COL):
             header.setSectionResizeMode(col, QHeaderView.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.Stretch)
         self.class_table.cellChanged.connect(self._on_cell_changed)
@@ -91,6 +101,13 @@ class ClassTableMixin:
             cnt.setFlags(fixed)
             cnt.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
             self.class_table.setItem(i, 3, cnt)
+            tick = QTableWidgetItem("")
+            if i == 0 or n == BOUNDARY:
+                tick.setFlags(Qt.ItemIsEnabled)  # background and the boundary class are never object classes
+            else:
+                tick.setFlags((fixed | Qt.ItemIsUserCheckable) if self.store.writable else fixed)
+                tick.setCheckState(Qt.Checked if n in cls.objects else Qt.Unchecked)
+            self.class_table.setItem(i, OBJ_COL, tick)
         self._updating_table = False
 
     def _show_counts(self, counts: dict[int, int]) -> None:
@@ -116,9 +133,12 @@ class ClassTableMixin:
         return True
 
     def _on_cell_changed(self, row: int, col: int) -> None:
-        if self._updating_table or col != 1 or self.store is None:
+        if self._updating_table or self.store is None:
             return
-        self.set_class_name(row, self.class_table.item(row, 1).text())
+        if col == 1:
+            self.set_class_name(row, self.class_table.item(row, 1).text())
+        elif col == OBJ_COL:
+            self.set_object_class(row, self.class_table.item(row, OBJ_COL).checkState() == Qt.Checked)
 
     def _on_cell_clicked(self, row: int, col: int) -> None:
         if self.controller is None:
@@ -133,8 +153,9 @@ class ClassTableMixin:
         cls = self.store.classes
         names = list(cls.names)
         names[row] = name.strip()
+        objects = tuple(names[row] if o == cls.names[row] else o for o in cls.objects)  # a renamed one stays
         try:
-            new = ClassSchema(names=tuple(names), colors=cls.colors)
+            new = ClassSchema(names=tuple(names), colors=cls.colors, objects=objects)
         except MedsegError as e:
             self.messages.error(str(e))
             self._fill_table()
@@ -147,7 +168,7 @@ class ClassTableMixin:
         colors = list(cls.colors)
         colors[row] = color
         try:
-            new = ClassSchema(names=cls.names, colors=tuple(colors))
+            new = ClassSchema(names=cls.names, colors=tuple(colors), objects=cls.objects)
         except MedsegError as e:
             self.messages.error(str(e))
             return False
@@ -160,11 +181,35 @@ class ClassTableMixin:
         k = len(cls.names)
         name = name or next(f"class {i}" for i in range(k, k + 1000) if f"class {i}" not in cls.names)
         try:
-            new = ClassSchema(names=(*cls.names, name), colors=(*cls.colors, DEFAULT_COLORS[k % len(DEFAULT_COLORS)]))
+            new = ClassSchema(names=(*cls.names, name), colors=(*cls.colors, DEFAULT_COLORS[k % len(DEFAULT_COLORS)]),
+                              objects=cls.objects)
         except MedsegError as e:
             self.messages.error(str(e))
             return False
         return self._apply_classes(new)
+
+    def set_object_class(self, row: int, on: bool) -> bool:
+        """Mark (``on``) or unmark the class in ``row`` as an object class; the first one adds the
+        ``object boundary`` class (``ClassSchema.with_objects``)."""
+        if self.store is None:
+            return False
+        cls = self.store.classes
+        name = cls.names[row]
+        objects = [o for o in cls.objects if o != name] + ([name] if on else [])
+        try:
+            new = cls.with_objects(objects)
+        except MedsegError as e:
+            self.messages.error(str(e))
+            self._fill_table()
+            self.refresh_counts()
+            return False
+        added = len(new.names) > len(cls.names)
+        if not self._apply_classes(new):
+            return False
+        if added:
+            self.messages.info(f"'{name}' is an object class: the class '{BOUNDARY}' was added; training derives "
+                               "it from your painting (paint a thin background line where two objects touch).")
+        return True
 
     def remove_class(self, row: int | None = None) -> bool:
         """Remove the class in ``row`` (default: the selected row). Its painted pixels become "not

@@ -1,0 +1,159 @@
+"""Objects, not only pixels: instance segmentation of MoNuSeg nuclei trained from the same painting.
+
+Trains with full labels and ``--objects nucleus`` (``training.run_training`` with the class schema
+``with_objects(["nucleus"])``: every mask's nuclei get the ``object boundary`` rim, 2 px) for a time budget
+(``--budget`` seconds, default 600 = the issue's 10-minute CPU budget, 2 torch threads), predicts each held-out
+image whole with the library's predictor (``inference.run_predict`` from the checkpoint, read back with
+``open_prediction``), turns the prediction into objects with ``objects.find_objects`` and scores them against
+the ground-truth instances:
+
+- ``aji`` (Kumar et al. 2017), ``pq`` (panoptic quality, IoU > 0.5), ``f1_50`` (detection F1 at IoU 0.5),
+  ``count_error`` (|n_pred - n_gt| / n_gt), mean over the held-out images (``objects.metrics``);
+- ``aji_watershed_baseline``: the classic alternative on the same model: distance-transform watershed
+  (``objects.watershed_objects``) of the predicted foreground (nucleus + boundary);
+- ``dice``: semantic Dice of that foreground against the mask.
+
+Ground truth: the MoNuSeg masks in ``../shared/data/monuseg_train`` are binary (0/1) and touching nuclei are
+merged in them, so the ground-truth instances are the masks' connected components; the scores compare like
+with like (the training masks are merged the same way) but read lower than published AJIs on MoNuSeg's
+instance annotations. The split is ``bench_semisup``'s (its ``setting_data``: 20 training images, 10 held out).
+
+``instance_overhead`` and ``big_slide_rss_mb`` come from ``benchmarks/instances_slide.py`` (whole-slide
+instances, helper module with ``run(...) -> dict``) when it exists and ``--slide-size`` > 0; else null.
+
+``--quick``: 60 s of training on 128 px patches, 3 held-out images (a smoke test: the model is far from
+trained). Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
+"aji_watershed_baseline", "instance_overhead", "big_slide_rss_mb", "dice", ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import inspect
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_semisup import DATA, setting_data  # noqa: E402  (the same data loading and split)
+
+from napari_medseg.core.classes import ClassSchema  # noqa: E402
+from napari_medseg.inference.predictor import run_predict  # noqa: E402
+from napari_medseg.inference.results import open_prediction  # noqa: E402
+from napari_medseg.objects.instances import find_objects, watershed_objects  # noqa: E402
+from napari_medseg.objects.metrics import aji, instance_scores  # noqa: E402
+from napari_medseg.training import run_training  # noqa: E402
+from napari_medseg.training.datasets import make_training_data  # noqa: E402
+
+SCHEMA = ClassSchema(("background", "nucleus")).with_objects(["nucleus"])
+MIN_SIZE = 10  # pixels: smaller objects and interior seeds are speckle (MoNuSeg nuclei are ~50-500 px at 40x)
+
+
+def predict_image(ckpt: str, pair, out_dir: Path, device: str) -> np.ndarray:
+    """Prediction values of one whole held-out image by the library's predictor (from the checkpoint)."""
+    out = out_dir / f"{pair.name}.zarr"
+    run_predict(pair.image, ckpt, out, window=(256, 256), overlap=0.25, tissue_mask=False, device=device,
+                amp=False, overwrite=True)
+    labels = open_prediction(out)[0]
+    return np.asarray(labels.levels[0]).astype(np.uint8)
+
+
+def score_image(pred: np.ndarray, mask: np.ndarray) -> dict:
+    gt, _ = ndi.label(mask > 0)  # merged touching nuclei: the ground-truth instances are the components
+    obj = find_objects(pred, SCHEMA, min_size=MIN_SIZE, min_seed=MIN_SIZE)
+    fg = pred > 0  # nucleus + boundary
+    ws = watershed_objects(fg, min_size=MIN_SIZE)
+    s = instance_scores(gt, obj.labels)
+    inter, total = float((fg & (mask > 0)).sum()), float(fg.sum() + (mask > 0).sum())
+    return {"aji": s["aji"], "pq": s["pq"], "f1_50": s["f1_50"], "count_error": s["count_error"],
+            "aji_watershed_baseline": aji(gt, ws.labels), "dice": 2 * inter / total if total else math.nan,
+            "n_gt": int(s["n_gt"]), "n_pred": int(s["n_pred"]), "n_watershed": ws.n}
+
+
+def slide_numbers(size: int, ckpt: str | None, work: Path, threads: int) -> dict:
+    """``instance_overhead`` and ``big_slide_rss_mb`` from ``instances_slide.run`` (helper module), if present."""
+    path = HERE / "instances_slide.py"
+    if size <= 0 or not path.is_file():
+        print(f"slide numbers: {'--slide-size 0' if size <= 0 else f'no {path.name}'}; reported as null")
+        return {"instance_overhead": None, "big_slide_rss_mb": None}
+    spec = importlib.util.spec_from_file_location("instances_slide", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    work.mkdir(parents=True, exist_ok=True)
+    offered = {"size": size, "checkpoint": ckpt, "workdir": str(work), "threads": threads}
+    params = inspect.signature(mod.run).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    kw = {k: v for k, v in offered.items() if takes_any or k in params}
+    if takes_any:
+        kw = {k: kw[k] for k in ("size", "workdir")}
+    res = mod.run(**kw)
+    return {"instance_overhead": res.get("instance_overhead"), "big_slide_rss_mb": res.get("big_slide_rss_mb")}
+
+
+def mean(rows: list[dict], key: str) -> float | None:
+    v = [r[key] for r in rows if r[key] is not None and math.isfinite(r[key])]
+    return round(float(np.mean(v)), 4) if v else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=600.0, help="training seconds (default 600: 10 CPU minutes)")
+    ap.add_argument("--quick", action="store_true", help="60 s of training, 3 held-out images")
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--slide-size", type=int, default=0,
+                    help="side of the synthetic slide for instances_slide.run (0: skip the slide numbers)")
+    args = ap.parse_args()
+    root = Path(args.data)
+    if not (root / "monuseg_train").is_dir():
+        print(f"skipped: no MoNuSeg at {root / 'monuseg_train'} (../shared/data/monuseg_train: images/ and masks/)")
+        print("RESULT " + json.dumps({k: None for k in ("aji", "pq", "f1_50", "count_error", "aji_watershed_baseline",
+                                                       "instance_overhead", "big_slide_rss_mb")}))
+        return
+    torch.set_num_threads(args.threads)
+    budget = 60.0 if args.quick else args.budget
+    train_p, test_p, base, _ = setting_data("monuseg_5pct", root, quick=False)
+    if args.quick:
+        test_p = test_p[:3]
+        base = base.replace(patch_size=(128,))  # 4x the steps of 256 in the short budget
+    print(f"MoNuSeg: {len(train_p)} training images (full labels), {len(test_p)} held out; ground-truth instances "
+          "= connected components of the binary masks (touching nuclei are merged in them)")
+    data = make_training_data(train_p, classes=SCHEMA, sparse="dense")
+    work = Path(tempfile.mkdtemp(prefix="bench_instances_"))
+    cfg = base.replace(steps=10**9, time_budget_s=budget, device=args.device, threads=args.threads, val_fraction=0.0,
+                       val_every=10**9, num_workers=1, seed=args.seed, checkpoint_dir=str(work / "ck"))
+    t0 = time.perf_counter()
+    res = run_training(cfg, data)
+    train_s = time.perf_counter() - t0
+    ckpt = res.best_checkpoint or res.last_checkpoint
+    print(f"trained {res.steps} steps in {train_s:.0f} s ({args.threads} threads, budget {budget:.0f} s): {ckpt}")
+    rows = []
+    t1 = time.perf_counter()
+    for p in test_p:
+        pred = predict_image(ckpt, p, work, args.device)
+        row = {"image": p.name, **score_image(pred, p.mask)}
+        rows.append(row)
+        print("  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    eval_s = time.perf_counter() - t1
+    slide = slide_numbers(args.slide_size, ckpt, work / "slide", args.threads)
+    out = {k: mean(rows, k) for k in ("aji", "pq", "f1_50", "count_error", "aji_watershed_baseline")}
+    out.update(slide)
+    out.update({"dice": mean(rows, "dice"), "steps": res.steps, "budget_s": budget, "n_test": len(rows),
+                "eval_s": round(eval_s, 1), "quick": args.quick})
+    print(f"total {time.perf_counter() - t0:.0f} s on {args.device}")
+    print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The Objects widget's outputs: counts in drawn regions, the table and GeoJSON files, and the objects sent
+into the image's label store. ``ObjectsOutputMixin`` is mixed into ``ObjectsWidget``; it expects the widget's
+``state`` (``objects_jobs.ObjectsState``), ``viewer``, ``session``, ``messages``, ``shapes_combo``,
+``regions_model`` / ``regions_view`` and its undo list ``_undo``. Tests call the methods with paths (the
+buttons open file dialogs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtWidgets import QFileDialog
+
+from napari_medseg._napari.widgets.objects_table import fit_rows
+from napari_medseg._napari.widgets.qt_helpers import combo_layer
+from napari_medseg.core.errors import MedsegError
+
+
+class ObjectsOutputMixin:
+    """Regions, exports and "Send to training labels" of the Objects widget (see module)."""
+
+    state: Any
+    viewer: Any
+    session: Any
+    messages: Any
+    shapes_combo: Any
+    regions_model: Any
+    regions_view: Any
+    _undo: list[Any]
+
+    def count_in_regions(self, shapes: Any = None) -> Any:
+        """Count and density per class in each polygon of the Shapes layer; shown under the buttons."""
+        from napari_medseg.objects.measure import summarize
+
+        st = self.state
+        try:
+            if st is None:
+                raise MedsegError("Find objects first.")
+            shapes = shapes if shapes is not None else combo_layer(self.shapes_combo, self.viewer.layers)
+            regions = st.polygons(shapes)
+            summary = summarize(st.table, regions=regions, class_names=list(st.schema.objects))
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return None
+        first = ["region", "class", "count", *[c for c in summary.columns if str(c).startswith("density")]]
+        self.regions_model.set_frame(summary[[*first, *[c for c in summary.columns if c not in first]]])
+        fit_rows(self.regions_view)
+        self.regions_view.setVisible(True)
+        return summary
+
+    def export_table(self, path: str | Path | None = None) -> Path | None:
+        from napari_medseg.objects.measure import write_table
+
+        if self.state is None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save the object table", f"{self.state.layer.name}.csv",
+                                                  "Tables (*.csv *.tsv *.parquet)")
+            if not path:
+                return None
+        try:
+            out = write_table(self.state.table, path)
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return None
+        self.messages.info(f"{len(self.state.table)} objects saved to {out}")
+        return Path(out)
+
+    def export_geojson(self, path: str | Path | None = None) -> Path | None:
+        from napari_medseg.objects.geojson import write_geojson
+
+        st = self.state
+        if st is None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save the objects for QuPath", f"{st.layer.name}.geojson",
+                                                  "GeoJSON (*.geojson *.json)")
+            if not path:
+                return None
+        try:
+            offset, scale = st.level0_placement()
+            out = write_geojson(path, st.editor.objects, table=st.table, class_names=list(st.schema.names),
+                                colors=list(st.schema.colors), offset=offset, scale=scale)
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return None
+        self.messages.info(f"objects saved for QuPath to {out}")
+        return Path(out)
+
+    def send_to_labels(self) -> int | None:
+        """Write the objects into the labels of the image (Annotate widget), as one undoable step."""
+        from napari_medseg._napari.widgets.objects_store import send_objects
+
+        st = self.state
+        try:
+            if st is None:
+                raise MedsegError("Find objects first.")
+            image = st.image if st.image is not None and st.image in self.viewer.layers else self._image()
+            store = self.session.store_for(image)
+            if image is None or store is None:
+                raise MedsegError("Open the image's labels in the Annotate widget first (choose the image there), "
+                                  "and choose the same image here.")
+            painter = self.session.painter_for(image)
+            if painter is not None:
+                painter.flush(wait=True, full=True)  # the brush's last strokes first: they are kept
+            box = st.region()
+            if box is None:
+                raise MedsegError("There are no objects to send.")
+            sent = send_objects(store, st.editor.objects.labels, st.editor.objects.classes, box,
+                                pred=st.pred_values(), pred_schema=st.schema, obj_scale=st.layer.scale,
+                                obj_translate=st.layer.translate, store_translate=tuple(image.translate)[-store.ndim:])
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return None
+        self._undo.append((store, sent))
+        self.messages.info(f"{sent.changed:,} label pixels written from {len(st.table)} objects; train again to "
+                           "learn from them (Undo takes them back)")
+        self._update_enabled()
+        return sent.changed
