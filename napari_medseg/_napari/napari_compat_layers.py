@@ -109,3 +109,9 @@ def close_notifications() -> int:
     for w in found.values():
         w.close()
     return len(found)
+
+
+def is_shapes_layer(layer: Any) -> bool:
+    from napari.layers import Shapes
+
+    return isinstance(layer, Shapes)  # a proxy reports its wrapped class

@@ -29,6 +29,7 @@ from typing import Any
 
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.events import drive
+from napari_medseg.objects.instances import DEFAULT_MIN_SEED
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pixels read around each block; objects larger than this are reported, not kept "
                         "(rule of thumb: the largest object's diameter; default 64)")
     o.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this many pixels (default 0)")
-    o.add_argument("--min-seed", type=int, default=10,
+    o.add_argument("--min-seed", type=int, default=DEFAULT_MIN_SEED,
                    help="object interiors smaller than this many pixels are speckle, not objects: they join a "
-                        "neighbouring object or vanish (default 10)")
+                        "neighbouring object or vanish (default %(default)s)")
     o.add_argument("--features", choices=("basic", "full"), default="basic",
                    help="shape features of the objects table: basic (size, centroid, intensities, axes, "
                         "eccentricity, orientation) or full (adds perimeter and solidity; about 3x slower per "

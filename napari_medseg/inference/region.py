@@ -35,7 +35,7 @@ from napari_medseg.inference.blocks import ArrayReader
 from napari_medseg.inference.engine import BlockEngine, FinishedBlock
 from napari_medseg.inference.job import default_block
 from napari_medseg.inference.modelrun import LoadedModel, WindowRunner, model_multiple, resolve_model
-from napari_medseg.inference.output import argmax_channels
+from napari_medseg.inference.output import class_labels
 from napari_medseg.inference.tiling import BlockGrid, WindowGrid, box_slices, intersect, plan_blocks
 from napari_medseg.models.devices import resolve_device
 from napari_medseg.models.normalization import NormConfig
@@ -178,7 +178,7 @@ def _predict(net: nn.Module, loaded: LoadedModel, source: ImageSource, level: in
             src = box_slices(inter, [a for a, _ in item.box])
             dst = box_slices(inter, [a for a, _ in rbox])
             p = item.probs[(slice(None),) + src]
-            labels[dst] = argmax_channels(p).cpu().numpy()
+            labels[dst] = class_labels(p, loaded.classes).cpu().numpy()
             if with_probs:
                 if probs is None:
                     probs = np.zeros((p.shape[0], *out_shape), probs_dtype)

@@ -181,9 +181,13 @@ def test_labels_beyond_the_schema_are_kept_not_lost(slide):
     assert any("[7]" in n and "add classes" in n for n in ctl.notes)
     _goto(viewer, ctl, 200, 200)
     assert ctl.window == first and any("not moved" in n for n in ctl.notes)
+    before = store.classes
     ctl.close()  # closing extends the schema rather than dropping the strokes
     assert store.classes.max_store_value == 7
     assert (store.read(first) == 7).any()
+    # the classes that were there keep their colours (and object classes, if any)
+    assert store.classes.colors[:len(before.colors)] == before.colors
+    assert store.classes.objects == before.objects
 
 
 def test_volume_paints_in_slices_and_in_3d(make_napari_viewer, tmp_path):

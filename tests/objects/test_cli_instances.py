@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
@@ -25,6 +26,13 @@ from napari_medseg.objects.tiled import read_objects  # noqa: E402
 def _ckpt(path: Path, classes: ClassSchema, seed: int = 0) -> Path:
     n = classes.n_classes
     model = small_unet(3, n, seed=seed)
+    # sharpen the untrained model's softmax (larger logits): confident noisy classes, so that object pixels pass
+    # the predictor's object margin (inference.output.OBJECT_MARGIN) and many small objects are found
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(50)
+        if last.bias is not None:
+            last.bias.mul_(50)
     cfg = ModelConfig(in_channels=3, out_channels=n, channels=(4, 8), num_res_units=0, norm="batch")
     return save_checkpoint(path, Checkpoint(cfg, model.state_dict(), norm=NormConfig.uint8(3), classes=classes))
 
@@ -46,7 +54,7 @@ def test_predict_with_instances(tmp_path, slide, capsys):
     pz = out / "s0.prediction.zarr"
     pred = zarr.open_group(str(pz), mode="r")["labels/prediction/0"][...]
     whole = find_objects(pred, SCHEMA, min_seed=10)  # the CLI default
-    assert whole.n > 100  # the untrained model's noisy classes: many small objects of both classes
+    assert whole.n > 10  # the untrained model's noisy classes: small objects (tests/objects/test_tiled.py: block borders)
     lab, cls = read_objects(pz)
     assert_same_objects(lab, cls, whole.labels, whole.classes)
     assert f"{whole.n} objects" in cap.out

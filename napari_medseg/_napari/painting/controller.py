@@ -42,7 +42,7 @@ from napari_medseg._napari.layers import camera_of
 from napari_medseg._napari.painting.store_overview import overview_levels
 from napari_medseg._napari.painting.window_edits import TrackedLabels, WindowEdits, WriteJob, touched_box
 from napari_medseg._napari.painting.window_geometry import Window, WindowGeometry
-from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.classes import DEFAULT_COLORS, ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.grid import Chunk
 from napari_medseg.labels.chunks import LevelArray
@@ -443,9 +443,11 @@ class PaintingController(QObject):
             if self.edits.dirty:  # values beyond the schema: extend it rather than lose them
                 data = np.asarray(self.layer.data)
                 top = int(data.max())
-                names = list(self.store.classes.names) + [f"class {v - 1}" for v in
-                                                          range(self.store.classes.max_store_value + 1, top + 1)]
-                set_classes(self.store, ClassSchema(names=tuple(names)))
+                old = self.store.classes
+                extra = range(old.max_store_value + 1, top + 1)
+                names = list(old.names) + [f"class {v - 1}" for v in extra]
+                colors = list(old.colors) + [DEFAULT_COLORS[(v - 1) % len(DEFAULT_COLORS)] for v in extra]
+                set_classes(self.store, ClassSchema(names=tuple(names), colors=tuple(colors), objects=old.objects))
                 log.warning("classes are now %s so that painted labels are not lost", names)
                 self.flush(wait=True)
         finally:

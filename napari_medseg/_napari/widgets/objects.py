@@ -44,7 +44,7 @@ from napari_medseg._napari.dock_layout import VerticalScroll, dock_into_tabs
 from napari_medseg._napari.jobs.workers import start_generator_worker
 from napari_medseg._napari.layerdata import medseg_meta, units_of
 from napari_medseg._napari.layers import camera_of, on_layer_renamed
-from napari_medseg._napari.napari_compat_layers import is_image_layer, is_labels_layer
+from napari_medseg._napari.napari_compat_layers import is_image_layer, is_labels_layer, is_shapes_layer
 from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.messages import MessageLog
 from napari_medseg._napari.widgets.objects_jobs import (
@@ -56,7 +56,7 @@ from napari_medseg._napari.widgets.objects_jobs import (
     schema_of,
 )
 from napari_medseg._napari.widgets.objects_output import ObjectsOutputMixin
-from napari_medseg._napari.widgets.objects_table import FrameModel, ObjectsTable, compact_view
+from napari_medseg._napari.widgets.objects_table import FrameModel, ObjectsTable, compact_view, parse_ids
 from napari_medseg._napari.widgets.qt_helpers import combo_layer, fill_layer_combo
 from napari_medseg.core.classes import BOUNDARY
 from napari_medseg.core.errors import MedsegError
@@ -73,25 +73,9 @@ def _wrapped(text: str) -> QLabel:
     return label
 
 
-def is_shapes_layer(layer: Any) -> bool:
-    from napari.layers import Shapes
-
-    return isinstance(layer, Shapes)  # a proxy reports its wrapped class
-
-
 def _drop(callbacks: list[Any], cb: Any) -> None:
     if cb in callbacks:
         callbacks.remove(cb)
-
-
-def parse_ids(text: str) -> list[int]:
-    """Object ids typed by the user: whole numbers separated by spaces or commas."""
-    out = []
-    for tok in text.replace(",", " ").split():
-        if not tok.isdigit():
-            raise MedsegError(f"{tok!r} is not an object id: type ids as whole numbers, e.g. '3 7'")
-        out.append(int(tok))
-    return out
 
 
 class ObjectsWidget(ObjectsOutputMixin, QWidget):

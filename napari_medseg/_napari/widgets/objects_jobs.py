@@ -22,7 +22,7 @@ from napari_medseg._napari.layerdata import medseg_meta
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.objects.edit import Box, Editor, line_mask, object_boxes
-from napari_medseg.objects.instances import Objects, find_objects
+from napari_medseg.objects.instances import DEFAULT_MIN_SEED, Objects, find_objects
 
 #: key of an objects layer's entry in ``metadata["napari_medseg"]``
 OBJECTS_KEY = "objects"
@@ -138,7 +138,7 @@ def find_job(grid: PixelGrid, schema: ClassSchema, min_size: int = 0) -> Generat
     """Worker: read the prediction, find its objects, measure them (three steps, one event each)."""
     pred = np.asarray(grid.pred)
     yield "read"
-    objects = find_objects(pred, schema, min_size=min_size)
+    objects = find_objects(pred, schema, min_size=min_size, min_seed=DEFAULT_MIN_SEED)
     boxes = object_boxes(objects.labels)
     yield "found"
     image = np.asarray(grid.image) if grid.image is not None else None

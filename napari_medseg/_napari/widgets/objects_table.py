@@ -24,6 +24,8 @@ from qtpy.QtCore import (
 from qtpy.QtCore import Signal as QtSignal
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QLabel, QTableView, QVBoxLayout, QWidget
 
+from napari_medseg.core.errors import MedsegError
+
 SORT_ROLE = Qt.UserRole + 1
 
 
@@ -203,3 +205,13 @@ class ObjectsTable(QWidget):
                 self.view.scrollTo(first)
         finally:
             self._quiet = False
+
+
+def parse_ids(text: str) -> list[int]:
+    """Object ids typed by the user: whole numbers separated by spaces or commas."""
+    out = []
+    for tok in text.replace(",", " ").split():
+        if not tok.isdigit():
+            raise MedsegError(f"{tok!r} is not an object id: type ids as whole numbers, e.g. '3 7'")
+        out.append(int(tok))
+    return out
