@@ -178,7 +178,8 @@ def downsample_block(block: np.ndarray, factor: int | Sequence[int], kind: str =
 
     Images: the mean of each window (float32 accumulation, rounded back to integer dtypes); labels: the
     most frequent value of each window, non-zero winning ties (so thin annotations survive), nearest
-    neighbour when the block holds more than ``MODE_MAX_VALUES`` distinct values. Edges that do not fill
+    neighbour when the block holds more than ``MODE_MAX_VALUES`` distinct values; ``nearest``: the first pixel
+    of each window (instance ids). Edges that do not fill
     a window are padded by replication, so the output shape is ``ceil(shape / factor)``."""
     f = (int(factor),) * block.ndim if np.isscalar(factor) else tuple(int(x) for x in factor)
     if len(f) != block.ndim:
@@ -194,10 +195,12 @@ def downsample_block(block: np.ndarray, factor: int | Sequence[int], kind: str =
             info = np.iinfo(block.dtype)
             return np.clip(np.rint(out), info.min, info.max).astype(block.dtype)
         return out.astype(block.dtype)
-    if kind != "labels":
-        raise ValueError(f"kind must be 'image' or 'labels', got {kind!r}")
-    values = np.unique(block)
     nearest = block[tuple(slice(None, None, x) for x in f)]
+    if kind == "nearest":  # instance ids: neither averaged nor voted (and no np.unique over thousands of ids)
+        return np.ascontiguousarray(nearest)
+    if kind != "labels":
+        raise ValueError(f"kind must be 'image', 'labels' or 'nearest', got {kind!r}")
+    values = np.unique(block)
     if values.size <= 1:
         return np.ascontiguousarray(nearest)
     if values.size > MODE_MAX_VALUES:

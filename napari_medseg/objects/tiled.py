@@ -398,7 +398,7 @@ def instances_from_prediction(prediction_zarr: str | os.PathLike, *, schema: Cla
         cut = cut_objects(pred, out[0], nonempty, blk, schema.object_values, max(1, min_size), n)
     from napari_medseg.io.ngff_write import build_pyramid
 
-    build_pyramid(out, "ZYX"[-len(shape):], kind="labels", workers=1)
+    build_pyramid(out, "ZYX"[-len(shape):], kind="nearest", workers=1)
     if table:
         join_parts(p / TABLE_PARTS, [_block_key(i) for i in order], p / TABLE)
     else:

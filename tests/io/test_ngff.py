@@ -174,6 +174,10 @@ def test_downsample_block_labels_mode():
     vol[:2, :2, :2] = 5
     out = downsample_block(vol, 2, "labels")
     assert out.shape == (2, 2, 2) and out[0, 0, 0] == 5 and out.sum() == 5
+    # "nearest" keeps each window's first pixel even when few values are there (instance ids are not voted)
+    np.testing.assert_array_equal(downsample_block(lab, 2, "nearest"), [[0, 3]])
+    np.testing.assert_array_equal(downsample_block(np.pad(lab, ((0, 1), (0, 1)), mode="edge"), 2, "nearest"),
+                                  [[0, 3, 3], [0, 3, 1]])
     with pytest.raises(ValueError):
         downsample_block(lab, 2, "bogus")
 
