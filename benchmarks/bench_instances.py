@@ -29,8 +29,6 @@ trained). Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import json
 import math
 import sys
@@ -79,23 +77,17 @@ def score_image(pred: np.ndarray, mask: np.ndarray) -> dict:
             "n_gt": int(s["n_gt"]), "n_pred": int(s["n_pred"]), "n_watershed": ws.n}
 
 
-def slide_numbers(size: int, ckpt: str | None, work: Path, threads: int) -> dict:
-    """``instance_overhead`` and ``big_slide_rss_mb`` from ``instances_slide.run`` (helper module), if present."""
-    path = HERE / "instances_slide.py"
-    if size <= 0 or not path.is_file():
-        print(f"slide numbers: {'--slide-size 0' if size <= 0 else f'no {path.name}'}; reported as null")
+def slide_numbers(size: int, work: Path, threads: int) -> dict:
+    """``instance_overhead`` and ``big_slide_rss_mb`` from ``instances_slide.run`` (the whole-slide objects pass
+    against the semantic prediction of the same synthetic slide); every figure it gives is printed."""
+    if size <= 0:
+        print("slide numbers: --slide-size 0; reported as null")
         return {"instance_overhead": None, "big_slide_rss_mb": None}
-    spec = importlib.util.spec_from_file_location("instances_slide", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import instances_slide
+
     work.mkdir(parents=True, exist_ok=True)
-    offered = {"size": size, "checkpoint": ckpt, "workdir": str(work), "threads": threads}
-    params = inspect.signature(mod.run).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    kw = {k: v for k, v in offered.items() if takes_any or k in params}
-    if takes_any:
-        kw = {k: kw[k] for k in ("size", "workdir")}
-    res = mod.run(**kw)
+    res = instances_slide.run(size, threads=threads, workdir=str(work))
+    print("slide " + json.dumps(res), flush=True)
     return {"instance_overhead": res.get("instance_overhead"), "big_slide_rss_mb": res.get("big_slide_rss_mb")}
 
 
@@ -146,7 +138,7 @@ def main() -> None:
         rows.append(row)
         print("  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     eval_s = time.perf_counter() - t1
-    slide = slide_numbers(args.slide_size, ckpt, work / "slide", args.threads)
+    slide = slide_numbers(args.slide_size, work / "slide", args.threads)
     out = {k: mean(rows, k) for k in ("aji", "pq", "f1_50", "count_error", "aji_watershed_baseline")}
     out.update(slide)
     out.update({"dice": mean(rows, "dice"), "steps": res.steps, "budget_s": budget, "n_test": len(rows),

@@ -4,7 +4,9 @@
   into an instance label image on IMAGE's full-resolution grid, with the class of each object;
 - ``objects export OBJECTS --geojson out.geojson``: objects as QuPath GeoJSON (2D);
 - ``objects export OBJECTS --nifti out.nii.gz --like SOURCE``: a volume's objects as NIfTI in the geometry
-  of SOURCE (the NIfTI file or DICOM series folder the objects were found in), for 3D Slicer / ITK-SNAP.
+  of SOURCE (the NIfTI file or DICOM series folder the objects were found in), for 3D Slicer / ITK-SNAP;
+- ``objects export OBJECTS --dicom-seg out.dcm --like DICOM_FOLDER``: the objects' classes as a DICOM
+  Segmentation referencing the series (one segment per class), for PACS, 3D Slicer and OHIF.
 
 See docs/objects.md.
 """
@@ -33,6 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = exp.add_mutually_exclusive_group(required=True)
     g.add_argument("--geojson", type=Path, help="write QuPath GeoJSON (2D objects)")
     g.add_argument("--nifti", type=Path, help="write NIfTI (3D objects; needs --like)")
+    g.add_argument("--dicom-seg", type=Path, help="write DICOM-SEG, one segment per class (needs --like, a DICOM "
+                                                   "series folder)")
     exp.add_argument("--like", type=Path, default=None,
                      help="the source image: its geometry for --nifti; for --geojson, the slide whose level the "
                           "objects lie on (coordinates scaled to its full resolution)")
@@ -92,7 +96,15 @@ def _export(args: argparse.Namespace) -> int:
         print(f"wrote {args.geojson} ({of.objects.n} objects)")
         return 0
     if args.like is None:
-        raise MedsegError("--nifti needs --like SOURCE: the NIfTI file or DICOM folder the objects belong to.")
+        raise MedsegError(f"--{'nifti' if args.nifti else 'dicom-seg'} needs --like SOURCE: the NIfTI file or DICOM "
+                          "folder the objects belong to.")
+    if args.dicom_seg is not None:
+        from napari_medseg.objects.dicom_seg import write_dicom_seg
+
+        check_suffix(args.dicom_seg, (".dcm",), "DICOM-SEG")
+        write_dicom_seg(of.objects, args.dicom_seg, like=args.like, class_names=names, colors=colors)
+        print(f"wrote {args.dicom_seg} ({len(names) - 1} segments, {of.objects.n} objects)")
+        return 0
     from napari_medseg.objects.files import write_objects
 
     check_suffix(args.nifti, (".nii", ".nii.gz"), "NIfTI")

@@ -29,7 +29,7 @@ BOUNDARY = "object boundary"
 BOUNDARY_COLOR = "#ffffff"
 
 
-def _hex_to_rgba(color: str, alpha: float = 1.0) -> tuple[float, float, float, float]:
+def hex_to_rgba(color: str, alpha: float = 1.0) -> tuple[float, float, float, float]:
     c = color.lstrip("#")
     if len(c) not in (6, 8) or any(ch not in "0123456789abcdefABCDEF" for ch in c):
         raise MedsegError(f"color {color!r} is not a hex color like '#ff8800'")
@@ -57,7 +57,7 @@ class ClassSchema:
         if len(colors) != len(self.names):
             raise MedsegError(f"{len(self.names)} class names but {len(colors)} colors")
         for c in colors:
-            _hex_to_rgba(c)
+            hex_to_rgba(c)
         object.__setattr__(self, "names", tuple(self.names))
         object.__setattr__(self, "colors", colors)
         objects = tuple(str(o) for o in self.objects)
@@ -107,14 +107,14 @@ class ClassSchema:
         """value -> RGBA for label-store values (0 transparent, 1 background, 2.. classes)."""
         m: dict[int | None, tuple[float, float, float, float]] = {0: (0, 0, 0, 0), None: (0, 0, 0, 0)}
         for i, c in enumerate(self.colors):
-            m[i + 1] = _hex_to_rgba(c, alpha * (0.5 if i == 0 else 1.0))
+            m[i + 1] = hex_to_rgba(c, alpha * (0.5 if i == 0 else 1.0))
         return m
 
     def prediction_colors(self, alpha: float = 0.7) -> dict[int | None, tuple[float, float, float, float]]:
         """value -> RGBA for predictions (0 = background, transparent; k = class k)."""
         m: dict[int | None, tuple[float, float, float, float]] = {0: (0, 0, 0, 0), None: (0, 0, 0, 0)}
         for i, c in enumerate(self.colors[1:], start=1):
-            m[i] = _hex_to_rgba(c, alpha)
+            m[i] = hex_to_rgba(c, alpha)
         return m
 
     def to_dict(self) -> dict[str, Any]:

@@ -165,12 +165,12 @@ def write_objects(path: str | os.PathLike, objects: Objects, *, class_names: Seq
     if name.endswith(".zarr"):
         import zarr
 
-        from napari_medseg.core.classes import _hex_to_rgba
+        from napari_medseg.core.classes import hex_to_rgba
         from napari_medseg.io.writers import write_labels_ngff
 
         cols = None
         if colors is not None:  # each object drawn in its class colour
-            cols = {int(i): _hex_to_rgba(colors[c] if c < len(colors) else "#ffffff")
+            cols = {int(i): hex_to_rgba(colors[c] if c < len(colors) else "#ffffff")
                     for i, c in enumerate(objects.classes) if i > 0}
         write_labels_ngff(p, objects.labels, pixel_size=pixel_size, unit=unit, name=LABELS_NAME, colors=cols)
         g = zarr.open_group(str(p / "labels" / LABELS_NAME), mode="a")

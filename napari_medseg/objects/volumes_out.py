@@ -27,7 +27,8 @@ from napari_medseg.core.errors import GeometryMismatchError, MedsegError
 from napari_medseg.core.source import ImageSource
 
 
-def _source(like: str | os.PathLike | ImageSource) -> ImageSource:
+def volume_source(like: str | os.PathLike | ImageSource) -> ImageSource:
+    """The volume ``like`` names (an ``ImageSource``, or the path of a NIfTI file or DICOM series folder)."""
     if isinstance(like, ImageSource):
         return like
     from napari_medseg.io.reader import open_path
@@ -40,7 +41,8 @@ def _source(like: str | os.PathLike | ImageSource) -> ImageSource:
     return next((s for s in vols if s.kind == "image"), vols[0])
 
 
-def _label_array(labels: Any) -> np.ndarray:
+def label_array(labels: Any) -> np.ndarray:
+    """``labels`` (an array or ``Objects``) as the smallest unsigned integer array; clear errors otherwise."""
     lab = np.asarray(labels.labels if hasattr(labels, "labels") and hasattr(labels, "classes") else labels)
     if lab.dtype == bool:
         lab = lab.astype(np.uint8)
@@ -64,8 +66,8 @@ def write_nifti_labels(labels: Any, path: str | os.PathLike, *, like: str | os.P
         raise MedsegError(f"{p}: name the output .nii.gz (or .nii).")
     if not p.parent.is_dir():
         raise MedsegError(f"{p.parent}: the folder does not exist; create it or choose another path.")
-    src = _source(like)
-    lab = _label_array(labels)
+    src = volume_source(like)
+    lab = label_array(labels)
     if lab.shape != src.shape:
         raise GeometryMismatchError(f"the labels have shape {lab.shape} but {src.name} is {src.shape} (ZYX); "
                                     "labels must cover the whole volume at full resolution.")

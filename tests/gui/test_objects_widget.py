@@ -290,3 +290,44 @@ def test_3d_objects_go_to_their_slice_and_split_on_the_slice_shown(make_napari_v
     assert not st.layer.data[1:4, 15, 5:25].any()  # cut through every slice of the object
     assert len(st.table) == 3
     del shapes
+
+
+def test_whole_slide_prediction_goes_block_by_block(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A prediction zarr above the in-memory limit: the widget runs the whole-slide pass and shows its
+    multiscale objects with the table; the table and going to an object work, editing says why not."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "objects"))
+    from tiled_helpers import SCHEMA as TSCHEMA
+    from tiled_helpers import discs_2d, write_prediction
+
+    from napari_medseg._napari.widgets import objects_slide
+    from napari_medseg.objects.instances import DEFAULT_MIN_SEED, find_objects
+
+    pred_arr = discs_2d()
+    pz = write_prediction(tmp_path / "slide.prediction.zarr", pred_arr)
+    monkeypatch.setattr(objects_slide, "MAX_FIND_PIXELS", 1000)  # 600 x 700 counts as a whole slide here
+    viewer = make_napari_viewer()
+    viewer.add_labels(pred_arr, name="slide prediction",
+                      metadata={"napari_medseg": {"classes": TSCHEMA.to_dict(), "path": str(pz)}})
+    w = ObjectsWidget(viewer)
+    qtbot.addWidget(w)
+    w.pred_combo.setCurrentIndex(w.pred_combo.findText("slide prediction"))
+    w.set_object_classes(list(TSCHEMA.objects))
+    w.find()
+    qtbot.waitUntil(lambda: w.state is not None and w._worker is None, timeout=30000)
+    st = w.state
+    layer = viewer.layers["slide prediction objects"]
+    assert layer.multiscale and st.editor is None
+    whole = find_objects(pred_arr, TSCHEMA, min_seed=DEFAULT_MIN_SEED)
+    assert len(st.table) == whole.n > 50
+    assert int(np.asarray(layer.data[0]).max()) == whole.n
+    assert not w.merge_btn.isEnabled() and w.save_table_btn.isEnabled()
+    obj = int(st.table["id"].iloc[len(st.table) // 2])
+    w.go_to(obj)
+    assert layer.selected_label == obj
+    y, x = st.centroid(obj)
+    np.testing.assert_allclose(camera_of(viewer).center[-2:], (y, x), atol=1.0)
+    assert w.merge([1, 2]) is None and "not held in memory" in w.messages.entries[-1][2]
+    assert w.export_geojson(tmp_path / "o.geojson") is None and not (tmp_path / "o.geojson").exists()

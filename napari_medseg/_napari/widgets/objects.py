@@ -1,19 +1,10 @@
 """The Objects dock widget: count, measure and proofread the objects of a prediction (nuclei, cells, lesions).
 
-- **Find objects**: choose a prediction (a semantic Labels layer) and its object classes (from the layer's
-  class schema, the schema's ``objects`` ticked). ``find_objects`` and ``measure_objects`` run off the main
-  thread (progress in napari's activity dock); the result is the instance Labels layer ``<name> objects``,
-  whose ``features`` is the measurement table (with the image under it for mean intensities, its pixel size
-  for areas).
-- **The table** (``objects_table``): counts per class above a sortable table. Clicking a row selects the
-  object's label and centres the camera on it (its Z slice in 3D); clicking an object in the viewer selects
-  its row.
-- **Regions**: the polygons, rectangles and ellipses of a Shapes layer count and density per class each.
-- **Proofread** (``objects.edit``): merge, split by the last line or path drawn in the Shapes layer, delete,
-  set class, undo. Only the objects an edit touches are re-measured.
-- **Export**: the table (CSV, TSV, Parquet), QuPath GeoJSON; **Send to training labels** writes the objects into
-  the image's label store (``objects_store``: class + boundary rims, over the objects' region only; undo
-  puts the region back), so the next training round learns from the proofreading.
+Find objects (a prediction layer and its object classes; in a worker) -> the Labels layer ``<name> objects``
+with the measurement table as its ``features``; a whole slide goes block by block (``objects_slide``). The
+table (``objects_table``): counts per class, row click <-> object click. Regions: count and density per drawn
+polygon. Proofread (``objects.edit``): merge, split by a drawn line, delete, set class, undo; only the edited
+objects are re-measured. Export the table and QuPath GeoJSON; Send to training labels (``objects_store``).
 """
 
 from __future__ import annotations
@@ -49,6 +40,7 @@ from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.messages import MessageLog
 from napari_medseg._napari.widgets.objects_jobs import (
     OBJECTS_KEY,
+    SUFFIX,
     Found,
     ObjectsState,
     find_job,
@@ -56,21 +48,27 @@ from napari_medseg._napari.widgets.objects_jobs import (
     schema_of,
 )
 from napari_medseg._napari.widgets.objects_output import ObjectsOutputMixin
-from napari_medseg._napari.widgets.objects_table import FrameModel, ObjectsTable, compact_view, parse_ids
+from napari_medseg._napari.widgets.objects_slide import (
+    NOT_HERE,
+    prediction_zarr_of,
+    start_slide_find,
+    too_large,
+)
+from napari_medseg._napari.widgets.objects_table import (
+    FrameModel,
+    ObjectsTable,
+    compact_view,
+    empty_table,
+    parse_ids,
+    wrapped_label,
+)
 from napari_medseg._napari.widgets.qt_helpers import combo_layer, fill_layer_combo
 from napari_medseg.core.classes import BOUNDARY
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.objects.edit import Edit
 
 log = logging.getLogger(__name__)
-SUFFIX = " objects"
 NO_IMAGE = "(no image)"
-
-
-def _wrapped(text: str) -> QLabel:
-    label = QLabel(text)
-    label.setWordWrap(True)
-    return label
 
 
 def _drop(callbacks: list[Any], cb: Any) -> None:
@@ -127,7 +125,7 @@ class ObjectsWidget(ObjectsOutputMixin, QWidget):
         self.class_list = QListWidget()
         self.class_list.setToolTip("The object classes: each connected region of them is an object")
         self.class_list.setFixedHeight(self.fontMetrics().lineSpacing() * 4 + 12)
-        f.addRow(_wrapped("Object classes (each region of them is an object)"))
+        f.addRow(wrapped_label("Object classes (each region of them is an object)"))
         f.addRow(self.class_list)
         row = QHBoxLayout()
         self.min_size = QSpinBox()
@@ -210,9 +208,12 @@ class ObjectsWidget(ObjectsOutputMixin, QWidget):
 
     def _update_enabled(self) -> None:
         has = self.state is not None and self.state.layer in self.viewer.layers
-        for w in (self.merge_btn, self.split_btn, self.delete_btn, self.set_class_btn, self.regions_btn,
-                  self.save_table_btn, self.save_geojson_btn, self.send_btn, self.only_selected):
+        editable = has and self.state.editor is not None  # whole-slide objects are not held in memory
+        for w in (self.regions_btn, self.save_table_btn, self.only_selected):
             w.setEnabled(has)
+        for w in (self.merge_btn, self.split_btn, self.delete_btn, self.set_class_btn, self.save_geojson_btn,
+                  self.send_btn):
+            w.setEnabled(editable)
         self.undo_btn.setEnabled(has and bool(self._undo))
         self.find_btn.setEnabled(self._worker is None)
 
@@ -228,7 +229,7 @@ class ObjectsWidget(ObjectsOutputMixin, QWidget):
         fill_layer_combo(self.shapes_combo, [ly for ly in self.viewer.layers if is_shapes_layer(ly)])
         if self.state is not None and self.state.layer not in self.viewer.layers:
             self.state, self._undo = None, []
-            self.table.set_table(_empty_table())
+            self.table.set_table(empty_table())
         self._update_enabled()
 
     def _fill_classes(self, *_: Any) -> None:
@@ -270,6 +271,10 @@ class ObjectsWidget(ObjectsOutputMixin, QWidget):
             if not names:
                 raise MedsegError("Tick the object classes to count (e.g. nucleus) first.")
             schema = schema_of(pred, self.session.store_for(self._image())).with_objects(names, boundary=False)
+            zarr_path = prediction_zarr_of(pred)
+            if zarr_path is not None and too_large(pred):  # a whole slide: block by block, on disk
+                start_slide_find(self, pred, zarr_path, schema)
+                return
             grid = layer_pixel_grid(pred, self._image())
         except MedsegError as e:
             self.messages.error(str(e))
@@ -345,7 +350,8 @@ class ObjectsWidget(ObjectsOutputMixin, QWidget):
         if self._quiet or self.state is None:
             return
         value = int(self.state.layer.selected_label)
-        if value in self.state.editor.boxes:
+        ed = self.state.editor
+        if value in ed.boxes if ed is not None else bool((self.state.table["id"] == value).any()):
             self.table.select_ids([value])
 
     def _on_only_selected(self, on: bool) -> None:
@@ -383,8 +389,9 @@ class ObjectsWidget(ObjectsOutputMixin, QWidget):
         return typed or self.table.selected_ids()
 
     def _run_edit(self, action: Any) -> Edit | None:
-        if self.state is None:
-            self.messages.error("Find objects first.")
+        if self.state is None or self.state.editor is None:
+            self.messages.error("Find objects first." if self.state is None else
+                                NOT_HERE.format(what="edited", what2="proofread"))
             return None
         try:
             edit = action(self.state.editor)
@@ -486,8 +493,3 @@ class ObjectsWidget(ObjectsOutputMixin, QWidget):
             self.messages.info("the objects sent to the training labels are taken back")
         self._update_enabled()
         return True
-
-def _empty_table() -> Any:
-    import pandas as pd
-
-    return pd.DataFrame({"id": np.zeros(0, np.int64), "class": np.zeros(0, str)})

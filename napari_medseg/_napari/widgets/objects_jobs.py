@@ -26,6 +26,7 @@ from napari_medseg.objects.instances import DEFAULT_MIN_SEED, Objects, find_obje
 
 #: key of an objects layer's entry in ``metadata["napari_medseg"]``
 OBJECTS_KEY = "objects"
+SUFFIX = " objects"  # the objects layer is named after its prediction
 #: the widget finds objects in predictions up to this many pixels (a whole slide: the CLI, by blocks)
 MAX_FIND_PIXELS = 2**26
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog
 
+from napari_medseg._napari.widgets.objects_slide import NOT_HERE
 from napari_medseg._napari.widgets.objects_table import fit_rows
 from napari_medseg._napari.widgets.qt_helpers import combo_layer
 from napari_medseg.core.errors import MedsegError
@@ -78,6 +79,9 @@ class ObjectsOutputMixin:
             if not path:
                 return None
         try:
+            if st.editor is None:
+                raise MedsegError("the objects of a whole slide are not held in memory: write their GeoJSON with "
+                                  "'napari-medseg objects export PREDICTION.zarr --geojson OUT.geojson'")
             offset, scale = st.level0_placement()
             out = write_geojson(path, st.editor.objects, table=st.table, class_names=list(st.schema.names),
                                 colors=list(st.schema.colors), offset=offset, scale=scale)
@@ -95,6 +99,8 @@ class ObjectsOutputMixin:
         try:
             if st is None:
                 raise MedsegError("Find objects first.")
+            if st.editor is None:
+                raise MedsegError(NOT_HERE.format(what="sent to the training labels", what2="send"))
             image = st.image if st.image is not None and st.image in self.viewer.layers else self._image()
             store = self.session.store_for(image)
             if image is None or store is None:

@@ -215,3 +215,16 @@ def parse_ids(text: str) -> list[int]:
             raise MedsegError(f"{tok!r} is not an object id: type ids as whole numbers, e.g. '3 7'")
         out.append(int(tok))
     return out
+
+
+def wrapped_label(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)
+    return label
+
+
+def empty_table() -> Any:
+    """A table with no object (the widget before any find)."""
+    import pandas as pd
+
+    return pd.DataFrame({"id": np.zeros(0, np.int64), "class": np.zeros(0, str)})
