@@ -18,8 +18,9 @@ merged in them, so the ground-truth instances are the masks' connected component
 with like (the training masks are merged the same way) but read lower than published AJIs on MoNuSeg's
 instance annotations. The split is ``bench_semisup``'s (its ``setting_data``: 20 training images, 10 held out).
 
-``instance_overhead`` and ``big_slide_rss_mb`` come from ``benchmarks/instances_slide.py`` (whole-slide
-instances, helper module with ``run(...) -> dict``) when it exists and ``--slide-size`` > 0; else null.
+``instance_overhead`` and ``big_slide_rss_mb`` come from ``benchmarks/instances_slide.py`` (the whole-slide
+objects pass against the semantic prediction of the same synthetic slide) with ``--slide-size`` > 0 (the issue's
+slide: 50000); else null.
 
 ``--quick``: 60 s of training on 128 px patches, 3 held-out images (a smoke test: the model is far from
 trained). Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
