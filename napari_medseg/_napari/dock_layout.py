@@ -220,3 +220,16 @@ class VerticalScroll(QScrollArea):
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt)
         inner = self.widget().sizeHint()
         return QSize(inner.width() + self.verticalScrollBar().sizeHint().width(), inner.height())
+
+
+class TabsOnFirstShow:
+    """Mixin for a plugin dock widget with a ``viewer``: the first time it is shown (opened from the Plugins
+    menu, its dock now in the main window) it joins the plugin's other widgets' tabs (``dock_into_tabs``)."""
+
+    _docked = False
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
+        super().showEvent(event)  # type: ignore[misc]
+        if not self._docked:
+            self._docked = True
+            dock_into_tabs(self, self.viewer)  # type: ignore[arg-type, attr-defined]

@@ -29,7 +29,7 @@ from typing import Any
 
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.events import drive
-from napari_medseg.objects.instances import DEFAULT_MIN_SEED
+from napari_medseg.objects import DEFAULT_MIN_SEED
 
 log = logging.getLogger(__name__)
 

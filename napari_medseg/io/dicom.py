@@ -165,7 +165,8 @@ def _build_series(items: list[tuple[Path, Any]], folder: Path, skipped: list[dic
     aff_lps = np.eye(4)
     aff_lps[:3, 0], aff_lps[:3, 1], aff_lps[:3, 2] = normal * dz, col_cos * ps[0], row_cos * ps[1]
     aff_lps[:3, 3] = origin
-    arr, affine = reorient(arr, np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff_lps)
+    files_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff_lps  # voxel (file k, row, column) -> RAS+ mm
+    arr, affine = reorient(arr, files_ras)
     spacing = spacing_of(affine)
     modality = str(first.get("Modality", "") or "unknown")
     if modality == "CT":
@@ -180,8 +181,8 @@ def _build_series(items: list[tuple[Path, Any]], folder: Path, skipped: list[dic
     return ImageSource(
         levels=lower_levels(arr, spacing, 0), axes="ZYX", pixel_size=spacing, unit="millimeter", name=name,
         path=str(folder), modality=modality, contrast_limits=limits,
-        metadata={"format": "dicom", "affine_ras": affine.tolist(), "series_uid": str(first.SeriesInstanceUID),
-                  "files": [rel(t[2]) for t in uniq]},
+        metadata={"format": "dicom", "affine_ras": affine.tolist(), "affine_ras_files": files_ras.tolist(),
+                  "series_uid": str(first.SeriesInstanceUID), "files": [rel(t[2]) for t in uniq]},
     )
 
 

@@ -5,8 +5,8 @@ classes of an ``Objects``) in the package orientation (``ZYX``, LPS+) as one DIC
 references the source series: every class is a segment (segment number = class value, its name and colour),
 and each frame is the labels of one source slice, in that slice's own row and column order. The map from
 the package orientation back to the files is the inverse of the one the DICOM reader applied
-(``io/dicom.py``): it is rebuilt from the files' ImagePositionPatient / ImageOrientationPatient and checked
-against the affine the reader kept, so a frame can never land on the wrong slice silently.
+(``io/dicom.py``, which keeps the affine of the files as stacked and of the reoriented volume), checked on
+the shapes and the affines, so a frame can never land on the wrong slice silently.
 
 The DICOM-SEG object itself is built by `highdicom <https://highdicom.readthedocs.io>`_, the maintained
 reference implementation of the DICOM Segmentation IOD (Imaging Data Commons), not by hand: it fills the
@@ -32,27 +32,13 @@ TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "S
                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
-def _stacked_affine(datasets: Sequence[Any]) -> np.ndarray:
-    """The RAS+ affine of the files stacked in the reader's order (slice, row, column), as io/dicom.py builds it."""
-    first = datasets[0]
-    iop = np.asarray(first.ImageOrientationPatient, float)
-    row_cos, col_cos = iop[:3], iop[3:]
-    normal = np.cross(row_cos, col_cos)
-    ps = [float(v) for v in first.PixelSpacing]
-    pos = [float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)) for ds in datasets]
-    dz = float(np.median(np.diff(pos))) if len(pos) > 1 else float(first.get("SliceThickness", 1.0) or 1.0)
-    aff = np.eye(4)
-    aff[:3, 0], aff[:3, 1], aff[:3, 2] = normal * dz, col_cos * ps[0], row_cos * ps[1]
-    aff[:3, 3] = np.asarray(first.ImagePositionPatient, float)
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
-
-
 def _to_frames(lab: np.ndarray, src: ImageSource, datasets: Sequence[Any]) -> np.ndarray:
-    """``lab`` (package ZYX LPS+) -> (slice, row, column) of the files in ``datasets``' order."""
+    """``lab`` (package ZYX LPS+) -> (slice, row, column) of the files in ``datasets``' order: the inverse of
+    the reader's reorientation, from the two affines it kept (``affine_ras``, ``affine_ras_files``)."""
     import nibabel as nib
 
     aff = np.asarray(src.metadata["affine_ras"], float)
-    stacked = _stacked_affine(datasets)
+    stacked = np.asarray(src.metadata["affine_ras_files"], float)
     transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(aff),
                                                 nib.orientations.io_orientation(stacked))
     frames = nib.orientations.apply_orientation(lab, transform)

@@ -31,10 +31,6 @@ from scipy import ndimage as ndi
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 
-#: interiors smaller than this many pixels are speckle of an uncertain prediction, not objects (the default of
-#: the CLI, the Objects widget and the benchmark; ``find_objects`` itself defaults to 0, no filtering)
-DEFAULT_MIN_SEED = 10
-
 
 @dataclass
 class Objects:

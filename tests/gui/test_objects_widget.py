@@ -303,7 +303,8 @@ def test_whole_slide_prediction_goes_block_by_block(make_napari_viewer, qtbot, t
     from tiled_helpers import discs_2d, write_prediction
 
     from napari_medseg._napari.widgets import objects_slide
-    from napari_medseg.objects.instances import DEFAULT_MIN_SEED, find_objects
+    from napari_medseg.objects import DEFAULT_MIN_SEED
+    from napari_medseg.objects.instances import find_objects
 
     pred_arr = discs_2d()
     pz = write_prediction(tmp_path / "slide.prediction.zarr", pred_arr)

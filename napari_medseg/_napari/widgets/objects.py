@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medseg._napari.dock_layout import VerticalScroll, dock_into_tabs
+from napari_medseg._napari.dock_layout import TabsOnFirstShow, VerticalScroll
 from napari_medseg._napari.jobs.workers import start_generator_worker
 from napari_medseg._napari.layerdata import medseg_meta, units_of
 from napari_medseg._napari.layers import camera_of, on_layer_renamed
@@ -76,7 +76,7 @@ def _drop(callbacks: list[Any], cb: Any) -> None:
         callbacks.remove(cb)
 
 
-class ObjectsWidget(ObjectsOutputMixin, QWidget):
+class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
     """Dock widget: find, measure, count and proofread objects (see module)."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -96,13 +96,7 @@ class ObjectsWidget(ObjectsOutputMixin, QWidget):
         callbacks = napari_viewer.mouse_drag_callbacks
         callbacks.append(self._on_viewer_click)
         self.destroyed.connect(lambda *_: _drop(callbacks, self._on_viewer_click))
-        self._docked = False
 
-    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt)
-        super().showEvent(event)
-        if not self._docked:  # opened from the Plugins menu: join the plugin's other widgets' tabs
-            self._docked = True
-            dock_into_tabs(self, self.viewer)
 
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -415,34 +409,28 @@ class ObjectsWidget(ObjectsOutputMixin, QWidget):
         self.messages.say("info", f"{what} ({st.editor.objects.n and len(st.table)} objects)", toast=False)
         self._update_enabled()
 
-    def merge(self, ids: list[int] | None = None) -> Edit | None:
-        """Merge the objects ``ids`` (default: typed, else the selected rows)."""
+    def _edit_ids(self, ids: list[int] | None, action: Any) -> Edit | None:
+        """``action(editor, chosen ids)`` on ``ids`` (default: typed, else the selected rows)."""
         try:
             chosen = self._ids(ids)
         except MedsegError as e:
             self.messages.error(str(e))
             return None
-        return self._run_edit(lambda ed: ed.merge(chosen))
+        return self._run_edit(lambda ed: action(ed, chosen))
+
+    def merge(self, ids: list[int] | None = None) -> Edit | None:
+        return self._edit_ids(ids, lambda ed, chosen: ed.merge(chosen))
 
     def delete(self, ids: list[int] | None = None) -> Edit | None:
-        try:
-            chosen = self._ids(ids)
-        except MedsegError as e:
-            self.messages.error(str(e))
-            return None
-        return self._run_edit(lambda ed: ed.delete(chosen))
+        return self._edit_ids(ids, lambda ed, chosen: ed.delete(chosen))
 
     def set_class(self, ids: list[int] | None = None, class_name: str | None = None) -> Edit | None:
-        try:
-            chosen = self._ids(ids)
-            name = class_name or self.class_combo.currentText()
-            if self.state is None or name not in self.state.schema.names:
-                raise MedsegError("Choose the class to give the objects.")
-            value = self.state.schema.names.index(name)
-        except MedsegError as e:
-            self.messages.error(str(e))
+        name = class_name or self.class_combo.currentText()
+        if self.state is None or name not in self.state.schema.names:
+            self.messages.error("Choose the class to give the objects.")
             return None
-        return self._run_edit(lambda ed: ed.relabel(chosen, value))
+        value = self.state.schema.names.index(name)
+        return self._edit_ids(ids, lambda ed, chosen: ed.relabel(chosen, value))
 
     def split(self, obj_id: int | None = None, shapes: Any = None, width: int = 1) -> Edit | None:
         """Split an object along the last line or path of the Shapes layer (default: the chosen one); the

@@ -21,8 +21,9 @@ import numpy as np
 from napari_medseg._napari.layerdata import medseg_meta
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.objects import DEFAULT_MIN_SEED
 from napari_medseg.objects.edit import Box, Editor, line_mask, object_boxes
-from napari_medseg.objects.instances import DEFAULT_MIN_SEED, Objects, find_objects
+from napari_medseg.objects.instances import Objects, find_objects
 
 #: key of an objects layer's entry in ``metadata["napari_medseg"]``
 OBJECTS_KEY = "objects"

@@ -47,15 +47,7 @@ def slide_job(path: Path, schema: ClassSchema, min_size: int, min_seed: int) -> 
 
     from napari_medseg.objects.tiled import instances_from_prediction
 
-    gen = instances_from_prediction(path, schema=schema, min_size=min_size, min_seed=min_seed)
-    done = None
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            done = stop.value
-            break
-        yield ev
+    done = yield from instances_from_prediction(path, schema=schema, min_size=min_size, min_seed=min_seed)
     csv = path / "objects.csv"
     table = pd.read_csv(csv) if csv.is_file() else pd.DataFrame({"id": np.zeros(0, np.int64)})
     yield done, table
@@ -99,7 +91,7 @@ class SlideObjectsState(ObjectsState):
 def start_slide_find(widget: Any, pred: Any, path: Path, schema: ClassSchema) -> None:
     """Start the whole-slide pass for ``widget`` (the Objects widget); its result becomes the objects layer."""
     from napari_medseg._napari.jobs.workers import start_generator_worker
-    from napari_medseg.objects.instances import DEFAULT_MIN_SEED
+    from napari_medseg.objects import DEFAULT_MIN_SEED
     from napari_medseg.objects.tiled import InstancesProgress
 
     def on_event(ev: Any) -> None:

@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_medseg._napari.dock_layout import VerticalScroll, dock_into_tabs
+from napari_medseg._napari.dock_layout import TabsOnFirstShow, VerticalScroll
 from napari_medseg._napari.jobs.train_job import MIN_CONFIDENCE
 from napari_medseg._napari.jobs.workers import start_generator_worker
 from napari_medseg._napari.layer_list_events import quiet_zoom_events
@@ -75,7 +75,7 @@ __all__ = ["PREVIEW_LAYER", "SEMI_CHOICES", "SEMI_TOOLTIP", "STORE_CHOICE", "Tra
            "available_devices", "show_prediction"]
 
 
-class TrainWidget(TrainForm, QWidget):
+class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
     """Dock widget: fine-tune a model on the painted labels of an image, with a live preview."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -99,7 +99,6 @@ class TrainWidget(TrainForm, QWidget):
         self._preview_intervals: list[float] = []
         self._job: dict[str, Any] | None = None
         self._confirmed = False  # the run's settings are saved for the next session once a step finished
-        self._docked = False
         self._build()
         self._load_settings()
         self._refresh_layers()
@@ -120,11 +119,6 @@ class TrainWidget(TrainForm, QWidget):
     def _schedule_view_update(self, _event: Any = None) -> None:
         self._view_timer.start()
 
-    def showEvent(self, event) -> None:  # noqa: N802 (Qt)
-        super().showEvent(event)
-        if not self._docked:  # opened from the Plugins menu: join the plugin's other widgets' tabs
-            self._docked = True
-            dock_into_tabs(self, self.viewer)
 
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
