@@ -44,6 +44,8 @@ __all__ = ["measure_objects", "summarize", "write_table", "read_table", "class_n
 
 #: column letters of the spatial axes, by number of dimensions
 AXES = {2: "yx", 3: "zyx"}
+
+
 def class_name_of(value: int, class_names: Sequence[str] | Mapping[int, str] | None) -> str:
     """The name of prediction value ``value``: ``class_names[value]`` (a sequence indexed by prediction value,
     e.g. ``ClassSchema.names``, or a mapping), or ``"class <value>"``."""

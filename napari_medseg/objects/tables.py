@@ -20,25 +20,21 @@ from typing import Any
 import numpy as np
 
 from napari_medseg.core.errors import GeometryMismatchError, MedsegError, UnreadableInputError
+from napari_medseg.io.lazy import unit_to_meter
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
-_METRES = {"um": 1e-6, "mm": 1e-3, "nm": 1e-9, "cm": 1e-2, "px": 0.0}
-#: accepted spellings -> (short unit for column names, metres per unit)
-_UNITS: dict[str, tuple[str, float]] = {
-    "um": ("um", 1e-6), "µm": ("um", 1e-6), "micrometer": ("um", 1e-6), "micron": ("um", 1e-6),
-    "mm": ("mm", 1e-3), "millimeter": ("mm", 1e-3), "nm": ("nm", 1e-9), "nanometer": ("nm", 1e-9),
-    "cm": ("cm", 1e-2), "centimeter": ("cm", 1e-2), "px": ("px", 0.0), "pixel": ("px", 0.0),
-}
+#: the units of the table's column names, by metres per unit (any spelling ``io.lazy.unit_to_meter`` knows)
+_SHORT = {1e-6: "um", 1e-3: "mm", 1e-9: "nm", 1e-2: "cm"}
 
 
 def normalize_unit(unit: str) -> tuple[str, float]:
     """(short name used in column names, metres per unit; 0 for pixels) of a unit spelling."""
-    try:
-        return _UNITS[str(unit).strip().lower() if unit != "µm" else unit]
-    except KeyError:
-        raise MedsegError(f"unknown unit {unit!r}; use one of um, mm, nm, cm or px.") from None
-
-
+    if str(unit).strip().lower() in ("px", "pixel", "pixels"):
+        return "px", 0.0
+    metres = unit_to_meter(unit)
+    if metres not in _SHORT:
+        raise MedsegError(f"unknown unit {unit!r}; use one of um, mm, nm, cm or px.")
+    return _SHORT[metres], metres
 
 
 def _geometry(table: Any, pixel_size: Any, unit: str | None, shape: Any) -> dict[str, Any]:
@@ -94,7 +90,7 @@ def summarize(table: Any, *, regions: Any = None, class_names: Sequence[str] | N
         raise MedsegError("a table to summarize needs a 'class' column (made by measure_objects).")
     g = _geometry(table, pixel_size, unit, shape)
     nd, u = g["ndim"], g["unit"]
-    to_mm = _METRES[u] / 1e-3 if u != "px" else 1.0
+    to_mm = normalize_unit(u)[1] / 1e-3 if u != "px" else 1.0
     au = "mm" if u != "px" else "px"
     cell = float(np.prod(g["pixel_size"])) * to_mm ** nd  # one pixel of the objects' grid, mm^nd
     level0_px = [p / d for p, d in zip(g["pixel_size"], g["downsample"])]
