@@ -332,3 +332,39 @@ def test_whole_slide_prediction_goes_block_by_block(make_napari_viewer, qtbot, t
     np.testing.assert_allclose(camera_of(viewer).center[-2:], (y, x), atol=1.0)
     assert w.merge([1, 2]) is None and "not held in memory" in w.messages.entries[-1][2]
     assert w.export_geojson(tmp_path / "o.geojson") is None and not (tmp_path / "o.geojson").exists()
+
+
+def test_volume_objects_go_out_as_nifti_and_dicom_seg_in_the_files_geometry(make_napari_viewer, qtbot, tmp_path):
+    import nibabel as nib
+
+    from napari_medseg.io.reader import open_path
+    from napari_medseg.samples.dicom import write_dicom_series
+
+    schema = ClassSchema(("background", "lesion")).with_objects(["lesion"])
+    pred = np.zeros((6, 20, 24), np.uint8)
+    pred[1:4, 3:8, 3:8] = 1
+    pred[2:5, 12:17, 14:20] = 1
+    folder = tmp_path / "exam"
+    write_dicom_series(np.zeros((6, 20, 24), np.int16), folder, spacing=(2.0, 1.0, 1.0))
+    src = next(s for s in open_path(folder) if s.kind == "image")
+    assert src.shape == pred.shape
+    viewer = make_napari_viewer()
+    viewer.add_image(np.asarray(src.levels[0]), name="exam", metadata={"napari_medseg": {"path": str(folder)}})
+    viewer.add_labels(pred, name="exam prediction", metadata={"napari_medseg": {"classes": schema.to_dict()}})
+    w = ObjectsWidget(viewer)
+    qtbot.addWidget(w)
+    w.pred_combo.setCurrentIndex(w.pred_combo.findText("exam prediction"))
+    w.image_combo.setCurrentIndex(w.image_combo.findText("exam"))
+    st = _find(w, qtbot)
+    assert st.editor.objects.n == 2 and w.save_volume_btn.isEnabled()
+    nii = w.export_volume(tmp_path / "lesions.nii.gz")
+    img = nib.load(nii)
+    assert img.shape == (24, 20, 6)  # columns, rows, slices of the DICOM files
+    np.testing.assert_array_equal(np.asarray(img.dataobj).transpose(2, 1, 0) > 0, pred > 0)
+    seg = w.export_volume(tmp_path / "lesions.dcm")
+    assert seg is not None and seg.is_file()
+    import highdicom as hd
+
+    assert [s.SegmentLabel for s in hd.seg.segread(seg).SegmentSequence] == ["lesion", "object boundary"]
+    viewer.layers["exam"].metadata = {}
+    assert w.export_volume(tmp_path / "x.nii.gz") is None and "NIfTI file or a DICOM" in w.messages.entries[-1][2]

@@ -189,9 +189,14 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         self.send_btn = QPushButton("Send to training labels")
         self.send_btn.setToolTip("Write the objects (class + boundary rims) into the image's labels, so the next "
                                  "training round learns from them; your own strokes stay")
+        self.save_volume_btn = QPushButton("Volume...")
+        self.save_volume_btn.setToolTip("Save a volume's objects as NIfTI (3D Slicer, ITK-SNAP) or their classes as "
+                                        "DICOM-SEG, in the geometry of the image's file")
         g2.addWidget(self.save_table_btn, 0, 0)
         g2.addWidget(self.save_geojson_btn, 0, 1)
-        g2.addWidget(self.send_btn, 1, 0, 1, 2)
+        g2.addWidget(self.save_volume_btn, 1, 0)
+        g2.addWidget(self.send_btn, 1, 1)
+        self.save_volume_btn.clicked.connect(lambda: self.export_volume())
         self.save_table_btn.clicked.connect(lambda: self.export_table())
         self.save_geojson_btn.clicked.connect(lambda: self.export_geojson())
         self.send_btn.clicked.connect(lambda: self.send_to_labels())
@@ -206,7 +211,7 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         for w in (self.regions_btn, self.save_table_btn, self.only_selected):
             w.setEnabled(has)
         for w in (self.merge_btn, self.split_btn, self.delete_btn, self.set_class_btn, self.save_geojson_btn,
-                  self.send_btn):
+                  self.save_volume_btn, self.send_btn):
             w.setEnabled(editable)
         self.undo_btn.setEnabled(has and bool(self._undo))
         self.find_btn.setEnabled(self._worker is None)

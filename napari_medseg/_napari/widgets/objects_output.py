@@ -91,6 +91,41 @@ class ObjectsOutputMixin:
         self.messages.info(f"objects saved for QuPath to {out}")
         return Path(out)
 
+    def export_volume(self, path: str | Path | None = None) -> Path | None:
+        """A volume's objects as NIfTI (``.nii.gz``) or their classes as DICOM-SEG (``.dcm``), in the geometry of
+        the file or DICOM folder the image was opened from (``objects.files`` / ``objects.dicom_seg``)."""
+        from napari_medseg._napari.layerdata import medseg_meta
+
+        st = self.state
+        if st is None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save the objects in the volume's geometry",
+                                                  f"{st.layer.name}.nii.gz", "NIfTI (*.nii.gz *.nii);;DICOM-SEG (*.dcm)")
+            if not path:
+                return None
+        path = Path(path)
+        try:
+            image = st.image if st.image is not None else self._image()
+            source = medseg_meta(image).get("path") if image is not None else None
+            if st.editor is None or st.layer.ndim != 3 or not source:
+                raise MedsegError("Volume export needs the objects of a 3D image opened from a NIfTI file or a DICOM "
+                                  "folder (choose that image as Image); 2D objects go out as GeoJSON.")
+            names, colors = list(st.schema.names), list(st.schema.colors)
+            if path.name.lower().endswith(".dcm"):
+                from napari_medseg.objects.dicom_seg import write_dicom_seg
+
+                out = write_dicom_seg(st.editor.objects, path, like=source, class_names=names, colors=colors)
+            else:
+                from napari_medseg.objects.files import write_objects
+
+                out = write_objects(path, st.editor.objects, class_names=names, like=source)
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return None
+        self.messages.info(f"objects saved to {out}")
+        return Path(out)
+
     def send_to_labels(self) -> int | None:
         """Write the objects into the labels of the image (Annotate widget), as one undoable step."""
         from napari_medseg._napari.widgets.objects_store import send_objects

@@ -71,21 +71,14 @@ def objects_levels(path: Path) -> list[Any]:
 
 
 class SlideObjectsState(ObjectsState):
-    """Objects of a whole slide: a multiscale layer and its table; no editor (nothing held in memory)."""
-
-    editable = False
+    """Objects of a whole slide: a multiscale layer and its table; no editor (nothing held in memory), which the
+    widget's edit, GeoJSON and send paths check before anything else."""
 
     def __init__(self, *, layer: Any, pred: Any, schema: ClassSchema, table: Any) -> None:  # noqa: D107
         self.layer, self.pred, self.image, self.schema, self.found = layer, pred, None, schema, None
         self.editor = None
         self.table = table
         self._attrs = {"offset": [0.0] * layer.ndim}
-
-    def region(self) -> None:
-        raise MedsegError(NOT_HERE.format(what="sent to the training labels", what2="send"))
-
-    def update_rows(self, ids: tuple[int, ...]) -> None:
-        raise MedsegError(NOT_HERE.format(what="edited", what2="proofread"))
 
 
 def start_slide_find(widget: Any, pred: Any, path: Path, schema: ClassSchema) -> None:
