@@ -2,7 +2,8 @@
 
 Every import of every module counts, function-local ones too (they are how a wrong-way arrow hides). The
 floors (README, Development): core < io < labels; core < models < training, inference; samples on io;
-objects on io (training uses it for the object boundary class); cli on all engine packages; _napari on everything, imported by nothing (the CLI's ``gui`` loads it by name).
+objects on io (training uses it for the object boundary class); sharing (bioimage.io, model files, the
+model library) on models and io, below training and inference; cli on all engine packages; _napari on everything, imported by nothing (the CLI's ``gui`` loads it by name).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ ALLOWED: dict[str, set[str]] = {
     "io": {"core"},
     "labels": {"core", "io"},
     "models": {"core"},
-    "training": {"core", "io", "models", "objects"},
-    "inference": {"core", "io", "models"},
+    "training": {"core", "io", "models", "objects", "sharing"},
+    "inference": {"core", "io", "models", "sharing"},
     "samples": {"core", "io"},
     "objects": {"core", "io"},
-    "cli": {"core", "io", "labels", "models", "training", "inference", "samples", "objects"},
-    "_napari": {"core", "io", "labels", "models", "training", "inference", "samples", "objects"},
+    "sharing": {"core", "io", "models"},
+    "cli": {"core", "io", "labels", "models", "training", "inference", "samples", "objects", "sharing"},
+    "_napari": {"core", "io", "labels", "models", "training", "inference", "samples", "objects", "sharing"},
 }
 
 

@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="model checkpoint (.pt) written by napari-medseg train or the GUI")
+    p.add_argument("checkpoint", nargs="?", help="the model: a checkpoint (.pt) written by napari-medseg train or "
+                   "the GUI, a bioimage.io package (.zip or folder), or an .onnx / .ts file (docs/sharing.md)")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="slide/volume paths or globs (quote globs)")
     p.add_argument("--out", default=None, help="output folder; one NAME.prediction.zarr per input (required)")
     g = p.add_mutually_exclusive_group()
@@ -219,11 +220,11 @@ def _run_predict(args: argparse.Namespace) -> int:
         PredictWarning,
         TissueMaskReady,
     )
-    from napari_medseg.inference.modelrun import resolve_model
+    from napari_medseg.inference.modelrun import fit_window, resolve_model
     from napari_medseg.io.reader import open_image
 
     ckpt = Path(args.checkpoint)
-    if not ckpt.is_file():
+    if not ckpt.exists():
         raise MedsegError(f"checkpoint {ckpt} does not exist")
     inputs = expand_inputs(list(args.inputs))
     out_dir = Path(args.out)
@@ -245,7 +246,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise MedsegError(f"--instances: this model has no object classes (classes {names}); train with "
                           "--objects NAME (e.g. --objects nucleus) to count and measure objects")
     md = loaded.spatial_dims or 2
-    window = _window(args) or ((96, 96, 96) if md == 3 else (512, 512))
+    window = _window(args) or fit_window(loaded, (96, 96, 96) if md == 3 else (512, 512))
     settings = dict(level=args.level, pixel_size=args.pixel_size, window=window, overlap=args.overlap,
                     batch_size=args.batch_size, blend=args.blend, tta=args.tta,
                     tissue_mask={"on": True, "off": False}.get(args.tissue_mask, args.tissue_mask),

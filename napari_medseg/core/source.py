@@ -153,3 +153,16 @@ def read_box(source: ImageSource, level: int, box: Sequence[tuple[int, int]], *,
         pads = pads + [(0, 0)] if channels_last else [(0, 0)] + pads
         a = np.pad(a, pads, constant_values=pad)
     return a
+
+
+def strided_sample(source: ImageSource, max_elems: int = 1 << 21) -> np.ndarray:
+    """Pixels ``(C, N)`` of the whole image: its smallest level, strided to at most about ``max_elems`` pixels
+    (for statistics such as normalisation percentiles; float32)."""
+    from napari_medseg.core.compute import materialize
+
+    lvl = len(source.levels) - 1
+    n = int(np.prod(source.level_shape(lvl)))
+    step = max(1, int(np.ceil((n / max_elems) ** (1 / source.spatial_dims))))
+    idx = tuple(slice(None) if a == "C" else slice(None, None, step) for a in source.axes)
+    a = channels_to(source, np.asarray(materialize(source.levels[lvl][idx])), channels_last=False)
+    return a.reshape(a.shape[0], -1).astype(np.float32, copy=False)

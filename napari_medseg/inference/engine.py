@@ -205,7 +205,7 @@ class BlockEngine:
             self._lo = torch.tensor(self.norm.low, dtype=torch.float32, device=self.device).view(shape)
             self._span = torch.tensor(self.norm.high, dtype=torch.float32, device=self.device).view(shape) - self._lo
         x = self._batch
-        if raw.dtype.is_floating_point:
+        if raw.dtype.is_floating_point or self.norm.mode == "steps":  # steps: a bioimage.io model's chain
             x.copy_(self.norm.apply(raw))
         else:  # integers hold no NaN/inf: NormConfig.apply's arithmetic, in place
             x.copy_(raw).sub_(self._lo).div_(self._span).clamp_(0.0, 1.0)

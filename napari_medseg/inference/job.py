@@ -32,7 +32,9 @@ from napari_medseg.inference.modelrun import (
     WindowRunner,
     check_model_input,
     default_norm,
+    fit_window,
     model_window,
+    norm_for,
     resolve_model,
 )
 from napari_medseg.inference.output import Layout, OutputStore
@@ -190,10 +192,10 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
     if int(batch_size) < 1:
         raise MedsegError(f"batch size must be >= 1, got {batch_size}")
     loaded = model if isinstance(model, LoadedModel) else resolve_model(model, norm=norm, classes=classes)
-    norm = norm or loaded.norm or default_norm(src)
+    norm = norm_for(norm or loaded.norm or default_norm(src), src)
     dev = resolve_device(device)
     if window is None:
-        window = (96, 96, 96) if loaded.spatial_dims == 3 else (512, 512)
+        window = fit_window(loaded, (96, 96, 96) if loaded.spatial_dims == 3 else (512, 512))
     win = model_window(loaded, src, tuple(window) if not isinstance(window, int) else (window,) * src.spatial_dims)
     out_ch = check_model_input(loaded, src, win, dev, norm)
     classes = classes or loaded.classes or ClassSchema.default(out_ch)

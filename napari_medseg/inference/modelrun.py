@@ -39,6 +39,8 @@ class LoadedModel:
     spatial_dims: int | None
     checkpoint: str | None = None
     was_training: bool = False  # the module's mode when handed in (restored after a run)
+    #: window sizes a model from another tool takes, per spatial axis (min, step); step 0: exactly min
+    window_rule: tuple[tuple[int, int], ...] | None = None
 
 
 def state_hash(module: nn.Module) -> str:
@@ -62,11 +64,30 @@ def _first_weight(module: nn.Module) -> torch.Tensor | None:
 
 def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = None,
                   classes: ClassSchema | None = None, teacher: bool | None = None, hash_weights: bool = True) -> LoadedModel:
-    """The model, its config, normalisation and classes (the checkpoint's, unless given explicitly)."""
+    """The model, its config, normalisation and classes (the checkpoint's, unless given explicitly).
+
+    ``model`` may also be a bioimage.io package or an ONNX / TorchScript file (``sharing.open_model_file``):
+    its preprocessing, classes and window sizes come with it, and its hash is the weights file's."""
     ckpt_path = None
     config = getattr(model, "medseg_config", None)
+    from napari_medseg.sharing.package_files import is_foreign_model_file
+
+    if isinstance(model, (str, Path)) and is_foreign_model_file(model):
+        from napari_medseg.sharing.model_files import open_model_file
+
+        opened = open_model_file(model)
+        module = opened.module
+        was_training = bool(module.training)
+        return LoadedModel(module.eval(), opened.config, norm or opened.norm, classes or opened.classes,
+                           opened.model_hash, opened.info.in_channels, opened.info.spatial_dims,
+                           str(Path(model).resolve()), was_training,
+                           None if opened.config is not None else opened.window_rule)
     if isinstance(model, (str, Path)):
         from napari_medseg.models.checkpoint import load_model
+
+        if Path(model).is_dir():
+            raise MedsegError(f"{model} is a folder but not a bioimage.io package (it holds no rdf.yaml); give a "
+                              "checkpoint (.pt), a package (.zip or folder), or an .onnx / .ts file")
 
         ckpt_path = str(Path(model).resolve())
         module, ckpt = load_model(model, device="cpu", teacher=teacher)
@@ -84,9 +105,39 @@ def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = No
         w = _first_weight(module)
         if w is not None and w.ndim in (4, 5):
             in_ch, dims = int(w.shape[1]), w.ndim - 2
+    rule = getattr(module, "medseg_window_rule", None)
+    if rule is not None and getattr(module, "medseg_spatial_dims", None):
+        in_ch, dims = getattr(module, "medseg_in_channels", in_ch), module.medseg_spatial_dims
     was_training = bool(module.training)
     return LoadedModel(module.eval(), config if isinstance(config, ModelConfig) else None, norm, classes,
-                       state_hash(module) if hash_weights else "", in_ch, dims, ckpt_path, was_training)
+                       state_hash(module) if hash_weights else "", in_ch, dims, ckpt_path, was_training, rule)
+
+
+def norm_for(norm: NormConfig, source: ImageSource) -> NormConfig:
+    """``norm`` with its data-dependent steps (a bioimage.io model's percentiles or mean/std) computed from a
+    subsample of the whole ``source`` (the same for every tile, so tiles agree)."""
+    if not norm.needs_data:
+        return norm
+    from napari_medseg.core.source import strided_sample
+
+    return norm.resolved(strided_sample(source))
+
+
+def fit_size(rule: tuple[int, int], size: int) -> int:
+    """The size a (min, step) rule allows nearest to ``size`` (at least min; exactly min when step is 0)."""
+    lo, step = int(rule[0]), int(rule[1])
+    if step <= 0 or size <= lo:
+        return lo
+    return lo + round((int(size) - lo) / step) * step
+
+
+def fit_window(loaded: LoadedModel, window: tuple[int, ...]) -> tuple[int, ...]:
+    """``window`` (trailing axes = the model's) moved to the nearest sizes the model's window rule allows."""
+    rule = loaded.window_rule
+    if not rule:
+        return tuple(window)
+    k = len(rule)
+    return tuple(window[:-k]) + tuple(fit_size(r, w) for r, w in zip(rule, window[-k:]))
 
 
 def default_norm(source: ImageSource) -> NormConfig:
@@ -128,6 +179,11 @@ def check_model_input(loaded: LoadedModel, source: ImageSource, window: tuple[in
         raise MedsegError(f"the normalisation is set for {norm.channels} channels but the image has {n}")
     md = loaded.spatial_dims or len(window)
     mwin = window[len(window) - md:]
+    if loaded.window_rule:
+        bad = [w for w, r in zip(mwin, loaded.window_rule) if fit_size(r, w) != w]
+        if bad:
+            raise MedsegError(f"this model takes windows of {_rule_text(loaded.window_rule)}; got {tuple(mwin)}. "
+                              f"Try {tuple(fit_size(r, w) for r, w in zip(loaded.window_rule, mwin))}.")
     if loaded.config is not None:
         from napari_medseg.models.registry import check_input_size
 
@@ -157,6 +213,10 @@ def check_model_input(loaded: LoadedModel, source: ImageSource, window: tuple[in
         raise MedsegError(f"the model maps a {tuple(mwin)} window to {shape}, not to the same size; "
                           "choose another window size")
     return int(y.shape[1])
+
+
+def _rule_text(rule: tuple[tuple[int, int], ...]) -> str:
+    return " x ".join(f"{lo}" if step == 0 else f"{lo} + k*{step}" for lo, step in rule) + " pixels"
 
 
 class WindowRunner:
@@ -252,6 +312,8 @@ def model_multiple(loaded: LoadedModel, default: int = 32) -> int:
         from napari_medseg.models.registry import required_multiple
 
         return required_multiple(loaded.config)
+    if loaded.window_rule:
+        return max(1, max(step for _, step in loaded.window_rule))
     strides: Any = getattr(loaded.module, "strides", None)
     if strides:
         m = 1

@@ -34,7 +34,14 @@ from napari_medseg.core.source import ImageSource, read_box
 from napari_medseg.inference.blocks import ArrayReader
 from napari_medseg.inference.engine import BlockEngine, FinishedBlock
 from napari_medseg.inference.job import default_block
-from napari_medseg.inference.modelrun import LoadedModel, WindowRunner, model_multiple, resolve_model
+from napari_medseg.inference.modelrun import (
+    LoadedModel,
+    WindowRunner,
+    fit_window,
+    model_multiple,
+    norm_for,
+    resolve_model,
+)
 from napari_medseg.inference.output import class_labels
 from napari_medseg.inference.tiling import BlockGrid, WindowGrid, box_slices, intersect, plan_blocks
 from napari_medseg.models.devices import resolve_device
@@ -90,6 +97,7 @@ def predict_region(model: nn.Module | str | Path, source: ImageSource, level: in
     if probs_dtype not in ("float16", "float32"):
         raise MedsegError(f"probs_dtype must be 'float16' or 'float32', got {probs_dtype!r}")
     loaded = _loaded(model)
+    norm = norm_for(norm, source)  # a bioimage.io model's percentiles / mean: of the whole image, not the view
     dev = resolve_device(device)
     owned = not isinstance(model, nn.Module)
     if not owned:  # a model we do not own (e.g. the one being trained): never moved
@@ -118,13 +126,13 @@ def _device_of(module: nn.Module, default: torch.device) -> torch.device:
     return p.device if p is not None else default
 
 
-def _grown(reg: Box, shape: tuple[int, ...], axes: range, mult: int) -> Box:
+def _grown(reg: Box, shape: tuple[int, ...], axes: range, mult: int, least: int = 0) -> Box:
     """``reg`` grown along ``axes`` to multiples of ``mult``, centred, with real context where the image has
     it (shifted inside the image; beyond an image smaller than that, zero padding)."""
     box = list(reg)
     for d in axes:
         a, b = reg[d]
-        need = -(-(b - a) // mult) * mult
+        need = max(-(-(b - a) // mult) * mult, -(-least // mult) * mult)
         extra = need - (b - a)
         a2 = max(0, min(a - extra // 2, shape[d] - need)) if need <= shape[d] else a - extra // 2
         box[d] = (a2, a2 + need)
@@ -145,14 +153,17 @@ def _predict(net: nn.Module, loaded: LoadedModel, source: ImageSource, level: in
     slicewise = md == 2 and nd == 3
     lead = 1 if slicewise else 0  # a 2D model over a volume: windows of one slice
     plane = [b - a for a, b in reg][lead:]
+    rule = loaded.window_rule
+    if window is None and rule and any(step == 0 for _, step in rule):  # fixed-size model: its own windows
+        window = tuple(lo for lo, _ in rule)
     if window is None and max(plane) <= max_side:
-        box = _grown(reg, shape, range(lead, nd), mult)
+        box = _grown(reg, shape, range(lead, nd), mult, max((lo for lo, _ in rule), default=0) if rule else 0)
         win = (1,) * lead + tuple(b - a for a, b in box[lead:])
         blend = "crop"  # one window per view (per slice): its probabilities as they are
     else:
         box = list(reg)
         win = tuple(int(w) for w in (window or (min(1024, max_side),) * len(plane)))[-len(plane):]
-        win = (1,) * lead + tuple(max(mult, (w // mult) * mult) for w in win)
+        win = (1,) * lead + (fit_window(loaded, win) if rule else tuple(max(mult, (w // mult) * mult) for w in win))
         blend = "gaussian"
     gshape = tuple(b - a for a, b in box)
     grid = WindowGrid(gshape, win, float(overlap), blend)

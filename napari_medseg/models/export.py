@@ -259,8 +259,8 @@ def export_checkpoint(ckpt_path: str | os.PathLike, out_path: str | os.PathLike 
     sizes = _default_size(ckpt.model_config, size)
     out = Path(out_path) if out_path is not None else Path(ckpt_path).with_suffix(FORMATS[fmt])
     example = torch.randn(1, ckpt.model_config.in_channels, *sizes)
-    meta = ckpt.describe() | {"export": {"size": list(sizes), "teacher": bool(teacher and
-                                                                              ckpt.teacher_state_dict is not None)}}
+    meta = ckpt.describe() | {"export": {"size": list(sizes), "dynamic_spatial": supports_dynamic_spatial(model),
+                                         "teacher": bool(teacher and ckpt.teacher_state_dict is not None)}}
     if fmt == "torchscript":
         res = export_torchscript(model, example, out, atol=atol, rtol=rtol, meta=meta)
     else:

@@ -3,6 +3,11 @@ training, live preview and tiled prediction.
 
 ``NormConfig.apply`` works on torch tensors ``(N, C, *spatial)`` of any dtype on any device, so callers
 can send uint8 to the GPU and normalise there. Values map ``low -> 0`` and ``high -> 1`` per channel, clipped.
+
+``mode="steps"`` holds a chain of bioimage.io preprocessing steps instead (``preprocessing.py``): the
+normalisation of a model imported from a bioimage.io package. ``low``/``high`` then only carry the channel
+count (zeros and ones); steps that need statistics of the image are resolved per image (``resolved``).
+Every mode exports as such a chain (``to_steps``).
 """
 
 from __future__ import annotations
@@ -25,8 +30,15 @@ class NormConfig:
     mode: str = "range"  # "range" (fixed low/high), "percentile" (resolved from data), "ct_window"
     low: tuple[float, ...] = (0.0,)
     high: tuple[float, ...] = (255.0,)
+    steps: tuple[dict[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.mode == "steps" or self.steps:
+            from napari_medseg.models.preprocessing import check_steps
+
+            if self.mode != "steps":
+                raise MedsegError(f"preprocessing steps need mode 'steps', not {self.mode!r}")
+            object.__setattr__(self, "steps", check_steps(self.steps))
         low, high = tuple(float(v) for v in self.low), tuple(float(v) for v in self.high)
         if len(low) != len(high) or not low:
             raise MedsegError(f"normalisation needs as many low as high values, got {low} and {high}")
@@ -36,6 +48,40 @@ class NormConfig:
             raise MedsegError(f"normalisation needs high > low per channel, got {low} and {high}")
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
+
+    @classmethod
+    def from_steps(cls, steps: Any, channels: int | None = None) -> NormConfig:
+        """A chain of bioimage.io preprocessing steps (mappings ``{"id", "kwargs"}``) as a normalisation."""
+        from napari_medseg.models.preprocessing import check_steps, step_channels
+
+        checked = check_steps(steps)
+        n = int(channels) if channels else step_channels(checked)
+        return cls(mode="steps", low=(0.0,) * n, high=(1.0,) * n, steps=checked)
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether statistics of the image (percentiles, mean/std) must be computed first (``resolved``)."""
+        from napari_medseg.models.preprocessing import needs_data
+
+        return bool(self.steps) and needs_data(self.steps)
+
+    def resolved(self, sample: np.ndarray) -> NormConfig:
+        """This normalisation with its data-dependent steps fixed from ``sample`` (C, *spatial) of the image."""
+        if not self.needs_data:
+            return self
+        from napari_medseg.models.preprocessing import resolve_steps
+
+        return dataclasses.replace(self, steps=resolve_steps(self.steps, sample))
+
+    def to_steps(self) -> tuple[dict[str, Any], ...]:
+        """This normalisation as bioimage.io preprocessing steps: per channel ``scale_linear`` mapping low to 0
+        and high to 1, then ``clip`` to [0, 1] (exactly ``apply``)."""
+        if self.mode == "steps":
+            return self.steps
+        gain = [1.0 / (h - lo) for lo, h in zip(self.low, self.high)]
+        offset = [-lo * g for lo, g in zip(self.low, gain)]
+        return ({"id": "scale_linear", "kwargs": {"gain": gain, "offset": offset, "axis": "channel"}},
+                {"id": "clip", "kwargs": {"min": 0.0, "max": 1.0}})
 
     @classmethod
     def ct_window(cls, center: float = 40.0, width: float = 400.0) -> NormConfig:
@@ -74,6 +120,10 @@ class NormConfig:
         x = x.float()
         if x.shape[1] != self.channels and self.channels != 1:
             raise MedsegError(f"normalisation set for {self.channels} channels, input has {x.shape[1]}")
+        if self.mode == "steps":
+            from napari_medseg.models.preprocessing import apply_steps
+
+            return torch.nan_to_num_(apply_steps(x, self.steps), nan=0.0)
         shape = (1, -1) + (1,) * (x.ndim - 2)
         lo = torch.tensor(self.low, device=x.device, dtype=x.dtype).view(shape)
         hi = torch.tensor(self.high, device=x.device, dtype=x.dtype).view(shape)
@@ -81,14 +131,16 @@ class NormConfig:
         return torch.nan_to_num_(y, nan=0.0, posinf=1.0, neginf=0.0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "low": list(self.low), "high": list(self.high)}
+        d = {"mode": self.mode, "low": list(self.low), "high": list(self.high)}
+        return d | ({"steps": [dict(s) for s in self.steps]} if self.steps else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NormConfig:
         if not isinstance(d, dict):
             raise MedsegError("a normalisation config must be a mapping")
         try:
-            return cls(mode=str(d.get("mode", "range")), low=tuple(d["low"]), high=tuple(d["high"]))
+            return cls(mode=str(d.get("mode", "range")), low=tuple(d["low"]), high=tuple(d["high"]),
+                       steps=tuple(d.get("steps") or ()))
         except (KeyError, TypeError, ValueError) as e:
             raise MedsegError(f"invalid normalisation config {d!r}: {e}") from e
 

@@ -91,3 +91,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     """Build the model ``cfg`` names: ``(N, in_channels, *spatial) -> (N, out_channels, *spatial)`` logits."""
     return _entry(cfg).builder(cfg)
 
+
+
+def build_model_from_dict(**config: Any) -> nn.Module:
+    """``build_model`` from the fields of a ``ModelConfig`` as keyword arguments: the architecture callable a
+    napari-medseg bioimage.io package names (``from napari_medseg.models import build_model_from_dict``)."""
+    return build_model(ModelConfig.from_dict(config))

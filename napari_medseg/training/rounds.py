@@ -69,6 +69,17 @@ def resolve_init(init: str | os.PathLike | Checkpoint | dict | None) -> InitWeig
     if isinstance(init, dict):
         return InitWeights("the given state dict", _plain_state_dict(init, "the given state dict"))
     path = Path(init)
+    from napari_medseg.sharing.bioimageio_import import package_checkpoint
+    from napari_medseg.sharing.package_files import model_file_kind
+
+    kind = model_file_kind(path)
+    if kind == "bioimageio":  # a package of one of our architectures (others are refused, naming why)
+        ck = package_checkpoint(path)
+        return InitWeights(str(path), ck.state_dict, ck, None, dict(ck.meta))
+    if kind in ("onnx", "torchscript"):
+        raise MedsegError(f"{path} is a{'n' if kind == 'onnx' else ''} {kind} file: it predicts, but its weights "
+                          "cannot be trained further; start from a checkpoint or a bioimage.io package of a "
+                          "napari-medseg architecture")
     try:
         ck = load_checkpoint(path)
         return InitWeights(str(path), ck.state_dict, ck, ck.teacher_state_dict, dict(ck.meta))
