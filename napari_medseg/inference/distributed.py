@@ -63,6 +63,13 @@ def file_stamp(path: str | os.PathLike, window: int = 256 * 1024) -> str:
     a different file at the same path (another version of the model on one node) is refused."""
     import hashlib
 
+    if os.path.isdir(path):  # an unpacked bioimage.io package: its rdf.yaml holds the sha256 of every file
+        from napari_medseg.sharing.package_files import package_yaml_in_folder
+
+        yaml_file = package_yaml_in_folder(Path(path))
+        if yaml_file is None:
+            raise MedsegError(f"{path} is a folder but not a bioimage.io package (no rdf.yaml)")
+        path = yaml_file
     size = os.path.getsize(path)
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:

@@ -126,3 +126,25 @@ def test_a_plain_onnx_file_with_a_sidecar_predicts(tmp_path):
     with pytest.raises(Exception, match="takes windows of 16 \\+ k\\*16"):
         run_predict(tmp_path / "img.tif", tmp_path / "m.onnx", tmp_path / "o2.zarr", window=(40, 40),
                     tissue_mask=False)
+
+
+def test_cli_predicts_with_a_package_zip_and_folder(foreign, tmp_path, capsys):
+    import zipfile
+
+    import zarr
+
+    from napari_medseg.cli import main
+
+    pkg = foreign[0]
+    folder = tmp_path / "unpacked"
+    zipfile.ZipFile(pkg).extractall(folder)
+    img = (np.random.default_rng(6).random((64, 48, 2)) * 1000).astype(np.float32)
+    tifffile.imwrite(tmp_path / "img.tif", img, photometric="minisblack", planarconfig="contig")
+    outs = []
+    for i, model in enumerate((pkg, folder)):
+        rc = main(["predict", str(model), str(tmp_path / "img.tif"), "--out", str(tmp_path / f"o{i}"),
+                   "--tissue-mask", "off"])
+        assert rc == 0, capsys.readouterr().err
+        outs.append(np.asarray(zarr.open_group(tmp_path / f"o{i}" / "img.prediction.zarr", mode="r")
+                               ["labels"]["prediction"]["0"]))
+    assert np.array_equal(outs[0], outs[1]) and outs[0].shape == (64, 48)
