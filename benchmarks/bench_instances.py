@@ -124,7 +124,7 @@ def main() -> None:
           "= connected components of the binary masks (touching nuclei are merged in them)")
     data = make_training_data(train_p, classes=SCHEMA, sparse="dense")
     work = Path(tempfile.mkdtemp(prefix="bench_instances_"))
-    cfg = base.replace(steps=10**9, time_budget_s=budget, device=args.device, threads=args.threads, val_fraction=0.0,
+    cfg = base.replace(library=False, steps=10**9, time_budget_s=budget, device=args.device, threads=args.threads, val_fraction=0.0,
                        val_every=10**9, num_workers=1, seed=args.seed, checkpoint_dir=str(work / "ck"))
     t0 = time.perf_counter()
     res = run_training(cfg, data)

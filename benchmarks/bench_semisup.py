@@ -150,7 +150,7 @@ def setting_data(name: str, root: Path, quick: bool, paper: bool = False):
 
 def run_one(setting: str, method: str, seed: int, train_p, test_p, base: TrainConfig, sparse, device: str) -> dict:
     data = make_training_data(train_p, sparse="dense") if method == "full" else sparse(seed)
-    cfg = base.replace(**METHODS[method], seed=seed, eval_model="ema",
+    cfg = base.replace(**METHODS[method], seed=seed, library=False, eval_model="ema",
                        checkpoint_dir=tempfile.mkdtemp(prefix=f"semisup_{setting}_{method}_"))
     t = time.perf_counter()
     res = run_training(cfg, data)

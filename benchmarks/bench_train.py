@@ -181,7 +181,7 @@ def main() -> None:
     print(f"slide {src.shape} levels {len(src.levels)} ({type(src.levels[0]).__name__}), painted chunks "
           f"{len(store.painted_chunks())}, setup {time.perf_counter() - t0:.1f} s", flush=True)
     tmp = tempfile.mkdtemp(prefix="bench_train_")
-    base = TrainConfig(patch_size=(patch,), batch_size=batch, steps=steps + warmup, val_fraction=0.0,
+    base = TrainConfig(library=False, patch_size=(patch,), batch_size=batch, steps=steps + warmup, val_fraction=0.0,
                        val_every=10**6, threads=args.threads, num_workers=args.workers, device=args.device,
                        checkpoint_dir=tmp, seed=0)
     res = {"sup": [], "mt": []}

@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_ui_latency_"))
     os.environ["NAPARI_MEDSEG_CONFIG"] = str(tmp / "config")  # the widgets' remembered settings stay here
+    os.environ["NAPARI_MEDSEG_MODELS"] = str(tmp / "models")  # trained models land here, not in the user's library
     os.environ["NAPARI_CONFIG"] = str(tmp / "napari_settings.yaml")  # napari's too
     from napari.settings import get_settings
 

@@ -6,6 +6,7 @@ Subcommands live in their own modules (imported only when used, so ``--help`` is
 - ``train``                      fine-tune a model from a label store, image/mask folders or NIfTI pairs
 - ``predict CKPT INPUT... --out`` tiled prediction into NGFF zarr, optionally on a Dask cluster
 - ``export CKPT --out PKG.zip``   a bioimage.io model package (or ONNX / TorchScript), tested
+- ``models [list|show|add|remove|folder]`` the model library: trained and imported models by name
 - ``sample {slide,ct} --out DIR`` write the sample data (image and ground truth) to disk
 - ``measure IMAGE OBJECTS --out`` one table row per object (+ summary per class/region, QuPath GeoJSON)
 - ``objects {import,export}``    objects from/to QuPath GeoJSON, NIfTI and instance label images
@@ -30,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("napari_medseg.cli.train", "fine-tune a UNet / Swin-UNet (optionally Mean Teacher)"),
     "predict": ("napari_medseg.cli.predict", "tiled prediction of slides or volumes into NGFF zarr"),
     "export": ("napari_medseg.cli.export", "export a model as a bioimage.io package, ONNX or TorchScript"),
+    "models": ("napari_medseg.cli.models", "the model library: list, show, add and remove models by name"),
     "sample": ("napari_medseg.cli.sample", "write the sample slide or CT volume (with ground truth) to disk"),
     "measure": ("napari_medseg.cli.measure", "measure objects: a table per object, counts and densities per class"),
     "objects": ("napari_medseg.cli.objects", "objects in and out: QuPath GeoJSON, NIfTI, instance label images"),

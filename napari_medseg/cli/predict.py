@@ -1,5 +1,7 @@
 """``napari-medseg predict CHECKPOINT INPUT... --out DIR``: tiled prediction of slides or volumes.
 
+CHECKPOINT is any model file napari-medseg opens or the name of a model in the library (``napari-medseg models``).
+
 Each input (a path, a folder, or a glob such as ``'slides/*.svs'``) is written to
 ``DIR/<name>.prediction.zarr``; a folder that is not itself a zarr or a DICOM series stands for the files
 in it that napari-medseg reads. Progress bars per slide. An input that fails (unreadable, labels instead of
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", help="the model: a checkpoint (.pt) written by napari-medseg train or "
-                   "the GUI, a bioimage.io package (.zip or folder), or an .onnx / .ts file (docs/sharing.md)")
+                   "the GUI, a bioimage.io package (.zip or folder), an .onnx / .ts file (docs/sharing.md), or the name of "
+                   "a model in the library (napari-medseg models list)")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="slide/volume paths or globs (quote globs)")
     p.add_argument("--out", default=None, help="output folder; one NAME.prediction.zarr per input (required)")
     g = p.add_mutually_exclusive_group()
@@ -222,10 +225,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     )
     from napari_medseg.inference.modelrun import fit_window, resolve_model
     from napari_medseg.io.reader import open_image
+    from napari_medseg.sharing.library import find
 
-    ckpt = Path(args.checkpoint)
-    if not ckpt.exists():
-        raise MedsegError(f"checkpoint {ckpt} does not exist")
+    ckpt = find(args.checkpoint)  # a file, a package folder, or the name of a model in the library
     inputs = expand_inputs(list(args.inputs))
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():

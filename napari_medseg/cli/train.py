@@ -16,6 +16,9 @@ tell touching objects apart (``napari_medseg.objects.boundaries``).
 The checkpoint records the class names and colours (``--classes``; else a label store's or an NGFF label group's
 own; else "class 1", "class 2" ...) and the image's pixel size (from its metadata, e.g. an OME-TIFF's
 PhysicalSizeX/Y).
+
+The trained model (best, else last) lands in the model library (``napari-medseg models``) as ``--model-name``
+(default: the class names and the date) unless ``--no-library``; ``--init`` also takes a library name.
 """
 
 from __future__ import annotations
@@ -114,13 +117,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--val-fraction", type=float)
     m.add_argument("--val-every", type=int)
     m.add_argument("--seed", type=int, default=None)
-    m.add_argument("--init", metavar="CKPT", help="start from this checkpoint or state dict")
+    m.add_argument("--init", metavar="CKPT|NAME", help="start from this checkpoint, state dict or bioimage.io package "
+                   "of a napari-medseg architecture, or from a model of the library by name (napari-medseg models)")
     m.add_argument("--restart", action="store_true",
                    help="start afresh even if --out already holds last.pt (by default a rerun resumes from it)")
     d = p.add_argument_group("device")
     d.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     d.add_argument("--threads", type=int, help="CPU threads for torch")
     d.add_argument("--workers", type=int, help="data loader threads")
+    lib = p.add_argument_group("model library (napari-medseg models)")
+    lib.add_argument("--model-name", metavar="NAME", help="the trained model's name in the model library "
+                     "(letters, digits, - _ .; default: the class names and the date; a taken name gets -2, -3 ...)")
+    lib.add_argument("--no-library", action="store_true", help="do not add the trained model to the model library")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the checkpoints and train_log.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -149,12 +157,15 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
                         ("uncertainty_mask", "uncertainty_mask"), ("consistency_weight", "consistency_weight"),
                         ("loss", "loss"), ("level", "level"), ("pixel_size", "pixel_size"),
                         ("val_fraction", "val_fraction"), ("val_every", "val_every"), ("seed", "seed"),
-                        ("device", "device"), ("threads", "threads"), ("workers", "num_workers")):
+                        ("device", "device"), ("threads", "threads"), ("workers", "num_workers"),
+                        ("model_name", "model_name")):
         v = getattr(args, opt)
         if v is not None:
             kw[field_] = v
     if args.mean_teacher is not None and args.semi is None:
         kw["semi"] = "mean_teacher" if args.mean_teacher else "none"
+    if args.no_library:
+        kw["library"] = False
     if args.time_budget is not None and args.steps is None:
         kw["steps"] = 10**9  # the time budget decides (the schedule follows the elapsed share of it)
     return base.replace(**kw)
@@ -354,6 +365,10 @@ def run(args: argparse.Namespace) -> int:
     from napari_medseg.training.loop import train
 
     out = Path(args.out)
+    if args.init is not None:  # a file, or the name of a model in the library
+        from napari_medseg.sharing.library import find
+
+        args.init = str(find(args.init))
     data = _data(args)
     cfg = _config(args, data.spatial_dims)
     out.mkdir(parents=True, exist_ok=True)
@@ -410,7 +425,8 @@ def run(args: argparse.Namespace) -> int:
         if result is not None:
             log_doc["result"] = {"reason": result.reason, "steps": result.steps,
                                  "last_checkpoint": result.last_checkpoint, "best_checkpoint": result.best_checkpoint,
-                                 "best_dice": result.best_dice, "elapsed_s": result.elapsed_s}
+                                 "best_dice": result.best_dice, "elapsed_s": result.elapsed_s,
+                                 "library_name": result.library_name, "library_path": result.library_path}
         try:  # on a full disk this must not replace the clear error that stopped training
             write_json_atomic(out / "train_log.json", _clean(log_doc), indent=1)
         except OSError as e:
@@ -418,7 +434,8 @@ def run(args: argparse.Namespace) -> int:
     assert result is not None
     best = "n/a" if result.best_dice is None else f"{result.best_dice:.4f}"
     print(f"done ({result.reason}) after {result.steps} steps in {result.elapsed_s:.0f} s; best validation Dice "
-          f"{best}; checkpoint {result.best_checkpoint or result.last_checkpoint}; log {out / 'train_log.json'}")
+          f"{best}; checkpoint {result.best_checkpoint or result.last_checkpoint}; log {out / 'train_log.json'}"
+          + (f"; in the model library as {result.library_name}" if result.library_name else ""))
     return 0
 
 

@@ -102,6 +102,10 @@ class TrainConfig:
     # 100 s runs, level at 300 s; benchmarks/RESULTS.md, issue 15) or the "student" (the last weights)
     seed: int = 0
     checkpoint_dir: str | None = None
+    # the final model (best, else last) goes into the model library (sharing.library) as model_name ("": the
+    # class names and the date); a failure to add it is a warning, never a failed run
+    library: bool = True
+    model_name: str = ""
     num_workers: int = 2
     prefetch: int = 4
 
@@ -159,6 +163,13 @@ class TrainConfig:
                 raise MedsegError(f"{name} must be positive, got {getattr(self, name)}")
         if self.pixel_size is not None and self.pixel_size <= 0:
             raise MedsegError(f"pixel_size must be positive, got {self.pixel_size}")
+        if self.model_name:
+            from napari_medseg.sharing.library import check_name
+
+            try:
+                check_name(self.model_name)
+            except MedsegError as e:
+                raise MedsegError(f"model_name: {e}") from None
 
     # -- derived -----------------------------------------------------------------------------------
     def patch_for(self, spatial_dims: int) -> tuple[int, ...]:

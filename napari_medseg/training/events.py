@@ -78,6 +78,8 @@ class DoneEvent(TrainEvent):
     last_checkpoint: str | None
     best_checkpoint: str | None
     steps: int
+    library_name: str | None = None  # the model's name in the model library (TrainConfig.library), if added
+    library_path: str | None = None  # its entry folder there
 
 
 @dataclass
@@ -94,3 +96,5 @@ class TrainResult:
     norm: Any = None  # the NormConfig used
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per StepEvent/ValidationEvent
     elapsed_s: float = 0.0
+    library_name: str | None = None  # the model's name in the model library, if it was added
+    library_path: str | None = None

@@ -7,13 +7,15 @@ every ``preview_every_s`` seconds, ``WarningEvent``\\ s, and finally a ``DoneEve
 stop flag is checked between steps, while waiting for a batch, and between the layers of every forward and
 backward pass, preview and validation (``guard.StepGuard``, which also treats RAM running out as an
 out-of-memory error); stopping saves the last checkpoint. Patches are ``(N, C, *P)`` with ``P`` = ``YX`` or
-``ZYX``; labels ``(N, *P)`` store values.
+``ZYX``; labels ``(N, *P)`` store values. With ``cfg.library`` the final model (best, else last) is added to
+the model library (``sharing.library``) before the ``DoneEvent``, which names it (``library_name``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Generator
@@ -168,6 +170,8 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     warnings += sampler.warnings
     if iw is not None and iw.norm is not None and iw.norm.channels in (1, data.n_channels):
         norm = iw.norm  # keep the checkpoint's input pipeline across rounds
+        if norm.needs_data:  # a bioimage.io model's percentiles / mean: fixed once, over the training images
+            norm = norm.resolved(sampler.norm_samples()[0])
     else:
         norm, w = resolve_norm(cfg, data, sampler)
         warnings += w
@@ -195,6 +199,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                 log.info("checkpoint teacher does not fit; the weight average starts as a copy of the student")
     out_dir = run_dir(cfg.checkpoint_dir)
     run = Run(cfg, data, setup, model_cfg, sampler, norm, model, ema, out_dir, (iw.round if iw else 0) + 1)
+    run.parent = init_parent(init, iw, out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     val_patches = sampler.validation_patches()
     yield StartEvent(
@@ -311,10 +316,50 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
         guard.detach()
     if best_path is None:
         best_path = last_path
-    yield DoneEvent(reason, last_path, best_path, step)  # type: ignore[arg-type]
+    # a run stopped before its first step learnt nothing: no library entry for it
+    lib_name, lib_path, lib_warning = land_in_library(cfg, best_path if step > 0 else None, run.images(), run.parent)
+    if lib_warning:
+        yield WarningEvent(lib_warning)
+    yield DoneEvent(reason, last_path, best_path, step, lib_name, lib_path)  # type: ignore[arg-type]
     model.eval()
     return TrainResult(reason, step, last_path, best_path, None if best == -math.inf else best, model,
-                       None if ema is None else ema.module, norm, history, time.perf_counter() - t_start)
+                       None if ema is None else ema.module, norm, history, time.perf_counter() - t_start,
+                       lib_name, lib_path)
+
+
+def init_parent(init: Any, iw: Any, out_dir: Path) -> str | None:
+    """What a run starts from, for its checkpoints' ``meta["parent"]``: a library model's name, else the file;
+    a run that continues its own ``last.pt`` (a resumed run) keeps that checkpoint's parent."""
+    if iw is None or not isinstance(init, (str, os.PathLike)):  # from scratch, or weights given in memory
+        return None
+    p = Path(init)
+    try:
+        if p.resolve().parent == out_dir.resolve():
+            return iw.meta.get("parent")
+    except OSError:  # pragma: no cover - a loop of symlinks
+        pass
+    from napari_medseg.sharing.library import name_of
+
+    return name_of(p) or str(p)
+
+
+def land_in_library(cfg: TrainConfig, checkpoint: str | None, images: list[str], parent: str | None
+                    ) -> tuple[str | None, str | None, str | None]:
+    """Add a run's final checkpoint to the model library (``cfg.library``) as ``cfg.model_name``: (its name,
+    its entry folder, None), or (None, None, a warning) when it could not be added: a full or read-only disk
+    never fails a run whose checkpoint is safe."""
+    if not cfg.library or not checkpoint:
+        return None, None, None
+    try:
+        from napari_medseg.sharing.library import add_checkpoint
+
+        entry = add_checkpoint(checkpoint, cfg.model_name or None, training_data=images, parent=parent)
+    except Exception as e:
+        msg = f"the model was not added to the model library ({e}); it is in {checkpoint}"
+        log.warning(msg)
+        return None, None, msg
+    log.info("model %r added to the model library: %s", entry.name, entry.folder)
+    return entry.name, str(entry.folder), None
 
 
 def _validate_and_save(run: Run, step: int, stop: threading.Event | None, history: list[dict[str, Any]],

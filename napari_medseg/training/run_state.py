@@ -97,6 +97,11 @@ class Run:
         self.n_l, self.n_u = cfg.split_batch()
         self.last_val: dict[str, Any] = {}
         self.best_val = -math.inf
+        self.parent: str | None = None  # what the run started from (a library name or a file), for the meta
+
+    def images(self) -> list[str]:
+        """The training images, as paths where they have one (else their names), for the checkpoint's meta."""
+        return [str(it.image.path or it.key) for it in self.data.items]
 
     def make_batch(self, index: int) -> dict[str, torch.Tensor]:
         return to_tensors(self.sampler.batch(index, self.n_l, self.n_u), pin=self.dev.type == "cuda")
@@ -270,7 +275,7 @@ class Run:
             "unit": src.unit, "axes": src.axes, "modality": src.modality, "rgb": src.rgb,
             "semi": cfg.semi, "predict_with": predict_with,
             "val_seed": s.val_seed, "val_block": list(s.val_block), "n_val_pixels_blocks": s.n_val_blocks,
-            "train_config": cfg.to_dict(), **self.last_val,
+            "train_config": cfg.to_dict(), "images": self.images(), "parent": self.parent, **self.last_val,
         }
         ck = Checkpoint(model_config=self.model_cfg, state_dict=self.model.state_dict(), classes=self.data.classes,
                         norm=self.norm, meta=meta,

@@ -271,6 +271,19 @@ def _voxels(region: Any) -> int:
     return n
 
 
+def _land(cfg: Any, done: Any) -> Generator[Any, None, None]:
+    """The final DoneEvent, after the run's model is added to the model library (``cfg.library``); its
+    images and parent come from the checkpoint's meta."""
+    from napari_medseg.training import WarningEvent
+    from napari_medseg.training.loop import land_in_library
+
+    ckpt = done.best_checkpoint or done.last_checkpoint
+    name, folder, warning = land_in_library(cfg, ckpt if done.steps > 0 else None, [], None)
+    if warning:
+        yield WarningEvent(warning)
+    yield dataclasses.replace(done, library_name=name, library_path=folder)
+
+
 def run_job(job: dict[str, Any], stop: threading.Event, view: LatestValue, preview_opts: LatestValue,
             labels_box: LatestValue | None = None) -> Generator[Any, None, None]:
     """Worker-thread generator: the training events, with step numbers continuing across refreshes."""
@@ -300,7 +313,8 @@ def run_job(job: dict[str, Any], stop: threading.Event, view: LatestValue, previ
         items += [TrainingItem(image=src, labels=lab, name=src.path or src.name) for src, lab in job.get("extra_items", [])]
         data = TrainingData(items=items, classes=snap.classes)
         remaining_t = None if cfg.time_budget_s is None else cfg.time_budget_s - (time.perf_counter() - t0)
-        run_cfg = cfg.replace(steps=max(1, cfg.steps - steps_done), time_budget_s=remaining_t)
+        # a refresh restarts train(): the model lands in the library once, from the last run (below)
+        run_cfg = cfg.replace(steps=max(1, cfg.steps - steps_done), time_budget_s=remaining_t, library=False)
         refreshed = False
         done: Any = None
         for ev in train(run_cfg, data, stop=inner, init=init, preview_hook=hook, preview_every_s=0.5):
@@ -311,8 +325,7 @@ def run_job(job: dict[str, Any], stop: threading.Event, view: LatestValue, previ
             if isinstance(ev, DoneEvent):
                 done = ev
                 if not refreshed:
-                    ev = dataclasses.replace(ev, steps=ev.steps + steps_done)
-                    yield ev
+                    yield from _land(cfg, dataclasses.replace(ev, steps=ev.steps + steps_done))
                 continue
             yield ev
             if labels_box is not None and not refreshed and not stop.is_set():
