@@ -1,7 +1,9 @@
 """The prediction dock widget: predict the whole image out of core into an NGFF zarr (progress in napari's
 activity dock, the result appearing as a multiscale Labels layer as blocks finish, cancellable), preview
-the checkpoint on the view, accept the prediction into the image's labels for a correction round, and save /
-load / export the model. With no output chosen the prediction goes beside the image, or into the predictions
+the model on the view, accept the prediction into the image's labels for a correction round, and save /
+export the model (``export_dialog.ModelBox``: TorchScript, ONNX, a bioimage.io package). The model is any file
+napari-medseg opens (a checkpoint, a bioimage.io package .zip or folder, an .onnx / .ts file), a library name,
+or a model of the library that fits the image (``model_library``). With no output chosen the prediction goes beside the image, or into the predictions
 folder of the user data folder when the image has no writable folder of its own or is in a cache folder
 (``default_output``).
 
@@ -47,7 +49,14 @@ from napari_medseg._napari.layerdata import medseg_meta
 from napari_medseg._napari.layers import current_view, on_layer_renamed
 from napari_medseg._napari.quiet_gc import freeze_long_lived
 from napari_medseg._napari.session import session_for
+from napari_medseg._napari.widgets.export_dialog import ModelBox
 from napari_medseg._napari.widgets.messages import MessageLog
+from napari_medseg._napari.widgets.model_library import (
+    ModelLibraryCombo,
+    image_fit,
+    model_path,
+    model_path_row,
+)
 from napari_medseg._napari.widgets.predict_preview import PreviewBox
 from napari_medseg._napari.widgets.qt_helpers import combo_layer, fill_layer_combo, path_row
 from napari_medseg._napari.widgets.settings import load_settings, save_settings
@@ -115,7 +124,10 @@ class PredictWidget(QWidget):
         f = QFormLayout(box)
         self.image_combo = QComboBox()
         self.image_combo.currentTextChanged.connect(self._show_default_out)
-        ck, self.ckpt_edit = path_row("the last trained checkpoint", self._pick_ckpt)
+        ck, self.ckpt_edit = model_path_row("the last trained checkpoint", self, title="Model")
+        self.library = ModelLibraryCombo()  # the library's models that fit the image fill the field
+        self.library.chosen.connect(self.ckpt_edit.setText)
+        self.image_combo.currentIndexChanged.connect(self._fit_library)
         out, self.out_edit = path_row(OUT_PLACEHOLDER, self._pick_out)
         self.level_spin = QSpinBox()
         self.level_spin.setRange(0, 16)
@@ -149,7 +161,8 @@ class PredictWidget(QWidget):
                                         "is deleted and predicted again; otherwise such an output is refused. "
                                         "The same run is always resumed.")
         f.addRow("image", self.image_combo)
-        f.addRow("checkpoint", ck)
+        f.addRow("model", ck)
+        f.addRow("from library", self.library)
         f.addRow("output", out)
         f.addRow("pyramid level", self.level_spin)
         f.addRow("window", self.window_spin)
@@ -186,14 +199,8 @@ class PredictWidget(QWidget):
         g.addWidget(self.accept_btn)
         lay.addWidget(corr)
 
-        mdl = QGroupBox("Model")
-        h = QHBoxLayout(mdl)
-        for text, fn in (("Save as…", self.save_model), ("Export TorchScript…", lambda: self.export_model("torchscript")),
-                         ("Export ONNX…", lambda: self.export_model("onnx"))):
-            btn = QPushButton(text)
-            btn.clicked.connect(fn)
-            h.addWidget(btn)
-        lay.addWidget(mdl)
+        self.model_box = ModelBox(checkpoint=self._checkpoint, image=self._open_image, messages=self.messages)
+        lay.addWidget(self.model_box)
         lay.addWidget(self.status)
         lay.addWidget(self.messages)
         lay.addStretch(1)
@@ -202,11 +209,6 @@ class PredictWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.predict_btn.setEnabled(not running)
         self.cancel_btn.setEnabled(running)
-
-    def _pick_ckpt(self) -> None:
-        p, _ = QFileDialog.getOpenFileName(self, "Checkpoint", "", "Checkpoints (*.pt)")
-        if p:
-            self.ckpt_edit.setText(p)
 
     def _pick_out(self) -> None:
         p, _ = QFileDialog.getSaveFileName(self, "Prediction output", "", "NGFF zarr (*.zarr)")
@@ -239,13 +241,27 @@ class PredictWidget(QWidget):
                                             and not lay.name.startswith("medseg ")])
 
     def _checkpoint(self) -> Path:
+        """The model: the field's file, package folder or library name (``model_library.model_path``), else
+        the checkpoint trained last in this session."""
         txt = self.ckpt_edit.text().strip()
-        ck = Path(txt) if txt else (self.session.best_checkpoint or self.session.last_checkpoint)
+        if txt:
+            return model_path(txt)
+        ck = self.session.best_checkpoint or self.session.last_checkpoint
         if ck is None:
-            raise MedsegError("No checkpoint yet: train a model in the Train widget or pick a checkpoint file.")
+            raise MedsegError("No checkpoint yet: train a model in the Train widget, pick a model file or choose "
+                              "one from the library.")
         if not Path(ck).is_file():
             raise MedsegError(f"Checkpoint {ck} does not exist; pick another file.")
         return Path(ck)
+
+    def _fit_library(self, *_: Any) -> None:
+        """The library lists the models that fit the chosen image (channels, dimensions)."""
+        self.library.set_fit(*image_fit(combo_layer(self.image_combo, self.viewer.layers)))
+
+    def _open_image(self) -> tuple[str, Any] | None:
+        """The chosen image (name, source) for an export's test input, or None."""
+        layer = combo_layer(self.image_combo, self.viewer.layers)
+        return None if layer is None else (layer.name, self.session.source_for(layer))
 
     def _image_layer(self) -> Any:
         layer = combo_layer(self.image_combo, self.viewer.layers)
@@ -423,44 +439,9 @@ class PredictWidget(QWidget):
         self.messages.info(f"accepted {n} pixels of prediction into the labels; correct them and train again")
         self.viewer.layers.events.changed() if hasattr(self.viewer.layers.events, "changed") else None
 
-    # -- model --------------------------------------------------------------------------------------
-    def save_model(self) -> None:
-        try:
-            ck = self._checkpoint()
-        except MedsegError as e:
-            self.messages.error(str(e))
-            return
-        p, _ = QFileDialog.getSaveFileName(self, "Save model as", ck.name, "Checkpoints (*.pt)")
-        if not p:
-            return
-        try:
-            from napari_medseg.models import load_checkpoint, save_checkpoint
-
-            save_checkpoint(p, load_checkpoint(ck))
-            self.messages.info(f"saved {p}")
-        except MedsegError as e:
-            self.messages.error(str(e))
-
-    def export_model(self, fmt: str) -> None:
-        try:
-            ck = self._checkpoint()
-        except MedsegError as e:
-            self.messages.error(str(e))
-            return
-        ext = ".ts" if fmt == "torchscript" else ".onnx"
-        p, _ = QFileDialog.getSaveFileName(self, f"Export {fmt}", ck.with_suffix(ext).name, f"*{ext}")
-        if not p:
-            return
-        try:
-            from napari_medseg.models.export import export_checkpoint
-
-            export_checkpoint(ck, p, fmt)
-            self.messages.info(f"exported {p} (checked against PyTorch on random input)")
-        except MedsegError as e:
-            self.messages.error(str(e))
-        except Exception as e:
-            log.exception("export failed")
-            self.messages.error(f"Export failed: {e}")
+    def showEvent(self, event) -> None:  # noqa: N802
+        super().showEvent(event)
+        self.library.refresh()  # a model trained or added since the tab was last shown
 
     def closeEvent(self, event) -> None:  # noqa: N802
         self.cancel()

@@ -1,6 +1,8 @@
 """The training dock widget: data, model, training settings (``train_form``), Start / Stop / Resume, a live
 plot of the losses and validation Dice with a status line (``train_feedback``), a live preview of the current
 view while the model trains, and a message area (``messages.MessageLog``) that keeps what the widget said.
+"Start from" takes a checkpoint, a bioimage.io package of a napari-medseg architecture or a library model
+(``model_library``); "Export…" writes the trained model as a bioimage.io package (``export_dialog``).
 
 Start checks the step's memory against what the machine has free (``jobs.train_job.prepare_job``): it reduces
 batch and patch, saying what changed and why, or refuses. Stop interrupts a step between layers, a wait for
@@ -37,6 +39,7 @@ from napari_medseg._napari.layers import LatestValue, camera_of, current_view, o
 from napari_medseg._napari.quiet_gc import freeze_long_lived
 from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.messages import MessageLog
+from napari_medseg._napari.widgets.model_library import model_path
 from napari_medseg._napari.widgets.plot import LivePlot
 from napari_medseg._napari.widgets.qt_helpers import combo_layer, fill_layer_combo
 from napari_medseg._napari.widgets.settings import confirm, drop_unconfirmed, save_unconfirmed
@@ -163,6 +166,7 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         self.start_btn.clicked.connect(lambda: self.start(resume=False))
         self.resume_btn.clicked.connect(lambda: self.start(resume=True))
         self.stop_btn.clicked.connect(self.stop)
+        self.export_dialog: Any = None  # the bioimage.io export dialog (the button is in the Model group)
         for b in (self.start_btn, self.stop_btn, self.resume_btn):
             btns.addWidget(b)
         run.addLayout(btns)
@@ -209,6 +213,29 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         self.start_btn.setEnabled(not running)
         self.resume_btn.setEnabled(not running and self.session.last_checkpoint is not None)
         self.stop_btn.setEnabled(running)
+        self._update_export()
+
+    def _trained_checkpoint(self) -> Path | None:
+        """The checkpoint this session trained (best, else last) if its file exists."""
+        for ck in (self.session.best_checkpoint, self.session.last_checkpoint):
+            if ck is not None and Path(ck).is_file():
+                return Path(ck)
+        return None
+
+    def _update_export(self) -> None:
+        self.export_btn.setEnabled(self._trained_checkpoint() is not None)
+
+    def export_bioimageio(self) -> Any:
+        """Open the bioimage.io export dialog for the trained checkpoint (``export_dialog``)."""
+        from napari_medseg._napari.widgets.export_dialog import open_export_dialog, open_image
+
+        ck = self._trained_checkpoint()
+        if ck is None:
+            self.messages.error("No checkpoint yet: train a model first, then export it.")
+            return None
+        layer = combo_layer(self.image_combo, self.viewer.layers)
+        image = None if layer is None else open_image(lambda: (layer.name, self.session.source_for(layer)))
+        return open_export_dialog(self, ck, image, self.messages)
 
     def _gather(self, resume: bool) -> dict[str, Any]:
         """Everything the worker needs, gathered on the main thread (layers are not touched later)."""
@@ -217,9 +244,11 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         image_layer = self._image_layer()
         source = self.session.source_for(image_layer)
         labels_choice = self.labels_combo.currentText()
-        init = self.init_edit.text().strip() or None
+        text = self.init_edit.text().strip()
         if resume:
             init = str(self.session.last_checkpoint)
+        else:  # a file, a package folder or a library name
+            init = str(model_path(text)) if text else None
         out = self.out_edit.text().strip() or None
         return prepare_job(self.viewer, self.session, source, image_layer, labels_choice, self._settings_values(),
                            init=init, out=out, store_choice=STORE_CHOICE)
@@ -331,6 +360,7 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                     self._show_preview(ev.payload)
                 case CheckpointEvent():
                     self.session.last_checkpoint = Path(ev.path)
+                    self._update_export()
                 case WarningEvent():
                     if ev.message not in self._warned:  # a repeated warning is shown once per run
                         self._warned.add(ev.message)
@@ -344,6 +374,8 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                     if getattr(ev, "best_checkpoint", None):
                         self.session.best_checkpoint = Path(ev.best_checkpoint)
                     self.feedback.done(ev, ck)
+                    self._update_export()
+                    self.init_library.refresh()  # the model just trained is in the library now
         except Exception:  # a display problem must never kill the run
             log.exception("could not show a training event")
 

@@ -26,9 +26,17 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QLabel,
+    QPushButton,
     QSpinBox,
 )
 
+from napari_medseg._napari.widgets.model_library import (
+    TRAINABLE_FILTER,
+    ModelLibraryCombo,
+    image_fit,
+    model_path_row,
+    trainable,
+)
 from napari_medseg._napari.widgets.qt_helpers import path_row
 from napari_medseg._napari.widgets.settings import load_settings, take_unconfirmed
 
@@ -112,12 +120,23 @@ class TrainForm:
         self.arch_combo = _combo()
         self.dims_combo = _combo()
         self.dims_combo.addItems(["2D", "3D"])
-        ck, self.init_edit = path_row("train from scratch, or pick a checkpoint", self._pick_init)
+        ck, self.init_edit = model_path_row("train from scratch, or pick a checkpoint / package", self,
+                                            title="Start from", file_filter=TRAINABLE_FILTER)
+        self.init_edit.setToolTip("Fine-tune a model: a checkpoint (.pt), a bioimage.io package (.zip or folder) "
+                                  "of a napari-medseg architecture, or a library name; empty: from scratch.")
+        self.init_library = ModelLibraryCombo(keep=trainable)  # library models this image can fine-tune
+        self.init_library.chosen.connect(self._init_from_library)
         self.device_combo = _combo()
         f.addRow("architecture", self.arch_combo)
         f.addRow("dimensions", self.dims_combo)
         f.addRow("start from", ck)
+        f.addRow("from library", self.init_library)
         f.addRow("device", self.device_combo)
+        self.export_btn = QPushButton("Export bioimage.io…")
+        self.export_btn.setToolTip("Export the trained model (the best checkpoint, else the last) as a bioimage.io "
+                                   "package (.zip) for other tools and bioimage.io; enabled once a run saved one")
+        self.export_btn.clicked.connect(lambda: self.export_bioimageio())
+        f.addRow("trained model", self.export_btn)
         lay.addWidget(model)
 
         tr = QGroupBox("Training")
@@ -165,11 +184,29 @@ class TrainForm:
                     self.semi_combo.currentIndexChanged):
             sig.connect(self._update_plan_label)
         self._update_plan_label()
+        self.image_combo.currentIndexChanged.connect(self._fit_library)
+        self._fit_library()
 
-    def _pick_init(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Start from checkpoint", "", "Checkpoints (*.pt *.pth)")
-        if path:
-            self.init_edit.setText(path)
+    def _fit_library(self, *_: Any) -> None:
+        """The library lists the trainable models that fit the chosen image (channels, dimensions)."""
+        from napari_medseg._napari.widgets.qt_helpers import combo_layer
+
+        self.init_library.set_fit(*image_fit(combo_layer(self.image_combo, self.viewer.layers)))
+
+    def _init_from_library(self, path: str) -> None:
+        """A library model fills "start from" and sets the architecture and dimensions to its own (training
+        refuses a starting point whose architecture differs from the form's)."""
+        self.init_edit.setText(path)
+        entry = self.init_library.current_entry()
+        if entry is None:
+            return
+        arch = getattr(entry, "architecture", "")
+        if arch and self.arch_combo.findText(arch) >= 0:
+            self.arch_combo.setCurrentText(arch)
+        if getattr(entry, "spatial_dims", None) in (2, 3):
+            self.dims_combo.setCurrentText(f"{entry.spatial_dims}D")
+        self.messages.say("info", f"Starting from library model {entry.name!r}: architecture and dimensions set "
+                          f"to the model's ({arch}, {self.dims_combo.currentText()}).", toast=False)
 
     def _pick_out(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Checkpoint folder")
