@@ -565,8 +565,58 @@ def _cli_cases() -> list[Case]:
     ]
 
 
+def _packages() -> list[Case]:
+    """Model files from elsewhere (bioimage.io packages, ONNX / TorchScript); the damaged valid packages (wrong
+    hash, pickled weights, foreign architecture ...) are in test_bad_packages.py."""
+    def open_(path_fn: Callable[[Path], Path]) -> Callable[[Path], Any]:
+        def f(d: Path) -> Any:
+            from napari_medseg.sharing import open_model_file
+            return open_model_file(path_fn(d))
+        return f
+
+    def bad_yaml(d: Path) -> Path:
+        (d / "pkg").mkdir()
+        (d / "pkg" / "rdf.yaml").write_text("type: model\ninputs: [unclosed")
+        return d / "pkg"
+
+    def not_a_model(d: Path) -> Path:
+        (d / "pkg").mkdir()
+        (d / "pkg" / "rdf.yaml").write_text("type: dataset\nname: some data\nformat_version: 0.3.0\n")
+        return d / "pkg"
+
+    def url_weights(d: Path) -> Path:
+        (d / "pkg").mkdir()
+        (d / "pkg" / "rdf.yaml").write_text("type: model\nformat_version: 0.5.4\nname: remote model\n"
+                                           "weights:\n  onnx:\n    source: https://example.invalid/w.onnx\n")
+        return d / "pkg"
+
+    def zip_without_rdf(d: Path) -> Path:
+        import zipfile
+        with zipfile.ZipFile(d / "notes.zip", "w") as z:
+            z.writestr("notes.txt", "not a model")
+        return d / "notes.zip"
+
+    def onnx_without_sidecar(d: Path) -> Path:
+        (d / "m.onnx").write_bytes(b"\x08\x07not really onnx")
+        return d / "m.onnx"
+
+    def impossible_sidecar(d: Path) -> Path:
+        (d / "m.onnx").write_bytes(b"\x08\x07not really onnx")
+        (d / "m.json").write_text('{"spatial_dims": 7, "in_channels": 1}')
+        return d / "m.onnx"
+
+    return [
+        Case("package: rdf.yaml not YAML", "open_model_file", open_(bad_yaml), "pkg"),
+        Case("package: not a model", "open_model_file", open_(not_a_model), "pkg"),
+        Case("package: weights by URL", "open_model_file", open_(url_weights), "downloads nothing"),
+        Case("package: zip without rdf.yaml", "open_model_file", open_(zip_without_rdf), "notes.zip"),
+        Case("onnx: no description", "open_model_file", open_(onnx_without_sidecar), "m.json"),
+        Case("onnx: impossible sidecar", "open_model_file", open_(impossible_sidecar), "spatial_dims"),
+    ]
+
+
 def all_cases() -> list[Case]:
-    return _readers() + _stores() + _configs() + _checkpoints() + _cli_cases()
+    return _readers() + _stores() + _configs() + _checkpoints() + _cli_cases() + _packages()
 
 
 #: Cases that fail today because of a bug in a module this suite may not edit: name -> the reason
