@@ -242,7 +242,7 @@ def test_training_lands_its_model(tmp_path, models, monkeypatch):
     from helpers import drain
 
     from napari_medseg.training import DoneEvent, WarningEvent, train
-    from tests.training._synth import blob_data, tiny_cfg
+    from training._synth import blob_data, tiny_cfg
 
     data = blob_data((64, 64))
     cfg = tiny_cfg(tmp_path, steps=2, val_every=2, model_name="blobs")
@@ -271,7 +271,7 @@ def test_training_lands_its_model(tmp_path, models, monkeypatch):
 
 
 def test_cli_train_model_name_init_and_no_library(tmp_path, models, capsys):
-    from tests.training._synth import blobs, sparse_labels
+    from training._synth import blobs, sparse_labels
 
     img, m = blobs((64, 64), seed=3)
     tifffile.imwrite(tmp_path / "img.tif", img)

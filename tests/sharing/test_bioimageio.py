@@ -13,8 +13,8 @@ import torch
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.inference.predictor import run_predict
 from napari_medseg.sharing import describe_model_file, export_bioimageio, open_model_file
-from tests.helpers import drain
-from tests.training._synth import blob_data, blobs, tiny_cfg
+from helpers import drain
+from training._synth import blob_data, blobs, tiny_cfg
 
 
 @pytest.fixture(scope="module")
