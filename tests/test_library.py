@@ -240,9 +240,9 @@ def test_cli_models(tmp_path, models, capsys):
 
 def test_training_lands_its_model(tmp_path, models, monkeypatch):
     from helpers import drain
+    from training._synth import blob_data, tiny_cfg
 
     from napari_medseg.training import DoneEvent, WarningEvent, train
-    from training._synth import blob_data, tiny_cfg
 
     data = blob_data((64, 64))
     cfg = tiny_cfg(tmp_path, steps=2, val_every=2, model_name="blobs")

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from helpers import drain
+from training._synth import blob_data, blobs, tiny_cfg
 
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.inference.predictor import run_predict
 from napari_medseg.sharing import describe_model_file, export_bioimageio, open_model_file
-from helpers import drain
-from training._synth import blob_data, blobs, tiny_cfg
 
 
 @pytest.fixture(scope="module")
