@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--level", type=int, default=0, help="pyramid level to predict (default 0, full resolution)")
     g.add_argument("--pixel-size", type=float, default=None,
                    help="predict at the coarsest level with at most this pixel size (e.g. microns)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "onnxruntime-int8"), default="torch",
+                   help="what runs the model: torch (default), onnxruntime (the checkpoint exported to ONNX once, "
+                   "cached), onnxruntime-int8 (quantised, calibrated on windows of the first input); "
+                   "docs/deployment.md has the measured speed and accuracy of each")
     p.add_argument("--window", type=int, nargs="+", default=None,
                    help="window size, one value or one per model axis (default 512 for 2D, 96 for 3D models)")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
@@ -242,6 +246,12 @@ def _run_predict(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     # the checkpoint is read, checked and hashed once here: a broken one is one error, not one failure per
     # input, and a folder of slides does not read it once per slide (nor do Dask workers hash it again)
+    if args.backend != "torch":  # convert once here; the Dask workers get the converted file
+        from napari_medseg.inference.backends import backend_model
+
+        first = open_image(inputs[0], kind=getattr(args, "input_kind", "auto")) if inputs else None
+        ckpt = Path(backend_model(ckpt, args.backend, source=first, level=args.level or 0, window=_window(args),
+                                  on_progress=lambda s: print(s, flush=True)))
     loaded = resolve_model(ckpt)
     if args.instances and not (loaded.classes and loaded.classes.objects):
         names = list(loaded.classes.names[1:]) if loaded.classes else []

@@ -87,6 +87,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--model", help="architecture (unet, attention_unet, unetpp, swin_unetr, swin_unet)")
     m.add_argument("--spatial-dims", type=int, choices=(2, 3), help="2 or 3 (default: the data's)")
     m.add_argument("--channels", type=_ints, help="feature widths per level, e.g. 16,32,64,128")
+    m.add_argument("--act", choices=("prelu", "relu"), help="U-Net activation: prelu (default) or relu, the "
+                   "quantisation-friendly one for INT8 / ONNX Runtime prediction (docs/deployment.md)")
     m.add_argument("--patch-size", type=_ints, help="patch size, e.g. 256 or 64,128,128")
     m.add_argument("--batch-size", type=int)
     m.add_argument("--steps", type=int)
@@ -149,6 +151,8 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
     mkw["spatial_dims"] = args.spatial_dims or (base.model.spatial_dims if args.config else spatial_dims)
     if args.channels:
         mkw["channels"] = args.channels
+    if args.act:
+        mkw["act"] = args.act
     model = model.replace(**mkw)
     kw: dict[str, Any] = {"model": model, "checkpoint_dir": str(Path(args.out))}
     for opt, field_ in (("patch_size", "patch_size"), ("batch_size", "batch_size"), ("steps", "steps"),

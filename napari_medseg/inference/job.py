@@ -178,7 +178,7 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
              batch_size: int = 4, blend: str = "gaussian", tta: bool = False,
              tissue_mask: bool | str | TissueMask = "auto", write_probs: str | None = None, device: str = "auto",
              amp: bool = True, on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
-             sigma_scale: float = 0.125) -> Job:
+             sigma_scale: float = 0.125, backend: str = "torch") -> Job:
     src = open_source(source)
     if pixel_size is not None:
         level = src.level_for_pixel_size(float(pixel_size))
@@ -191,6 +191,11 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
         raise MedsegError(f"on_corrupt must be 'stop' or 'skip', got {on_corrupt!r}")
     if int(batch_size) < 1:
         raise MedsegError(f"batch size must be >= 1, got {batch_size}")
+    if backend != "torch" and not isinstance(model, LoadedModel):  # ONNX Runtime: the converted file (cached)
+        from napari_medseg.inference.backends import backend_model
+
+        model = backend_model(model, backend, source=src, level=level,
+                              window=None if window is None else tuple(window) if not isinstance(window, int) else (window,) * 3)
     loaded = model if isinstance(model, LoadedModel) else resolve_model(model, norm=norm, classes=classes)
     norm = norm_for(norm or loaded.norm or default_norm(src), src)
     dev = resolve_device(device)

@@ -36,7 +36,7 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
             write_probs: str | None = None, device: str = "auto", amp: bool = True,
             cancel: threading.Event | None = None, resume: bool = True, overwrite: bool = False,
             on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
-            sigma_scale: float = 0.125) -> Generator[PredictEvent, None, PredictResult]:
+            sigma_scale: float = 0.125, backend: str = "torch") -> Generator[PredictEvent, None, PredictResult]:
     """Predict ``source`` with ``model`` into the NGFF zarr ``out``; yields events, returns the result.
 
     ``source``: an ``ImageSource`` (``YX``/``YXC`` slide, ``ZYX``/``CZYX`` volume) or a path.
@@ -47,14 +47,15 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     ``"crop"``. ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
     a ``TissueMask``. ``write_probs``: None, ``"uint8"`` or ``"float16"``. ``resume``: continue an
     interrupted run of the same job; ``overwrite``: replace another run's output. ``on_corrupt``:
-    ``"stop"`` or ``"skip"`` (predict around unreadable source tiles, with a warning). Raises
-    ``MedsegError`` on bad input before anything is written.
+    ``"stop"`` or ``"skip"`` (predict around unreadable source tiles, with a warning). ``backend``:
+    ``"torch"``, ``"onnxruntime"`` or ``"onnxruntime-int8"`` (``inference.backends``: a checkpoint converted
+    once, INT8 calibrated on this image). Raises ``MedsegError`` on bad input before anything is written.
     """
     t_start = time.perf_counter()
     job = make_job(source, model, norm=norm, classes=classes, level=level, pixel_size=pixel_size, window=window,
                    overlap=overlap, batch_size=batch_size, blend=blend, tta=tta, tissue_mask=tissue_mask,
                    write_probs=write_probs, device=device, amp=amp, on_corrupt=on_corrupt, block=block,
-                   sigma_scale=sigma_scale)
+                   sigma_scale=sigma_scale, backend=backend)
     run = PredictionRun(job, out, resume=resume, overwrite=overwrite, t_start=t_start)
     try:
         yield from run.start()

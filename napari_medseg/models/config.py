@@ -10,6 +10,8 @@ from typing import Any
 from napari_medseg.core.config_values import coerce, kind_of
 from napari_medseg.core.errors import MedsegError
 
+ACTIVATIONS = ("prelu", "relu")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -30,6 +32,9 @@ class ModelConfig:
     window_size: int = 8
     dropout: float = 0.0
     norm: str = "instance"
+    # U-Net: "prelu" (MONAI's default) or "relu", the quantisation-friendly choice: ONNX Runtime fuses ReLU
+    # into the convolution and quantises around it, while PReLU stays a separate float op (docs/deployment.md)
+    act: str = "prelu"
 
     def __post_init__(self) -> None:
         if self.spatial_dims not in (2, 3):
@@ -39,6 +44,8 @@ class ModelConfig:
                 f"need in_channels >= 1 and out_channels >= 2 (background + a class), got "
                 f"{self.in_channels} and {self.out_channels}"
             )
+        if self.act not in ACTIVATIONS:
+            raise MedsegError(f"act must be one of {', '.join(ACTIVATIONS)}, got {self.act!r}")
         for f in ("channels", "depths", "num_heads"):
             object.__setattr__(self, f, tuple(int(v) for v in getattr(self, f)))
 

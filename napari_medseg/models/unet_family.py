@@ -48,6 +48,7 @@ def build_unet(cfg: ModelConfig) -> nn.Module:
         strides=_strides(cfg),
         num_res_units=cfg.num_res_units,
         norm=cfg.norm,
+        act=cfg.act.upper(),
         dropout=cfg.dropout,
     )
 

@@ -26,7 +26,7 @@ from napari_medseg.models.normalization import NormConfig
 
 log = logging.getLogger(__name__)
 # Architecture fields that must agree to continue from a checkpoint (out_channels may grow with new classes).
-ARCH_FIELDS = ("name", "spatial_dims", "channels", "num_res_units", "feature_size", "depths", "num_heads",
+ARCH_FIELDS = ("name", "spatial_dims", "channels", "num_res_units", "act", "feature_size", "depths", "num_heads",
                "window_size", "norm")
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "network", "net", "student")
 

@@ -226,3 +226,29 @@ def test_overview_shows_the_finished_result_through_public_api(make_napari_viewe
     np.testing.assert_array_equal(np.asarray(layer.data[-1]), coarse)  # refilled at the end
     qtbot.waitUntil(lambda: layer.visible, timeout=5_000)  # added hidden (napari draws no hidden layer)
     qtbot.waitUntil(lambda: np.asarray(layer.thumbnail)[..., 3].any(), timeout=5_000)  # drawn from that array
+
+
+def test_onnxruntime_backend_from_the_widget(widget, checkpoint, qtbot, tmp_path, monkeypatch):
+    """'runs on: onnxruntime' converts the checkpoint once (into the cache folder) and gives the torch result."""
+    viewer, w, img = widget
+    monkeypatch.setenv("NAPARI_MEDSEG_CACHE", str(tmp_path / "cache"))
+    w.ckpt_edit.setText(str(checkpoint))
+    w.out_edit.setText(str(tmp_path / "ort.zarr"))
+    w.backend_combo.setCurrentText("onnxruntime")
+    assert w._values()["backend"] == "onnxruntime"
+    w.predict()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert "done" in w.status.text(), w.status.text()
+    assert list((tmp_path / "cache" / "deploy").glob("*.onnx"))
+    layer = viewer.layers["img" + RESULT_SUFFIX]
+    gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+    from napari_medseg._napari.layerdata import from_layer
+    from napari_medseg.inference import open_prediction, run_predict
+
+    run_predict(from_layer(viewer.layers["img"]), str(checkpoint), str(tmp_path / "torch.zarr"),
+                window=(64, 64), overlap=0.25, batch_size=4, tissue_mask=False)
+    ref = np.asarray([s for s in open_prediction(tmp_path / "torch.zarr") if s.kind == "labels"][0].levels[0])
+    assert (gui == ref).mean() >= 0.9999
+    w2 = PredictWidget(viewer)  # the choice is remembered
+    assert w2.backend_combo.currentText() == "onnxruntime"

@@ -106,3 +106,19 @@ def test_base_presets_are_larger_than_small():
     for name in NAMES:
         n = {s: sum(p.numel() for p in build_model(preset(name, s)).parameters()) for s in ("small", "base")}
         assert n["base"] > n["small"], name
+
+
+def test_unet_activation_choice():
+    import torch.nn as nn
+
+    from napari_medseg.core.errors import MedsegError
+    from napari_medseg.models import ModelConfig, build_model
+
+    relu = build_model(ModelConfig(channels=(4, 8), act="relu"))
+    prelu = build_model(ModelConfig(channels=(4, 8)))
+    assert any(isinstance(m, nn.ReLU) for m in relu.modules()) and not any(isinstance(m, nn.PReLU) for m in relu.modules())
+    assert any(isinstance(m, nn.PReLU) for m in prelu.modules())
+    assert ModelConfig.from_dict({"channels": [4, 8]}).act == "prelu"  # checkpoints from before the field
+    assert ModelConfig.from_json(ModelConfig(act="relu").to_json()).act == "relu"
+    with pytest.raises(MedsegError, match="act must be one of"):
+        ModelConfig(act="gelu")

@@ -7,26 +7,20 @@ import zipfile
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-from helpers import drain
-from training._synth import blob_data, blobs, tiny_cfg
+from helpers import drain, predict_arrays
+from training._synth import blob_data, tiny_cfg, trained_blob_model
 
 from napari_medseg.core.errors import MedsegError
-from napari_medseg.inference.predictor import run_predict
 from napari_medseg.sharing import describe_model_file, export_bioimageio, open_model_file
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny 2D U-Net trained for a few steps on blobs, its checkpoint and an image like its data."""
-    from napari_medseg.training import train
-
     tmp = tmp_path_factory.mktemp("trained")
-    _, res = drain(train(tiny_cfg(tmp, steps=6, library=False), blob_data()))
-    img, _ = blobs((200, 180), seed=7)
-    tifffile.imwrite(tmp / "img.tif", img)
-    return tmp, res.best_checkpoint or res.last_checkpoint, img
+    ckpt, img = trained_blob_model(tmp)
+    return tmp, ckpt, img
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +61,7 @@ def test_package_describes_the_model(package, trained):
 
 
 def _predict(model, tmp, name, **kw):
-    out = tmp / f"{name}.zarr"
-    run_predict(tmp / "img.tif", model, out, window=(64, 64), write_probs="float16", overwrite=True,
-                tissue_mask=False, **kw)
-    import zarr
-
-    g = zarr.open_group(out, mode="r")
-    return np.asarray(g["labels"]["prediction"]["0"]), np.asarray(g["probs"]["0"]).astype(np.float32)
+    return predict_arrays(tmp / "img.tif", model, tmp / f"{name}.zarr", **kw)
 
 
 @pytest.mark.parametrize("weights", ["pytorch_state_dict", "torchscript", "onnx"])

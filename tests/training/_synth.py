@@ -54,3 +54,16 @@ def tiny_cfg(tmp_path, dims: int = 2, **kw) -> TrainConfig:
                 warmup_steps=2)
     base.update(kw)
     return TrainConfig(**base)
+
+
+def trained_blob_model(tmp_path, steps: int = 6, shape: tuple[int, int] = (200, 180), seed: int = 7):
+    """(checkpoint path, image) of a tiny 2D U-Net trained ``steps`` steps on blobs, the image (uint8, like its
+    data) also written to ``tmp_path/img.tif``; no library entry."""
+    import tifffile
+
+    from napari_medseg.training import run_training
+
+    res = run_training(tiny_cfg(tmp_path, steps=steps, library=False), blob_data())
+    img, _ = blobs(shape, seed=seed)
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    return res.best_checkpoint or res.last_checkpoint, img

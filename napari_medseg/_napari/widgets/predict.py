@@ -144,6 +144,13 @@ class PredictWidget(QWidget):
         self.batch_spin.setValue(4)
         self.blend_combo = QComboBox()
         self.blend_combo.addItems(["gaussian", "crop"])
+        self.backend_combo = QComboBox()
+        self.backend_combo.addItems(["torch", "onnxruntime", "onnxruntime-int8"])
+        self.backend_combo.setToolTip(
+            "What runs the model (docs/deployment.md has the measured trade-offs).\n"
+            "torch: the checkpoint as trained.\nonnxruntime: exported to ONNX once (cached), same result.\n"
+            "onnxruntime-int8: quantised, calibrated on this image's tissue; faster on CPUs with VNNI, "
+            "labels differ on a few pixels. Checkpoints only.")
         self.tissue_check = QCheckBox("skip background (tissue mask)")
         self.tissue_check.setChecked(True)
         self.tta_check = QCheckBox("flip test-time augmentation")
@@ -169,6 +176,7 @@ class PredictWidget(QWidget):
         f.addRow("overlap", self.overlap_spin)
         f.addRow("batch", self.batch_spin)
         f.addRow("blending", self.blend_combo)
+        f.addRow("runs on", self.backend_combo)
         f.addRow(self.tissue_check)
         f.addRow(self.tta_check)
         f.addRow(self.probs_check)
@@ -220,7 +228,8 @@ class PredictWidget(QWidget):
                 "batch": self.batch_spin.value(), "blend": self.blend_combo.currentText(),
                 "tissue": self.tissue_check.isChecked(), "tta": self.tta_check.isChecked(),
                 "probs": self.probs_check.isChecked(), "process": self.process_check.isChecked(),
-                "skip_corrupt": self.skip_check.isChecked(), "overwrite": self.overwrite_check.isChecked()}
+                "skip_corrupt": self.skip_check.isChecked(), "overwrite": self.overwrite_check.isChecked(),
+                "backend": self.backend_combo.currentText()}
 
     def _load_settings(self) -> None:
         s = load_settings(self.SETTINGS)
@@ -228,6 +237,7 @@ class PredictWidget(QWidget):
         self.overlap_spin.setValue(float(s.get("overlap", 0.25)))
         self.batch_spin.setValue(int(s.get("batch", 4)))
         self.blend_combo.setCurrentText(str(s.get("blend", "gaussian")))
+        self.backend_combo.setCurrentText(str(s.get("backend", "torch")))
         self.tissue_check.setChecked(bool(s.get("tissue", True)))
         self.tta_check.setChecked(bool(s.get("tta", False)))
         self.probs_check.setChecked(bool(s.get("probs", False)))
@@ -323,7 +333,7 @@ class PredictWidget(QWidget):
                 window=window, overlap=v["overlap"], batch_size=v["batch"], blend=v["blend"], tta=v["tta"],
                 tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
                 on_corrupt="skip" if v["skip_corrupt"] else "stop", overwrite=v["overwrite"],
-                cancel=self._cancel, resume=True, in_process=v["process"],
+                cancel=self._cancel, resume=True, in_process=v["process"], backend=v["backend"],
                 on_event=self._on_event, on_finished=self._on_finished, on_error=self._on_error,
                 notify=self.messages.error,
             )
