@@ -16,7 +16,8 @@ the membrane class per held-out image (percent, mean over the images), HD95 thro
   shows how much of the whole path the pipeline around the model takes.
 - The same keys with ``_relu``: a second reference trained with ``act="relu"``, the quantisation-friendly
   activation (MONAI's default PReLU stays a float op in ONNX Runtime's INT8 graph); ``--no-relu`` skips it.
-- ``tta_dice_gain`` / ``tta_cost``: flip TTA's Dice gain in points and its time ratio.
+- ``tta_dice_gain`` / ``tta_hd95_change`` / ``tta_cost``: flip TTA's Dice gain in points, HD95 change in px and
+  time ratio; ``tta_dihedral_*`` the same for the 8 rotations x mirrors.
 - The distillation and CRF keys of the issue are ``null``: those paths do not exist yet.
 
 ``--quick``: a 2-image mosaic, one round (smoke test). Last line ``RESULT {json}``.
@@ -67,7 +68,7 @@ def scores(labels: np.ndarray, mask: np.ndarray, boxes) -> tuple[float, float]:
     return float(np.mean(dices)), float(np.nanmean(hds))
 
 
-def run_path(slide: Path, model, out: Path, backend: str, tta: bool = False) -> tuple[np.ndarray, float, float]:
+def run_path(slide: Path, model, out: Path, backend: str, tta: bool | str = False) -> tuple[np.ndarray, float, float]:
     import zarr
 
     from napari_medseg.inference.predictor import run_predict
@@ -151,7 +152,8 @@ def main() -> int:
     paths = [(f"{label} ({act})", kind, False, act) for act in refs for label, kind in
              (("torch fp32", "torch"), ("ORT fp32", "onnxruntime"), ("ORT INT8", "onnxruntime-int8"))]
     if not args.no_tta:
-        paths.append(("torch fp32 + flip TTA (prelu)", "torch", True, "prelu"))
+        paths += [("torch fp32 + flip TTA (prelu)", "torch", "flips", "prelu"),
+                  ("torch fp32 + dihedral TTA (prelu)", "torch", "dihedral", "prelu")]
     best: dict[str, float] = {}
     labels: dict[str, np.ndarray] = {}
     for r in range(1 if args.quick else args.rounds):
@@ -194,8 +196,13 @@ def main() -> int:
     if "relu" in refs:
         result.update({f"{k}_relu": v for k, v in gates("relu").items()})
     if not args.no_tta:
-        result["tta_dice_gain"] = round(by["torch fp32 + flip TTA (prelu)"]["dice"] - by["torch fp32 (prelu)"]["dice"], 2)
-        result["tta_cost"] = round(by["torch fp32 + flip TTA (prelu)"]["seconds"] / by["torch fp32 (prelu)"]["seconds"], 2)
+        base = by["torch fp32 (prelu)"]
+        for mode in ("flip", "dihedral"):
+            row = by[f"torch fp32 + {mode} TTA (prelu)"]
+            key = "tta" if mode == "flip" else "tta_dihedral"
+            result[f"{key}_dice_gain"] = round(row["dice"] - base["dice"], 2)
+            result[f"{key}_hd95_change"] = round(row["hd95"] - base["hd95"], 2)
+            result[f"{key}_cost"] = round(row["seconds"] / base["seconds"], 2)
     result.update(made | {"rows": rows, "threads": args.threads, "mpix": round(mpix, 2),
                           "total_s": round(time.perf_counter() - t0, 1)})
     print("RESULT " + json.dumps(result))

@@ -55,7 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--blend", choices=("gaussian", "crop"), default="gaussian")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation")
+    p.add_argument("--tta", nargs="?", const="flips", default=None, choices=("flips", "dihedral"),
+                   help="test-time augmentation: flips (--tta alone: the window mirrored along each axis, 1 + dims "
+                   "passes) or dihedral (2D: 4 rotations x mirror, 8 passes); docs/deployment.md has the cost and "
+                   "the gain")
     p.add_argument("--tissue-mask", default="auto",
                    help="auto | on | off | otsu_saturation | otsu_intensity | otsu_fluorescence (default auto)")
     p.add_argument("--probs", choices=("uint8", "float16", "float32"), default=None,

@@ -36,6 +36,8 @@ from napari_medseg.inference.modelrun import (
     model_window,
     norm_for,
     resolve_model,
+    tta_identity,
+    tta_mode,
 )
 from napari_medseg.inference.output import Layout, OutputStore
 from napari_medseg.inference.tiling import BlockGrid, BlockPlan, WindowGrid, choose_block, plan_blocks
@@ -107,7 +109,7 @@ class Job:
     window: tuple[int, ...]
     overlap: float
     blend: str
-    tta: bool
+    tta: bool | str
     norm: NormConfig
     classes: ClassSchema
     write_probs: str | None
@@ -175,7 +177,7 @@ class Job:
 def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Path | LoadedModel, *,
              norm: NormConfig | None = None, classes: ClassSchema | None = None, level: int = 0,
              pixel_size: float | None = None, window: tuple[int, ...] | None = (512, 512), overlap: float = 0.25,
-             batch_size: int = 4, blend: str = "gaussian", tta: bool = False,
+             batch_size: int = 4, blend: str = "gaussian", tta: bool | str = False,
              tissue_mask: bool | str | TissueMask = "auto", write_probs: str | None = None, device: str = "auto",
              amp: bool = True, on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
              sigma_scale: float = 0.125, backend: str = "torch") -> Job:
@@ -229,12 +231,12 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
                    "shape": list(src.shape), "level": level, "level_shape": list(shape), "dtype": str(src.dtype),
                    "axes": src.axes, "fingerprint": fingerprint(src)},
         "model": loaded.model_hash,
-        "settings": {"window": list(win), "overlap": float(overlap), "blend": blend, "tta": bool(tta),
+        "settings": {"window": list(win), "overlap": float(overlap), "blend": blend, "tta": tta_identity(tta),
                      "sigma_scale": sigma_scale, "norm": norm.to_dict(), "classes": classes.to_dict(),
                      "write_probs": write_probs, "block": list(blk),
                      "tissue": None if tm is None else {"method": tm.method, "level": tm.level,
                                                         "threshold": tm.threshold,
                                                         "sha1": hashlib.sha1(np.packbits(tm.mask).tobytes()).hexdigest()}},
     }
-    return Job(src, loaded, level, win, float(overlap), blend, bool(tta), norm, classes, write_probs, dev, amp,
+    return Job(src, loaded, level, win, float(overlap), blend, tta_mode(tta), norm, classes, write_probs, dev, amp,
                int(batch_size), on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout)

@@ -219,18 +219,42 @@ def _rule_text(rule: tuple[tuple[int, int], ...]) -> str:
     return " x ".join(f"{lo}" if step == 0 else f"{lo} + k*{step}" for lo, step in rule) + " pixels"
 
 
+#: test-time augmentation: none; flips (the window and its mirror along each spatial axis: 1 + dims passes);
+#: dihedral (2D, square windows: the 4 rotations by 90 degrees, each also mirrored: 8 passes)
+TTA_MODES = ("none", "flips", "dihedral")
+
+
+def tta_mode(tta: bool | str | None) -> str:
+    """``False``/``None`` -> "none", ``True`` -> "flips", or a name of ``TTA_MODES``."""
+    if tta is None or tta is False:
+        return "none"
+    if tta is True:
+        return "flips"
+    if str(tta) not in TTA_MODES:
+        raise MedsegError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_MODES)}")
+    return str(tta)
+
+
+def tta_identity(tta: bool | str | None) -> bool | str:
+    """How a run records its TTA (resume checks it): True/False as before for none and flips."""
+    mode = tta_mode(tta)
+    return mode if mode == "dihedral" else mode == "flips"
+
+
 class WindowRunner:
-    """Probabilities for batches of windows; fixed batch shape, optional flip TTA."""
+    """Probabilities for batches of windows; fixed batch shape, optional TTA (``TTA_MODES``)."""
 
     def __init__(self, module: nn.Module, device: torch.device, *, batch_size: int = 4, amp: bool = True,
-                 tta: bool = False, model_dims: int = 2, squeeze_axis: int | None = None,
+                 tta: bool | str = False, model_dims: int = 2, squeeze_axis: int | None = None,
                  cpu_nhwc: bool = True, keep_module: bool = False) -> None:
         """``keep_module``: run the module where it is, its weights' memory format untouched (a model that
         is being trained, previewed between its steps); otherwise it is moved to ``device`` and, on CUDA,
         given channels-last weights."""
         if batch_size < 1:
             raise MedsegError(f"batch size must be >= 1, got {batch_size}")
-        self.device, self.batch_size, self.tta = device, int(batch_size), bool(tta)
+        self.device, self.batch_size = device, int(batch_size)
+        self.tta_mode = tta_mode(tta)
+        self.tta = self.tta_mode != "none"
         self.amp = bool(amp) and device.type == "cuda"
         self.channels_last = device.type == "cuda" and not keep_module
         # On the CPU a 2D model gets its input channels-last (NHWC), its weights left as they are: oneDNN's
@@ -298,11 +322,24 @@ class WindowRunner:
             part = torch.cat([part, pad])
         with torch.inference_mode():
             p = self._forward(part)
-            if self.tta:
+            if self.tta_mode == "flips":
                 dims = list(range(2, part.ndim))
                 for d in dims:
                     p += torch.flip(self._forward(torch.flip(part, [d])), [d])
                 p /= len(dims) + 1
+            elif self.tta_mode == "dihedral":
+                if part.ndim != 4 or part.shape[2] != part.shape[3]:
+                    raise MedsegError(f"rotation TTA needs square 2D windows, got {tuple(part.shape[2:])}; use flips")
+                for k in range(4):
+                    for mirror in (False, True):
+                        if k == 0 and not mirror:
+                            continue
+                        x = torch.rot90(part, k, (2, 3))
+                        x = torch.flip(x, [3]) if mirror else x
+                        y = self._forward(x)
+                        y = torch.flip(y, [3]) if mirror else y
+                        p += torch.rot90(y, -k, (2, 3))
+                p /= 8
         return p[:m]
 
 

@@ -32,7 +32,7 @@ from napari_medseg.models.normalization import NormConfig
 def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out: str | Path, *,
             norm: NormConfig | None = None, classes: ClassSchema | None = None, level: int = 0,
             pixel_size: float | None = None, window=(512, 512), overlap: float = 0.25, batch_size: int = 4,
-            blend: str = "gaussian", tta: bool = False, tissue_mask: bool | str = "auto",
+            blend: str = "gaussian", tta: bool | str = False, tissue_mask: bool | str = "auto",
             write_probs: str | None = None, device: str = "auto", amp: bool = True,
             cancel: threading.Event | None = None, resume: bool = True, overwrite: bool = False,
             on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
@@ -44,7 +44,8 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     ``level`` (or ``pixel_size``, which picks the coarsest level at least that fine) is predicted; the
     output has that level's geometry. ``window``: spatial window (a 2D window over a volume runs slice by
     slice). ``blend``: ``"gaussian"`` (MONAI's importance map; equal to ``sliding_window_inference``) or
-    ``"crop"``. ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
+    ``"crop"``. ``tta``: test-time augmentation, ``False``, ``True``/``"flips"`` or ``"dihedral"`` (2D square
+    windows: 4 rotations x mirror). ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
     a ``TissueMask``. ``write_probs``: None, ``"uint8"`` or ``"float16"``. ``resume``: continue an
     interrupted run of the same job; ``overwrite``: replace another run's output. ``on_corrupt``:
     ``"stop"`` or ``"skip"`` (predict around unreadable source tiles, with a warning). ``backend``:
