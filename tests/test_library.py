@@ -179,7 +179,7 @@ def test_extra_read_only_folders(tmp_path, models, monkeypatch):
 
 
 def test_add_files_of_other_kinds(tmp_path, models):
-    """A bioimage.io package (zip, folder, its rdf.yaml) and a TorchScript file with its sidecar."""
+    """A bioimage.io package (zip, folder; its rdf.yaml alone is refused) and a TorchScript file with its sidecar."""
     from napari_medseg.sharing import export_bioimageio
 
     ck = _ckpt(tmp_path / "m.pt")
@@ -190,7 +190,9 @@ def test_add_files_of_other_kinds(tmp_path, models):
     import zipfile
 
     zipfile.ZipFile(pkg).extractall(tmp_path / "unpacked")
-    d = lib.add_file(tmp_path / "unpacked" / "rdf.yaml")
+    with pytest.raises(MedsegError, match="folder or .zip"):  # never copies a yaml's whole folder
+        lib.add_file(tmp_path / "unpacked" / "rdf.yaml")
+    d = lib.add_file(tmp_path / "unpacked")
     assert d.model_file.is_dir() and (d.model_file / "rdf.yaml").is_file() and d.kind == "bioimageio"
     model = build_model(load_checkpoint(ck).model_config).eval()
     ts = tmp_path / "plain.ts"

@@ -91,25 +91,41 @@ def backend_model(model: Any, backend: str = "torch", *, source: ImageSource | N
     ck = load_checkpoint(path)
     dims = ck.model_config.spatial_dims
     default = (96, 96, 96) if dims == 3 else (512, 512)  # the predictor's default windows
+    if window and len(window) == 1:
+        window = tuple(window) * dims
     size = tuple(int(w) for w in (window if window and len(window) >= dims else default))[-dims:]
     digest = _file_digest(path)
     base = Path(folder) if folder is not None else deploy_folder()
     fp32 = base / f"{path.stem}-{_key(digest, size, 'fp32')}.onnx"
     if not fp32.is_file():
         say(f"exporting {path.name} to ONNX (once; kept in {base})")
-        export_checkpoint(path, fp32, format="onnx", size=size)
+        tmp = fp32.with_name(f".{fp32.name}.{os.getpid()}.tmp.onnx")
+        try:  # written whole, then renamed: a killed run or a second process never leaves half a file
+            export_checkpoint(path, tmp, format="onnx", size=size)
+            os.replace(tmp, fp32)
+        finally:
+            tmp.unlink(missing_ok=True)
     if backend == "onnxruntime":
         return fp32
     if source is None:
         raise MedsegError("INT8 needs the image to calibrate on (source=...)")
-    src_id = (source.path or source.name, source.shape, int(level))
+    from napari_medseg.core.source import strided_sample
+
+    # the image itself, not only its name: two in-memory layers both called "Image" calibrate apart
+    pixels = hashlib.sha256(strided_sample(source, max_elems=1 << 14).tobytes()).hexdigest()[:16]
+    src_id = (source.path or source.name, source.shape, int(level), pixels)
     int8 = base / f"{path.stem}-{_key(digest, size, src_id, n_calibration, seed, 'int8')}.int8.onnx"
     if not int8.is_file():
         from napari_medseg.models.quantize import quantize_onnx
 
         say(f"quantising to INT8, calibrated on {n_calibration} windows of {source.name}")
-        quantize_onnx(fp32, int8, calibration_batches(source, level, ck.norm, size, n_calibration, seed,
-                                                      in_channels=ck.model_config.in_channels))
+        tmp = int8.with_name(f".{int8.name}.{os.getpid()}.tmp.onnx")
+        try:
+            quantize_onnx(fp32, tmp, calibration_batches(source, level, ck.norm, size, n_calibration, seed,
+                                                         in_channels=ck.model_config.in_channels))
+            os.replace(tmp, int8)
+        finally:
+            tmp.unlink(missing_ok=True)
     return int8
 
 

@@ -216,6 +216,14 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
     """
     if len(inputs) != len(outs):
         raise MedsegError("need one output path per input")
+    backend = settings.pop("backend", "torch")
+    if backend != "torch" and inputs:  # convert once (INT8: calibrated on the first input); workers open the file
+        from napari_medseg.inference.backends import backend_model
+
+        window = settings.get("window")
+        model = backend_model(model, backend, source=open_source(inputs[0]), level=int(settings.get("level", 0)),
+                              window=None if window is None else tuple(window) if not isinstance(window, int)
+                              else (window,) * 3)
     if client is None and workers is None and scheduler is None:
         if isinstance(model, (str, Path)):  # read and hashed once for all the inputs, not once per input
             model = resolve_model(model)

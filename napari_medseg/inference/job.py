@@ -193,7 +193,10 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
         raise MedsegError(f"on_corrupt must be 'stop' or 'skip', got {on_corrupt!r}")
     if int(batch_size) < 1:
         raise MedsegError(f"batch size must be >= 1, got {batch_size}")
-    if backend != "torch" and not isinstance(model, LoadedModel):  # ONNX Runtime: the converted file (cached)
+    if backend != "torch" and isinstance(model, LoadedModel):
+        raise MedsegError(f"the {backend} backend converts a checkpoint file; this model is already loaded: "
+                          "convert it first (inference.backends.backend_model) or pass the checkpoint's path")
+    if backend != "torch":  # ONNX Runtime: the converted file (cached)
         from napari_medseg.inference.backends import backend_model
 
         model = backend_model(model, backend, source=src, level=level,
@@ -204,6 +207,8 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
     if window is None:
         window = fit_window(loaded, (96, 96, 96) if loaded.spatial_dims == 3 else (512, 512))
     win = model_window(loaded, src, tuple(window) if not isinstance(window, int) else (window,) * src.spatial_dims)
+    if tta_mode(tta) == "dihedral" and (sum(w > 1 for w in win) != 2 or len({w for w in win if w > 1}) != 1):
+        raise MedsegError(f"rotation TTA (dihedral) needs square 2D windows; the window is {win}: use flips")
     out_ch = check_model_input(loaded, src, win, dev, norm)
     classes = classes or loaded.classes or ClassSchema.default(out_ch)
     if out_ch != classes.n_classes:

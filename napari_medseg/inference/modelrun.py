@@ -204,6 +204,8 @@ def check_model_input(loaded: LoadedModel, source: ImageSource, window: tuple[in
     try:
         with torch.inference_mode():
             y = loaded.module.to(device)(x)
+    except MedsegError:
+        raise
     except Exception as e:
         raise MedsegError(f"the model cannot take a window of {tuple(mwin)} pixels ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]}); choose a window the architecture accepts "

@@ -118,7 +118,9 @@ def load_package(path: str | os.PathLike) -> Any:
     refuse_urls(p)
     quiet_bioimageio()
     try:
-        descr = load_model_description(src, perform_io_checks=True, format_version="latest")
+        # no I/O checks: with them bioimageio.spec contacts GitHub and cited URLs (offline machines would refuse
+        # good packages); every file napari-medseg reads is checked against its sha256 in _read instead
+        descr = load_model_description(src, perform_io_checks=False, format_version="latest")
     except Exception as e:  # YAML syntax, unreadable zip, a file that is not a model ...
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise MedsegError(f"{p} is not a valid bioimage.io model package ({type(e).__name__}: "
@@ -136,10 +138,19 @@ def _read(file_descr: Any, label: str) -> bytes:
     if src.startswith(("http://", "https://")):
         raise MedsegError(f"{label} points to {src}; napari-medseg uses only files inside the package (no downloads)")
     try:
-        return get_reader(file_descr.source, sha256=getattr(file_descr, "sha256", None)).read()
+        data = get_reader(file_descr.source).read()
     except Exception as e:
         raise MedsegError(f"{label} could not be read from the package ({type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]})") from e
+    want = getattr(file_descr, "sha256", None)
+    if want is not None:
+        import hashlib
+
+        got = hashlib.sha256(data).hexdigest()
+        if got != str(want):
+            raise MedsegError(f"{label}: SHA256 mismatch (the package says {str(want)[:12]}..., the file is "
+                              f"{got[:12]}...): the file was changed or damaged; nothing of it was used")
+    return data
 
 
 def _our_config(descr: Any) -> dict[str, Any]:
@@ -271,7 +282,8 @@ def _classes_from(descr: Any, n_out: int, out_kind: str) -> ClassSchema:
     if isinstance(ours, dict):
         return ClassSchema.from_dict(ours)
     if out_kind == "sigmoid_logits" and n_out == 1:
-        name = str(descr.outputs[0].axes[1].channel_names[0]) if _has_channel(descr.outputs[0]) else "foreground"
+        ch = next((a for a in descr.outputs[0].axes if getattr(a, "type", None) == "channel"), None)
+        name = str(ch.channel_names[0]) if ch is not None else "foreground"
         return ClassSchema(names=("background", name if name.lower() != "background" else "foreground"))
     ch = next((a for a in descr.outputs[0].axes if getattr(a, "type", None) == "channel"), None)
     names = [str(c) for c in ch.channel_names] if ch is not None else []
@@ -349,6 +361,9 @@ def open_package(path: str | os.PathLike, weights: str | None = None) -> OpenedM
     in_kinds, n_in, space = _axes(inp, "input", p)
     out_kinds, n_out = _check_outputs(descr, in_kinds, space, p)
     out_kind = _output_kind(descr.outputs[0], p)
+    if out_kind == "sigmoid_logits" and n_out != 1:
+        raise MedsegError(f"{p}: the output has {n_out} sigmoid channels (independent labels); napari-medseg "
+                          "predicts one class per pixel and takes one sigmoid channel at most")
     classes = _classes_from(descr, n_out, out_kind)
     norm = NormConfig.from_steps(_steps(inp), channels=n_in or 1)
     wd = getattr(descr.weights, fmt)
@@ -361,6 +376,9 @@ def open_package(path: str | os.PathLike, weights: str | None = None) -> OpenedM
         from napari_medseg.models.registry import build_model
 
         config = ckpt.model_config
+        from napari_medseg.models.checkpoint import _check_config_fits
+
+        _check_config_fits(ckpt, p)  # on the meta device: a package claiming a huge model allocates nothing
         inner = build_model(config)
         load_state_dict_report(inner, ckpt.state_dict, strict=True)
         inner.eval()

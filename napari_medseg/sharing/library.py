@@ -450,9 +450,11 @@ def add_file(path: str | os.PathLike, name: str | None = None, *, folder: str | 
         from napari_medseg.sharing.model_files import describe_model_file
     except ImportError as e:  # pragma: no cover - the sharing package without its import half
         raise MedsegError(f"{src}: only napari-medseg checkpoints can be added here ({e})") from e
-    info = describe_model_file(src)
     if kind == "bioimageio" and src.suffix.lower() in (".yaml", ".yml"):
-        src = src.parent  # the rdf.yaml itself: the package is its folder
+        # copying the yaml's whole folder could copy a Downloads folder: the package must be named itself
+        raise MedsegError(f"{src} is a package description: add the package's folder or .zip instead, so that "
+                          "what is copied into the library is clear")
+    info = describe_model_file(src)
     card = {"kind": kind, "architecture": info.architecture, "in_channels": info.in_channels,
             "spatial_dims": info.spatial_dims, "classes": list(info.classes),
             "pixel_size": list(info.pixel_size) if info.pixel_size else None, "unit": info.unit, "created": _now(),

@@ -74,7 +74,8 @@ def read_sidecar(path: str | os.PathLike, kind: str) -> dict[str, Any]:
             raise MedsegError(f"{side} is not valid JSON ({e})") from e
         if not isinstance(d, dict):
             raise MedsegError(f"{side} must hold a JSON object like {SIDECAR_EXAMPLE}")
-        return d
+        if "model_config" not in d:  # else: the checkpoint's own description beside run/best.onnx
+            return d
     meta = _embedded_meta(p, kind)
     if "model_config" in meta:
         cfg = ModelConfig.from_dict(meta["model_config"])

@@ -14,8 +14,8 @@ from napari_medseg.models.checkpoint import Checkpoint
 CITATIONS: dict[str, tuple[str, str | None, str | None]] = {
     "unet": ("Ronneberger, Fischer, Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
              "MICCAI 2015.", "10.1007/978-3-319-24574-4_28", None),
-    "attention_unet": ("Oktay et al. Attention U-Net: Learning Where to Look for the Pancreas. MIDL 2018.", None,
-                       "https://arxiv.org/abs/1804.03999"),
+    "attention_unet": ("Oktay et al. Attention U-Net: Learning Where to Look for the Pancreas. MIDL 2018.",
+                       "10.48550/arXiv.1804.03999", None),
     "unetpp": ("Zhou et al. UNet++: A Nested U-Net Architecture for Medical Image Segmentation. DLMIA 2018.",
                "10.1007/978-3-030-00889-5_1", None),
     "swin_unet": ("Cao et al. Swin-Unet: Unet-like Pure Transformer for Medical Image Segmentation. ECCV "

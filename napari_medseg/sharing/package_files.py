@@ -15,23 +15,30 @@ YAML_NAMES = ("rdf.yaml", "bioimageio.yaml")
 
 
 def package_yaml_in_zip(path: Path) -> str | None:
+    """The description file of a zipped package, chosen as bioimage.io's own tools choose it."""
     try:
         with zipfile.ZipFile(path) as z:
-            names = z.namelist()
+            names = [n for n in z.namelist() if "/" not in n]
     except (zipfile.BadZipFile, OSError):
         return None
-    for n in names:
-        if "/" not in n and (n in YAML_NAMES or n.endswith(".bioimageio.yaml")):
-            return n
-    return None
+    return _choose_yaml(names)
+
+
+def _choose_yaml(names: list[str]) -> str | None:
+    cands = [n for n in names if n in YAML_NAMES or n.endswith(".bioimageio.yaml")]
+    if not cands:
+        return None
+    try:
+        from bioimageio.spec._internal.io import identify_bioimageio_yaml_file_name
+
+        return str(identify_bioimageio_yaml_file_name(cands))
+    except Exception:  # several candidates or an older spec: its preference, rdf.yaml first
+        return next((n for n in YAML_NAMES if n in cands), sorted(cands)[0])
 
 
 def package_yaml_in_folder(path: Path) -> Path | None:
-    for n in YAML_NAMES:
-        if (path / n).is_file():
-            return path / n
-    found = sorted(path.glob("*.bioimageio.yaml"))
-    return found[0] if found else None
+    name = _choose_yaml([p.name for p in path.iterdir() if p.is_file()]) if path.is_dir() else None
+    return path / name if name else None
 
 
 def model_file_kind(path: str | os.PathLike) -> str | None:
@@ -85,7 +92,7 @@ def _urls(node: Any, fetched: bool = False) -> list[str]:
         return [u for k, v in node.items() for u in _urls(v, fetched or str(k) in _FETCHED)]
     if isinstance(node, list):
         return [u for v in node for u in _urls(v, fetched)]
-    if fetched and isinstance(node, str) and node.strip().lower().startswith(("http://", "https://", "ftp://")):
+    if fetched and isinstance(node, str) and "://" in node:  # also v0.4's "conda:https://..."
         return [node.strip()]
     return []
 

@@ -90,7 +90,7 @@ def test_weights_of_another_shape(good, tmp_path):
     rdf = _rdf(d)
     _rehash(d, rdf)
     msg = _refused(lambda: open_model_file(d, weights="pytorch_state_dict"), "")
-    assert "does not fit" in msg
+    assert "does not match its weights" in msg  # checked on the meta device, before anything is allocated
 
 
 def test_pickle_bearing_weights_are_refused_unrun(good, tmp_path):
@@ -135,12 +135,20 @@ def test_weights_from_a_url_are_refused(good, tmp_path):
     assert "downloads nothing" in msg  # refused before bioimageio.spec could try to fetch it
 
 
+def test_a_conda_url_is_refused_too(good, tmp_path):
+    d = _copy(good, tmp_path)
+    rdf = _rdf(d)
+    rdf["weights"]["pytorch_state_dict"]["dependencies"] = {"source": "conda:https://example.invalid/env.yaml"}
+    _write_rdf(d, rdf)
+    assert "downloads nothing" in _refused(lambda: open_model_file(d), "bad")
+
+
 def test_a_time_axis_is_refused(good, tmp_path):
     d = _copy(good, tmp_path)
     rdf = _rdf(d)
     rdf["inputs"][0]["axes"].insert(1, {"type": "time", "id": "t", "size": 1})
     _write_rdf(d, rdf)
-    assert "incompatible" in _refused(lambda: open_model_file(d), "bad")
+    assert "time axis" in _refused(lambda: open_model_file(d), "bad")
 
 
 def test_a_zip_that_is_not_a_package(tmp_path):

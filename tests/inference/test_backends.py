@@ -4,11 +4,12 @@ calibrated on the image's tissue and stays close; conversions are cached; bad ch
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import predict_arrays
+from helpers import drain, predict_arrays
 from training._synth import trained_blob_model
 
 from napari_medseg.core.errors import MedsegError
@@ -102,3 +103,46 @@ def test_cli_backend(trained, tmp_path, monkeypatch, capsys):
                "onnxruntime", "--window", "64", "--tissue-mask", "off"])
     assert rc == 0, capsys.readouterr().err
     assert (tmp_path / "o" / "img.prediction.zarr").is_dir()
+
+
+def test_an_onnx_export_beside_its_checkpoint_opens(trained, tmp_path):
+    """run/best.onnx next to run/best.json (the checkpoint's description): the ONNX's own description wins."""
+    import shutil
+
+    from napari_medseg.models.export import export_checkpoint
+    from napari_medseg.sharing import describe_model_file
+
+    tmp, ckpt = trained
+    shutil.copy(ckpt, tmp_path / "best.pt")
+    shutil.copy(Path(ckpt).with_suffix(".json"), tmp_path / "best.json")
+    onnx = export_checkpoint(tmp_path / "best.pt", format="onnx", size=64).path
+    assert onnx == tmp_path / "best.onnx"
+    assert describe_model_file(onnx).spatial_dims == 2
+
+
+def test_predict_many_converts_for_its_backend(trained, tmp_path, monkeypatch):
+    from napari_medseg.inference.distributed import predict_many
+
+    tmp, ckpt = trained
+    monkeypatch.setenv("NAPARI_MEDSEG_CACHE", str(tmp_path / "cache"))
+    gen = predict_many([tmp / "img.tif"], ckpt, [tmp_path / "m.zarr"], backend="onnxruntime", window=(64, 64),
+                       tissue_mask=False)
+    drain(gen)
+    assert list((tmp_path / "cache" / "deploy").glob("*.onnx"))  # it ran through ONNX Runtime
+
+
+def test_dihedral_tta_on_a_volume_is_refused_before_writing(tmp_path):
+    import tifffile
+
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.inference.predictor import run_predict
+    from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, build_model, save_checkpoint
+
+    cfg = ModelConfig(spatial_dims=3, channels=(4, 8), num_res_units=0)
+    ck = save_checkpoint(tmp_path / "v.pt", Checkpoint(cfg, build_model(cfg).state_dict(), ClassSchema(),
+                                                      NormConfig.uint8(1)))
+    tifffile.imwrite(tmp_path / "v.tif", np.zeros((16, 32, 32), np.uint8), imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(MedsegError, match="square 2D windows"):
+        run_predict(tmp_path / "v.tif", ck, tmp_path / "v.zarr", window=(16, 16, 16), tta="dihedral",
+                    tissue_mask=False)
+    assert not (tmp_path / "v.zarr").exists()
