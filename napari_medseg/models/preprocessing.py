@@ -19,7 +19,6 @@ Supported: ``clip``, ``scale_linear``, ``scale_range``, ``zero_mean_unit_varianc
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -214,8 +213,3 @@ def resolve_steps(steps: Sequence[Mapping[str, Any]], sample: np.ndarray) -> tup
         out.append(fixed)
         x = apply_steps(x, [fixed])
     return tuple(out)
-
-
-def steps_key(steps: Sequence[Mapping[str, Any]]) -> str:
-    """A stable text form of a chain (for hashing and equality in run identities)."""
-    return json.dumps(list(steps), sort_keys=True)

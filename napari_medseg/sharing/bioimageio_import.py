@@ -292,10 +292,6 @@ def _classes_from(descr: Any, n_out: int, out_kind: str) -> ClassSchema:
     return ClassSchema(names=("background", *names[1:]))
 
 
-def _has_channel(tensor: Any) -> bool:
-    return any(getattr(a, "type", None) == "channel" for a in tensor.axes)
-
-
 def _space_info(space: list[Any]) -> tuple[tuple[float, ...] | None, str | None]:
     by_id = {str(a.id).lower(): a for a in space}
     scales = tuple(float(getattr(by_id[k], "scale", 1.0) or 1.0) for k in SPACE if k in by_id)
@@ -423,12 +419,8 @@ def _our_checkpoint(descr: Any, data: bytes, classes: ClassSchema, norm: NormCon
 
 def package_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """A package of a napari-medseg architecture as a checkpoint (to fine-tune it; weights checked to fit)."""
-    opened = open_package(path, weights="pytorch_state_dict") if _is_trainable(path) else None
-    if opened is None or opened.checkpoint is None:
+    opened = open_package(path)  # prefers our state dict when the package has one: then it is fine-tunable
+    if opened.checkpoint is None:
         raise MedsegError(f"{path} holds no napari-medseg architecture (its weights are another network's); it can "
                           "predict, but training cannot start from it")
     return opened.checkpoint
-
-
-def _is_trainable(path: str | os.PathLike) -> bool:
-    return describe_package(path).trainable

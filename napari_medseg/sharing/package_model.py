@@ -63,12 +63,27 @@ class OnnxModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = x.detach().float().cpu().contiguous().numpy()
-        try:
-            y = self.session.run(None, {self.input_name: a})[0]
-        except Exception as e:
-            raise MedsegError(f"{self.label} failed on an input of shape {tuple(a.shape)} ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); the model may need another window size") from e
+        fixed = self.input_shape[0] if self.input_shape and isinstance(self.input_shape[0], int) else None
+        if fixed is None or fixed == a.shape[0]:
+            y = self._run(a)
+        else:  # a graph traced with a fixed batch (often 1): run the windows in batches of that size
+            parts = []
+            for i in range(0, a.shape[0], fixed):
+                part = a[i:i + fixed]
+                n = part.shape[0]
+                if n < fixed:
+                    part = np.concatenate([part, np.zeros((fixed - n, *part.shape[1:]), part.dtype)])
+                parts.append(self._run(part)[:n])
+            y = np.concatenate(parts)
         return torch.from_numpy(np.asarray(y, dtype=np.float32)).to(x.device)
+
+    def _run(self, a: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run(None, {self.input_name: a})[0]
+        except Exception as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise MedsegError(f"{self.label} failed on an input of shape {tuple(a.shape)} ({type(e).__name__}: "
+                              f"{' | '.join(lines[:3])[:300]}); the model may need another window size") from e
 
 
 class ForeignModel(nn.Module):

@@ -148,3 +148,21 @@ def test_cli_predicts_with_a_package_zip_and_folder(foreign, tmp_path, capsys):
         outs.append(np.asarray(zarr.open_group(tmp_path / f"o{i}" / "img.prediction.zarr", mode="r")
                                ["labels"]["prediction"]["0"]))
     assert np.array_equal(outs[0], outs[1]) and outs[0].shape == (64, 48)
+
+
+def test_an_onnx_graph_with_a_fixed_batch_of_one_runs_in_batches(tmp_path):
+    """torch.onnx.export without dynamic axes fixes the batch at 1; the predictor sends batches of 4."""
+    net = nn.Conv2d(1, 2, 1)
+    torch.onnx.export(net, (torch.zeros(1, 1, 32, 32),), str(tmp_path / "b1.onnx"), dynamo=False, input_names=["x"])
+    (tmp_path / "b1.json").write_text(json.dumps({"spatial_dims": 2, "in_channels": 1, "window": {"fixed": 32},
+                                                  "normalization": {"mode": "range", "low": [0], "high": [255]}}))
+    img = (np.random.default_rng(2).random((80, 70)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    run_predict(tmp_path / "img.tif", tmp_path / "b1.onnx", tmp_path / "o.zarr", window=(32, 32), batch_size=4,
+                tissue_mask=False)
+    import zarr
+
+    lab = np.asarray(zarr.open_group(tmp_path / "o.zarr", mode="r")["labels"]["prediction"]["0"])
+    with torch.no_grad():
+        want = net(torch.from_numpy(img / 255.0).float()[None, None])[0].argmax(0).numpy()
+    assert (lab == want).mean() > 0.999
