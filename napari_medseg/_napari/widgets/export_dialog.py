@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_medseg._napari.jobs.workers import start_generator_worker, user_message
-from napari_medseg._napari.widgets.qt_helpers import path_row
+from napari_medseg._napari.widgets.qt_helpers import button_row, path_row
 from napari_medseg._napari.widgets.settings import load_settings, save_settings
 from napari_medseg.core.errors import MedsegError
 
@@ -155,15 +155,9 @@ class ExportDialog(QDialog):
         lay.addWidget(self.progress_bar)
         lay.addWidget(self.status)
         lay.addWidget(self.log_view, 1)
-        btns = QHBoxLayout()
-        btns.addStretch(1)
-        self.export_btn = QPushButton("Export")
+        btns, (self.export_btn, self.close_btn) = button_row(("Export", self.export), ("Close", self.close),
+                                                             stretch=True)
         self.export_btn.setDefault(True)
-        self.close_btn = QPushButton("Close")
-        self.export_btn.clicked.connect(self.export)
-        self.close_btn.clicked.connect(self.close)
-        btns.addWidget(self.export_btn)
-        btns.addWidget(self.close_btn)
         lay.addLayout(btns)
         self.resize(460, 520)
 

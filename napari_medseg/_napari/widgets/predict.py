@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
-    QHBoxLayout,
     QLabel,
     QPushButton,
     QSpinBox,
@@ -58,7 +57,7 @@ from napari_medseg._napari.widgets.model_library import (
     model_path_row,
 )
 from napari_medseg._napari.widgets.predict_preview import PreviewBox
-from napari_medseg._napari.widgets.qt_helpers import combo_layer, fill_layer_combo, path_row
+from napari_medseg._napari.widgets.qt_helpers import button_row, combo_layer, fill_layer_combo, path_row
 from napari_medseg._napari.widgets.settings import load_settings, save_settings
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.inference import BlockDone, PredictDone, PredictFailed, PredictStart, PredictWarning
@@ -188,13 +187,8 @@ class PredictWidget(QWidget):
         f.addRow(self.process_check)
         f.addRow(self.skip_check)
         f.addRow(self.overwrite_check)
-        row = QHBoxLayout()
-        self.predict_btn = QPushButton("Predict whole image")
-        self.cancel_btn = QPushButton("Cancel")
-        self.predict_btn.clicked.connect(self.predict)
-        self.cancel_btn.clicked.connect(self.cancel)
-        row.addWidget(self.predict_btn)
-        row.addWidget(self.cancel_btn)
+        row, (self.predict_btn, self.cancel_btn) = button_row(("Predict whole image", self.predict),
+                                                              ("Cancel", self.cancel))
         f.addRow(row)
         lay.addWidget(box)
 

@@ -23,6 +23,21 @@ def path_row(placeholder: str, on_pick: Callable[[], None]) -> tuple[QHBoxLayout
     return row, edit
 
 
+def button_row(*buttons: tuple[str, Callable[[], None]], stretch: bool = False
+               ) -> tuple[QHBoxLayout, list[QPushButton]]:
+    """A row of push buttons, each ``(text, on_click)``, right-aligned with ``stretch``; returns (row, buttons)."""
+    row = QHBoxLayout()
+    if stretch:
+        row.addStretch(1)
+    made = []
+    for text, on_click in buttons:
+        b = QPushButton(text)
+        b.clicked.connect(on_click)
+        row.addWidget(b)
+        made.append(b)
+    return row, made
+
+
 def fill_layer_combo(combo: QComboBox, layers: Iterable[Any], head: Sequence[str] = ()) -> None:
     """List the plain choices ``head``, then ``layers`` by name, in ``combo``; each layer's item holds the
     layer (``combo_layer``). What was chosen stays chosen: the same layer whatever its name now (a renamed
