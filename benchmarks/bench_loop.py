@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _active_loop  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "monuseg_train"
 BG, NUC = 1, 2  # store values
@@ -145,6 +147,24 @@ def write_plot(path: Path, result: dict[str, Any]) -> None:
                    xticks=xs, xtick_labels=[f"{h['round']} ({h['painted_pixels'] / 1000:.1f}k px)" for h in rounds])
 
 
+def active_learning(args: argparse.Namespace) -> int:
+    """``--active-learning``: the loop headless, regions chosen by the ranking and at random (``_active_loop``)."""
+    if not DATA.is_dir():
+        print("RESULT " + json.dumps({"skipped": f"{DATA} is absent"}))
+        return 0
+    logging.basicConfig(level=logging.WARNING)
+    t = time.perf_counter()
+    result = _active_loop.run(_active_loop.from_args(args), DATA)
+    result.update(quick=args.quick, total_s=round(time.perf_counter() - t, 1),
+                  loadavg_1min=round(os.getloadavg()[0], 2))
+    if args.plot:
+        _active_loop.write_plot(args.plot, result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    print("RESULT " + json.dumps({k: v for k, v in result.items() if k != "rows"}), flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -160,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--replot", type=Path, default=None, help="draw the plot (--plot) from a saved --json and exit")
+    _active_loop.add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.active_learning:
+        return active_learning(args)
     if args.replot:
         from qtpy.QtWidgets import QApplication
 

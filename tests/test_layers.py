@@ -3,7 +3,8 @@
 Every import of every module counts, function-local ones too (they are how a wrong-way arrow hides). The
 floors (README, Development): core < io < labels; core < models < training, inference; samples on io;
 objects on io (training uses it for the object boundary class); sharing (bioimage.io, model files, the
-model library) on models and io, below training and inference; cli on all engine packages; _napari on everything, imported by nothing (the CLI's ``gui`` loads it by name).
+model library) on models and io, below training and inference; guidance ("where to paint next") on labels
+and inference, below cli; cli on all engine packages; _napari on everything, imported by nothing (the CLI's ``gui`` loads it by name).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ ALLOWED: dict[str, set[str]] = {
     "samples": {"core", "io"},
     "objects": {"core", "io"},
     "sharing": {"core", "io", "models"},
-    "cli": {"core", "io", "labels", "models", "training", "inference", "samples", "objects", "sharing"},
-    "_napari": {"core", "io", "labels", "models", "training", "inference", "samples", "objects", "sharing"},
+    "guidance": {"core", "io", "labels", "models", "inference", "sharing"},
+    "cli": {"core", "io", "labels", "models", "training", "inference", "samples", "objects", "sharing", "guidance"},
+    "_napari": {"core", "io", "labels", "models", "training", "inference", "samples", "objects", "sharing",
+                "guidance"},
 }
 
 

@@ -1,6 +1,10 @@
 """Per-viewer state shared by the plugin's widgets: for each image layer its open label store (and the
 painter showing it) and the ``ImageSource`` opened for it, and the last and best checkpoint trained.
 
+A widget that wants to know when a training run produced a model (the Annotate widget's "Where to paint
+next" box re-ranks then) listens with ``on_checkpoint(callback)``; the Train widget announces each finished
+run with ``checkpoint_trained(path)``. The widgets so never import each other.
+
 Layers are keyed by identity (the layer object behind napari's proxy), never by name: a user who renames
 an image layer keeps its labels in every widget. Entries go with their layer (weak keys). The widgets ask
 the session (``store_for``, ``painter_for``, ``source_for``) each time and keep no second reference; the
@@ -9,7 +13,9 @@ Annotate widget, which opens and closes the labels, is the one that attaches and
 
 from __future__ import annotations
 
+import logging
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,6 +25,9 @@ from napari_medseg._napari.napari_compat_layers import unwrap
 if TYPE_CHECKING:
     from napari_medseg.core.source import ImageSource
     from napari_medseg.labels.store import LabelStore
+
+log = logging.getLogger(__name__)
+CheckpointListener = Callable[[Path], Any]
 
 
 class Painter(Protocol):
@@ -36,6 +45,45 @@ class Session:
         self._labels: weakref.WeakKeyDictionary[Any, tuple[LabelStore, Painter | None]] = \
             weakref.WeakKeyDictionary()
         self._sources: weakref.WeakKeyDictionary[Any, tuple[Any, Any, ImageSource]] = weakref.WeakKeyDictionary()
+        self._checkpoint_listeners: list[Callable[[], CheckpointListener | None]] = []
+
+    # -- trained models -------------------------------------------------------------------------------
+    def on_checkpoint(self, callback: CheckpointListener) -> Callable[[], None]:
+        """Call ``callback(path)`` (main thread) each time a training run of this viewer ends with a model
+        (``checkpoint_trained``). A bound method is held weakly (a closed widget's listener goes with it).
+        Returns a function that removes the listener."""
+        ref: Callable[[], CheckpointListener | None]
+        if hasattr(callback, "__self__") and hasattr(callback, "__func__"):
+            ref = weakref.WeakMethod(callback)  # type: ignore[arg-type]
+        else:
+            ref = lambda: callback  # noqa: E731 - a plain function lives as long as the session
+        self._checkpoint_listeners.append(ref)
+
+        def remove() -> None:
+            if ref in self._checkpoint_listeners:
+                self._checkpoint_listeners.remove(ref)
+
+        return remove
+
+    def checkpoint_trained(self, path: str | Path) -> None:
+        """A training run ended with the model at ``path``: tell the listeners (``on_checkpoint``). A
+        listener that fails is logged and the others still hear of it."""
+        path = Path(path)
+        for ref in list(self._checkpoint_listeners):
+            callback = ref()
+            if callback is None:
+                self._checkpoint_listeners.remove(ref)
+                continue
+            try:
+                callback(path)
+            except RuntimeError as e:
+                if "deleted" not in str(e):  # else a Qt widget deleted behind its Python object: forget it
+                    log.exception("a checkpoint listener failed")
+                    continue
+                log.debug("checkpoint listener gone: %s", e)
+                self._checkpoint_listeners.remove(ref)
+            except Exception:
+                log.exception("a checkpoint listener failed")
 
     # -- labels ---------------------------------------------------------------------------------------
     def attach_labels(self, layer: Any, store: LabelStore, painter: Painter | None = None) -> None:

@@ -5,6 +5,7 @@ Subcommands live in their own modules (imported only when used, so ``--help`` is
 - ``convert IN OUT.zarr``        a chunked NGFF multiscale pyramid from any readable slide or volume
 - ``train``                      fine-tune a model from a label store, image/mask folders or NIfTI pairs
 - ``predict CKPT INPUT... --out`` tiled prediction into NGFF zarr, optionally on a Dask cluster
+- ``rank IMAGE --model M``       where to paint next: regions ranked by the model's uncertainty (JSON + table)
 - ``export CKPT --out PKG.zip``   a bioimage.io model package (or ONNX / TorchScript), tested
 - ``models [list|show|add|remove|folder]`` the model library: trained and imported models by name
 - ``sample {slide,ct} --out DIR`` write the sample data (image and ground truth) to disk
@@ -30,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("napari_medseg.cli.convert", "convert a slide or volume to a chunked NGFF zarr pyramid"),
     "train": ("napari_medseg.cli.train", "fine-tune a UNet / Swin-UNet (optionally Mean Teacher)"),
     "predict": ("napari_medseg.cli.predict", "tiled prediction of slides or volumes into NGFF zarr"),
+    "rank": ("napari_medseg.cli.rank", "where to paint next: rank an image's regions by the model's uncertainty"),
     "export": ("napari_medseg.cli.export", "export a model as a bioimage.io package, ONNX or TorchScript"),
     "models": ("napari_medseg.cli.models", "the model library: list, show, add and remove models by name"),
     "sample": ("napari_medseg.cli.sample", "write the sample slide or CT volume (with ground truth) to disk"),

@@ -1,5 +1,6 @@
 """The Annotate dock widget: paint at once, see where the labels are saved, edit the classes, jump between
-annotated regions, see painted-pixel counts per class, and know how much a crash could lose.
+annotated regions, see painted-pixel counts per class, know how much a crash could lose, and go where the
+model is least sure ("Where to paint next": ``guidance.NextRegionBox``).
 
 When an image is in the viewer its labels open by themselves (``labels_opening``): beside the image when
 its folder can be written, else in the user data folder, never in a cache folder; the editable labels
@@ -42,6 +43,7 @@ from napari_medseg._napari.painting.controller import AUTOSAVE_NOTE, PaintingCon
 from napari_medseg._napari.quiet_gc import freeze_long_lived
 from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.class_table import ClassTableMixin
+from napari_medseg._napari.widgets.guidance import NextRegionBox, is_heatmap_layer
 from napari_medseg._napari.widgets.messages import MessageLog
 from napari_medseg._napari.widgets.qt_helpers import combo_layer, fill_layer_combo
 from napari_medseg.core.errors import MedsegError
@@ -154,11 +156,13 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         rl.addWidget(self.region_label, 1, Qt.AlignCenter)
         rl.addWidget(self.next_button)
         root.addWidget(rbox)
+        self.messages = MessageLog()  # the "Where to paint next" box speaks through it too
+        self.guidance = NextRegionBox(self.viewer, self.session, self.messages, lambda: self._image_layer)
+        root.addWidget(self.guidance)
 
         self.autosave_label = QLabel(AUTOSAVE_NOTE)
         self.autosave_label.setWordWrap(True)
         root.addWidget(self.autosave_label)
-        self.messages = MessageLog()
         root.addWidget(self.messages)
         root.addStretch(1)
         self._update_enabled()
@@ -176,7 +180,7 @@ class AnnotateWidget(ClassTableMixin, QWidget):
 
     # -- image choice -------------------------------------------------------------------------------
     def _image_layers(self) -> list[Any]:
-        return [ly for ly in self.viewer.layers if is_image_layer(ly)]
+        return [ly for ly in self.viewer.layers if is_image_layer(ly) and not is_heatmap_layer(ly)]
 
     def _refresh_images(self, *_: Any) -> None:
         current = self._current_layer()

@@ -37,6 +37,7 @@ from napari_medseg._napari.layerdata import medseg_meta, units_of
 from napari_medseg._napari.layers import camera_of, on_layer_renamed
 from napari_medseg._napari.napari_compat_layers import is_image_layer, is_labels_layer, is_shapes_layer
 from napari_medseg._napari.session import session_for
+from napari_medseg._napari.widgets.guidance_parts import is_heatmap_layer
 from napari_medseg._napari.widgets.messages import MessageLog
 from napari_medseg._napari.widgets.objects_jobs import (
     OBJECTS_KEY,
@@ -224,7 +225,8 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         labels = [ly for ly in self.viewer.layers if is_labels_layer(ly) and not self._is_objects(ly)
                   and not medseg_meta(ly).get("reference")]
         fill_layer_combo(self.pred_combo, labels)
-        fill_layer_combo(self.image_combo, [ly for ly in self.viewer.layers if is_image_layer(ly)], head=[NO_IMAGE])
+        fill_layer_combo(self.image_combo, [ly for ly in self.viewer.layers if is_image_layer(ly)
+                                             and not is_heatmap_layer(ly)], head=[NO_IMAGE])
         fill_layer_combo(self.shapes_combo, [ly for ly in self.viewer.layers if is_shapes_layer(ly)])
         if self.state is not None and self.state.layer not in self.viewer.layers:
             self.state, self._undo = None, []

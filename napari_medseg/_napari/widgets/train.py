@@ -38,6 +38,7 @@ from napari_medseg._napari.layerdata import medseg_meta, prediction_colormap, un
 from napari_medseg._napari.layers import LatestValue, camera_of, current_view, on_layer_renamed, upsert_layer
 from napari_medseg._napari.quiet_gc import freeze_long_lived
 from napari_medseg._napari.session import session_for
+from napari_medseg._napari.widgets.guidance_parts import is_heatmap_layer
 from napari_medseg._napari.widgets.messages import MessageLog
 from napari_medseg._napari.widgets.model_library import model_path
 from napari_medseg._napari.widgets.plot import LivePlot
@@ -184,7 +185,7 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         from napari.layers import Image, Labels
 
         fill_layer_combo(self.image_combo, [lay for lay in self.viewer.layers if isinstance(lay, Image)
-                                            and lay.name != UNCERTAINTY_LAYER])
+                                            and lay.name != UNCERTAINTY_LAYER and not is_heatmap_layer(lay)])
         fill_layer_combo(self.labels_combo, [lay for lay in self.viewer.layers if isinstance(lay, Labels)
                                              and lay.name != PREVIEW_LAYER and not medseg_meta(lay).get("read_only")],
                          head=[STORE_CHOICE])
@@ -373,6 +374,8 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                         self.session.last_checkpoint = Path(ck)
                     if getattr(ev, "best_checkpoint", None):
                         self.session.best_checkpoint = Path(ev.best_checkpoint)
+                    if getattr(ev, "best_checkpoint", None) or ck:  # e.g. "Where to paint next" ranks again
+                        self.session.checkpoint_trained(Path(ev.best_checkpoint or ck))
                     self.feedback.done(ev, ck)
                     self._update_export()
                     self.init_library.refresh()  # the model just trained is in the library now
