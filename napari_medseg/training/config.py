@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "consistency_on": ("unpainted", "unlabelled", "all"),
     "semi": ("none", "pseudo_label", "mean_teacher"),
     "pl_teacher": ("ema", "self"),
+    "freeze": ("none", "encoder"),
 }
 # keys of older configs (checkpoints' ``train_config``) -> what they became; see ``TrainConfig.from_dict``
 LEGACY_KEYS = ("mean_teacher", "rampup_steps")
@@ -108,6 +109,17 @@ class TrainConfig:
     model_name: str = ""
     num_workers: int = 2
     prefetch: int = 4
+    # the training craft (training/finetune.py; docs/training.md "Memory and fine-tuning controls"); the defaults
+    # train as before these existed
+    grad_checkpoint: bool = False  # recompute the blocks' activations in the backward pass: less memory, 1.3-1.5x time
+    accumulate: int = 1  # micro-batches of batch_size per optimiser step (the schedule counts optimiser steps)
+    clip_grad: float = 0.0  # max global gradient norm (0: off), on the unscaled gradients under AMP
+    freeze: str = "none"  # "encoder": the encoder's weights do not train (finetune.encoder_modules, per model)
+    freeze_bn: bool = False  # batch/instance norm: running statistics in eval mode for good, affine frozen
+    bn_reestimate: int = 0  # with freeze_bn: first re-estimate the running statistics over this many batches
+    encoder_lr_scale: float = 1.0  # the encoder's learning rate = lr x this (layer-wise learning rate)
+    label_smoothing: float = 0.0  # of the cross-entropy on painted pixels
+    class_weights: tuple[float, ...] | None = None  # per class, background first, for the cross-entropy/focal term
 
     def __post_init__(self) -> None:
         if self.eval_model == "teacher":  # older name of the same weights
@@ -116,8 +128,9 @@ class TrainConfig:
             object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
         if not isinstance(self.model, ModelConfig):
             raise MedsegError(f"'model' must be a ModelConfig, got {type(self.model).__name__}")
+        object.__setattr__(self, "class_weights", _weights(self.class_weights))
         for f in dataclasses.fields(self):
-            if f.name == "model":
+            if f.name in ("model", "class_weights"):
                 continue
             kind, nullable = _KINDS[f.name]
             object.__setattr__(self, f.name, coerce("training config", f.name, getattr(self, f.name), kind, nullable))
@@ -133,13 +146,13 @@ class TrainConfig:
                                             or any(p < 1 for p in self.patch_size)):
             raise MedsegError(f"patch_size must be 1-3 positive integers (YX or ZYX), got {self.patch_size}")
         positive = ("batch_size", "steps", "val_every", "max_val_patches", "prefetch", "uncertainty_samples",
-                    "crf_radius")
+                    "crf_radius", "accumulate")
         for name in positive:
             if getattr(self, name) < 1:
                 raise MedsegError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("lr", "ema_decay", "val_fraction", "consistency_weight", "unlabelled_ratio", "weight_decay",
                      "warmup_steps", "rampup", "level", "num_workers", "pl_weight", "teacher_noise", "val_first",
-                     "crf_weight"):
+                     "crf_weight", "clip_grad", "bn_reestimate"):
             if getattr(self, name) < 0:
                 raise MedsegError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
@@ -161,6 +174,7 @@ class TrainConfig:
         for name in ("crf_sigma_xy", "crf_sigma_rgb"):
             if getattr(self, name) <= 0:
                 raise MedsegError(f"{name} must be positive, got {getattr(self, name)}")
+        self._check_craft()
         if self.pixel_size is not None and self.pixel_size <= 0:
             raise MedsegError(f"pixel_size must be positive, got {self.pixel_size}")
         if self.model_name:
@@ -170,6 +184,25 @@ class TrainConfig:
                 check_name(self.model_name)
             except MedsegError as e:
                 raise MedsegError(f"model_name: {e}") from None
+
+    def _check_craft(self) -> None:
+        """The training-craft settings (finetune.py) that only make sense together."""
+        if self.accumulate > 1024:
+            raise MedsegError(f"accumulate must be at most 1024 micro-batches, got {self.accumulate}")
+        if not 0 < self.encoder_lr_scale <= 100:
+            raise MedsegError(f"encoder_lr_scale must be above 0 and at most 100, got {self.encoder_lr_scale} "
+                              "(freeze 'encoder' stops the encoder learning)")
+        if self.freeze == "encoder" and self.encoder_lr_scale != 1.0:
+            raise MedsegError(f"encoder_lr_scale ({self.encoder_lr_scale}) does nothing with freeze 'encoder': "
+                              "the frozen encoder has no learning rate; choose one of the two")
+        if not 0 <= self.label_smoothing < 1:
+            raise MedsegError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing > 0 and self.loss == "focal_dice":
+            raise MedsegError("label_smoothing smooths the cross-entropy: use loss 'ce_dice' or 'ce' with it, not "
+                              "'focal_dice'")
+        if self.bn_reestimate > 0 and not self.freeze_bn:
+            raise MedsegError(f"bn_reestimate ({self.bn_reestimate} batches) needs freeze_bn: training in train "
+                              "mode would replace the re-estimated statistics at once")
 
     # -- derived -----------------------------------------------------------------------------------
     def patch_for(self, spatial_dims: int) -> tuple[int, ...]:
@@ -236,6 +269,26 @@ class TrainConfig:
         return cls.from_dict(d)
 
 
+def _weights(v: Any) -> tuple[float, ...] | None:
+    """``class_weights`` as stored: None, or a tuple of at least two finite non-negative numbers, not all 0."""
+    if v is None:
+        return None
+    if isinstance(v, str):  # "1,2,3" from a settings file or a hand-written config
+        try:
+            v = [float(x) for x in v.split(",") if x.strip()]
+        except ValueError:
+            raise MedsegError(f"training config 'class_weights' must be a list of numbers, got {v!r}") from None
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                   for x in v):
+        raise MedsegError(f"training config 'class_weights' must be a list of numbers (one per class, background "
+                          f"first) or null, got {v!r}")
+    w = tuple(float(x) for x in v)
+    if len(w) < 2 or any(not math.isfinite(x) or x < 0 for x in w) or not any(w):
+        raise MedsegError(f"class_weights must be at least two finite, non-negative numbers (one per class, "
+                          f"background first), not all 0; got {list(v)}")
+    return w
+
+
 def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
     """An older config's keys in today's terms (checkpoints keep the config they were trained with)."""
     if "mean_teacher" in d:
@@ -254,6 +307,7 @@ def _upgrade(d: dict[str, Any]) -> dict[str, Any]:
 _KINDS.update({
     "patch_size": ("int_or_ints", True), "time_budget_s": ("float", True), "pixel_size": ("float", True),
     "threads": ("int", True), "checkpoint_dir": ("str", True), "ct_window": ("floats2", False),
+    "class_weights": ("floats", True),  # checked by _weights
 })
 for _f in dataclasses.fields(TrainConfig):
     if _f.name in _KINDS or _f.name == "model":

@@ -40,6 +40,7 @@ class StepEvent(TrainEvent):
     data_wait_s: float  # time the step waited for the loader
     progress: float = 0.0  # fraction of the run done (steps or time budget, whichever is further)
     pl_mask_ratio: float | None = None  # pseudo-labels: share of unpainted pixels confident enough to count
+    grad_norm: float | None = None  # global gradient norm before clipping (with clip_grad; None without)
 
 
 @dataclass

@@ -47,6 +47,13 @@ from napari_medseg.training.events import (
     ValidationEvent,
     WarningEvent,
 )
+from napari_medseg.training.finetune import (
+    check_class_weights,
+    next_batches,
+    prepare_model,
+    reestimate_run_stats,
+    release_model,
+)
 from napari_medseg.training.guard import HostOutOfMemory, StepGuard, StopRequested
 from napari_medseg.training.prefetch import Prefetcher
 from napari_medseg.training.rounds import check_architecture, resolve_init, run_dir
@@ -159,6 +166,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
         torch.backends.cudnn.benchmark = True
     iw = resolve_init(init)
     model_cfg = _fit_model_config(cfg, data)
+    check_class_weights(cfg.class_weights, data.classes.names)
     if iw is not None:
         check_architecture(iw, model_cfg)
     patch = cfg.patch_for(model_cfg.spatial_dims)
@@ -197,6 +205,8 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                 ema.load_state_dict(iw.teacher_state_dict)
             except RuntimeError:
                 log.info("checkpoint teacher does not fit; the weight average starts as a copy of the student")
+    # freezing and checkpointing, after the weight average's copy
+    warnings += prepare_model(model, cfg, from_scratch=iw is None)
     out_dir = run_dir(cfg.checkpoint_dir)
     run = Run(cfg, data, setup, model_cfg, sampler, norm, model, ema, out_dir, (iw.round if iw else 0) + 1)
     run.parent = init_parent(init, iw, out_dir)
@@ -210,6 +220,8 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
         batch=(run.n_l, run.n_u), n_val_patches=len(val_patches), round=run.round, amp=setup.amp_name, norm=norm)
     for w in warnings:
         yield WarningEvent(w)
+    if cfg.bn_reestimate:
+        reestimate_run_stats(run, cfg.bn_reestimate)
 
     history: list[dict[str, Any]] = []
     step, reason = 0, "steps"
@@ -232,7 +244,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                 reason = "time"
                 break
             t0 = time.perf_counter()
-            batch, wait = loader.get(stop)
+            batch, wait = next_batches(loader, stop, cfg.accumulate)  # accumulate micro-batches per step
             if batch is None:  # stopped while the batch was being read
                 reason = "stopped"
                 break
@@ -269,8 +281,8 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
             bad_steps = 0
             step += 1
             now = time.perf_counter()
-            ev = StepEvent(step, loss, sup, cons, w, run.lr_now, run.n_l + run.n_u, now - t0, wait,
-                           run_progress(cfg, step, now - t_loop), ratio)
+            ev = StepEvent(step, loss, sup, cons, w, run.lr_now, (run.n_l + run.n_u) * cfg.accumulate, now - t0,
+                           wait, run_progress(cfg, step, now - t_loop), ratio, run.grad_norm)
             history.append({"event": "step", **ev.__dict__})
             yield ev
             if preview_hook is not None and time.perf_counter() - last_preview >= preview_every_s:
@@ -314,6 +326,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     finally:
         loader.close()
         guard.detach()
+        release_model(model)  # no checkpoint wrappers or frozen flags on the model handed back
     if best_path is None:
         best_path = last_path
     # a run stopped before its first step learnt nothing: no library entry for it

@@ -8,6 +8,7 @@ They map to model channels ``v - 1`` and the unannotated pixels to ``-1``, which
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -27,16 +28,26 @@ class SparseSegLoss(nn.Module):
     """Cross-entropy (or focal) plus Dice, both over painted pixels only.
 
     ``forward(logits, store)`` returns the loss (0 with a gradient path if nothing is painted in the batch).
+    ``label_smoothing`` (epsilon) smooths the cross-entropy's targets (torch's: (1 - eps) on the painted class,
+    eps / C spread over all); ``class_weights`` (one per model channel, background first) weight the
+    cross-entropy or focal term per target class (a weighted mean over the painted pixels). The Dice term is
+    neither smoothed nor weighted.
     """
 
-    def __init__(self, kind: str = "ce_dice", focal_gamma: float = 2.0, dice_weight: float = 1.0) -> None:
+    def __init__(self, kind: str = "ce_dice", focal_gamma: float = 2.0, dice_weight: float = 1.0,
+                 label_smoothing: float = 0.0, class_weights: Sequence[float] | None = None) -> None:
         super().__init__()
         self.kind = kind
         self.dice_weight = dice_weight
+        self.label_smoothing = float(label_smoothing)
+        w = None if class_weights is None else torch.tensor([float(v) for v in class_weights])
+        self.register_buffer("class_weights", w, persistent=False)
+        self.class_weights: torch.Tensor | None
         # batch=True: one Dice over all patches of the batch, which is what sparse scribbles need.
         self.dice = DiceLoss(to_onehot_y=True, softmax=True, batch=True, ignore_index=IGNORE,
                              smooth_nr=1e-5, smooth_dr=1e-5)
-        self.focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=focal_gamma, ignore_index=IGNORE)
+        self.focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=focal_gamma, ignore_index=IGNORE,
+                               weight=None if class_weights is None else [float(v) for v in class_weights])
 
     def forward(self, logits: torch.Tensor, store: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -46,7 +57,9 @@ class SparseSegLoss(nn.Module):
         if self.kind == "focal_dice":
             first = self.focal(logits, target)
         else:
-            first = F.cross_entropy(logits, target[:, 0], ignore_index=IGNORE)
+            w = None if self.class_weights is None else self.class_weights.to(logits.device)
+            first = F.cross_entropy(logits, target[:, 0], weight=w, ignore_index=IGNORE,
+                                    label_smoothing=self.label_smoothing)
         if self.kind == "ce":
             return first
         return first + self.dice_weight * self.dice(logits, target)

@@ -27,6 +27,7 @@ from napari_medseg.training.config import TrainConfig
 from napari_medseg.training.data import TrainingData
 from napari_medseg.training.ema import WeightEMA
 from napari_medseg.training.events import ValidationEvent
+from napari_medseg.training.finetune import make_optimizer, optimizer_step, set_lr
 from napari_medseg.training.gated_crf import gated_crf_loss
 from napari_medseg.training.losses import SparseSegLoss, consistency_loss, store_to_target
 from napari_medseg.training.mean_teacher import MeanTeacher
@@ -84,14 +85,13 @@ class Run:
         self.dims = model_cfg.spatial_dims
         self.mf = setup.memory_format(self.dims)
         self.dev = setup.device
-        if cfg.optimizer == "sgd":
-            self.opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
-                                                              weight_decay=cfg.weight_decay)
-        else:
-            self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # frozen weights (finetune.prepare_model) are left out; the encoder gets its own group with encoder_lr_scale
+        self.opt: torch.optim.Optimizer = make_optimizer(model, cfg)
         self.lr_now = cfg.lr * lr_factor(cfg, 0, 0.0)
+        self.grad_norm: float | None = None  # before clipping, at the last update (with clip_grad)
         self.scaler = torch.amp.GradScaler(self.dev.type) if setup.use_scaler else None
-        self.loss_fn = SparseSegLoss(cfg.loss, cfg.focal_gamma)
+        self.loss_fn = SparseSegLoss(cfg.loss, cfg.focal_gamma, label_smoothing=cfg.label_smoothing,
+                                     class_weights=cfg.class_weights)
         self.aug = Augmenter(self.dims, self.dev, seed=cfg.seed, elastic=cfg.elastic, enabled=cfg.augment)
         self.mix_gen = torch.Generator().manual_seed(cfg.seed + 7919)
         self.n_l, self.n_u = cfg.split_batch()
@@ -110,8 +110,39 @@ class Run:
         """The network that gives pseudo-labels (the EMA, or the student itself)."""
         return self.ema.module if (self.ema is not None and self.cfg.pl_teacher == "ema") else self.model
 
-    def step(self, batch: dict[str, torch.Tensor], step: int, progress: float
+    def step(self, batches: list[dict[str, torch.Tensor]] | dict[str, torch.Tensor], step: int, progress: float
              ) -> tuple[float, float, float, float, float | None]:
+        """One optimiser step over ``batches`` (``cfg.accumulate`` micro-batches, or one batch): each one's
+        loss / N is back-propagated (gradients add up), then the (unscaled, clipped) update. Returns the mean
+        (total, supervised, semi-supervised) losses, the semi-supervised weight and the pseudo-label ratio; a
+        non-finite loss in any micro-batch skips the whole update."""
+        batches = batches if isinstance(batches, list) else [batches]
+        n = len(batches)
+        self.opt.zero_grad(set_to_none=True)
+        sums = [0.0, 0.0, 0.0]
+        w, ratios = 0.0, []
+        for batch in batches:
+            total, sup, cons, w, ratio = self._losses(batch, progress)
+            t, s, c = torch.stack([total.detach(), sup.detach(), cons.detach()]).float().tolist()
+            if not math.isfinite(t):  # skip the update: one bad batch must not ruin the weights
+                self.opt.zero_grad(set_to_none=True)
+                return t, s, c, w, ratio
+            sums = [a + b / n for a, b in zip(sums, (t, s, c))]
+            ratios += [] if ratio is None else [ratio]
+            loss = total / n if n > 1 else total
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            del total, sup, cons, loss
+        self.lr_now = self.cfg.lr * lr_factor(self.cfg, step, progress)
+        set_lr(self.opt, self.lr_now)
+        self.grad_norm = optimizer_step(self.opt, self.scaler, self.cfg.clip_grad)
+        if self.ema is not None:
+            self.ema.update(self.model, step)
+        return sums[0], sums[1], sums[2], w, (sum(ratios) / len(ratios) if ratios else None)
+
+    def _losses(self, batch: dict[str, torch.Tensor], progress: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, float | None]:
+        """The forward pass of one (micro-)batch: (total, supervised, semi-supervised) losses as tensors, the
+        semi-supervised weight and the pseudo-label ratio."""
         dev = self.dev
         x = batch["x_l"].to(dev, non_blocking=True)
         y = batch["y_l"].to(dev, non_blocking=True)
@@ -169,23 +200,7 @@ class Run:
             crf = gated_crf_loss(torch.softmax(logits.float(), 1), xs, radius=self.cfg.crf_radius,
                                  sigma_xy=self.cfg.crf_sigma_xy, sigma_rgb=self.cfg.crf_sigma_rgb)
             total = total + self.cfg.crf_weight * crf
-        t, s, c = torch.stack([total.detach(), sup.detach(), cons.detach()]).float().tolist()
-        self.opt.zero_grad(set_to_none=True)
-        if not math.isfinite(t):  # skip the update: one bad batch must not ruin the weights
-            return t, s, c, w, ratio
-        self.lr_now = self.cfg.lr * lr_factor(self.cfg, step, progress)
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr_now
-        if self.scaler is not None:
-            self.scaler.scale(total).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            total.backward()
-            self.opt.step()
-        if self.ema is not None:
-            self.ema.update(self.model, step)
-        return t, s, c, w, ratio
+        return total, sup, cons, w, ratio
 
     def halve_batch(self) -> str:
         total = self.n_l + self.n_u

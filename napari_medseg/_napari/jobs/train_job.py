@@ -122,6 +122,9 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         time_budget_s=budget if budget > 0 else None, semi=str(settings.get("semi", "none")),
         eval_model="ema" if settings.get("ema", True) else "student", device=device_name(settings.get("device", "")),
         threads=int(settings.get("threads") or 1), checkpoint_dir=out, num_workers=1,
+        grad_checkpoint=bool(settings.get("grad_checkpoint", False)), accumulate=int(settings.get("accumulate", 1)),
+        freeze="encoder" if settings.get("freeze_encoder") else "none",
+        freeze_bn=bool(settings.get("freeze_bn", False)),
     )
 
 

@@ -18,6 +18,7 @@ import logging
 import os
 from typing import Any
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -25,9 +26,12 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QPushButton,
     QSpinBox,
+    QToolButton,
+    QWidget,
 )
 
 from napari_medseg._napari.widgets.model_library import (
@@ -51,6 +55,19 @@ SEMI_TOOLTIP = ("Learn also from the unpainted pixels. Costs one extra forward p
                 "every image. Off by default because it does not help in every setting; try it when you paint "
                 "only some regions of a large image.")
 DEFAULTS = {"2D": {"patch": 256, "batch": 4}, "3D": {"patch": 64, "batch": 2}}
+ADVANCED_TIPS = {
+    "grad_checkpoint": "Gradient checkpointing: keep only each block's input for the backward pass and compute the "
+                       "rest again there. About a quarter of the activation memory (3D U-Net, 96^3) for "
+                       "1.3-1.5x the step time; the same gradients. For large 3D patches.",
+    "accumulate": "Gradient accumulation: add up the gradients of this many batches before each update, so a small "
+                  "batch trains like a large one (batch x this) at the memory of the small one. The step count "
+                  "and the schedule count updates.",
+    "freeze_encoder": "Fine-tuning: the encoder's weights (the U-Net's down path, the Swin transformer) stay as they "
+                      "start (from the chosen model); only the decoder learns. Needs a starting model.",
+    "freeze_bn": "Fine-tuning: batch-norm layers keep their running statistics (eval mode) and their weights; "
+                 "useful with small batches. The U-Net's instance norm has neither (the Attention U-Net uses "
+                 "batch norm).",
+}
 PATCH_TOOLTIP = ("The patch's in-plane size (Y and X). In 3D the Z size covers the same millimetres (fewer slices "
                  "when slices are thicker than pixels) and no axis is larger than the volume; the line below shows "
                  "the patch that runs. Choosing 3D plans this from the volume and the free memory.")
@@ -174,14 +191,53 @@ class TrainForm:
         f.addRow("CPU threads", self.threads_spin)
         outrow, self.out_edit = path_row("default: a new run folder in the napari-medseg cache", self._pick_out)
         f.addRow("checkpoints in", outrow)
+        self._build_advanced(f)
         lay.addWidget(tr)
+
+    def _build_advanced(self, f: QFormLayout) -> None:
+        """The collapsed "Advanced" part: memory (gradient checkpointing, accumulation) and fine-tuning (freeze
+        the encoder, freeze batch norm). The other craft settings are CLI / config only (docs/training.md)."""
+        self.adv_toggle = QToolButton()
+        self.adv_toggle.setText("Advanced")
+        self.adv_toggle.setCheckable(True)
+        self.adv_toggle.setArrowType(Qt.ArrowType.RightArrow)
+        self.adv_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.adv_toggle.setAutoRaise(True)
+        self.adv_box = QWidget()
+        af = QFormLayout(self.adv_box)
+        af.setContentsMargins(0, 0, 0, 0)
+        af.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
+        self.ckpt_check = QCheckBox("gradient checkpointing")
+        self.ckpt_check.setToolTip(ADVANCED_TIPS["grad_checkpoint"])
+        self.accum_spin = _spin(1, 64, 1)
+        self.accum_spin.setPrefix("x ")
+        self.accum_spin.setToolTip(ADVANCED_TIPS["accumulate"])
+        self.freeze_enc_check = QCheckBox("encoder")
+        self.freeze_enc_check.setToolTip(ADVANCED_TIPS["freeze_encoder"])
+        self.freeze_bn_check = QCheckBox("batch norm")
+        self.freeze_bn_check.setToolTip(ADVANCED_TIPS["freeze_bn"])
+        row = QHBoxLayout()
+        row.addWidget(self.freeze_enc_check)
+        row.addWidget(self.freeze_bn_check)
+        row.addStretch(1)
+        af.addRow("memory", self.ckpt_check)
+        af.addRow("accumulate", self.accum_spin)
+        af.addRow("freeze", row)
+        self.adv_box.setVisible(False)
+        self.adv_toggle.toggled.connect(self._show_advanced)
+        f.addRow(self.adv_toggle)
+        f.addRow(self.adv_box)
+
+    def _show_advanced(self, on: bool) -> None:
+        self.adv_box.setVisible(on)
+        self.adv_toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
 
     def _connect_form(self) -> None:
         """After the settings are loaded: dims choose their defaults; the plan line follows every change."""
         self.dims_combo.currentTextChanged.connect(self._apply_dims_defaults)
         for sig in (self.patch_spin.valueChanged, self.batch_spin.valueChanged, self.image_combo.currentTextChanged,
                     self.arch_combo.currentTextChanged, self.device_combo.currentTextChanged,
-                    self.semi_combo.currentIndexChanged):
+                    self.semi_combo.currentIndexChanged, self.accum_spin.valueChanged):
             sig.connect(self._update_plan_label)
         self._update_plan_label()
         self.image_combo.currentIndexChanged.connect(self._fit_library)
@@ -222,7 +278,9 @@ class TrainForm:
                 "threads": self.threads_spin.value(), "out": self.out_edit.text(),
                 "preview": self.preview_check.isChecked(), "uncertainty": self.uncert_check.isChecked(),
                 "preview_every": self.preview_every.value(), "preview_confidence": self.preview_confidence.value(),
-                "device": self.device_combo.currentText()}
+                "device": self.device_combo.currentText(), "grad_checkpoint": self.ckpt_check.isChecked(),
+                "accumulate": self.accum_spin.value(), "freeze_encoder": self.freeze_enc_check.isChecked(),
+                "freeze_bn": self.freeze_bn_check.isChecked()}
 
     def _load_settings(self) -> None:
         from napari_medseg.models import available_models
@@ -260,8 +318,20 @@ class TrainForm:
         self.preview_check.setChecked(bool(s.get("preview", True)))
         self.uncert_check.setChecked(bool(s.get("uncertainty", False)))
         self.out_edit.setText(str(s.get("out", "")))
+        self._load_advanced(s)
         if s.get("device") in [self.device_combo.itemText(i) for i in range(self.device_combo.count())]:
             self.device_combo.setCurrentText(s["device"])
+
+    def _load_advanced(self, s: dict[str, Any]) -> None:
+        """The Advanced settings; the part opens when one of them is not the default (so it is seen)."""
+        with contextlib.suppress(TypeError, ValueError):
+            self.accum_spin.setValue(int(s.get("accumulate", 1)))
+        self.ckpt_check.setChecked(bool(s.get("grad_checkpoint", False)))
+        self.freeze_enc_check.setChecked(bool(s.get("freeze_encoder", False)))
+        self.freeze_bn_check.setChecked(bool(s.get("freeze_bn", False)))
+        changed = (self.ckpt_check.isChecked() or self.accum_spin.value() != 1 or self.freeze_enc_check.isChecked()
+                   or self.freeze_bn_check.isChecked())
+        self.adv_toggle.setChecked(changed)
 
     # -- planned defaults ---------------------------------------------------------------------------
     def _source(self) -> Any:
@@ -325,6 +395,8 @@ class TrainForm:
 
             src, mcfg, patch = self._planned()
             text = f"runs as {planning.size_text(patch)} x batch {self.batch_spin.value()}"
+            if self.accum_spin.value() > 1:
+                text += f" x {self.accum_spin.value()} accumulated"
             if mcfg.spatial_dims == 3:  # where memory matters most (2D is checked at Start too)
                 dev = device_type(self.device_combo.currentText())
                 cfg = TrainConfig(model=mcfg, batch_size=self.batch_spin.value(),

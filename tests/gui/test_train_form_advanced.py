@@ -1,0 +1,41 @@
+"""The Train widget's collapsed "Advanced" part: gradient checkpointing, accumulation, freezing the encoder and
+batch norm reach the TrainConfig, are remembered, and open the part when they are not the defaults."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_medseg._napari.jobs.train_job import build_config
+from napari_medseg._napari.widgets.settings import save_settings
+from napari_medseg._napari.widgets.train import TrainWidget
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.source import ImageSource
+
+
+def _cfg(w):
+    img = np.zeros((64, 64), np.uint8)
+    return build_config(w._settings_values(), ImageSource([img], "YX", (1.0, 1.0), name="img"), ClassSchema(), None)
+
+
+def test_advanced_controls_reach_the_config_and_are_remembered(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    assert not w.adv_toggle.isChecked() and w.adv_box.isHidden()  # collapsed: the form stays compact
+    cfg = _cfg(w)
+    assert (cfg.grad_checkpoint, cfg.accumulate, cfg.freeze, cfg.freeze_bn) == (False, 1, "none", False)
+    w.adv_toggle.setChecked(True)
+    assert not w.adv_box.isHidden()
+    w.ckpt_check.setChecked(True)
+    w.accum_spin.setValue(3)
+    w.freeze_enc_check.setChecked(True)
+    w.freeze_bn_check.setChecked(True)
+    assert "x 3 accumulated" in w.plan_label.text()
+    cfg = _cfg(w)
+    assert (cfg.grad_checkpoint, cfg.accumulate, cfg.freeze, cfg.freeze_bn) == (True, 3, "encoder", True)
+    save_settings(w.SETTINGS, w._settings_values())
+    w2 = TrainWidget(viewer)
+    assert w2.adv_toggle.isChecked() and w2.accum_spin.value() == 3 and w2.freeze_enc_check.isChecked()
+    assert w2.ckpt_check.isChecked() and w2.freeze_bn_check.isChecked()
+    w.shutdown()
+    w2.shutdown()
