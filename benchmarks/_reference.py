@@ -35,8 +35,9 @@ def _cache(settings: dict) -> Path:
     return cache_folders()[0] / "bench-reference" / f"isbi-ref-{key}"
 
 
-def isbi_ref(threads: int = 2, act: str = "prelu") -> Reference:
-    """ISBI-ref (see module); ``act="relu"``: the same run with the quantisation-friendly activation."""
+def isbi_ref(threads: int = 2, act: str = "prelu", steps: int | None = None) -> Reference:
+    """ISBI-ref (see module); ``act="relu"``: the same run with the quantisation-friendly activation; ``steps``:
+    another training length (e.g. an under-trained model for the CRF bench), cached under its own key."""
     import time
 
     import torch
@@ -45,6 +46,7 @@ def isbi_ref(threads: int = 2, act: str = "prelu") -> Reference:
     from napari_medseg.training.datasets import load_folder, make_training_data
 
     s = ISBI_SETTINGS | ({"act": act, "model_base": "train-config-default"} if act != "prelu" else {})
+    s = s | ({"steps": int(steps)} if steps is not None else {})
     pairs = load_folder(DATA / s["data"], foreground=[0])  # raw 0 = membrane is the class
     train_p, test_p = pairs[s["train"][0]:s["train"][1]], pairs[s["test"][0]:s["test"][1]]
     folder = _cache(s)

@@ -59,6 +59,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: flips (--tta alone: the window mirrored along each axis, 1 + dims "
                    "passes) or dihedral (2D: 4 rotations x mirror, 8 passes); docs/deployment.md has the cost and "
                    "the gain")
+    p.add_argument("--crf", nargs="?", const="on", default=None, metavar="ITERATIONS[,RADIUS]",
+                   help="refine the labels at the image's edges with a dense CRF after prediction (--crf alone: 5 "
+                   "iterations, radius 4 px; writes float16 probabilities if --probs is not given); "
+                   "docs/deployment.md has its cost and gain")
     p.add_argument("--tissue-mask", default="auto",
                    help="auto | on | off | otsu_saturation | otsu_intensity | otsu_fluorescence (default auto)")
     p.add_argument("--probs", choices=("uint8", "float16", "float32"), default=None,
@@ -145,6 +149,25 @@ def _window(args: argparse.Namespace) -> tuple[int, ...] | None:
     return tuple(args.window)
 
 
+def _crf(value: str | None) -> dict[str, int] | None:
+    """``--crf`` as ``predict``'s ``crf`` settings: None (off), the defaults ("on"), or ITERATIONS[,RADIUS]."""
+    if value is None:
+        return None
+    if value == "on":
+        return {}
+    try:
+        parts = [int(v) for v in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise MedsegError(f"--crf takes ITERATIONS or ITERATIONS,RADIUS (e.g. --crf 5,4), got {value!r}")
+    from napari_medseg.inference.crf import CRFConfig
+
+    d = {"iterations": parts[0], **({"radius": parts[1]} if len(parts) == 2 else {})}
+    CRFConfig.from_dict(d)  # a bad number is refused before anything runs
+    return d
+
+
 def _cause(message: str, source: str) -> str:
     """The error message without the leading ``<source>:`` most of them start with."""
     for prefix in (f"{source}:", f"{Path(source).resolve()}:"):
@@ -228,6 +251,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         PredictFailed,
         PredictStart,
         PredictWarning,
+        Refining,
         TissueMaskReady,
     )
     from napari_medseg.inference.modelrun import fit_window, resolve_model
@@ -265,7 +289,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     settings = dict(level=args.level, pixel_size=args.pixel_size, window=window, overlap=args.overlap,
                     batch_size=args.batch_size, blend=args.blend, tta=args.tta,
                     tissue_mask={"on": True, "off": False}.get(args.tissue_mask, args.tissue_mask),
-                    write_probs=args.probs, device=args.device, amp=not args.no_amp, on_corrupt=args.on_corrupt)
+                    write_probs=args.probs, device=args.device, amp=not args.no_amp, on_corrupt=args.on_corrupt,
+                    crf=_crf(args.crf))
     kind = getattr(args, "input_kind", "auto")
     bars: dict[str, tqdm] = {}
     failures: list[tuple[str, str]] = []
@@ -305,6 +330,12 @@ def _run_predict(args: argparse.Namespace) -> int:
                 bar.set_postfix_str(f"{ev.mpix_s:.1f} MPix/s", refresh=True)
         elif isinstance(ev, PredictWarning):
             tqdm.write(f"warning: {ev.message}", file=sys.stderr)
+        elif isinstance(ev, Refining):
+            bar = bars.get(ev.name)
+            if bar is not None:
+                bar.set_description_str(f"{ev.name[:22]} CRF")
+                bar.total, bar.n = ev.total, ev.done
+                bar.refresh()
         elif isinstance(ev, PredictFailed):
             bar = bars.get(ev.name) if ev.name else None
             if bar is not None:

@@ -32,7 +32,7 @@ from napari_medseg.inference.events import PredictEvent, PredictFailed, PredictS
 from napari_medseg.inference.job import Job, make_job, open_source
 from napari_medseg.inference.modelrun import LoadedModel, resolve_model
 from napari_medseg.inference.output import OutputStore
-from napari_medseg.inference.predictor import predict
+from napari_medseg.inference.predictor import predict, refine_events
 from napari_medseg.inference.run import PredictionRun
 
 log = logging.getLogger(__name__)
@@ -217,6 +217,9 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
     if len(inputs) != len(outs):
         raise MedsegError("need one output path per input")
     backend = settings.pop("backend", "torch")
+    crf = settings.pop("crf", None)  # refined here, after the blocks (the driver reads and writes the labels)
+    if crf not in (None, False) and settings.get("write_probs") is None:
+        settings["write_probs"] = "float16"
     if backend != "torch" and inputs:  # convert once (INT8: calibrated on the first input); workers open the file
         from napari_medseg.inference.backends import backend_model
 
@@ -230,12 +233,14 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
         done_outs = []
         for src, out in zip(inputs, outs):
             if not keep_going:
-                yield from predict(src, model, out, cancel=cancel, resume=resume, overwrite=overwrite, **settings)
+                yield from predict(src, model, out, cancel=cancel, resume=resume, overwrite=overwrite, crf=crf,
+                                   **settings)
                 done_outs.append(Path(out))
                 continue
             name = ""
             try:
-                for ev in predict(src, model, out, cancel=cancel, resume=resume, overwrite=overwrite, **settings):
+                for ev in predict(src, model, out, cancel=cancel, resume=resume, overwrite=overwrite, crf=crf,
+                                  **settings):
                     name = ev.name if isinstance(ev, PredictStart) else name
                     yield ev
                 done_outs.append(Path(out))
@@ -330,7 +335,10 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
         outs_done = []
         for i, run in enumerate(runs):
             if i not in failed:
-                yield run.finish(cancelled=cancel is not None and cancel.is_set())
+                done = run.finish(cancelled=cancel is not None and cancel.is_set())
+                if crf not in (None, False) and not done.cancelled:
+                    yield from refine_events(run.out, run.job.source, crf, done.name, cancel)
+                yield done
                 outs_done.append(run.out)
         return outs_done
     finally:

@@ -60,6 +60,15 @@ class PredictWarning(PredictEvent):
 
 
 @dataclass(frozen=True)
+class Refining(PredictEvent):
+    """The edge-aware refinement (``predict(crf=...)``, ``inference.crf_pass``): ``done`` of ``total`` blocks."""
+
+    done: int
+    total: int
+    name: str = ""
+
+
+@dataclass(frozen=True)
 class PredictDone(PredictEvent):
     out: Path
     blocks_done: int

@@ -11,22 +11,28 @@ lifecycle (create / resume / refuse, manifest status, start and done events) is 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
 from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.events import drive
 from napari_medseg.core.source import ImageSource
 from napari_medseg.inference.engine import FinishedBlock
-from napari_medseg.inference.events import PredictEvent, PredictResult
+from napari_medseg.inference.events import PredictEvent, PredictResult, Refining
 from napari_medseg.inference.job import make_job
 from napari_medseg.inference.memory import trim
 from napari_medseg.inference.run import PredictionRun
 from napari_medseg.models.normalization import NormConfig
+
+if TYPE_CHECKING:
+    from napari_medseg.inference.crf import CRFConfig
 
 
 def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out: str | Path, *,
@@ -36,7 +42,8 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
             write_probs: str | None = None, device: str = "auto", amp: bool = True,
             cancel: threading.Event | None = None, resume: bool = True, overwrite: bool = False,
             on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
-            sigma_scale: float = 0.125, backend: str = "torch") -> Generator[PredictEvent, None, PredictResult]:
+            sigma_scale: float = 0.125, backend: str = "torch", crf: CRFConfig | dict | bool | None = None
+            ) -> Generator[PredictEvent, None, PredictResult]:
     """Predict ``source`` with ``model`` into the NGFF zarr ``out``; yields events, returns the result.
 
     ``source``: an ``ImageSource`` (``YX``/``YXC`` slide, ``ZYX``/``CZYX`` volume) or a path.
@@ -50,9 +57,15 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     interrupted run of the same job; ``overwrite``: replace another run's output. ``on_corrupt``:
     ``"stop"`` or ``"skip"`` (predict around unreadable source tiles, with a warning). ``backend``:
     ``"torch"``, ``"onnxruntime"`` or ``"onnxruntime-int8"`` (``inference.backends``: a checkpoint converted
-    once, INT8 calibrated on this image). Raises ``MedsegError`` on bad input before anything is written.
+    once, INT8 calibrated on this image). ``crf``: refine the labels at the image's edges once every block is
+    done (``inference.crf``: True for the defaults, or a ``CRFConfig`` / its dict); it needs the probabilities,
+    so ``write_probs`` becomes ``"float16"`` when not given. Raises ``MedsegError`` on bad input before anything
+    is written.
     """
     t_start = time.perf_counter()
+    crf_cfg = _crf_config(crf)
+    if crf_cfg is not None and write_probs is None:
+        write_probs = "float16"
     job = make_job(source, model, norm=norm, classes=classes, level=level, pixel_size=pixel_size, window=window,
                    overlap=overlap, batch_size=batch_size, blend=blend, tta=tta, tissue_mask=tissue_mask,
                    write_probs=write_probs, device=device, amp=amp, on_corrupt=on_corrupt, block=block,
@@ -71,8 +84,41 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
         raise
     finally:
         trim()
+    if crf_cfg is not None and not done.cancelled:
+        yield from refine_events(run.out, job.source, crf_cfg, done.name, cancel)
+        done = dataclasses.replace(done, seconds=time.perf_counter() - t_start)
     yield done
     return run.result(done)
+
+
+def _crf_config(crf: Any) -> Any:
+    """``predict``'s ``crf`` argument as a ``CRFConfig`` (None: off)."""
+    if crf is None or crf is False:
+        return None
+    from napari_medseg.inference.crf import CRFConfig
+
+    if crf is True:
+        return CRFConfig()
+    if isinstance(crf, CRFConfig):
+        return crf
+    if isinstance(crf, dict):
+        return CRFConfig.from_dict(crf)
+    raise MedsegError(f"crf must be True, a CRFConfig or a dict of its settings, got {type(crf).__name__}")
+
+
+def refine_events(out: Path, source: ImageSource, crf: Any, name: str, cancel: threading.Event | None
+                  ) -> Generator[Refining, None, None]:
+    """The CRF pass over a finished output as ``Refining`` events; ``cancel`` stops it between blocks (the
+    blocks refined so far stay in its journal: a rerun goes on from there)."""
+    from napari_medseg.inference.crf_pass import refine_prediction
+
+    cfg = _crf_config(crf)
+    if cfg is None:
+        return
+    for ev in refine_prediction(out, source, cfg):
+        if cancel is not None and cancel.is_set():
+            break
+        yield Refining(ev.done, ev.total, name=name)
 
 
 def run_predict(*args, on_event=None, **kwargs) -> PredictResult:

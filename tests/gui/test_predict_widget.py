@@ -252,3 +252,22 @@ def test_onnxruntime_backend_from_the_widget(widget, checkpoint, qtbot, tmp_path
     assert (gui == ref).mean() >= 0.9999
     w2 = PredictWidget(viewer)  # the choice is remembered
     assert w2.backend_combo.currentText() == "onnxruntime"
+
+
+def test_crf_refinement_from_the_widget(widget, checkpoint, qtbot, tmp_path):
+    """'refine edges (CRF)' refines the output after the blocks; the layer shows the refined labels."""
+    import zarr
+
+    viewer, w, img = widget
+    w.ckpt_edit.setText(str(checkpoint))
+    w.out_edit.setText(str(tmp_path / "crf.zarr"))
+    w.crf_check.setChecked(True)
+    w.predict()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert "done" in w.status.text(), w.status.text()
+    g = zarr.open_group(str(tmp_path / "crf.zarr"), mode="r")
+    assert g["labels/prediction"].attrs["medseg_crf"]["iterations"] == 5
+    layer = viewer.layers["img" + RESULT_SUFFIX]
+    gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    assert np.array_equal(gui, np.asarray(g["labels/prediction/0"]))
+    assert PredictWidget(viewer).crf_check.isChecked()  # remembered

@@ -132,3 +132,17 @@ def test_predict_reads_the_checkpoint_a_fixed_number_of_times_whatever_the_input
                  "--window", "64", "--tissue-mask", "off", "--device", "cpu"]) == 0
     assert len(list(out.glob("*.prediction.zarr"))) == 4
     assert len(calls) == 1, calls
+
+
+def test_predict_with_crf_from_the_cli(tmp_path, ckpt, slides, capsys):
+    import zarr
+
+    out = tmp_path / "out"
+    base = ["predict", str(ckpt), str(slides / "s0.tif"), "--window", "64", "--tissue-mask", "off", "--device", "cpu"]
+    assert main(base + ["--out", str(out), "--crf", "2,2"]) == 0
+    g = zarr.open_group(str(out / "s0.prediction.zarr"), mode="r")
+    assert g["labels/prediction"].attrs["medseg_crf"]["iterations"] == 2 and "probs" in g
+    assert main(base + ["--out", str(tmp_path / "o2"), "--crf", "2,x"]) == 2
+    assert "--crf takes ITERATIONS" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "o3"), "--crf", "0"]) == 2
+    assert "CRF iterations" in capsys.readouterr().err
