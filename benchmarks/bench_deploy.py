@@ -18,7 +18,11 @@ the membrane class per held-out image (percent, mean over the images), HD95 thro
   activation (MONAI's default PReLU stays a float op in ONNX Runtime's INT8 graph); ``--no-relu`` skips it.
 - ``tta_dice_gain`` / ``tta_hd95_change`` / ``tta_cost``: flip TTA's Dice gain in points, HD95 change in px and
   time ratio; ``tta_dihedral_*`` the same for the 8 rotations x mirrors.
-- The distillation and CRF keys of the issue are ``null``: those paths do not exist yet.
+- ``crf_*`` (``_crf_bench.py``): the CRF refinement of an under-trained (``--under-steps``) and the converged
+  model: Dice and HD95 before and after, its cost, and ``crf_border_agree`` (tiled vs whole at block borders);
+  ``--only-crf`` runs only these, ``--no-crf`` skips them.
+- ``kd_*`` (``_kd_bench.py``): a light student distilled from ISBI-ref against the same student trained on the
+  labels alone; ``--only-kd`` runs only these, ``--no-kd`` skips them.
 
 ``--quick``: a 2-image mosaic, one round (smoke test). Last line ``RESULT {json}``.
 """
@@ -89,6 +93,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-tta", action="store_true")
     ap.add_argument("--no-relu", action="store_true", help="skip the ReLU (quantisation-friendly) reference")
+    ap.add_argument("--no-crf", action="store_true", help="skip the CRF rows")
+    ap.add_argument("--only-crf", action="store_true", help="only the CRF rows (_crf_bench.py)")
+    ap.add_argument("--under-steps", type=int, default=100, help="training steps of the under-trained model (CRF)")
+    ap.add_argument("--no-kd", action="store_true", help="skip the distillation rows")
+    ap.add_argument("--only-kd", action="store_true", help="only the distillation rows (_kd_bench.py)")
+    ap.add_argument("--kd-steps", type=int, default=600, help="training steps of each student")
+    ap.add_argument("--kd-seeds", default="0,1,2")
     args = ap.parse_args()
     import tifffile
     import torch
@@ -121,6 +132,22 @@ def main() -> int:
     mpix = img.size / 1e6
     print(f"mosaic {img.shape} ({mpix:.1f} MPix), {len(pairs)} held-out images scored")
     src = open_image(slide)
+    if args.only_kd or not (args.no_kd or args.only_crf):
+        from _kd_bench import kd_rows
+
+        kd = kd_rows(ref, slide, msk, boxes, tmp, scores, run_path, steps=20 if args.quick else args.kd_steps,
+                     seeds=[0] if args.quick else [int(x) for x in args.kd_seeds.split(",")], threads=args.threads)
+        if args.only_kd:
+            print("RESULT " + json.dumps(kd | {"total_s": round(time.perf_counter() - t0, 1)}))
+            return 0
+    if args.only_crf or not (args.no_crf or args.only_kd):
+        from _crf_bench import crf_rows
+
+        under = isbi_ref(args.threads, steps=args.under_steps).checkpoint
+        crf = crf_rows(slide, src, {"under": under, "converged": ref.checkpoint}, msk, boxes, tmp, scores)
+        if args.only_crf:
+            print("RESULT " + json.dumps(crf | {"total_s": round(time.perf_counter() - t0, 1)}))
+            return 0
 
     # per model: the converted files (made once; their making is timed, not counted in throughput), and the
     # model alone in a tight loop over one batch of 4 windows (what the pipeline around it costs: issue 17)
@@ -193,6 +220,10 @@ def main() -> int:
               **gates("prelu"),
               "kd_param_ratio": None, "kd_dice_frac": None, "kd_speedup": None, "kd_gain_vs_plain": None,
               "crf_border_agree": None}
+    if not args.no_kd:
+        result.update(kd)
+    if not args.no_crf:
+        result.update(crf)
     if "relu" in refs:
         result.update({f"{k}_relu": v for k, v in gates("relu").items()})
     if not args.no_tta:

@@ -5,6 +5,7 @@ Subcommands live in their own modules (imported only when used, so ``--help`` is
 - ``convert IN OUT.zarr``        a chunked NGFF multiscale pyramid from any readable slide or volume
 - ``train``                      fine-tune a model from a label store, image/mask folders or NIfTI pairs
 - ``predict CKPT INPUT... --out`` tiled prediction into NGFF zarr, optionally on a Dask cluster
+- ``distil TEACHER ...``          distil for deployment: a light student learns from a trained model and the labels
 - ``rank IMAGE --model M``       where to paint next: regions ranked by the model's uncertainty (JSON + table)
 - ``export CKPT --out PKG.zip``   a bioimage.io model package (or ONNX / TorchScript), tested
 - ``models [list|show|add|remove|folder]`` the model library: trained and imported models by name
@@ -30,6 +31,7 @@ from napari_medseg import __version__
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("napari_medseg.cli.convert", "convert a slide or volume to a chunked NGFF zarr pyramid"),
     "train": ("napari_medseg.cli.train", "fine-tune a UNet / Swin-UNet (optionally Mean Teacher)"),
+    "distil": ("napari_medseg.cli.distil", "distil for deployment: a trained model teaches a light, fast student"),
     "predict": ("napari_medseg.cli.predict", "tiled prediction of slides or volumes into NGFF zarr"),
     "rank": ("napari_medseg.cli.rank", "where to paint next: rank an image's regions by the model's uncertainty"),
     "export": ("napari_medseg.cli.export", "export a model as a bioimage.io package, ONNX or TorchScript"),

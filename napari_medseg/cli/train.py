@@ -148,6 +148,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default 0)")
     c.add_argument("--class-weights", type=_floats, metavar="A,B,C", help="cross-entropy weight of each class, "
                    "background first (one per class)")
+    k = p.add_argument_group("distillation (docs/deployment.md; napari-medseg distil TEACHER ... sets the defaults)")
+    k.add_argument("--distill-from", metavar="TEACHER", help="a trained checkpoint or package of ours that teaches "
+                   "this model on every pixel, beside the labels")
+    k.add_argument("--kd-weight", type=float, help="weight of the distillation term (default 1)")
+    k.add_argument("--kd-temperature", type=float, help="softmax temperature (default 2)")
+    k.add_argument("--kd-mode", choices=("pixel", "channel"), help="pixel (logit KD, default) or channel-wise")
+    k.add_argument("--unlabelled-ratio", type=float, help="windows from anywhere per labelled patch (semi-supervised "
+                   "or distillation; default 0, distil 1)")
     d = p.add_argument_group("device")
     d.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     d.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -171,8 +179,10 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
             raise MedsegError(f"could not read the config {args.config} ({e.strerror})") from e
     model = base.model
     mkw: dict[str, Any] = {}
-    if args.model:
-        mkw["name"] = args.model
+    if args.model and args.model != model.name:  # another architecture starts from its own "small" preset
+        from napari_medseg.models import preset
+
+        model = preset(args.model)
     mkw["spatial_dims"] = args.spatial_dims or (base.model.spatial_dims if args.config else spatial_dims)
     if args.channels:
         mkw["channels"] = args.channels
@@ -191,7 +201,9 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
                         ("accumulate", "accumulate"), ("clip_grad", "clip_grad"), ("freeze", "freeze"),
                         ("freeze_bn", "freeze_bn"), ("bn_reestimate", "bn_reestimate"),
                         ("encoder_lr_scale", "encoder_lr_scale"), ("label_smoothing", "label_smoothing"),
-                        ("class_weights", "class_weights")):
+                        ("class_weights", "class_weights"), ("distill_from", "distill_from"),
+                        ("kd_weight", "kd_weight"), ("kd_temperature", "kd_temperature"), ("kd_mode", "kd_mode"),
+                        ("unlabelled_ratio", "unlabelled_ratio")):
         v = getattr(args, opt)
         if v is not None:
             kw[field_] = v

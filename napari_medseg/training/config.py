@@ -32,6 +32,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "semi": ("none", "pseudo_label", "mean_teacher"),
     "pl_teacher": ("ema", "self"),
     "freeze": ("none", "encoder"),
+    "kd_mode": ("pixel", "channel"),
 }
 # keys of older configs (checkpoints' ``train_config``) -> what they became; see ``TrainConfig.from_dict``
 LEGACY_KEYS = ("mean_teacher", "rampup_steps")
@@ -120,6 +121,12 @@ class TrainConfig:
     encoder_lr_scale: float = 1.0  # the encoder's learning rate = lr x this (layer-wise learning rate)
     label_smoothing: float = 0.0  # of the cross-entropy on painted pixels
     class_weights: tuple[float, ...] | None = None  # per class, background first, for the cross-entropy/focal term
+    # knowledge distillation (training/distill.py): a trained model (checkpoint or package of ours) teaches this
+    # run's model on every pixel of its patches, beside the painted labels; None = off
+    distill_from: str | None = None
+    kd_weight: float = 1.0
+    kd_temperature: float = 2.0
+    kd_mode: str = "pixel"  # "pixel" (logit KD) or "channel" (channel-wise distillation for dense prediction)
 
     def __post_init__(self) -> None:
         if self.eval_model == "teacher":  # older name of the same weights
@@ -200,6 +207,12 @@ class TrainConfig:
         if self.label_smoothing > 0 and self.loss == "focal_dice":
             raise MedsegError("label_smoothing smooths the cross-entropy: use loss 'ce_dice' or 'ce' with it, not "
                               "'focal_dice'")
+        if self.kd_weight < 0 or self.kd_temperature <= 0:
+            raise MedsegError(f"kd_weight must be >= 0 and kd_temperature > 0, got {self.kd_weight} and "
+                              f"{self.kd_temperature}")
+        if self.distill_from is not None and self.semi != "none":
+            raise MedsegError(f"distillation (distill_from) learns the unpainted pixels from the teacher: it does not "
+                              f"combine with semi {self.semi!r}; choose one of the two")
         if self.bn_reestimate > 0 and not self.freeze_bn:
             raise MedsegError(f"bn_reestimate ({self.bn_reestimate} batches) needs freeze_bn: training in train "
                               "mode would replace the re-estimated statistics at once")
@@ -223,8 +236,9 @@ class TrainConfig:
 
     def split_batch(self) -> tuple[int, int]:
         """(labelled, unlabelled) patches per step: ``batch_size`` labelled ones, plus, with a semi-supervised
-        method, ``unlabelled_ratio`` as many windows from anywhere (the labelled signal is never halved)."""
-        if self.semi == "none":
+        method or distillation, ``unlabelled_ratio`` as many windows from anywhere (the labelled signal is never
+        halved)."""
+        if self.semi == "none" and self.distill_from is None:
             return self.batch_size, 0
         return self.batch_size, int(round(self.batch_size * self.unlabelled_ratio))
 
@@ -308,6 +322,7 @@ _KINDS.update({
     "patch_size": ("int_or_ints", True), "time_budget_s": ("float", True), "pixel_size": ("float", True),
     "threads": ("int", True), "checkpoint_dir": ("str", True), "ct_window": ("floats2", False),
     "class_weights": ("floats", True),  # checked by _weights
+    "distill_from": ("str", True),
 })
 for _f in dataclasses.fields(TrainConfig):
     if _f.name in _KINDS or _f.name == "model":

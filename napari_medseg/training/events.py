@@ -32,7 +32,8 @@ class StepEvent(TrainEvent):
     step: int
     loss: float
     loss_sup: float
-    loss_cons: float  # the semi-supervised term (pseudo-label CE or Mean Teacher consistency), 0 without
+    loss_cons: float  # the semi-supervised term (pseudo-label CE or Mean Teacher consistency) or, when
+    # distilling, the distillation term; 0 without
     cons_weight: float  # its weight at this step
     lr: float
     batch_size: int

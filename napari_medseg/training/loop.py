@@ -35,6 +35,7 @@ from napari_medseg.models.normalization import NormConfig
 from napari_medseg.models.registry import build_model, check_input_size
 from napari_medseg.training.config import TrainConfig
 from napari_medseg.training.data import TrainingData
+from napari_medseg.training.distill import load_teacher
 from napari_medseg.training.ema import WeightEMA
 from napari_medseg.training.events import (
     CheckpointEvent,
@@ -176,10 +177,18 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                            val_fraction=cfg.val_fraction, max_val_patches=cfg.max_val_patches, seed=cfg.seed,
                            val_seed=meta.get("val_seed"), val_block=meta.get("val_block"))
     warnings += sampler.warnings
-    if iw is not None and iw.norm is not None and iw.norm.channels in (1, data.n_channels):
-        norm = iw.norm  # keep the checkpoint's input pipeline across rounds
-        if norm.needs_data:  # a bioimage.io model's percentiles / mean: fixed once, over the training images
-            norm = norm.resolved(sampler.norm_samples()[0])
+    kd = None
+    if cfg.distill_from is not None:  # the teacher first: a teacher that cannot teach this data fails early
+        kd = load_teacher(cfg.distill_from, n_channels=data.n_channels, n_classes=data.classes.n_classes,
+                          spatial_dims=model_cfg.spatial_dims, device=setup.device,
+                          memory_format=setup.memory_format(model_cfg.spatial_dims))
+    # the input pipeline: the starting checkpoint's (kept across rounds), else the teacher's (the student sees
+    # the numbers the teacher was trained on), else one made for this data
+    given = iw.norm if iw is not None and iw.norm is not None and iw.norm.channels in (1, data.n_channels) else None
+    given = given or (kd.checkpoint.norm if kd is not None else None)
+    if given is not None:
+        norm = given.resolved(sampler.norm_samples()[0]) if given.needs_data else given  # a package's statistics:
+        # fixed once, over the training images
     else:
         norm, w = resolve_norm(cfg, data, sampler)
         warnings += w
@@ -209,6 +218,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     warnings += prepare_model(model, cfg, from_scratch=iw is None)
     out_dir = run_dir(cfg.checkpoint_dir)
     run = Run(cfg, data, setup, model_cfg, sampler, norm, model, ema, out_dir, (iw.round if iw else 0) + 1)
+    run.kd = kd
     run.parent = init_parent(init, iw, out_dir)
     n_params = sum(p.numel() for p in model.parameters())
     val_patches = sampler.validation_patches()

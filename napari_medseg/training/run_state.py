@@ -25,6 +25,7 @@ from napari_medseg.models.normalization import NormConfig
 from napari_medseg.training.augment import Augmenter
 from napari_medseg.training.config import TrainConfig
 from napari_medseg.training.data import TrainingData
+from napari_medseg.training.distill import kd_loss
 from napari_medseg.training.ema import WeightEMA
 from napari_medseg.training.events import ValidationEvent
 from napari_medseg.training.finetune import make_optimizer, optimizer_step, set_lr
@@ -98,6 +99,7 @@ class Run:
         self.last_val: dict[str, Any] = {}
         self.best_val = -math.inf
         self.parent: str | None = None  # what the run started from (a library name or a file), for the meta
+        self.kd: Any = None  # distill.Teacher when cfg.distill_from is set (the loop loads it)
 
     def images(self) -> list[str]:
         """The training images, as paths where they have one (else their names), for the checkpoint's meta."""
@@ -184,6 +186,11 @@ class Run:
             with self.setup.autocast():
                 logits = self.model(xs)
             sup = self.loss_fn(logits[:n_l], yg[:n_l])
+            if self.kd is not None:  # distillation: the teacher sees the student's view, every pixel counts
+                with self.setup.autocast():
+                    t_logits = self.kd.logits(xs)
+                w = self.cfg.kd_weight
+                cons = kd_loss(logits, t_logits, self.cfg.kd_temperature, self.cfg.kd_mode)
             if self.mt is not None:
                 on = self.cfg.consistency_on
                 first = n_l if on == "unlabelled" else 0
