@@ -424,3 +424,22 @@ def test_a_large_3d_view_is_previewed_window_by_window(monkeypatch):
     view.set(ViewRequest(0, (slice(0, 32), slice(0, 96), slice(0, 96))))  # small: one pass
     hook(None, None, 1)
     assert windows == [(32, 64, 64), None]
+
+
+def test_distil_for_deployment_trains_a_light_student_from_the_trained_model(widget, qtbot, tmp_path):
+    from napari_medseg.models import load_checkpoint
+
+    viewer, w = widget
+    assert not w.distil_btn.isEnabled()  # nothing trained yet
+    w.start()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    teacher = w._trained_checkpoint()
+    assert teacher is not None and w.distil_btn.isEnabled()
+    w.out_edit.setText(str(tmp_path / "student"))
+    w.distil_btn.click()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert not _errors(w), _errors(w)
+    ck = load_checkpoint(tmp_path / "student" / "last.pt")
+    assert ck.model_config.name == "light_unet"
+    assert ck.meta["train_config"]["distill_from"] == str(teacher)
+    assert w.arch_combo.currentText() == "unet"  # the form is unchanged

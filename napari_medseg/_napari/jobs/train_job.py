@@ -81,11 +81,11 @@ def snapshot_labels(session: Any, viewer: Any, image_layer: Any, labels_choice: 
 
 
 def model_config(settings: dict[str, Any], n_channels: int = 1, n_classes: int = 2) -> Any:
-    from napari_medseg.models import ModelConfig
+    from napari_medseg.models import preset
 
-    dims = 3 if settings.get("dims") == "3D" else 2
-    return ModelConfig(name=settings.get("arch", "unet"), spatial_dims=dims, in_channels=n_channels,
-                       out_channels=max(2, n_classes))
+    dims = 3 if settings.get("dims") == "3D" else 2  # each architecture from its own "small" preset
+    return preset(settings.get("arch", "unet"), spatial_dims=dims, in_channels=n_channels,
+                  out_channels=max(2, n_classes))
 
 
 def device_type(choice: str) -> str:
@@ -125,6 +125,8 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         grad_checkpoint=bool(settings.get("grad_checkpoint", False)), accumulate=int(settings.get("accumulate", 1)),
         freeze="encoder" if settings.get("freeze_encoder") else "none",
         freeze_bn=bool(settings.get("freeze_bn", False)),
+        # "Distil for deployment": the trained model teaches, on windows from anywhere too (training.distill)
+        distill_from=settings.get("distill_from"), unlabelled_ratio=1.0 if settings.get("distill_from") else 0.0,
     )
 
 

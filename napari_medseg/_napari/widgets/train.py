@@ -73,6 +73,7 @@ CONFIDENCE_TOOLTIP = ("The preview draws a class only where the model gives it a
                       "2 %. After 300 steps 0.8 drew 60-71 % of the organs, 78-92 % of it right (docs/gui-loop.md). "
                       "0 draws every pixel.")
 STORE_CHOICE = "label store (Annotate widget)"
+DISTIL_STUDENT = "light_unet"  # "Distil for deployment" trains this architecture (its small preset)
 
 
 __all__ = ["PREVIEW_LAYER", "SEMI_CHOICES", "SEMI_TOOLTIP", "STORE_CHOICE", "TrainWidget", "_spin",
@@ -224,7 +225,17 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         return None
 
     def _update_export(self) -> None:
-        self.export_btn.setEnabled(self._trained_checkpoint() is not None)
+        for b in (self.export_btn, self.distil_btn):
+            b.setEnabled(self._trained_checkpoint() is not None)
+
+    def distil(self) -> None:
+        """Distil the trained checkpoint into a light student on this image and its labels (``training.distill``),
+        as a training run of its own (the form's other settings apply; a fresh student, not the start-from model)."""
+        ck = self._trained_checkpoint()
+        if ck is None:
+            self.messages.error("No trained model yet: train one first, then distil it for deployment.")
+            return
+        self.start(resume=False, distil=ck)
 
     def export_bioimageio(self) -> Any:
         """Open the bioimage.io export dialog for the trained checkpoint (``export_dialog``)."""
@@ -238,7 +249,7 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         image = None if layer is None else open_image(lambda: (layer.name, self.session.source_for(layer)))
         return open_export_dialog(self, ck, image, self.messages)
 
-    def _gather(self, resume: bool) -> dict[str, Any]:
+    def _gather(self, resume: bool, distil: Path | None = None) -> dict[str, Any]:
         """Everything the worker needs, gathered on the main thread (layers are not touched later)."""
         from napari_medseg._napari.jobs.train_job import prepare_job
 
@@ -246,20 +257,24 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         source = self.session.source_for(image_layer)
         labels_choice = self.labels_combo.currentText()
         text = self.init_edit.text().strip()
-        if resume:
+        settings = self._settings_values()
+        if distil is not None:  # a light student from scratch, taught by the trained model
+            init = None
+            settings = {**settings, "arch": DISTIL_STUDENT, "distill_from": str(distil)}
+        elif resume:
             init = str(self.session.last_checkpoint)
         else:  # a file, a package folder or a library name
             init = str(model_path(text)) if text else None
         out = self.out_edit.text().strip() or None
-        return prepare_job(self.viewer, self.session, source, image_layer, labels_choice, self._settings_values(),
+        return prepare_job(self.viewer, self.session, source, image_layer, labels_choice, settings,
                            init=init, out=out, store_choice=STORE_CHOICE)
 
-    def start(self, resume: bool = False) -> None:
+    def start(self, resume: bool = False, distil: Path | None = None) -> None:
         if self._worker is not None:
             self.messages.info("Training is already running; press Stop first.")
             return
         try:
-            job = self._gather(resume)
+            job = self._gather(resume, distil)
         except MedsegError as e:
             self.messages.error(str(e))
             return

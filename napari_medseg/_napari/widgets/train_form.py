@@ -153,7 +153,15 @@ class TrainForm:
         self.export_btn.setToolTip("Export the trained model (the best checkpoint, else the last) as a bioimage.io "
                                    "package (.zip) for other tools and bioimage.io; enabled once a run saved one")
         self.export_btn.clicked.connect(lambda: self.export_bioimageio())
-        f.addRow("trained model", self.export_btn)
+        self.distil_btn = QPushButton("Distil for deployment")
+        self.distil_btn.setToolTip("Train a light model (light_unet, several times faster on a CPU) from the trained "
+                                   "one: it learns the trained model's prediction on every pixel of the image, beside "
+                                   "your labels (docs/deployment.md, 'Distillation for deployment')")
+        self.distil_btn.clicked.connect(lambda: self.distil())
+        row = QHBoxLayout()
+        row.addWidget(self.export_btn)
+        row.addWidget(self.distil_btn)
+        f.addRow("trained model", row)
         lay.addWidget(model)
 
         tr = QGroupBox("Training")
