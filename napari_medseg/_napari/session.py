@@ -42,6 +42,7 @@ class Session:
     def __init__(self) -> None:
         self.last_checkpoint: Path | None = None
         self.best_checkpoint: Path | None = None
+        self.distilled_checkpoint: Path | None = None  # "Distil for deployment"'s student (not the session's model)
         self._labels: weakref.WeakKeyDictionary[Any, tuple[LabelStore, Painter | None]] = \
             weakref.WeakKeyDictionary()
         self._sources: weakref.WeakKeyDictionary[Any, tuple[Any, Any, ImageSource]] = weakref.WeakKeyDictionary()

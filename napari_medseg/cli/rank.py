@@ -6,7 +6,7 @@ the level the model was trained at (``--level`` to choose). The labels (``--labe
 own, where the Annotate widget keeps them, if there are any: never created) give each region's painted
 share, and with ``--novelty W`` make regions unlike the painted ones rank higher. Prints the top regions
 (``--top``) and writes the whole ranking as JSON (``--out``, default ``<image name>.ranking.json`` in the
-current folder), which the Annotate widget can show.
+current folder).
 """
 
 from __future__ import annotations

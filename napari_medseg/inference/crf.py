@@ -49,6 +49,15 @@ class CRFConfig:
     w_spatial: float = 0.5
 
     def __post_init__(self) -> None:
+        for name in ("iterations", "radius"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise MedsegError(f"CRF {name} must be a whole number, got {v!r}")
+        for name in ("sigma_xy", "sigma_rgb", "sigma_smooth", "w_bilateral", "w_spatial"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise MedsegError(f"CRF {name} must be a number, got {v!r}")
+            object.__setattr__(self, name, float(v))
         if not 1 <= int(self.iterations) <= 50:
             raise MedsegError(f"CRF iterations must be 1..50, got {self.iterations}")
         if not 1 <= int(self.radius) <= 12:

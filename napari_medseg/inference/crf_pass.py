@@ -3,8 +3,10 @@
 ``refine_prediction(NAME.prediction.zarr, source)`` reads the prediction's class probabilities (``probs/0``:
 the prediction must have been written with probabilities, ``write_probs`` / ``--probs``) and the image at
 the predicted level, refines each block with a halo of ``CRFConfig.halo`` pixels (so a block's result equals
-the whole image refined at once: tile-consistent by construction), and writes the refined labels over
-``labels/prediction`` level 0, then rebuilds its coarser levels (nearest, every second pixel). Every reader of
+the whole image refined at once: tile-consistent by construction; volumes slice by slice, in-plane), and
+writes the refined labels over ``labels/prediction`` level 0, then rebuilds its coarser levels from level 0
+(every second pixel: the predictor builds its finer overview levels from mean-pooled probabilities instead,
+so the overviews of a refined, or restored, prediction may differ from a plain one's on a few pixels). Every reader of
 the prediction (the napari reader, objects, accepting into the labels) then sees the refined labels; the
 probabilities stay those of the model, so the original labels can always be computed again
 (``refine_prediction(..., cfg=None)`` writes back the argmax of the stored probabilities: the model's labels up
@@ -42,6 +44,7 @@ from napari_medseg.inference.crf import CRFConfig, refine, scaled_image
 from napari_medseg.inference.output import class_labels
 
 RUN = "medseg/crf/run.json"
+MAX_SIDE = 768  # in-plane block side at most: (768 + 2 x 20)^2 px x 48 offsets x 4 B = 125 MB of kernels
 JOURNAL = "medseg/crf/journal"
 
 
@@ -89,18 +92,22 @@ def _check_source(source: ImageSource, manifest: dict[str, Any], shape: tuple[in
 
 
 def refine_prediction(prediction: str | os.PathLike, source: ImageSource, cfg: CRFConfig | None = CRFConfig(), *,
-                      block: int | None = None, threads: int | None = None
-                      ) -> Generator[RefineProgress, None, RefineDone]:
-    """Refine the labels of a finished prediction (see the module). ``cfg=None`` restores the model's labels."""
+                      block: int | None = None, threads: int | None = None, cancel: Any = None
+                      ) -> Generator[RefineProgress, None, RefineDone | None]:
+    """Refine the labels of a finished prediction (see the module). ``cfg=None`` restores the model's labels.
+    ``cancel`` (a ``threading.Event``) ends the pass before the next block (returns None; a rerun resumes)."""
     t0 = time.perf_counter()
     path = Path(prediction)
     probs, lab_group, levels, manifest = _open(path)
     shape = tuple(probs.shape[1:])
     level = _check_source(source, manifest, shape, path)
     schema = ClassSchema.from_dict(manifest.get("classes") or {}) if manifest.get("classes") else None
-    side = int(block or (manifest.get("layout") or {}).get("block", [1024])[-1])
     cblock = tuple(levels[0].chunks)
-    bl = tuple(max(c, (side // c) * c) for c in cblock)  # whole chunks: each chunk has one writer
+    lay_block = list((manifest.get("layout") or {}).get("block") or cblock)[-len(shape):]
+    # in-plane blocks of whole chunks (each chunk has one writer), at most MAX_SIDE (the kernels of a block
+    # and its halo are held at once); a volume is refined slice by slice, so Z blocks are the chunks' own
+    side = min(int(block or lay_block[-1]), MAX_SIDE)
+    bl = tuple([*cblock[:-2], *(max(c, (side // c) * c) for c in cblock[-2:])])
     settings = None if cfg is None else {**cfg.to_dict(), "block": list(bl)}
     run_file, jdir = path / RUN, path / JOURNAL
     prev = json.loads(run_file.read_text()) if run_file.is_file() else None
@@ -122,19 +129,25 @@ def refine_prediction(prediction: str | os.PathLike, source: ImageSource, cfg: C
         torch.set_num_threads(int(threads))
     try:
         for i, start in enumerate(keys):
+            if cancel is not None and cancel.is_set():
+                return None  # the journal keeps the blocks done; levels and attributes come at the end of a rerun
             key = "_".join(str(v) for v in start)
             if key in done_keys:
                 resumed += 1
                 continue
             core = tuple((a, min(a + b, n)) for a, b, n in zip(start, bl, shape))
-            win = tuple((max(0, a - halo), min(n, b + halo)) for (a, b), n in zip(core, shape))
+            win = tuple(c if i < len(shape) - 2 else (max(0, c[0] - halo), min(n, c[1] + halo))
+                        for i, (c, n) in enumerate(zip(core, shape)))  # in-plane halo only
             p = torch.from_numpy(np.asarray(probs[(slice(None), *(slice(a, b) for a, b in win))]).astype(np.float32))
             total_p = p.sum(0)
             valid = total_p > 0
             p = torch.where(valid, p / total_p.clamp_min(1e-12), p)
             if cfg is not None and bool(valid.any()):
-                img = torch.from_numpy(read_box(source, level, win).astype(np.float32))
-                q = refine(p, scaled_image(img, std), cfg, valid)
+                img = scaled_image(torch.from_numpy(read_box(source, level, win).astype(np.float32)), std)
+                if len(shape) == 2:
+                    q = refine(p, img, cfg, valid)
+                else:  # slice by slice, in-plane: the slice spacing of a volume is rarely the in-plane one
+                    q = torch.stack([refine(p[:, z], img[:, z], cfg, valid[z]) for z in range(p.shape[1])], 1)
             else:
                 q = p
             inner = tuple(slice(a - w, b - w) for (a, b), (w, _) in zip(core, win))
@@ -154,7 +167,7 @@ def refine_prediction(prediction: str | os.PathLike, source: ImageSource, cfg: C
 
 
 def _rebuild_levels(levels: list[Any], strip: int = 2048) -> None:
-    """Levels 1.. from level 0, every second pixel of the plane (as the prediction builds its coarse levels)."""
+    """Levels 1.. from level 0, every second pixel of the plane (as the predictor builds its coarsest levels)."""
     for k in range(1, len(levels)):
         src, dst = levels[k - 1], levels[k]
         h = src.shape[-2]

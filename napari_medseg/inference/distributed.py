@@ -18,6 +18,7 @@ this process with ``predictor.predict``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -32,7 +33,7 @@ from napari_medseg.inference.events import PredictEvent, PredictFailed, PredictS
 from napari_medseg.inference.job import Job, make_job, open_source
 from napari_medseg.inference.modelrun import LoadedModel, resolve_model
 from napari_medseg.inference.output import OutputStore
-from napari_medseg.inference.predictor import predict, refine_events
+from napari_medseg.inference.predictor import predict, refine_events, was_refined
 from napari_medseg.inference.run import PredictionRun
 
 log = logging.getLogger(__name__)
@@ -336,8 +337,9 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
         for i, run in enumerate(runs):
             if i not in failed:
                 done = run.finish(cancelled=cancel is not None and cancel.is_set())
-                if crf not in (None, False) and not done.cancelled:
-                    yield from refine_events(run.out, run.job.source, crf, done.name, cancel)
+                if not done.cancelled and (crf not in (None, False) or was_refined(run.out)):
+                    finished = yield from refine_events(run.out, run.job.source, crf or None, done.name, cancel)
+                    done = dataclasses.replace(done, cancelled=not finished)
                 yield done
                 outs_done.append(run.out)
         return outs_done

@@ -84,9 +84,10 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
         raise
     finally:
         trim()
-    if crf_cfg is not None and not done.cancelled:
-        yield from refine_events(run.out, job.source, crf_cfg, done.name, cancel)
-        done = dataclasses.replace(done, seconds=time.perf_counter() - t_start)
+    if not done.cancelled and (crf_cfg is not None or was_refined(run.out)):
+        # crf off on an output refined before (the same job resumed): the model's own labels come back
+        finished = yield from refine_events(run.out, job.source, crf_cfg, done.name, cancel)
+        done = dataclasses.replace(done, seconds=time.perf_counter() - t_start, cancelled=not finished)
     yield done
     return run.result(done)
 
@@ -106,19 +107,30 @@ def _crf_config(crf: Any) -> Any:
     raise MedsegError(f"crf must be True, a CRFConfig or a dict of its settings, got {type(crf).__name__}")
 
 
+def was_refined(out: Path) -> bool:
+    """Whether the labels of the prediction ``out`` hold a CRF refinement (``crf_pass``)."""
+    import zarr
+
+    try:
+        return bool(zarr.open_group(str(out), mode="r")["labels/prediction"].attrs.get("medseg_crf"))
+    except (KeyError, FileNotFoundError, OSError):
+        return False
+
+
 def refine_events(out: Path, source: ImageSource, crf: Any, name: str, cancel: threading.Event | None
-                  ) -> Generator[Refining, None, None]:
-    """The CRF pass over a finished output as ``Refining`` events; ``cancel`` stops it between blocks (the
-    blocks refined so far stay in its journal: a rerun goes on from there)."""
+                  ) -> Generator[Refining, None, bool]:
+    """The CRF pass over a finished output as ``Refining`` events (``crf`` None: the model's own labels back);
+    returns whether it finished. ``cancel`` stops it before the next block: the blocks refined so far stay in
+    its journal, the output's overview levels are not rebuilt yet, and a rerun goes on from there."""
     from napari_medseg.inference.crf_pass import refine_prediction
 
-    cfg = _crf_config(crf)
-    if cfg is None:
-        return
-    for ev in refine_prediction(out, source, cfg):
-        if cancel is not None and cancel.is_set():
-            break
-        yield Refining(ev.done, ev.total, name=name)
+    gen = refine_prediction(out, source, _crf_config(crf), cancel=cancel)
+    try:
+        for ev in gen:
+            yield Refining(ev.done, ev.total, name=name)
+    finally:
+        gen.close()
+    return not (cancel is not None and cancel.is_set())
 
 
 def run_predict(*args, on_event=None, **kwargs) -> PredictResult:

@@ -210,6 +210,8 @@ class TrainConfig:
         if self.kd_weight < 0 or self.kd_temperature <= 0:
             raise MedsegError(f"kd_weight must be >= 0 and kd_temperature > 0, got {self.kd_weight} and "
                               f"{self.kd_temperature}")
+        if self.distill_from is not None and not str(self.distill_from).strip():
+            raise MedsegError("distill_from is empty: give the teacher's checkpoint or package (or null for none)")
         if self.distill_from is not None and self.semi != "none":
             raise MedsegError(f"distillation (distill_from) learns the unpainted pixels from the teacher: it does not "
                               f"combine with semi {self.semi!r}; choose one of the two")

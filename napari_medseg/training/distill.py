@@ -53,7 +53,7 @@ class Teacher:
 
 
 def load_teacher(path: str | Path, *, n_channels: int, n_classes: int, spatial_dims: int, device: torch.device,
-                 memory_format: Any = None) -> Teacher:
+                 memory_format: Any = None, class_names: tuple[str, ...] = ()) -> Teacher:
     """The teacher named by ``TrainConfig.distill_from``; a ``MedsegError`` when it cannot teach this data."""
     from napari_medseg.training.rounds import resolve_init
 
@@ -66,6 +66,10 @@ def load_teacher(path: str | Path, *, n_channels: int, n_classes: int, spatial_d
     if mc.out_channels != n_classes:
         raise MedsegError(f"the teacher {path} predicts {mc.out_channels} classes (with background) but the labels "
                           f"have {n_classes}; distil with the classes the teacher was trained on")
+    names = tuple(ck.classes.names) if ck.classes is not None else ()
+    if class_names and sorted(names) == sorted(class_names) and tuple(class_names) != names:  # swapped order
+        raise MedsegError(f"the teacher {path} names its classes {list(names[1:])} but the labels {list(class_names[1:])}: "
+                          "distil with the teacher's classes, in its order")
     if mc.in_channels != n_channels:
         raise MedsegError(f"the teacher {path} takes {mc.in_channels} input channel(s) but the images have "
                           f"{n_channels}")

@@ -57,7 +57,7 @@ from napari_medseg.training.finetune import (
 )
 from napari_medseg.training.guard import HostOutOfMemory, StepGuard, StopRequested
 from napari_medseg.training.prefetch import Prefetcher
-from napari_medseg.training.rounds import check_architecture, resolve_init, run_dir
+from napari_medseg.training.rounds import adopt_architecture, check_architecture, resolve_init, run_dir
 from napari_medseg.training.run_state import Run, run_progress
 from napari_medseg.training.sampler import PatchSampler
 
@@ -169,6 +169,8 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     model_cfg = _fit_model_config(cfg, data)
     check_class_weights(cfg.class_weights, data.classes.names)
     if iw is not None:
+        model_cfg, note = adopt_architecture(iw, model_cfg)
+        warnings += [note] if note else []
         check_architecture(iw, model_cfg)
     patch = cfg.patch_for(model_cfg.spatial_dims)
     check_input_size(model_cfg, patch)
@@ -181,10 +183,15 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     if cfg.distill_from is not None:  # the teacher first: a teacher that cannot teach this data fails early
         kd = load_teacher(cfg.distill_from, n_channels=data.n_channels, n_classes=data.classes.n_classes,
                           spatial_dims=model_cfg.spatial_dims, device=setup.device,
-                          memory_format=setup.memory_format(model_cfg.spatial_dims))
+                          memory_format=setup.memory_format(model_cfg.spatial_dims),
+                          class_names=tuple(data.classes.names))
     # the input pipeline: the starting checkpoint's (kept across rounds), else the teacher's (the student sees
     # the numbers the teacher was trained on), else one made for this data
     given = iw.norm if iw is not None and iw.norm is not None and iw.norm.channels in (1, data.n_channels) else None
+    if kd is not None and given is not None and given != kd.checkpoint.norm:
+        raise MedsegError(f"the starting weights ({iw.label}) normalise the images differently from the teacher "
+                          f"({kd.label}); both see the same numbers, so start the student from scratch or from a "
+                          "checkpoint with the teacher's normalisation")
     given = given or (kd.checkpoint.norm if kd is not None else None)
     if given is not None:
         norm = given.resolved(sampler.norm_samples()[0]) if given.needs_data else given  # a package's statistics:

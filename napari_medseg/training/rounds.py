@@ -95,6 +95,24 @@ def resolve_init(init: str | os.PathLike | Checkpoint | dict | None) -> InitWeig
     return InitWeights(str(path), _plain_state_dict(obj, str(path)))
 
 
+def adopt_architecture(init: InitWeights, model_cfg: ModelConfig) -> tuple[ModelConfig, str | None]:
+    """``model_cfg`` with the architecture fields of the starting checkpoint when it holds the same
+    architecture (name and dimensions): widths and depths a run starts from are the checkpoint's, whatever the
+    form's defaults are (e.g. an older 'swin_unetr' trained before the small preset). Returns the config and a
+    warning naming what was taken over (None when nothing differed)."""
+    if init.checkpoint is None:
+        return model_cfg, None
+    theirs = init.checkpoint.model_config
+    if theirs.name != model_cfg.name or theirs.spatial_dims != model_cfg.spatial_dims:
+        return model_cfg, None
+    diff = [f for f in ARCH_FIELDS if getattr(theirs, f) != getattr(model_cfg, f)]
+    if not diff:
+        return model_cfg, None
+    new = model_cfg.replace(**{f: getattr(theirs, f) for f in diff})
+    return new, (f"the architecture settings of {init.label} are used ("
+                 + ", ".join(f"{f} {getattr(theirs, f)!r}" for f in diff) + ")")
+
+
 def check_architecture(init: InitWeights, model_cfg: ModelConfig) -> None:
     """Refuse a napari-medseg checkpoint whose architecture differs from ``model_cfg``, naming the fields."""
     if init.checkpoint is None:

@@ -443,3 +443,11 @@ def test_distil_for_deployment_trains_a_light_student_from_the_trained_model(wid
     assert ck.model_config.name == "light_unet"
     assert ck.meta["train_config"]["distill_from"] == str(teacher)
     assert w.arch_combo.currentText() == "unet"  # the form is unchanged
+    assert w._trained_checkpoint() == teacher  # the session's model is still the trained one
+    assert w.session.distilled_checkpoint is not None and w.session.distilled_checkpoint.parent == tmp_path / "student"
+    w.semi_combo.setCurrentIndex(w.semi_combo.findData("pseudo_label"))
+    assert w.semi_combo.currentData() == "pseudo_label"
+    w.out_edit.setText(str(tmp_path / "student2"))
+    w.distil_btn.click()  # a semi-supervised form setting does not stop distillation
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert not _errors(w), _errors(w)

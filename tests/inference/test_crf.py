@@ -161,3 +161,65 @@ def test_predict_with_crf_refines_and_reports_progress(tmp_path, unet2d):
     assert 0 < (refined != labels).sum() < 0.5 * labels.size
     with pytest.raises(MedsegError, match="crf must be"):
         drain(predict(src, unet2d, tmp_path / "x.zarr", crf="yes"))
+
+
+def test_rerun_without_crf_restores_and_cancel_reports_unfinished(tmp_path, unet2d):
+    import threading
+
+    from helpers import drain
+
+    from napari_medseg.inference.events import PredictDone, Refining
+    from napari_medseg.inference.predictor import predict
+
+    src, out, labels, _ = _predicted(tmp_path, unet2d)
+    kw = dict(window=(64, 64), tissue_mask=False, block=(64, 64), write_probs="float16")
+    cancel = threading.Event()
+    gen = predict(src, unet2d, out, crf={"iterations": 1, "radius": 1}, cancel=cancel, **kw)
+    events = []
+    for ev in gen:
+        events.append(ev)
+        if isinstance(ev, Refining) and ev.done == 3:
+            cancel.set()
+    done = events[-1]
+    assert isinstance(done, PredictDone) and done.cancelled  # stopped while refining: not reported as done
+    assert sum(isinstance(e, Refining) for e in events) == 3
+    _, res = drain(predict(src, unet2d, out, crf={"iterations": 1, "radius": 1}, **kw))  # resumes the refinement
+    g = zarr.open_group(str(out), mode="r")
+    assert g["labels/prediction"].attrs["medseg_crf"]["iterations"] == 1
+    events, _ = drain(predict(src, unet2d, out, **kw))  # the same job without the CRF: the model's labels back
+    assert any(isinstance(e, Refining) for e in events)
+    back = np.asarray(zarr.open_group(str(out), mode="r")["labels/prediction/0"])
+    assert (back == labels).mean() >= 0.999
+    assert not zarr.open_group(str(out), mode="r")["labels/prediction"].attrs["medseg_crf"]
+
+
+def test_volumes_are_refined_slice_by_slice(tmp_path):
+    from infer_helpers import small_unet
+
+    from napari_medseg.inference.crf_pass import run_refine
+
+    rng = np.random.default_rng(4)
+    vol = (rng.random((6, 96, 100)) * 255).astype(np.uint8)
+    src = zarr_source(tmp_path / "v.zarr", [vol], "ZYX", pixel_size=(2.0, 0.5, 0.5), chunks=(2, 48, 48))
+    model = small_unet(1, 2)
+    out = tmp_path / "v.prediction.zarr"
+    labels, probs = predict_arrays(src, model, out, block=(2, 48, 48))
+    cfg = CRFConfig(iterations=2, radius=2)
+    done = run_refine(out, src, cfg)
+    tiled = np.asarray(zarr.open_group(str(out), mode="r")["labels/prediction/0"])
+    p = torch.from_numpy(probs)
+    p = p / p.sum(0).clamp_min(1e-12)
+    from napari_medseg.core.source import strided_sample
+
+    img = scaled_image(torch.from_numpy(vol[None].astype(np.float32)), torch.from_numpy(strided_sample(src).std(axis=1)))
+    want = np.stack([refine(p[:, z], img[:, z], cfg).argmax(0).numpy() for z in range(6)])
+    assert done.blocks == 3 * 2 * 3  # Z blocks of the chunks (2 slices), in-plane blocks of 48 px
+    assert (tiled == want).mean() >= 0.999
+
+
+def test_crf_numbers_must_be_numbers():
+    with pytest.raises(MedsegError, match="whole number"):
+        CRFConfig(iterations=2.5)
+    with pytest.raises(MedsegError, match="whole number"):
+        CRFConfig(radius=True)
+    assert CRFConfig(sigma_xy=3).sigma_xy == 3.0

@@ -99,3 +99,16 @@ def test_distil_command_trains_a_light_student(tmp_path, capsys):
     assert tc["distill_from"] == str(teacher) and tc["unlabelled_ratio"] == 1.0
     assert main(["distil", str(tmp_path / "nope.pt"), *base, "--out", str(tmp_path / "e")]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_a_teacher_with_its_classes_in_another_order_is_refused(tmp_path):
+    from napari_medseg.core.classes import ClassSchema
+
+    teacher = _teacher(tmp_path)
+    data = blob_data()
+    names = tuple(load_checkpoint(teacher).classes.names)
+    data.classes = ClassSchema((names[1], names[0]))
+    with pytest.raises(MedsegError, match="in its order"):
+        run_training(tiny_cfg(tmp_path / "o", library=False, distill_from=teacher), data)
+    with pytest.raises(MedsegError, match="distill_from is empty"):
+        TrainConfig(distill_from=" ")

@@ -269,3 +269,21 @@ def test_pseudo_label_precision_is_reported_at_validation(tmp_path):
     assert vals and all(v.pl_coverage == pytest.approx(1.0) and 0.0 <= v.pl_precision <= 1.0 for v in vals)
     steps = [e for e in events if isinstance(e, StepEvent)]
     assert steps[0].cons_weight == 0.0 and steps[-1].cons_weight == 1.0  # ramps in at 20-40 % of the run
+
+
+def test_starting_from_a_checkpoint_takes_its_widths(tmp_path):
+    """The form's widths may differ from a checkpoint of the same architecture (an older preset): the run takes the
+    checkpoint's, says so, and does not refuse."""
+    from napari_medseg.models import load_checkpoint
+    from napari_medseg.training import run_training
+    from napari_medseg.training.events import WarningEvent
+    from training._synth import blob_data, tiny_cfg
+
+    first = run_training(tiny_cfg(tmp_path / "a", steps=2, library=False), blob_data())
+    events: list = []
+    cfg = tiny_cfg(tmp_path / "b", steps=2, library=False)
+    cfg = cfg.replace(model=cfg.model.replace(channels=(4, 8)))
+    res = run_training(cfg, blob_data(), init=first.last_checkpoint, on_event=events.append)
+    assert load_checkpoint(res.last_checkpoint).model_config.channels == load_checkpoint(
+        first.last_checkpoint).model_config.channels
+    assert any(isinstance(e, WarningEvent) and "architecture settings" in e.message for e in events)

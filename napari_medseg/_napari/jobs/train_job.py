@@ -116,17 +116,18 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         raise MedsegError(f"a 3D model needs a volume; {source.name!r} is 2D. Choose 2D.")
     mcfg = model_config(settings, source.n_channels, classes.n_classes)
     budget = float(settings.get("budget") or 0)
+    distil = settings.get("distill_from")  # "Distil for deployment": plain supervised + the teacher, all trainable
     return TrainConfig(
         model=mcfg, patch_size=planned_patch(settings, source, mcfg), batch_size=int(settings.get("batch", 4)),
         lr=float(settings.get("lr", 1e-3)), steps=int(settings.get("steps", 2000)),
-        time_budget_s=budget if budget > 0 else None, semi=str(settings.get("semi", "none")),
+        time_budget_s=budget if budget > 0 else None, semi="none" if distil else str(settings.get("semi", "none")),
         eval_model="ema" if settings.get("ema", True) else "student", device=device_name(settings.get("device", "")),
         threads=int(settings.get("threads") or 1), checkpoint_dir=out, num_workers=1,
         grad_checkpoint=bool(settings.get("grad_checkpoint", False)), accumulate=int(settings.get("accumulate", 1)),
-        freeze="encoder" if settings.get("freeze_encoder") else "none",
-        freeze_bn=bool(settings.get("freeze_bn", False)),
+        freeze="encoder" if settings.get("freeze_encoder") and not distil else "none",
+        freeze_bn=bool(settings.get("freeze_bn", False)) and not distil,
         # "Distil for deployment": the trained model teaches, on windows from anywhere too (training.distill)
-        distill_from=settings.get("distill_from"), unlabelled_ratio=1.0 if settings.get("distill_from") else 0.0,
+        distill_from=distil, unlabelled_ratio=1.0 if distil else 0.0,
     )
 
 

@@ -289,6 +289,9 @@ class NextRegionBox(QGroupBox):
         limits = (lo, hi if hi > lo else lo + 1.0)  # show even when an unsure model is unsure everywhere
         data = np.nan_to_num(np.asarray(ranking.heatmap, np.float32), nan=limits[0])  # not scored: clear
         scale, translate = heatmap_geometry(ranking, layer)
+        old = next((ly for ly in self.viewer.layers if ly.name == HEATMAP_LAYER), None)
+        if old is not None and is_heatmap_layer(old) and old.ndim != data.ndim:  # a volume after a slide or back
+            self.viewer.layers.remove(old)
         if HEATMAP_LAYER in self.viewer.layers and is_heatmap_layer(self.viewer.layers[HEATMAP_LAYER]):
             heat = self.viewer.layers[HEATMAP_LAYER]
             if tuple(heat.scale) != scale:

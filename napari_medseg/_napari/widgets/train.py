@@ -99,6 +99,7 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         self._refresh_timer.setInterval(20_000)
         self._refresh_timer.timeout.connect(self._maybe_refresh_labels)
         self._started_at = 0.0
+        self._distilling = False  # the running job is "Distil for deployment"
         self._first_preview_s: float | None = None
         self._last_preview_t: float | None = None
         self._preview_intervals: list[float] = []
@@ -273,6 +274,7 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         if self._worker is not None:
             self.messages.info("Training is already running; press Stop first.")
             return
+        self._distilling = distil is not None
         try:
             job = self._gather(resume, distil)
         except MedsegError as e:
@@ -375,7 +377,8 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                 case PreviewEvent():
                     self._show_preview(ev.payload)
                 case CheckpointEvent():
-                    self.session.last_checkpoint = Path(ev.path)
+                    if not self._distilling:  # a distilled student does not replace the model it learns from
+                        self.session.last_checkpoint = Path(ev.path)
                     self._update_export()
                 case WarningEvent():
                     if ev.message not in self._warned:  # a repeated warning is shown once per run
@@ -383,6 +386,14 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                         self.messages.warning(ev.message)
                 case StartEvent():
                     self.status.setText(f"training on {getattr(ev, 'device', '?')}")
+                case DoneEvent() if self._distilling:
+                    ck = ev.best_checkpoint or ev.last_checkpoint
+                    self.session.distilled_checkpoint = Path(ck) if ck else None
+                    self.feedback.done(ev, ev.last_checkpoint)
+                    if ck:
+                        self.messages.info(f"The light model distilled for deployment is {ck}: predict with it "
+                                           "like any checkpoint (the trained model stays this session's model).")
+                    self.init_library.refresh()
                 case DoneEvent():
                     ck = getattr(ev, "last_checkpoint", None)
                     if ck:
