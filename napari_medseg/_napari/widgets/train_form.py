@@ -158,10 +158,8 @@ class TrainForm:
                                    "one: it learns the trained model's prediction on every pixel of the image, beside "
                                    "your labels (docs/deployment.md, 'Distillation for deployment')")
         self.distil_btn.clicked.connect(lambda: self.distil())
-        row = QHBoxLayout()
-        row.addWidget(self.export_btn)
-        row.addWidget(self.distil_btn)
-        f.addRow("trained model", row)
+        f.addRow("trained model", self.export_btn)
+        f.addRow("", self.distil_btn)  # its own row: side by side the two would widen the dock
         lay.addWidget(model)
 
         tr = QGroupBox("Training")
