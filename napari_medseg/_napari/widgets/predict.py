@@ -68,7 +68,7 @@ log = logging.getLogger(__name__)
 
 CRF_HELP = ("After the blocks, a dense CRF pulls the labels to the image's edges (inference.crf: 5 mean-field\n"
             "iterations, radius 4 px; tile-consistent). It needs the class probabilities (written as float16).\n"
-            "On ISBI (thin EM membranes) it cut HD95 by 4-4.5 px but lost 0.6-1.3 Dice points, at several times\n"
+            "On ISBI (thin EM membranes) it cut HD95 by 4-4.5 px but lost 0.6-1.3 Dice points, at 8-12 times\n"
             "the prediction's own time (docs/deployment.md): off by default.")
 OUT_PLACEHOLDER = "beside the image, or in your napari-medseg data folder: <name>.prediction.zarr"
 
