@@ -84,13 +84,14 @@ def _score(res: Any, test: list, patch: int) -> float:
     return 100 * float(np.mean(out))
 
 
-def _rank(pool: list, stores: list, ckpt: str, region: int, threads: int) -> tuple[list[tuple[float, int, Any]], float, int]:
+def _rank(pool: list, stores: list, ckpt: str, region: int, threads: int, novelty: float = 0.0
+          ) -> tuple[list[tuple[float, int, Any]], float, int]:
     """Every scored region of the pool as (score, image index, RankedRegion), best first; seconds; windows."""
     from napari_medseg.guidance import run_rank
 
     cands, secs, wins = [], 0.0, 0
     for i, (p, s) in enumerate(zip(pool, stores)):
-        r = run_rank(p.image, ckpt, store=s, region_size=region, threads=threads)
+        r = run_rank(p.image, ckpt, store=s, region_size=region, threads=threads, novelty_weight=novelty)
         secs += r.seconds
         wins += r.windows
         cands += [(reg.score, i, reg) for reg in r.regions]
@@ -134,9 +135,10 @@ def run(args: Any, data_dir: Path) -> dict[str, Any]:
             rows.append({"seed": seed, "strategy": strategy, "round": 0, "dice": round(d0, 2), "train_s": round(t0, 1)})
             srng = np.random.default_rng(seed + 7)
             for rnd in range(1, args.rounds + 1):
-                cands, rank_s, wins = _rank(pool, stores, ckpt, args.region, args.threads)
+                cands, rank_s, wins = _rank(pool, stores, ckpt, args.region, args.threads, args.novelty)
                 cands = [c for c in cands if _unpainted(stores, c[1], c[2].box)]
-                if strategy == "random":
+                if strategy == "random":  # in a fixed order first: the random picks do not depend on the scores
+                    cands.sort(key=lambda c: (c[1], c[2].box))
                     cands = [cands[int(j)] for j in srng.permutation(len(cands))]
                 chosen = cands[: args.per_round]
                 painted = sum(_paint(stores[i], pool[i].mask, reg.box, args.paint_fraction,
@@ -174,6 +176,7 @@ def summarise(rows: list[dict[str, Any]], args: Any) -> dict[str, Any]:
             "dice_random_last": round(float(np.mean([by[(s, "random")] for s in args.seeds])), 2),
             "curves": curves, "rank_cost_frac": round(statistics.median(cost), 3) if cost else None,
             "rounds": args.rounds, "per_round": args.per_round, "region": args.region, "steps": args.steps,
+            "novelty": args.novelty,
             "seeds": list(args.seeds), "rows": rows}
 
 
@@ -191,18 +194,19 @@ def add_arguments(ap: Any) -> None:
     g.add_argument("--start-steps", type=int, default=300)
     g.add_argument("--pool", type=int, default=20)
     g.add_argument("--al-threads", type=int, default=2)
+    g.add_argument("--al-novelty", type=float, default=0.0, help="novelty weight of the ranking (default 0: off)")
 
 
 def from_args(args: Any) -> Any:
     """The active-learning settings of ``args`` (``--quick`` shrinks them to a smoke run)."""
     ns = dataclasses.make_dataclass("AL", ["seeds", "rounds", "per_round", "start_regions", "region",
                                            "paint_fraction", "steps", "start_steps", "pool", "test", "threads",
-                                           "patch", "batch"])
+                                           "patch", "batch", "novelty"])
     if args.quick:
-        return ns([0], 1, 2, 2, 256, args.paint_fraction, 10, 20, 3, 2, args.al_threads, 128, 4)
+        return ns([0], 1, 2, 2, 256, args.paint_fraction, 10, 20, 3, 2, args.al_threads, 128, 4, args.al_novelty)
     return ns([int(s) for s in args.al_seeds.split(",")], args.al_rounds, args.per_round, args.start_regions,
               args.region, args.paint_fraction, args.al_steps, args.start_steps, args.pool, 10, args.al_threads,
-              256, 8)
+              256, 8, args.al_novelty)
 
 
 def write_plot(path: Path, result: dict[str, Any]) -> None:
