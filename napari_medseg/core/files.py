@@ -65,6 +65,17 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, *, durable: bool = Fals
     atomic_write(path, lambda f: f.write(text.encode()), durable=durable)
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (hex), read in 1 MiB pieces."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """The JSON in ``path``, or None when it is missing or not JSON (callers then rebuild or use defaults)."""
     try:

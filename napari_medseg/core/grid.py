@@ -18,6 +18,24 @@ import numpy as np
 Chunk = tuple[int, ...]
 
 
+def offsets_within(radius: int, nd: int, *, half: bool = False) -> list[tuple[int, ...]]:
+    """Non-zero integer offsets within ``radius`` (Euclidean) in ``nd`` dimensions; ``half``: each pair of
+    opposite offsets once (the positive one in lexicographic order)."""
+    out = []
+    for o in itertools.product(range(-radius, radius + 1), repeat=nd):
+        if any(o) and sum(v * v for v in o) <= radius * radius and (not half or o > (0,) * nd):
+            out.append(o)
+    return out
+
+
+def pair_slices(offset: Sequence[int], shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices ``a, b`` of an array of ``shape`` such that ``x[a]`` are the pixels ``i`` and ``x[b]`` their
+    neighbours ``i + offset`` (every pair inside the array once)."""
+    a = tuple(slice(max(0, -v), n - max(0, v)) for v, n in zip(offset, shape))
+    b = tuple(slice(max(0, v), n - max(0, -v)) for v, n in zip(offset, shape))
+    return a, b
+
+
 def grid_shape(shape: Sequence[int], chunks: Sequence[int]) -> tuple[int, ...]:
     """Chunks per axis (the last chunk of an axis may be partial)."""
     return tuple(math.ceil(s / c) for s, c in zip(shape, chunks))

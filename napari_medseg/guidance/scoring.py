@@ -34,7 +34,6 @@ top of the image down) is returned with ``complete=False``. Errors a user can ca
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -51,6 +50,7 @@ import torch.nn as nn
 
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.events import drive
+from napari_medseg.core.files import file_sha256
 from napari_medseg.core.source import ImageSource
 from napari_medseg.core.tissue import TissueMask, compute_tissue_mask
 from napari_medseg.guidance import plan
@@ -97,11 +97,7 @@ def _file_sha256(path: Path) -> str:
         path = package_yaml_in_folder(path) or path
         if path.is_dir():
             return ""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def _training_scale(path: Path) -> tuple[float | None, int | None]:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.files import file_sha256
 from napari_medseg.core.source import ImageSource, read_box
 
 log = logging.getLogger(__name__)
@@ -47,14 +48,6 @@ def _key(*parts: Any) -> str:
     for p in parts:
         h.update(repr(p).encode())
     return h.hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_backend(backend: str) -> str:
@@ -94,7 +87,7 @@ def backend_model(model: Any, backend: str = "torch", *, source: ImageSource | N
     if window and len(window) == 1:
         window = tuple(window) * dims
     size = tuple(int(w) for w in (window if window and len(window) >= dims else default))[-dims:]
-    digest = _file_digest(path)
+    digest = file_sha256(path)
     base = Path(folder) if folder is not None else deploy_folder()
     fp32 = base / f"{path.stem}-{_key(digest, size, 'fp32')}.onnx"
     if not fp32.is_file():

@@ -26,7 +26,6 @@ multiply-add per offset and class. 2D and 3D.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.core.grid import offsets_within, pair_slices
 
 
 @dataclass(frozen=True)
@@ -91,19 +91,6 @@ class CRFConfig:
         return cls(**d)
 
 
-def _offsets(radius: int, nd: int) -> list[tuple[int, ...]]:
-    """Every non-zero offset within ``radius`` (Euclidean), both signs."""
-    return [o for o in itertools.product(range(-radius, radius + 1), repeat=nd)
-            if any(o) and sum(v * v for v in o) <= radius * radius]
-
-
-def _slices(o: tuple[int, ...], shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """``a, b`` such that ``x[a]`` are the pixels ``i`` and ``x[b]`` their neighbours ``i + o``."""
-    a = tuple(slice(max(0, -v), n - max(0, v)) for v, n in zip(o, shape))
-    b = tuple(slice(max(0, v), n - max(0, -v)) for v, n in zip(o, shape))
-    return a, b
-
-
 @torch.no_grad()
 def refine(probs: torch.Tensor, image: torch.Tensor, cfg: CRFConfig = CRFConfig(),
            valid: torch.Tensor | None = None) -> torch.Tensor:
@@ -120,8 +107,8 @@ def refine(probs: torch.Tensor, image: torch.Tensor, cfg: CRFConfig = CRFConfig(
     v = torch.ones(shape, dtype=torch.bool, device=p.device) if valid is None else valid.to(p.device).bool()
     unary = torch.log(p.clamp_min(1e-6))
     kernels: list[tuple[tuple[slice, ...], tuple[slice, ...], torch.Tensor]] = []
-    for o in _offsets(int(cfg.radius), len(shape)):
-        a, b = _slices(o, shape)
+    for o in offsets_within(int(cfg.radius), len(shape)):
+        a, b = pair_slices(o, shape)
         d2 = float(sum(x * x for x in o))
         diff = ((img[(slice(None), *a)] - img[(slice(None), *b)]) ** 2).sum(0)
         k = cfg.w_bilateral * torch.exp(-0.5 * d2 / cfg.sigma_xy ** 2 - 0.5 * diff / cfg.sigma_rgb ** 2)

@@ -21,27 +21,12 @@ instead of the ``(2r+1)^d``-fold unfold of the reference implementation.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 import torch.nn.functional as F
 
-
-def _offsets(radius: int, nd: int) -> list[tuple[int, ...]]:
-    """The offsets of the half window: every pair of pixels within ``radius`` (Euclidean) once."""
-    out = []
-    for o in itertools.product(range(-radius, radius + 1), repeat=nd):
-        if o > (0,) * nd and sum(v * v for v in o) <= radius * radius:
-            out.append(o)
-    return out
-
-
-def _pair_slices(o: tuple[int, ...], shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Slices ``a, b`` of the spatial axes such that ``x[a]`` and ``x[b]`` are the pixels ``i`` and ``i + o``."""
-    a = tuple(slice(max(0, -v), n - max(0, v)) for v, n in zip(o, shape))
-    b = tuple(slice(max(0, v), n - max(0, -v)) for v, n in zip(o, shape))
-    return a, b
+from napari_medseg.core.grid import offsets_within, pair_slices
 
 
 def _pool(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -71,8 +56,8 @@ def gated_crf_loss(probs: torch.Tensor, image: torch.Tensor, *, radius: int = 5,
     sxy = sigma_xy / d
     shape = tuple(p.shape[2:])
     total = p.sum() * 0.0
-    for o in _offsets(r, len(shape)):
-        a, b = _pair_slices(o, shape)
+    for o in offsets_within(r, len(shape), half=True):
+        a, b = pair_slices(o, shape)
         sa, sb = (slice(None), slice(None), *a), (slice(None), slice(None), *b)
         diff = ((img[sa] - img[sb]) ** 2).sum(1)
         k = torch.exp(-0.5 * diff / sigma_rgb ** 2 - 0.5 * sum(x * x for x in o) / sxy ** 2)
