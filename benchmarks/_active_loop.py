@@ -99,11 +99,17 @@ def _rank(pool: list, stores: list, ckpt: str, region: int, threads: int, novelt
     return cands, secs, wins
 
 
-def _unpainted(stores: list, i: int, box: Any) -> bool:
+def _unpainted(stores: list, cands: list[tuple[float, int, Any]]) -> list[tuple[float, int, Any]]:
+    """The candidates not painted now (one ``painted_fraction`` call per image), in their order."""
     from napari_medseg.guidance import painted_fraction
     from napari_medseg.guidance.ranking import PAINTED_MAX
 
-    return float(painted_fraction(stores[i], [box])[0]) < PAINTED_MAX
+    keep: set[int] = set()
+    for i in {c[1] for c in cands}:
+        idx = [k for k, c in enumerate(cands) if c[1] == i]
+        frac = painted_fraction(stores[i], [cands[k][2].box for k in idx])
+        keep.update(k for k, f in zip(idx, frac) if f < PAINTED_MAX)
+    return [c for k, c in enumerate(cands) if k in keep]
 
 
 def run(args: Any, data_dir: Path) -> dict[str, Any]:
@@ -136,7 +142,7 @@ def run(args: Any, data_dir: Path) -> dict[str, Any]:
             srng = np.random.default_rng(seed + 7)
             for rnd in range(1, args.rounds + 1):
                 cands, rank_s, wins = _rank(pool, stores, ckpt, args.region, args.threads, args.novelty)
-                cands = [c for c in cands if _unpainted(stores, c[1], c[2].box)]
+                cands = _unpainted(stores, cands)
                 if strategy == "random":  # in a fixed order first: the random picks do not depend on the scores
                     cands.sort(key=lambda c: (c[1], c[2].box))
                     cands = [cands[int(j)] for j in srng.permutation(len(cands))]
