@@ -67,3 +67,16 @@ def test_idle_policy_on_request_then_restored(monkeypatch):
     if os.geteuid() == 0:
         assert seen["after"] == seen["before"]
     assert _policy() != os.SCHED_IDLE  # the main thread (the viewer) is untouched
+
+
+def test_events_of_a_worker_that_outlives_its_widget_are_dropped(qtbot):
+    """A background pass whose widget was deleted must not call into it (that crashed the process)."""
+    from PyQt6 import sip
+    from qtpy.QtWidgets import QWidget
+
+    from napari_medseg._napari.jobs.workers import _alive
+
+    w = QWidget()
+    assert _alive(w) and _alive(object())
+    sip.delete(w)
+    assert not _alive(w)

@@ -78,6 +78,22 @@ def _in_background(gen_func: Callable[..., Generator[Any, Any, Any]]) -> Callabl
     return run
 
 
+def _alive(obj: Any) -> bool:
+    """False for a Qt object whose C++ side is deleted (calling into it would crash); True otherwise."""
+    try:
+        from PyQt6 import sip  # the project's binding (QT_API=pyqt6)
+
+        return not sip.isdeleted(obj)
+    except (ImportError, TypeError):  # another binding, or not a Qt object
+        pass
+    try:
+        import shiboken6
+
+        return shiboken6.isValid(obj)
+    except (ImportError, TypeError):
+        return True
+
+
 def start_generator_worker(
     gen_func: Callable[..., Generator[Any, Any, Any]],
     *args: Any,
@@ -101,11 +117,14 @@ def start_generator_worker(
                            _ignore_errors=True, **kwargs)  # we notify ourselves, once, in plain words
     first = [True]
 
+    receiver = getattr(on_event, "__self__", None)  # a widget's bound method: called only while it lives
+
     def _yielded(ev: Any) -> None:
         if first[0]:
             first[0] = False
             freeze_long_lived()
-        on_event(ev)
+        if receiver is None or _alive(receiver):  # a pass outliving its closed widget must not call into it
+            on_event(ev)
 
     worker.yielded.connect(_yielded)
 

@@ -89,6 +89,7 @@ class NextRegionBox(QGroupBox):
         self._ranked: weakref.ref | None = None  # the image layer it ranks
         self._current = -1  # index into ranking.regions of the region shown last
         self._worker: Any = None
+        self._layer_ref: Callable[[], Any] = lambda: None  # the image ranked by the pass under way
         self._stop = threading.Event()
         self._pending: Path | None = None  # a model trained while ranking: ranked with next
         self._quiet = False  # the run was started by a training run, not by a click: no toasts
@@ -213,11 +214,13 @@ class NextRegionBox(QGroupBox):
         self._quiet = quiet
         self._set_running(True)
         self.status.setText(f"Ranking with {ck.name}…")
-        ref = weakref.ref(unwrap(layer))
+        self._layer_ref = weakref.ref(unwrap(layer))
         try:
+            # bound methods only: Qt disconnects them when this widget is deleted (a lambda would outlive it and
+            # be called on a deleted widget by a pass still running: a crash)
             self._worker = start_generator_worker(
                 rank_job, source, str(ck), store, self._stop, self.region_spin.value(),
-                on_event=lambda ev: self._on_event(ev, ref), on_finished=self._on_finished,
+                on_event=self._on_event, on_finished=self._on_finished,
                 on_error=self._on_error, notify=self.messages.error)
         except Exception as e:  # pragma: no cover - the thread pool refused
             log.exception("could not start ranking")
@@ -227,10 +230,10 @@ class NextRegionBox(QGroupBox):
             return False
         return True
 
-    def _on_event(self, ev: Any, layer_ref: weakref.ref) -> None:
+    def _on_event(self, ev: Any) -> None:
         try:
             if hasattr(ev, "regions") and hasattr(ev, "heatmap"):  # the RegionRanking, last
-                self._show(ev, layer_ref())
+                self._show(ev, self._layer_ref())
             elif isinstance(ev, Note):
                 self.messages.say("warning", ev.text, toast=not self._quiet)
             elif hasattr(ev, "done") and hasattr(ev, "total"):  # RankProgress (windows computed)
