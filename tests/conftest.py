@@ -8,9 +8,11 @@ count or default dtype, the working directory or the environment changed behind 
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TEST_THREADS = int(os.environ.get("NAPARI_MEDSEG_TEST_THREADS", "1"))
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own plugins (its faulthandler)
 def pytest_configure(config):
     # napari's own settings file: a fresh one for this session, never the user's (its values would leak in)
     os.environ.setdefault("NAPARI_CONFIG", os.path.join(tempfile.mkdtemp(prefix="medseg-napari-cfg-"),
@@ -29,6 +32,14 @@ def pytest_configure(config):
         # Two cores on CI: keep torch to one thread so parallel work stays predictable.
         torch.set_num_threads(TEST_THREADS)
     except ImportError:  # pragma: no cover
+        pass
+    # A crash (segmentation fault) prints the stack of the thread that crashed only: with every thread's
+    # stack, the one that matters is cut from the end of a long CI log.
+    try:
+        from _pytest.faulthandler import fault_handler_stderr_fd_key
+
+        faulthandler.enable(file=config.stash[fault_handler_stderr_fd_key], all_threads=False)
+    except (ImportError, KeyError):  # another pytest, or its faulthandler plugin turned off
         pass
 
 
@@ -111,6 +122,33 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     # widget settings: a fresh folder per test, never the user's (a test's saved settings would reach the next)
     monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path_factory.mktemp("medseg-config")))
     yield
+
+
+#: how long a GUI test's background work (napari thread workers) may run on after the test before it fails
+WORKER_GRACE_S = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _no_background_work_left(request):
+    """A GUI test ends with its background work ended: the workers it started (training, prediction,
+    ranking) are waited for, with the Qt events they send delivered, before the next test starts. Work left
+    running would deliver its events into a later test, to widgets already deleted (a crash far from its
+    cause); a test whose work is still running after ``WORKER_GRACE_S`` fails and says so."""
+    yield
+    if request.node.get_closest_marker("gui") is None:
+        return
+    from qtpy.QtCore import QThreadPool
+    from qtpy.QtWidgets import QApplication
+
+    pool = QThreadPool.globalInstance()
+    deadline = time.monotonic() + WORKER_GRACE_S
+    while pool.activeThreadCount() and time.monotonic() < deadline:
+        QApplication.processEvents()
+        pool.waitForDone(20)
+    QApplication.processEvents()
+    if pool.activeThreadCount():
+        raise AssertionError(f"{pool.activeThreadCount()} background worker(s) of this test still ran "
+                             f"{WORKER_GRACE_S:.0f} s after it ended: stop them in the test")
 
 
 @pytest.fixture

@@ -80,3 +80,54 @@ def test_events_of_a_worker_that_outlives_its_widget_are_dropped(qtbot):
     assert _alive(w) and _alive(object())
     sip.delete(w)
     assert not _alive(w)
+
+
+def test_no_callback_reaches_a_deleted_widget_events_errors_or_finish(qtbot):
+    """Work that outlives its widget (closed while the pass ran) ends quietly: its events, its error message,
+    its error handler and its finish call are all dropped, closures included where the widget is the owner;
+    a living widget gets each of them."""
+    import threading
+
+    from PyQt6 import sip
+    from qtpy.QtWidgets import QWidget
+
+    from napari_medseg._napari.jobs.workers import start_generator_worker
+
+    calls: list[str] = []
+
+    class Box(QWidget):
+        def event_(self, ev):
+            calls.append(f"event {ev}")
+
+        def finished(self):
+            calls.append("finished")
+
+        def error(self, exc):
+            calls.append(f"error {type(exc).__name__}: {exc}")
+
+        def say(self, text):
+            calls.append("said")
+
+    def work(gate, fail):
+        gate.wait(10)
+        yield 1
+        if fail:  # a RuntimeError (torch's kind): superqt alone would drop it, with no error and no finish
+            raise RuntimeError("boom")
+
+    for alive in (True, False):
+        calls.clear()
+        box, gate = Box(), threading.Event()
+        closure = lambda ev, box=box: calls.append(f"closure {ev}")  # noqa: E731
+        workers = [start_generator_worker(work, gate, fail, on_event=ev, on_finished=box.finished,
+                                          on_error=box.error, notify=box.say, owner=box)
+                   for fail, ev in ((False, box.event_), (True, closure))]
+        if not alive:
+            sip.delete(box)
+        gate.set()
+        for w in workers:
+            qtbot.waitUntil(lambda w=w: not w.is_running, timeout=10_000)
+        qtbot.wait(50)  # the queued signals are delivered
+        if alive:
+            assert sorted(calls) == ["closure 1", "error RuntimeError: boom", "event 1", "finished", "finished", "said"]
+        else:
+            assert calls == []

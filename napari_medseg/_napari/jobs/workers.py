@@ -69,10 +69,19 @@ def background_priority(increment: int = BACKGROUND_NICE) -> Iterator[bool]:
             log.debug("could not restore the worker thread's priority", exc_info=True)
 
 
+class _RuntimeErrorOfTheWork(Exception):
+    """A ``RuntimeError`` raised by the work (torch raises them: shapes, memory), carried as another type:
+    superqt's worker takes a ``RuntimeError`` for the sign of its own deletion and drops it with a warning,
+    without its error or finished signals, which would leave the widget waiting for ever."""
+
+
 def _in_background(gen_func: Callable[..., Generator[Any, Any, Any]]) -> Callable[..., Generator[Any, Any, Any]]:
     def run(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         with background_priority():
-            return (yield from gen_func(*args, **kwargs))
+            try:
+                return (yield from gen_func(*args, **kwargs))
+            except RuntimeError as e:
+                raise _RuntimeErrorOfTheWork(str(e)) from e
 
     run.__name__ = getattr(gen_func, "__name__", "run")
     return run
@@ -94,6 +103,22 @@ def _alive(obj: Any) -> bool:
         return True
 
 
+def _while_alive(fn: Callable[..., Any], owner: Any) -> Callable[..., Any]:
+    """``fn``, called only while its own Qt receiver (a bound method's object) and ``owner`` are alive: a
+    pass that outlives its closed widget must not call into it (the widget's C++ side is gone: a crash)."""
+    receivers = [r for r in (getattr(fn, "__self__", None), owner) if r is not None]
+    if not receivers:
+        return fn
+
+    def call(*args: Any) -> None:
+        if all(_alive(r) for r in receivers):
+            fn(*args)
+        else:
+            log.debug("dropped a worker callback: its widget is closed")
+
+    return call
+
+
 def start_generator_worker(
     gen_func: Callable[..., Generator[Any, Any, Any]],
     *args: Any,
@@ -102,12 +127,16 @@ def start_generator_worker(
     on_error: Callable[[BaseException], None] | None = None,
     progress: dict[str, Any] | None = None,
     notify: Callable[[str], None] | None = None,
+    owner: Any = None,
     **kwargs: Any,
 ) -> Any:
     """Start ``gen_func(*args, **kwargs)`` in a napari thread worker. Events reach ``on_event`` on the main
     thread; an exception becomes one plain error message (through ``notify``, e.g. the widget's
     ``MessageLog.error``; a napari error notification without it) and ``on_error``; ``on_finished`` always
     runs last, so the widget returns to a usable state. The work runs at ``background_priority``.
+
+    Each callback runs only while the Qt object it is bound to (and ``owner``, the widget, where given: for
+    callbacks that are closures) is alive: work that outlives its closed widget ends quietly.
 
     What is alive when the work starts, and again at its first event (after the libraries it imports),
     goes to the garbage collector's permanent generation (``quiet_gc``), so collections during the work
@@ -116,26 +145,28 @@ def start_generator_worker(
     worker = create_worker(_in_background(gen_func), *args, _start_thread=False, _progress=progress or False,
                            _ignore_errors=True, **kwargs)  # we notify ourselves, once, in plain words
     first = [True]
-
-    receiver = getattr(on_event, "__self__", None)  # a widget's bound method: called only while it lives
+    on_event = _while_alive(on_event, owner)
+    say = _while_alive(notify or show_error, owner if notify is not None else None)
+    failed = _while_alive(on_error, owner) if on_error is not None else None
 
     def _yielded(ev: Any) -> None:
         if first[0]:
             first[0] = False
             freeze_long_lived()
-        if receiver is None or _alive(receiver):  # a pass outliving its closed widget must not call into it
-            on_event(ev)
+        on_event(ev)
 
     worker.yielded.connect(_yielded)
 
     def _errored(exc: BaseException) -> None:
+        if isinstance(exc, _RuntimeErrorOfTheWork) and exc.__cause__ is not None:
+            exc = exc.__cause__
         log.error("worker failed", exc_info=exc)
-        (notify or show_error)(user_message(exc))
-        if on_error is not None:
-            on_error(exc)
+        say(user_message(exc))
+        if failed is not None:
+            failed(exc)
 
     worker.errored.connect(_errored)
-    worker.finished.connect(on_finished)
+    worker.finished.connect(_while_alive(on_finished, owner))
     worker.start()
     return worker
 

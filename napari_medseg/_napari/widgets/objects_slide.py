@@ -98,7 +98,7 @@ def start_slide_find(widget: Any, pred: Any, path: Path, schema: ClassSchema) ->
                         toast=False)
     widget._worker = start_generator_worker(
         slide_job, path, schema, widget.min_size.value(), DEFAULT_MIN_SEED, on_event=on_event,
-        on_finished=widget._on_finished, notify=widget.messages.error,
+        on_finished=widget._on_finished, notify=widget.messages.error, owner=widget,
         progress={"total": 0, "desc": "napari-medseg: objects of the whole slide"})
     widget._update_enabled()
 
