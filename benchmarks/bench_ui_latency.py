@@ -12,7 +12,7 @@ region (all four classes). Then, while a script pans and zooms the canvas like a
 0. ``napari``: the same moves before the plugin holds any layer (napari and OpenGL alone on this machine;
    napari's own layer list, without the filter of its zoom events that the widgets put in place);
 2. ``train``: the Train widget trains on the CPU (Start pressed; widget defaults: UNet, patch 256, batch 4,
-   Mean Teacher, ``threads`` spin = 1 so the GUI keeps a core) with the live preview of the view on;
+   supervised (``--semi``), ``threads`` spin = 1 so the GUI keeps a core) with the live preview of the view on;
 3. ``predict``: the Predict widget predicts the whole slide at level 0 with the checkpoint of phase 2, in a
    thread as the widget does by default (``--predict-in process``: in a child process, the widget's *run in a
    separate process*; ``both``: ``predict`` in a thread first, then ``predict_process``, side by side)
@@ -21,11 +21,15 @@ region (all four classes). Then, while a script pans and zooms the canvas like a
 napari runs with asynchronous slicing, as ``napari-medseg gui`` starts it (``--sync-slicing``: napari's
 default, tile reads on the main thread). A 10 ms ``QTimer`` on the main thread measures stalls (actual interval - 10 ms); a watchdog thread samples
 the main thread's stack during stalls over 40 ms and the most frequent sites are printed per phase.
-Targets: p99 <= 50 ms and max <= 250 ms in the train and predict phases; first live preview <= 15 s after
-Start. Timings depend on the machine and on what else runs on it: the load average is printed.
+Targets (issue 23), relative to napari alone in the same run, since an absolute p99 says more about the
+machine's software OpenGL than about the plugin: p99 while training <= 1.1x napari alone's, while predicting
+<= 1.2x, no stall over 250 ms, first live preview <= 3 s after Start. Timings depend on the machine and on
+what else runs on it: the load average is printed.
 
-Last line: ``RESULT {"stall_ms_p99", "stall_ms_max", "first_preview_s", "preview_interval_s", ...}``: the
-worse of the train and predict phases, the median preview interval, and per-phase details.
+Last line: ``RESULT {"train_p99_ratio", "predict_p99_ratio", "stall_ms_max", "first_preview_s",
+"stall_ms_p99", "preview_interval_s", ...}``: the ratios of each phase's p99 to napari alone's, the longest
+stall of the train and predict phases, the p99 of the worse of them, the median preview interval, when the
+first start, step and preview events reached the main thread (``train.first_events_s``), per-phase details.
 ``--screenshots`` also writes ``docs/images/training_live.png`` and ``docs/images/whole_slide_prediction.png``.
 """
 
@@ -166,7 +170,10 @@ def configure_train(tw: Any, args: argparse.Namespace, out: Path) -> None:
     tw.batch_spin.setValue(args.batch)
     tw.steps_spin.setValue(100_000)  # stopped by the script
     tw.budget_spin.setValue(0)
-    tw.semi_combo.setCurrentIndex(tw.semi_combo.findData("mean_teacher"))
+    i = tw.semi_combo.findData(args.semi)
+    if i < 0:
+        raise SystemExit(f"--semi {args.semi!r}: the Train widget offers {[tw.semi_combo.itemData(j) for j in range(tw.semi_combo.count())]}")
+    tw.semi_combo.setCurrentIndex(i)
     tw.threads_spin.setValue(args.threads)
     tw.preview_check.setChecked(True)
     tw.uncert_check.setChecked(False)
@@ -186,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--preview-every", type=float, default=3.0)
+    ap.add_argument("--semi", default="none", help="the Train widget's 'unpainted pixels' choice (default: its "
+                    "default, none: supervised; e.g. mean_teacher)")
     ap.add_argument("--region", type=int, default=1536, help="side of the painted region (level-0 px)")
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="sys.setswitchinterval for this run (a GIL experiment; Python's default is 5 ms)")
@@ -198,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the Predict widget runs the prediction (its checkbox; default: a thread, as the "
                          "widget does unless 'run in a separate process' is ticked); "
                          "both: a thread first, then a process, each phase reported")
+    ap.add_argument("--no-rerank", action="store_true", help="untick the Annotate widget's 're-rank after "
+                    "training' (Where to paint next), so no ranking runs after the training phase")
     ap.add_argument("--screenshots", action="store_true", help="write the README screenshots to docs/images")
     ap.add_argument("--extra-train-s", type=float, default=300.0,
                     help="with --screenshots: train this much longer (not measured, camera at rest) first")
@@ -261,12 +272,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. train while panning
     configure_train(tw, args, tmp / "run")
+    aw.guidance.rerank_check.setChecked(not args.no_rerank)
     steps: list[int] = []
     orig = tw._on_event
+    timeline: dict[str, float] = {}  # seconds after Start at which the main thread got each first event
 
     def record(ev: Any) -> None:
-        if type(ev).__name__ == "StepEvent":
+        kind = type(ev).__name__
+        if kind == "StepEvent":
             steps.append(ev.step)
+        if kind in ("StartEvent", "StepEvent", "PreviewEvent") and kind not in timeline:
+            timeline[kind] = round(time.perf_counter() - t_start, 2)
         orig(ev)
 
     tw._on_event = record
@@ -281,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     first_preview = tw._first_preview_s
     intervals = list(tw._preview_intervals)
     train_info = {"steps": steps[-1] if steps else 0, "seconds": round(time.perf_counter() - t_start, 1),
-                  "previews": len(intervals) + (first_preview is not None)}
+                  "previews": len(intervals) + (first_preview is not None), "first_events_s": timeline}
     shots = {}
     if args.screenshots:
         # not measured: the camera rests on the painted region while training goes on (a better model for
@@ -383,14 +399,19 @@ def main(argv: list[str] | None = None) -> int:
     worse = max((phases["train"], phases["predict"]), key=lambda p: p.summary()["p99_ms"])
     ws = worse.summary()
     stall_max = max(phases["train"].summary()["max_ms"], phases["predict"].summary()["max_ms"])
+    alone = phases["napari"].summary()["p99_ms"]
+    ratios = {k: round(phases[k].summary()["p99_ms"] / alone, 3) if alone else None for k in ("train", "predict")}
     result = {
+        "train_p99_ratio": ratios["train"], "predict_p99_ratio": ratios["predict"], "napari_p99_ms": alone,
         "stall_ms_p99": ws["p99_ms"], "stall_ms_max": stall_max,
         "first_preview_s": None if first_preview is None else round(first_preview, 2),
         "preview_interval_s": round(float(np.median(intervals)), 2) if intervals else None,
         "worse_phase": ws["phase"], "phases": {k: v.summary() for k, v in phases.items()},
         "train": train_info, "predict": pred_info, "paint": paint,
-        "targets_met": {"p99<=50ms": ws["p99_ms"] <= 50, "max<=250ms": stall_max <= 250,
-                        "first_preview<=15s": first_preview is not None and first_preview <= 15},
+        "targets_met": {"train_p99_ratio<=1.1": ratios["train"] is not None and ratios["train"] <= 1.1,
+                        "predict_p99_ratio<=1.2": ratios["predict"] is not None and ratios["predict"] <= 1.2,
+                        "max<=250ms": stall_max <= 250,
+                        "first_preview<=3s": first_preview is not None and first_preview <= 3},
         "threads": args.threads, "predict_threads": args.predict_threads, "predict_in": args.predict_in, "async_slicing": not args.sync_slicing,
         "switch_interval_ms": sys.getswitchinterval() * 1000,
         "loadavg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "quick": args.quick,

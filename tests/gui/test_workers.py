@@ -131,3 +131,32 @@ def test_no_callback_reaches_a_deleted_widget_events_errors_or_finish(qtbot):
             assert sorted(calls) == ["closure 1", "error RuntimeError: boom", "event 1", "finished", "finished", "said"]
         else:
             assert calls == []
+
+
+def test_long_work_leaves_a_thread_of_the_pool_to_qt(qtbot):
+    """Three long passes at once (training, a prediction, a ranking) all start at once, and Qt's global
+    thread pool keeps a free thread beside them: Qt 5 scales images (napari's busy indicator) on that pool
+    and waits for it on the main thread, which froze the viewer for a whole pass when the pool was full."""
+    import threading
+
+    from qtpy.QtCore import QThreadPool
+
+    from napari_medseg._napari.jobs.workers import start_generator_worker
+
+    pool = QThreadPool.globalInstance()
+    gate, started = threading.Event(), []
+
+    def work(i):
+        started.append(i)
+        gate.wait(20)
+        yield i
+
+    workers = [start_generator_worker(work, i, on_event=lambda ev: None, on_finished=lambda: None)
+               for i in range(max(3, pool.maxThreadCount()))]
+    try:
+        qtbot.waitUntil(lambda: len(started) == len(workers), timeout=10_000)  # none waits in the queue
+        assert pool.maxThreadCount() - pool.activeThreadCount() >= 1
+    finally:
+        gate.set()
+        for w in workers:
+            qtbot.waitUntil(lambda w=w: not w.is_running, timeout=10_000)

@@ -167,8 +167,29 @@ def start_generator_worker(
 
     worker.errored.connect(_errored)
     worker.finished.connect(_while_alive(on_finished, owner))
+    leave_room_for_qt()
     worker.start()
     return worker
 
 
-__all__ = ["show_error", "show_info", "show_warning", "start_generator_worker", "user_message"]
+def leave_room_for_qt(spare: int = 1) -> int:
+    """Grow Qt's global thread pool so that ``spare`` threads stay free beside the workers running now and the
+    one about to start; returns the pool's size.
+
+    napari's workers run in ``QThreadPool.globalInstance()``, which Qt 5 also uses for its own short tasks
+    and waits for on the main thread: QImage scaling and format conversion (napari's animated busy
+    indicator, a QMovie, scales each frame) is split over that pool. With the pool's ``idealThreadCount``
+    threads (2 on a 2-core machine) all taken by long work (a prediction and a ranking), the main thread
+    waited for the whole pass: 4-12 s frozen viewer (``benchmarks/bench_ui_latency.py`` under PyQt5; native
+    stack ``QMoviePrivate::_q_loadNextFrame -> QImage::scaled -> convert_generic -> QSemaphore::acquire``).
+    Spare threads sleep; our work keeps its own priority (``background_priority``)."""
+    from qtpy.QtCore import QThreadPool
+
+    pool = QThreadPool.globalInstance()
+    need = pool.activeThreadCount() + 1 + spare
+    if pool.maxThreadCount() < need:
+        pool.setMaxThreadCount(need)
+    return pool.maxThreadCount()
+
+
+__all__ = ["leave_room_for_qt", "show_error", "show_info", "show_warning", "start_generator_worker", "user_message"]
