@@ -175,7 +175,7 @@ def configure_train(tw: Any, args: argparse.Namespace, out: Path) -> None:
         raise SystemExit(f"--semi {args.semi!r}: the Train widget offers {[tw.semi_combo.itemData(j) for j in range(tw.semi_combo.count())]}")
     tw.semi_combo.setCurrentIndex(i)
     tw.threads_spin.setValue(args.threads)
-    tw.preview_check.setChecked(True)
+    tw.preview_check.setChecked(not args.no_preview)
     tw.uncert_check.setChecked(False)
     tw.preview_every.setValue(args.preview_every)
     tw.out_edit.setText(str(out))
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the Predict widget runs the prediction (its checkbox; default: a thread, as the "
                          "widget does unless 'run in a separate process' is ticked); "
                          "both: a thread first, then a process, each phase reported")
+    ap.add_argument("--no-preview", action="store_true", help="train with the live preview off (what drawing "
+                    "and updating the preview costs the viewer)")
     ap.add_argument("--no-rerank", action="store_true", help="untick the Annotate widget's 're-rank after "
                     "training' (Where to paint next), so no ranking runs after the training phase")
     ap.add_argument("--screenshots", action="store_true", help="write the README screenshots to docs/images")

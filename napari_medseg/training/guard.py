@@ -4,7 +4,8 @@
 would make Stop wait for it, and a step that needs more RAM than the machine has is killed by the system
 before any Python error can be raised. A ``StepGuard`` puts a check on every leaf module of the networks:
 before each layer's forward pass and when each layer's gradient is computed in the backward pass. The check
-raises ``StopRequested`` when the stop flag is set, and ``HostOutOfMemory`` (an out-of-memory error: the loop
+raises ``StopRequested`` when the stop flag is set (after giving way to the user where a ``core.courtesy.Courtesy``
+is given: the step pauses between two layers while the user pans, zooms or paints), and ``HostOutOfMemory`` (an out-of-memory error: the loop
 halves the batch, as on a GPU) when the system's available RAM falls below a floor. The memory is read at
 most every ``every_s`` seconds; the flag on every call (a few hundred cheap calls per step).
 
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from napari_medseg.core.courtesy import Courtesy
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,9 @@ class StepGuard:
     """Checks ``stop`` and the available RAM between layers (see the module docstring)."""
 
     def __init__(self, stop: threading.Event | None, floor_bytes: int | None = None, every_s: float = 0.05,
-                 available: Any = None) -> None:
+                 available: Any = None, courtesy: Courtesy | None = None) -> None:
         self.stop = stop
+        self.courtesy = courtesy  # gives way to the user between layers (core.courtesy)
         self.floor = default_floor() if floor_bytes is None else int(floor_bytes)
         self.every_s = every_s
         self.available = available
@@ -62,6 +66,8 @@ class StepGuard:
         self._handles: list[Any] = []
 
     def check(self) -> None:
+        if self.courtesy is not None:
+            self.courtesy.give_way(self.stop)
         if self.stop is not None and self.stop.is_set():
             raise StopRequested("stopped")
         if self.floor <= 0:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from napari_medseg.core.courtesy import Courtesy
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.events import drive
 from napari_medseg.models.checkpoint import Checkpoint, load_state_dict_report
@@ -142,17 +143,17 @@ def _preview(run: Run, hook: PreviewHook, step: int) -> Generator[TrainEvent, No
 
 def train(cfg: TrainConfig, data: TrainingData, *, stop: threading.Event | None = None,
           init: str | Path | Checkpoint | dict | None = None, preview_hook: PreviewHook | None = None,
-          preview_every_s: float = 3.0) -> Generator[TrainEvent, None, TrainResult]:
+          preview_every_s: float = 3.0, courtesy: Courtesy | None = None) -> Generator[TrainEvent, None, TrainResult]:
     """Fine-tune a model on ``data``; see the module docstring for the events. Raises ``MedsegError`` on bad
     input before the first event (no painted pixels, labels beyond the classes, geometry mismatch, a refused
-    or mismatched checkpoint)."""
+    or mismatched checkpoint). ``courtesy``: the steps give way to the user between layers (``core.courtesy``)."""
     t_start = time.perf_counter()
     setup = select_device(cfg.device, cfg.amp, cfg.channels_last)
     prev_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        result = yield from _train(cfg, data, setup, stop, init, preview_hook, preview_every_s, t_start)
+        result = yield from _train(cfg, data, setup, stop, init, preview_hook, preview_every_s, t_start, courtesy)
     finally:
         if cfg.threads:
             torch.set_num_threads(prev_threads)
@@ -160,7 +161,7 @@ def train(cfg: TrainConfig, data: TrainingData, *, stop: threading.Event | None 
 
 
 def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threading.Event | None, init: Any,
-           preview_hook: PreviewHook | None, preview_every_s: float, t_start: float
+           preview_hook: PreviewHook | None, preview_every_s: float, t_start: float, courtesy: Courtesy | None = None
            ) -> Generator[TrainEvent, None, TrainResult]:
     warnings: list[str] = []
     if setup.device.type == "cuda":
@@ -248,7 +249,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     previewed_at_val = False
     bad_steps = 0
     val_end, val_cost = t_loop, 0.0  # when the last validation ended, and what it cost
-    guard = StepGuard(stop)  # Stop and the RAM floor, checked between layers (removed again at the end)
+    guard = StepGuard(stop, courtesy=courtesy)  # Stop, the RAM floor (and the user), checked between layers
     guard.attach(model)
     guard.attach(None if ema is None else ema.module)
     loader = Prefetcher(run.make_batch, cfg.prefetch, cfg.num_workers)

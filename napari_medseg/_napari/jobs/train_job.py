@@ -323,7 +323,8 @@ def run_job(job: dict[str, Any], stop: threading.Event, view: LatestValue, previ
         run_cfg = cfg.replace(steps=max(1, cfg.steps - steps_done), time_budget_s=remaining_t, library=False)
         refreshed = False
         done: Any = None
-        for ev in train(run_cfg, data, stop=inner, init=init, preview_hook=hook, preview_every_s=0.5):
+        for ev in train(run_cfg, data, stop=inner, init=init, preview_hook=hook, preview_every_s=0.5,
+                        courtesy=job.get("courtesy")):
             if isinstance(ev, StartEvent):
                 norm_box["norm"] = getattr(ev, "norm", None)
             if isinstance(ev, (StepEvent, ValidationEvent)) and steps_done:

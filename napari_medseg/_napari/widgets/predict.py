@@ -336,6 +336,9 @@ class PredictWidget(QWidget):
         try:
             from napari.utils import progress
 
+            from napari_medseg._napari.user_activity import courtesy_for
+            from napari_medseg.core.courtesy import CourteousStop
+
             self._progress = progress(total=0, desc="napari-medseg: predicting")
             window = (v["window"],) * source.spatial_dims
             self._worker = start_generator_worker(
@@ -344,7 +347,8 @@ class PredictWidget(QWidget):
                 tta=None if v["tta"] == "none" else v["tta"],
                 tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
                 on_corrupt="skip" if v["skip_corrupt"] else "stop", overwrite=v["overwrite"],
-                cancel=self._cancel, resume=True, in_process=v["process"], backend=v["backend"],
+                cancel=CourteousStop(self._cancel, courtesy_for(self.viewer)),  # pauses while the user moves the view
+                resume=True, in_process=v["process"], backend=v["backend"],
                 crf=True if v["crf"] else None,
                 on_event=self._on_event, on_finished=self._on_finished, on_error=self._on_error,
                 notify=self.messages.error,

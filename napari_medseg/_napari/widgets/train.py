@@ -306,6 +306,9 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         self._warned: set[str] = set()
         self._update_view()
         self._sync_preview_opts()
+        from napari_medseg._napari.user_activity import courtesy_for
+
+        job["courtesy"] = courtesy_for(self.viewer)  # the steps pause while the user pans, zooms or paints
         self._job = job
         self.status.setText(f"starting on {job['device']}…")
         self._set_running(True)
