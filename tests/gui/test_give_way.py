@@ -78,3 +78,8 @@ def test_the_predict_widget_hands_its_work_a_courteous_cancel_flag(make_napari_v
     assert isinstance(cancel, CourteousStop) and cancel.courtesy is courtesy_for(viewer)
     w._cancel.set()
     assert cancel.is_set()
+    seen.clear()
+    w.process_check.setChecked(True)  # a child process cannot pause with the view: the plain flag
+    w.predict()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)
+    assert seen["cancel"] is w._cancel

@@ -347,7 +347,8 @@ class PredictWidget(QWidget):
                 tta=None if v["tta"] == "none" else v["tta"],
                 tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
                 on_corrupt="skip" if v["skip_corrupt"] else "stop", overwrite=v["overwrite"],
-                cancel=CourteousStop(self._cancel, courtesy_for(self.viewer)),  # pauses while the user moves the view
+                # in this process the work pauses while the user moves the view; a child process runs on
+                cancel=self._cancel if v["process"] else CourteousStop(self._cancel, courtesy_for(self.viewer)),
                 resume=True, in_process=v["process"], backend=v["backend"],
                 crf=True if v["crf"] else None,
                 on_event=self._on_event, on_finished=self._on_finished, on_error=self._on_error,
