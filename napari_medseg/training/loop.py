@@ -186,6 +186,10 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                           spatial_dims=model_cfg.spatial_dims, device=setup.device,
                           memory_format=setup.memory_format(model_cfg.spatial_dims),
                           class_names=tuple(data.classes.names))
+        try:  # the teacher sees the student's patches: its own size rule too (a Swin teacher: multiples of 32)
+            check_input_size(kd.checkpoint.model_config, patch)
+        except MedsegError as e:
+            raise MedsegError(f"the teacher {kd.label}: {e}") from None
     # the input pipeline: the starting checkpoint's (kept across rounds), else the teacher's (the student sees
     # the numbers the teacher was trained on), else one made for this data
     given = iw.norm if iw is not None and iw.norm is not None and iw.norm.channels in (1, data.n_channels) else None

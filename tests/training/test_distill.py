@@ -72,6 +72,10 @@ def test_distillation_errors(tmp_path):
                                                               ck.norm))
     with pytest.raises(MedsegError, match="3 classes"):
         run_training(tiny_cfg(tmp_path / "w", library=False, distill_from=str(wrong)), blob_data())
+    small = ModelConfig(name="unet", channels=(4, 8), num_res_units=0)  # takes multiples of 2; the teacher of 4
+    with pytest.raises(MedsegError, match=r"the teacher .*multiples of 4.*got \(34, 34\)"):
+        run_training(tiny_cfg(tmp_path / "z", model=small, patch_size=(34,), library=False, distill_from=teacher),
+                     blob_data())
     plain = tmp_path / "plain.pt"
     torch.save(build_model(TINY_2D).state_dict(), plain)
     with pytest.raises(MedsegError, match="teacher must be"):
