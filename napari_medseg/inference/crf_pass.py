@@ -136,8 +136,8 @@ def refine_prediction(prediction: str | os.PathLike, source: ImageSource, cfg: C
                 resumed += 1
                 continue
             core = tuple((a, min(a + b, n)) for a, b, n in zip(start, bl, shape))
-            win = tuple(c if i < len(shape) - 2 else (max(0, c[0] - halo), min(n, c[1] + halo))
-                        for i, (c, n) in enumerate(zip(core, shape)))  # in-plane halo only
+            win = tuple(c if ax < len(shape) - 2 else (max(0, c[0] - halo), min(n, c[1] + halo))
+                        for ax, (c, n) in enumerate(zip(core, shape)))  # in-plane halo only
             p = torch.from_numpy(np.asarray(probs[(slice(None), *(slice(a, b) for a, b in win))]).astype(np.float32))
             total_p = p.sum(0)
             valid = total_p > 0

@@ -133,26 +133,37 @@ def test_no_callback_reaches_a_deleted_widget_events_errors_or_finish(qtbot):
             assert calls == []
 
 
-def test_long_work_leaves_a_thread_of_the_pool_to_qt(qtbot):
+@pytest.mark.parametrize("from_event_loop", [False, True])
+def test_long_work_leaves_a_thread_of_the_pool_to_qt(qtbot, from_event_loop):
     """Three long passes at once (training, a prediction, a ranking) all start at once, and Qt's global
     thread pool keeps a free thread beside them: Qt 5 scales images (napari's busy indicator) on that pool
-    and waits for it on the main thread, which froze the viewer for a whole pass when the pool was full."""
+    and waits for it on the main thread, which froze the viewer for a whole pass when the pool was full.
+    From a running event loop (a button's click) superqt queues each start for a moment: passes started in
+    one turn are not yet active in the pool when the next one counts."""
     import threading
 
-    from qtpy.QtCore import QThreadPool
+    from qtpy.QtCore import QThreadPool, QTimer
 
     from napari_medseg._napari.jobs.workers import start_generator_worker
 
     pool = QThreadPool.globalInstance()
     gate, started = threading.Event(), []
+    workers: list = []
 
     def work(i):
         started.append(i)
         gate.wait(20)
         yield i
 
-    workers = [start_generator_worker(work, i, on_event=lambda ev: None, on_finished=lambda: None)
-               for i in range(max(3, pool.maxThreadCount()))]
+    def start_all():
+        workers.extend(start_generator_worker(work, i, on_event=lambda ev: None, on_finished=lambda: None)
+                       for i in range(max(3, pool.maxThreadCount())))
+
+    if from_event_loop:
+        QTimer.singleShot(0, start_all)
+        qtbot.waitUntil(lambda: bool(workers), timeout=5_000)
+    else:
+        start_all()
     try:
         qtbot.waitUntil(lambda: len(started) == len(workers), timeout=10_000)  # none waits in the queue
         assert pool.maxThreadCount() - pool.activeThreadCount() >= 1

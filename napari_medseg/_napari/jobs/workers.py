@@ -167,14 +167,22 @@ def start_generator_worker(
 
     worker.errored.connect(_errored)
     worker.finished.connect(_while_alive(on_finished, owner))
+    _starting.add(worker)
+    worker.started.connect(lambda: _starting.discard(worker))
+    worker.finished.connect(lambda: _starting.discard(worker))  # also when it never ran
     leave_room_for_qt()
     worker.start()
     return worker
 
 
+#: workers started here and not yet running: from a running event loop superqt queues the start for a moment,
+#: so they are not yet active in the pool when the next start counts
+_starting: set[Any] = set()
+
+
 def leave_room_for_qt(spare: int = 1) -> int:
-    """Grow Qt's global thread pool so that ``spare`` threads stay free beside the workers running now and the
-    one about to start; returns the pool's size.
+    """Grow Qt's global thread pool so that ``spare`` threads stay free beside the workers running now and
+    those about to start; returns the pool's size.
 
     napari's workers run in ``QThreadPool.globalInstance()``, which Qt 5 also uses for its own short tasks
     and waits for on the main thread: QImage scaling and format conversion (napari's animated busy
@@ -186,7 +194,7 @@ def leave_room_for_qt(spare: int = 1) -> int:
     from qtpy.QtCore import QThreadPool
 
     pool = QThreadPool.globalInstance()
-    need = pool.activeThreadCount() + 1 + spare
+    need = pool.activeThreadCount() + len(_starting) + spare
     if pool.maxThreadCount() < need:
         pool.setMaxThreadCount(need)
     return pool.maxThreadCount()
