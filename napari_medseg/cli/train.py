@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from napari_medseg.cli.train_options import add_option_groups, option_fields
 from napari_medseg.core.classes import DEFAULT_COLORS, ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.events import drive
@@ -47,13 +48,6 @@ def _ints(s: str) -> tuple[int, ...]:
         return tuple(int(v) for v in s.replace("x", ",").split(",") if v.strip())
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected integers like 256 or 64,128,128, got {s!r}") from e
-
-
-def _floats(s: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in s.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected numbers like 1,2.5,4, got {s!r}") from e
 
 
 def _fraction_or_count(s: str) -> int | float:
@@ -130,32 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "of a napari-medseg architecture, or from a model of the library by name (napari-medseg models)")
     m.add_argument("--restart", action="store_true",
                    help="start afresh even if --out already holds last.pt (by default a rerun resumes from it)")
-    c = p.add_argument_group("memory and fine-tuning controls (docs/training.md)")
-    c.add_argument("--grad-checkpoint", action="store_true", default=None,
-                   help="gradient checkpointing: recompute the blocks' activations in the backward pass (about a "
-                        "quarter of the activation memory for 1.3-1.5x the step time; same results)")
-    c.add_argument("--accumulate", type=int, metavar="N", help="gradient accumulation: N micro-batches of "
-                   "--batch-size per optimiser step (default 1)")
-    c.add_argument("--clip-grad", type=float, metavar="X", help="clip the global gradient norm to X (default 0: off)")
-    c.add_argument("--freeze", choices=("none", "encoder"), help="freeze the encoder's weights (fine-tuning)")
-    c.add_argument("--freeze-bn", action="store_true", default=None, help="batch/instance norm: keep the running "
-                   "statistics (eval mode) and freeze their weights")
-    c.add_argument("--bn-reestimate", type=int, metavar="N", help="with --freeze-bn: first re-estimate the running "
-                   "statistics over N batches of these images (AdaBN)")
-    c.add_argument("--encoder-lr-scale", type=float, metavar="X", help="the encoder's learning rate is lr x X "
-                   "(layer-wise learning rate; default 1)")
-    c.add_argument("--label-smoothing", type=float, metavar="X", help="label smoothing of the cross-entropy "
-                   "(default 0)")
-    c.add_argument("--class-weights", type=_floats, metavar="A,B,C", help="cross-entropy weight of each class, "
-                   "background first (one per class)")
-    k = p.add_argument_group("distillation (docs/deployment.md; napari-medseg distil TEACHER ... sets the defaults)")
-    k.add_argument("--distill-from", metavar="TEACHER", help="a trained checkpoint or package of ours that teaches "
-                   "this model on every pixel, beside the labels")
-    k.add_argument("--kd-weight", type=float, help="weight of the distillation term (default 1)")
-    k.add_argument("--kd-temperature", type=float, help="softmax temperature (default 2)")
-    k.add_argument("--kd-mode", choices=("pixel", "channel"), help="pixel (logit KD, default) or channel-wise")
-    k.add_argument("--unlabelled-ratio", type=float, help="windows from anywhere per labelled patch (semi-supervised "
-                   "or distillation; default 0, distil 1)")
+    add_option_groups(p)
     d = p.add_argument_group("device")
     d.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
     d.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -197,13 +166,7 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
                         ("loss", "loss"), ("level", "level"), ("pixel_size", "pixel_size"),
                         ("val_fraction", "val_fraction"), ("val_every", "val_every"), ("seed", "seed"),
                         ("device", "device"), ("threads", "threads"), ("workers", "num_workers"),
-                        ("model_name", "model_name"), ("grad_checkpoint", "grad_checkpoint"),
-                        ("accumulate", "accumulate"), ("clip_grad", "clip_grad"), ("freeze", "freeze"),
-                        ("freeze_bn", "freeze_bn"), ("bn_reestimate", "bn_reestimate"),
-                        ("encoder_lr_scale", "encoder_lr_scale"), ("label_smoothing", "label_smoothing"),
-                        ("class_weights", "class_weights"), ("distill_from", "distill_from"),
-                        ("kd_weight", "kd_weight"), ("kd_temperature", "kd_temperature"), ("kd_mode", "kd_mode"),
-                        ("unlabelled_ratio", "unlabelled_ratio")):
+                        ("model_name", "model_name"), *option_fields()):
         v = getattr(args, opt)
         if v is not None:
             kw[field_] = v

@@ -1,0 +1,81 @@
+"""Option groups of ``napari-medseg train`` beyond its data, model and device options.
+
+Each ``OptionGroup`` adds its flags to the parser and names the ``TrainConfig`` field each flag sets
+(``(argparse dest, field)`` pairs); ``cli/train.py`` copies every flag the user gave onto its field. A technique
+with its own flags defines its group (here or in its own module) and lists it in ``GROUPS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+def floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in s.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,2.5,4, got {s!r}") from e
+
+
+@dataclass(frozen=True)
+class OptionGroup:
+    title: str
+    add: Callable[[argparse._ArgumentGroup], None]
+    fields: tuple[tuple[str, str], ...]  # (argparse dest, TrainConfig field)
+
+
+def _memory(c: argparse._ArgumentGroup) -> None:
+    c.add_argument("--grad-checkpoint", action="store_true", default=None,
+                   help="gradient checkpointing: recompute the blocks' activations in the backward pass (about a "
+                        "quarter of the activation memory for 1.3-1.5x the step time; same results)")
+    c.add_argument("--accumulate", type=int, metavar="N", help="gradient accumulation: N micro-batches of "
+                   "--batch-size per optimiser step (default 1)")
+    c.add_argument("--clip-grad", type=float, metavar="X", help="clip the global gradient norm to X (default 0: off)")
+    c.add_argument("--freeze", choices=("none", "encoder"), help="freeze the encoder's weights (fine-tuning)")
+    c.add_argument("--freeze-bn", action="store_true", default=None, help="batch/instance norm: keep the running "
+                   "statistics (eval mode) and freeze their weights")
+    c.add_argument("--bn-reestimate", type=int, metavar="N", help="with --freeze-bn: first re-estimate the running "
+                   "statistics over N batches of these images (AdaBN)")
+    c.add_argument("--encoder-lr-scale", type=float, metavar="X", help="the encoder's learning rate is lr x X "
+                   "(layer-wise learning rate; default 1)")
+    c.add_argument("--label-smoothing", type=float, metavar="X", help="label smoothing of the cross-entropy "
+                   "(default 0)")
+    c.add_argument("--class-weights", type=floats, metavar="A,B,C", help="cross-entropy weight of each class, "
+                   "background first (one per class)")
+
+
+def _distillation(k: argparse._ArgumentGroup) -> None:
+    k.add_argument("--distill-from", metavar="TEACHER", help="a trained checkpoint or package of ours that teaches "
+                   "this model on every pixel, beside the labels")
+    k.add_argument("--kd-weight", type=float, help="weight of the distillation term (default 1)")
+    k.add_argument("--kd-temperature", type=float, help="softmax temperature (default 2)")
+    k.add_argument("--kd-mode", choices=("pixel", "channel"), help="pixel (logit KD, default) or channel-wise")
+    k.add_argument("--unlabelled-ratio", type=float, help="windows from anywhere per labelled patch (semi-supervised "
+                   "or distillation; default 0, distil 1)")
+
+
+def _same(*names: str) -> tuple[tuple[str, str], ...]:
+    return tuple((n, n) for n in names)
+
+
+MEMORY = OptionGroup("memory and fine-tuning controls (docs/training.md)", _memory,
+                     _same("grad_checkpoint", "accumulate", "clip_grad", "freeze", "freeze_bn", "bn_reestimate",
+                           "encoder_lr_scale", "label_smoothing", "class_weights"))
+DISTILLATION = OptionGroup("distillation (docs/deployment.md; napari-medseg distil TEACHER ... sets the defaults)",
+                           _distillation,
+                           _same("distill_from", "kd_weight", "kd_temperature", "kd_mode", "unlabelled_ratio"))
+
+#: every group, in the order ``--help`` lists them
+GROUPS: list[OptionGroup] = [MEMORY, DISTILLATION]
+
+
+def add_option_groups(p: argparse.ArgumentParser) -> None:
+    for g in GROUPS:
+        g.add(p.add_argument_group(g.title))
+
+
+def option_fields() -> tuple[tuple[str, str], ...]:
+    """``(argparse dest, TrainConfig field)`` of every group's flags."""
+    return tuple(pair for g in GROUPS for pair in g.fields)
