@@ -27,6 +27,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -96,27 +97,30 @@ def size_text(patch: tuple[int, ...]) -> str:
 
 # -- the network's activations -----------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
-def activation_bytes_per_voxel(model_cfg: ModelConfig) -> float:
-    """Bytes the network saves for backward per input voxel (batch 1), counted once per config."""
+def activation_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool = False) -> float:
+    """Bytes the network saves for backward per input voxel (batch 1), counted once per config.
+
+    ``checkpointed`` (``TrainConfig.grad_checkpoint``): what the checkpointed blocks keep (their inputs) plus
+    the largest block's own activations, which the backward pass recomputes and holds, one block at a time."""
     from napari_medseg.models.registry import min_input_size
 
     size = min_input_size(model_cfg)
     shape = (size,) * model_cfg.spatial_dims
     try:
-        return _saved_bytes(model_cfg, shape, "meta") / math.prod(shape)
+        return _saved_bytes(model_cfg, shape, "meta", checkpointed) / math.prod(shape)
     except Exception as e:  # e.g. a model that reads a value (``.item()``) while building its masks
         log.debug("meta-device count failed for %s (%s)", model_cfg.name, e)
     if math.prod(shape) > 40_000:
         return FALLBACK_BYTES_PER_VOXEL
     try:
-        return _saved_bytes(model_cfg, shape, "cpu") / math.prod(shape)
+        return _saved_bytes(model_cfg, shape, "cpu", checkpointed) / math.prod(shape)
     except Exception:
         log.exception("could not count the activations of %s; using %s B/voxel", model_cfg.name,
                       FALLBACK_BYTES_PER_VOXEL)
         return FALLBACK_BYTES_PER_VOXEL
 
 
-def _saved_bytes(model_cfg: ModelConfig, shape: tuple[int, ...], device: str) -> int:
+def _saved_bytes(model_cfg: ModelConfig, shape: tuple[int, ...], device: str, checkpointed: bool = False) -> int:
     import torch
 
     from napari_medseg.models.registry import build_model
@@ -125,18 +129,43 @@ def _saved_bytes(model_cfg: ModelConfig, shape: tuple[int, ...], device: str) ->
         model = build_model(model_cfg).train()
     params = {id(p) for p in model.parameters()}
     seen: dict[int, int] = {}
+    inside: list[int] = []  # the checkpoint blocks whose forward runs now (outermost first)
+    per_block: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         base = t._base if t._base is not None else t
         if id(t) not in params and id(base) not in params:
             seen[id(base)] = base.numel() * base.element_size()
+            if inside:
+                per_block[inside[0]] = per_block.get(inside[0], 0) + base.numel() * base.element_size()
         return t
 
     x = torch.zeros((1, model_cfg.in_channels, *shape), device=device)
+    if checkpointed:  # first a plain pass that attributes each saved tensor to its block
+        from napari_medseg.training.finetune import apply_grad_checkpoint, checkpoint_blocks
+
+        blocks = checkpoint_blocks(model)
+        def enter(i: int) -> Any:
+            return lambda *_: inside.append(i)  # returns None: the input stays
+
+        def leave(*_: Any) -> None:
+            inside.pop()
+
+        hooks = [h for i, b in enumerate(blocks)
+                 for h in (b.register_forward_pre_hook(enter(i)), b.register_forward_hook(leave))]
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                first = model(x)
+            del first
+        finally:
+            for h in hooks:
+                h.remove()
+        seen.clear()
+        apply_grad_checkpoint(model)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(x)
     del out
-    return sum(seen.values())
+    return sum(seen.values()) + max(per_block.values(), default=0)
 
 
 def n_parameters(model_cfg: ModelConfig) -> int:
@@ -164,7 +193,7 @@ def estimate_memory(cfg: TrainConfig, model_cfg: ModelConfig, patch: tuple[int, 
     vox = math.prod(int(p) for p in patch)
     n_l, n_u = cfg.split_batch()
     n = n_l + n_u
-    act = ACTIVATION_FACTOR * activation_bytes_per_voxel(model_cfg) * vox * n
+    act = ACTIVATION_FACTOR * activation_bytes_per_voxel(model_cfg, cfg.grad_checkpoint) * vox * n
     if cfg.semi != "none":  # the teacher's no-grad pass: one layer's outputs at a time, and its probabilities
         act += n * vox * 4 * (model_cfg.out_channels * 2 + 16)
     params = n_parameters(model_cfg) * (PARAM_BYTES + (8 if cfg.keeps_ema else 0))

@@ -135,3 +135,25 @@ def test_a_run_that_does_not_fit_loses_batch_first_then_patch_and_says_so():
 def test_a_run_nothing_can_fit_is_refused():
     plan = _fit(_cfg(batch_size=4), 256, 1.1)
     assert plan.refused and plan.message.startswith("Training not started") and "smallest" in plan.message
+
+
+@pytest.mark.parametrize("model", [UNET3D, ModelConfig(name="attention_unet", channels=(8, 16, 32, 64))])
+def test_gradient_checkpointing_is_counted(model):
+    """With grad_checkpoint the plan counts what the checkpointed blocks keep plus one block's recomputation:
+    between the measured bytes a checkpointed forward keeps and the plain count."""
+    import math
+
+    import torch
+
+    from napari_medseg.models.registry import build_model, min_input_size
+    from napari_medseg.training.finetune import apply_grad_checkpoint, saved_bytes
+
+    plain = activation_bytes_per_voxel(model)
+    ckpt = activation_bytes_per_voxel(model, True)
+    shape = (min_input_size(model),) * model.spatial_dims
+    m = build_model(model).train()
+    apply_grad_checkpoint(m)
+    kept = saved_bytes(m, torch.zeros((1, model.in_channels, *shape))) / math.prod(shape)
+    assert kept < ckpt < 0.8 * plain
+    a, b = (estimate_memory(_cfg(model, grad_checkpoint=g), model, shape).host for g in (False, True))
+    assert b < a
