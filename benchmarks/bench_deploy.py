@@ -17,7 +17,8 @@ the membrane class per held-out image (percent, mean over the images), HD95 thro
 - The same keys with ``_relu``: a second reference trained with ``act="relu"``, the quantisation-friendly
   activation (MONAI's default PReLU stays a float op in ONNX Runtime's INT8 graph); ``--no-relu`` skips it.
 - ``tta_dice_gain`` / ``tta_hd95_change`` / ``tta_cost``: flip TTA's Dice gain in points, HD95 change in px and
-  time ratio; ``tta_dihedral_*`` the same for the 8 rotations x mirrors.
+  time ratio; ``tta_dihedral_*`` the same for the 8 rotations x mirrors, ``tta_multiscale_*`` for the window at
+  0.75 / 1 / 1.25 of its size; ``--only-tta`` runs only torch fp32 and these (no conversion).
 - ``crf_*`` (``_crf_bench.py``): the CRF refinement of an under-trained (``--under-steps``) and the converged
   model: Dice and HD95 before and after, its cost, and ``crf_border_agree`` (tiled vs whole at block borders);
   ``--only-crf`` runs only these, ``--no-crf`` skips them.
@@ -85,6 +86,24 @@ def run_path(slide: Path, model, out: Path, backend: str, tta: bool | str = Fals
     return lab, dt, res.mpix_s
 
 
+TTA_ROWS = (("flip", "flips"), ("dihedral", "dihedral"), ("multiscale", "multiscale"))
+
+
+def tta_keys(by: dict[str, dict], skip: bool) -> dict[str, float]:
+    """Each TTA row's Dice gain (points), HD95 change (px) and time ratio against torch fp32 without it."""
+    out: dict[str, float] = {}
+    if skip:
+        return out
+    base = by["torch fp32 (prelu)"]
+    for name, _ in TTA_ROWS:
+        row = by[f"torch fp32 + {name} TTA (prelu)"]
+        key = "tta" if name == "flip" else f"tta_{name}"
+        out[f"{key}_dice_gain"] = round(row["dice"] - base["dice"], 2)
+        out[f"{key}_hd95_change"] = round(row["hd95"] - base["hd95"], 2)
+        out[f"{key}_cost"] = round(row["seconds"] / base["seconds"], 2)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -92,6 +111,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="copies of the 10-image mosaic stacked down")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-tta", action="store_true")
+    ap.add_argument("--only-tta", action="store_true", help="only torch fp32 and its TTA rows")
     ap.add_argument("--no-relu", action="store_true", help="skip the ReLU (quantisation-friendly) reference")
     ap.add_argument("--no-crf", action="store_true", help="skip the CRF rows")
     ap.add_argument("--only-crf", action="store_true", help="only the CRF rows (_crf_bench.py)")
@@ -118,6 +138,8 @@ def main() -> int:
 
     t0 = time.perf_counter()
     refs = {"prelu": isbi_ref(args.threads)}
+    if args.only_tta:
+        args.no_kd = args.no_crf = args.no_relu = True
     if not args.no_relu:
         refs["relu"] = isbi_ref(args.threads, act="relu")
     for act, ref in refs.items():
@@ -151,11 +173,11 @@ def main() -> int:
 
     # per model: the converted files (made once; their making is timed, not counted in throughput), and the
     # model alone in a tight loop over one batch of 4 windows (what the pipeline around it costs: issue 17)
-    files: dict[str, dict[str, Path]] = {}
+    files: dict[str, dict[str, Path]] = {act: {"torch": r.checkpoint} for act, r in refs.items()}
     model_ms: dict[str, float] = {}
     made: dict[str, float] = {}
     worst = 0.0
-    for act, r in refs.items():
+    for act, r in ({} if args.only_tta else refs).items():
         t = time.perf_counter()
         fp32 = backend_model(str(r.checkpoint), "onnxruntime", window=(256, 256), folder=tmp / "deploy")
         made[f"export_s_{act}"] = round(time.perf_counter() - t, 1)
@@ -176,11 +198,12 @@ def main() -> int:
                 model_ms[f"{kind} {act}"] = round(1000 * tight_loop(m, batches[0]), 1)
     print("model alone, ms per batch of 4 x 256^2:", model_ms)
 
-    paths = [(f"{label} ({act})", kind, False, act) for act in refs for label, kind in
-             (("torch fp32", "torch"), ("ORT fp32", "onnxruntime"), ("ORT INT8", "onnxruntime-int8"))]
+    kinds = (("torch fp32", "torch"),) if args.only_tta else (
+        ("torch fp32", "torch"), ("ORT fp32", "onnxruntime"), ("ORT INT8", "onnxruntime-int8"))
+    paths = [(f"{label} ({act})", kind, False, act) for act in refs for label, kind in kinds]
     if not args.no_tta:
-        paths += [("torch fp32 + flip TTA (prelu)", "torch", "flips", "prelu"),
-                  ("torch fp32 + dihedral TTA (prelu)", "torch", "dihedral", "prelu")]
+        paths += [(f"torch fp32 + {m} TTA (prelu)", "torch", mode, "prelu")
+                  for m, mode in TTA_ROWS]
     best: dict[str, float] = {}
     labels: dict[str, np.ndarray] = {}
     for r in range(1 if args.quick else args.rounds):
@@ -215,6 +238,10 @@ def main() -> int:
                 "int8_size_ratio": round(files[act]["onnxruntime-int8"].stat().st_size
                                          / files[act]["onnxruntime"].stat().st_size, 3)}
 
+    if args.only_tta:
+        result = tta_keys(by, args.no_tta)
+        print("RESULT " + json.dumps(result | {"rows": rows, "total_s": round(time.perf_counter() - t0, 1)}))
+        return 0
     result = {"ort_max_abs_diff": worst,
               "ort_label_agree": float((labels["torch fp32 (prelu)"] == labels["ORT fp32 (prelu)"]).mean()),
               **gates("prelu"),
@@ -226,14 +253,7 @@ def main() -> int:
         result.update(crf)
     if "relu" in refs:
         result.update({f"{k}_relu": v for k, v in gates("relu").items()})
-    if not args.no_tta:
-        base = by["torch fp32 (prelu)"]
-        for mode in ("flip", "dihedral"):
-            row = by[f"torch fp32 + {mode} TTA (prelu)"]
-            key = "tta" if mode == "flip" else "tta_dihedral"
-            result[f"{key}_dice_gain"] = round(row["dice"] - base["dice"], 2)
-            result[f"{key}_hd95_change"] = round(row["hd95"] - base["hd95"], 2)
-            result[f"{key}_cost"] = round(row["seconds"] / base["seconds"], 2)
+    result.update(tta_keys(by, args.no_tta))
     result.update(made | {"rows": rows, "threads": args.threads, "mpix": round(mpix, 2),
                           "total_s": round(time.perf_counter() - t0, 1)})
     print("RESULT " + json.dumps(result))

@@ -55,10 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--blend", choices=("gaussian", "crop"), default="gaussian")
-    p.add_argument("--tta", nargs="?", const="flips", default=None, choices=("flips", "dihedral"),
+    p.add_argument("--tta", nargs="?", const="flips", default=None, choices=("flips", "dihedral", "multiscale"),
                    help="test-time augmentation: flips (--tta alone: the window mirrored along each axis, 1 + dims "
-                   "passes) or dihedral (2D: 4 rotations x mirror, 8 passes); docs/deployment.md has the cost and "
-                   "the gain")
+                   "passes), dihedral (2D: 4 rotations x mirror, 8 passes) or multiscale (the window at 0.75, 1 and "
+                   "1.25 of its size, 3 passes); docs/deployment.md has the cost and the gain")
     p.add_argument("--crf", nargs="?", const="on", default=None, metavar="ITERATIONS[,RADIUS]",
                    help="refine the labels at the image's edges with a dense CRF after prediction (--crf alone: 5 "
                    "iterations, radius 4 px; writes float16 probabilities if --probs is not given); "

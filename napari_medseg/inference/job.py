@@ -38,6 +38,7 @@ from napari_medseg.inference.modelrun import (
     resolve_model,
     tta_identity,
     tta_mode,
+    tta_windows,
 )
 from napari_medseg.inference.output import Layout, OutputStore
 from napari_medseg.inference.tiling import BlockGrid, BlockPlan, WindowGrid, choose_block, plan_blocks
@@ -125,6 +126,7 @@ class Job:
     identity: dict[str, Any]
     layout: Layout
     stats: dict[str, Any] = field(default_factory=dict)
+    scaled_windows: tuple[tuple[int, ...], ...] = ()  # multi-scale TTA's model windows (modelrun.tta_windows)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -156,7 +158,7 @@ class Job:
         md = self.model.spatial_dims or len(self.window)
         squeeze = 0 if md < len(self.window) else None
         runner = WindowRunner(self.model.module, self.device, batch_size=self.batch_size, amp=self.amp, tta=self.tta,
-                              model_dims=md, squeeze_axis=squeeze)
+                              model_dims=md, squeeze_axis=squeeze, scaled_windows=self.scaled_windows)
         engine = BlockEngine(plan, reader, runner, self.norm, self.classes.n_classes, sigma_scale=self.sigma_scale,
                              pixel_mask=self.pixel_mask())
         try:
@@ -210,6 +212,12 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
     if tta_mode(tta) == "dihedral" and (sum(w > 1 for w in win) != 2 or len({w for w in win if w > 1}) != 1):
         raise MedsegError(f"rotation TTA (dihedral) needs square 2D windows; the window is {win}: use flips")
     out_ch = check_model_input(loaded, src, win, dev, norm)
+    scaled: tuple[tuple[int, ...], ...] = ()
+    if tta_mode(tta) == "multiscale":
+        md = loaded.spatial_dims or len(win)
+        scaled = tta_windows(loaded, win[len(win) - md:])
+        for w in scaled:  # a model exported for one window size refuses the others here, before any work
+            check_model_input(loaded, src, win[:len(win) - md] + w, dev, norm)
     classes = classes or loaded.classes or ClassSchema.default(out_ch)
     if out_ch != classes.n_classes:
         raise MedsegError(f"the model predicts {out_ch} channels (classes with background) but the class schema "
@@ -244,4 +252,5 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
                                                         "sha1": hashlib.sha1(np.packbits(tm.mask).tobytes()).hexdigest()}},
     }
     return Job(src, loaded, level, win, float(overlap), blend, tta_mode(tta), norm, classes, write_probs, dev, amp,
-               int(batch_size), on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout)
+               int(batch_size), on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout,
+               scaled_windows=scaled)

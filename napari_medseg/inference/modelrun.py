@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
@@ -222,8 +223,10 @@ def _rule_text(rule: tuple[tuple[int, int], ...]) -> str:
 
 
 #: test-time augmentation: none; flips (the window and its mirror along each spatial axis: 1 + dims passes);
-#: dihedral (2D, square windows: the 4 rotations by 90 degrees, each also mirrored: 8 passes)
-TTA_MODES = ("none", "flips", "dihedral")
+#: dihedral (2D, square windows: the 4 rotations by 90 degrees, each also mirrored: 8 passes); multiscale (the
+#: window resampled to each of ``TTA_SCALES`` of its size, rounded to sizes the model takes: 3 passes)
+TTA_MODES = ("none", "flips", "dihedral", "multiscale")
+TTA_SCALES = (0.75, 1.0, 1.25)
 
 
 def tta_mode(tta: bool | str | None) -> str:
@@ -240,7 +243,36 @@ def tta_mode(tta: bool | str | None) -> str:
 def tta_identity(tta: bool | str | None) -> bool | str:
     """How a run records its TTA (resume checks it): True/False as before for none and flips."""
     mode = tta_mode(tta)
-    return mode if mode == "dihedral" else mode == "flips"
+    return mode if mode in ("dihedral", "multiscale") else mode == "flips"
+
+
+def tta_windows(loaded: LoadedModel, window: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """The model windows multi-scale TTA runs (``TTA_SCALES`` of ``window``, the model's spatial axes), each
+    moved to the nearest size the model takes; a scale whose size would repeat another is left out."""
+    if loaded.window_rule:
+        def fit(w: float, r: tuple[int, int]) -> int:
+            return fit_size(r, int(w + 0.5))
+        rules = loaded.window_rule
+    elif loaded.config is not None:
+        from napari_medseg.models.registry import min_input_size, required_multiple
+
+        m, lo = required_multiple(loaded.config), min_input_size(loaded.config)
+        rules = ((lo, m),) * len(window)
+
+        def fit(w: float, r: tuple[int, int]) -> int:
+            return max(r[0], int(w / r[1] + 0.5) * r[1])
+    else:
+        raise MedsegError("multi-scale TTA needs a model whose window sizes are known (a napari-medseg checkpoint "
+                          "or package); use flips")
+    out: list[tuple[int, ...]] = []
+    for s in TTA_SCALES:
+        w = tuple(int(window[i]) if window[i] == 1 else fit(window[i] * s, r) for i, r in enumerate(rules))
+        if w not in out:
+            out.append(w)
+    if len(out) < 2:
+        raise MedsegError(f"multi-scale TTA: the window {tuple(window)} is too small to take another scale; "
+                          "choose a larger window or flips")
+    return tuple(out)
 
 
 class WindowRunner:
@@ -248,15 +280,20 @@ class WindowRunner:
 
     def __init__(self, module: nn.Module, device: torch.device, *, batch_size: int = 4, amp: bool = True,
                  tta: bool | str = False, model_dims: int = 2, squeeze_axis: int | None = None,
-                 cpu_nhwc: bool = True, keep_module: bool = False) -> None:
+                 cpu_nhwc: bool = True, keep_module: bool = False,
+                 scaled_windows: tuple[tuple[int, ...], ...] = ()) -> None:
         """``keep_module``: run the module where it is, its weights' memory format untouched (a model that
         is being trained, previewed between its steps); otherwise it is moved to ``device`` and, on CUDA,
-        given channels-last weights."""
+        given channels-last weights. ``scaled_windows``: the model windows of multi-scale TTA
+        (``tta_windows``)."""
         if batch_size < 1:
             raise MedsegError(f"batch size must be >= 1, got {batch_size}")
         self.device, self.batch_size = device, int(batch_size)
         self.tta_mode = tta_mode(tta)
         self.tta = self.tta_mode != "none"
+        if self.tta_mode == "multiscale" and not scaled_windows:
+            raise MedsegError("multi-scale TTA needs the scaled windows (modelrun.tta_windows)")
+        self.scaled_windows = tuple(tuple(int(v) for v in w) for w in scaled_windows)
         self.amp = bool(amp) and device.type == "cuda"
         self.channels_last = device.type == "cuda" and not keep_module
         # On the CPU a 2D model gets its input channels-last (NHWC), its weights left as they are: oneDNN's
@@ -342,7 +379,26 @@ class WindowRunner:
                         y = torch.flip(y, [3]) if mirror else y
                         p += torch.rot90(y, -k, (2, 3))
                 p /= 8
+            elif self.tta_mode == "multiscale":
+                p = self._multiscale(part, p)
         return p[:m]
+
+    def _multiscale(self, part: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """``p`` (the pass at the window's own size) averaged with a pass at each other scaled window: the
+        input resampled (linear, antialiased when shrinking a 2D window), the probabilities resampled back."""
+        size = tuple(part.shape[2:])
+        mode = "bilinear" if part.ndim == 4 else "trilinear"
+        n = 1
+        for w in self.scaled_windows:
+            if w == size:
+                continue
+            if len(w) != len(size):
+                raise MedsegError(f"multi-scale TTA: scaled window {w} does not match the window {size}")
+            aa = part.ndim == 4 and w[0] < size[0]
+            x = F.interpolate(part, size=w, mode=mode, align_corners=False, antialias=aa)
+            p += F.interpolate(self._forward(x), size=size, mode=mode, align_corners=False)
+            n += 1
+        return p / n
 
 
 def model_multiple(loaded: LoadedModel, default: int = 32) -> int:

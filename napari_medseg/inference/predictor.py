@@ -51,8 +51,8 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     ``level`` (or ``pixel_size``, which picks the coarsest level at least that fine) is predicted; the
     output has that level's geometry. ``window``: spatial window (a 2D window over a volume runs slice by
     slice). ``blend``: ``"gaussian"`` (MONAI's importance map; equal to ``sliding_window_inference``) or
-    ``"crop"``. ``tta``: test-time augmentation, ``False``, ``True``/``"flips"`` or ``"dihedral"`` (2D square
-    windows: 4 rotations x mirror). ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
+    ``"crop"``. ``tta``: test-time augmentation, ``False``, ``True``/``"flips"``, ``"dihedral"`` (2D square
+    windows: 4 rotations x mirror) or ``"multiscale"`` (the window at 0.75 / 1 / 1.25 of its size). ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
     a ``TissueMask``. ``write_probs``: None, ``"uint8"`` or ``"float16"``. ``resume``: continue an
     interrupted run of the same job; ``overwrite``: replace another run's output. ``on_corrupt``:
     ``"stop"`` or ``"skip"`` (predict around unreadable source tiles, with a warning). ``backend``:
