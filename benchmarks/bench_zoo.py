@@ -17,6 +17,10 @@ Every model is the registry's "small" preset (``preset(name)``), 1 input channel
   (``light_speedup`` = light_unet's / unet's). ``model_ms``: the model alone on one batch of 4 windows,
   channels-last (median of 11 rounds; ``light_model_speedup`` = unet's / light_unet's): the gap to
   ``light_speedup`` is the pipeline around the model (reading, normalising, blending, writing).
+- ``--datasets``: where Dice is measured (``_zoo_data.py``): ``isbi`` (the default; keys below without a prefix),
+  ``monuseg`` (H&E nuclei, RGB) and ``la3d`` (the left atrium at 1.25 mm, 3D, the models with a 3D form), with
+  keys ``monuseg_dice``, ``la3d_dice`` ... per model. Step time and prediction speed are 2D (3D-only models:
+  parameters and Dice only).
 - ``dice``: ISBI 2012 EM membranes (``../shared/data/isbi2012_em``; raw 0 = membrane is the class, as
   ``_reference.isbi_ref``): dense labels of images 00-19, patch 256, batch 8, the default TrainConfig otherwise,
   trained for ``--budget`` seconds (the schedule follows the elapsed share: equal wall-clock, not equal steps),
@@ -39,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -57,12 +60,20 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ISBI = "isbi2012_em"
 
 
-def _cfg(name: str):
-    return preset(name, "small", spatial_dims=2, in_channels=1, out_channels=2)
+def _cfg(name: str, dims: int = 2, channels: int = 1):
+    return preset(name, "small", spatial_dims=dims, in_channels=channels, out_channels=2)
+
+
+def has_dims(name: str, dims: int) -> bool:
+    from napari_medseg.models.registry import _REGISTRY
+
+    return dims in _REGISTRY[name].dims
 
 
 def params(names: list[str]) -> dict[str, int]:
-    return {n: sum(p.numel() for p in build_model(_cfg(n)).parameters()) for n in names}
+    """Parameters of the 2D form (the 3D form for a 3D-only model)."""
+    return {n: sum(p.numel() for p in build_model(_cfg(n, 2 if has_dims(n, 2) else 3)).parameters())
+            for n in names}
 
 
 def step_times(names: list[str], batch: int, size: int, reps: int) -> dict[str, float]:
@@ -130,42 +141,6 @@ def model_times(names: list[str], reps: int) -> dict[str, float]:
     return {n: statistics.median(v) for n, v in times.items()}
 
 
-def isbi_scores(names: list[str], seeds: list[int], budget: float, threads: int, quick: bool) -> dict[str, dict]:
-    """Per model: mean over seeds of the held-out mean Dice / IoU / surface Dice (percent), HD95 (px), steps."""
-    from napari_medseg.training import TrainConfig, run_training
-    from napari_medseg.training.datasets import load_folder, make_training_data
-    from napari_medseg.training.metrics import dense_scores, sliding_window_predict
-
-    pairs = load_folder(DATA / ISBI, foreground=[0])  # raw 0 = membrane is the class
-    train_p, test_p = (pairs[:3], pairs[20:21]) if quick else (pairs[:20], pairs[20:30])
-    patch, batch = (128, 4) if quick else (256, 8)
-    data = make_training_data(train_p, sparse="dense")
-    out: dict[str, dict] = {}
-    for n in names:
-        runs = []
-        for seed in seeds:
-            cfg = TrainConfig(model=_cfg(n), patch_size=(patch,), batch_size=batch, steps=10**9, time_budget_s=budget,
-                              seed=seed, val_fraction=0.0, val_every=10**9, library=False, threads=threads,
-                              num_workers=1, checkpoint_dir=tempfile.mkdtemp(prefix=f"zoo_{n}_"))
-            res = run_training(cfg, data)
-            model = res.teacher if res.teacher is not None else res.model  # what the checkpoint predicts with
-            per: dict[str, list[float]] = {"dice": [], "iou": [], "surface_dice": [], "hd95": []}
-            for p in test_p:
-                img = np.asarray(p.image.levels[0])[None]
-                prob = sliding_window_predict(model, img, res.norm, (patch, patch), "cpu", overlap=0.25)
-                s = dense_scores(prob.argmax(0).numpy(), p.mask, 2, None)  # spacing None: px, 1 px tolerance
-                for k in per:
-                    v = s[k][0]
-                    per[k].append(0.0 if math.isnan(v) and k != "hd95" else v)
-            row = {k: float(np.nanmean(v)) * (1 if k == "hd95" else 100) for k, v in per.items()}
-            row["steps"] = res.steps
-            print(f"  {n} seed {seed}: " + json.dumps({k: round(v, 2) for k, v in row.items()}), flush=True)
-            runs.append(row)
-        out[n] = {k: round(statistics.mean(r[k] for r in runs), 2) for k in runs[0]}
-        out[n]["dice_per_seed"] = [round(r["dice"], 2) for r in runs]
-    return out
-
-
 def ckpt_memory(quick: bool, threads: int) -> dict | None:
     try:
         from _ckpt_memory import measure
@@ -185,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="prediction rounds (best counts)")
     ap.add_argument("--reps", type=int, default=3, help="timed training steps per model")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: step, predict, dice, ckpt")
+    ap.add_argument("--datasets", default="isbi", help="comma-separated Dice datasets: isbi, monuseg, la3d "
+                    "(_zoo_data.py; la3d only for the models with a 3D form)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     names = a.models.split(",") if a.models else available_models()
@@ -195,31 +172,41 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     rows: dict[str, dict] = {n: {"params": p} for n, p in params(names).items()}
     print("params: " + ", ".join(f"{n} {r['params'] / 1e3:.1f} k" for n, r in rows.items()), flush=True)
+    flat = [n for n in names if has_dims(n, 2)]  # step time and 2D prediction: the models with a 2D form
     if "step" not in skip:
-        st = step_times(names, 2 if a.quick else 8, 128 if a.quick else 256, 1 if a.quick else a.reps)
+        st = step_times(flat, 2 if a.quick else 8, 128 if a.quick else 256, 1 if a.quick else a.reps)
         for n, s in st.items():
             rows[n].update(step_s=round(s, 3), step_ratio=round(s / st["unet"], 3))
         print("step s: " + ", ".join(f"{n} {s:.3f}" for n, s in st.items()), flush=True)
     if "predict" not in skip:
         # the model alone first: timed after the predictor's runs, it came out erratic on the shared VM
-        mt = model_times(names, 3 if a.quick else 11)
+        mt = model_times(flat, 3 if a.quick else 11)
         for n, v in mt.items():
             rows[n].update(model_ms=round(v, 2))
         print("model alone, 4 x 256^2, ms: " + ", ".join(f"{n} {v:.1f}" for n, v in mt.items()), flush=True)
         size = 512 if a.quick else a.size
-        sp = predict_speed(names, size, 1 if a.quick else a.rounds, Path(tempfile.mkdtemp(prefix="bench-zoo-")))
+        sp = predict_speed(flat, size, 1 if a.quick else a.rounds, Path(tempfile.mkdtemp(prefix="bench-zoo-")))
         for n, v in sp.items():
             rows[n].update(mpix_s=round(v, 2))
         print(f"predict {size}^2 MPix/s: " + ", ".join(f"{n} {v:.2f}" for n, v in sp.items()), flush=True)
-    isbi_ok = (DATA / ISBI).is_dir()
-    if "dice" not in skip and not isbi_ok:
-        print(f"SKIP Dice: {DATA / ISBI} is absent", flush=True)
-    if "dice" not in skip and isbi_ok:
-        dn = [n for n in names if n in ("unet", "light_unet")] if a.quick else names
-        budget = 10.0 if a.quick else a.budget
-        print(f"ISBI 2012: {budget:.0f} s of training per model and seed, seeds {seeds}", flush=True)
-        for n, r in isbi_scores(dn, seeds, budget, a.threads, a.quick).items():
-            rows[n].update(r)
+    from _zoo_data import DATASETS, available, scores
+
+    budget = 10.0 if a.quick else a.budget
+    isbi_ok = False
+    for dname in filter(None, a.datasets.split(",")):
+        if "dice" in skip:
+            break
+        if dname not in DATASETS:
+            raise SystemExit(f"unknown dataset {dname!r}; choose from {', '.join(DATASETS)}")
+        ds = DATASETS[dname]
+        if not available(ds):
+            print(f"SKIP Dice on {dname}: {DATA / ds.folder} is absent", flush=True)
+            continue
+        isbi_ok = isbi_ok or dname == "isbi"
+        dn = [n for n in names if has_dims(n, ds.dims) and (not a.quick or n in ("unet", "light_unet"))]
+        print(f"{dname}: {budget:.0f} s of training per model and seed, seeds {seeds}: {', '.join(dn)}", flush=True)
+        for n, r in scores(ds, dn, _cfg, seeds, budget, a.threads, a.quick).items():
+            rows[n].update(r if dname == "isbi" else {f"{dname}_{k}": v for k, v in r.items()})
     ck = None if "ckpt" in skip else ckpt_memory(a.quick, a.threads)
 
     def ratio(key: str, inverse: bool = False) -> float | None:
@@ -239,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
               "dann_target_gain": None, "dann_source_drop": None,
               "light_step_ratio": ratio("step_s"), "light_model_speedup": ratio("model_ms", inverse=True),
               "ckpt_patch": (ck or {}).get("patch"),
-              "budget_s": None if "dice" in skip or not isbi_ok else (10.0 if a.quick else a.budget),
+              "budget_s": None if "dice" in skip else budget, "datasets": a.datasets, "isbi_scored": isbi_ok,
               "seeds": seeds, "threads": a.threads, "quick": a.quick, "models": rows}
     print("RESULT " + json.dumps(result))
     return result
