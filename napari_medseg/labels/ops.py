@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medseg.core.classes import ClassSchema
+from napari_medseg.core.classes import DEFAULT_COLORS, ClassSchema
 from napari_medseg.core.errors import GeometryMismatchError, MedsegError
 from napari_medseg.core.grid import Chunk
 from napari_medseg.core.source import ImageSource
@@ -121,6 +121,16 @@ def painted_regions(store: LabelStore) -> list[tuple[slice, ...]]:
 
 
 # -- class schema --------------------------------------------------------------------------------------
+def extend_classes(store: LabelStore, top: int) -> list[str]:
+    """Add classes "class N" (default colours) until store value ``top`` is a class; returns the names."""
+    old = store.classes
+    extra = range(old.max_store_value + 1, int(top) + 1)
+    names = list(old.names) + [f"class {v - 1}" for v in extra]
+    colors = list(old.colors) + [DEFAULT_COLORS[(v - 1) % len(DEFAULT_COLORS)] for v in extra]
+    set_classes(store, ClassSchema(names=tuple(names), colors=tuple(colors), objects=old.objects))
+    return names
+
+
 def set_classes(store: LabelStore, classes: ClassSchema) -> None:
     """Rename, recolour or add classes. Refused (``LabelValueError``) if painted values would fall
     outside the new schema: remove classes with ``remove_class``, which relabels the paint."""

@@ -148,7 +148,7 @@ def test_the_editable_window_is_outlined_on_the_canvas(slide, qtbot, make_napari
     assert box.visible and not box.points
     edge_y = ctl.window[0].stop  # the window's lower edge, in view
     look_at(viewer, ctl, edge_y, 500, 1.0)
-    ctl.follow_view = lambda: None  # keep the window where it is for the picture
+    ctl.follow_view = lambda *a, **k: None  # keep the window where it is for the picture
     qtbot.wait(50)
     shot = viewer.screenshot(canvas_only=True, flash=False)
     x, y = (int(round(v)) for v in canvas_pos(viewer, ctl, edge_y - 0.5, 500))

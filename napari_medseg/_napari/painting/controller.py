@@ -42,11 +42,12 @@ from napari_medseg._napari.layers import camera_of
 from napari_medseg._napari.painting.store_overview import overview_levels
 from napari_medseg._napari.painting.window_edits import TrackedLabels, WindowEdits, WriteJob, touched_box
 from napari_medseg._napari.painting.window_geometry import Window, WindowGeometry
-from napari_medseg.core.classes import DEFAULT_COLORS, ClassSchema
+from napari_medseg._napari.painting.window_prefetch import Request, WindowPrefetch
+from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.grid import Chunk
 from napari_medseg.labels.chunks import LevelArray
-from napari_medseg.labels.ops import set_classes
+from napari_medseg.labels.ops import extend_classes, set_classes
 from napari_medseg.labels.store import LabelStore
 
 __all__ = ["AUTOSAVE_NOTE", "FLUSH_DELAY_S", "MAX_UNSAVED_S", "PaintingController", "TrackedLabels",
@@ -80,6 +81,7 @@ class PaintingController(QObject):
     flush_failed = Signal(str)     # a message: the store could not be written (labels kept in memory)
     window_moved = Signal(object)  # the new window (tuple of slices, store pixels)
     _external = Signal(object)     # chunks changed in the store by someone else (queued to the main thread)
+    _prefetched = Signal(object)   # a window_prefetch.Request whose read finished (queued to the main thread)
 
     def __init__(self, viewer: Any, store: LabelStore, image_layer: Any = None, *, max_window: int = 4096,
                  volume_max_voxels: int = 256 * 2**20, flush_delay_s: float = FLUSH_DELAY_S,
@@ -130,7 +132,10 @@ class PaintingController(QObject):
 
         self._debounce = self._timer(int(flush_delay_s * 1000), self._on_timer)
         self._max_wait = self._timer(int(max_unsaved_s * 1000), self._on_timer)
-        self._follow_timer = self._timer(FOLLOW_DELAY_MS, self.follow_view)
+        self._follow_timer = self._timer(FOLLOW_DELAY_MS, self._follow_in_background)
+        self._writes = 0  # strokes' writes to the window so far (a prefetched window is used only if none came)
+        self.prefetch = WindowPrefetch(self.edits, self._executor, self._prefetched.emit)
+        self._prefetched.connect(self._on_prefetched)
         self.flushed.connect(self._after_flush)
         self._external.connect(self._apply_external)
         store.add_listener(self._on_store_change)
@@ -214,8 +219,10 @@ class PaintingController(QObject):
         if self.follow and not self._closed:
             self._follow_timer.start()
 
-    def follow_view(self) -> None:
-        """Put the window over the view at the finest level that covers it, if it is not there yet."""
+    def follow_view(self, background: bool = False) -> None:
+        """Put the window over the view at the finest level that covers it, if it is not there yet;
+        ``background``: read the new window in the writer thread and move when it is read
+        (``window_prefetch``), the synchronous way when that cannot be done safely."""
         if self._closed or self.geom.fits_whole:
             return
         if self._stroke:  # never under the brush: look again after the stroke
@@ -229,13 +236,35 @@ class PaintingController(QObject):
         mid = [(a + b) / 2 for a, b in zip(lo_c, hi_c)]
         center_in = all(w.start <= m < w.stop for w, m in zip(self.window, mid))
         if level != self.level or (not inside and (fits or not center_in)):
-            self.move_window(self.geom.window_for(mid, level), level=level)
+            target = self.geom.window_for(mid, level)
+            if background and (self.prefetch.current is not None and self.prefetch.current.window == target
+                               and self.prefetch.current.level == level):
+                return  # already being read
+            busy = any(not f.done() for f in self._pending)
+            if not (background and self.prefetch.request(target, level, self.layer.data, self._writes, busy)):
+                self.move_window(target, level=level)
+
+    def _follow_in_background(self) -> None:
+        self.follow_view(background=True)
+
+    def _on_prefetched(self, req: Request) -> None:
+        if self._closed or req is not self.prefetch.current:
+            return
+        data = self.prefetch.take(req, self.layer.data, self._writes, self._stroke)
+        if data is not None:
+            self.move_window(req.window, level=req.level, flush=False, data=data)
+        elif self._stroke:
+            self._follow_timer.start()  # after the stroke
+        else:
+            self.follow_view()  # the synchronous way: save, then read
 
     def move_window(self, window: Window, *, level: int | None = None, flush: bool = True,
-                    force: bool = False) -> bool:
+                    force: bool = False, data: np.ndarray | None = None) -> bool:
         """Show ``window`` (store pixels) at pyramid ``level`` (default: the view's if it fits). Edits of
         the old window are saved first; if some cannot be (labels beyond the class schema) the window stays
-        and the user is told. Returns True if moved."""
+        and the user is told. ``data``: the window as already read (``window_prefetch``). Returns True if
+        moved."""
+        self.prefetch.cancel()
         window = tuple(slice(int(w.start), int(w.stop)) for w in window)
         if level is None:  # the view's level if the window can be shown at it (e.g. "Paint here")
             level = self.geom.level_of(window, prefer=self.level_for_view() if self.store.ndim == 2 else 0)
@@ -249,7 +278,7 @@ class PaintingController(QObject):
                              "previous message). Fix them first.")
                 return False
         t0 = time.perf_counter()
-        data = self.edits.load(window, level).view(TrackedLabels)
+        data = self.edits.load(window, level, data).view(TrackedLabels)
         data.on_write = self._on_write
         old = self.layer.data
         if isinstance(old, TrackedLabels):
@@ -293,8 +322,9 @@ class PaintingController(QObject):
         the window is at the view's resolution and under the click (moving it there if not)."""
         if self._closed or str(layer.mode) not in PAINT_MODES or len(getattr(event, "dims_displayed", ())) != 2:
             return  # 3D views paint on a ray: napari finds the pixel, the window holds the whole volume or slab
-        if self._follow_timer.isActive():  # the view just changed: follow it before the stroke
-            self._follow_timer.stop()
+        if self._follow_timer.isActive() or self.prefetch.current is not None:  # the view just changed:
+            self._follow_timer.stop()  # follow it before the stroke, the synchronous way
+            self.prefetch.cancel()
             self.follow_view()
         if not self._under(event.position):
             self._move_to(event.position)
@@ -330,6 +360,7 @@ class PaintingController(QObject):
 
     # -- edits and autosave -------------------------------------------------------------------------
     def _on_write(self, key: Any) -> None:
+        self._writes += 1
         box = touched_box(key, self.layer.data.shape)
         if box is None:
             return
@@ -441,17 +472,12 @@ class PaintingController(QObject):
         try:
             self.flush(wait=True, full=True)
             if self.edits.dirty:  # values beyond the schema: extend it rather than lose them
-                data = np.asarray(self.layer.data)
-                top = int(data.max())
-                old = self.store.classes
-                extra = range(old.max_store_value + 1, top + 1)
-                names = list(old.names) + [f"class {v - 1}" for v in extra]
-                colors = list(old.colors) + [DEFAULT_COLORS[(v - 1) % len(DEFAULT_COLORS)] for v in extra]
-                set_classes(self.store, ClassSchema(names=tuple(names), colors=tuple(colors), objects=old.objects))
+                names = extend_classes(self.store, int(np.asarray(self.layer.data).max()))
                 log.warning("classes are now %s so that painted labels are not lost", names)
                 self.flush(wait=True)
         finally:
             self._closed = True
+            self.prefetch.cancel()
             for t in (self._debounce, self._max_wait, self._follow_timer):
                 t.stop()
             for em, cb in ((self._camera.events.center, self._on_camera),

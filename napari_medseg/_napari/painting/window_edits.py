@@ -120,10 +120,15 @@ class WindowEdits:
         """The window's first cell (store pixel at level 0)."""
         return tuple(c.start for c in self.geom.cells(self.window, self.level))
 
-    def load(self, window: Window, level: int) -> np.ndarray:
-        """Read ``window`` at ``level`` (the layer's new data) and track it afresh."""
-        cells = self.geom.cells(window, level)
-        data = self.store.read(window) if level == 0 else np.asarray(self.store.level_array(level)[cells])
+    def read(self, window: Window, level: int) -> np.ndarray:
+        """``window`` at ``level`` as the store holds it (no state changes: safe in the writer thread)."""
+        if level == 0:
+            return self.store.read(window)
+        return np.asarray(self.store.level_array(level)[self.geom.cells(window, level)])
+
+    def load(self, window: Window, level: int, data: np.ndarray | None = None) -> np.ndarray:
+        """Read ``window`` at ``level`` (the layer's new data; ``data``: already read) and track it afresh."""
+        data = self.read(window, level) if data is None else data
         with self._lock:
             self._originals = {}
         self.window, self.level, self.dirty = window, level, set()
@@ -153,15 +158,22 @@ class WindowEdits:
         if self.level:
             self._coarse_diff(data)
             return
-        cur = self.store.read(self.window)
+        self.dirty.update(self.differing_chunks(data, self.window))
+
+    def differing_chunks(self, data: np.ndarray, window: Window) -> set[Chunk]:
+        """The store chunks where ``data`` (a full-resolution window) differs from the store (no state
+        changes: safe in the writer thread)."""
+        cur = self.store.read(window)
         if data.shape != cur.shape:
-            return
+            return set()
         ch = self.store.chunks
-        org = [w.start // c for w, c in zip(self.window, ch)]
+        org = [w.start // c for w, c in zip(window, ch)]
+        out = set()
         for c in chunks_in_box([0] * data.ndim, data.shape, ch):
             sl = tuple(slice(i * cc, (i + 1) * cc) for i, cc in zip(c, ch))
             if not np.array_equal(data[sl], cur[sl]):
-                self.dirty.add(tuple(o + i for o, i in zip(org, c)))
+                out.add(tuple(o + i for o, i in zip(org, c)))
+        return out
 
     def _coarse_diff(self, data: np.ndarray) -> None:
         if self.loaded is None or data.shape != self.loaded.shape:
