@@ -172,10 +172,25 @@ def make_client(workers: int | None = None, scheduler: str | None = None, thread
             return Client(scheduler, timeout="20s")
         except OSError as e:
             raise MedsegError(f"could not reach the Dask scheduler at {scheduler} ({e}); check the address") from e
-    with kept_environ():
+    import dask
+
+    with kept_environ(), dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
         cluster = LocalCluster(n_workers=max(1, int(workers or 1)), threads_per_worker=threads_per_worker,
                                processes=processes, dashboard_address=None)
     return Client(cluster)
+
+
+def worker_environ() -> dict[str, Any]:
+    """What a local cluster's nanny sets in its workers' environment: Dask's defaults (one OpenMP / MKL /
+    OpenBLAS thread) without ``MALLOC_TRIM_THRESHOLD_``. Dask sets it to 64 KiB, which also fixes glibc's mmap
+    threshold, so every large tensor is mapped and unmapped afresh: the model ran 1.6x slower in a worker
+    (74 against 46 ms per batch of 4 x 512^2, benchmarks/bench_dask_scaling.py). The predictor returns memory
+    itself (``memory.trim`` after each written block)."""
+    import dask
+
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return env
 
 
 @contextlib.contextmanager
