@@ -37,13 +37,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="1400x900", help="window size WxH (default 1400x900)")
 
 
+#: widgets of the manifest opened from the Plugins menu only: occasional tools, not steps of the loop
+ON_REQUEST = ("Stack channels",)
+
+
 def dock_widgets(viewer: Any) -> tuple[list[str], list[str]]:
-    """Dock every manifest widget, tabbed in one narrow dock (``dock_layout.arrange_docks``), the first
-    one shown. Returns (docked names, skipped 'name: reason')."""
+    """Dock every manifest widget but the occasional ones (``ON_REQUEST``), tabbed in one narrow dock
+    (``dock_layout.arrange_docks``), the first one shown. Returns (docked names, skipped 'name: reason')."""
     docked: list[str] = []
     skipped: list[str] = []
     first = None
     for name, command in manifest_widgets():
+        if name in ON_REQUEST:
+            continue
         try:
             dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name=name, tabify=bool(docked))
             first = first or dock

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", help="the model: a checkpoint (.pt) written by napari-medseg train or "
                    "the GUI, a bioimage.io package (.zip or folder), an .onnx / .ts file (docs/sharing.md), or the name of "
                    "a model in the library (napari-medseg models list)")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="slide/volume paths or globs (quote globs)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="slide/volume paths or globs (quote globs); "
+                   "co-registered files joined by commas (t1.nii.gz,t2.nii.gz) are one image, one channel each")
     p.add_argument("--out", default=None, help="output folder; one NAME.prediction.zarr per input (required)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--level", type=int, default=0, help="pyramid level to predict (default 0, full resolution)")
@@ -120,6 +121,9 @@ def expand_inputs(items: list[str]) -> list[Path]:
 
     out: list[Path] = []
     for it in items:
+        if "," in str(it) and not Path(it).exists():  # co-registered files stacked as channels (io/stack.py)
+            out.append(Path(it))
+            continue
         if Path(it).exists():
             p = Path(it)
             out.extend(_folder_inputs(p) if p.is_dir() and sniff(p) is None else [p])
@@ -136,6 +140,8 @@ def output_paths(inputs: list[Path], out_dir: Path) -> list[Path]:
     names: dict[str, int] = {}
     outs = []
     for p in inputs:
+        if "," in str(p) and not p.exists():  # stacked files (t1.nii.gz,t2.nii.gz): named after the first
+            p = Path(str(p).split(",")[0].strip())
         stem = p.name.split(".")[0] or p.name
         n = names.get(stem, 0)
         names[stem] = n + 1
@@ -256,6 +262,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     )
     from napari_medseg.inference.modelrun import fit_window, resolve_model
     from napari_medseg.io.reader import open_image
+    from napari_medseg.io.stack import open_stack
     from napari_medseg.sharing.library import find
 
     ckpt = find(args.checkpoint)  # a file, a package folder, or the name of a model in the library
@@ -276,7 +283,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     if args.backend != "torch":  # convert once here; the Dask workers get the converted file
         from napari_medseg.inference.backends import backend_model
 
-        first = open_image(inputs[0], kind=getattr(args, "input_kind", "auto")) if inputs else None
+        first = (None if not inputs else open_stack(str(inputs[0])) if "," in str(inputs[0]) and not inputs[0].exists()
+                 else open_image(inputs[0], kind=getattr(args, "input_kind", "auto")))
         ckpt = Path(backend_model(ckpt, args.backend, source=first, level=args.level or 0, window=_window(args),
                                   on_progress=lambda s: print(s, flush=True)))
     loaded = resolve_model(ckpt)
@@ -305,12 +313,13 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     def opened(paths: list[Path], path_outs: list[Path]) -> tuple[list, list[Path]]:
         """The inputs for predict_many: paths, or with --input-kind image the sources opened as images."""
-        if kind == "auto":
+        stacked = ["," in str(p) and not p.exists() for p in paths]
+        if kind == "auto" and not any(stacked):
             return list(paths), list(path_outs)
         items, item_outs = [], []
-        for p, o in zip(paths, path_outs):
+        for p, o, st in zip(paths, path_outs, stacked):
             try:
-                items.append(open_image(p, kind=kind))
+                items.append(open_stack(str(p)) if st else p if kind == "auto" else open_image(p, kind=kind))
                 item_outs.append(o)
             except MedsegError as e:
                 fail(str(p), str(e))
