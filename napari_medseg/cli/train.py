@@ -60,7 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data", metavar="DIR", help="folder with images/ and masks/ (same file names)")
     src.add_argument("--images", metavar="DIR", help="folder of images (PNG, TIFF, NIfTI ...), with --masks")
     src.add_argument("--masks", metavar="DIR", help="folder of dense masks (0 = background) named as the images")
-    src.add_argument("--image", metavar="PATH", help="one image (slide, zarr, NIfTI), with --labels")
+    src.add_argument("--image", metavar="PATH", help="one image (slide, zarr, NIfTI), with --labels; co-registered "
+                     "files joined by commas (t1.nii.gz,t2.nii.gz) are stacked as its channels (docs/multimodal.md)")
     src.add_argument("--labels", metavar="PATH", help="its label store (or a label image: 0 unannotated, 1 "
                      "background, 2.. classes)")
     src.add_argument("--classes", metavar="NAMES|FILE",
@@ -85,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="keep labels on N cases (or a fraction F); the other cases are unlabelled images")
     m = p.add_argument_group("model and training")
     m.add_argument("--config", metavar="JSON", help="a TrainConfig JSON file; the options below override it")
-    m.add_argument("--model", help="architecture (unet, attention_unet, unetpp, swin_unetr, swin_unet)")
+    m.add_argument("--model", help="architecture, from its small preset: unet, attention_unet, unetpp, light_unet, "
+                   "fusion_unet, transunet, unetr, swin_unet, swin_unetr (docs/models.md)")
     m.add_argument("--spatial-dims", type=int, choices=(2, 3), help="2 or 3 (default: the data's)")
     m.add_argument("--channels", type=_ints, help="feature widths per level, e.g. 16,32,64,128")
     m.add_argument("--act", choices=("prelu", "relu"), help="U-Net activation: prelu (default) or relu, the "
@@ -303,7 +305,7 @@ def _data(args: argparse.Namespace) -> Any:
         if args.label_fraction or args.labelled_cases:
             raise MedsegError("--label-fraction and --labelled-cases simulate sparse labels from folders of "
                               "dense masks; a label store is already sparse")
-        img = datasets.read_image(args.image)
+        img = _read_image(args.image)
         labels, classes = _open_labels(args.labels, img)
         if args.classes:
             store = classes
@@ -333,6 +335,23 @@ def _data(args: argparse.Namespace) -> Any:
     return datasets.make_training_data(pairs, classes=classes, sparse=sparse,
                                        fraction=args.label_fraction or 1.0, cases=args.labelled_cases,
                                        seed=args.seed or 0)
+
+
+def _read_image(path: str) -> Any:
+    """``--image``: one file, or co-registered files joined by commas stacked as channels (``io/stack.py``)."""
+    from napari_medseg.training import datasets
+
+    if "," not in path or Path(path).exists():
+        return datasets.read_image(path)
+    import numpy as np
+
+    from napari_medseg.io.stack import split_paths, stack_sources
+
+    parts = [datasets.read_image(p) for p in split_paths(path)]
+    src = stack_sources(parts)
+    if all(isinstance(lv, np.ndarray) for p in parts for lv in p.levels):  # small files: keep them in memory
+        src.levels = [np.asarray(lv) for lv in src.levels]
+    return src
 
 
 def _say_generic(where: str, classes: ClassSchema) -> None:
@@ -378,6 +397,10 @@ def run(args: argparse.Namespace) -> int:
 
         args.init = str(find(args.init))
     data = _data(args)
+    if getattr(args, "target_images", None):  # domain adaptation's unlabelled target domain (training/domain.py)
+        from napari_medseg.training.domain import target_items
+
+        data.items += target_items(args.target_images)
     cfg = _config(args, data.spatial_dims)
     out.mkdir(parents=True, exist_ok=True)
     if args.init is None and not args.restart and (out / "last.pt").is_file():

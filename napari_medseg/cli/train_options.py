@@ -56,6 +56,17 @@ def _distillation(k: argparse._ArgumentGroup) -> None:
                    "or distillation; default 0, distil 1)")
 
 
+def _domain(d: argparse._ArgumentGroup) -> None:
+    d.add_argument("--domain-adapt", choices=("none", "output", "dann"), help="align the painted (source) images "
+                   "with --target-images: 'output' (softmax maps, any model) or 'dann' (bottleneck features)")
+    d.add_argument("--target-images", metavar="DIR|FILES", help="unlabelled images of the new site/stain: a folder "
+                   "or comma-separated files (the target domain of --domain-adapt)")
+    d.add_argument("--da-weight", type=float, metavar="X", help="weight of the domain loss (default 0.1)")
+    d.add_argument("--da-rampup", type=float, metavar="F", help="fraction of the run over which the gradient "
+                   "reversal ramps up (default 1)")
+    d.add_argument("--da-target-ratio", type=float, metavar="R", help="target windows per labelled patch (default 1)")
+
+
 def _same(*names: str) -> tuple[tuple[str, str], ...]:
     return tuple((n, n) for n in names)
 
@@ -67,8 +78,11 @@ DISTILLATION = OptionGroup("distillation (docs/deployment.md; napari-medseg dist
                            _distillation,
                            _same("distill_from", "kd_weight", "kd_temperature", "kd_mode", "unlabelled_ratio"))
 
+DOMAIN = OptionGroup("domain adaptation (docs/training.md; --target-images is read with the data)", _domain,
+                     _same("domain_adapt", "da_weight", "da_rampup", "da_target_ratio"))
+
 #: every group, in the order ``--help`` lists them
-GROUPS: list[OptionGroup] = [MEMORY, DISTILLATION]
+GROUPS: list[OptionGroup] = [MEMORY, DISTILLATION, DOMAIN]
 
 
 def add_option_groups(p: argparse.ArgumentParser) -> None:

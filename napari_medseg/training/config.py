@@ -33,6 +33,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "pl_teacher": ("ema", "self"),
     "freeze": ("none", "encoder"),
     "kd_mode": ("pixel", "channel"),
+    "domain_adapt": ("none", "output", "dann"),
 }
 # keys of older configs (checkpoints' ``train_config``) -> what they became; see ``TrainConfig.from_dict``
 LEGACY_KEYS = ("mean_teacher", "rampup_steps")
@@ -127,6 +128,12 @@ class TrainConfig:
     kd_weight: float = 1.0
     kd_temperature: float = 2.0
     kd_mode: str = "pixel"  # "pixel" (logit KD) or "channel" (channel-wise distillation for dense prediction)
+    # domain adaptation (training/domain.py) towards the target-domain images (TrainingItem(domain="target")):
+    # "output" (a discriminator on the softmax maps) or "dann" (on the bottleneck features); "none" = off
+    domain_adapt: str = "none"
+    da_weight: float = 0.1  # weight of the domain loss (the network gets it reversed, times the DANN ramp)
+    da_rampup: float = 1.0  # fraction of the run over which the reversal ramps 2/(1+exp(-10p))-1 up to 1
+    da_target_ratio: float = 1.0  # target-domain windows per labelled patch in each batch
 
     def __post_init__(self) -> None:
         if self.eval_model == "teacher":  # older name of the same weights
@@ -182,6 +189,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise MedsegError(f"{name} must be positive, got {getattr(self, name)}")
         self._check_craft()
+        self._check_domain()
         if self.pixel_size is not None and self.pixel_size <= 0:
             raise MedsegError(f"pixel_size must be positive, got {self.pixel_size}")
         if self.model_name:
@@ -218,6 +226,18 @@ class TrainConfig:
         if self.bn_reestimate > 0 and not self.freeze_bn:
             raise MedsegError(f"bn_reestimate ({self.bn_reestimate} batches) needs freeze_bn: training in train "
                               "mode would replace the re-estimated statistics at once")
+
+    def _check_domain(self) -> None:
+        """Domain adaptation's settings (training/domain.py)."""
+        if self.da_weight < 0 or not 0 <= self.da_rampup <= 1:
+            raise MedsegError(f"da_weight must be >= 0 and da_rampup in [0, 1], got {self.da_weight} and "
+                              f"{self.da_rampup}")
+        if not 0 < self.da_target_ratio <= 8:
+            raise MedsegError(f"da_target_ratio must be above 0 and at most 8 target windows per labelled patch, "
+                              f"got {self.da_target_ratio}")
+        if self.domain_adapt != "none" and self.semi == "pseudo_label":
+            raise MedsegError(f"domain_adapt {self.domain_adapt!r} does not combine with semi 'pseudo_label' (its "
+                              "CutMix mixes the domains); use semi 'none' or 'mean_teacher'")
 
     # -- derived -----------------------------------------------------------------------------------
     def patch_for(self, spatial_dims: int) -> tuple[int, ...]:

@@ -31,6 +31,8 @@ class TrainingItem:
     labels: Any | None = None
     dense_mask: Any | None = None
     name: str | None = None  # a stable name (keeps the validation subset the same across rounds)
+    # "source" (default) or "target": an unlabelled image of the domain to adapt to (training/domain.py)
+    domain: str = "source"
 
     @property
     def key(self) -> str:
@@ -60,6 +62,11 @@ class TrainingData:
         first = self.items[0].image
         for it in self.items:
             img = it.image
+            if it.domain not in ("source", "target"):
+                raise MedsegError(f"'{it.key}': domain must be 'source' or 'target', got {it.domain!r}")
+            if it.domain == "target" and (it.labels is not None or it.dense_mask is not None):
+                raise MedsegError(f"'{it.key}' is a target-domain image: those are unlabelled (domain "
+                                  "adaptation learns from their pixels only); give it without labels")
             if img.spatial_dims != first.spatial_dims:
                 raise MedsegError(f"images '{first.name}' ({first.axes}) and '{img.name}' ({img.axes}) mix 2D "
                                   "and 3D; train on one kind at a time")

@@ -349,6 +349,8 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
         loader.close()
         guard.detach()
         release_model(model)  # no checkpoint wrappers or frozen flags on the model handed back
+        if run.da is not None:  # the domain adaptation's bottleneck hook (training/domain.py)
+            run.da.close()
     if best_path is None:
         best_path = last_path
     # a run stopped before its first step learnt nothing: no library entry for it

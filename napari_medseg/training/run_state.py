@@ -26,6 +26,7 @@ from napari_medseg.training.augment import Augmenter
 from napari_medseg.training.config import TrainConfig
 from napari_medseg.training.data import TrainingData
 from napari_medseg.training.distill import kd_loss
+from napari_medseg.training.domain import DomainAdapter, check_domain_data, split_domains
 from napari_medseg.training.ema import WeightEMA
 from napari_medseg.training.events import ValidationEvent
 from napari_medseg.training.finetune import make_optimizer, optimizer_step, set_lr
@@ -100,13 +101,18 @@ class Run:
         self.best_val = -math.inf
         self.parent: str | None = None  # what the run started from (a library name or a file), for the meta
         self.kd: Any = None  # distill.Teacher when cfg.distill_from is set (the loop loads it)
+        # domain adaptation (training/domain.py): target windows per step; the discriminator joins self.opt
+        da = cfg.domain_adapt != "none" and check_domain_data(cfg.domain_adapt, data.items) > 0
+        self.n_t = max(1, int(round(self.n_l * cfg.da_target_ratio))) if da else 0
+        self.da = DomainAdapter(cfg.domain_adapt, model, self.opt, self.dims, cfg.da_rampup, cfg.lr) if da else None
 
     def images(self) -> list[str]:
         """The training images, as paths where they have one (else their names), for the checkpoint's meta."""
         return [str(it.image.path or it.key) for it in self.data.items]
 
     def make_batch(self, index: int) -> dict[str, torch.Tensor]:
-        return to_tensors(self.sampler.batch(index, self.n_l, self.n_u), pin=self.dev.type == "cuda")
+        extra = (self.n_t,) if self.n_t else ()
+        return to_tensors(self.sampler.batch(index, self.n_l, self.n_u, *extra), pin=self.dev.type == "cuda")
 
     def teacher(self) -> nn.Module:
         """The network that gives pseudo-labels (the EMA, or the student itself)."""
@@ -153,6 +159,7 @@ class Run:
             xu = batch["x_u"].to(dev, non_blocking=True)
             x = torch.cat([x, xu])
             y = torch.cat([y, torch.zeros((xu.shape[0], *y.shape[1:]), dtype=y.dtype, device=dev)])
+        x, y, n_t = split_domains(batch, x, y, dev)  # target-domain windows last (domain adaptation)
         x = self.norm.apply(x)
         xg, yg = self.aug.geometric(x, y)
         w, ratio = 0.0, None
@@ -203,6 +210,8 @@ class Run:
                     w = self.mt.cons_weight(progress)
                     cons = consistency_loss(logits[first:], probs, mask)
         total = sup + w * cons
+        if self.da is not None and n_t:
+            total = total + self.cfg.da_weight * self.da.loss(logits, n_l, n_t, progress)
         if self.cfg.crf_weight > 0:  # on the view the student saw (strong view, CutMix boxes included)
             crf = gated_crf_loss(torch.softmax(logits.float(), 1), xs, radius=self.cfg.crf_radius,
                                  sigma_xy=self.cfg.crf_sigma_xy, sigma_rgb=self.cfg.crf_sigma_rgb)
@@ -219,6 +228,7 @@ class Run:
         n_u = min(n_u, new - 1)
         old = (self.n_l, self.n_u)
         self.n_l, self.n_u = new - n_u, n_u
+        self.n_t = (self.n_t + 1) // 2
         return (f"out of memory with {total} patches per step ({old[0]} labelled + {old[1]} unlabelled); "
                 f"continuing with {new} ({self.n_l} + {self.n_u})")
 

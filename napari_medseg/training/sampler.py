@@ -91,6 +91,7 @@ class PatchSampler:
             painted.append({} if v.labels is None else scan_painted(v.labels, self.max_value, cap, rng, v.key))
         self.labelled_items = [i for i, p in enumerate(painted) if p]
         self.unlabelled_items = [i for i, p in enumerate(painted) if not p]
+        self.target_items = [i for i, v in enumerate(self.views) if v.item.domain == "target"]  # domain.py
         if not self.labelled_items:
             raise MedsegError("no painted pixels in any training image: paint some background and at least one "
                               "class (label values 1 and 2..) before training")
@@ -180,9 +181,12 @@ class PatchSampler:
         jit = np.array([int(rng.integers(-(q // 4), q // 4 + 1)) for q in self.patch])
         return view.index, self._clip_start(view, c - p // 2 + jit)
 
-    def unlabelled_window(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
-        """(item, window start): any image, uniformly; on slides a tissue pixel of the smallest level."""
-        view = self.views[int(rng.integers(len(self.views)))]
+    def unlabelled_window(self, rng: np.random.Generator, items: list[int] | None = None
+                          ) -> tuple[int, tuple[int, ...]]:
+        """(item, window start): any image (or one of ``items``), uniformly; on slides a tissue pixel of the
+        smallest level."""
+        view = self.views[int(rng.integers(len(self.views)))] if items is None else \
+            self.views[items[int(rng.integers(len(items)))]]
         p = np.asarray(self.patch)
         tis = self.tissue.get(view.index)
         if tis is not None:
@@ -235,18 +239,20 @@ class PatchSampler:
                                                          self.val_block), start)
         return self._squeeze(img, 1), lab
 
-    def unlabelled_patch(self, rng: np.random.Generator) -> np.ndarray:
-        i, start = self.unlabelled_window(rng)
+    def unlabelled_patch(self, rng: np.random.Generator, items: list[int] | None = None) -> np.ndarray:
+        i, start = self.unlabelled_window(rng, items)
         return self._squeeze(self.views[i].read_image(start, self.patch), 1)
 
-    def batch(self, index: int, n_labelled: int, n_unlabelled: int) -> dict[str, np.ndarray]:
+    def batch(self, index: int, n_labelled: int, n_unlabelled: int, n_target: int = 0) -> dict[str, np.ndarray]:
         """Batch number ``index`` (deterministic for a seed): ``x_l`` (N_l, C, *P), ``y_l`` (N_l, *P) uint8,
-        ``x_u`` (N_u, C, *P)."""
+        ``x_u`` (N_u, C, *P), and with ``n_target`` ``x_t`` (N_t, C, *P) windows of the target-domain items."""
         rng = np.random.default_rng([self.seed, index])
         pairs = [self.labelled_patch(rng) for _ in range(n_labelled)]
         out = {"x_l": np.stack([p[0] for p in pairs]), "y_l": np.stack([p[1] for p in pairs])}
         if n_unlabelled:
             out["x_u"] = np.stack([self.unlabelled_patch(rng) for _ in range(n_unlabelled)])
+        if n_target and self.target_items:
+            out["x_t"] = np.stack([self.unlabelled_patch(rng, self.target_items) for _ in range(n_target)])
         return out
 
     # -- validation patches --------------------------------------------------------------------------
