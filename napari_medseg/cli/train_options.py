@@ -67,6 +67,17 @@ def _domain(d: argparse._ArgumentGroup) -> None:
     d.add_argument("--da-target-ratio", type=float, metavar="R", help="target windows per labelled patch (default 1)")
 
 
+def _losses(b: argparse._ArgumentGroup) -> None:
+    b.add_argument("--boundary-loss", choices=("none", "boundary", "hausdorff"), help="boundary-aware loss on "
+                   "patches labelled in full (dense masks only): Kervadec's boundary loss or the Hausdorff "
+                   "distance-transform loss (default none)")
+    b.add_argument("--boundary-weight", type=float, metavar="X", help="its weight once ramped up (default 0.5)")
+    b.add_argument("--boundary-rampup", type=float, metavar="F", help="fraction of the run over which its weight "
+                   "ramps up from 0 (default 0.5)")
+    b.add_argument("--deep-supervision", action="store_true", default=None, help="the loss on every output head "
+                   "(unetpp), the deepest weighing most")
+
+
 def _same(*names: str) -> tuple[tuple[str, str], ...]:
     return tuple((n, n) for n in names)
 
@@ -81,8 +92,11 @@ DISTILLATION = OptionGroup("distillation (docs/deployment.md; napari-medseg dist
 DOMAIN = OptionGroup("domain adaptation (docs/training.md; --target-images is read with the data)", _domain,
                      _same("domain_adapt", "da_weight", "da_rampup", "da_target_ratio"))
 
+LOSSES = OptionGroup("boundary losses and deep supervision (docs/training.md)", _losses,
+                     _same("boundary_loss", "boundary_weight", "boundary_rampup", "deep_supervision"))
+
 #: every group, in the order ``--help`` lists them
-GROUPS: list[OptionGroup] = [MEMORY, DISTILLATION, DOMAIN]
+GROUPS: list[OptionGroup] = [MEMORY, LOSSES, DISTILLATION, DOMAIN]
 
 
 def add_option_groups(p: argparse.ArgumentParser) -> None:

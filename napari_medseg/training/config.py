@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "freeze": ("none", "encoder"),
     "kd_mode": ("pixel", "channel"),
     "domain_adapt": ("none", "output", "dann"),
+    "boundary_loss": ("none", "boundary", "hausdorff"),
 }
 # keys of older configs (checkpoints' ``train_config``) -> what they became; see ``TrainConfig.from_dict``
 LEGACY_KEYS = ("mean_teacher", "rampup_steps")
@@ -134,6 +135,12 @@ class TrainConfig:
     da_weight: float = 0.1  # weight of the domain loss (the network gets it reversed, times the DANN ramp)
     da_rampup: float = 1.0  # fraction of the run over which the reversal ramps 2/(1+exp(-10p))-1 up to 1
     da_target_ratio: float = 1.0  # target-domain windows per labelled patch in each batch
+    # boundary-aware loss (training/boundary.py) on patches painted in full: "boundary" (Kervadec) or
+    # "hausdorff" (distance-transform Hausdorff), weight ramped up over boundary_rampup of the run; "none" = off
+    boundary_loss: str = "none"
+    boundary_weight: float = 0.5
+    boundary_rampup: float = 0.5
+    deep_supervision: bool = False  # the loss on every output head (models with heads: unetpp)
 
     def __post_init__(self) -> None:
         if self.eval_model == "teacher":  # older name of the same weights
@@ -238,6 +245,9 @@ class TrainConfig:
         if self.domain_adapt != "none" and self.semi == "pseudo_label":
             raise MedsegError(f"domain_adapt {self.domain_adapt!r} does not combine with semi 'pseudo_label' (its "
                               "CutMix mixes the domains); use semi 'none' or 'mean_teacher'")
+        if self.boundary_weight < 0 or not 0 <= self.boundary_rampup <= 1:
+            raise MedsegError(f"boundary_weight must be >= 0 and boundary_rampup in [0, 1], got "
+                              f"{self.boundary_weight} and {self.boundary_rampup}")
 
     # -- derived -----------------------------------------------------------------------------------
     def patch_for(self, spatial_dims: int) -> tuple[int, ...]:

@@ -23,6 +23,14 @@ from napari_medseg.models.config import ModelConfig
 from napari_medseg.models.devices import DeviceSetup
 from napari_medseg.models.normalization import NormConfig
 from napari_medseg.training.augment import Augmenter
+from napari_medseg.training.boundary import (
+    BoundaryTerm,
+    DeepSupervision,
+    check_boundary_data,
+    check_deep_supervision,
+    forward_heads,
+    ramp,
+)
 from napari_medseg.training.config import TrainConfig
 from napari_medseg.training.data import TrainingData
 from napari_medseg.training.distill import kd_loss
@@ -105,6 +113,13 @@ class Run:
         da = cfg.domain_adapt != "none" and check_domain_data(cfg.domain_adapt, data.items) > 0
         self.n_t = max(1, int(round(self.n_l * cfg.da_target_ratio))) if da else 0
         self.da = DomainAdapter(cfg.domain_adapt, model, self.opt, self.dims, cfg.da_rampup, cfg.lr) if da else None
+        self.boundary = None  # boundary losses and deep supervision (boundary.py)
+        if cfg.boundary_loss != "none":
+            check_boundary_data(cfg.boundary_loss, data.items)
+            self.boundary = BoundaryTerm(cfg.boundary_loss)
+        if cfg.deep_supervision:
+            check_deep_supervision(model, model_cfg.name)
+        self.deep = DeepSupervision(self.loss_fn) if cfg.deep_supervision else None
 
     def images(self) -> list[str]:
         """The training images, as paths where they have one (else their names), for the checkpoint's meta."""
@@ -184,15 +199,15 @@ class Run:
                 else:
                     xs, yg = apply_cutmix(box, xs, yg)
             with self.setup.autocast():
-                logits = self.model(xs.contiguous(memory_format=self.mf))
-            sup = self.loss_fn(logits, yg)  # unlabelled patches hold no paint: ignored there
+                logits, heads = forward_heads(self.model, xs.contiguous(memory_format=self.mf), self.deep is not None)
+            sup = self._sup(logits, heads, yg)  # unlabelled patches hold no paint: ignored there
             if pl is not None:
                 cons, ratio = pseudo_label_loss(logits, yg, pl, self.cfg.pl_threshold, self.cfg.pl_class_balance)
         else:
             xs = self.aug.photometric(xg, "strong").contiguous(memory_format=self.mf)
             with self.setup.autocast():
-                logits = self.model(xs)
-            sup = self.loss_fn(logits[:n_l], yg[:n_l])
+                logits, heads = forward_heads(self.model, xs, self.deep is not None)
+            sup = self._sup(logits[:n_l], None if heads is None else [h[:n_l] for h in heads], yg[:n_l])
             if self.kd is not None:  # distillation: the teacher sees the student's view, every pixel counts
                 with self.setup.autocast():
                     t_logits = self.kd.logits(xs)
@@ -210,6 +225,9 @@ class Run:
                     w = self.mt.cons_weight(progress)
                     cons = consistency_loss(logits[first:], probs, mask)
         total = sup + w * cons
+        if self.boundary is not None:
+            total = total + self.cfg.boundary_weight * ramp(progress, self.cfg.boundary_rampup) * self.boundary(
+                logits[:n_l], yg[:n_l])
         if self.da is not None and n_t:
             total = total + self.cfg.da_weight * self.da.loss(logits, n_l, n_t, progress)
         if self.cfg.crf_weight > 0:  # on the view the student saw (strong view, CutMix boxes included)
@@ -217,6 +235,10 @@ class Run:
                                  sigma_xy=self.cfg.crf_sigma_xy, sigma_rgb=self.cfg.crf_sigma_rgb)
             total = total + self.cfg.crf_weight * crf
         return total, sup, cons, w, ratio
+
+    def _sup(self, logits: torch.Tensor, heads: list[torch.Tensor] | None, y: torch.Tensor) -> torch.Tensor:
+        """The painted-pixel loss: of the output, or of every head (deep supervision)."""
+        return self.loss_fn(logits, y) if heads is None else self.deep(heads, y)
 
     def halve_batch(self) -> str:
         total = self.n_l + self.n_u
