@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QDoubleSpinBox, QGroupBox, QHBoxLayout, QLabel, QPushButton
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+)
 
 from napari_medseg._napari.jobs.predict_job import confident_labels, failure_sentence
 from napari_medseg._napari.jobs.workers import start_generator_worker, user_message
@@ -109,6 +118,38 @@ def preview_view(checkpoint: str | Path, source: Any, level: int, region: tuple[
     yield PreviewResult(pred, classes, float(min_confidence), float(np.count_nonzero(labels)) / max(labels.size, 1))
 
 
+def explain_view(checkpoint: str | Path, source: Any, level: int, region: tuple[slice, ...], kind: str,
+                 class_index: int, device: str = "auto") -> Generator[Any, None, None]:
+    """Worker thread: Grad-CAM of a class, or the attention gates, over ``region`` (``inference.explain_region``)."""
+    from napari_medseg.inference.explain_region import explain_region
+
+    loaded = _load(checkpoint, device)
+    yield explain_region(loaded.module, source, level, region, loaded.norm, kind=kind, class_index=class_index,
+                         device=device)
+
+
+def show_explanation(viewer: Any, image: Any, res: Any) -> list[Any]:
+    """One image layer per map over ``image`` ('<image> Grad-CAM class k', '<image> attention gate i'), inferno,
+    semi-transparent; a new explanation of the same kind replaces the data of its layers."""
+    nd = len(res.scale)
+    offset = tuple(image.translate)[-nd:]
+    translate = tuple(float(a) + float(b) for a, b in zip(res.translate, offset))
+    names = ([f"{image.name} Grad-CAM class {res.class_index}"] if res.kind == "gradcam"
+             else [f"{image.name} attention gate {i + 1}" for i in range(len(res.maps))])
+    out = []
+    for name, m in zip(names, res.maps):
+        if name in viewer.layers and medseg_meta(viewer.layers[name]).get("kind") == "explanation":
+            lay = viewer.layers[name]
+            lay.data, lay.scale, lay.translate = m, res.scale, translate
+        else:
+            meta = {"napari_medseg": {"kind": "explanation", "image": image.name, "read_only": True}}
+            lay = add_then_show(viewer, "image", m, name=name, scale=res.scale, translate=translate,
+                                colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.6, blending="additive",
+                                metadata=meta, **units_of(image, nd))
+        out.append(lay)
+    return out
+
+
 def preview_layer(viewer: Any, image: Any) -> Any:
     """The preview layer of ``image`` (by its tag, whatever the user renamed it to, or by its name)."""
     for lay in viewer.layers:
@@ -157,12 +198,15 @@ class PreviewBox(QGroupBox):
 
     def __init__(self, viewer: Any, *, image_layer: Callable[[], Any], checkpoint: Callable[[], Path],
                  level: Callable[[], int], status: Any, messages: Any) -> None:
-        super().__init__("Preview the view")
+        super().__init__("Preview and explain the view")
         self.viewer, self._image_layer, self._checkpoint, self._level = viewer, image_layer, checkpoint, level
         self.status, self.messages = status, messages
         self._worker: Any = None
         self._image: Any = None
-        row = QHBoxLayout(self)
+        self._what = "Preview"  # what runs: the word a failure starts with
+        rows = QVBoxLayout(self)
+        row = QHBoxLayout()
+        rows.addLayout(row)
         self.preview_btn = QPushButton("Preview view")
         self.preview_btn.setToolTip(f"Predicts the region in view (at most {PREVIEW_MAX_PX} x {PREVIEW_MAX_PX} "
                                     "pixels of the pyramid level above) with the checkpoint, in a few seconds, "
@@ -177,6 +221,22 @@ class PreviewBox(QGroupBox):
         row.addWidget(self.preview_btn)
         row.addWidget(QLabel("min confidence"))
         row.addWidget(self.confidence_spin)
+        row2 = QHBoxLayout()
+        rows.addLayout(row2)
+        self.explain_btn = QPushButton("Explain view")
+        self.explain_btn.setToolTip("Where the model looks in the region in view: Grad-CAM of the class (the class's "
+                                    "score over the pixels predicted as it, traced back to the bottleneck) or the "
+                                    "attention gates' coefficients (attention_unet), as image layers in [0, 1].")
+        self.explain_btn.clicked.connect(self.explain)
+        self.kind_combo = QComboBox()
+        self.kind_combo.addItems(["gradcam", "attention"])
+        self.class_spin = QSpinBox()
+        self.class_spin.setRange(1, 255)
+        self.class_spin.setToolTip("The class to explain (1 = the first class after background)")
+        row2.addWidget(self.explain_btn)
+        row2.addWidget(self.kind_combo)
+        row2.addWidget(QLabel("class"))
+        row2.addWidget(self.class_spin)
 
     @property
     def running(self) -> bool:
@@ -184,8 +244,21 @@ class PreviewBox(QGroupBox):
 
     def preview(self) -> None:
         """Predict the region in view with the checkpoint (``preview_view``), in a worker thread."""
+        self._start("Preview", lambda ckpt, source, level, region: (
+            preview_view, (str(ckpt), source, level, region), {"min_confidence": self.confidence_spin.value()},
+            self._on_result))
+
+    def explain(self) -> None:
+        """Explain the region in view with the checkpoint (``explain_view``), in a worker thread."""
+        self._start("Explanation", lambda ckpt, source, level, region: (
+            explain_view, (str(ckpt), source, level, region, self.kind_combo.currentText(),
+                           self.class_spin.value()), {}, self._on_explained))
+
+    def _start(self, what: str, job: Callable[..., tuple]) -> None:
+        """The region in view, then ``job(checkpoint, source, level, region) -> (function, args, kwargs,
+        on_event)`` run in a worker thread; ``what`` names it in messages ("Preview", "Explanation")."""
         if self._worker is not None:
-            self.messages.info("A preview is already running.")
+            self.messages.info("A preview or an explanation is already running.")
             return
         try:
             layer = self._image_layer()
@@ -194,30 +267,44 @@ class PreviewBox(QGroupBox):
             level = int(self._level())
             view = view_at_level0(self.viewer, layer)
             if view is None:
-                raise MedsegError("Could not tell which region is in view; zoom in on the region to preview.")
+                raise MedsegError(f"Could not tell which region is in view; zoom in on the region ({what.lower()}).")
             region = region_at_level(view[0], source, level, PREVIEW_MAX_PX)
             save_settings(self.SETTINGS, {"min_confidence": self.confidence_spin.value()})
-            self._image = layer
+            fn, args, kwargs, on_event = job(ckpt, source, level, region)
+            self._image, self._what = layer, what
             self.preview_btn.setEnabled(False)
-            self.status.setText("previewing the view…")
-            self._worker = start_generator_worker(
-                preview_view, str(ckpt), source, level, region, min_confidence=self.confidence_spin.value(),
-                on_event=self._on_result, on_finished=self._on_finished, on_error=self._on_error,
-                notify=self.messages.error)
+            self.explain_btn.setEnabled(False)
+            self.status.setText(f"{'previewing' if what == 'Preview' else 'explaining'} the view…")
+            self._worker = start_generator_worker(fn, *args, **kwargs, on_event=on_event,
+                                                  on_finished=self._on_finished, on_error=self._on_error,
+                                                  notify=self.messages.error)
         except Exception as e:
             if not isinstance(e, MedsegError):
-                log.exception("could not start the preview")
+                log.exception("could not start the %s", what.lower())
+            self._what = what
             self.messages.error(user_message(e))
             self._on_error(e)
             self._on_finished()
 
-    def _on_result(self, result: PreviewResult) -> None:
+    def _shown(self, show: Callable[[], Any]) -> bool:
+        """Run ``show`` (adds or updates layers); a failure is reported, never raised into Qt."""
         try:
-            show_preview(self.viewer, self._image, result)
+            show()
+            return True
         except Exception as e:
-            log.exception("could not show the preview")
+            log.exception("could not show the %s", self._what.lower())
             self.messages.error(user_message(e))
             self._on_error(e)
+            return False
+
+    def _on_explained(self, res: Any) -> None:
+        if self._shown(lambda: show_explanation(self.viewer, self._image, res)):
+            what = (f"Grad-CAM of class {res.class_index}" if res.kind == "gradcam"
+                    else f"{len(res.maps)} attention gates")
+            self.status.setText(f"{what} of the view at level {res.level} in {res.seconds:.1f} s")
+
+    def _on_result(self, result: PreviewResult) -> None:
+        if not self._shown(lambda: show_preview(self.viewer, self._image, result)):
             return
         p = result.pred
         size = " x ".join(str(s.stop - s.start) for s in p.region)
@@ -225,8 +312,9 @@ class PreviewBox(QGroupBox):
                             f"{100 * result.shown_fraction:.0f} % labelled with confidence >= {result.min_confidence:.2f}")
 
     def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(failure_sentence(exc, "Preview"))
+        self.status.setText(failure_sentence(exc, self._what))
 
     def _on_finished(self) -> None:
         self._worker = None
         self.preview_btn.setEnabled(True)
+        self.explain_btn.setEnabled(True)

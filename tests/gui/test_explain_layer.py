@@ -1,0 +1,55 @@
+"""The Predict widget's 'Explain view': Grad-CAM (or attention gates) of the region in view as image layers,
+computed in a worker, placed on the image, replaced by the next explanation, selection left alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from predict_gui_helpers import make_checkpoint, make_widget
+
+from napari_medseg._napari.layerdata import medseg_meta
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    return make_napari_viewer()
+
+
+def test_explain_view_adds_a_gradcam_layer_without_taking_the_selection(viewer, qtbot, tmp_path):
+    w = make_widget(viewer)
+    w.ckpt_edit.setText(str(make_checkpoint(tmp_path / "m.pt")))
+    img = viewer.layers["img"]
+    viewer.layers.selection.active = img
+    box = w.preview_box
+    box.kind_combo.setCurrentText("gradcam")
+    box.class_spin.setValue(1)
+    box.explain()
+    assert not box.explain_btn.isEnabled()  # while it runs
+    qtbot.waitUntil(lambda: not box.running, timeout=60_000)
+    layer = viewer.layers["img Grad-CAM class 1"]
+    assert medseg_meta(layer)["kind"] == "explanation" and medseg_meta(layer)["read_only"]
+    data = np.asarray(layer.data)
+    assert data.shape == (300, 260) and data.min() >= 0 and data.max() <= 1
+    assert tuple(layer.scale) == tuple(img.scale) and tuple(layer.translate) == tuple(img.translate)
+    assert viewer.layers.selection.active is img  # shown, not selected
+    assert "Grad-CAM of class 1" in w.status.text() and box.explain_btn.isEnabled()
+    box.explain()  # again: the same layer, new data
+    qtbot.waitUntil(lambda: not box.running, timeout=60_000)
+    assert [lay.name for lay in viewer.layers].count("img Grad-CAM class 1") == 1
+
+
+def test_explain_view_says_why_it_cannot(viewer, qtbot, tmp_path):
+    w = make_widget(viewer)
+    w.ckpt_edit.setText(str(make_checkpoint(tmp_path / "m.pt")))
+    box = w.preview_box
+    box.kind_combo.setCurrentText("attention")  # a plain U-Net has no attention gates
+    box.explain()
+    qtbot.waitUntil(lambda: not box.running, timeout=60_000)
+    assert w.status.text().startswith("Explanation failed: this model has no attention gates")
+    assert [lay.name for lay in viewer.layers] == ["img"]
+    box.kind_combo.setCurrentText("gradcam")
+    box.class_spin.setValue(9)
+    box.explain()
+    qtbot.waitUntil(lambda: not box.running, timeout=60_000)
+    assert "is not a channel of this model" in w.status.text()
