@@ -76,10 +76,14 @@ def scores(ds: Dataset, names: list[str], model_cfg, seeds: list[int], budget: f
     batch = 2 if quick else ds.batch
     data = make_training_data(train_p, sparse="dense")
     out: dict[str, dict] = {}
+    from napari_medseg.models.registry import valid_size
+
     for n in names:
         runs = []
+        mcfg = model_cfg(n, ds.dims, ds.channels)
+        p_n = valid_size(mcfg, patch)  # e.g. 64 for a Swin model whose sizes are multiples of 32
         for seed in seeds:
-            cfg = TrainConfig(model=model_cfg(n, ds.dims, ds.channels), patch_size=(patch,), batch_size=batch,
+            cfg = TrainConfig(model=mcfg, patch_size=(p_n,), batch_size=batch,
                               steps=10**9, time_budget_s=budget, seed=seed, val_fraction=0.0, val_every=10**9,
                               library=False, threads=threads, num_workers=1,
                               checkpoint_dir=tempfile.mkdtemp(prefix=f"zoo_{ds.name}_{n}_"))
@@ -87,7 +91,7 @@ def scores(ds: Dataset, names: list[str], model_cfg, seeds: list[int], budget: f
             model = res.teacher if res.teacher is not None else res.model  # what the checkpoint predicts with
             per: dict[str, list[float]] = {"dice": [], "iou": [], "surface_dice": [], "hd95": []}
             for p in test_p:
-                prob = sliding_window_predict(model, _chw(p), res.norm, (patch,) * ds.dims, "cpu", overlap=0.25)
+                prob = sliding_window_predict(model, _chw(p), res.norm, (p_n,) * ds.dims, "cpu", overlap=0.25)
                 spacing = p.image.pixel_size if ds.dims == 3 else None  # 2D: px, 1 px tolerance
                 s = dense_scores(prob.argmax(0).numpy(), p.mask, 2, spacing)
                 for k in per:
@@ -95,6 +99,7 @@ def scores(ds: Dataset, names: list[str], model_cfg, seeds: list[int], budget: f
                     per[k].append(0.0 if math.isnan(v) and k != "hd95" else v)
             row = {k: float(np.nanmean(v)) * (1 if k == "hd95" else 100) for k, v in per.items()}
             row["steps"] = res.steps
+            row["patch"] = p_n
             print(f"  {ds.name} {n} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
             runs.append(row)
         out[n] = {k: round(statistics.mean(r[k] for r in runs), 2) for k in runs[0]}

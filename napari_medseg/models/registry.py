@@ -16,6 +16,7 @@ from napari_medseg.models.base import PRESET_SIZES, ModelEntry, SizeRule
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.models.fusion import ENTRIES as FUSION_MODELS
 from napari_medseg.models.light_family import ENTRIES as LIGHT_MODELS
+from napari_medseg.models.nnformer import ENTRIES as NNFORMER_MODELS
 from napari_medseg.models.swin_family import ENTRIES as SWIN_MODELS
 from napari_medseg.models.transformer_family import ENTRIES as TRANSFORMER_MODELS
 from napari_medseg.models.unet_family import ENTRIES as UNET_MODELS
@@ -23,6 +24,7 @@ from napari_medseg.models.unet_family import ENTRIES as UNET_MODELS
 _REGISTRY: dict[str, ModelEntry] = {**UNET_MODELS, **SWIN_MODELS, **LIGHT_MODELS}
 _REGISTRY.update(FUSION_MODELS)  # late-fusion multimodal U-Net (models/fusion.py)
 _REGISTRY.update(TRANSFORMER_MODELS)  # transunet, unetr (models/transformer_family.py)
+_REGISTRY.update(NNFORMER_MODELS)  # nnFormer-style hybrid (models/nnformer.py)
 
 
 def register(name: str, entry: ModelEntry) -> None:

@@ -9,9 +9,10 @@ give), and a run whose data hold no dense mask is refused (``check_boundary_data
 over the first ``boundary_rampup`` of the run (Kervadec: the region loss leads, the boundary term refines).
 
 **Deep supervision** (``TrainConfig.deep_supervision``): for models whose ``heads(x)`` returns several
-full-size logit maps (U-Net++'s nested decoders, shallowest first), the painted-pixel loss of every head,
-weighted 1, 1/2, 1/4 ... from the deepest (MONAI ``DeepSupervisionLoss``'s "exp" mode); the forward output (the
-heads' mean, what prediction uses) is what the other terms see.
+full-size logit maps (U-Net++'s nested decoders, shallowest first; nnFormer's decoder levels, coarsest first),
+the painted-pixel loss of every head, weighted 1, 1/2, 1/4 ... from the last (MONAI ``DeepSupervisionLoss``'s
+"exp" mode); the forward output (U-Net++: the heads' mean; nnFormer: the last head), what prediction uses, is
+what the other terms see.
 
 MONAI's losses are used because they are the field's tested implementations (Apache-2.0, already a dependency).
 """
@@ -43,7 +44,8 @@ def has_heads(model: nn.Module) -> bool:
 
 def check_deep_supervision(model: nn.Module, name: str) -> None:
     if not has_heads(model):
-        raise MedsegError(f"deep_supervision needs a model with several output heads (unetpp); {name!r} has one")
+        raise MedsegError(f"deep_supervision needs a model with several output heads (unetpp, nnformer); {name!r} "
+                          "has one")
 
 
 class BoundaryTerm(nn.Module):
@@ -93,4 +95,6 @@ def forward_heads(model: nn.Module, x: torch.Tensor, deep: bool) -> tuple[torch.
     if not deep:
         return model(x), None
     heads = model.heads(x)
+    if getattr(model, "output_of_heads", "mean") == "last":  # e.g. nnformer: its output is the finest head
+        return heads[-1], heads
     return torch.stack(heads).mean(0), heads

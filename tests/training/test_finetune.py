@@ -41,7 +41,11 @@ FAMILIES = [
 
 
 def _grads(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    return list(torch.autograd.grad(model(x).square().mean(), list(model.parameters())))
+    """Gradients of every parameter the output depends on (deep-supervision heads, e.g. nnformer's, get zeros:
+    only its ``heads`` use them)."""
+    params = list(model.parameters())
+    gs = torch.autograd.grad(model(x).square().mean(), params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]
 
 
 def _bn_buffers(model: nn.Module) -> list[torch.Tensor]:
