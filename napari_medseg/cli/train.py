@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model and training")
     m.add_argument("--config", metavar="JSON", help="a TrainConfig JSON file; the options below override it")
     m.add_argument("--model", help="architecture, from its small preset: unet, attention_unet, unetpp, light_unet, "
-                   "fusion_unet, transunet, unetr, swin_unet, swin_unetr (docs/models.md)")
+                   "fusion_unet, transunet, unetr, nnformer, swin_unet, swin_unetr (docs/models.md)")
     m.add_argument("--spatial-dims", type=int, choices=(2, 3), help="2 or 3 (default: the data's)")
     m.add_argument("--channels", type=_ints, help="feature widths per level, e.g. 16,32,64,128")
     m.add_argument("--act", choices=("prelu", "relu"), help="U-Net activation: prelu (default) or relu, the "
