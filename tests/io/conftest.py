@@ -256,3 +256,24 @@ def write_offsets_past_eof(path: Path) -> Path:
         offsets[-1] = 10**9
         tag.overwrite(offsets)
     return path
+
+
+@pytest.fixture
+def nifti_reads(monkeypatch):
+    """The voxel counts of every read nibabel's array proxy makes from now on (laziness checks), with the NIfTI
+    reader's chunks set to 4 slices of 64 x 64 float32 voxels."""
+    import nibabel as nib
+
+    from napari_medseg.io import nifti
+
+    monkeypatch.setattr(nifti, "CHUNK_BYTES", 64 * 64 * 4 * 4)
+    read: list[int] = []
+    orig = nib.arrayproxy.ArrayProxy.__getitem__
+
+    def counting(self, key):
+        out = orig(self, key)
+        read.append(np.asarray(out).size)
+        return out
+
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__getitem__", counting)
+    return read
