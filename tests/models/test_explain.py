@@ -106,3 +106,29 @@ def test_explain_a_region_of_an_image(trained, tmp_path):
     assert res.maps[0][inside].mean() > 5 * res.maps[0][~inside].mean()
     with pytest.raises(MedsegError, match="outside the image"):
         explain_region(ck, src, 0, (slice(200, 300), slice(0, 10)))
+
+
+def test_explain_command_writes_the_map(trained, tmp_path):
+    """``napari-medseg explain``: the same map as the engine, as a float32 TIFF; bad regions are one sentence."""
+    import numpy as np
+    import tifffile
+
+    from napari_medseg.cli import main
+    from napari_medseg.inference.explain_region import explain_region
+    from napari_medseg.models import Checkpoint, save_checkpoint
+    from napari_medseg.models.normalization import NormConfig
+
+    x, _ = _discs(1, size=96, seed=301)
+    img = tmp_path / "discs.tif"
+    tifffile.imwrite(img, (x[0, 0].numpy() * 255).clip(0, 255).astype(np.uint8))
+    ck = save_checkpoint(tmp_path / "m.pt", Checkpoint(ModelConfig(channels=(8, 16, 32), num_res_units=1),
+                                                       trained.state_dict(), norm=NormConfig("range", (0.0,), (255.0,))))
+    out = tmp_path / "cam.tif"
+    assert main(["explain", str(img), "--model", str(ck), "--region", "8:72,16:80", "--out", str(out)]) == 0
+    got = tifffile.imread(out)
+    from napari_medseg.io.reader import open_image
+
+    ref = explain_region(ck, open_image(img), 0, (slice(8, 72), slice(16, 80))).maps[0]
+    assert got.dtype == np.float32 and got.shape == (64, 64)
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    assert main(["explain", str(img), "--model", str(ck), "--region", "8:4,16:80", "--out", str(out)]) == 2
