@@ -39,3 +39,17 @@ def test_advanced_controls_reach_the_config_and_are_remembered(make_napari_viewe
     assert w2.ckpt_check.isChecked() and w2.freeze_bn_check.isChecked()
     w.shutdown()
     w2.shutdown()
+
+
+def test_deep_supervision_reaches_the_config_and_is_remembered(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    assert _cfg(w).deep_supervision is False
+    w.deep_check.setChecked(True)
+    assert _cfg(w).deep_supervision is True
+    save_settings(w.SETTINGS, w._settings_values())
+    w2 = TrainWidget(viewer)
+    assert w2.deep_check.isChecked() and w2.adv_toggle.isChecked()  # not the default: the part opens
+    w.shutdown()
+    w2.shutdown()

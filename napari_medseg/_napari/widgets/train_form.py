@@ -64,6 +64,8 @@ ADVANCED_TIPS = {
                   "and the schedule count updates.",
     "freeze_encoder": "Fine-tuning: the encoder's weights (the U-Net's down path, the Swin transformer) stay as they "
                       "start (from the chosen model); only the decoder learns. Needs a starting model.",
+    "deep_supervision": "Deep supervision: the loss on every output head of the model (unetpp's nested decoders, "
+                        "nnformer's decoder levels), the finest weighing most; other models have one head.",
     "freeze_bn": "Fine-tuning: batch-norm layers keep their running statistics (eval mode) and their weights; "
                  "useful with small batches. The U-Net's instance norm has neither (the Attention U-Net uses "
                  "batch norm).",
@@ -201,8 +203,9 @@ class TrainForm:
         lay.addWidget(tr)
 
     def _build_advanced(self, f: QFormLayout) -> None:
-        """The collapsed "Advanced" part: memory (gradient checkpointing, accumulation) and fine-tuning (freeze
-        the encoder, freeze batch norm). The other craft settings are CLI / config only (docs/training.md)."""
+        """The collapsed "Advanced" part: memory (gradient checkpointing, accumulation), fine-tuning (freeze
+        the encoder, freeze batch norm) and deep supervision. The other craft settings are CLI / config only
+        (docs/training.md): boundary losses need dense masks, domain adaptation a folder of target images."""
         self.adv_toggle = QToolButton()
         self.adv_toggle.setText("Advanced")
         self.adv_toggle.setCheckable(True)
@@ -226,9 +229,12 @@ class TrainForm:
         row.addWidget(self.freeze_enc_check)
         row.addWidget(self.freeze_bn_check)
         row.addStretch(1)
+        self.deep_check = QCheckBox("deep supervision")
+        self.deep_check.setToolTip(ADVANCED_TIPS["deep_supervision"])
         af.addRow("memory", self.ckpt_check)
         af.addRow("accumulate", self.accum_spin)
         af.addRow("freeze", row)
+        af.addRow("loss", self.deep_check)
         self.adv_box.setVisible(False)
         self.adv_toggle.toggled.connect(self._show_advanced)
         f.addRow(self.adv_toggle)
@@ -286,7 +292,7 @@ class TrainForm:
                 "preview_every": self.preview_every.value(), "preview_confidence": self.preview_confidence.value(),
                 "device": self.device_combo.currentText(), "grad_checkpoint": self.ckpt_check.isChecked(),
                 "accumulate": self.accum_spin.value(), "freeze_encoder": self.freeze_enc_check.isChecked(),
-                "freeze_bn": self.freeze_bn_check.isChecked()}
+                "freeze_bn": self.freeze_bn_check.isChecked(), "deep_supervision": self.deep_check.isChecked()}
 
     def _load_settings(self) -> None:
         from napari_medseg.models import available_models
@@ -335,8 +341,9 @@ class TrainForm:
         self.ckpt_check.setChecked(bool(s.get("grad_checkpoint", False)))
         self.freeze_enc_check.setChecked(bool(s.get("freeze_encoder", False)))
         self.freeze_bn_check.setChecked(bool(s.get("freeze_bn", False)))
+        self.deep_check.setChecked(bool(s.get("deep_supervision", False)))
         changed = (self.ckpt_check.isChecked() or self.accum_spin.value() != 1 or self.freeze_enc_check.isChecked()
-                   or self.freeze_bn_check.isChecked())
+                   or self.freeze_bn_check.isChecked() or self.deep_check.isChecked())
         self.adv_toggle.setChecked(changed)
 
     # -- planned defaults ---------------------------------------------------------------------------
