@@ -44,6 +44,8 @@ def _memory(c: argparse._ArgumentGroup) -> None:
                    "(default 0)")
     c.add_argument("--class-weights", type=floats, metavar="A,B,C", help="cross-entropy weight of each class, "
                    "background first (one per class)")
+    c.add_argument("--stain-jitter", type=float, metavar="S", help="H&E stain augmentation of RGB images: each "
+                   "stain's amount x (1 +- S) and +- S per patch (0.05 light, 0.2 strong; default 0: off)")
 
 
 def _distillation(k: argparse._ArgumentGroup) -> None:
@@ -82,9 +84,9 @@ def _same(*names: str) -> tuple[tuple[str, str], ...]:
     return tuple((n, n) for n in names)
 
 
-MEMORY = OptionGroup("memory and fine-tuning controls (docs/training.md)", _memory,
+MEMORY = OptionGroup("memory, fine-tuning, loss weighting and stain augmentation (docs/training.md)", _memory,
                      _same("grad_checkpoint", "accumulate", "clip_grad", "freeze", "freeze_bn", "bn_reestimate",
-                           "encoder_lr_scale", "label_smoothing", "class_weights"))
+                           "encoder_lr_scale", "label_smoothing", "class_weights", "stain_jitter"))
 DISTILLATION = OptionGroup("distillation (docs/deployment.md; napari-medseg distil TEACHER ... sets the defaults)",
                            _distillation,
                            _same("distill_from", "kd_weight", "kd_temperature", "kd_mode", "unlabelled_ratio"))

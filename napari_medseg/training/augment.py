@@ -5,7 +5,8 @@
   plane, a scale change and a smooth elastic deformation. Labels follow with nearest sampling; pixels that
   come from outside the patch become 0 (not annotated), so the loss ignores them.
 - ``photometric``: gamma, contrast and brightness (per channel), Gaussian noise and Gaussian blur; "strong"
-  for the student, "weak" for a light touch.
+  for the student, "weak" for a light touch. With ``stain`` > 0 the strong view of RGB patches first gets the
+  H&E stain jitter of ``stain.py``.
 
 The geometric part is applied once to a batch and shared by the student's and the teacher's views, so the
 Mean Teacher consistency compares the same pixels. Per-sample MONAI dictionary transforms do the same on the
@@ -22,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from napari_medseg.training.stain import hed_jitter
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +32,7 @@ class Augmenter:
     def __init__(self, spatial_dims: int, device: torch.device | str = "cpu", seed: int = 0, elastic: bool = True,
                  enabled: bool = True, p_warp: float = 0.5, max_rotation_deg: float = 15.0,
                  scale_range: tuple[float, float] = (0.85, 1.15), elastic_sigma: float = 0.03,
-                 elastic_grid: int = 4) -> None:
+                 elastic_grid: int = 4, stain: float = 0.0) -> None:
         self.dims = spatial_dims
         self.device = torch.device(device)
         self.gen = torch.Generator(device=self.device)
@@ -41,6 +44,7 @@ class Augmenter:
         self.scale_range = scale_range
         self.elastic_sigma = elastic_sigma
         self.elastic_grid = elastic_grid
+        self.stain = float(stain)  # H&E stain jitter of the strong view (stain.py); 0 = off
 
     # -- helpers -------------------------------------------------------------------------------------
     def _rand(self, *shape: int) -> torch.Tensor:
@@ -113,6 +117,8 @@ class Augmenter:
         bshape = (n, 1) + (1,) * self.dims
         cshape = (n, c) + (1,) * self.dims
         x = x.float()
+        if strong and self.stain > 0 and c == 3:  # the stains first: they act on the intensities as scanned
+            x = hed_jitter(x, self.stain, self.gen)
         # gamma on [0, 1]
         g = torch.exp((self._rand(n) * 2 - 1) * (0.4 if strong else 0.2))
         use = (self._rand(n) < (0.5 if strong else 0.3)).float()

@@ -92,6 +92,9 @@ class TrainConfig:
     ct_window: tuple[float, float] = (40.0, 400.0)  # centre, width in HU
     augment: bool = True
     elastic: bool = True
+    # H&E stain augmentation (training/stain.py): each patch's haematoxylin / eosin / DAB amounts scaled by
+    # 1 +- s and shifted by +- s; RGB images only; 0 = off (what it gave: docs/training.md)
+    stain_jitter: float = 0.0
     device: str = "auto"
     threads: int | None = None
     amp: bool = True
@@ -217,6 +220,10 @@ class TrainConfig:
         if self.freeze == "encoder" and self.encoder_lr_scale != 1.0:
             raise MedsegError(f"encoder_lr_scale ({self.encoder_lr_scale}) does nothing with freeze 'encoder': "
                               "the frozen encoder has no learning rate; choose one of the two")
+        if not 0 <= self.stain_jitter <= 0.5:
+            raise MedsegError(f"stain_jitter must be in [0, 0.5] (0.05: light, 0.2: strong), got {self.stain_jitter}")
+        if self.stain_jitter > 0 and not self.augment:
+            raise MedsegError("stain_jitter is an augmentation: it needs augment on")
         if not 0 <= self.label_smoothing < 1:
             raise MedsegError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.label_smoothing > 0 and self.loss == "focal_dice":

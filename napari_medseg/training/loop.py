@@ -169,6 +169,9 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     iw = resolve_init(init)
     model_cfg = _fit_model_config(cfg, data)
     check_class_weights(cfg.class_weights, data.classes.names)
+    if cfg.stain_jitter > 0 and data.n_channels != 3:
+        raise MedsegError(f"stain_jitter changes the amounts of the H&E stains of RGB images; these images have "
+                          f"{data.n_channels} channel(s): set it to 0")
     if iw is not None:
         model_cfg, note = adopt_architecture(iw, model_cfg)
         warnings += [note] if note else []

@@ -102,7 +102,8 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.dev.type) if setup.use_scaler else None
         self.loss_fn = SparseSegLoss(cfg.loss, cfg.focal_gamma, label_smoothing=cfg.label_smoothing,
                                      class_weights=cfg.class_weights)
-        self.aug = Augmenter(self.dims, self.dev, seed=cfg.seed, elastic=cfg.elastic, enabled=cfg.augment)
+        self.aug = Augmenter(self.dims, self.dev, seed=cfg.seed, elastic=cfg.elastic, enabled=cfg.augment,
+                             stain=cfg.stain_jitter)
         self.mix_gen = torch.Generator().manual_seed(cfg.seed + 7919)
         self.n_l, self.n_u = cfg.split_batch()
         self.last_val: dict[str, Any] = {}

@@ -53,3 +53,24 @@ def test_deep_supervision_reaches_the_config_and_is_remembered(make_napari_viewe
     assert w2.deep_check.isChecked() and w2.adv_toggle.isChecked()  # not the default: the part opens
     w.shutdown()
     w2.shutdown()
+
+
+def test_stain_jitter_reaches_the_config_for_rgb_and_is_refused_for_grey(make_napari_viewer, tmp_path, monkeypatch):
+    import pytest
+
+    from napari_medseg.core.errors import MedsegError
+
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    assert _cfg(w).stain_jitter == 0.0 and w.stain_spin.text() == "off"
+    w.stain_spin.setValue(0.05)
+    rgb = ImageSource([np.zeros((64, 64, 3), np.uint8)], "YXC", (1.0, 1.0), name="slide")
+    assert build_config(w._settings_values(), rgb, ClassSchema(), None).stain_jitter == 0.05
+    with pytest.raises(MedsegError, match="'img' has 1 channel"):
+        _cfg(w)
+    save_settings(w.SETTINGS, w._settings_values())
+    w2 = TrainWidget(viewer)
+    assert w2.stain_spin.value() == 0.05 and w2.adv_toggle.isChecked()
+    w.shutdown()
+    w2.shutdown()

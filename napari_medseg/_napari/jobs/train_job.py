@@ -116,6 +116,10 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         raise MedsegError(f"a 3D model needs a volume; {source.name!r} is 2D. Choose 2D.")
     mcfg = model_config(settings, source.n_channels, classes.n_classes)
     budget = float(settings.get("budget") or 0)
+    stain = float(settings.get("stain_jitter") or 0.0)
+    if stain > 0 and source.n_channels != 3:
+        raise MedsegError(f"stain jitter changes the H&E stain amounts of RGB slides; {source.name!r} has "
+                          f"{source.n_channels} channel(s). Set it to off (Advanced).")
     distil = settings.get("distill_from")  # "Distil for deployment": plain supervised + the teacher, all trainable
     return TrainConfig(
         model=mcfg, patch_size=planned_patch(settings, source, mcfg), batch_size=int(settings.get("batch", 4)),
@@ -126,7 +130,7 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         grad_checkpoint=bool(settings.get("grad_checkpoint", False)), accumulate=int(settings.get("accumulate", 1)),
         freeze="encoder" if settings.get("freeze_encoder") and not distil else "none",
         freeze_bn=bool(settings.get("freeze_bn", False)) and not distil,
-        deep_supervision=bool(settings.get("deep_supervision", False)),
+        deep_supervision=bool(settings.get("deep_supervision", False)), stain_jitter=stain,
         # "Distil for deployment": the trained model teaches, on windows from anywhere too (training.distill)
         distill_from=distil, unlabelled_ratio=1.0 if distil else 0.0,
     )

@@ -66,6 +66,9 @@ ADVANCED_TIPS = {
                       "start (from the chosen model); only the decoder learns. Needs a starting model.",
     "deep_supervision": "Deep supervision: the loss on every output head of the model (unetpp's nested decoders, "
                         "nnformer's decoder levels), the finest weighing most; other models have one head.",
+    "stain_jitter": "H&E stain augmentation (RGB slides): every training patch gets random amounts of haematoxylin "
+                    "and eosin (x 1 +- this, +- this), so a model painted on one lab's slides holds up on another's. "
+                    "0.05 is light, 0.2 strong; off by default (docs/training.md says what it gave).",
     "freeze_bn": "Fine-tuning: batch-norm layers keep their running statistics (eval mode) and their weights; "
                  "useful with small batches. The U-Net's instance norm has neither (the Attention U-Net uses "
                  "batch norm).",
@@ -204,7 +207,7 @@ class TrainForm:
 
     def _build_advanced(self, f: QFormLayout) -> None:
         """The collapsed "Advanced" part: memory (gradient checkpointing, accumulation), fine-tuning (freeze
-        the encoder, freeze batch norm) and deep supervision. The other craft settings are CLI / config only
+        the encoder, freeze batch norm), deep supervision and H&E stain jitter. The other craft settings are CLI / config only
         (docs/training.md): boundary losses need dense masks, domain adaptation a folder of target images."""
         self.adv_toggle = QToolButton()
         self.adv_toggle.setText("Advanced")
@@ -231,10 +234,14 @@ class TrainForm:
         row.addStretch(1)
         self.deep_check = QCheckBox("deep supervision")
         self.deep_check.setToolTip(ADVANCED_TIPS["deep_supervision"])
+        self.stain_spin = _spin(0.0, 0.5, 0.0, step=0.05, decimals=2)
+        self.stain_spin.setSpecialValueText("off")
+        self.stain_spin.setToolTip(ADVANCED_TIPS["stain_jitter"])
         af.addRow("memory", self.ckpt_check)
         af.addRow("accumulate", self.accum_spin)
         af.addRow("freeze", row)
         af.addRow("loss", self.deep_check)
+        af.addRow("stain jitter", self.stain_spin)
         self.adv_box.setVisible(False)
         self.adv_toggle.toggled.connect(self._show_advanced)
         f.addRow(self.adv_toggle)
@@ -292,7 +299,8 @@ class TrainForm:
                 "preview_every": self.preview_every.value(), "preview_confidence": self.preview_confidence.value(),
                 "device": self.device_combo.currentText(), "grad_checkpoint": self.ckpt_check.isChecked(),
                 "accumulate": self.accum_spin.value(), "freeze_encoder": self.freeze_enc_check.isChecked(),
-                "freeze_bn": self.freeze_bn_check.isChecked(), "deep_supervision": self.deep_check.isChecked()}
+                "freeze_bn": self.freeze_bn_check.isChecked(), "deep_supervision": self.deep_check.isChecked(),
+                "stain_jitter": self.stain_spin.value()}
 
     def _load_settings(self) -> None:
         from napari_medseg.models import available_models
@@ -342,7 +350,9 @@ class TrainForm:
         self.freeze_enc_check.setChecked(bool(s.get("freeze_encoder", False)))
         self.freeze_bn_check.setChecked(bool(s.get("freeze_bn", False)))
         self.deep_check.setChecked(bool(s.get("deep_supervision", False)))
-        changed = (self.ckpt_check.isChecked() or self.accum_spin.value() != 1 or self.freeze_enc_check.isChecked()
+        with contextlib.suppress(TypeError, ValueError):
+            self.stain_spin.setValue(float(s.get("stain_jitter", 0.0)))
+        changed = (self.stain_spin.value() > 0 or self.ckpt_check.isChecked() or self.accum_spin.value() != 1 or self.freeze_enc_check.isChecked()
                    or self.freeze_bn_check.isChecked() or self.deep_check.isChecked())
         self.adv_toggle.setChecked(changed)
 
