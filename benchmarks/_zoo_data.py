@@ -65,8 +65,9 @@ def _chw(p) -> np.ndarray:
 
 
 def scores(ds: Dataset, names: list[str], model_cfg, seeds: list[int], budget: float, threads: int,
-           quick: bool) -> dict[str, dict]:
-    """Per model: mean over seeds of the held-out mean Dice / IoU / surface Dice (percent), HD95, steps."""
+           quick: bool, train: dict | None = None) -> dict[str, dict]:
+    """Per model: mean over seeds of the held-out mean Dice / IoU / surface Dice (percent), HD95, steps.
+    ``train``: further ``TrainConfig`` fields of every run (e.g. a loss)."""
     from napari_medseg.training import TrainConfig, run_training
     from napari_medseg.training.datasets import make_training_data
     from napari_medseg.training.metrics import dense_scores, sliding_window_predict
@@ -86,7 +87,7 @@ def scores(ds: Dataset, names: list[str], model_cfg, seeds: list[int], budget: f
             cfg = TrainConfig(model=mcfg, patch_size=(p_n,), batch_size=batch,
                               steps=10**9, time_budget_s=budget, seed=seed, val_fraction=0.0, val_every=10**9,
                               library=False, threads=threads, num_workers=1,
-                              checkpoint_dir=tempfile.mkdtemp(prefix=f"zoo_{ds.name}_{n}_"))
+                              checkpoint_dir=tempfile.mkdtemp(prefix=f"zoo_{ds.name}_{n}_"), **(train or {}))
             res = run_training(cfg, data)
             model = res.teacher if res.teacher is not None else res.model  # what the checkpoint predicts with
             per: dict[str, list[float]] = {"dice": [], "iou": [], "surface_dice": [], "hd95": []}
@@ -104,4 +105,5 @@ def scores(ds: Dataset, names: list[str], model_cfg, seeds: list[int], budget: f
             runs.append(row)
         out[n] = {k: round(statistics.mean(r[k] for r in runs), 2) for k in runs[0]}
         out[n]["dice_per_seed"] = [round(r["dice"], 2) for r in runs]
+        out[n]["hd95_per_seed"] = [round(r["hd95"], 2) for r in runs]
     return out

@@ -19,6 +19,7 @@ per image (sliding window, the weights the checkpoint predicts with), mean over 
     python benchmarks/bench_domain.py --quick                  # a few minutes on a CPU
     python benchmarks/bench_domain.py                          # 600 steps, 3 seeds, site split
     python benchmarks/bench_domain.py --stain-shift --methods none,output,dann
+    python benchmarks/bench_domain.py --methods none,stain,dann+stain    # H&E stain augmentation (no alignment)
 
 Ends with ``RESULT {"dann_target_gain": ..., "dann_source_drop": ...}`` (Dice points, mean of seeds; gain = DANN
 target Dice - source-only target Dice; drop = DANN source Dice - source-only source Dice); nulls when the data
@@ -105,7 +106,8 @@ def run_one(method: str, seed: int, train_p, held_p, target_p, a: argparse.Names
                         channels=(16, 32, 64, 128), num_res_units=1)
     cfg = TrainConfig(model=model, patch_size=(a.patch,), batch_size=a.batch, steps=a.steps, seed=seed,
                       val_fraction=0.0, val_every=10**9, library=False, threads=a.threads, num_workers=1,
-                      domain_adapt=method, da_weight=a.da_weight, da_rampup=a.da_rampup,
+                      domain_adapt=method.replace("+stain", "").replace("stain", "none") or "none",
+                      stain_jitter=a.stain_jitter if "stain" in method else 0.0, da_weight=a.da_weight, da_rampup=a.da_rampup,
                       checkpoint_dir=tempfile.mkdtemp(prefix=f"da_{method}_{seed}_"))
     t0 = time.perf_counter()
     res = run_training(cfg, data)
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--model", default="unet")
     ap.add_argument("--da-weight", type=float, default=0.1)
+    ap.add_argument("--stain-jitter", type=float, default=0.05, help="of the methods 'stain' (source-only with H&E "
+                    "stain augmentation) and 'dann+stain' / 'output+stain'")
     ap.add_argument("--da-rampup", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -171,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     if "output" in mean:
         out["output_target_gain"] = round(mean["output"]["target"] - base["target"], 2)
         out["output_source_drop"] = round(mean["output"]["source"] - base["source"], 2)
+    for m in (m for m in methods if "stain" in m):
+        key = m.replace("+", "_")
+        out[f"{key}_target_gain"] = round(mean[m]["target"] - base["target"], 2)
+        out[f"{key}_source_drop"] = round(mean[m]["source"] - base["source"], 2)
     print("RESULT " + json.dumps(out))
     return 0
 

@@ -107,6 +107,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slide-size", type=int, default=0,
                     help="side of the synthetic slide for instances_slide.run (0: skip the slide numbers)")
+    ap.add_argument("--model", default="", help="a registry model's small preset (default: TrainConfig's UNet)")
+    ap.add_argument("--class-weights", default="", help="comma-separated cross-entropy weights, background first "
+                    "(background, nucleus, object boundary)")
+    ap.add_argument("--stain-jitter", type=float, default=0.0, help="TrainConfig.stain_jitter (H&E augmentation)")
+    ap.add_argument("--keep", default="", help="copy the trained checkpoint to this path")
     args = ap.parse_args()
     root = Path(args.data)
     if not (root / "monuseg_train").is_dir():
@@ -124,12 +129,24 @@ def main() -> None:
           "= connected components of the binary masks (touching nuclei are merged in them)")
     data = make_training_data(train_p, classes=SCHEMA, sparse="dense")
     work = Path(tempfile.mkdtemp(prefix="bench_instances_"))
+    if args.model:
+        from napari_medseg.models import preset
+
+        base = base.replace(model=preset(args.model))
+    if args.class_weights:
+        base = base.replace(class_weights=tuple(float(v) for v in args.class_weights.split(",")))
+    if args.stain_jitter:
+        base = base.replace(stain_jitter=args.stain_jitter)
     cfg = base.replace(library=False, steps=10**9, time_budget_s=budget, device=args.device, threads=args.threads, val_fraction=0.0,
                        val_every=10**9, num_workers=1, seed=args.seed, checkpoint_dir=str(work / "ck"))
     t0 = time.perf_counter()
     res = run_training(cfg, data)
     train_s = time.perf_counter() - t0
     ckpt = res.best_checkpoint or res.last_checkpoint
+    if args.keep:
+        import shutil
+
+        shutil.copy(ckpt, args.keep)
     print(f"trained {res.steps} steps in {train_s:.0f} s ({args.threads} threads, budget {budget:.0f} s): {ckpt}")
     rows = []
     t1 = time.perf_counter()
