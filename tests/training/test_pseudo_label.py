@@ -76,3 +76,29 @@ def test_schedule_and_teacher_targets():
     pl = teacher_targets(net, torch.rand(2, 1, 5, 5, generator=_gen()))
     assert pl.label.shape == (2, 5, 5) and pl.label.dtype == torch.long
     assert float(pl.conf.min()) >= 1 / 3 - 1e-6 and float(pl.conf.max()) <= 1.0
+
+
+@pytest.mark.parametrize("balance", [True, False])
+def test_the_weighted_loss_equals_the_loss_over_the_selected_pixels(balance):
+    """The loss is a weighted sum (no boolean indexing); it must equal the mean over the selected pixels
+    (per pseudo-class when balanced), gradients included."""
+    g = _gen(3)
+    logits = torch.randn(2, 3, 12, 12, generator=g, requires_grad=True)
+    store = (torch.rand(2, 12, 12, generator=g) < 0.3).to(torch.uint8) * 2
+    label = torch.randint(0, 3, (2, 12, 12), generator=g)
+    label[label == 2] = 0  # class 2 absent: it must not count among the present classes
+    pl = PseudoLabels(label, torch.rand(2, 12, 12, generator=g))
+    loss, ratio = pseudo_label_loss(logits, store, pl, 0.4, class_balance=balance)
+    mask = (store == 0) & (pl.conf >= 0.4)
+    ce = torch.nn.functional.cross_entropy(logits, label, reduction="none")[mask]
+    n_u = int((store == 0).sum())
+    if balance:
+        lab = label[mask]
+        ref = torch.stack([ce[lab == c].mean() for c in torch.unique(lab)]).mean() * (int(mask.sum()) / n_u)
+    else:
+        ref = ce.sum() / n_u
+    assert ratio == pytest.approx(int(mask.sum()) / n_u)
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    (ga,) = torch.autograd.grad(loss, logits)
+    (gb,) = torch.autograd.grad(ref, logits)
+    assert torch.allclose(ga, gb, atol=1e-7)
