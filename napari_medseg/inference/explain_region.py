@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.source import ImageSource, read_box
-from napari_medseg.inference.modelrun import norm_for, resolve_model
+from napari_medseg.inference.modelrun import default_norm, norm_for, resolve_model
 from napari_medseg.models.devices import resolve_device
 from napari_medseg.models.explain import explain
 from napari_medseg.models.normalization import NormConfig
@@ -61,7 +61,7 @@ def explain_region(model: nn.Module | str | Path, source: ImageSource, level: in
         raise MedsegError(f"a {md}D model cannot explain a {len(shape)}D image")
     if any(b - a != 1 for a, b in reg[:lead]):
         raise MedsegError("a 2D model explains one slice of a volume: show a single slice (2D view)")
-    norm = norm_for(norm or loaded.norm or NormConfig.uint8(source.n_channels), source)
+    norm = norm_for(norm or loaded.norm or default_norm(source), source)  # a bare module: uint8 images only
     x = torch.from_numpy(np.ascontiguousarray(read_box(source, level, reg, pad=0)))  # (C, *spatial)
     x = norm.apply(x[None])
     x = x.reshape(1, x.shape[1], *x.shape[2 + lead:])

@@ -106,6 +106,14 @@ def test_explain_a_region_of_an_image(trained, tmp_path):
     assert res.maps[0][inside].mean() > 5 * res.maps[0][~inside].mean()
     with pytest.raises(MedsegError, match="outside the image"):
         explain_region(ck, src, 0, (slice(200, 300), slice(0, 10)))
+    # a bare module carries no normalisation: a uint8 image is read as 0-255, another type must name one
+    bare = explain_region(trained, src, 0, (slice(10, 80), slice(5, 95)))
+    assert bare.maps[0][inside].mean() > 5 * bare.maps[0][~inside].mean()  # (padded to 32s: not equal to res)
+    floats = ImageSource(levels=[img.astype(np.float32)], axes="YX", pixel_size=(0.5, 0.5), name="f", path=None)
+    with pytest.raises(MedsegError, match="not uint8: pass the model's normalisation"):
+        explain_region(trained, floats, 0, (slice(10, 80), slice(5, 95)))
+    ok = explain_region(trained, floats, 0, (slice(10, 80), slice(5, 95)), NormConfig("range", (0.0,), (255.0,)))
+    assert np.allclose(ok.maps[0], bare.maps[0], atol=1e-5)  # the same numbers as the uint8 image's default
 
 
 def test_explain_command_writes_the_map(trained, tmp_path):
