@@ -61,6 +61,7 @@ from napari_medseg.training.prefetch import Prefetcher
 from napari_medseg.training.rounds import adopt_architecture, check_architecture, resolve_init, run_dir
 from napari_medseg.training.run_state import Run, run_progress
 from napari_medseg.training.sampler import PatchSampler
+from napari_medseg.training.stain import check_stain_channels
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +170,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     iw = resolve_init(init)
     model_cfg = _fit_model_config(cfg, data)
     check_class_weights(cfg.class_weights, data.classes.names)
-    if cfg.stain_jitter > 0 and data.n_channels != 3:
-        raise MedsegError(f"stain_jitter changes the amounts of the H&E stains of RGB images; these images have "
-                          f"{data.n_channels} channel(s): set it to 0")
+    check_stain_channels(cfg.stain_jitter, data.n_channels, "these images have")
     if iw is not None:
         model_cfg, note = adopt_architecture(iw, model_cfg)
         warnings += [note] if note else []

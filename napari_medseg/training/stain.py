@@ -5,7 +5,7 @@ Slides from different hospitals, scanners and staining batches differ mostly in 
 tissue took up and in the stains' hue. Tellez et al. (2019, "Quantifying the effects of data augmentation and
 stain color normalization in convolutional neural networks for computational pathology") measured that
 perturbing the image in the stain space (their "HED" augmentation) generalises to unseen centres better than
-stain normalisation; stardist, HoVer-Net and nnU-Net pipelines for pathology use the same idea.
+stain normalisation.
 
 How (``hed_jitter``): the RGB intensities (the normalised patch, clamped to [0, 1]) become optical densities
 (Beer-Lambert: ``-log(I)``), which the colour deconvolution of Ruifrok & Johnston (2001) splits into the amounts
@@ -18,6 +18,8 @@ here is 0: off, see docs/training.md for what it gave). Only for 3-channel image
 from __future__ import annotations
 
 import torch
+
+from napari_medseg.core.errors import MedsegError
 
 #: optical density of each stain in R, G, B (rows: haematoxylin, eosin, DAB), Ruifrok & Johnston 2001
 RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29],
@@ -54,3 +56,10 @@ def hed_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.
     beta = (torch.rand(n, 3, generator=gen, device=x.device) * 2 - 1) * strength
     hed = rgb_to_hed(x.float())
     return hed_to_rgb(hed * alpha.view(shape) + beta.view(shape))
+
+
+def check_stain_channels(strength: float, n_channels: int, what: str) -> None:
+    """A clear error when stain jitter is asked of images that are not RGB (``what`` names them)."""
+    if strength > 0 and n_channels != 3:
+        raise MedsegError(f"stain jitter changes the H&E stain amounts of RGB images; {what} {n_channels} "
+                          "channel(s): set it to off (0)")

@@ -90,7 +90,7 @@ def test_training_with_stain_jitter_on_rgb_and_a_clear_error_on_grey(tmp_path):
     events, _ = drain(train(tiny_cfg(tmp_path, steps=2, val_every=1, stain_jitter=0.05, library=False),
                             _rgb_data()))
     assert sum(isinstance(e, StepEvent) for e in events) == 2
-    with pytest.raises(MedsegError, match=r"stain_jitter .* RGB images; these images have 1 channel"):
+    with pytest.raises(MedsegError, match=r"stain jitter .* RGB images; these images have 1 channel"):
         next(train(tiny_cfg(tmp_path, stain_jitter=0.05), blob_data()))
 
 

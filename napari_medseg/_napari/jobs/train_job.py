@@ -110,6 +110,7 @@ def planned_patch(settings: dict[str, Any], source: ImageSource | None, model_cf
 
 def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSchema, out: str | None) -> Any:
     from napari_medseg.training import TrainConfig
+    from napari_medseg.training.stain import check_stain_channels
 
     dims = 3 if settings.get("dims") == "3D" else 2
     if dims > source.spatial_dims:
@@ -117,9 +118,7 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
     mcfg = model_config(settings, source.n_channels, classes.n_classes)
     budget = float(settings.get("budget") or 0)
     stain = float(settings.get("stain_jitter") or 0.0)
-    if stain > 0 and source.n_channels != 3:
-        raise MedsegError(f"stain jitter changes the H&E stain amounts of RGB slides; {source.name!r} has "
-                          f"{source.n_channels} channel(s). Set it to off (Advanced).")
+    check_stain_channels(stain, source.n_channels, f"{source.name!r} has")  # before the run starts, in the form
     distil = settings.get("distill_from")  # "Distil for deployment": plain supervised + the teacher, all trainable
     return TrainConfig(
         model=mcfg, patch_size=planned_patch(settings, source, mcfg), batch_size=int(settings.get("batch", 4)),
