@@ -42,6 +42,7 @@ from napari_medseg._napari.napari_compat_layers import is_image_layer, same_laye
 from napari_medseg._napari.painting.controller import AUTOSAVE_NOTE, PaintingController
 from napari_medseg._napari.quiet_gc import freeze_long_lived
 from napari_medseg._napari.session import session_for
+from napari_medseg._napari.widget_lifetime import when_destroyed
 from napari_medseg._napari.widgets.class_table import ClassTableMixin
 from napari_medseg._napari.widgets.guidance import NextRegionBox, is_heatmap_layer
 from napari_medseg._napari.widgets.messages import MessageLog
@@ -92,7 +93,7 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.close_store)
-        self.destroyed.connect(lambda *_: self.close_store())
+        when_destroyed(self, self.close_store)  # a closed viewer saves the labels (widget_lifetime: never a lambda)
         freeze_long_lived()  # the libraries, the viewer and this widget live for the session (quiet_gc)
         quiet_zoom_events(napari_viewer)  # the layer list ignores zoom steps (layer_list_events)
 

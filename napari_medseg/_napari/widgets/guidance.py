@@ -43,6 +43,7 @@ from qtpy.QtWidgets import (
 from napari_medseg._napari.layerdata import units_of
 from napari_medseg._napari.layers import upsert_layer
 from napari_medseg._napari.napari_compat_layers import unwrap
+from napari_medseg._napari.widget_lifetime import when_destroyed
 from napari_medseg._napari.widgets.guidance_parts import (
     HEATMAP_ROLE,
     Note,
@@ -96,8 +97,7 @@ class NextRegionBox(QGroupBox):
         self._told_hidden = False  # said once that a jump hides the heat map
         self._build()
         self._forget = session.on_checkpoint(self._on_trained)
-        stop = self._stop
-        self.destroyed.connect(lambda *_: stop.set())  # a closed viewer stops the pass (no reference to self)
+        when_destroyed(self, self._stop.set)  # a closed viewer stops the pass (widget_lifetime: never a lambda)
 
     # -- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:

@@ -37,6 +37,7 @@ from napari_medseg._napari.layerdata import medseg_meta, units_of
 from napari_medseg._napari.layers import camera_of, on_layer_renamed
 from napari_medseg._napari.napari_compat_layers import is_image_layer, is_labels_layer, is_shapes_layer
 from napari_medseg._napari.session import session_for
+from napari_medseg._napari.widget_lifetime import when_destroyed
 from napari_medseg._napari.widgets.guidance_parts import is_heatmap_layer
 from napari_medseg._napari.widgets.messages import MessageLog
 from napari_medseg._napari.widgets.objects_jobs import (
@@ -72,11 +73,6 @@ log = logging.getLogger(__name__)
 NO_IMAGE = "(no image)"
 
 
-def _drop(callbacks: list[Any], cb: Any) -> None:
-    if cb in callbacks:
-        callbacks.remove(cb)
-
-
 class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
     """Dock widget: find, measure, count and proofread objects (see module)."""
 
@@ -94,9 +90,8 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
         on_layer_renamed(napari_viewer, self._refresh_layers)
-        callbacks = napari_viewer.mouse_drag_callbacks
-        callbacks.append(self._on_viewer_click)
-        self.destroyed.connect(lambda *_: _drop(callbacks, self._on_viewer_click))
+        napari_viewer.mouse_drag_callbacks.append(self._on_viewer_click)
+        when_destroyed(self, self._forget_viewer_click)  # widget_lifetime: never a lambda on destroyed
 
 
     # -- layout -------------------------------------------------------------------------------------
@@ -358,6 +353,12 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
     def _on_only_selected(self, on: bool) -> None:
         if self.state is not None:
             self.state.layer.show_selected_label = bool(on)
+
+    def _forget_viewer_click(self) -> None:
+        """The widget goes: the viewer stops calling ``_on_viewer_click``."""
+        callbacks = self.viewer.mouse_drag_callbacks
+        if self._on_viewer_click in callbacks:
+            callbacks.remove(self._on_viewer_click)
 
     def _on_viewer_click(self, viewer: Any, event: Any) -> Any:
         """A click (press and release without dragging) on an object selects its row."""
