@@ -79,6 +79,9 @@ class BlockEngine:
         self.pixel_mask = pixel_mask
         self.grid, self.blocks = plan.grid, plan.blocks
         self.device = runner.device
+        # the runner feeds its model channels-last (a 2D model on the CPU, any on CUDA): blocks, raw and
+        # normalised batches are kept in that layout from the reader on, so no step reorders the pixels
+        self.nhwc = bool(getattr(runner, "input_channels_last", False))
         self.extra_fn = extra_fn
         self._set_classes(n_classes)
         self.gaussian = self.grid.blend == "gaussian"
@@ -119,6 +122,14 @@ class BlockEngine:
             parts[owner] = got
         box, part = got
         return part, [a for a, _ in box]
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A batch buffer (N, C, *window): channels-last in memory where the runner wants that (``nhwc``)."""
+        if not self.nhwc:
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        nd = len(shape) - 2
+        t = torch.empty((shape[0], *shape[2:], shape[1]), dtype=dtype, device=self.device)
+        return t.permute(0, nd + 1, *range(1, nd + 1))
 
     def _zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
         with self._pool_lock:
@@ -181,34 +192,49 @@ class BlockEngine:
     # -- input -------------------------------------------------------------------------------------------
     def _prepare(self, bd: BlockData) -> torch.Tensor:
         """(C, *box) on the device in the source dtype (e.g. uint8: 4x less than float32), zero outside
-        the image; windows are normalised batch by batch in ``_normalise``."""
+        the image; windows are normalised batch by batch in ``_normalise``. For a runner that wants its input
+        channels-last (``nhwc``) the block stays in the reader's layout (a view), else it is made contiguous."""
         nd = len(bd.box)
-        t = torch.from_numpy(bd.data)
+        t = torch.from_numpy(bd.data)  # (*valid, C): the reader's channels-last layout
         if self.device.type == "cuda":
             t = t.pin_memory().to(self.device, non_blocking=True)
-        t = t.permute(nd, *range(nd))  # (C, *valid)
-        pads: list[int] = []
-        for (a, b), (va, vb) in zip(reversed(bd.box), reversed(bd.valid)):
-            pads += [va - a, b - vb]
-        if any(pads):
-            full = torch.zeros((t.shape[0], *(b - a for a, b in bd.box)), dtype=t.dtype, device=t.device)
-            full[(slice(None),) + tuple(slice(va - a, vb - a) for (a, _), (va, vb) in zip(bd.box, bd.valid))] = t
+        if any(a != va or b != vb for (a, b), (va, vb) in zip(bd.box, bd.valid)):
+            full = torch.zeros((*(b - a for a, b in bd.box), t.shape[-1]), dtype=t.dtype, device=t.device)
+            full[tuple(slice(va - a, vb - a) for (a, _), (va, vb) in zip(bd.box, bd.valid))] = t
             t = full
-        return t.contiguous()
+        t = t.permute(nd, *range(nd))  # (C, *box), a view
+        return t if self.nhwc else t.contiguous()
 
     def _normalise(self, raw: torch.Tensor, windows: list[Key]) -> torch.Tensor:
         """Normalise a stacked raw batch (N, C, *window) into the reused float32 batch buffer, exactly as
         ``NormConfig.apply``; pixels outside the image are 0 after normalisation (MONAI's padding)."""
         if self._batch is None or tuple(self._batch.shape) != tuple(raw.shape):
-            self._batch = torch.empty(raw.shape, dtype=torch.float32, device=self.device)
+            self._batch = self._empty(tuple(raw.shape), torch.float32)
             shape = (1, -1) + (1,) * (raw.ndim - 2)
             self._lo = torch.tensor(self.norm.low, dtype=torch.float32, device=self.device).view(shape)
             self._span = torch.tensor(self.norm.high, dtype=torch.float32, device=self.device).view(shape) - self._lo
+            if self._lo.unique().numel() == 1 and self._span.unique().numel() == 1:
+                # the same for every channel (e.g. 0..255): scalars, so the arithmetic runs along whole rows,
+                # not per channel (in channels-last memory a per-channel operand repeats every C values)
+                self._lo, self._span = self._lo.flatten()[0].item(), self._span.flatten()[0].item()
+            # steps that cannot change an integer batch are left out (exactly: x - 0 == x, and clamping
+            # values already in [0, 1] changes none): uint8 in 0..255, the common case, is copy and divide
+            self._sub = any(v != 0.0 for v in self.norm.low)
+            if not raw.dtype.is_floating_point and raw.dtype != torch.bool:
+                info = torch.iinfo(raw.dtype)
+                self._clamp = any(info.min < lo or info.max > hi for lo, hi in zip(self.norm.low, self.norm.high))
+            else:
+                self._clamp = True
         x = self._batch
         if raw.dtype.is_floating_point or self.norm.mode == "steps":  # steps: a bioimage.io model's chain
             x.copy_(self.norm.apply(raw))
         else:  # integers hold no NaN/inf: NormConfig.apply's arithmetic, in place
-            x.copy_(raw).sub_(self._lo).div_(self._span).clamp_(0.0, 1.0)
+            x.copy_(raw)
+            if self._sub:
+                x.sub_(self._lo)
+            x.div_(self._span)
+            if self._clamp:
+                x.clamp_(0.0, 1.0)
         for j, w in enumerate(windows):
             box = self.grid.window_box(w)
             if any(a < 0 or b > s for (a, b), s in zip(box, self.grid.shape)):
@@ -225,8 +251,14 @@ class BlockEngine:
         views = [x[(slice(None),) + box_slices(self.grid.window_box(w), o)] for w, x, o in items]
         shape = (len(views), *views[0].shape)
         if self._raw is None or tuple(self._raw.shape) != shape or self._raw.dtype != views[0].dtype:
-            self._raw = torch.empty(shape, dtype=views[0].dtype, device=self.device)
-        batch = self._normalise(torch.stack(views, out=self._raw), [w for w, _, _ in items])
+            self._raw = self._empty(shape, views[0].dtype)
+        if self.nhwc:
+            for j, v in enumerate(views):  # (C, *window) views of channels-last blocks: row copies
+                self._raw[j].copy_(v)
+            raw = self._raw
+        else:
+            raw = torch.stack(views, out=self._raw)
+        batch = self._normalise(raw, [w for w, _, _ in items])
         probs = self.runner(batch)
         if self.n_classes is None:
             self._set_classes(int(probs.shape[1]))

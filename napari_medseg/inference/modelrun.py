@@ -275,6 +275,20 @@ def tta_windows(loaded: LoadedModel, window: tuple[int, ...]) -> tuple[tuple[int
     return tuple(out)
 
 
+def probabilities(y: torch.Tensor) -> torch.Tensor:
+    """Softmax over the channels (dim 1) of logits ``y`` (N, C, *spatial), as a contiguous (NCHW) tensor, the
+    layout the blending reads fastest. Two classes, the common case: softmax(a, b) = (sigmoid(a - b),
+    sigmoid(b - a)), equal to ``torch.softmax`` within float rounding (1.2e-7) and about twice as fast on a
+    channels-last output (see docs/prediction.md); every other count goes through ``torch.softmax``."""
+    if y.shape[1] != 2:
+        return torch.softmax(y, dim=1)
+    p = torch.empty(y.shape, dtype=y.dtype, device=y.device)  # contiguous
+    d = torch.sub(y[:, 1], y[:, 0], out=p[:, 0])  # b - a, kept in p[:, 0] until used
+    torch.sigmoid(d, out=p[:, 1])
+    torch.sigmoid(d.neg_(), out=p[:, 0])
+    return p
+
+
 class WindowRunner:
     """Probabilities for batches of windows; fixed batch shape, optional TTA (``TTA_MODES``)."""
 
@@ -318,7 +332,7 @@ class WindowRunner:
                 y = self.module(x)
         else:
             y = self.module(x)
-        return torch.softmax(y.float(), dim=1)
+        return probabilities(y.float())
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """``batch``: (n, C, *window) float. Returns (n, C_out, *window) float32.
