@@ -8,7 +8,8 @@ strategies of a seed) and trains a model from scratch; every later round each st
 
 1. chooses ``--per-round`` regions of the pool: the best unpainted regions of the ranking of every pool image by the
    last checkpoint (``guidance.run_rank``, on tissue, the cost measured), or as many random unpainted regions of the
-   same candidate list;
+   same candidate list (``--al-per-image N``: the ranked choice takes at most N regions of one image, a batch
+   spread over the pool; random is left uncapped);
 2. paints them as a user would: scribbles over ``--paint-fraction`` of each region's pixels, evenly split between
    nucleus and background (``training.sparsify.scribbles`` on the region's true mask), into the pool image's
    ``LabelStore`` (what the ranking's ``painted`` fraction reads);
@@ -112,6 +113,21 @@ def _unpainted(stores: list, cands: list[tuple[float, int, Any]]) -> list[tuple[
     return [c for k, c in enumerate(cands) if k in keep]
 
 
+def _spread(cands: list[tuple[float, int, Any]], n: int, per_image: int) -> list[tuple[float, int, Any]]:
+    """The first ``n`` candidates in their order, at most ``per_image`` from one image (0: no cap)."""
+    if per_image <= 0:
+        return cands[:n]
+    taken: dict[int, int] = {}
+    out = []
+    for c in cands:
+        if taken.get(c[1], 0) < per_image:
+            taken[c[1]] = taken.get(c[1], 0) + 1
+            out.append(c)
+            if len(out) == n:
+                break
+    return out
+
+
 def run(args: Any, data_dir: Path) -> dict[str, Any]:
     from napari_medseg.labels.store import LabelStore
     from napari_medseg.training.config import TrainConfig
@@ -146,7 +162,7 @@ def run(args: Any, data_dir: Path) -> dict[str, Any]:
                 if strategy == "random":  # in a fixed order first: the random picks do not depend on the scores
                     cands.sort(key=lambda c: (c[1], c[2].box))
                     cands = [cands[int(j)] for j in srng.permutation(len(cands))]
-                chosen = cands[: args.per_round]
+                chosen = _spread(cands, args.per_round, args.per_image if strategy == "ranked" else 0)
                 painted = sum(_paint(stores[i], pool[i].mask, reg.box, args.paint_fraction,
                                      seed * 1000 + rnd * 100 + n) for n, (_, i, reg) in enumerate(chosen))
                 res, train_s = _train(pool, stores, base, ckpt, args.steps, seed + rnd, args.threads)
@@ -182,7 +198,7 @@ def summarise(rows: list[dict[str, Any]], args: Any) -> dict[str, Any]:
             "dice_random_last": round(float(np.mean([by[(s, "random")] for s in args.seeds])), 2),
             "curves": curves, "rank_cost_frac": round(statistics.median(cost), 3) if cost else None,
             "rounds": args.rounds, "per_round": args.per_round, "region": args.region, "steps": args.steps,
-            "novelty": args.novelty,
+            "novelty": args.novelty, "per_image": args.per_image,
             "seeds": list(args.seeds), "rows": rows}
 
 
@@ -201,18 +217,21 @@ def add_arguments(ap: Any) -> None:
     g.add_argument("--pool", type=int, default=20)
     g.add_argument("--al-threads", type=int, default=2)
     g.add_argument("--al-novelty", type=float, default=0.0, help="novelty weight of the ranking (default 0: off)")
+    g.add_argument("--al-per-image", type=int, default=0,
+                   help="ranked: at most this many regions of one image per round (default 0: no cap)")
 
 
 def from_args(args: Any) -> Any:
     """The active-learning settings of ``args`` (``--quick`` shrinks them to a smoke run)."""
     ns = dataclasses.make_dataclass("AL", ["seeds", "rounds", "per_round", "start_regions", "region",
                                            "paint_fraction", "steps", "start_steps", "pool", "test", "threads",
-                                           "patch", "batch", "novelty"])
+                                           "patch", "batch", "novelty", "per_image"])
     if args.quick:
-        return ns([0], 1, 2, 2, 256, args.paint_fraction, 10, 20, 3, 2, args.al_threads, 128, 4, args.al_novelty)
+        return ns([0], 1, 2, 2, 256, args.paint_fraction, 10, 20, 3, 2, args.al_threads, 128, 4, args.al_novelty,
+                  args.al_per_image)
     return ns([int(s) for s in args.al_seeds.split(",")], args.al_rounds, args.per_round, args.start_regions,
               args.region, args.paint_fraction, args.al_steps, args.start_steps, args.pool, 10, args.al_threads,
-              256, 8, args.al_novelty)
+              256, 8, args.al_novelty, args.al_per_image)
 
 
 def write_plot(path: Path, result: dict[str, Any]) -> None:
