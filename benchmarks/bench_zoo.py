@@ -14,7 +14,9 @@ Every model is the registry's "small" preset (``preset(name)``), 1 input channel
 - ``mpix_s``: ``napari_medseg.inference.predict`` (the plugin's tiled predictor: window 256, overlap 0.25,
   batch 4, Gaussian blending, no tissue mask) on one synthetic ``--size`` x ``--size`` uint8 image (2048),
   megapixels per second; models in alternation for ``--rounds`` rounds, the best round counts
-  (``light_speedup`` = light_unet's / unet's). ``model_ms``: the model alone on one batch of 4 windows,
+  (``light_speedup`` = light_unet's / unet's). ``--streams auto`` predicts once more with model streams (one
+  torch thread each, as ``napari-medseg predict`` does by default): ``mpix_s_streams``, ``light_speedup_streams``.
+  ``model_ms``: the model alone on one batch of 4 windows,
   channels-last (median of 11 rounds; ``light_model_speedup`` = unet's / light_unet's): the gap to
   ``light_speedup`` is the pipeline around the model (reading, normalising, blending, writing).
 - ``--datasets``: where Dice is measured (``_zoo_data.py``): ``isbi`` (the default; keys below without a prefix),
@@ -98,8 +100,9 @@ def step_times(names: list[str], batch: int, size: int, reps: int) -> dict[str, 
     return {n: statistics.median(v) for n, v in times.items()}
 
 
-def predict_speed(names: list[str], size: int, rounds: int, folder: Path) -> dict[str, float]:
-    """Best MPix/s of the tiled predictor per model on one synthetic ``size`` x ``size`` image."""
+def predict_speed(names: list[str], size: int, rounds: int, folder: Path, streams: int | str = 1) -> dict[str, float]:
+    """Best MPix/s of the tiled predictor per model on one synthetic ``size`` x ``size`` image (``streams``:
+    ``predict``'s model streams)."""
     import tifffile
 
     from napari_medseg.core.classes import ClassSchema
@@ -115,7 +118,7 @@ def predict_speed(names: list[str], size: int, rounds: int, folder: Path) -> dic
     best = dict.fromkeys(names, 0.0)
     kw = {"norm": NormConfig.uint8(1), "classes": ClassSchema(names=("background", "foreground")),
           "window": (256, 256), "batch_size": 4, "tissue_mask": False, "overwrite": True, "resume": False,
-          "device": "cpu"}
+          "device": "cpu", "streams": streams}
     for _ in range(rounds):
         for n, m in models.items():
             res = run_predict(src, m, folder / f"{n}.zarr", **kw)
@@ -158,11 +161,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=2048, help="side of the synthetic image predicted")
     ap.add_argument("--rounds", type=int, default=3, help="prediction rounds (best counts)")
+    ap.add_argument("--streams", default="1", help="also predict with this many model streams ('auto': --threads), "
+                    "as napari-medseg predict does by default (light_speedup_streams)")
     ap.add_argument("--reps", type=int, default=3, help="timed training steps per model")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: step, predict, dice, ckpt")
     ap.add_argument("--datasets", default="isbi", help="comma-separated Dice datasets: isbi, monuseg, la3d "
                     "(_zoo_data.py; la3d only for the models with a 3D form)")
     a = ap.parse_args(argv)
+    a.streams = a.streams if a.streams == "auto" else int(a.streams)
     torch.set_num_threads(a.threads)
     names = a.models.split(",") if a.models else available_models()
     if "unet" not in names:
@@ -189,6 +195,13 @@ def main(argv: list[str] | None = None) -> dict:
         for n, v in sp.items():
             rows[n].update(mpix_s=round(v, 2))
         print(f"predict {size}^2 MPix/s: " + ", ".join(f"{n} {v:.2f}" for n, v in sp.items()), flush=True)
+        if a.streams != 1:  # the same again with model streams (one torch thread each), side by side
+            sp = predict_speed(flat, size, 1 if a.quick else a.rounds, Path(tempfile.mkdtemp(prefix="bench-zoo-")),
+                               streams=a.streams)
+            for n, v in sp.items():
+                rows[n].update(mpix_s_streams=round(v, 2))
+            print(f"predict {size}^2 MPix/s, streams {a.streams}: " + ", ".join(f"{n} {v:.2f}" for n, v in sp.items()),
+                  flush=True)
     from _zoo_data import DATASETS, available, scores
 
     budget = 10.0 if a.quick else a.budget
@@ -224,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"light_param_ratio": ratio("params"), "light_speedup": ratio("mpix_s"), "light_dice_drop": drop,
               "ckpt_mem_ratio": ck.get("ckpt_mem_ratio") if ck else None,
               "dann_target_gain": None, "dann_source_drop": None,
+              "light_speedup_streams": ratio("mpix_s_streams"), "streams": a.streams,
               "light_step_ratio": ratio("step_s"), "light_model_speedup": ratio("model_ms", inverse=True),
               "ckpt_patch": (ck or {}).get("patch"),
               "budget_s": None if "dice" in skip else budget, "datasets": a.datasets, "isbi_scored": isbi_ok,

@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +71,12 @@ class BlockEngine:
     def __init__(self, plan: BlockPlan, reader: TileReader | ArrayReader, runner: WindowRunner, norm: NormConfig,
                  n_classes: int | None, *, sigma_scale: float = 0.125,
                  extra_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, prefetch_depth: int = 1,
-                 pixel_mask: Callable[[Box], Any] | None = None) -> None:
+                 pixel_mask: Callable[[Box], Any] | None = None, streams: int = 1) -> None:
         """``n_classes``: the model's output channels, or None to take them from the first batch (a block
         no window writes to then needs them: the tiled predictor always passes them). ``pixel_mask(box)``:
         the pixels of a block's box to keep (bool, the box's trailing YX shape, numpy or torch), or None to
-        keep all; everything else is written as 0 (not predicted)."""
+        keep all; everything else is written as 0 (not predicted). ``streams`` (CPU only): how many batches
+        run through the model at once, each in its own thread (see ``run``); the result does not change."""
         self.plan, self.reader, self.runner, self.norm = plan, reader, runner, norm
         self.pixel_mask = pixel_mask
         self.grid, self.blocks = plan.grid, plan.blocks
@@ -91,8 +93,10 @@ class BlockEngine:
         self.parts: dict[Key, dict[Key, tuple[Box, torch.Tensor]]] = {}  # target -> owner -> (box, part)
         self._pool: dict[tuple[int, ...], list[torch.Tensor]] = {}  # reused buffers (no page faults per part)
         self._pool_lock = threading.Lock()
-        self._batch: torch.Tensor | None = None
-        self._raw: torch.Tensor | None = None
+        # model streams (CPU): batches run through the model in this many threads at once, blended in order
+        self.streams = max(1, int(streams)) if self.device.type == "cpu" else 1
+        self._slots: list[dict[str, torch.Tensor]] = [{} for _ in range(self.streams)]  # raw/batch buffers
+        self._norm_ready = False
         self.part_box: dict[tuple[Key, Key], Box] = {}
         self.owner_of: dict[Key, Key] = {}
         for ws in plan.compute.values():
@@ -205,11 +209,10 @@ class BlockEngine:
         t = t.permute(nd, *range(nd))  # (C, *box), a view
         return t if self.nhwc else t.contiguous()
 
-    def _normalise(self, raw: torch.Tensor, windows: list[Key]) -> torch.Tensor:
-        """Normalise a stacked raw batch (N, C, *window) into the reused float32 batch buffer, exactly as
+    def _normalise(self, raw: torch.Tensor, windows: list[Key], slot: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalise a stacked raw batch (N, C, *window) into the slot's reused float32 batch buffer, exactly as
         ``NormConfig.apply``; pixels outside the image are 0 after normalisation (MONAI's padding)."""
-        if self._batch is None or tuple(self._batch.shape) != tuple(raw.shape):
-            self._batch = self._empty(tuple(raw.shape), torch.float32)
+        if not self._norm_ready:
             shape = (1, -1) + (1,) * (raw.ndim - 2)
             self._lo = torch.tensor(self.norm.low, dtype=torch.float32, device=self.device).view(shape)
             self._span = torch.tensor(self.norm.high, dtype=torch.float32, device=self.device).view(shape) - self._lo
@@ -225,7 +228,10 @@ class BlockEngine:
                 self._clamp = any(info.min < lo or info.max > hi for lo, hi in zip(self.norm.low, self.norm.high))
             else:
                 self._clamp = True
-        x = self._batch
+            self._norm_ready = True
+        x = slot.get("batch")
+        if x is None or tuple(x.shape) != tuple(raw.shape):
+            x = slot["batch"] = self._empty(tuple(raw.shape), torch.float32)
         if raw.dtype.is_floating_point or self.norm.mode == "steps":  # steps: a bioimage.io model's chain
             x.copy_(self.norm.apply(raw))
         else:  # integers hold no NaN/inf: NormConfig.apply's arithmetic, in place
@@ -245,29 +251,42 @@ class BlockEngine:
         return x
 
     # -- the loop ----------------------------------------------------------------------------------------
-    def _dispatch(self, items: list[tuple[Key, torch.Tensor, list[int]]]) -> list[Key]:
-        """Run a batch and add its windows to their parts; returns the blocks it completes."""
-        t0 = time.perf_counter()
+    def _batch(self, items: list[tuple[Key, torch.Tensor, list[int]]], slot: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The windows of ``items`` stacked and normalised into the buffers of ``slot``."""
         views = [x[(slice(None),) + box_slices(self.grid.window_box(w), o)] for w, x, o in items]
         shape = (len(views), *views[0].shape)
-        if self._raw is None or tuple(self._raw.shape) != shape or self._raw.dtype != views[0].dtype:
-            self._raw = self._empty(shape, views[0].dtype)
+        raw = slot.get("raw")
+        if raw is None or tuple(raw.shape) != shape or raw.dtype != views[0].dtype:
+            raw = slot["raw"] = self._empty(shape, views[0].dtype)
         if self.nhwc:
             for j, v in enumerate(views):  # (C, *window) views of channels-last blocks: row copies
-                self._raw[j].copy_(v)
-            raw = self._raw
+                raw[j].copy_(v)
         else:
-            raw = torch.stack(views, out=self._raw)
-        batch = self._normalise(raw, [w for w, _, _ in items])
+            torch.stack(views, out=raw)
+        return self._normalise(raw, [w for w, _, _ in items], slot)
+
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The model's probabilities (and the extra map) of a normalised batch; seconds taken."""
+        t0 = time.perf_counter()
         probs = self.runner(batch)
-        if self.n_classes is None:
-            self._set_classes(int(probs.shape[1]))
         if self.extra_fn is not None:
             probs = torch.cat([probs, self.extra_fn(batch)[:, None].float()], dim=1)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        return probs, time.perf_counter() - t0
+
+    def _dispatch(self, items: list[tuple[Key, torch.Tensor, list[int]]]) -> list[Key]:
+        """Run a batch and add its windows to their parts; returns the blocks it completes."""
+        t0 = time.perf_counter()
+        probs, _ = self._forward(self._batch(items, self._slots[0]))
+        self.stats.model_s += time.perf_counter() - t0
+        return self._blend(items, probs)
+
+    def _blend(self, items: list[tuple[Key, torch.Tensor, list[int]]], probs: torch.Tensor) -> list[Key]:
+        """Add the windows' probabilities to their parts; returns the blocks this completes."""
+        if self.n_classes is None:
+            self._set_classes(int(probs.shape[1]) - (1 if self.extra_fn is not None else 0))
         t1 = time.perf_counter()
-        self.stats.model_s += t1 - t0
         self.stats.batches += 1
         done: list[Key] = []
         for j, (w, _, _) in enumerate(items):
@@ -300,6 +319,29 @@ class BlockEngine:
                 yield self._finish(b)
         queue: deque[tuple[Key, torch.Tensor, list[int]]] = deque()
         bs = self.runner.batch_size
+        # streams > 1: each batch's forward pass goes to a pool thread as soon as it is stacked; the main
+        # thread blends the results in submission order (the same sums, in the same order, as one stream)
+        pool = ThreadPoolExecutor(self.streams, thread_name_prefix="medseg-model") if self.streams > 1 else None
+        inflight: deque[tuple[list[tuple[Key, torch.Tensor, list[int]]], Future]] = deque()
+        submitted = 0
+
+        def collect(keep: int) -> Iterator[FinishedBlock]:
+            while len(inflight) > keep:
+                done_items, fut = inflight.popleft()
+                probs, sec = fut.result()
+                self.stats.model_s += sec
+                for t in self._blend(done_items, probs):
+                    yield self._finish(t)
+
+        try:
+            yield from self._run_blocks(order, boxes, queue, bs, cancel, pool, inflight, collect, submitted)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_blocks(self, order: list[Key], boxes: list[Any], queue: deque, bs: int, cancel: Any, pool: Any,
+                    inflight: deque, collect: Callable[[int], Iterator[FinishedBlock]], submitted: int
+                    ) -> Iterator[FinishedBlock | str]:
         with Prefetcher(self.reader, boxes, depth=self.prefetch_depth) as pf:
             for i, b in enumerate(order):
                 if cancel is not None and cancel.is_set():
@@ -329,5 +371,12 @@ class BlockEngine:
                     if cancel is not None and cancel.is_set():
                         return
                     items = [queue.popleft() for _ in range(min(bs, len(queue)))]
-                    for t in self._dispatch(items):
-                        yield self._finish(t)
+                    if pool is None:
+                        for t in self._dispatch(items):
+                            yield self._finish(t)
+                        continue
+                    yield from collect(self.streams - 1)  # frees the slot of the batch ``streams`` back
+                    batch = self._batch(items, self._slots[submitted % self.streams])
+                    submitted += 1
+                    inflight.append((items, pool.submit(self._forward, batch)))
+            yield from collect(0)

@@ -127,6 +127,7 @@ class Job:
     layout: Layout
     stats: dict[str, Any] = field(default_factory=dict)
     scaled_windows: tuple[tuple[int, ...], ...] = ()  # multi-scale TTA's model windows (modelrun.tta_windows)
+    streams: int = 1  # CPU: batches through the model at once, one torch thread each (``resolve_streams``)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -160,7 +161,10 @@ class Job:
         runner = WindowRunner(self.model.module, self.device, batch_size=self.batch_size, amp=self.amp, tta=self.tta,
                               model_dims=md, squeeze_axis=squeeze, scaled_windows=self.scaled_windows)
         engine = BlockEngine(plan, reader, runner, self.norm, self.classes.n_classes, sigma_scale=self.sigma_scale,
-                             pixel_mask=self.pixel_mask())
+                             pixel_mask=self.pixel_mask(), streams=self.streams)
+        threads = torch.get_num_threads()
+        if engine.streams > 1:
+            torch.set_num_threads(1)  # each stream one thread (process-wide; restored below)
         try:
             for item in engine.run(cancel):
                 if isinstance(item, FinishedBlock):
@@ -168,6 +172,8 @@ class Job:
                 yield item
             store.flush()
         finally:
+            if engine.streams > 1:
+                torch.set_num_threads(threads)
             if self.model.was_training:  # hand a model being trained back in training mode
                 self.model.module.train()
             self.stats.update({"windows": engine.stats.windows, "windows_skipped_tissue": plan.skipped_windows,
@@ -182,7 +188,7 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
              batch_size: int = 4, blend: str = "gaussian", tta: bool | str = False,
              tissue_mask: bool | str | TissueMask = "auto", write_probs: str | None = None, device: str = "auto",
              amp: bool = True, on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
-             sigma_scale: float = 0.125, backend: str = "torch") -> Job:
+             sigma_scale: float = 0.125, backend: str = "torch", streams: int | str = 1) -> Job:
     src = open_source(source)
     if pixel_size is not None:
         level = src.level_for_pixel_size(float(pixel_size))
@@ -253,4 +259,17 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
     }
     return Job(src, loaded, level, win, float(overlap), blend, tta_mode(tta), norm, classes, write_probs, dev, amp,
                int(batch_size), on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout,
-               scaled_windows=scaled)
+               scaled_windows=scaled, streams=resolve_streams(streams, dev))
+
+
+def resolve_streams(streams: int | str, device: torch.device) -> int:
+    """Model streams of a prediction: ``"auto"`` is the torch thread count on the CPU (each stream then runs
+    with one thread: small models and the work around them keep two cores busier that way, see
+    docs/prediction.md), else 1; an integer >= 1 is taken as is on the CPU. A GPU always runs one stream."""
+    if streams == "auto":
+        n = torch.get_num_threads()
+    elif isinstance(streams, bool) or not isinstance(streams, int | np.integer) or int(streams) < 1:
+        raise MedsegError(f"streams must be 'auto' or an integer >= 1, got {streams!r}")
+    else:
+        n = int(streams)
+    return n if device.type == "cpu" else 1

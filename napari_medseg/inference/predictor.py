@@ -42,8 +42,8 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
             write_probs: str | None = None, device: str = "auto", amp: bool = True,
             cancel: threading.Event | None = None, resume: bool = True, overwrite: bool = False,
             on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
-            sigma_scale: float = 0.125, backend: str = "torch", crf: CRFConfig | dict | bool | None = None
-            ) -> Generator[PredictEvent, None, PredictResult]:
+            sigma_scale: float = 0.125, backend: str = "torch", crf: CRFConfig | dict | bool | None = None,
+            streams: int | str = 1) -> Generator[PredictEvent, None, PredictResult]:
     """Predict ``source`` with ``model`` into the NGFF zarr ``out``; yields events, returns the result.
 
     ``source``: an ``ImageSource`` (``YX``/``YXC`` slide, ``ZYX``/``CZYX`` volume) or a path.
@@ -59,7 +59,12 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     ``"torch"``, ``"onnxruntime"`` or ``"onnxruntime-int8"`` (``inference.backends``: a checkpoint converted
     once, INT8 calibrated on this image). ``crf``: refine the labels at the image's edges once every block is
     done (``inference.crf``: True for the defaults, or a ``CRFConfig`` / its dict); it needs the probabilities,
-    so ``write_probs`` becomes ``"float16"`` when not given. Raises ``MedsegError`` on bad input before anything
+    so ``write_probs`` becomes ``"float16"`` when not given. ``streams`` (CPU): batches run through the model at
+    once, each in its own thread with one torch thread (``"auto"``: as many as torch has threads; the torch
+    thread count is 1 during the run and restored after it); 1 (default): one batch at a time on all of
+    torch's threads. Which is faster depends on the model (docs/prediction.md); the probabilities agree to
+    float rounding (models with reductions such as instance norm may differ by ~1e-6 between thread counts).
+    Raises ``MedsegError`` on bad input before anything
     is written.
     """
     t_start = time.perf_counter()
@@ -69,7 +74,7 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     job = make_job(source, model, norm=norm, classes=classes, level=level, pixel_size=pixel_size, window=window,
                    overlap=overlap, batch_size=batch_size, blend=blend, tta=tta, tissue_mask=tissue_mask,
                    write_probs=write_probs, device=device, amp=amp, on_corrupt=on_corrupt, block=block,
-                   sigma_scale=sigma_scale, backend=backend)
+                   sigma_scale=sigma_scale, backend=backend, streams=streams)
     run = PredictionRun(job, out, resume=resume, overwrite=overwrite, t_start=t_start)
     try:
         yield from run.start()
