@@ -64,6 +64,7 @@ def test_the_predict_widget_hands_its_work_a_courteous_cancel_flag(make_napari_v
 
     def fake_predict_and_open(*args, cancel=None, **kwargs):
         seen["cancel"] = cancel
+        seen["streams"] = kwargs.get("streams")
         yield from ()
 
     monkeypatch.setattr(predict_job, "predict_and_open", fake_predict_and_open)
@@ -76,6 +77,7 @@ def test_the_predict_widget_hands_its_work_a_courteous_cancel_flag(make_napari_v
     qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)
     cancel = seen["cancel"]
     assert isinstance(cancel, CourteousStop) and cancel.courtesy is courtesy_for(viewer)
+    assert seen["streams"] == 1  # in the viewer's process: one model stream (torch threads are process-wide)
     w._cancel.set()
     assert cancel.is_set()
     seen.clear()
@@ -83,3 +85,4 @@ def test_the_predict_widget_hands_its_work_a_courteous_cancel_flag(make_napari_v
     w.predict()
     qtbot.waitUntil(lambda: w._worker is None, timeout=10_000)
     assert seen["cancel"] is w._cancel
+    assert seen["streams"] == "auto"  # a child process: model streams
