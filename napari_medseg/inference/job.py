@@ -259,15 +259,19 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
     }
     return Job(src, loaded, level, win, float(overlap), blend, tta_mode(tta), norm, classes, write_probs, dev, amp,
                int(batch_size), on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout,
-               scaled_windows=scaled, streams=resolve_streams(streams, dev))
+               scaled_windows=scaled, streams=resolve_streams(streams, dev, loaded.module))
 
 
-def resolve_streams(streams: int | str, device: torch.device) -> int:
+def resolve_streams(streams: int | str, device: torch.device, module: torch.nn.Module | None = None) -> int:
     """Model streams of a prediction: ``"auto"`` is the torch thread count on the CPU (each stream then runs
     with one thread: small models and the work around them keep two cores busier that way, see
-    docs/prediction.md), else 1; an integer >= 1 is taken as is on the CPU. A GPU always runs one stream."""
+    docs/prediction.md), else 1; an integer >= 1 is taken as is on the CPU. A GPU always runs one stream, and
+    ``"auto"`` runs one for an ONNX model (onnxruntime has its own thread pool, sized when it was opened)."""
     if streams == "auto":
-        n = torch.get_num_threads()
+        from napari_medseg.sharing.package_model import OnnxModule
+
+        onnx = module is not None and any(isinstance(m, OnnxModule) for m in module.modules())
+        n = 1 if onnx else torch.get_num_threads()
     elif isinstance(streams, bool) or not isinstance(streams, int | np.integer) or int(streams) < 1:
         raise MedsegError(f"streams must be 'auto' or an integer >= 1, got {streams!r}")
     else:

@@ -67,6 +67,12 @@ def test_stream_counts():
     torch.set_num_threads(2)
     try:
         assert resolve_streams("auto", cpu) == 2
+        from napari_medseg.sharing.package_model import OnnxModule
+
+        onnx = OnnxModule.__new__(OnnxModule)  # an ONNX model: its own thread pool, one stream
+        torch.nn.Module.__init__(onnx)
+        assert resolve_streams("auto", cpu, torch.nn.Sequential(onnx)) == 1
+        assert resolve_streams(2, cpu, onnx) == 2  # asked for: as asked
     finally:
         torch.set_num_threads(old)
     for bad in (0, -1, "two", 1.5, True):
