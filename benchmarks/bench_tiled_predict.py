@@ -21,7 +21,10 @@ resident size just before the call), i.e. the memory the prediction itself needs
   decoding the same level block by block.
 - the pipeline's share: the UNet over the full-tissue slide (labels only, overlap 0.25) against the same
   model's forward passes alone (``WindowRunner``, same threads, batch and input layout) over as many
-  windows: ``pipeline_vs_model`` = forward-only seconds / end-to-end seconds (1.0: the pipeline adds nothing).
+  windows: ``pipeline_vs_model`` = forward-only seconds / end-to-end seconds (1.0: the pipeline adds nothing);
+  with more than one thread the forward passes alone are also timed in that many streams of one thread, and
+  the faster way counts.
+- ``--streams N|auto``: our predictions with model streams (``predict(streams=...)``; the CLI's default is auto).
 - ``predict_region`` of a 1024 x 1024 view (the live preview), best of 3.
 
 Usage: ``python benchmarks/bench_tiled_predict.py [--quick] [--threads 2]``. The last line is
@@ -109,7 +112,7 @@ def _serve(kind: str, threads: int) -> None:
                 t = time.perf_counter()
                 r = run_predict(src, models[cmd.get("model", "unet")], cmd["out"], window=WINDOW, overlap=cmd["overlap"],
                                 batch_size=BATCH, blend="gaussian", tissue_mask=cmd["tissue"],
-                                write_probs=cmd.get("probs"), device="cpu")
+                                write_probs=cmd.get("probs"), device="cpu", streams=cmd.get("streams", 1))
                 sec = time.perf_counter() - t
                 area = float(np.prod(src.shape))
                 res.update(seconds=sec, peak_rss_mb=_status_mb("VmHWM"), rss_before_mb=rss0,
@@ -152,6 +155,20 @@ def _serve(kind: str, threads: int) -> None:
                 for _ in range(n):
                     runner(batch)
                 res.update(seconds=time.perf_counter() - t, windows=n * BATCH)
+                if threads > 1:  # the same batches in ``threads`` streams of one thread: the faster one counts
+                    from concurrent.futures import ThreadPoolExecutor
+
+                    torch.set_num_threads(1)
+                    try:
+                        with ThreadPoolExecutor(threads) as pool:
+                            list(pool.map(runner, [batch] * threads))  # warm-up
+                            t = time.perf_counter()
+                            list(pool.map(runner, [batch] * n))
+                        streamed = time.perf_counter() - t
+                    finally:
+                        torch.set_num_threads(threads)
+                    res.update(seconds_one_stream=res["seconds"], seconds_streams=streamed,
+                               seconds=min(res["seconds"], streamed))
             elif op == "monai":
                 res.update(_monai(cmd, models["unet"]))
             else:
@@ -255,6 +272,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads in both workers (default 2)")
     ap.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--big", type=int, default=50000, help="side of the big slide (default 50000)")
+    ap.add_argument("--streams", default="1", help="model streams of our predictions ('auto' as the CLI's "
+                    "default: one per torch thread; default 1)")
     args = ap.parse_args()
     if args.serve:
         _serve(args.serve, args.threads)
@@ -272,6 +291,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_tiled_"))
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     ours, monai = Worker("ours", args.threads), Worker("monai", args.threads)
+    streams = args.streams if args.streams == "auto" else int(args.streams)
+    ours_ask = ours.ask
+    ours.ask = lambda **cmd: ours_ask(**({"streams": streams} | cmd) if cmd.get("op") == "predict" else cmd)
     out: dict = {"quick": args.quick, "threads": args.threads, "image": n, "big_slide": big,
                  "machine": f"{os.cpu_count()} CPUs, shared (timings noisy)"}
     try:
@@ -351,7 +373,7 @@ def main() -> None:
               "null_vs_read": out["null"]["ratio"], "pipeline_vs_model": out["pipeline"]["ratio"],
               "speedup_full_with_argmax": f25["speedup_with_argmax"],
               "region_1024_s": out["region_1024_s"], "quick": args.quick, "image": n, "big_slide": big,
-              "threads": args.threads, "seconds": round(time.perf_counter() - t_start, 1)}
+              "threads": args.threads, "streams": streams, "seconds": round(time.perf_counter() - t_start, 1)}
     print(json.dumps(out, indent=1), file=sys.stderr)
     print("RESULT " + json.dumps(result))
 
