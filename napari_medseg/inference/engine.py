@@ -317,31 +317,31 @@ class BlockEngine:
         for b in order:  # blocks no window writes to (e.g. all windows skipped) are complete at once
             if self.need[b] == 0:
                 yield self._finish(b)
-        queue: deque[tuple[Key, torch.Tensor, list[int]]] = deque()
-        bs = self.runner.batch_size
         # streams > 1: each batch's forward pass goes to a pool thread as soon as it is stacked; the main
         # thread blends the results in submission order (the same sums, in the same order, as one stream)
-        pool = ThreadPoolExecutor(self.streams, thread_name_prefix="medseg-model") if self.streams > 1 else None
-        inflight: deque[tuple[list[tuple[Key, torch.Tensor, list[int]]], Future]] = deque()
-        submitted = 0
-
-        def collect(keep: int) -> Iterator[FinishedBlock]:
-            while len(inflight) > keep:
-                done_items, fut = inflight.popleft()
-                probs, sec = fut.result()
-                self.stats.model_s += sec
-                for t in self._blend(done_items, probs):
-                    yield self._finish(t)
-
+        self._model_pool = ThreadPoolExecutor(self.streams, thread_name_prefix="medseg-model") \
+            if self.streams > 1 else None
+        self._inflight: deque[tuple[list[tuple[Key, torch.Tensor, list[int]]], Future]] = deque()
         try:
-            yield from self._run_blocks(order, boxes, queue, bs, cancel, pool, inflight, collect, submitted)
+            yield from self._blocks(order, boxes, cancel)
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            if self._model_pool is not None:
+                self._model_pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run_blocks(self, order: list[Key], boxes: list[Any], queue: deque, bs: int, cancel: Any, pool: Any,
-                    inflight: deque, collect: Callable[[int], Iterator[FinishedBlock]], submitted: int
-                    ) -> Iterator[FinishedBlock | str]:
+    def _collect(self, keep: int) -> Iterator[FinishedBlock]:
+        """Blend the oldest batches in flight until ``keep`` remain; yields the blocks they complete."""
+        while len(self._inflight) > keep:
+            items, fut = self._inflight.popleft()
+            probs, sec = fut.result()
+            self.stats.model_s += sec
+            for t in self._blend(items, probs):
+                yield self._finish(t)
+
+    def _blocks(self, order: list[Key], boxes: list[Any], cancel: Any) -> Iterator[FinishedBlock | str]:
+        """``run``'s loop: read each block, queue its windows, run them in batches."""
+        queue: deque[tuple[Key, torch.Tensor, list[int]]] = deque()
+        bs = self.runner.batch_size
+        pool, submitted = self._model_pool, 0
         with Prefetcher(self.reader, boxes, depth=self.prefetch_depth) as pf:
             for i, b in enumerate(order):
                 if cancel is not None and cancel.is_set():
@@ -375,8 +375,8 @@ class BlockEngine:
                         for t in self._dispatch(items):
                             yield self._finish(t)
                         continue
-                    yield from collect(self.streams - 1)  # frees the slot of the batch ``streams`` back
+                    yield from self._collect(self.streams - 1)  # frees the slot of the batch ``streams`` back
                     batch = self._batch(items, self._slots[submitted % self.streams])
                     submitted += 1
-                    inflight.append((items, pool.submit(self._forward, batch)))
-            yield from collect(0)
+                    self._inflight.append((items, pool.submit(self._forward, batch)))
+            yield from self._collect(0)
