@@ -243,13 +243,16 @@ def _monai(cmd: dict, model) -> dict:
 
 # ---------------------------------------------------------------------------------------------- parent side
 class Worker:
-    def __init__(self, kind: str, threads: int) -> None:
+    def __init__(self, kind: str, threads: int, predict_defaults: dict | None = None) -> None:
+        self.predict_defaults = predict_defaults or {}  # added to each "predict" command (e.g. streams)
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         self.p = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--threads", str(threads)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def ask(self, **cmd) -> dict:
         assert self.p.stdin and self.p.stdout
+        if cmd.get("op") == "predict":
+            cmd = self.predict_defaults | cmd
         self.p.stdin.write(json.dumps(cmd) + "\n")
         self.p.stdin.flush()
         line = self.p.stdout.readline()
@@ -290,10 +293,8 @@ def main() -> None:
     warm = str(make_pyramidal_tiff(CACHE_DIR, 1024, 1024, 1.0, seed=1))
     tmp = Path(tempfile.mkdtemp(prefix="bench_tiled_"))
     log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
-    ours, monai = Worker("ours", args.threads), Worker("monai", args.threads)
     streams = args.streams if args.streams == "auto" else int(args.streams)
-    ours_ask = ours.ask
-    ours.ask = lambda **cmd: ours_ask(**({"streams": streams} | cmd) if cmd.get("op") == "predict" else cmd)
+    ours, monai = Worker("ours", args.threads, {"streams": streams}), Worker("monai", args.threads)
     out: dict = {"quick": args.quick, "threads": args.threads, "image": n, "big_slide": big,
                  "machine": f"{os.cpu_count()} CPUs, shared (timings noisy)"}
     try:
