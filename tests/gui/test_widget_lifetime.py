@@ -42,6 +42,7 @@ def _deferred_deletes(qtbot):
 
 def test_a_bound_method_runs_once_when_qt_deletes_the_widget(qtbot):
     _Box.seen.clear()
+    gc.collect()  # widgets left as garbage by earlier tests must not leave the registry during this one
     before = widget_lifetime.pending_count()
     win = QMainWindow()
     win.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)  # as napari's window
@@ -67,6 +68,7 @@ def test_a_plain_callable_runs_when_the_collector_frees_the_widget_and_nothing_i
     w.me = w  # a cycle
     when_destroyed(w, stop.set)
     ref = weakref.ref(w)
+    gc.collect()  # only w is left to free (earlier tests' garbage would change the count), and w is held
     before = widget_lifetime.pending_count()
     del w
     gc.collect()
