@@ -20,7 +20,9 @@ Settings (``../shared/data``):
 
 Methods (``--methods``): ``sup`` (painted pixels only), ``pl`` (``semi="pseudo_label"``, the candidate
 default: the unlabelled data are the unpainted pixels of the painted patches), ``pl_u25`` (the same plus a
-quarter batch of windows from anywhere, ``unlabelled_ratio=0.25``), ``mt`` (``semi="mean_teacher"`` with the reference recipe), ``full`` (dense labels, upper bound).
+quarter batch of windows from anywhere, ``unlabelled_ratio=0.25``), ``mt`` (``semi="mean_teacher"`` with the reference recipe), ``full`` (dense labels, upper bound),
+``crf`` / ``pl_crf`` (``sup`` / ``pl`` plus the gated CRF loss, weight 0.1; ``crf:0.5`` sets another weight, so
+one run can sweep it: ``--methods sup,crf:0.3,crf:1``).
 
 The defaults (``monuseg_1pct,monuseg_local``, ``sup,pl,full``, seeds 0-2, 100 s per run, 2 threads) take about
 40 minutes on 2 cores; the issue's budgets are ``--budget 300`` and ``--budget 600``. ``--quick`` is a smoke
@@ -148,10 +150,21 @@ def setting_data(name: str, root: Path, quick: bool, paper: bool = False):
     raise SystemExit(f"unknown setting {name!r}")
 
 
+def method_config(method: str) -> dict:
+    """The TrainConfig changes of ``method``: a name of ``METHODS``, or ``crf:W`` / ``pl_crf:W`` (CRF weight W)."""
+    name, _, weight = method.partition(":")
+    if name not in METHODS or (weight and "crf_weight" not in METHODS[name]):
+        raise SystemExit(f"unknown method {method!r}: one of {', '.join(METHODS)} (crf:W and pl_crf:W take a weight)")
+    try:
+        return {**METHODS[name], **({"crf_weight": float(weight)} if weight else {})}
+    except ValueError:
+        raise SystemExit(f"{method!r}: the weight after ':' must be a number") from None
+
+
 def run_one(setting: str, method: str, seed: int, train_p, test_p, base: TrainConfig, sparse, device: str) -> dict:
     data = make_training_data(train_p, sparse="dense") if method == "full" else sparse(seed)
-    cfg = base.replace(**METHODS[method], seed=seed, library=False, eval_model="ema",
-                       checkpoint_dir=tempfile.mkdtemp(prefix=f"semisup_{setting}_{method}_"))
+    cfg = base.replace(**method_config(method), seed=seed, library=False, eval_model="ema",
+                       checkpoint_dir=tempfile.mkdtemp(prefix=f"semisup_{setting}_{method.replace(':', '_')}_"))
     t = time.perf_counter()
     res = run_training(cfg, data)
     train_s = time.perf_counter() - t
@@ -167,7 +180,7 @@ def run_one(setting: str, method: str, seed: int, train_p, test_p, base: TrainCo
     return out
 
 
-def summarise(rows: list[dict], setting: str) -> dict:
+def summarise(rows: list[dict], setting: str, methods: list[str]) -> dict:
     def of(method: str, key: str = "dice") -> list[float]:
         return [r[key] for r in sorted(rows, key=lambda r: r["seed"]) if r["setting"] == setting
                 and r["method"] == method and r[key] is not None]
@@ -177,13 +190,13 @@ def summarise(rows: list[dict], setting: str) -> dict:
             f"{v[0]:.2f}" if v else "-")
 
     out: dict = {"setting": setting}
-    for m in METHODS:
+    for m in methods:
         if of(m):
             out[m] = ms(of(m))
             out[f"{m}_ema"] = ms(of(m, "dice_ema"))
             out[f"{m}_steps"] = ms([float(s) for s in of(m, "steps")])
     sup = of("sup")
-    for m in [m for m in METHODS if m not in ("sup", "full")]:
+    for m in [m for m in methods if m not in ("sup", "full")]:
         if of(m) and len(of(m)) == len(sup):
             gains = [a - b for a, b in zip(of(m), sup)]
             out[f"gain_{m}"] = round(statistics.mean(gains), 2)
@@ -192,7 +205,7 @@ def summarise(rows: list[dict], setting: str) -> dict:
     if of("sup", "dice_ema") and len(of("sup", "dice_ema")) == len(sup):
         out["gain_ema_over_student_sup"] = round(statistics.mean(
             [a - b for a, b in zip(of("sup", "dice_ema"), sup)]), 2)
-    for m in [m for m in METHODS if m not in ("sup", "full")]:
+    for m in [m for m in methods if m not in ("sup", "full")]:
         if of(m, "step_s") and of("sup", "step_s"):
             out[f"step_ratio_{m}"] = round(statistics.median(of(m, "step_s")) / statistics.median(of("sup", "step_s")),
                                            3)
@@ -227,6 +240,8 @@ def main() -> None:
     budget = 8.0 if args.quick else args.budget
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        method_config(m)  # a typo ends the run before any training
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     t0 = time.perf_counter()
     rows, summaries = [], []
@@ -238,7 +253,7 @@ def main() -> None:
         for seed in seeds:
             for m in methods:
                 rows.append(run_one(setting, m, seed, train_p, test_p, base, sparse, args.device))
-        summaries.append(summarise(rows, setting))
+        summaries.append(summarise(rows, setting, methods))
     by = {s["setting"]: s for s in summaries}
     gains = [s["gain_pl"] for s in summaries if "gain_pl" in s]
     ratios = [s["step_ratio_pl"] for s in summaries if "step_ratio_pl" in s]
