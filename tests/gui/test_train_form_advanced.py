@@ -74,3 +74,17 @@ def test_stain_jitter_reaches_the_config_for_rgb_and_is_refused_for_grey(make_na
     assert w2.stain_spin.value() == 0.05 and w2.adv_toggle.isChecked()
     w.shutdown()
     w2.shutdown()
+
+
+def test_the_boundary_regulariser_reaches_the_config_and_is_remembered(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    assert _cfg(w).crf_weight == 0.0 and w.crf_spin.text() == "off"  # off by default
+    w.crf_spin.setValue(0.5)
+    assert _cfg(w).crf_weight == 0.5
+    save_settings(w.SETTINGS, w._settings_values())
+    w2 = TrainWidget(viewer)
+    assert w2.crf_spin.value() == 0.5 and w2.adv_toggle.isChecked()  # a non-default opens the part
+    w.shutdown()
+    w2.shutdown()

@@ -130,6 +130,7 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         freeze="encoder" if settings.get("freeze_encoder") and not distil else "none",
         freeze_bn=bool(settings.get("freeze_bn", False)) and not distil,
         deep_supervision=bool(settings.get("deep_supervision", False)), stain_jitter=stain,
+        crf_weight=float(settings.get("crf_weight") or 0.0),
         # "Distil for deployment": the trained model teaches, on windows from anywhere too (training.distill)
         distill_from=distil, unlabelled_ratio=1.0 if distil else 0.0,
     )
