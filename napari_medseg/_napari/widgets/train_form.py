@@ -72,8 +72,8 @@ ADVANCED_TIPS = {
     "crf_weight": "Boundary regulariser for scribbles (gated CRF loss): neighbouring pixels that look alike take the "
                   "same class, so an object's edge follows the image, not the stroke 3 px inside it. Costs about 3 % "
                   "of a step; uses every pixel, painted or not. On 1 % scribbles 0.5-2 gave the last weights +0.7-0.9 "
-                  "Dice but the weight average (the EMA box) nothing, so it is off by default: use it with EMA "
-                  "off (docs/training.md).",
+                  "Dice, about what the weight average (the EMA box) gives without it, and the weight average "
+                  "nothing more, so it is off by default (docs/training.md).",
     "freeze_bn": "Fine-tuning: batch-norm layers keep their running statistics (eval mode) and their weights; "
                  "useful with small batches. The U-Net's instance norm has neither (the Attention U-Net uses "
                  "batch norm).",
