@@ -62,7 +62,7 @@ def test_a_bound_method_runs_once_when_qt_deletes_the_widget(qtbot):
     assert ref() is None  # the registry keeps nothing alive
 
 
-def test_a_plain_callable_runs_when_the_collector_frees_the_widget_and_nothing_is_kept():
+def test_a_plain_callable_runs_when_the_collector_frees_the_widget_and_nothing_is_kept(qapp):
     stop = threading.Event()
     w = QWidget()
     w.me = w  # a cycle
@@ -77,7 +77,7 @@ def test_a_plain_callable_runs_when_the_collector_frees_the_widget_and_nothing_i
     assert widget_lifetime.pending_count() == before - 1
 
 
-def test_a_bound_method_of_a_collected_widget_is_skipped_and_the_widget_not_kept():
+def test_a_bound_method_of_a_collected_widget_is_skipped_and_the_widget_not_kept(qapp):
     _Box.seen.clear()
     ref = weakref.ref(_Box())
     gc.collect()
