@@ -62,7 +62,9 @@ class _Reader:
         pass
 
 
-def _copy_meta(src: Path, dst: Path, extra: dict) -> None:
+def _finish_int8_file(src: Path, dst: Path, extra: dict) -> None:
+    """Rewrite the quantiser's output ``dst`` once: the description of ``src`` carried over with ``extra``
+    recorded in it, and short internal names (``_compact_names``)."""
     import onnx
 
     from napari_medseg.models.export import META_KEY
@@ -138,7 +140,7 @@ def quantize_onnx(fp32: str | os.PathLike, out: str | os.PathLike, calibration: 
             root.setLevel(level)
         if reader.count == 0:
             raise MedsegError("INT8 quantisation needs calibration windows; none were given (is the image empty?)")
-        _copy_meta(fp32, tmp_out, {"quantized": "int8-qdq", "calibration_batches": reader.count})
+        _finish_int8_file(fp32, tmp_out, {"quantized": "int8-qdq", "calibration_batches": reader.count})
         os.replace(tmp_out, out) if tmp_out.stat().st_dev == out.parent.stat().st_dev else _move(tmp_out, out)
     ratio = out.stat().st_size / max(1, fp32.stat().st_size)
     dt = time.perf_counter() - t0
