@@ -8,6 +8,9 @@
 - ``objects export OBJECTS --dicom-seg out.dcm --like DICOM_FOLDER``: the objects' classes as a DICOM
   Segmentation referencing the series (one segment per class), for PACS, 3D Slicer and OHIF.
 
+OBJECTS may also be a prediction zarr whose objects were not found: ``--nifti`` / ``--dicom-seg`` then write
+its semantic labels (one value per class), ``--geojson`` each connected region of each class as one object.
+
 See docs/objects.md.
 """
 
@@ -76,12 +79,37 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _semantic_prediction(path: Path) -> list[str] | None:
+    """The class names of a napari-medseg prediction zarr that holds no objects yet (only its semantic labels),
+    else None."""
+    import json
+
+    from napari_medseg.objects.tiled import PREDICTION_MANIFEST
+
+    mf = path / PREDICTION_MANIFEST
+    if not path.is_dir() or not mf.is_file() or (path / "labels" / "objects").is_dir():
+        return None
+    try:
+        classes = json.loads(mf.read_text()).get("classes") or {}
+        return [str(n) for n in classes.get("names", [])] or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _export(args: argparse.Namespace) -> int:
     from napari_medseg.cli.measure import check_suffix, level_of, load_schema, names_and_colors
     from napari_medseg.objects.files import read_objects
 
+    semantic = _semantic_prediction(args.objects)
+    if semantic is not None and not args.components and (args.nifti or args.dicom_seg):
+        return _export_semantic(args, semantic)
+    if semantic is not None and not args.components:
+        # a semantic prediction as GeoJSON: its class values are not object ids; each region is one object
+        print(f"{args.objects} holds no objects yet (napari-medseg predict --instances-only finds them): each "
+              "connected region of each class is exported as one object")
+        args.components = True
     of = read_objects(args.objects, components=args.components)
-    names, colors = names_and_colors(of.class_names, load_schema(args.classes))
+    names, colors = names_and_colors(semantic or of.class_names, load_schema(args.classes))
     if args.geojson is not None:
         from napari_medseg.objects.geojson import write_geojson
 
@@ -110,6 +138,33 @@ def _export(args: argparse.Namespace) -> int:
     check_suffix(args.nifti, (".nii", ".nii.gz"), "NIfTI")
     write_objects(args.nifti, of.objects, class_names=names, like=args.like)
     print(f"wrote {args.nifti} ({of.objects.n} objects)")
+    return 0
+
+
+def _export_semantic(args: argparse.Namespace, class_names: list[str]) -> int:
+    """A prediction's semantic labels (one value per class, no objects) as a NIfTI label map or a DICOM-SEG."""
+    import zarr
+
+    from napari_medseg.cli.measure import check_suffix, load_schema, names_and_colors
+
+    if args.like is None:
+        raise MedsegError(f"--{'nifti' if args.nifti else 'dicom-seg'} needs --like SOURCE: the NIfTI file or DICOM "
+                          "folder that was predicted.")
+    labels = zarr.open_group(str(args.objects), mode="r")["labels/prediction/0"][...]
+    names, colors = names_and_colors(class_names, load_schema(args.classes))
+    what = f"the semantic prediction, classes {', '.join(names[1:])}"
+    if args.dicom_seg is not None:
+        from napari_medseg.objects.dicom_seg import write_dicom_seg
+
+        check_suffix(args.dicom_seg, (".dcm",), "DICOM-SEG")
+        write_dicom_seg(labels, args.dicom_seg, like=args.like, class_names=names, colors=colors)
+        print(f"wrote {args.dicom_seg} ({what})")
+        return 0
+    from napari_medseg.objects.volumes_out import write_nifti_labels
+
+    check_suffix(args.nifti, (".nii", ".nii.gz"), "NIfTI")
+    write_nifti_labels(labels, args.nifti, like=args.like)
+    print(f"wrote {args.nifti} ({what}; each voxel holds its class value)")
     return 0
 
 

@@ -88,6 +88,10 @@ class PredictionRun:
         are due."""
         if self.job.tissue is not None:
             yield TissueMaskReady(self.job.tissue, self.out)
+            if self.total == 0:  # a blank or pale slide: say so, rather than finish silently with nothing
+                yield self.warning("no tissue found (the tissue mask is empty): nothing was predicted and the "
+                                   "output is all background; predict without the tissue mask (--tissue-mask off, "
+                                   "or untick 'skip background (tissue mask)' in the Predict widget) to predict everywhere")
         yield PredictStart(total_blocks=self.total, skipped_blocks=self.job.blocks.n_blocks - self.total,
                            out=self.out, level=self.job.level, shape=self.job.shape, resumed_blocks=self.resumed,
                            name=self.name)

@@ -86,3 +86,20 @@ def test_instances_only_and_errors(tmp_path, slide, capsys):
     assert "missing: --out" in capsys.readouterr().err
     assert main(["predict", "--instances-only", str(pz), "--halo", "-1"]) == 2
     assert ">= 0" in capsys.readouterr().err
+
+
+def test_blank_slide_says_no_tissue(tmp_path, capsys):
+    """A slide with no tissue (glass only): the run says so and how to predict anyway, and finds no objects."""
+    blank = tmp_path / "blank.tif"
+    tifffile.imwrite(blank, np.full((300, 300, 3), 245, np.uint8), tile=(64, 64), photometric="rgb")
+    ckpt = _ckpt(tmp_path / "m.pt", SCHEMA)
+    out = tmp_path / "out"
+    assert main(["predict", str(ckpt), str(blank), "--out", str(out), "--window", "64", "--device", "cpu",
+                 "--instances"]) == 0
+    cap = capsys.readouterr()
+    assert "no tissue found" in cap.err and "--tissue-mask off" in cap.err
+    assert "no objects" in cap.out
+    # with the mask off the same slide is predicted everywhere, without the warning
+    assert main(["predict", str(ckpt), str(blank), "--out", str(out), "--window", "64", "--device", "cpu",
+                 "--tissue-mask", "off", "--overwrite"]) == 0
+    assert "no tissue found" not in capsys.readouterr().err

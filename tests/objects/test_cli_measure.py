@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -126,3 +127,52 @@ def test_bad_inputs_one_line_exit_2(slide, capsys, argv_tail):
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert err.startswith("napari-medseg ") and "error:" in err and len(err.splitlines()) == 1
+
+
+def test_export_semantic_prediction_of_a_volume(tmp_path, capsys):
+    """A volume's prediction zarr whose objects were not found: --nifti writes its class values (not object ids)
+    in the source's geometry, and --geojson exports each region of each class as one object."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiled_helpers import write_prediction
+
+    aff = np.diag([0.8, 0.8, 2.0, 1.0])
+    aff[:3, 3] = [10, -20, 5]
+    nib.save(nib.Nifti1Image(np.random.default_rng(0).random((40, 30, 12)).astype(np.float32), aff),
+             str(tmp_path / "ct.nii.gz"))
+    from napari_medseg.io.reader import open_image
+
+    shape = open_image(tmp_path / "ct.nii.gz", kind="image").shape
+    pred = np.zeros(shape, np.uint8)
+    pred[2:6, 5:10, 5:10] = 1
+    pred[8:10, 20:25, 1:4] = 2
+    pred[8:10, 2:6, 30:34] = 1
+    pz = write_prediction(tmp_path / "ct.prediction.zarr", pred)
+    out = tmp_path / "sem.nii.gz"
+    assert main(["objects", "export", str(pz), "--nifti", str(out), "--like", str(tmp_path / "ct.nii.gz")]) == 0
+    msg = capsys.readouterr().out
+    assert "semantic prediction" in msg and "objects)" not in msg
+    img = nib.load(str(out))
+    assert np.allclose(img.affine, aff)
+    data = np.asarray(img.dataobj)
+    assert sorted(np.unique(data)) == [0, 1, 2]  # class values kept: two class-1 regions are both 1
+    assert (data == 1).sum() == (pred == 1).sum() and (data == 2).sum() == (pred == 2).sum()
+    assert not Path(f"{out}.objects.json").exists()  # no sidecar claiming they are objects
+    # read back through the package: the same voxels in the package's orientation
+    back = read_objects(out)
+    assert np.array_equal(back.objects.labels, pred)
+
+
+def test_export_semantic_prediction_as_geojson(tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tiled_helpers import write_prediction
+
+    pred = np.zeros((60, 80), np.uint8)
+    pred[5:15, 5:15] = 1
+    pred[30:40, 5:15] = 1
+    pred[30:50, 40:70] = 2
+    pz = write_prediction(tmp_path / "s.prediction.zarr", pred)
+    assert main(["objects", "export", str(pz), "--geojson", str(tmp_path / "s.geojson")]) == 0
+    assert "holds no objects yet" in capsys.readouterr().out
+    fc = json.loads((tmp_path / "s.geojson").read_text())
+    names = sorted(f["properties"]["classification"]["name"] for f in fc["features"])
+    assert names == ["nucleus", "tissue", "tissue"]  # each region of each class one object, with its class name
