@@ -227,20 +227,42 @@ def feature_polygons(feature: dict[str, Any], where: str) -> list[list[np.ndarra
     return out
 
 
+def rasterize_box(polygons: list[list[np.ndarray]], shape: tuple[int, int], offset: Sequence[float], scale: float
+                  ) -> tuple[tuple[slice, slice], np.ndarray] | None:
+    """The polygons (level-0 ``(x, y)`` pixels, holes cleared) on the labels' grid, drawn only within their
+    bounding box: ``(box, mask)`` with ``mask`` the box's pixels, or None when they miss the grid. One feature
+    costs its own size, not the grid's (a slide's detections are many small polygons on a large grid)."""
+    from skimage.draw import polygon as draw_polygon
+
+    rings = [((r[:, 1] - offset[0]) / scale - 0.5, (r[:, 0] - offset[1]) / scale - 0.5)
+             for poly in polygons for r in poly[:1] if len(r) >= 3]  # the outer rings bound the feature
+    if not rings:
+        return None
+    r0 = max(0, int(np.floor(min(rows.min() for rows, _ in rings))))
+    r1 = min(shape[0], int(np.ceil(max(rows.max() for rows, _ in rings))) + 1)
+    c0 = max(0, int(np.floor(min(cols.min() for _, cols in rings))))
+    c1 = min(shape[1], int(np.ceil(max(cols.max() for _, cols in rings))) + 1)
+    if r1 <= r0 or c1 <= c0:
+        return None
+    mask = np.zeros((r1 - r0, c1 - c0), bool)
+    for rings_ in polygons:
+        for k, ring in enumerate(rings_):
+            if len(ring) < 3:
+                continue
+            rows = (ring[:, 1] - offset[0]) / scale - 0.5 - r0
+            cols = (ring[:, 0] - offset[1]) / scale - 0.5 - c0
+            rr, cc = draw_polygon(rows, cols, mask.shape)
+            mask[rr, cc] = k == 0  # rings after the first are holes
+    return (slice(r0, r1), slice(c0, c1)), mask
+
+
 def rasterize(polygons: list[list[np.ndarray]], shape: tuple[int, int], offset: Sequence[float], scale: float
               ) -> np.ndarray:
     """Boolean mask on the labels' grid of polygons given in level-0 ``(x, y)`` pixels (holes cleared)."""
-    from skimage.draw import polygon as draw_polygon
-
     mask = np.zeros(shape, bool)
-    for rings in polygons:
-        for k, ring in enumerate(rings):
-            if len(ring) < 3:
-                continue
-            rows = (ring[:, 1] - offset[0]) / scale - 0.5
-            cols = (ring[:, 0] - offset[1]) / scale - 0.5
-            rr, cc = draw_polygon(rows, cols, shape)
-            mask[rr, cc] = k == 0  # rings after the first are holes
+    got = rasterize_box(polygons, shape, offset, scale)
+    if got is not None:
+        mask[got[0]] = got[1]
     return mask
 
 
@@ -298,11 +320,11 @@ def read_geojson_classes(path: str | os.PathLike, shape: Sequence[int],
     labels = np.zeros(shape, np.uint32)
     classes = [0]
     for polys, value in picked:
-        mask = rasterize(polys, shape, (float(offset[0]), float(offset[1])), float(scale))
-        if not mask.any():
+        got = rasterize_box(polys, shape, (float(offset[0]), float(offset[1])), float(scale))
+        if got is None or not got[1].any():
             continue  # outside the grid or thinner than a pixel
         classes.append(value)
-        labels[mask] = len(classes) - 1
+        labels[got[0]][got[1]] = len(classes) - 1
     # overlapping features: a later one may have covered an earlier one entirely; renumber 1..n
     present = np.zeros(len(classes), bool)
     present[np.unique(labels)] = True

@@ -133,3 +133,33 @@ def test_overlapping_features_later_wins_and_ids_stay_dense(tmp_path):
     obj = read_geojson(p, (20, 20), NAMES)
     assert obj.n == 2 and set(np.unique(obj.labels)) == {0, 1, 2}
     assert list(obj.classes) == [0, 2, 2]
+
+
+def test_rasterize_in_the_box_equals_the_whole_grid():
+    """Each feature is drawn within its bounding box (cost of its size, not the grid's): the same pixels as
+    drawing it on the whole grid, for polygons inside, across the border, outside, with holes, and multipart."""
+    from skimage.draw import polygon as draw_polygon
+
+    from napari_medseg.objects.geojson import rasterize
+
+    def whole(polys, shape, offset, scale):
+        m = np.zeros(shape, bool)
+        for rings in polys:
+            for k, ring in enumerate(rings):
+                rr, cc = draw_polygon((ring[:, 1] - offset[0]) / scale - 0.5, (ring[:, 0] - offset[1]) / scale - 0.5,
+                                      shape)
+                m[rr, cc] = k == 0
+        return m
+
+    rng = np.random.default_rng(0)
+    shape = (70, 90)
+    for i in range(60):
+        cx, cy, r = rng.uniform(-20, 200), rng.uniform(-20, 160), rng.uniform(2, 30)
+        ang = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(3, 12)))
+        outer = np.stack([cx + r * np.cos(ang), cy + r * np.sin(ang)], 1)
+        hole = np.stack([cx + r / 3 * np.cos(ang), cy + r / 3 * np.sin(ang)], 1)
+        polys = [[outer, hole]] if i % 3 == 0 else [[outer]]
+        if i % 5 == 0:  # multipart
+            polys.append([outer + [25.0, -10.0]])
+        for offset, scale in (((0.0, 0.0), 1.0), ((4.0, -3.0), 2.0)):
+            assert np.array_equal(rasterize(polys, shape, offset, scale), whole(polys, shape, offset, scale)), i
