@@ -368,3 +368,67 @@ def test_volume_objects_go_out_as_nifti_and_dicom_seg_in_the_files_geometry(make
     assert [s.SegmentLabel for s in hd.seg.segread(seg).SegmentSequence] == ["lesion", "object boundary"]
     viewer.layers["exam"].metadata = {}
     assert w.export_volume(tmp_path / "x.nii.gz") is None and "NIfTI file or a DICOM" in w.messages.entries[-1][2]
+
+
+def test_counts_per_region_go_to_a_file(setup, qtbot, tmp_path):
+    viewer, w, _image, _pred = setup
+    _find(w, qtbot)
+    assert not w.save_counts_btn.isEnabled() and w.export_counts(tmp_path / "c.csv") is None
+    viewer.add_shapes([np.array([[0.0, 0.0], [0.0, 12.0], [12.0, 12.0], [12.0, 0.0]])], shape_type="rectangle",
+                      name="regions")
+    w.shapes_combo.setCurrentIndex(w.shapes_combo.findText("regions"))
+    summary = w.count_in_regions()
+    assert w.save_counts_btn.isEnabled()
+    back = pd.read_csv(w.export_counts(tmp_path / "c.csv"))
+    assert list(back["count"]) == list(summary["count"]) and set(back["region"]) == {"region 1"}
+
+
+@pytest.mark.parametrize("multiscale", [False, True])
+def test_geojson_objects_come_back_in_onto_the_image(make_napari_viewer, qtbot, tmp_path, monkeypatch, multiscale):
+    """Objects exported for QuPath come back in through 'Import GeoJSON...' as an objects layer over the same
+    pixels, with their classes and table; on a slide too large to hold they land on its first level that fits."""
+    from napari_medseg._napari.widgets import objects_jobs
+    from napari_medseg.objects.geojson import write_geojson
+    from napari_medseg.objects.instances import find_objects
+
+    pred_arr = _prediction()
+    found = find_objects(pred_arr, SCHEMA)  # Objects
+    gj = write_geojson(tmp_path / "o.geojson", found, class_names=list(SCHEMA.names), colors=list(SCHEMA.colors))
+    viewer = make_napari_viewer()
+    img = np.random.default_rng(0).uniform(0, 10, SHAPE).astype(np.float32)
+    if multiscale:  # level 0 is 2x the objects' grid; only level 1 fits the (lowered) limit
+        monkeypatch.setattr(objects_jobs, "MAX_FIND_PIXELS", SHAPE[0] * SHAPE[1])
+        big = np.kron(img, np.ones((2, 2), np.float32))
+        image = viewer.add_image([big, img], name="img", scale=(0.25, 0.25))
+        gj = write_geojson(tmp_path / "o2.geojson", found, class_names=list(SCHEMA.names),
+                           colors=list(SCHEMA.colors), scale=2.0)
+    else:
+        image = viewer.add_image(img, name="img", scale=(0.5, 0.5))
+    w = ObjectsWidget(viewer)
+    qtbot.addWidget(w)
+    w.image_combo.setCurrentIndex(w.image_combo.findText("img"))
+    st = w.import_geojson(gj)
+    assert st is not None, w.messages.entries[-1]
+    lab = np.asarray(st.layer.data)
+    assert lab.shape == SHAPE and int(lab.max()) == found.n == len(st.table)
+    for i in range(1, found.n + 1):  # each object covers the same pixels (ids in the file's order)
+        a = found.labels == i
+        b = lab == i
+        assert (a & b).sum() / (a | b).sum() >= 0.85
+    assert set(st.table["class"]) == {"nucleus"}
+    np.testing.assert_allclose(st.layer.scale, (0.5, 0.5))
+    np.testing.assert_allclose(st.layer.translate, image.translate[-2:] + (0.125 if multiscale else 0.0))
+    # they round-trip through the widget's own export in the image's level-0 coordinates
+    back = w.export_geojson(tmp_path / "back.geojson")
+    a = json.loads(gj.read_text())["features"]
+    b = json.loads(back.read_text())["features"]
+    assert len(a) == len(b)
+    ca = np.mean(a[0]["geometry"]["coordinates"][0], 0)
+    cb = np.mean(b[0]["geometry"]["coordinates"][0], 0)
+    np.testing.assert_allclose(ca, cb, atol=1e-6)  # a coarser level's pixel centres: (f - 1) / 2 px in
+    # errors: no image chosen, a file with no objects on the image
+    w.image_combo.setCurrentIndex(0)
+    assert w.import_geojson(gj) is None and "Choose the image" in w.messages.entries[-1][2]
+    w.image_combo.setCurrentIndex(w.image_combo.findText("img"))
+    (tmp_path / "none.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    assert w.import_geojson(tmp_path / "none.geojson") is None and "no polygon objects" in w.messages.entries[-1][2]

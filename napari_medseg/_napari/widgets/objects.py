@@ -162,7 +162,9 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         self.regions_btn = QPushButton("Count in regions")
         self.regions_btn.setToolTip("Count and density per class in each polygon, rectangle or ellipse of the "
                                     "Shapes layer")
-        g.addWidget(self.regions_btn, 4, 0, 1, 2)
+        self.save_counts_btn = QPushButton("Counts...")  # the counts per region as CSV, TSV or Parquet
+        g.addWidget(self.regions_btn, 4, 0)
+        g.addWidget(self.save_counts_btn, 4, 1)
         g.addWidget(self.undo_btn, 4, 2)
         self.merge_btn.clicked.connect(lambda: self.merge())
         self.split_btn.clicked.connect(lambda: self.split())
@@ -170,13 +172,14 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         self.set_class_btn.clicked.connect(lambda: self.set_class())
         self.undo_btn.clicked.connect(lambda: self.undo())
         self.regions_btn.clicked.connect(lambda: self.count_in_regions())
+        self.save_counts_btn.clicked.connect(lambda: self.export_counts())
         root.addWidget(edit)
         self.regions_model = FrameModel(reorder=False)
         self.regions_view = compact_view(self.regions_model, sortable=False)
         self.regions_view.setVisible(False)
         root.addWidget(self.regions_view)
 
-        out = QGroupBox("Export")
+        out = QGroupBox("Files")
         g2 = QGridLayout(out)
         self.save_table_btn = QPushButton("Table...")
         self.save_table_btn.setToolTip("Save the measurements as CSV, TSV or Parquet")
@@ -192,6 +195,11 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         g2.addWidget(self.save_geojson_btn, 0, 1)
         g2.addWidget(self.save_volume_btn, 1, 0)
         g2.addWidget(self.send_btn, 1, 1)
+        self.import_btn = QPushButton("Import GeoJSON...")
+        self.import_btn.setToolTip("Objects drawn or detected in QuPath (GeoJSON) onto the chosen Image: measure, "
+                                   "proofread, export or send them to the training labels")
+        g2.addWidget(self.import_btn, 2, 0, 1, 2)
+        self.import_btn.clicked.connect(lambda: self.import_geojson())
         self.save_volume_btn.clicked.connect(lambda: self.export_volume())
         self.save_table_btn.clicked.connect(lambda: self.export_table())
         self.save_geojson_btn.clicked.connect(lambda: self.export_geojson())
@@ -210,6 +218,7 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
                   self.save_volume_btn, self.send_btn):
             w.setEnabled(editable)
         self.undo_btn.setEnabled(has and bool(self._undo))
+        self.save_counts_btn.setEnabled(has and self._counts is not None)
         self.find_btn.setEnabled(self._worker is None)
 
     # -- layer choices ------------------------------------------------------------------------------
@@ -302,7 +311,7 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
             self.viewer.layers.remove(name)
         layer = self.viewer.add_labels(found.objects.labels, name=name, **kw)
         self.state = ObjectsState(layer=layer, pred=pred, image=image, schema=schema, found=found)
-        self._undo = []
+        self._undo, self._counts = [], None
         self.viewer.layers.selection.active = layer
         layer.events.selected_label.connect(self._on_selected_label)
         self._show_table()

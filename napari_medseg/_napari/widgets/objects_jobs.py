@@ -278,4 +278,7 @@ class ObjectsState:
         isc = np.asarray(self.image.scale[-2:], float)
         scale = float(np.asarray(self.layer.scale[-1], float) / isc[-1])
         off = (np.asarray(self.layer.translate[-2:], float) - np.asarray(self.image.translate[-2:], float)) / isc
+        # a coarser level's pixel centres sit (scale - 1) / 2 level-0 pixels in (``inference.job``: translation);
+        # the GeoJSON offset is that of its pixel corners
+        off = off - (scale - 1.0) / 2.0
         return (float(off[0]), float(off[1])), scale

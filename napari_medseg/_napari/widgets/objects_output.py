@@ -1,5 +1,6 @@
-"""The Objects widget's outputs: counts in drawn regions, the table and GeoJSON files, and the objects sent
-into the image's label store. ``ObjectsOutputMixin`` is mixed into ``ObjectsWidget``; it expects the widget's
+"""The Objects widget's outputs and inputs: counts in drawn regions (and their file), the table and GeoJSON
+files, objects read from a QuPath GeoJSON onto the chosen image, and the objects sent into the image's label
+store. ``ObjectsOutputMixin`` is mixed into ``ObjectsWidget``; it expects the widget's
 ``state`` (``objects_jobs.ObjectsState``), ``viewer``, ``session``, ``messages``, ``shapes_combo``,
 ``regions_model`` / ``regions_view`` and its undo list ``_undo``. Tests call the methods with paths (the
 buttons open file dialogs)."""
@@ -9,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from qtpy.QtWidgets import QFileDialog
 
+from napari_medseg._napari.layerdata import medseg_meta
 from napari_medseg._napari.widgets.objects_slide import NOT_HERE
 from napari_medseg._napari.widgets.objects_table import fit_rows
 from napari_medseg._napari.widgets.qt_helpers import combo_layer
@@ -28,6 +31,7 @@ class ObjectsOutputMixin:
     regions_model: Any
     regions_view: Any
     _undo: list[Any]
+    _counts: Any = None  # the last counts in regions (a DataFrame), for export_counts
 
     def count_in_regions(self, shapes: Any = None) -> Any:
         """Count and density per class in each polygon of the Shapes layer; shown under the buttons."""
@@ -47,7 +51,91 @@ class ObjectsOutputMixin:
         self.regions_model.set_frame(summary[[*first, *[c for c in summary.columns if c not in first]]])
         fit_rows(self.regions_view)
         self.regions_view.setVisible(True)
+        self._counts = summary
+        self._update_enabled()
         return summary
+
+    def export_counts(self, path: str | Path | None = None) -> Path | None:
+        """The last counts in regions as CSV, TSV or Parquet."""
+        from napari_medseg.objects.measure import write_table
+
+        if self._counts is None:
+            self.messages.error("Count in regions first.")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save the counts per region", "counts.csv",
+                                                  "Tables (*.csv *.tsv *.parquet)")
+            if not path:
+                return None
+        try:
+            out = write_table(self._counts, path)
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return None
+        self.messages.info(f"counts of {self._counts['region'].nunique()} region(s) saved to {out}")
+        return Path(out)
+
+    def import_geojson(self, path: str | Path | None = None) -> Any:
+        """Objects from a QuPath GeoJSON (detections or annotations, level-0 pixel coordinates) onto the chosen
+        image: a class layer ``<file> classes`` and its objects layer with their table, to measure, proofread,
+        export or send to the training labels like objects found here. A slide too large to hold is read at
+        its first level that fits (``MAX_FIND_PIXELS``); its coordinates are scaled to it."""
+        from napari_medseg._napari.widgets.objects_jobs import (
+            MAX_FIND_PIXELS,
+            Found,
+            layer_pixel_grid,
+            measure,
+        )
+        from napari_medseg.core.classes import ClassSchema
+        from napari_medseg.objects.edit import object_boxes
+        from napari_medseg.objects.geojson import read_geojson_classes
+
+        image = self._image()
+        try:
+            if image is None:
+                raise MedsegError("Choose the image the objects belong to (Image) first.")
+            if path is None:
+                path, _ = QFileDialog.getOpenFileName(self, "Objects from QuPath", "", "GeoJSON (*.geojson *.json)")
+                if not path:
+                    return None
+            path = Path(path)
+            levels = list(image.data) if getattr(image, "multiscale", False) else [image.data]
+            shapes = [tuple(int(s) for s in (lv.shape[:-1] if image.rgb else lv.shape)) for lv in levels]
+            if len(shapes[0]) != 2:
+                raise MedsegError(f"GeoJSON objects are 2D; {image.name!r} has {len(shapes[0])} spatial axes.")
+            k = next((i for i, sh in enumerate(shapes) if sh[0] * sh[1] <= MAX_FIND_PIXELS), None)
+            if k is None:
+                raise MedsegError(f"{image.name!r} is too large to hold its objects here; import them with "
+                                  "'napari-medseg objects import FILE.geojson --like IMAGE --out objects.zarr'")
+            f = shapes[0][-1] / shapes[k][-1]
+            store = self.session.store_for(image)
+            start = list(store.classes.names) if store is not None else ["background"]
+            objects, names = read_geojson_classes(path, shapes[k], start, add_classes=True, scale=f)
+            if objects.n == 0:
+                raise MedsegError(f"{path.name}: no polygon objects on {image.name!r} (is it the image they were "
+                                  "drawn on?)")
+            class_names = [names[v] for v in sorted(names)]
+            used = sorted({class_names[int(c)] for c in objects.classes[1:]})
+            colors = list(store.classes.colors)[:len(class_names)] if store is not None else []
+            schema = ClassSchema(names=tuple(class_names), **({"colors": tuple(colors)} if len(colors) == len(
+                class_names) else {})).with_objects(used, boundary=False)
+        except MedsegError as e:
+            self.messages.error(str(e))
+            return None
+        s0 = np.asarray(image.scale[-2:], float)
+        pred_values = np.asarray(objects.classes, np.uint16)[objects.labels]
+        unit = medseg_meta(image).get("unit") or "px"
+        pred = self.viewer.add_labels(
+            pred_values.astype(np.uint8) if len(class_names) < 256 else pred_values, name=f"{path.stem} classes",
+            scale=tuple(s0 * f), translate=tuple(np.asarray(image.translate[-2:], float) + (f - 1) / 2 * s0),
+            opacity=0.5, visible=False,
+            metadata={"napari_medseg": {"classes": schema.to_dict(), "unit": unit, "source": str(path)}})
+        grid = layer_pixel_grid(pred, image)
+        img = np.asarray(grid.image) if grid.image is not None else None
+        table = measure(objects, img, grid, list(schema.names))
+        found = Found(objects, table, object_boxes(objects.labels), pred.data, img, grid, list(schema.names))
+        self.show_objects(found, pred, image, schema)
+        return self.state
 
     def export_table(self, path: str | Path | None = None) -> Path | None:
         from napari_medseg.objects.measure import write_table
