@@ -10,12 +10,17 @@ covers, joined into components across block faces with a union-find over per-blo
 (face connectivity, per class, as ``find_objects``' seeds). Components of at least ``min_size`` pixels are
 objects larger than the halo. Memory: one block and the faces shared with the blocks still to come.
 
+``cut_object`` then finds one such component's object as ``find_objects`` does on the whole array: on the
+component's bounding box grown by twice ``grow`` (its seed is the whole component; the boundary pixels it grows
+into compete with the neighbouring seeds inside that box), when the box holds at most ``JOIN_MAX_PIXELS``.
+
 ``measure_kwargs``, ``write_part`` and ``join_parts``: the per-block parts of the object table and their
 join into one CSV.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -139,6 +144,38 @@ def cut_objects(pred: Any, out: Any, cores: Sequence[tuple[slice, ...]], block: 
         c[2] = [min(a, b) for a, b in zip(c[2], piece_lo[piece])]
         c[3] = [max(a, b) for a, b in zip(c[3], piece_hi[piece])]
     return [(c[0], c[2] + c[3]) for r, c in sorted(comps.items()) if c[1] >= max(1, min_size)]
+
+
+#: a cut object whose grown box holds more pixels than this is reported, not written (about 14 bytes a pixel)
+JOIN_MAX_PIXELS = 2**26
+
+
+def cut_object(pred: Any, out0: Any, schema: Any, find: dict[str, int], value: int, bounds: Sequence[int],
+               n_written: int) -> dict[str, Any] | None:
+    """The object of the cut component of class ``value`` with ``bounds`` (``[starts..., stops...]``, from
+    ``cut_objects``), as ``find_objects`` gives it on the whole array: ``{"local": uint32 (1 on its pixels),
+    "box": slices of ``pred``, "classes": [class value]}``; None when its box is larger than ``JOIN_MAX_PIXELS``
+    or no object is found there (e.g. a seed below ``min_seed``)."""
+    from napari_medseg.objects.instances import find_objects
+
+    nd = len(pred.shape)
+    lo, hi = list(bounds[:nd]), list(bounds[nd:])
+    pad = 2 * int(find.get("grow", 0)) + 2
+    box = tuple(slice(max(0, a - pad), min(n, b + pad)) for a, b, n in zip(lo, hi, pred.shape))
+    if math.prod(b.stop - b.start for b in box) > JOIN_MAX_PIXELS:
+        return None
+    p = np.asarray(pred[box])
+    o = np.asarray(out0[box])
+    free = (o == 0) | (o > n_written)
+    inner = np.zeros(p.shape, bool)
+    inner[tuple(slice(a - b.start, c - b.start) for a, c, b in zip(lo, hi, box))] = True
+    objs = find_objects(p, schema, **find)
+    hits = np.bincount(objs.labels[(p == value) & free & inner].ravel(), minlength=objs.n + 1)
+    hits[0] = 0
+    if not hits.any():
+        return None
+    k = int(hits.argmax())  # the component is one seed of find_objects: the object that holds it
+    return {"local": ((objs.labels == k) & free).astype(np.uint32), "box": box, "classes": [int(objs.classes[k])]}
 
 
 def measure_kwargs(manifest: dict[str, Any], nd: int) -> dict[str, Any]:

@@ -21,9 +21,12 @@ objects of the blocks before it; the per-block counts are in the journal, so a r
 
 Objects larger than the halo are cut in every window that holds their centroid and would vanish: after the
 blocks, a second pass (run only when some window saw an object reaching from the margin into its core) finds
-the object-class pixels no kept object covers, joins them across block faces (union-find) and reports the
-components of at least ``min_size`` pixels as *cut objects* (count per class, boxes) in the final event and
-the run file; the attribute ``complete`` is then false. Rerun with a larger halo to get them.
+the object-class pixels no kept object covers and joins them across block faces (union-find) into *cut
+objects* (components of at least ``min_size`` pixels). Each is then found once more on its own bounding box
+(``stitch.cut_object``: the same pixels ``find_objects`` gives it on the whole array) and written with the
+next ids, after every block's objects (``joined`` in the result). Only one whose box exceeds
+``stitch.JOIN_MAX_PIXELS`` (64 M pixels) is left out and reported (count per class, boxes) in the final event
+and the run file; the attribute ``complete`` is then false. Rerun with a larger halo to get it.
 
 Resumption: each finished block writes ``medseg/objects/journal/<key>.json`` (atomically, after its chunks);
 a rerun with the same settings skips those blocks and redoes the others; the result is identical. Peak
@@ -62,7 +65,14 @@ from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.files import write_json_atomic
 from napari_medseg.objects.instances import find_objects
-from napari_medseg.objects.stitch import cut_objects, join_parts, keep_in_core, measure_kwargs, write_part
+from napari_medseg.objects.stitch import (
+    cut_object,
+    cut_objects,
+    join_parts,
+    keep_in_core,
+    measure_kwargs,
+    write_part,
+)
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +116,8 @@ class InstancesProgress(InstancesEvent):
 
 @dataclass(frozen=True)
 class InstancesDone(InstancesEvent):
-    """The result (also the generator's return value). ``cut``: objects larger than the halo, not written."""
+    """The result (also the generator's return value). ``joined``: objects larger than the halo, joined across
+    blocks and written; ``cut``: such objects too large to join, not written."""
 
     out: Path
     n: int
@@ -118,6 +129,7 @@ class InstancesDone(InstancesEvent):
     cut_per_class: dict[str, int] = field(default_factory=dict)
     blocks: int = 0
     resumed_blocks: int = 0
+    joined: int = 0
 
     @property
     def message(self) -> str:
@@ -125,8 +137,10 @@ class InstancesDone(InstancesEvent):
             return f"{self.out}: no objects (the prediction holds no object of the classes counted)"
         per = ", ".join(f"{k}: {v}" for k, v in self.per_class.items())
         msg = f"{self.out}: {self.n} objects ({per}) in {self.seconds:.1f} s"
+        if self.joined:
+            msg += f" ({self.joined} larger than the halo, joined across blocks)"
         if self.cut:
-            msg += (f"; {self.cut} object(s) larger than the halo were left out (first at {self.cut_boxes[0]}): "
+            msg += (f"; {self.cut} object(s) too large to join were left out (first at {self.cut_boxes[0]}): "
                     "rerun with a larger --halo")
         return msg
 
@@ -390,17 +404,37 @@ def instances_from_prediction(prediction_zarr: str | os.PathLike, *, schema: Cla
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
-    # objects larger than the halo: counted (a second pass only when some window saw one)
+    # objects larger than the halo: found again on their own box and written after the others (a second pass,
+    # only when some window saw one); those too large for that are counted
     n = len(classes) - 1
     cut: list[tuple[int, list[int]]] = []
+    joined: list[str] = []
     if any(done[_block_key(i)].get("suspect") for i in order):
         nonempty = [core_of(i) for i in order if not done[_block_key(i)].get("empty")]
-        cut = cut_objects(pred, out[0], nonempty, blk, schema.object_values, max(1, min_size), n)
+        left = []
+        for value, bounds in cut_objects(pred, out[0], nonempty, blk, schema.object_values, max(1, min_size), n):
+            res = cut_object(pred, out[0], schema, find, value, bounds, n)
+            if res is None:
+                left.append((value, bounds))
+                continue
+            _commit(out[0], res, len(classes) - 1)
+            if measure is not None:
+                from napari_medseg.objects.measure import measure_objects
+
+                df = measure_objects(res["local"], np.asarray([0, *res["classes"]], np.int32),
+                                     class_names=list(schema.names), offset=[b.start for b in res["box"]], **measure)
+                (p / TABLE_PARTS).mkdir(parents=True, exist_ok=True)
+                joined.append(f"joined{len(joined)}")
+                write_part(p / TABLE_PARTS / f"{joined[-1]}.csv", df, len(classes) - 1)
+            else:
+                joined.append(f"joined{len(joined)}")
+            classes.extend(res["classes"])
+        cut, n = left, len(classes) - 1
     from napari_medseg.io.ngff_write import build_pyramid
 
     build_pyramid(out, "ZYX"[-len(shape):], kind="nearest", workers=1)
     if table:
-        join_parts(p / TABLE_PARTS, [_block_key(i) for i in order], p / TABLE)
+        join_parts(p / TABLE_PARTS, [_block_key(i) for i in order] + joined, p / TABLE)
     else:
         Path(p / TABLE).unlink(missing_ok=True)
     names = list(schema.names)
@@ -408,11 +442,11 @@ def instances_from_prediction(prediction_zarr: str | os.PathLike, *, schema: Cla
     per_class = {names[v]: int((cls_arr[1:] == v).sum()) for v in schema.object_values}
     cut_per_class = {names[v]: sum(1 for c, _ in cut if c == v) for v in schema.object_values}
     summary = {"n": n, "per_class": per_class, "cut": len(cut), "cut_per_class": cut_per_class,
-               "cut_boxes": [b for _, b in cut[:100]], "complete": not cut}
+               "cut_boxes": [b for _, b in cut[:100]], "complete": not cut, "joined": len(joined)}
     import zarr
 
     zarr.open_group(str(p), mode="a")[f"labels/{LABELS}"].attrs.update({"medseg_objects": {
-        "classes": classes, "class_names": names, "n": n, "complete": not cut, "cut": len(cut),
+        "classes": classes, "class_names": names, "n": n, "complete": not cut, "cut": len(cut), "joined": len(joined),
         "halo": halo, "block": list(blk), "min_size": min_size, "grow": grow, "min_seed": min_seed}})
     write_json_atomic(p / RUN_FILE, {"format": OBJECTS_FORMAT, "settings": settings, "status": "complete",
                                      "result": summary}, durable=True, indent=1)
@@ -423,7 +457,8 @@ def instances_from_prediction(prediction_zarr: str | os.PathLike, *, schema: Cla
 
 def _result(p: Path, s: dict[str, Any], seconds: float, total: int, resumed: int) -> InstancesDone:
     return InstancesDone(p, int(s["n"]), dict(s["per_class"]), seconds, int(s["cut"]), bool(s["complete"]),
-                         [list(b) for b in s.get("cut_boxes", [])], dict(s.get("cut_per_class", {})), total, resumed)
+                         [list(b) for b in s.get("cut_boxes", [])], dict(s.get("cut_per_class", {})), total, resumed,
+                         int(s.get("joined", 0)))
 
 
 def read_objects(prediction_zarr: str | os.PathLike, level: int = 0) -> tuple[np.ndarray, np.ndarray]:

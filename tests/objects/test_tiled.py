@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 from skimage.draw import disk
@@ -146,7 +147,36 @@ def test_volume(tmp_path):
     assert lvl1.ndim == 3
 
 
-def test_objects_larger_than_the_halo_are_reported(tmp_path):
+def test_objects_larger_than_the_halo_are_joined_across_blocks(tmp_path):
+    """A lesion wider than the halo is cut in every window: found again on its own box, it is written once,
+    with the pixels find_objects gives it on the whole array, and the next id; its row joins the table."""
+    pred = discs_2d(seed=2)
+    rr, cc = disk((300, 350), 70, shape=pred.shape)
+    pred[rr, cc] = LES
+    p = write_prediction(tmp_path / "big.prediction.zarr", pred)
+    res, _ = run(p, block=128, halo=32)
+    whole = find_objects(pred, SCHEMA)
+    assert res.joined >= 1 and res.cut == 0 and res.complete and res.n == whole.n
+    assert "joined across blocks" in res.message
+    lab, cls = read_objects(p)
+    assert_same_objects(lab, cls, whole.labels, whole.classes)
+    big = int(lab[300, 350])
+    assert big > res.n - res.joined and cls[big] == LES  # ids after every block's objects
+    table = pd.read_csv(p / "objects.csv")
+    assert list(table["id"]) == list(range(1, res.n + 1))
+    row = table[table["id"] == big].iloc[0]
+    assert row["class"] == "lesion" and row["n_pixels"] == (lab == big).sum()
+    attrs = zarr.open_group(str(p), mode="r")["labels/objects"].attrs["medseg_objects"]
+    assert attrs["complete"] is True and attrs["joined"] == res.joined
+    # resumed: the same objects and ids
+    res2, _ = run(p, block=128, halo=32)
+    assert res2.n == res.n and np.array_equal(read_objects(p)[0], lab)
+
+
+def test_objects_too_large_to_join_are_reported(tmp_path, monkeypatch):
+    from napari_medseg.objects import stitch
+
+    monkeypatch.setattr(stitch, "JOIN_MAX_PIXELS", 100 * 100)
     pred = discs_2d(seed=2)
     rr, cc = disk((300, 350), 70, shape=pred.shape)
     pred[rr, cc] = LES
@@ -155,7 +185,7 @@ def test_objects_larger_than_the_halo_are_reported(tmp_path):
     assert res.cut == 1 and not res.complete and res.cut_per_class["lesion"] == 1
     y0, x0, y1, x1 = res.cut_boxes[0]
     assert y0 <= 231 and x0 <= 281 and y1 >= 370 and x1 >= 420  # the disc (and lesions it touches)
-    assert "larger than the halo" in res.message
+    assert "too large to join" in res.message and "--halo" in res.message
     lab, _ = read_objects(p)
     assert not lab[300, 350]  # left out, but counted
     run_file = json.loads((p / "medseg/objects/run.json").read_text())
@@ -190,7 +220,7 @@ def test_bad_inputs(tmp_path):
         run(p)
     # a schema given explicitly wins over the stored one
     res, _ = run(p, schema=plain.with_objects(["tumour"]), block=32, halo=8)
-    assert res.n == 0 and res.cut == 1  # the one 64 x 64 object is larger than the halo
+    assert res.n == 1 and res.joined == 1 and res.cut == 0  # the one 64 x 64 object: larger than the halo
     res, _ = run(p, schema=plain.with_objects(["tumour"]), block=32, halo=32)
     assert res.n == 1 and res.cut == 0
     q = write_prediction(tmp_path / "u.prediction.zarr", np.ones((64, 64), np.uint8), status="interrupted")
