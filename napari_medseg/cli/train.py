@@ -427,7 +427,7 @@ def run(args: argparse.Namespace) -> int:
                     bar.set_postfix(loss=f"{ev.loss:.3f}", cons=f"{ev.loss_cons:.3f}")
         elif isinstance(ev, ValidationEvent):
             log_doc["validations"].append(_clean(ev.__dict__))
-            msg = f"step {ev.step}: validation Dice {ev.mean_dice:.4f} " + ", ".join(
+            msg = f"step {ev.step}: validation {ev.summary()}; Dice per class " + ", ".join(
                 f"{k} {v:.3f}" for k, v in ev.dice_per_class.items() if not math.isnan(v))
             (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
         elif isinstance(ev, WarningEvent):

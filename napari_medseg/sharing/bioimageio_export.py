@@ -267,7 +267,7 @@ def _describe(ckpt, d: Path, fmts: tuple[str, ...], sizes: tuple[int, ...], dyna
              else "not recorded (pixels)")
     (d / "README.md").write_text(readme(ckpt, name=title, description=description, pixel=pixel, formats=fmts,
                                         test_size=sizes))
-    metrics = {k: m[k] for k in ("val_dice", "mean_dice", "hd95") if isinstance(m.get(k), (int, float))}
+    metrics = {k: m[k] for k in ("val_dice", "mean_dice", "mean_iou", "hd95") if isinstance(m.get(k), (int, float))}
     try:
         return b.ModelDescr(
             name=name, description=description, authors=[b.Author(name=a) for a in (authors or ["napari-medseg user"])],

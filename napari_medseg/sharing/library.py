@@ -47,7 +47,7 @@ CARD_VERSION = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
 NAME_RULE = "letters, digits, '-', '_' and '.' only, at most 100, not starting with '.'"
 #: metrics of a checkpoint's ``meta`` copied to the card (per-class dicts become one value per class)
-METRIC_KEYS = ("mean_dice", "val_dice", "hd95")
+METRIC_KEYS = ("mean_dice", "val_dice", "mean_iou", "hd95")
 
 
 # -- folders -------------------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def read_sidecar(path: str | os.PathLike, kind: str) -> dict[str, Any]:
         return {"classes": meta.get("classes"), "normalization": meta.get("norm"), "spatial_dims": cfg.spatial_dims,
                 "in_channels": cfg.in_channels, "output": "logits", "window": window,
                 "pixel_size": m.get("pixel_size"), "unit": m.get("unit"), "architecture": cfg.name,
-                "metrics": {k: m[k] for k in ("val_dice", "mean_dice", "hd95") if isinstance(m.get(k), (int, float))}}
+                "metrics": {k: m[k] for k in ("val_dice", "mean_dice", "mean_iou", "hd95") if isinstance(m.get(k), (int, float))}}
     raise MedsegError(f"{p} has no description: write {side.name} beside it, e.g. {SIDECAR_EXAMPLE}")
 
 
@@ -152,7 +152,7 @@ def describe_model_file(path: str | os.PathLike) -> ModelFileInfo:
             classes=tuple(ck.classes.names[1:]),
             pixel_size=tuple(float(v) for v in m["pixel_size"]) if m.get("pixel_size") else None,
             unit=m.get("unit"), description=str(m.get("description", "")),
-            metrics={k: float(m[k]) for k in ("val_dice", "mean_dice", "hd95") if isinstance(m.get(k), (int, float))},
+            metrics={k: float(m[k]) for k in ("val_dice", "mean_dice", "mean_iou", "hd95") if isinstance(m.get(k), (int, float))},
             trainable=True, weights_formats=("pytorch_state_dict",))
     d = read_sidecar(p, kind)
     classes, _, dims, n_in, _, _ = _sidecar_parts(d, p)

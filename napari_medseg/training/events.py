@@ -54,6 +54,31 @@ class ValidationEvent(TrainEvent):
     n_pixels: int = 0  # held-out painted pixels scored
     pl_precision: float | None = None  # pseudo-labels: accuracy of the teacher's confident pixels on held-out paint
     pl_coverage: float | None = None  # pseudo-labels: share of the held-out painted pixels that were confident
+    # IoU, sensitivity and specificity per foreground class on the held-out painted pixels (NaN: no such pixels)
+    scores: dict[str, dict[str, float]] | None = None
+    # the same and surface Dice (1 pixel of tolerance) against dense masks, where they exist
+    dense_scores: dict[str, dict[str, float]] | None = None
+
+    def summary(self) -> str:
+        """One line for a log or a status: Dice, IoU, sensitivity, specificity (dense masks: HD95, surface Dice)
+        of the foreground classes, means over the classes scored."""
+        def mean(d: dict[str, float] | None) -> float:
+            vals = [v for v in (d or {}).values() if v == v]
+            return sum(vals) / len(vals) if vals else float("nan")
+
+        parts = [f"Dice {self.mean_dice:.3f}"]
+        for key, name in (("iou", "IoU"), ("sensitivity", "sensitivity"), ("specificity", "specificity")):
+            v = mean((self.scores or {}).get(key))
+            if v == v:
+                parts.append(f"{name} {v:.3f}")
+        if self.dense_scores:
+            dense = [f"Dice {mean(self.dense_dice):.3f}", f"IoU {mean(self.dense_scores.get('iou')):.3f}",
+                     f"surface Dice {mean(self.dense_scores.get('surface_dice')):.3f}"]
+            hd = mean(self.hd95)
+            if hd == hd:
+                dense.append(f"HD95 {hd:.3g}")
+            parts.append("dense masks: " + ", ".join(dense))
+        return ", ".join(parts)
 
 
 @dataclass

@@ -41,7 +41,7 @@ from napari_medseg.training.finetune import make_optimizer, optimizer_step, set_
 from napari_medseg.training.gated_crf import gated_crf_loss
 from napari_medseg.training.losses import SparseSegLoss, consistency_loss, store_to_target
 from napari_medseg.training.mean_teacher import MeanTeacher
-from napari_medseg.training.metrics import confusion, dense_scores, dice_from_confusion
+from napari_medseg.training.metrics import confusion, dense_scores, dice_from_confusion, scores_from_confusion
 from napari_medseg.training.prefetch import to_tensors
 from napari_medseg.training.pseudo_label import (
     PseudoLabels,
@@ -304,18 +304,25 @@ class Run:
         dice = dict(zip(names, dice_from_confusion(conf)))
         fg = [v for n, v in list(dice.items())[1:] if not math.isnan(v)]
         mean = float(sum(fg) / len(fg)) if fg else float(dice[names[0]])
-        hd95 = dense_dice = None
+        hd95 = dense_dice = dense_more = None
         if dense:
-            def avg(j: int, c: int) -> float:
-                vals = [d[j][c] for d in dense if not math.isnan(d[j][c])]
+            def avg(key: str, c: int) -> float:
+                vals = [d[key][c] for d in dense if not math.isnan(d[key][c])]
                 return float(sum(vals) / len(vals)) if vals else math.nan
 
-            dense_dice = {n: avg(0, c) for c, n in enumerate(names[1:])}
-            hd95 = {n: avg(1, c) for c, n in enumerate(names[1:])}
+            dense_dice = {n: avg("dice", c) for c, n in enumerate(names[1:])}
+            hd95 = {n: avg("hd95", c) for c, n in enumerate(names[1:])}
+            dense_more = {key: {n: avg(key, c) for c, n in enumerate(names[1:])}
+                          for key in ("iou", "sensitivity", "specificity", "surface_dice")}
+        painted = scores_from_confusion(conf)
+        scores = {key: dict(zip(names[1:], painted[key][1:])) for key in ("iou", "sensitivity", "specificity")}
         precision = pl_hit / pl_n if pl_n else None
         coverage = pl_n / pl_painted if (teacher is not None and pl_painted) else None
-        ev = ValidationEvent(step, dice, mean, hd95, dense_dice, int(conf.sum()), precision, coverage)
-        self.last_val = {"val_dice": dice, "mean_dice": mean, "hd95": hd95, "val_step": step}
+        ev = ValidationEvent(step, dice, mean, hd95, dense_dice, int(conf.sum()), precision, coverage, scores,
+                             dense_more)
+        fg_iou = [v for v in scores["iou"].values() if not math.isnan(v)]
+        self.last_val = {"val_dice": dice, "mean_dice": mean, "hd95": hd95, "val_step": step,
+                         **({"mean_iou": float(sum(fg_iou) / len(fg_iou))} if fg_iou else {})}
         return ev
 
     def save(self, kind: str, step: int) -> str:

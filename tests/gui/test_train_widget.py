@@ -266,6 +266,9 @@ def test_validation_comes_early_enough_to_be_a_curve(widget, qtbot):
     w.start()
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert dice == [10, 12] and [x for x, _ in w.plot.points("val_dice")] == [10, 12]
+    # the last validation's scores beside the plot: Dice, IoU, sensitivity, specificity on the held-out paint
+    text = w.scores.text()
+    assert text.startswith("last validation, step 12: Dice ") and "IoU" in text and "specificity" in text
 
 
 def test_resume_continues_the_step_count_and_keeps_the_plot(widget, qtbot):

@@ -38,6 +38,15 @@ def test_events_checkpoints_and_meta(tmp_path):
     vals = [e for e in events if isinstance(e, ValidationEvent)]
     assert [v.step for v in vals] == [3, 6]
     assert set(vals[0].dice_per_class) == {"background", "foreground"} and vals[0].hd95 is not None
+    # IoU, sensitivity, specificity on the held-out paint and, with dense masks, surface Dice: in the event
+    v = vals[-1]
+    assert set(v.scores) == {"iou", "sensitivity", "specificity"} and set(v.scores["iou"]) == {"foreground"}
+    d, j = v.dice_per_class["foreground"], v.scores["iou"]["foreground"]
+    assert j == pytest.approx(d / (2 - d))  # IoU and Dice of the same pixels: J = D / (2 - D)
+    assert set(v.dense_scores) == {"iou", "sensitivity", "specificity", "surface_dice"}
+    assert 0.0 <= v.dense_scores["surface_dice"]["foreground"] <= 1.0
+    line = v.summary()
+    assert line.startswith(f"Dice {v.mean_dice:.3f}") and "IoU" in line and "surface Dice" in line
     cks = [e for e in events if isinstance(e, CheckpointEvent)]
     assert {c.kind for c in cks} == {"last", "best"}
     done = events[-1]

@@ -47,7 +47,7 @@ MODEL_FILTER = ("Model files (*.pt *.pth *.zip *.onnx *.ts *.yaml);;Checkpoints 
 TRAINABLE_FILTER = ("Checkpoints and bioimage.io packages (*.pt *.pth *.zip *.yaml);;Checkpoints (*.pt *.pth);;"
                     "bioimage.io packages (*.zip *.yaml);;All files (*)")
 PACKAGE_FOLDER_HINT = "a folder holding rdf.yaml (or *.bioimageio.yaml)"
-_METRIC_NAMES = {"val_dice": "validation Dice", "mean_dice": "mean Dice", "hd95": "HD95"}
+_METRIC_NAMES = {"val_dice": "validation Dice", "mean_dice": "mean Dice", "mean_iou": "mean IoU", "hd95": "HD95"}
 _SHORT = Qt.ItemDataRole.UserRole + 1  # an item's text in the closed combo (its list shows the whole summary)
 
 

@@ -178,8 +178,12 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
         self.status = QLabel("idle")
         self.status.setWordWrap(True)
         run.addWidget(self.status)
+        self.scores = QLabel("")  # the last validation's Dice, IoU, sensitivity, specificity (surface Dice, HD95)
+        self.scores.setWordWrap(True)
+        self.scores.setToolTip("On the held-out painted pixels (and on dense masks where the images have them)")
+        run.addWidget(self.scores)
         run.addWidget(self.messages)
-        self.feedback = RunFeedback(self.plot, self.status)
+        self.feedback = RunFeedback(self.plot, self.status, self.scores)
         self._set_running(False)
 
     # -- layers -------------------------------------------------------------------------------------

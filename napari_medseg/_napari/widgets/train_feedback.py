@@ -3,7 +3,8 @@
 Steps continue across rounds: Resume carries on from the last step shown, keeps the earlier rounds on the
 plot and marks where the new one starts; Start begins a new plot. The status gives step k / total (total =
 the steps of the rounds so far), steps per second and the time left (``training.progress``), the loss and
-the last validation Dice.
+the last validation Dice; a second line the last validation's scores (``ValidationEvent.summary``: Dice, IoU,
+sensitivity, specificity on the held-out paint; with dense masks also their Dice, IoU, surface Dice, HD95).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from napari_medseg.training.progress import ProgressMeter
 
 
 class RunFeedback:
-    def __init__(self, plot: LivePlot, status: Any) -> None:
+    def __init__(self, plot: LivePlot, status: Any, scores: Any = None) -> None:
         self.plot = plot
         self.status = status  # a QLabel (anything with setText)
+        self.scores = scores  # a QLabel for the last validation's scores, or None
+        self.last_validation: str | None = None
         self.offset = 0  # steps of the earlier rounds shown on the plot
         self.last_step = 0
         self.round = 0
@@ -56,6 +59,10 @@ class RunFeedback:
     def validation(self, ev: Any) -> None:
         self.dice = float(ev.mean_dice)
         self.plot.add_point("val_dice", self.offset + int(ev.step), ev.mean_dice)
+        summary = getattr(ev, "summary", None)
+        self.last_validation = f"step {self.offset + int(ev.step)}: {summary()}" if summary else None
+        if self.scores is not None and self.last_validation:
+            self.scores.setText(f"last validation, {self.last_validation}")
 
     def done(self, ev: Any, checkpoint: Any) -> None:
         total = self.offset + int(ev.steps)
