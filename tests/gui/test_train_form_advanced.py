@@ -88,3 +88,47 @@ def test_the_boundary_regulariser_reaches_the_config_and_is_remembered(make_napa
     assert w2.crf_spin.value() == 0.5 and w2.adv_toggle.isChecked()  # a non-default opens the part
     w.shutdown()
     w2.shutdown()
+
+
+def test_fine_tuning_and_loss_controls_reach_the_config_and_are_remembered(make_napari_viewer, tmp_path,
+                                                                          monkeypatch):
+    """Batch-norm re-estimation, the encoder's learning rate, gradient clipping, label smoothing and class weights:
+    defaults as the config's, set in the form they reach the TrainConfig, bad values are clear errors."""
+    import pytest
+
+    from napari_medseg.core.errors import MedsegError
+
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    cfg = _cfg(w)
+    assert (cfg.bn_reestimate, cfg.encoder_lr_scale, cfg.clip_grad, cfg.label_smoothing, cfg.class_weights) == (
+        0, 1.0, 0.0, 0.0, None)
+    w.freeze_bn_check.setChecked(True)
+    w.bn_reest_spin.setValue(20)
+    w.enc_lr_spin.setValue(0.1)
+    w.clip_spin.setValue(1.0)
+    w.smooth_spin.setValue(0.1)
+    w.weights_edit.setText("1, 3")
+    cfg = _cfg(w)
+    assert (cfg.freeze_bn, cfg.bn_reestimate, cfg.encoder_lr_scale, cfg.clip_grad, cfg.label_smoothing) == (
+        True, 20, 0.1, 1.0, 0.1)
+    assert cfg.class_weights == (1.0, 3.0)
+    save_settings(w.SETTINGS, w._settings_values())
+    w2 = TrainWidget(viewer)
+    assert w2.adv_toggle.isChecked() and w2.bn_reest_spin.value() == 20 and w2.enc_lr_spin.value() == 0.1
+    assert w2.clip_spin.value() == 1.0 and w2.smooth_spin.value() == 0.1 and w2.weights_edit.text() == "1, 3"
+    w.weights_edit.setText("1, 2, 3")
+    with pytest.raises(MedsegError, match="3 numbers for 2 classes"):
+        _cfg(w)
+    w.weights_edit.setText("1, heavy")
+    with pytest.raises(MedsegError, match="give numbers"):
+        _cfg(w)
+    w.weights_edit.setText("")
+    w.freeze_bn_check.setChecked(False)  # re-estimation without frozen batch norm does nothing: not passed on
+    assert _cfg(w).bn_reestimate == 0
+    w.freeze_enc_check.setChecked(True)  # a frozen encoder has no learning rate: the config says so
+    with pytest.raises(MedsegError, match="encoder_lr_scale"):
+        _cfg(w)
+    w.shutdown()
+    w2.shutdown()

@@ -108,6 +108,22 @@ def planned_patch(settings: dict[str, Any], source: ImageSource | None, model_cf
     return patch_for_edge(int(settings.get("patch", 256)), model_cfg, shape, spacing)
 
 
+def class_weights(text: Any, classes: ClassSchema) -> tuple[float, ...] | None:
+    """The Advanced part's class weights ("1, 3": background first, one per class), or None when empty."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    try:
+        vals = tuple(float(v) for v in text.replace(";", ",").replace(" ", ",").split(",") if v)
+    except ValueError:
+        raise MedsegError(f"class weights {text!r}: give numbers, one per class, background first "
+                          f"(e.g. 1, 3)") from None
+    if len(vals) != classes.n_classes:
+        raise MedsegError(f"class weights {text!r}: {len(vals)} numbers for {classes.n_classes} classes "
+                          f"({', '.join(classes.names)}); give one per class, background first")
+    return vals
+
+
 def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSchema, out: str | None) -> Any:
     from napari_medseg.training import TrainConfig
     from napari_medseg.training.stain import check_stain_channels
@@ -131,6 +147,10 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         freeze_bn=bool(settings.get("freeze_bn", False)) and not distil,
         deep_supervision=bool(settings.get("deep_supervision", False)), stain_jitter=stain,
         crf_weight=float(settings.get("crf_weight") or 0.0),
+        bn_reestimate=int(settings.get("bn_reestimate") or 0) if settings.get("freeze_bn") and not distil else 0,
+        encoder_lr_scale=float(settings.get("encoder_lr_scale") or 1.0), clip_grad=float(settings.get("clip_grad") or 0.0),
+        label_smoothing=float(settings.get("label_smoothing") or 0.0),
+        class_weights=class_weights(settings.get("class_weights"), classes),
         # "Distil for deployment": the trained model teaches, on windows from anywhere too (training.distill)
         distill_from=distil, unlabelled_ratio=1.0 if distil else 0.0,
     )

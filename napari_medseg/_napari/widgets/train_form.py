@@ -28,6 +28,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QPushButton,
     QSpinBox,
     QToolButton,
@@ -77,6 +78,17 @@ ADVANCED_TIPS = {
     "freeze_bn": "Fine-tuning: batch-norm layers keep their running statistics (eval mode) and their weights; "
                  "useful with small batches. The U-Net's instance norm has neither (the Attention U-Net uses "
                  "batch norm).",
+    "bn_reestimate": "With frozen batch norm: first re-estimate its running statistics on this many batches of "
+                     "your images (no weight changes), then freeze them: a model trained on other images adapts "
+                     "its statistics to yours.",
+    "encoder_lr": "Layer-wise learning rate: the encoder learns at the learning rate x this (e.g. 0.1: it moves "
+                  "ten times slower than the decoder, keeping more of a pretrained start).",
+    "clip_grad": "Clip the gradients' global norm to this before each update (on the unscaled gradients under "
+                 "mixed precision): steadies training with high learning rates or noisy labels. Off by default.",
+    "label_smoothing": "Label smoothing of the cross-entropy on painted pixels: targets 1 - s for the painted class "
+                       "and s spread over the others. Off by default.",
+    "class_weights": "Weights of the classes in the cross-entropy, background first, one per class (e.g. 1, 3 to "
+                     "weigh a rare foreground class 3x). Empty: all equal.",
 }
 PATCH_TOOLTIP = ("The patch's in-plane size (Y and X). In 3D the Z size covers the same millimetres (fewer slices "
                  "when slices are thicker than pixels) and no axis is larger than the volume; the line below shows "
@@ -212,8 +224,9 @@ class TrainForm:
 
     def _build_advanced(self, f: QFormLayout) -> None:
         """The collapsed "Advanced" part: memory (gradient checkpointing, accumulation), fine-tuning (freeze
-        the encoder, freeze batch norm), deep supervision, the boundary regulariser for scribbles (gated CRF) and
-        H&E stain jitter. The other craft settings are CLI / config only
+        the encoder, freeze batch norm and re-estimate it, the encoder's learning rate), gradient clipping, deep
+        supervision, label smoothing, class weights, the boundary regulariser for scribbles (gated CRF) and H&E
+        stain jitter. The other craft settings are CLI / config only
         (docs/training.md): boundary losses need dense masks, domain adaptation a folder of target images."""
         self.adv_toggle = QToolButton()
         self.adv_toggle.setText("Advanced")
@@ -238,6 +251,22 @@ class TrainForm:
         row.addWidget(self.freeze_enc_check)
         row.addWidget(self.freeze_bn_check)
         row.addStretch(1)
+        self.bn_reest_spin = _spin(0, 10000, 0)
+        self.bn_reest_spin.setSpecialValueText("off")
+        self.bn_reest_spin.setSuffix(" batches")
+        self.bn_reest_spin.setToolTip(ADVANCED_TIPS["bn_reestimate"])
+        self.enc_lr_spin = _spin(0.01, 10.0, 1.0, step=0.1, decimals=2)
+        self.enc_lr_spin.setPrefix("x ")
+        self.enc_lr_spin.setToolTip(ADVANCED_TIPS["encoder_lr"])
+        self.clip_spin = _spin(0.0, 1000.0, 0.0, step=0.5, decimals=1)
+        self.clip_spin.setSpecialValueText("off")
+        self.clip_spin.setToolTip(ADVANCED_TIPS["clip_grad"])
+        self.smooth_spin = _spin(0.0, 0.5, 0.0, step=0.05, decimals=2)
+        self.smooth_spin.setSpecialValueText("off")
+        self.smooth_spin.setToolTip(ADVANCED_TIPS["label_smoothing"])
+        self.weights_edit = QLineEdit()
+        self.weights_edit.setPlaceholderText("equal (e.g. 1, 3)")
+        self.weights_edit.setToolTip(ADVANCED_TIPS["class_weights"])
         self.deep_check = QCheckBox("deep supervision")
         self.deep_check.setToolTip(ADVANCED_TIPS["deep_supervision"])
         self.crf_spin = _spin(0.0, 5.0, 0.0, step=0.1, decimals=2)
@@ -249,7 +278,12 @@ class TrainForm:
         af.addRow("memory", self.ckpt_check)
         af.addRow("accumulate", self.accum_spin)
         af.addRow("freeze", row)
+        af.addRow("re-estimate BN", self.bn_reest_spin)
+        af.addRow("encoder lr", self.enc_lr_spin)
+        af.addRow("clip gradients", self.clip_spin)
         af.addRow("loss", self.deep_check)
+        af.addRow("label smoothing", self.smooth_spin)
+        af.addRow("class weights", self.weights_edit)
         af.addRow("boundary (CRF)", self.crf_spin)
         af.addRow("stain jitter", self.stain_spin)
         self.adv_box.setVisible(False)
@@ -310,7 +344,10 @@ class TrainForm:
                 "device": self.device_combo.currentText(), "grad_checkpoint": self.ckpt_check.isChecked(),
                 "accumulate": self.accum_spin.value(), "freeze_encoder": self.freeze_enc_check.isChecked(),
                 "freeze_bn": self.freeze_bn_check.isChecked(), "deep_supervision": self.deep_check.isChecked(),
-                "stain_jitter": self.stain_spin.value(), "crf_weight": self.crf_spin.value()}
+                "stain_jitter": self.stain_spin.value(), "crf_weight": self.crf_spin.value(),
+                "bn_reestimate": self.bn_reest_spin.value(), "encoder_lr_scale": self.enc_lr_spin.value(),
+                "clip_grad": self.clip_spin.value(), "label_smoothing": self.smooth_spin.value(),
+                "class_weights": self.weights_edit.text().strip()}
 
     def _load_settings(self) -> None:
         from napari_medseg.models import available_models
@@ -362,9 +399,15 @@ class TrainForm:
         self.deep_check.setChecked(bool(s.get("deep_supervision", False)))
         with contextlib.suppress(TypeError, ValueError):
             self.stain_spin.setValue(float(s.get("stain_jitter", 0.0)))
-        with contextlib.suppress(TypeError, ValueError):
-            self.crf_spin.setValue(float(s.get("crf_weight", 0.0)))
+        for w, k, default in ((self.crf_spin, "crf_weight", 0.0), (self.bn_reest_spin, "bn_reestimate", 0),
+                              (self.enc_lr_spin, "encoder_lr_scale", 1.0), (self.clip_spin, "clip_grad", 0.0),
+                              (self.smooth_spin, "label_smoothing", 0.0)):
+            with contextlib.suppress(TypeError, ValueError):
+                w.setValue(type(w.value())(s.get(k, default)))
+        self.weights_edit.setText(str(s.get("class_weights", "") or ""))
         changed = (self.stain_spin.value() > 0 or self.crf_spin.value() > 0 or self.ckpt_check.isChecked()
+                   or self.bn_reest_spin.value() > 0 or self.enc_lr_spin.value() != 1.0 or self.clip_spin.value() > 0
+                   or self.smooth_spin.value() > 0 or bool(self.weights_edit.text())
                    or self.accum_spin.value() != 1 or self.freeze_enc_check.isChecked()
                    or self.freeze_bn_check.isChecked() or self.deep_check.isChecked())
         self.adv_toggle.setChecked(changed)
