@@ -52,11 +52,8 @@ def _train_and_dice(name: str, chans: list[int], contrast: str = "same", steps: 
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test here on one torch thread (conftest.py)."""
 
 
 def test_the_class_needs_both_modalities():
