@@ -34,6 +34,8 @@ def _memory(c: argparse._ArgumentGroup) -> None:
                    "--batch-size per optimiser step (default 1)")
     c.add_argument("--clip-grad", type=float, metavar="X", help="clip the global gradient norm to X (default 0: off)")
     c.add_argument("--freeze", choices=("none", "encoder"), help="freeze the encoder's weights (fine-tuning)")
+    c.add_argument("--unfreeze-at", type=float, metavar="F", help="with --freeze encoder: the encoder learns too "
+                   "after this share of the run (e.g. 0.5; at lr x --encoder-lr-scale; default 0: never)")
     c.add_argument("--freeze-bn", action="store_true", default=None, help="batch/instance norm: keep the running "
                    "statistics (eval mode) and freeze their weights")
     c.add_argument("--bn-reestimate", type=int, metavar="N", help="with --freeze-bn: first re-estimate the running "
@@ -85,8 +87,8 @@ def _same(*names: str) -> tuple[tuple[str, str], ...]:
 
 
 MEMORY = OptionGroup("memory, fine-tuning, loss weighting and stain augmentation (docs/training.md)", _memory,
-                     _same("grad_checkpoint", "accumulate", "clip_grad", "freeze", "freeze_bn", "bn_reestimate",
-                           "encoder_lr_scale", "label_smoothing", "class_weights", "stain_jitter"))
+                     _same("grad_checkpoint", "accumulate", "clip_grad", "freeze", "unfreeze_at", "freeze_bn",
+                           "bn_reestimate", "encoder_lr_scale", "label_smoothing", "class_weights", "stain_jitter"))
 DISTILLATION = OptionGroup("distillation (docs/deployment.md; napari-medseg distil TEACHER ... sets the defaults)",
                            _distillation,
                            _same("distill_from", "kd_weight", "kd_temperature", "kd_mode", "unlabelled_ratio"))

@@ -121,6 +121,7 @@ class TrainConfig:
     accumulate: int = 1  # micro-batches of batch_size per optimiser step (the schedule counts optimiser steps)
     clip_grad: float = 0.0  # max global gradient norm (0: off), on the unscaled gradients under AMP
     freeze: str = "none"  # "encoder": the encoder's weights do not train (finetune.encoder_modules, per model)
+    unfreeze_at: float = 0.0  # with freeze "encoder": the share of the run after which it learns too (0: never)
     freeze_bn: bool = False  # batch/instance norm: running statistics in eval mode for good, affine frozen
     bn_reestimate: int = 0  # with freeze_bn: first re-estimate the running statistics over this many batches
     encoder_lr_scale: float = 1.0  # the encoder's learning rate = lr x this (layer-wise learning rate)
@@ -217,9 +218,15 @@ class TrainConfig:
         if not 0 < self.encoder_lr_scale <= 100:
             raise MedsegError(f"encoder_lr_scale must be above 0 and at most 100, got {self.encoder_lr_scale} "
                               "(freeze 'encoder' stops the encoder learning)")
-        if self.freeze == "encoder" and self.encoder_lr_scale != 1.0:
+        if not 0 <= self.unfreeze_at < 1:
+            raise MedsegError(f"unfreeze_at is a share of the run in [0, 1) (0: never), got {self.unfreeze_at}")
+        if self.unfreeze_at > 0 and self.freeze != "encoder":
+            raise MedsegError(f"unfreeze_at ({self.unfreeze_at}) unfreezes a frozen encoder: it needs freeze "
+                              "'encoder'")
+        if self.freeze == "encoder" and self.encoder_lr_scale != 1.0 and self.unfreeze_at == 0:
             raise MedsegError(f"encoder_lr_scale ({self.encoder_lr_scale}) does nothing with freeze 'encoder': "
-                              "the frozen encoder has no learning rate; choose one of the two")
+                              "the frozen encoder has no learning rate; choose one of the two (or unfreeze it "
+                              "later in the run with unfreeze_at, when it learns at lr x encoder_lr_scale)")
         if not 0 <= self.stain_jitter <= 0.5:
             raise MedsegError(f"stain_jitter must be in [0, 0.5] (0.05: light, 0.2: strong), got {self.stain_jitter}")
         if self.stain_jitter > 0 and not self.augment:

@@ -275,6 +275,22 @@ def freeze_encoder(model: nn.Module) -> int:
     return len(ps)
 
 
+def unfreeze_encoder(model: nn.Module, opt: torch.optim.Optimizer, lr: float, lr_scale: float = 1.0,
+                     keep_norms_frozen: bool = False) -> int:
+    """The frozen encoder learns from now on: its parameters need gradients again and join ``opt`` as a group of
+    their own (rate ``lr`` x ``lr_scale``, fresh optimiser state); with ``keep_norms_frozen`` (``freeze_bn``) the
+    affine weights of its norm layers stay frozen. Returns how many tensors were unfrozen."""
+    norm_params = {id(p) for m in model.modules() if isinstance(m, _NORMS) for p in m.parameters(recurse=False)}
+    ps = [p for p in encoder_parameters(model) if not p.requires_grad
+          and not (keep_norms_frozen and id(p) in norm_params)]
+    if not ps:
+        return 0
+    for p in ps:
+        p.requires_grad_(True)
+    opt.add_param_group({"params": ps, "lr": lr * lr_scale, "lr_scale": lr_scale, "name": "encoder"})
+    return len(ps)
+
+
 def freeze_norm_layers(model: nn.Module) -> tuple[int, int]:
     """Batch- and instance-norm layers: those with running statistics stay in eval mode for good (their
     ``train()`` keeps them in eval), every one's affine weight and bias stop learning. Returns (layers kept
@@ -451,6 +467,6 @@ def release_model(model: nn.Module) -> None:
 
 
 __all__ = ["apply_grad_checkpoint", "check_class_weights", "checkpoint_blocks", "encoder_modules",
-           "encoder_parameters", "freeze_encoder", "freeze_norm_layers", "is_checkpointed", "make_optimizer",
+           "encoder_parameters", "freeze_encoder", "unfreeze_encoder", "freeze_norm_layers", "is_checkpointed", "make_optimizer",
            "next_batches", "optimizer_step", "param_groups", "prepare_model", "reestimate_norm_stats",
            "reestimate_run_stats", "release_model", "remove_grad_checkpoint", "saved_bytes", "set_lr"]

@@ -37,7 +37,7 @@ from napari_medseg.training.distill import kd_loss
 from napari_medseg.training.domain import DomainAdapter, check_domain_data, split_domains
 from napari_medseg.training.ema import WeightEMA
 from napari_medseg.training.events import ValidationEvent
-from napari_medseg.training.finetune import make_optimizer, optimizer_step, set_lr
+from napari_medseg.training.finetune import make_optimizer, optimizer_step, set_lr, unfreeze_encoder
 from napari_medseg.training.gated_crf import gated_crf_loss
 from napari_medseg.training.losses import SparseSegLoss, consistency_loss, store_to_target
 from napari_medseg.training.mean_teacher import MeanTeacher
@@ -97,6 +97,7 @@ class Run:
         self.dev = setup.device
         # frozen weights (finetune.prepare_model) are left out; the encoder gets its own group with encoder_lr_scale
         self.opt: torch.optim.Optimizer = make_optimizer(model, cfg)
+        self.unfrozen_at: int | None = None  # the step after which a frozen encoder learns too (cfg.unfreeze_at)
         self.lr_now = cfg.lr * lr_factor(cfg, 0, 0.0)
         self.grad_norm: float | None = None  # before clipping, at the last update (with clip_grad)
         self.scaler = torch.amp.GradScaler(self.dev.type) if setup.use_scaler else None
@@ -157,6 +158,12 @@ class Run:
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             del total, sup, cons, loss
         self.lr_now = self.cfg.lr * lr_factor(self.cfg, step, progress)
+        if self.cfg.unfreeze_at > 0 and self.unfrozen_at is None and progress >= self.cfg.unfreeze_at:
+            n_unfrozen = unfreeze_encoder(self.model, self.opt, self.cfg.lr, self.cfg.encoder_lr_scale,
+                                          keep_norms_frozen=self.cfg.freeze_bn)
+            self.unfrozen_at = step
+            log.info("step %d (%.0f %% of the run): the encoder learns from now on (%d tensors)", step,
+                     100 * progress, n_unfrozen)
         set_lr(self.opt, self.lr_now)
         self.grad_norm = optimizer_step(self.opt, self.scaler, self.cfg.clip_grad)
         if self.ema is not None:

@@ -130,5 +130,8 @@ def test_fine_tuning_and_loss_controls_reach_the_config_and_are_remembered(make_
     w.freeze_enc_check.setChecked(True)  # a frozen encoder has no learning rate: the config says so
     with pytest.raises(MedsegError, match="encoder_lr_scale"):
         _cfg(w)
+    w.unfreeze_spin.setValue(50)  # ... unless it is unfrozen part way, at lr x that scale
+    cfg = _cfg(w)
+    assert (cfg.freeze, cfg.unfreeze_at, cfg.encoder_lr_scale) == ("encoder", 0.5, 0.1)
     w.shutdown()
     w2.shutdown()

@@ -460,3 +460,49 @@ def test_every_registered_model_can_be_checkpointed_and_frozen():
         scale = max(float(g.abs().max()) for g in g0)
         assert max(float((a - b).abs().max()) for a, b in zip(g0, g1)) <= 1e-6 * scale, name
         assert list(plain.state_dict()) == list(ck.state_dict()), name
+
+
+def test_unfreeze_encoder_joins_the_optimiser_at_its_own_rate():
+    torch.manual_seed(0)
+    m = build_model(TINY_2D)
+    ft.freeze_encoder(m)
+    opt = ft.make_optimizer(m, TrainConfig(model=TINY_2D, freeze="encoder"))
+    enc = ft.encoder_parameters(m)
+    before = [p.detach().clone() for p in enc]
+    x = torch.randn(2, 1, 32, 32)
+
+    def step():
+        opt.zero_grad()
+        m(x).square().mean().backward()
+        ft.set_lr(opt, 0.05)
+        opt.step()
+
+    step()
+    assert all(torch.equal(a, p) for a, p in zip(before, enc))  # frozen: untouched
+    n = ft.unfreeze_encoder(m, opt, 0.05, lr_scale=0.1)
+    assert n == len(enc) and all(p.requires_grad for p in enc)
+    group = opt.param_groups[-1]
+    assert group["name"] == "encoder" and group["lr_scale"] == 0.1 and {id(p) for p in group["params"]} == {
+        id(p) for p in enc}
+    step()
+    assert group["lr"] == pytest.approx(0.005)  # the schedule's rate x the encoder's scale
+    assert any(not torch.equal(a, p) for a, p in zip(before, enc))  # it learns now
+    assert ft.unfreeze_encoder(m, opt, 0.05) == 0  # nothing left frozen: no second group
+    assert len(opt.param_groups) == 2
+
+
+def test_a_run_unfreezes_the_encoder_part_way(tmp_path):
+    cfg = tiny_cfg(tmp_path, steps=4, val_every=4, freeze="encoder", unfreeze_at=0.5, encoder_lr_scale=0.5, lr=0.05,
+                   library=False)
+    _, result = drain(train(cfg, blob_data()))
+    torch.manual_seed(cfg.seed)
+    start = build_model(TINY_2D)
+    enc = {id(p) for p in ft.encoder_parameters(result.model)}
+    names = [n for n, p in result.model.named_parameters() if id(p) in enc]
+    s0, s1 = start.state_dict(), result.model.state_dict()
+    assert any(not torch.equal(s0[n], s1[n]) for n in names)  # unlike a frozen run (test above)
+    for bad, match in (({"unfreeze_at": 0.5}, "needs freeze 'encoder'"),
+                       ({"freeze": "encoder", "unfreeze_at": 1.0}, r"\[0, 1\)"),
+                       ({"freeze": "encoder", "encoder_lr_scale": 0.5}, "unfreeze_at")):
+        with pytest.raises(MedsegError, match=match):
+            TrainConfig(model=TINY_2D, **bad)

@@ -144,6 +144,7 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         threads=int(settings.get("threads") or 1), checkpoint_dir=out, num_workers=1,
         grad_checkpoint=bool(settings.get("grad_checkpoint", False)), accumulate=int(settings.get("accumulate", 1)),
         freeze="encoder" if settings.get("freeze_encoder") and not distil else "none",
+        unfreeze_at=float(settings.get("unfreeze_at") or 0.0) if settings.get("freeze_encoder") and not distil else 0.0,
         freeze_bn=bool(settings.get("freeze_bn", False)) and not distil,
         deep_supervision=bool(settings.get("deep_supervision", False)), stain_jitter=stain,
         crf_weight=float(settings.get("crf_weight") or 0.0),

@@ -44,55 +44,15 @@ from napari_medseg._napari.widgets.model_library import (
 )
 from napari_medseg._napari.widgets.qt_helpers import path_row
 from napari_medseg._napari.widgets.settings import load_settings, take_unconfirmed
+from napari_medseg._napari.widgets.train_texts import (
+    ADVANCED_TIPS,
+    DEFAULTS,
+    PATCH_TOOLTIP,
+    SEMI_CHOICES,
+    SEMI_TOOLTIP,
+)
 
 log = logging.getLogger(__name__)
-
-SEMI_CHOICES = (("labels only (supervised)", "none"), ("+ pseudo-labels (FixMatch-style)", "pseudo_label"),
-                ("+ Mean Teacher consistency", "mean_teacher"))
-SEMI_TOOLTIP = ("Learn also from the unpainted pixels. Costs one extra forward pass per step (1.4-1.5x the step "
-                "time, so fewer steps fit a time budget). Measured at equal time on MoNuSeg nuclei "
-                "(benchmarks/RESULTS.md, 3 seeds): pseudo-labels gave +4.3 Dice when the paint sits in a few "
-                "windows of a few images, the rest unpainted, and -0.3 (no gain) with 1 % scribbles spread over "
-                "every image. Off by default because it does not help in every setting; try it when you paint "
-                "only some regions of a large image.")
-DEFAULTS = {"2D": {"patch": 256, "batch": 4}, "3D": {"patch": 64, "batch": 2}}
-ADVANCED_TIPS = {
-    "grad_checkpoint": "Gradient checkpointing: keep only each block's input for the backward pass and compute the "
-                       "rest again there. About a quarter of the activation memory (3D U-Net, 96^3) for "
-                       "1.3-1.5x the step time; the same gradients. For large 3D patches.",
-    "accumulate": "Gradient accumulation: add up the gradients of this many batches before each update, so a small "
-                  "batch trains like a large one (batch x this) at the memory of the small one. The step count "
-                  "and the schedule count updates.",
-    "freeze_encoder": "Fine-tuning: the encoder's weights (the U-Net's down path, the Swin transformer) stay as they "
-                      "start (from the chosen model); only the decoder learns. Needs a starting model.",
-    "deep_supervision": "Deep supervision: the loss on every output head of the model (unetpp's nested decoders, "
-                        "nnformer's decoder levels), the finest weighing most; other models have one head.",
-    "stain_jitter": "H&E stain augmentation (RGB slides): every training patch gets random amounts of haematoxylin "
-                    "and eosin (x 1 +- this, +- this), so a model painted on one lab's slides holds up on another's. "
-                    "0.05 is light, 0.2 strong; off by default (docs/training.md says what it gave).",
-    "crf_weight": "Boundary regulariser for scribbles (gated CRF loss): neighbouring pixels that look alike take the "
-                  "same class, so an object's edge follows the image, not the stroke 3 px inside it. Costs about 3 % "
-                  "of a step; uses every pixel, painted or not. On 1 % scribbles 0.5-2 gave the last weights +0.7-0.9 "
-                  "Dice, about what the weight average (the EMA box) gives without it, and the weight average "
-                  "nothing more, so it is off by default (docs/training.md).",
-    "freeze_bn": "Fine-tuning: batch-norm layers keep their running statistics (eval mode) and their weights; "
-                 "useful with small batches. The U-Net's instance norm has neither (the Attention U-Net uses "
-                 "batch norm).",
-    "bn_reestimate": "With frozen batch norm: first re-estimate its running statistics on this many batches of "
-                     "your images (no weight changes), then freeze them: a model trained on other images adapts "
-                     "its statistics to yours.",
-    "encoder_lr": "Layer-wise learning rate: the encoder learns at the learning rate x this (e.g. 0.1: it moves "
-                  "ten times slower than the decoder, keeping more of a pretrained start).",
-    "clip_grad": "Clip the gradients' global norm to this before each update (on the unscaled gradients under "
-                 "mixed precision): steadies training with high learning rates or noisy labels. Off by default.",
-    "label_smoothing": "Label smoothing of the cross-entropy on painted pixels: targets 1 - s for the painted class "
-                       "and s spread over the others. Off by default.",
-    "class_weights": "Weights of the classes in the cross-entropy, background first, one per class (e.g. 1, 3 to "
-                     "weigh a rare foreground class 3x). Empty: all equal.",
-}
-PATCH_TOOLTIP = ("The patch's in-plane size (Y and X). In 3D the Z size covers the same millimetres (fewer slices "
-                 "when slices are thicker than pixels) and no axis is larger than the volume; the line below shows "
-                 "the patch that runs. Choosing 3D plans this from the volume and the free memory.")
 
 
 def available_devices() -> list[str]:
@@ -251,6 +211,10 @@ class TrainForm:
         row.addWidget(self.freeze_enc_check)
         row.addWidget(self.freeze_bn_check)
         row.addStretch(1)
+        self.unfreeze_spin = _spin(0, 95, 0, step=5)
+        self.unfreeze_spin.setSpecialValueText("never")
+        self.unfreeze_spin.setSuffix(" % of the run")
+        self.unfreeze_spin.setToolTip(ADVANCED_TIPS["unfreeze_at"])
         self.bn_reest_spin = _spin(0, 10000, 0)
         self.bn_reest_spin.setSpecialValueText("off")
         self.bn_reest_spin.setSuffix(" batches")
@@ -278,6 +242,7 @@ class TrainForm:
         af.addRow("memory", self.ckpt_check)
         af.addRow("accumulate", self.accum_spin)
         af.addRow("freeze", row)
+        af.addRow("unfreeze after", self.unfreeze_spin)
         af.addRow("re-estimate BN", self.bn_reest_spin)
         af.addRow("encoder lr", self.enc_lr_spin)
         af.addRow("clip gradients", self.clip_spin)
@@ -345,7 +310,7 @@ class TrainForm:
                 "accumulate": self.accum_spin.value(), "freeze_encoder": self.freeze_enc_check.isChecked(),
                 "freeze_bn": self.freeze_bn_check.isChecked(), "deep_supervision": self.deep_check.isChecked(),
                 "stain_jitter": self.stain_spin.value(), "crf_weight": self.crf_spin.value(),
-                "bn_reestimate": self.bn_reest_spin.value(), "encoder_lr_scale": self.enc_lr_spin.value(),
+                "bn_reestimate": self.bn_reest_spin.value(), "unfreeze_at": self.unfreeze_spin.value() / 100, "encoder_lr_scale": self.enc_lr_spin.value(),
                 "clip_grad": self.clip_spin.value(), "label_smoothing": self.smooth_spin.value(),
                 "class_weights": self.weights_edit.text().strip()}
 
@@ -405,9 +370,11 @@ class TrainForm:
             with contextlib.suppress(TypeError, ValueError):
                 w.setValue(type(w.value())(s.get(k, default)))
         self.weights_edit.setText(str(s.get("class_weights", "") or ""))
+        with contextlib.suppress(TypeError, ValueError):
+            self.unfreeze_spin.setValue(round(100 * float(s.get("unfreeze_at", 0.0))))
         changed = (self.stain_spin.value() > 0 or self.crf_spin.value() > 0 or self.ckpt_check.isChecked()
                    or self.bn_reest_spin.value() > 0 or self.enc_lr_spin.value() != 1.0 or self.clip_spin.value() > 0
-                   or self.smooth_spin.value() > 0 or bool(self.weights_edit.text())
+                   or self.smooth_spin.value() > 0 or bool(self.weights_edit.text()) or self.unfreeze_spin.value() > 0
                    or self.accum_spin.value() != 1 or self.freeze_enc_check.isChecked()
                    or self.freeze_bn_check.isChecked() or self.deep_check.isChecked())
         self.adv_toggle.setChecked(changed)
