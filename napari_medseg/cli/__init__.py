@@ -7,7 +7,8 @@ Subcommands live in their own modules (imported only when used, so ``--help`` is
 - ``predict CKPT INPUT... --out`` tiled prediction into NGFF zarr, optionally on a Dask cluster
 - ``distil TEACHER ...``          distil for deployment: a light student learns from a trained model and the labels
 - ``rank IMAGE --model M``       where to paint next: regions ranked by the model's uncertainty (JSON + table)
-- ``explain IMAGE --model M --region ...`` where the model looks: Grad-CAM / attention-gate maps as TIFFs
+- ``explain IMAGE --model M --region ...`` where the model looks: Grad-CAM / attention-gate / transformer attention
+  maps as TIFFs
 - ``export CKPT --out PKG.zip``   a bioimage.io model package (or ONNX / TorchScript), tested
 - ``models [list|show|add|remove|folder]`` the model library: trained and imported models by name
 - ``sample {slide,ct} --out DIR`` write the sample data (image and ground truth) to disk
@@ -35,7 +36,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "distil": ("napari_medseg.cli.distil", "distil for deployment: a trained model teaches a light, fast student"),
     "predict": ("napari_medseg.cli.predict", "tiled prediction of slides or volumes into NGFF zarr"),
     "rank": ("napari_medseg.cli.rank", "where to paint next: rank an image's regions by the model's uncertainty"),
-    "explain": ("napari_medseg.cli.explain", "where the model looks in a region: Grad-CAM or attention-gate maps"),
+    "explain": ("napari_medseg.cli.explain", "where the model looks in a region: Grad-CAM, attention-gate or "
+                "transformer attention maps"),
     "export": ("napari_medseg.cli.export", "export a model as a bioimage.io package, ONNX or TorchScript"),
     "models": ("napari_medseg.cli.models", "the model library: list, show, add and remove models by name"),
     "sample": ("napari_medseg.cli.sample", "write the sample slide or CT volume (with ground truth) to disk"),

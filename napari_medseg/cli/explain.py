@@ -2,8 +2,9 @@
 Predict widget's *Explain view* shows it (``inference.explain_region``; docs/prediction.md, "Explaining the view").
 
 ``--kind gradcam`` (default: Seg-Grad-CAM of ``--class``) writes one map, ``--kind attention`` one per attention
-gate, as float32 TIFFs in [0, 1] named ``<out>`` (``<out stem>.gate<i>.tif`` per gate); the region's pixel size is
-in their resolution tags. Regions are in pixels of ``--level`` (default 0), one ``start:stop`` per spatial axis
+gate, ``--kind transformer`` one map of the transformer attention (rollout for unetr / transunet / nnformer, window
+attention for swin_unetr / swin_unet; ``models.explain.transformer_attention``), as float32 TIFFs in [0, 1]
+named ``<out>`` (``<out stem>.gate<i>.tif`` per gate); the region's pixel size is in their resolution tags. Regions are in pixels of ``--level`` (default 0), one ``start:stop`` per spatial axis
 (ZYX for a volume: a 2D model explains one slice, ``Z:Z+1``).
 """
 
@@ -13,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.explain_kinds import KINDS  # torch-free: the parser is built without torch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", required=True, metavar="A:B,C:D[,E:F]",
                    help="the region, start:stop per spatial axis in pixels of --level (e.g. 1000:1512,2000:2512)")
     p.add_argument("--level", type=int, default=0, help="pyramid level (default 0)")
-    p.add_argument("--kind", choices=("gradcam", "attention"), default="gradcam")
+    p.add_argument("--kind", choices=KINDS, default="gradcam",
+                   help="gradcam (any model), attention (attention gates: attention_unet) or transformer (attention "
+                        "rollout / window attention: unetr, transunet, nnformer, swin_unetr, swin_unet)")
     p.add_argument("--class", dest="class_index", type=int, default=1,
                    help="the class to explain (1 = the first after background; gradcam)")
     p.add_argument("--out", type=Path, required=True, help="the map (a .tif file)")
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     for path, m in zip(outs, res.maps):
         tifffile.imwrite(path, np.asarray(m, np.float32), resolution=tuple(1.0 / s for s in res.scale[-2:]),
                          metadata={"axes": "ZYX"[-m.ndim:]})
-    what = f"Grad-CAM of class {res.class_index}" if res.kind == "gradcam" else f"{len(res.maps)} attention gates"
+    what = {"gradcam": f"Grad-CAM of class {res.class_index}", "transformer": "transformer attention"}.get(
+        res.kind, f"{len(res.maps)} attention gates")
     print(f"{what} of {' x '.join(str(s.stop - s.start) for s in res.region)} px at level {res.level} in "
           f"{res.seconds:.1f} s: {', '.join(str(p) for p in outs)}")
     return 0

@@ -1,5 +1,6 @@
-"""Explain the region in view: Grad-CAM of a class or the attention gates' coefficients (``models.explain``) over
-a region of one pyramid level, placed like the live preview (``RegionPrediction``'s geometry).
+"""Explain the region in view: Grad-CAM of a class, the attention gates' coefficients or the transformer attention
+map (``models.explain``; ``kind`` one of its ``KINDS``) over a region of one pyramid level, placed like the live
+preview (``RegionPrediction``'s geometry).
 
 The region is read whole (the preview caps it at 1024 px per in-plane axis), normalised as the model was
 trained, padded with zeros to a size the model takes, explained, and cropped back. A 2D model over a volume
@@ -27,7 +28,8 @@ from napari_medseg.models.normalization import NormConfig
 
 @dataclass
 class ExplainedRegion:
-    maps: list[np.ndarray]         # each (*spatial) float32 in [0, 1]: one Grad-CAM map, or one per attention gate
+    maps: list[np.ndarray]         # each (*spatial) float32 in [0, 1]: one Grad-CAM or transformer map, or one per
+                                   # attention gate
     kind: str
     class_index: int
     region: tuple[slice, ...]      # in pixels of ``level``
@@ -48,7 +50,8 @@ def _multiple(loaded) -> int:
 def explain_region(model: nn.Module | str | Path, source: ImageSource, level: int, region: tuple[slice, ...],
                    norm: NormConfig | None = None, *, kind: str = "gradcam", class_index: int = 1,
                    device: str = "cpu") -> ExplainedRegion:
-    """Explain ``region`` (slices over the spatial axes of ``level``) of ``source`` with ``model``."""
+    """Explain ``region`` (slices over the spatial axes of ``level``) of ``source`` with ``model``; ``kind``:
+    ``gradcam``, ``attention`` or ``transformer`` (``models.explain.KINDS``)."""
     t0 = time.perf_counter()
     loaded = resolve_model(model, hash_weights=False)
     shape = source.level_shape(level)

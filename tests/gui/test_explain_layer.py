@@ -53,3 +53,33 @@ def test_explain_view_says_why_it_cannot(viewer, qtbot, tmp_path):
     box.explain()
     qtbot.waitUntil(lambda: not box.running, timeout=60_000)
     assert "is not a channel of this model" in w.status.text()
+
+
+def test_explain_view_shows_a_transformers_attention(viewer, qtbot, tmp_path):
+    """The kind list offers every kind of the engine; 'transformer' on a UNETR gives one named layer in [0, 1]."""
+    import torch
+
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.models import Checkpoint, ModelConfig, NormConfig, build_model, save_checkpoint
+    from napari_medseg.models.explain_kinds import KINDS
+
+    cfg = ModelConfig(name="unetr", in_channels=1, out_channels=3, channels=(4,), feature_size=12, depths=(2,),
+                      num_heads=(3,))
+    torch.manual_seed(0)
+    ck = save_checkpoint(tmp_path / "unetr.pt", Checkpoint(cfg, build_model(cfg).state_dict(), norm=NormConfig.uint8(1),
+                                                           classes=ClassSchema(names=("background", "a", "b"))))
+    w = make_widget(viewer)
+    w.ckpt_edit.setText(str(ck))
+    box = w.preview_box
+    assert [box.kind_combo.itemText(i) for i in range(box.kind_combo.count())] == list(KINDS)
+    box.kind_combo.setCurrentText("transformer")
+    box.explain()
+    qtbot.waitUntil(lambda: not box.running, timeout=60_000)
+    layer = viewer.layers["img transformer attention"]
+    data = np.asarray(layer.data)
+    assert data.shape == (300, 260) and data.min() >= 0 and data.max() <= 1 and data.max() > data.min()
+    assert "the transformer's attention" in w.status.text()
+    box.kind_combo.setCurrentText("attention")  # a UNETR has no attention gates: said, with what it has
+    box.explain()
+    qtbot.waitUntil(lambda: not box.running, timeout=60_000)
+    assert "Explanation failed" in w.status.text() and "transformer" in w.status.text()

@@ -140,3 +140,171 @@ def test_explain_command_writes_the_map(trained, tmp_path):
     assert got.dtype == np.float32 and got.shape == (64, 64)
     np.testing.assert_allclose(got, ref, atol=1e-6)
     assert main(["explain", str(img), "--model", str(ck), "--region", "8:4,16:80", "--out", str(out)]) == 2
+
+
+# --- transformer attention (rollout for global self-attention, received attention for Swin windows) ---------------
+
+def _vit_config(name: str, nd: int, depth: int = 2) -> ModelConfig:
+    return ModelConfig(name=name, spatial_dims=nd, in_channels=1, out_channels=3, channels=(4, 8, 16),
+                       num_res_units=1, feature_size=12, depths=(depth,), num_heads=(3,))
+
+
+def _hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("name,nd,size", [("unetr", 2, 64), ("unetr", 3, 32), ("transunet", 2, 32),
+                                          ("swin_unet", 2, 32), ("nnformer", 2, 32)])
+def test_transformer_map_leaves_the_model_as_it_was(name, nd, size):
+    """Input-sized, finite, in [0, 1]; the model's output is bit-identical, its state dict, hooks, attention
+    settings and training flag as before."""
+    from napari_medseg.models.explain import _global_blocks
+
+    torch.manual_seed(0)
+    if name == "nnformer":
+        cfg = ModelConfig(name=name, spatial_dims=nd, in_channels=1, out_channels=3, feature_size=12,
+                          depths=(2, 2, 2), num_heads=(3, 3, 3), window_size=4)
+    elif name == "swin_unet":
+        cfg = ModelConfig(name=name, spatial_dims=nd, in_channels=1, out_channels=3, feature_size=12,
+                          depths=(2, 2), num_heads=(3, 3), window_size=4)
+    else:
+        cfg = _vit_config(name, nd)
+    net = build_model(cfg).eval()
+    x = torch.randn((2, 1) + (size,) * nd)
+    keys = list(net.state_dict())
+    settings = [(b.save_attn, b.use_flash_attention) for b in _global_blocks(net)]
+    with torch.no_grad():
+        before = net(x)
+    (m,) = explain(net, x, "transformer")
+    with torch.no_grad():
+        after = net(x)
+    assert m.shape == (2,) + (size,) * nd and torch.isfinite(m).all()
+    assert float(m.min()) >= 0 and float(m.max()) <= 1 and float(m.max()) == 1.0
+    assert torch.equal(before, after)
+    assert list(net.state_dict()) == keys and _hooks(net) == 0 and not net.training
+    assert [(b.save_attn, b.use_flash_attention) for b in _global_blocks(net)] == settings
+    net.train()
+    explain(net, x, "transformer")
+    assert net.training
+
+
+def test_the_hooks_go_even_on_error():
+    net = build_model(_vit_config("unetr", 2)).train()
+    with pytest.raises(MedsegError, match="multiples of 16"):
+        explain(net, torch.randn(1, 1, 40, 40), "transformer")
+    assert _hooks(net) == 0 and net.training
+
+
+def test_recomputed_attention_is_monais():
+    """The attention the map is built from is the one the model uses: MONAI's own ``save_attn`` matrix
+    (SABlock) and the probabilities its ``WindowAttention`` softmax gives (Swin)."""
+    from napari_medseg.models.explain import _global_blocks, _self_attention, _window_blocks, _window_received
+
+    torch.manual_seed(0)
+    net = build_model(_vit_config("unetr", 2)).eval()
+    sa = _global_blocks(net)[0]
+    got = []
+    h = sa.register_forward_pre_hook(lambda mod, args: got.append(_self_attention(mod, args[0], None)))
+    flash, sa.use_flash_attention, sa.save_attn = sa.use_flash_attention, False, True
+    try:
+        with torch.no_grad():
+            net(torch.randn(1, 1, 64, 64))
+        torch.testing.assert_close(got[0], sa.att_mat.mean(1))
+    finally:
+        h.remove()
+        sa.use_flash_attention, sa.save_attn, sa.att_mat = flash, False, torch.Tensor()
+    swin = build_model(ModelConfig(name="swin_unet", spatial_dims=2, in_channels=1, out_channels=3, feature_size=12,
+                                   depths=(2, 2), num_heads=(3, 3), window_size=4)).eval()
+    wa = _window_blocks(swin)[1].attn  # a shifted block: the mask is used
+    mine, theirs = [], []
+    hs = [wa.register_forward_pre_hook(lambda mod, a, kw: mine.append(_window_received(mod, a[0], kw.get("mask"))),
+                                       with_kwargs=True),
+          wa.softmax.register_forward_hook(lambda _m, _i, out: theirs.append(out.mean(dim=(1, 2)) * out.shape[-1]))]
+    try:
+        with torch.enable_grad():  # the softmax path (MONAI uses flash attention under no_grad)
+            swin(torch.randn(1, 1, 32, 32))
+    finally:
+        for h in hs:
+            h.remove()
+    assert any(_window_blocks(swin)[1].shift_size)
+    torch.testing.assert_close(mine[0], theirs[0].detach())
+
+
+def test_windows_are_placed_back_where_they_came_from():
+    """Padding, cyclic shift and window partition undone: a map of pixel indices comes back as itself."""
+    from monai.networks.nets.swin_unetr import get_window_size, window_partition
+
+    from napari_medseg.models.explain import _place_windows, _window_blocks
+
+    swin = build_model(ModelConfig(name="swin_unet", spatial_dims=3, in_channels=1, out_channels=3, feature_size=12,
+                                   depths=(2, 2), num_heads=(3, 3), window_size=4))
+    block = _window_blocks(swin)[1]
+    for spatial in [(8, 8, 8), (6, 10, 9)]:  # 6, 10, 9: padded to the window inside the block
+        idx = torch.arange(2 * torch.Size(spatial).numel(), dtype=torch.float32).view(2, *spatial)
+        ws, ss = get_window_size(spatial, block.window_size, block.shift_size)
+        pads = [p for s, w in zip(reversed(spatial), reversed(ws)) for p in (0, (-s) % w)]
+        x = torch.roll(torch.nn.functional.pad(idx, pads, value=-1.0), tuple(-s for s in ss), dims=(1, 2, 3))
+        windows = window_partition(x[..., None], ws)[..., 0]
+        assert torch.equal(_place_windows(windows, block, (2, *spatial, 12)), idx)
+
+
+def test_rollout_is_the_product_of_the_residual_matrices():
+    from napari_medseg.models.explain import rollout_received
+
+    g = torch.Generator().manual_seed(0)
+    layers = [torch.rand(2, 6, 6, generator=g).softmax(-1) for _ in range(3)]
+    eye = torch.eye(6)
+    r = eye.expand(2, 6, 6)
+    for a in layers:  # R = A'_3 A'_2 A'_1
+        r = torch.bmm(0.5 * (a + eye), r)
+    torch.testing.assert_close(rollout_received(layers), r.mean(1))
+
+
+def _one_token_gets_all_attention(net: torch.nn.Module, nd: int, ref_box: tuple[slice, ...]) -> None:
+    """Hand-set UNETR weights: the tokens are zero but for one (its position embedding ``u``), every query is
+    ``c u`` and every key the token itself, so each layer's attention goes to that token; values, projections and
+    MLPs are zero, so every layer sees the same tokens."""
+    from napari_medseg.models.transunet import POS_GRID
+
+    vit = net.vit
+    hidden = vit.patch_embedding.position_embeddings.shape[-1]
+    u = torch.tensor([1.0, -1.0] * (hidden // 2))
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.zero_()
+        for blk in vit.blocks:
+            blk.norm1.weight.fill_(1.0)
+            blk.attn.qkv.bias[:hidden] = 10 * u
+            blk.attn.qkv.weight[hidden:2 * hidden] = torch.eye(hidden)
+        pos = vit.patch_embedding.position_embeddings.view(1, *(POS_GRID[nd],) * nd, hidden)
+        pos[(0,) + ref_box] = 4 * u
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_the_map_peaks_on_the_token_that_receives_the_attention(nd):
+    """Faithfulness on a constructed case: the token all attention goes to is where the map is 1, and the
+    rest of the map is far lower."""
+    torch.manual_seed(0)
+    net = build_model(_vit_config("unetr", nd)).eval()
+    size = 64 if nd == 2 else 32  # token grid 4 x 4 (reference 16 x 16) or 2 x 2 x 2 (reference 8 x 8 x 8)
+    token = (1, 2) if nd == 2 else (1, 0, 1)
+    ref_box = tuple(slice(4 * t, 4 * t + 4) for t in token)  # 4 x 4 (x 4) reference entries average to it
+    _one_token_gets_all_attention(net, nd, ref_box)
+    (m,) = explain(net, torch.zeros((1, 1) + (size,) * nd), "transformer")
+    patch = (0,) + tuple(slice(16 * t, 16 * t + 16) for t in token)
+    inside = torch.zeros_like(m, dtype=torch.bool)
+    inside[patch] = True
+    assert inside.flatten()[m.flatten().argmax()]
+    centre = (0,) + tuple(16 * t + 8 for t in token)
+    assert float(m[centre]) > 0.9 and float(m[~inside].mean()) < 0.3
+
+
+def test_transformer_kind_on_a_model_without_it_names_the_kinds_it_has():
+    x = torch.rand(1, 1, 32, 32)
+    with pytest.raises(MedsegError, match="no transformer attention.*kinds for this model: gradcam$"):
+        explain(build_model(ModelConfig(channels=(4, 8), num_res_units=0)), x, "transformer")
+    gates = build_model(ModelConfig(name="attention_unet", channels=(4, 8, 16), out_channels=3))
+    with pytest.raises(MedsegError, match="kinds for this model: gradcam, attention$"):
+        explain(gates, x, "transformer")
+    with pytest.raises(MedsegError, match="no attention gates.*kinds for this model: gradcam, transformer$"):
+        explain(build_model(_vit_config("unetr", 2)), torch.rand(1, 1, 64, 64), "attention")

@@ -44,6 +44,7 @@ from napari_medseg._napari.layers import add_then_show, view_at_level0
 from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.settings import load_settings, save_settings
 from napari_medseg.core.errors import MedsegError
+from napari_medseg.models.explain_kinds import KINDS as EXPLAIN_KINDS
 
 log = logging.getLogger(__name__)
 PREVIEW_SUFFIX = " preview"
@@ -134,8 +135,12 @@ def show_explanation(viewer: Any, image: Any, res: Any) -> list[Any]:
     nd = len(res.scale)
     offset = tuple(image.translate)[-nd:]
     translate = tuple(float(a) + float(b) for a, b in zip(res.translate, offset))
-    names = ([f"{image.name} Grad-CAM class {res.class_index}"] if res.kind == "gradcam"
-             else [f"{image.name} attention gate {i + 1}" for i in range(len(res.maps))])
+    if res.kind == "gradcam":
+        names = [f"{image.name} Grad-CAM class {res.class_index}"]
+    elif res.kind == "transformer":
+        names = [f"{image.name} transformer attention"]
+    else:
+        names = [f"{image.name} attention gate {i + 1}" for i in range(len(res.maps))]
     out = []
     for name, m in zip(names, res.maps):
         if name in viewer.layers and medseg_meta(viewer.layers[name]).get("kind") == "explanation":
@@ -226,10 +231,14 @@ class PreviewBox(QGroupBox):
         self.explain_btn = QPushButton("Explain view")
         self.explain_btn.setToolTip("Where the model looks in the region in view: Grad-CAM of the class (the class's "
                                     "score over the pixels predicted as it, traced back to the bottleneck) or the "
-                                    "attention gates' coefficients (attention_unet), as image layers in [0, 1].")
+                                    "attention gates' coefficients (attention_unet) or the transformer's attention "
+                                    "(unetr, transunet, nnformer, swin models), as image layers in [0, 1].")
         self.explain_btn.clicked.connect(self.explain)
         self.kind_combo = QComboBox()
-        self.kind_combo.addItems(["gradcam", "attention"])
+        self.kind_combo.addItems(list(EXPLAIN_KINDS))
+        self.kind_combo.setToolTip("gradcam: any model; attention: the attention gates (attention_unet); "
+                                   "transformer: the attention the transformer's tokens receive (unetr, transunet, "
+                                   "nnformer: rollout; swin models: within their windows)")
         self.class_spin = QSpinBox()
         self.class_spin.setRange(1, 255)
         self.class_spin.setToolTip("The class to explain (1 = the first class after background)")
@@ -300,6 +309,7 @@ class PreviewBox(QGroupBox):
     def _on_explained(self, res: Any) -> None:
         if self._shown(lambda: show_explanation(self.viewer, self._image, res)):
             what = (f"Grad-CAM of class {res.class_index}" if res.kind == "gradcam"
+                    else "the transformer's attention" if res.kind == "transformer"
                     else f"{len(res.maps)} attention gates")
             self.status.setText(f"{what} of the view at level {res.level} in {res.seconds:.1f} s")
 
