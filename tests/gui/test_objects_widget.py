@@ -292,9 +292,9 @@ def test_3d_objects_go_to_their_slice_and_split_on_the_slice_shown(make_napari_v
     del shapes
 
 
-def test_whole_slide_prediction_goes_block_by_block(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    """A prediction zarr above the in-memory limit: the widget runs the whole-slide pass and shows its
-    multiscale objects with the table; the table and going to an object work, editing says why not."""
+def _whole_slide(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A 600 x 700 prediction zarr counted as a whole slide (the in-memory limit lowered), its objects found by
+    the widget's whole-slide pass: (viewer, widget, prediction array, zarr path, schema)."""
     import sys
     from pathlib import Path
 
@@ -303,8 +303,6 @@ def test_whole_slide_prediction_goes_block_by_block(make_napari_viewer, qtbot, t
     from tiled_helpers import discs_2d, write_prediction
 
     from napari_medseg._napari.widgets import objects_slide
-    from napari_medseg.objects import DEFAULT_MIN_SEED
-    from napari_medseg.objects.instances import find_objects
 
     pred_arr = discs_2d()
     pz = write_prediction(tmp_path / "slide.prediction.zarr", pred_arr)
@@ -318,6 +316,16 @@ def test_whole_slide_prediction_goes_block_by_block(make_napari_viewer, qtbot, t
     w.set_object_classes(list(TSCHEMA.objects))
     w.find()
     qtbot.waitUntil(lambda: w.state is not None and w._worker is None, timeout=30000)
+    return viewer, w, pred_arr, pz, TSCHEMA
+
+
+def test_whole_slide_prediction_goes_block_by_block(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """A prediction zarr above the in-memory limit: the widget runs the whole-slide pass and shows its
+    multiscale objects with the table; the table and going to an object work, editing says why not."""
+    from napari_medseg.objects import DEFAULT_MIN_SEED
+    from napari_medseg.objects.instances import find_objects
+
+    viewer, w, pred_arr, _pz, TSCHEMA = _whole_slide(make_napari_viewer, qtbot, tmp_path, monkeypatch)
     st = w.state
     layer = viewer.layers["slide prediction objects"]
     assert layer.multiscale and st.editor is None
@@ -432,3 +440,36 @@ def test_geojson_objects_come_back_in_onto_the_image(make_napari_viewer, qtbot, 
     w.image_combo.setCurrentIndex(w.image_combo.findText("img"))
     (tmp_path / "none.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
     assert w.import_geojson(tmp_path / "none.geojson") is None and "no polygon objects" in w.messages.entries[-1][2]
+
+
+def test_a_whole_slides_objects_are_proofread_a_view_at_a_time(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """'Edit view' on whole-slide objects: the objects in view become editable (those at the view's edge
+    locked), a deletion and a class change are saved into the slide's levels and table, and the widget is back on
+    the slide's objects."""
+    import zarr
+
+    from napari_medseg._napari.widgets import objects_slide
+    from napari_medseg._napari.widgets.objects_slide import SlideObjectsState, WindowObjectsState
+
+    viewer, w, _pred, pz, _schema = _whole_slide(make_napari_viewer, qtbot, tmp_path, monkeypatch)
+    slide = w.state
+    assert isinstance(slide, SlideObjectsState) and w.edit_view_btn.isEnabled() and not w.save_view_btn.isEnabled()
+    camera_of(viewer).center = (300, 350)
+    camera_of(viewer).zoom = 3.0
+    st = objects_slide.edit_view(w)
+    assert isinstance(st, WindowObjectsState) and w.save_view_btn.isEnabled() and w.merge_btn.isEnabled()
+    box = st.window.box
+    assert 0 < box[0].start < 300 < box[0].stop < 600
+    lab = st.layer.data
+    inner = [i for i in np.unique(lab[lab > 0]).tolist() if i not in st.window.locked]
+    a, b = inner[:2]
+    assert w.delete([a]) is not None and w.set_class([b], "lesion") is not None
+    edge = sorted(st.window.locked)[0]
+    assert w.delete([edge]) is None and "continues outside" in w.messages.entries[-1][2]
+    counts = objects_slide.save_view(w)
+    assert counts == {"changed": 2, "removed": 1, "added": 0}
+    assert w.state is slide and "(editing)" not in " ".join(ly.name for ly in viewer.layers)
+    lvl0 = zarr.open_group(str(pz), mode="r")["labels/objects/0"][...]
+    assert not (lvl0 == a).any() and (lvl0 == b).any()
+    assert a not in set(slide.table["id"]) and slide.table.loc[slide.table["id"] == b, "class"].iloc[0] == "lesion"
+    assert not (np.asarray(slide.layer.data[0]) == a).any()  # the layer shows the slide as saved

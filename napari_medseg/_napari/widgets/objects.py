@@ -1,11 +1,9 @@
 """The Objects dock widget: count, measure and proofread the objects of a prediction (nuclei, cells, lesions).
 
-Find objects (a prediction layer and its object classes; in a worker) -> the Labels layer ``<name> objects``
-with the measurement table as its ``features``; a whole slide goes block by block (``objects_slide``). The
-table (``objects_table``): counts per class, row click <-> object click. Regions: count and density per drawn
-polygon. Proofread (``objects.edit``): merge, split by a drawn line, delete, set class, undo; only the edited
-objects are re-measured. Export the table and QuPath GeoJSON; Send to training labels (``objects_store``).
-"""
+Find objects (in a worker) -> the Labels layer ``<name> objects`` with the table as its ``features``; a whole
+slide goes block by block and is proofread a view at a time (``objects_slide``). Table (``objects_table``):
+row click <-> object click. Regions: counts per drawn polygon. Proofread (``objects.edit``): merge, split by a
+line, delete, set class, undo. Files (``objects_output``); Send to training labels (``objects_store``)."""
 
 from __future__ import annotations
 
@@ -53,8 +51,10 @@ from napari_medseg._napari.widgets.objects_output import ObjectsOutputMixin
 from napari_medseg._napari.widgets.objects_slide import (
     NOT_HERE,
     prediction_zarr_of,
+    slide_edit_buttons,
     start_slide_find,
     too_large,
+    update_slide_buttons,
 )
 from napari_medseg._napari.widgets.objects_table import (
     FrameModel,
@@ -166,6 +166,9 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         g.addWidget(self.regions_btn, 4, 0)
         g.addWidget(self.save_counts_btn, 4, 1)
         g.addWidget(self.undo_btn, 4, 2)
+        self.edit_view_btn, self.save_view_btn = slide_edit_buttons(self)
+        g.addWidget(self.edit_view_btn, 5, 0, 1, 2)
+        g.addWidget(self.save_view_btn, 5, 2)
         self.merge_btn.clicked.connect(lambda: self.merge())
         self.split_btn.clicked.connect(lambda: self.split())
         self.delete_btn.clicked.connect(lambda: self.delete())
@@ -179,32 +182,7 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         self.regions_view.setVisible(False)
         root.addWidget(self.regions_view)
 
-        out = QGroupBox("Files")
-        g2 = QGridLayout(out)
-        self.save_table_btn = QPushButton("Table...")
-        self.save_table_btn.setToolTip("Save the measurements as CSV, TSV or Parquet")
-        self.save_geojson_btn = QPushButton("GeoJSON...")
-        self.save_geojson_btn.setToolTip("Save the objects for QuPath (detections with class and measurements)")
-        self.send_btn = QPushButton("Send to training labels")
-        self.send_btn.setToolTip("Write the objects (class + boundary rims) into the image's labels, so the next "
-                                 "training round learns from them; your own strokes stay")
-        self.save_volume_btn = QPushButton("Volume...")
-        self.save_volume_btn.setToolTip("Save a volume's objects as NIfTI (3D Slicer, ITK-SNAP) or their classes as "
-                                        "DICOM-SEG, in the geometry of the image's file")
-        g2.addWidget(self.save_table_btn, 0, 0)
-        g2.addWidget(self.save_geojson_btn, 0, 1)
-        g2.addWidget(self.save_volume_btn, 1, 0)
-        g2.addWidget(self.send_btn, 1, 1)
-        self.import_btn = QPushButton("Import GeoJSON...")
-        self.import_btn.setToolTip("Objects drawn or detected in QuPath (GeoJSON) onto the chosen Image: measure, "
-                                   "proofread, export or send them to the training labels")
-        g2.addWidget(self.import_btn, 2, 0, 1, 2)
-        self.import_btn.clicked.connect(lambda: self.import_geojson())
-        self.save_volume_btn.clicked.connect(lambda: self.export_volume())
-        self.save_table_btn.clicked.connect(lambda: self.export_table())
-        self.save_geojson_btn.clicked.connect(lambda: self.export_geojson())
-        self.send_btn.clicked.connect(lambda: self.send_to_labels())
-        root.addWidget(out)
+        root.addWidget(self._build_files())
         self.messages = MessageLog(lines=4)
         root.addWidget(self.messages)
         self._update_enabled()
@@ -219,6 +197,7 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
             w.setEnabled(editable)
         self.undo_btn.setEnabled(has and bool(self._undo))
         self.save_counts_btn.setEnabled(has and self._counts is not None)
+        update_slide_buttons(self, has)
         self.find_btn.setEnabled(self._worker is None)
 
     # -- layer choices ------------------------------------------------------------------------------

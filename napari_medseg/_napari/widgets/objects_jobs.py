@@ -158,6 +158,8 @@ class ObjectsState:
         found.objects.labels = layer.data  # napari may keep its own array: edit what it shows
         self.table = found.table
         self._attrs = dict(found.table.attrs)
+        # where the objects' array starts in the pixels of their table (a window of a whole slide: its start)
+        self.origin: tuple[int, ...] = tuple(int(round(v)) for v in (self._attrs.get("offset") or [0] * layer.ndim))
 
     def features(self) -> Any:
         """The table as the layer's ``features`` (napari finds a label's row by the ``index`` column)."""
@@ -194,7 +196,7 @@ class ObjectsState:
             crop[~np.isin(crop, alive)] = 0
             img = self.found.image[box] if self.found.image is not None else None
             sub = measure(Objects(crop, self.editor.objects.classes), img, self.found.grid, self.found.class_names,
-                          offset=tuple(s.start for s in box))
+                          offset=tuple(o + s.start for o, s in zip(self.origin, box)))
             parts.append(sub)
         table = pd.concat([p for p in parts if len(p)] or [keep], ignore_index=True)
         table = table.sort_values("id", kind="stable").reset_index(drop=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QFileDialog
+from qtpy.QtWidgets import QFileDialog, QGridLayout, QGroupBox, QPushButton
 
 from napari_medseg._napari.layerdata import medseg_meta
 from napari_medseg._napari.widgets.objects_slide import NOT_HERE
@@ -32,6 +32,35 @@ class ObjectsOutputMixin:
     regions_view: Any
     _undo: list[Any]
     _counts: Any = None  # the last counts in regions (a DataFrame), for export_counts
+
+    def _build_files(self) -> Any:
+        """The "Files" group: the table, GeoJSON and volume files out, GeoJSON in, Send to training labels."""
+        out = QGroupBox("Files")
+        g2 = QGridLayout(out)
+        self.save_table_btn = QPushButton("Table...")
+        self.save_table_btn.setToolTip("Save the measurements as CSV, TSV or Parquet")
+        self.save_geojson_btn = QPushButton("GeoJSON...")
+        self.save_geojson_btn.setToolTip("Save the objects for QuPath (detections with class and measurements)")
+        self.send_btn = QPushButton("Send to training labels")
+        self.send_btn.setToolTip("Write the objects (class + boundary rims) into the image's labels, so the next "
+                                 "training round learns from them; your own strokes stay")
+        self.save_volume_btn = QPushButton("Volume...")
+        self.save_volume_btn.setToolTip("Save a volume's objects as NIfTI (3D Slicer, ITK-SNAP) or their classes as "
+                                        "DICOM-SEG, in the geometry of the image's file")
+        g2.addWidget(self.save_table_btn, 0, 0)
+        g2.addWidget(self.save_geojson_btn, 0, 1)
+        g2.addWidget(self.save_volume_btn, 1, 0)
+        g2.addWidget(self.send_btn, 1, 1)
+        self.import_btn = QPushButton("Import GeoJSON...")
+        self.import_btn.setToolTip("Objects drawn or detected in QuPath (GeoJSON) onto the chosen Image: measure, "
+                                   "proofread, export or send them to the training labels")
+        g2.addWidget(self.import_btn, 2, 0, 1, 2)
+        self.import_btn.clicked.connect(lambda: self.import_geojson())
+        self.save_volume_btn.clicked.connect(lambda: self.export_volume())
+        self.save_table_btn.clicked.connect(lambda: self.export_table())
+        self.save_geojson_btn.clicked.connect(lambda: self.export_geojson())
+        self.send_btn.clicked.connect(lambda: self.send_to_labels())
+        return out
 
     def count_in_regions(self, shapes: Any = None) -> Any:
         """Count and density per class in each polygon of the Shapes layer; shown under the buttons."""

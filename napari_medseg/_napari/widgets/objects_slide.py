@@ -11,6 +11,7 @@ sending objects to the training labels need the objects in memory: on a whole sl
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Generator
 from pathlib import Path
@@ -23,8 +24,8 @@ from napari_medseg._napari.widgets.objects_jobs import MAX_FIND_PIXELS, ObjectsS
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 
-NOT_HERE = ("the objects of a whole slide are not held in memory, so they cannot be {what} here; find objects in "
-            "a region (predict the view or a crop) to {what2} them")
+NOT_HERE = ("the objects of a whole slide are not held in memory, so they cannot be {what} here; press 'Edit view' "
+            "to {what2} the objects in view, or find objects in a region (predict the view or a crop)")
 
 
 def prediction_zarr_of(layer: Any) -> Path | None:
@@ -127,3 +128,141 @@ def show_slide_objects(widget: Any, pred: Any, schema: ClassSchema, path: Path, 
         widget.messages.error(f"{done.cut} object(s) larger than the halo are missing: find them with "
                               "'napari-medseg predict --instances-only PREDICTION --halo N' and a larger N")
     widget._update_enabled()
+
+
+class WindowObjectsState(ObjectsState):
+    """The objects of a window of a whole slide under proofreading: an in-memory layer over the slide's, its
+    ``SlideWindow`` (``objects.slide_edit``) and the slide's state to return to."""
+
+    def __init__(self, *, layer: Any, window: Any, slide: SlideObjectsState, found: Any) -> None:  # noqa: D107
+        self.window, self.slide = window, slide
+        super().__init__(layer=layer, pred=slide.pred, image=None, schema=slide.schema, found=found)
+        self.editor = window.editor  # refuses edits of the objects that continue outside the window
+
+
+def _view_box(viewer: Any, layer: Any) -> tuple[slice, ...]:
+    """The level-0 pixels of ``layer`` on the canvas (from the camera and the canvas size, so it holds before
+    napari has drawn the view); the axes not displayed (a volume's slices) whole."""
+    from napari_medseg._napari.layers import camera_of
+    from napari_medseg._napari.napari_compat import canvas_size
+
+    if viewer.dims.ndisplay != 2:
+        raise MedsegError("'Edit view' works in the 2D view; switch napari to 2D")
+    camera = camera_of(viewer)
+    center = np.asarray(camera.center, float)[-2:]
+    half = np.asarray(canvas_size(viewer), float) / float(camera.zoom) / 2
+    shape = [int(v) for v in (layer.data[0].shape if getattr(layer, "multiscale", False) else layer.data.shape)]
+    nd = len(shape)
+    corners = []
+    for dy in (-1, 1):
+        for dx in (-1, 1):
+            world = np.asarray(viewer.dims.point, float).copy()
+            world[list(viewer.dims.displayed)[-2:]] = center + half * np.asarray([dy, dx])
+            corners.append(np.asarray(layer.world_to_data(world), float)[-nd:])
+    lo, hi = np.min(corners, 0), np.max(corners, 0)
+    displayed = [d - (viewer.dims.ndim - nd) for d in list(viewer.dims.displayed)[-2:]]
+    return tuple(slice(max(0, int(np.floor(lo[ax] + 0.5))), min(n, int(np.ceil(hi[ax] + 0.5))))
+                 if ax in displayed else slice(0, n) for ax, n in enumerate(shape))
+
+
+def edit_view(widget: Any) -> WindowObjectsState | None:
+    """Open the objects in view of a whole slide for proofreading (see module); None (and a message) if not."""
+    from napari_medseg._napari.widgets.objects_jobs import OBJECTS_KEY, PixelGrid, measure
+    from napari_medseg.objects.edit import object_boxes
+    from napari_medseg.objects.slide_edit import open_window
+    from napari_medseg.objects.stitch import measure_kwargs
+    from napari_medseg.objects.tiled import PREDICTION_MANIFEST
+
+    st = widget.state
+    try:
+        if not isinstance(st, SlideObjectsState):
+            raise MedsegError("'Edit view' opens the objects of a whole slide in view; these objects are editable "
+                              "as they are.")
+        path = Path(str(medseg_meta(st.layer).get("objects", {}).get("path", "")))
+        win = open_window(path, _view_box(widget.viewer, st.layer))
+    except MedsegError as e:
+        widget.messages.error(str(e))
+        return None
+    layer0 = st.layer
+    nd = layer0.ndim
+    scale = np.asarray(layer0.scale, float)
+    translate = np.asarray(layer0.translate, float) + scale * np.asarray([b.start for b in win.box], float)
+    name = f"{layer0.name} (editing)"
+    if name in widget.viewer.layers:
+        widget.viewer.layers.remove(name)
+    layer = widget.viewer.add_labels(win.objects.labels, name=name, scale=tuple(scale), translate=tuple(translate),
+                                     opacity=0.8, metadata={"napari_medseg": {OBJECTS_KEY: {
+                                         "window": [[b.start, b.stop] for b in win.box], "path": str(path)}}})
+    kw = measure_kwargs(json.loads((path / PREDICTION_MANIFEST).read_text()), nd)  # as the slide's table
+    grid = PixelGrid(pred=None, image=None, pixel_size=tuple(kw["pixel_size"]), unit=kw["unit"])
+    names = list(win.class_names) or list(st.schema.names)
+    table = measure(win.objects, None, grid, names, offset=tuple(b.start for b in win.box))
+    from napari_medseg._napari.widgets.objects_jobs import Found
+
+    found = Found(win.objects, table, object_boxes(win.objects.labels), np.zeros(0, np.uint8), None, grid, names)
+    widget.state = WindowObjectsState(layer=layer, window=win, slide=st, found=found)
+    widget._undo = []
+    widget.viewer.layers.selection.active = layer
+    layer.events.selected_label.connect(widget._on_selected_label)
+    widget._show_table()
+    widget.messages.info(f"editing the {len(table)} objects in view ({len(win.locked)} at its edge are locked); "
+                         "'Save to slide' writes the edits")
+    widget._update_enabled()
+    return widget.state
+
+
+def save_view(widget: Any) -> dict[str, int] | None:
+    """Write the window's edits into the slide and return to the slide's objects (see module)."""
+    import pandas as pd
+
+    from napari_medseg.objects.slide_edit import save_window
+
+    st = widget.state
+    if not isinstance(st, WindowObjectsState):
+        widget.messages.error("Nothing is being edited: press 'Edit view' on a whole slide's objects first.")
+        return None
+    try:
+        counts = save_window(st.window)
+    except MedsegError as e:
+        widget.messages.error(str(e))
+        return None
+    slide = st.slide
+    if st.layer in widget.viewer.layers:
+        widget.viewer.layers.remove(st.layer)
+    slide.layer.data = objects_levels(st.window.path)  # the levels as written (napari reads them afresh)
+    csv = st.window.path / "objects.csv"
+    if csv.is_file():
+        slide.table = pd.read_csv(csv)
+    widget.state = slide
+    widget._undo = []
+    widget._show_table()
+    widget.viewer.layers.selection.active = slide.layer
+    widget.messages.info(f"saved to the slide: {counts['changed']} object(s) changed, {counts['removed']} removed, "
+                         f"{counts['added']} added")
+    widget._update_enabled()
+    return counts
+
+
+def slide_edit_buttons(widget: Any) -> tuple[Any, Any]:
+    """The Proofread group's *Edit view* and *Save to slide* buttons, connected to ``widget``."""
+    from qtpy.QtWidgets import QPushButton
+
+    edit = QPushButton("Edit view")
+    edit.setToolTip("Whole-slide objects: open the objects in view for proofreading (those that continue outside "
+                    "the view stay locked)")
+    save = QPushButton("Save to slide")
+    save.setToolTip("Write the edits of the view into the slide's objects (every level, the table) and return")
+    edit.clicked.connect(lambda: edit_view(widget))
+    save.clicked.connect(lambda: save_view(widget))
+    return edit, save
+
+
+def update_slide_buttons(widget: Any, has: bool) -> None:
+    """Enable *Edit view* on a whole slide's objects, *Save to slide* while a window is edited; a window's
+    objects go out through the slide (the exports of a part would mislead)."""
+    window = isinstance(widget.state, WindowObjectsState)
+    widget.edit_view_btn.setEnabled(has and isinstance(widget.state, SlideObjectsState))
+    widget.save_view_btn.setEnabled(has and window)
+    if window:
+        for w in (widget.save_geojson_btn, widget.save_volume_btn, widget.send_btn):
+            w.setEnabled(False)
