@@ -466,10 +466,17 @@ def test_a_whole_slides_objects_are_proofread_a_view_at_a_time(make_napari_viewe
     assert w.delete([a]) is not None and w.set_class([b], "lesion") is not None
     edge = sorted(st.window.locked)[0]
     assert w.delete([edge]) is None and "continues outside" in w.messages.entries[-1][2]
+    assert not slide.layer.visible  # hidden while its objects are edited in the view's layer
     counts = objects_slide.save_view(w)
+    assert slide.layer.visible
     assert counts == {"changed": 2, "removed": 1, "added": 0}
     assert w.state is slide and "(editing)" not in " ".join(ly.name for ly in viewer.layers)
     lvl0 = zarr.open_group(str(pz), mode="r")["labels/objects/0"][...]
     assert not (lvl0 == a).any() and (lvl0 == b).any()
     assert a not in set(slide.table["id"]) and slide.table.loc[slide.table["id"] == b, "class"].iloc[0] == "lesion"
     assert not (np.asarray(slide.layer.data[0]) == a).any()  # the layer shows the slide as saved
+    st = objects_slide.edit_view(w)  # a view closed without saving: back on the slide, nothing written
+    w.delete([b])
+    viewer.layers.remove(st.layer)
+    assert w.state is slide and slide.layer.visible and (zarr.open_group(str(pz), mode="r")["labels/objects/0"][...]
+                                                         == b).any()

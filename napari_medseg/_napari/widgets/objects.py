@@ -50,6 +50,7 @@ from napari_medseg._napari.widgets.objects_jobs import (
 from napari_medseg._napari.widgets.objects_output import ObjectsOutputMixin
 from napari_medseg._napari.widgets.objects_slide import (
     NOT_HERE,
+    left_window,
     prediction_zarr_of,
     slide_edit_buttons,
     start_slide_find,
@@ -211,7 +212,7 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         fill_layer_combo(self.image_combo, [ly for ly in self.viewer.layers if is_image_layer(ly)
                                              and not is_heatmap_layer(ly)], head=[NO_IMAGE])
         fill_layer_combo(self.shapes_combo, [ly for ly in self.viewer.layers if is_shapes_layer(ly)])
-        if self.state is not None and self.state.layer not in self.viewer.layers:
+        if self.state is not None and self.state.layer not in self.viewer.layers and not left_window(self):
             self.state, self._undo = None, []
             self.table.set_table(empty_table())
         self._update_enabled()

@@ -200,6 +200,7 @@ def edit_view(widget: Any) -> WindowObjectsState | None:
     from napari_medseg._napari.widgets.objects_jobs import Found
 
     found = Found(win.objects, table, object_boxes(win.objects.labels), np.zeros(0, np.uint8), None, grid, names)
+    st.layer.visible = False  # the slide's copy of these objects would show through what the edits change
     widget.state = WindowObjectsState(layer=layer, window=win, slide=st, found=found)
     widget._undo = []
     widget.viewer.layers.selection.active = layer
@@ -233,6 +234,7 @@ def save_view(widget: Any) -> dict[str, int] | None:
     csv = st.window.path / "objects.csv"
     if csv.is_file():
         slide.table = pd.read_csv(csv)
+    slide.layer.visible = True
     widget.state = slide
     widget._undo = []
     widget._show_table()
@@ -266,3 +268,15 @@ def update_slide_buttons(widget: Any, has: bool) -> None:
     if window:
         for w in (widget.save_geojson_btn, widget.save_volume_btn, widget.send_btn):
             w.setEnabled(False)
+
+
+def left_window(widget: Any) -> bool:
+    """After the editing layer was deleted (its edits dropped): back on the slide's objects. True if so."""
+    st = widget.state
+    if not isinstance(st, WindowObjectsState) or st.slide.layer not in widget.viewer.layers:
+        return False
+    st.slide.layer.visible = True
+    widget.state, widget._undo = st.slide, []
+    widget._show_table()
+    widget.messages.info("the edited view was closed without saving; its edits are not in the slide")
+    return True
