@@ -1,5 +1,5 @@
-"""Deployment paths side by side: the same model through torch fp32, ONNX Runtime fp32 and ONNX Runtime INT8
-(plus flip TTA), on the real tiled predictor, CPU, 2 threads, one process.
+"""Deployment paths side by side: the same model through torch fp32, torch bfloat16, ONNX Runtime fp32 and ONNX
+Runtime INT8 (plus flip TTA), on the real tiled predictor, CPU, 2 threads, one process.
 
 The model is ISBI-ref (``_reference.isbi_ref``: the default UNet trained on ISBI 2012, cached). The "slide" is
 a mosaic of the 10 held-out images (2 x 5 tiles of 512 px, repeated ``--repeat`` times down), written as a
@@ -14,6 +14,9 @@ the membrane class per held-out image (percent, mean over the images), HD95 thro
   fp32 - Dice INT8 in points (gate 1.0); ``int8_size_ratio``: INT8 file / fp32 file (gate 0.35);
   ``int8_model_speedup``: the same ratio for the model alone (a tight loop over one batch of 4 windows), which
   shows how much of the whole path the pipeline around the model takes.
+- ``bf16_speedup`` / ``bf16_model_speedup`` / ``bf16_dice_drop``: ``precision="bf16"`` (bfloat16 autocast on the
+  CPU) against the fastest float32 path, whole path and model alone, and its Dice change; ``bf16_native``: whether
+  this CPU computes bfloat16 natively (AMX / AVX512-BF16; elsewhere it is emulated and slow).
 - The same keys with ``_relu``: a second reference trained with ``act="relu"``, the quantisation-friendly
   activation (MONAI's default PReLU stays a float op in ONNX Runtime's INT8 graph); ``--no-relu`` skips it.
 - ``tta_dice_gain`` / ``tta_hd95_change`` / ``tta_cost``: flip TTA's Dice gain in points, HD95 change in px and
@@ -73,14 +76,15 @@ def scores(labels: np.ndarray, mask: np.ndarray, boxes) -> tuple[float, float]:
     return float(np.mean(dices)), float(np.nanmean(hds))
 
 
-def run_path(slide: Path, model, out: Path, backend: str, tta: bool | str = False) -> tuple[np.ndarray, float, float]:
+def run_path(slide: Path, model, out: Path, backend: str, tta: bool | str = False,
+             precision: str = "auto") -> tuple[np.ndarray, float, float]:
     import zarr
 
     from napari_medseg.inference.predictor import run_predict
 
     t = time.perf_counter()
     res = run_predict(slide, model, out, window=(256, 256), batch_size=4, tissue_mask=False, overwrite=True,
-                      resume=False, backend=backend, tta=tta, device="cpu")
+                      resume=False, backend=backend, tta=tta, device="cpu", precision=precision)
     dt = time.perf_counter() - t
     lab = np.asarray(zarr.open_group(out, mode="r")["labels"]["prediction"]["0"])
     return lab, dt, res.mpix_s
@@ -185,9 +189,10 @@ def main() -> int:
         int8 = backend_model(str(r.checkpoint), "onnxruntime-int8", source=src, window=(256, 256),
                              folder=tmp / "deploy")
         made[f"quantize_s_{act}"] = round(time.perf_counter() - t, 1)
-        files[act] = {"torch": r.checkpoint, "onnxruntime": Path(fp32), "onnxruntime-int8": Path(int8)}
+        files[act] = {"torch": r.checkpoint, "torch-bf16": r.checkpoint, "onnxruntime": Path(fp32),
+                      "onnxruntime-int8": Path(int8)}
         net, ck = load_model(r.checkpoint)
-        mods = {"torch": net, "onnxruntime": open_model_file(fp32).module,
+        mods = {"torch": net, "torch-bf16": BF16(net), "onnxruntime": open_model_file(fp32).module,
                 "onnxruntime-int8": open_model_file(int8).module}
         batches = [torch.from_numpy(b) for b in calibration_batches(src, 0, ck.norm, (256, 256), 16, seed=1)]
         with torch.inference_mode():
@@ -199,7 +204,8 @@ def main() -> int:
     print("model alone, ms per batch of 4 x 256^2:", model_ms)
 
     kinds = (("torch fp32", "torch"),) if args.only_tta else (
-        ("torch fp32", "torch"), ("ORT fp32", "onnxruntime"), ("ORT INT8", "onnxruntime-int8"))
+        ("torch fp32", "torch"), ("torch bf16", "torch-bf16"), ("ORT fp32", "onnxruntime"),
+        ("ORT INT8", "onnxruntime-int8"))
     paths = [(f"{label} ({act})", kind, False, act) for act in refs for label, kind in kinds]
     if not args.no_tta:
         paths += [(f"torch fp32 + {m} TTA (prelu)", "torch", mode, "prelu")
@@ -210,7 +216,8 @@ def main() -> int:
         order = paths if r % 2 == 0 else paths[::-1]  # alternate, so drift in machine load hits all paths
         for name, kind, tta, act in order:
             # the converted files are passed as the model (the predictor opens ONNX like any model)
-            lab, dt, _ = run_path(slide, str(files[act][kind]), tmp / f"{r}-{kind}-{act}-{tta}.zarr", "torch", tta)
+            lab, dt, _ = run_path(slide, str(files[act][kind]), tmp / f"{r}-{kind}-{act}-{tta}.zarr", "torch", tta,
+                                  precision="bf16" if kind == "torch-bf16" else "auto")
             best[name] = min(best.get(name, math.inf), dt)
             labels[name] = lab
             print(f"round {r}: {name}: {dt:.2f} s ({mpix / dt:.2f} MPix/s)")
@@ -231,8 +238,11 @@ def main() -> int:
     def gates(act: str) -> dict[str, float]:
         fastest = max(by[f"torch fp32 ({act})"]["mpix_s"], by[f"ORT fp32 ({act})"]["mpix_s"])
         fastest_ms = min(model_ms[f"torch {act}"], model_ms[f"onnxruntime {act}"])
-        q = by[f"ORT INT8 ({act})"]
+        q, b = by[f"ORT INT8 ({act})"], by[f"torch bf16 ({act})"]
         return {"int8_speedup": round(q["mpix_s"] / fastest, 3),
+                "bf16_speedup": round(b["mpix_s"] / fastest, 3),
+                "bf16_model_speedup": round(fastest_ms / model_ms[f"torch-bf16 {act}"], 3),
+                "bf16_dice_drop": round(by[f"torch fp32 ({act})"]["dice"] - b["dice"], 2),
                 "int8_model_speedup": round(fastest_ms / model_ms[f"onnxruntime-int8 {act}"], 3),
                 "int8_dice_drop": round(by[f"torch fp32 ({act})"]["dice"] - q["dice"], 2),
                 "int8_size_ratio": round(files[act]["onnxruntime-int8"].stat().st_size
@@ -254,10 +264,26 @@ def main() -> int:
     if "relu" in refs:
         result.update({f"{k}_relu": v for k, v in gates("relu").items()})
     result.update(tta_keys(by, args.no_tta))
-    result.update(made | {"rows": rows, "threads": args.threads, "mpix": round(mpix, 2),
+    from napari_medseg.models.devices import cpu_bf16_native
+
+    result.update(made | {"bf16_native": cpu_bf16_native(), "rows": rows, "threads": args.threads,
+                          "mpix": round(mpix, 2),
                           "total_s": round(time.perf_counter() - t0, 1)})
     print("RESULT " + json.dumps(result))
     return 0
+
+
+class BF16:
+    """A model under bfloat16 autocast on the CPU, as ``precision="bf16"`` runs it (for the tight loop)."""
+
+    def __init__(self, net) -> None:
+        self.net = net
+
+    def __call__(self, x):
+        import torch
+
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net(x).float()
 
 
 def tight_loop(module, x, n: int = 8) -> float:

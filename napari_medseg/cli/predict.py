@@ -70,6 +70,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write class probabilities")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: mixed precision on a GPU, float32 on the CPU; bf16: bfloat16 on the CPU too (about "
+                        "2x faster on CPUs with AMX or AVX512-BF16, labels differ at a fraction of a percent of "
+                        "pixels; docs/deployment.md)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that hold a different run")
     p.add_argument("--no-resume", action="store_true", help="refuse to continue an unfinished output")
     p.add_argument("--on-corrupt", choices=("stop", "skip"), default="stop",
@@ -315,7 +319,7 @@ def _run_predict(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, blend=args.blend, tta=args.tta,
                     tissue_mask={"on": True, "off": False}.get(args.tissue_mask, args.tissue_mask),
                     write_probs=args.probs, device=args.device, amp=not args.no_amp, on_corrupt=args.on_corrupt,
-                    crf=_crf(args.crf), streams=args.streams)
+                    crf=_crf(args.crf), streams=args.streams, precision=args.precision)
     kind = getattr(args, "input_kind", "auto")
     bars: dict[str, tqdm] = {}
     failures: list[tuple[str, str]] = []

@@ -102,6 +102,11 @@ def resolve_tissue(tissue_mask: bool | str | TissueMask, source: ImageSource) ->
     return str(tissue_mask)
 
 
+#: "auto": mixed precision on a GPU, float32 on the CPU; "fp32": float32 everywhere; "bf16": bfloat16 autocast
+#: on the CPU too (fast where the CPU computes bfloat16 natively: AMX or AVX512-BF16; docs/deployment.md)
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass
 class Job:
     source: ImageSource
@@ -128,6 +133,7 @@ class Job:
     stats: dict[str, Any] = field(default_factory=dict)
     scaled_windows: tuple[tuple[int, ...], ...] = ()  # multi-scale TTA's model windows (modelrun.tta_windows)
     streams: int = 1  # CPU: batches through the model at once, one torch thread each (``resolve_streams``)
+    cpu_bf16: bool = False  # precision "bf16" on the CPU: the model under bfloat16 autocast
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -158,7 +164,8 @@ class Job:
         reader = reader or TileReader(self.source, self.level, on_corrupt=self.on_corrupt, band=band)
         md = self.model.spatial_dims or len(self.window)
         squeeze = 0 if md < len(self.window) else None
-        runner = WindowRunner(self.model.module, self.device, batch_size=self.batch_size, amp=self.amp, tta=self.tta,
+        runner = WindowRunner(self.model.module, self.device, batch_size=self.batch_size, amp=self.amp,
+                              cpu_bf16=self.cpu_bf16, tta=self.tta,
                               model_dims=md, squeeze_axis=squeeze, scaled_windows=self.scaled_windows)
         engine = BlockEngine(plan, reader, runner, self.norm, self.classes.n_classes, sigma_scale=self.sigma_scale,
                              pixel_mask=self.pixel_mask(), streams=self.streams)
@@ -188,8 +195,13 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
              batch_size: int = 4, blend: str = "gaussian", tta: bool | str = False,
              tissue_mask: bool | str | TissueMask = "auto", write_probs: str | None = None, device: str = "auto",
              amp: bool = True, on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
-             sigma_scale: float = 0.125, backend: str = "torch", streams: int | str = 1) -> Job:
+             sigma_scale: float = 0.125, backend: str = "torch", streams: int | str = 1,
+             precision: str = "auto") -> Job:
     src = open_source(source)
+    if precision not in PRECISIONS:
+        raise MedsegError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "bf16" and backend != "torch":
+        raise MedsegError(f"precision 'bf16' is a PyTorch path; the {backend} backend runs its own precision")
     if pixel_size is not None:
         level = src.level_for_pixel_size(float(pixel_size))
     if not 0 <= int(level) < len(src.levels):
@@ -257,9 +269,13 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
                                                         "threshold": tm.threshold,
                                                         "sha1": hashlib.sha1(np.packbits(tm.mask).tobytes()).hexdigest()}},
     }
+    cpu_bf16 = precision == "bf16" and dev.type == "cpu"
+    if cpu_bf16:  # other numbers than float32: another job (a resumed run never mixes the two)
+        identity["settings"]["precision"] = "bf16"
+    amp = bool(amp) and precision != "fp32"
     return Job(src, loaded, level, win, float(overlap), blend, tta_mode(tta), norm, classes, write_probs, dev, amp,
                int(batch_size), on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout,
-               scaled_windows=scaled, streams=resolve_streams(streams, dev, loaded.module))
+               scaled_windows=scaled, streams=resolve_streams(streams, dev, loaded.module), cpu_bf16=cpu_bf16)
 
 
 def resolve_streams(streams: int | str, device: torch.device, module: torch.nn.Module | None = None) -> int:

@@ -293,6 +293,7 @@ class WindowRunner:
     """Probabilities for batches of windows; fixed batch shape, optional TTA (``TTA_MODES``)."""
 
     def __init__(self, module: nn.Module, device: torch.device, *, batch_size: int = 4, amp: bool = True,
+                 cpu_bf16: bool = False,
                  tta: bool | str = False, model_dims: int = 2, squeeze_axis: int | None = None,
                  cpu_nhwc: bool = True, keep_module: bool = False,
                  scaled_windows: tuple[tuple[int, ...], ...] = ()) -> None:
@@ -309,6 +310,8 @@ class WindowRunner:
             raise MedsegError("multi-scale TTA needs the scaled windows (modelrun.tta_windows)")
         self.scaled_windows = tuple(tuple(int(v) for v in w) for w in scaled_windows)
         self.amp = bool(amp) and device.type == "cuda"
+        # bfloat16 autocast on the CPU (opt-in: oneDNN on AMX / AVX512-BF16 cores, ``devices.cpu_bf16_native``)
+        self.cpu_bf16 = bool(cpu_bf16) and device.type == "cpu"
         self.channels_last = device.type == "cuda" and not keep_module
         # On the CPU a 2D model gets its input channels-last (NHWC), its weights left as they are: oneDNN's
         # convolutions take that layout several times faster than NCHW (the first, 3-channel one above all;
@@ -329,6 +332,9 @@ class WindowRunner:
         if self.amp:
             dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             with torch.autocast("cuda", dtype=dt):
+                y = self.module(x)
+        elif self.cpu_bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
                 y = self.module(x)
         else:
             y = self.module(x)

@@ -44,6 +44,24 @@ class DeviceSetup:
         return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16), where PyTorch's oneDNN runs bfloat16
+    convolutions about twice as fast as float32 (elsewhere they are emulated and slower). Linux: the CPU's flags;
+    elsewhere oneDNN's own answer (which also says yes for plain AVX512)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # pragma: no cover - a torch without oneDNN
+        return False
+
+
 def mps_available() -> bool:
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())

@@ -271,3 +271,33 @@ def test_crf_refinement_from_the_widget(widget, checkpoint, qtbot, tmp_path):
     gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
     assert np.array_equal(gui, np.asarray(g["labels/prediction/0"]))
     assert PredictWidget(viewer).crf_check.isChecked()  # remembered
+
+
+def test_bfloat16_from_the_widget(widget, checkpoint, qtbot, tmp_path, monkeypatch):
+    """'runs on: torch-bf16' predicts in bfloat16 on the CPU: its own job, labels as float32's on nearly every
+    pixel."""
+    import json
+
+    from napari_medseg.inference import predictor
+
+    monkeypatch.setattr(predictor, "cpu_bf16_native", lambda: True)  # no warning on any CI machine
+    viewer, w, img = widget
+    w.ckpt_edit.setText(str(checkpoint))
+    w.out_edit.setText(str(tmp_path / "bf16.zarr"))
+    w.backend_combo.setCurrentText("torch-bf16")
+    w.predict()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert "done" in w.status.text(), w.status.text()
+    runs = list((tmp_path / "bf16.zarr").rglob("run.json"))
+    assert any(json.loads(r.read_text()).get("job", {}).get("settings", {}).get("precision") == "bf16"
+               for r in runs), [r.read_text()[:300] for r in runs]
+    layer = viewer.layers["img" + RESULT_SUFFIX]
+    gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+    from napari_medseg._napari.layerdata import from_layer
+    from napari_medseg.inference import open_prediction, run_predict
+
+    run_predict(from_layer(viewer.layers["img"]), str(checkpoint), str(tmp_path / "fp32.zarr"),
+                window=(64, 64), overlap=0.25, batch_size=4, tissue_mask=False)
+    ref = np.asarray([s for s in open_prediction(tmp_path / "fp32.zarr") if s.kind == "labels"][0].levels[0])
+    assert (gui == ref).mean() >= 0.99
