@@ -228,6 +228,18 @@ def test_overview_shows_the_finished_result_through_public_api(make_napari_viewe
     qtbot.waitUntil(lambda: np.asarray(layer.thumbnail)[..., 3].any(), timeout=5_000)  # drawn from that array
 
 
+def _gui_and_torch_labels(viewer, checkpoint, out):
+    """The labels the widget showed for 'img', and those of the plain torch float32 path with the same settings."""
+    from napari_medseg._napari.layerdata import from_layer
+    from napari_medseg.inference import open_prediction, run_predict
+
+    layer = viewer.layers["img" + RESULT_SUFFIX]
+    gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    run_predict(from_layer(viewer.layers["img"]), str(checkpoint), str(out), window=(64, 64), overlap=0.25,
+                batch_size=4, tissue_mask=False)
+    return gui, np.asarray([s for s in open_prediction(out) if s.kind == "labels"][0].levels[0])
+
+
 def test_onnxruntime_backend_from_the_widget(widget, checkpoint, qtbot, tmp_path, monkeypatch):
     """'runs on: onnxruntime' converts the checkpoint once (into the cache folder) and gives the torch result."""
     viewer, w, img = widget
@@ -240,15 +252,7 @@ def test_onnxruntime_backend_from_the_widget(widget, checkpoint, qtbot, tmp_path
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert "done" in w.status.text(), w.status.text()
     assert list((tmp_path / "cache" / "deploy").glob("*.onnx"))
-    layer = viewer.layers["img" + RESULT_SUFFIX]
-    gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
-
-    from napari_medseg._napari.layerdata import from_layer
-    from napari_medseg.inference import open_prediction, run_predict
-
-    run_predict(from_layer(viewer.layers["img"]), str(checkpoint), str(tmp_path / "torch.zarr"),
-                window=(64, 64), overlap=0.25, batch_size=4, tissue_mask=False)
-    ref = np.asarray([s for s in open_prediction(tmp_path / "torch.zarr") if s.kind == "labels"][0].levels[0])
+    gui, ref = _gui_and_torch_labels(viewer, checkpoint, tmp_path / "torch.zarr")
     assert (gui == ref).mean() >= 0.9999
     w2 = PredictWidget(viewer)  # the choice is remembered
     assert w2.backend_combo.currentText() == "onnxruntime"
@@ -291,13 +295,5 @@ def test_bfloat16_from_the_widget(widget, checkpoint, qtbot, tmp_path, monkeypat
     runs = list((tmp_path / "bf16.zarr").rglob("run.json"))
     assert any(json.loads(r.read_text()).get("job", {}).get("settings", {}).get("precision") == "bf16"
                for r in runs), [r.read_text()[:300] for r in runs]
-    layer = viewer.layers["img" + RESULT_SUFFIX]
-    gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
-
-    from napari_medseg._napari.layerdata import from_layer
-    from napari_medseg.inference import open_prediction, run_predict
-
-    run_predict(from_layer(viewer.layers["img"]), str(checkpoint), str(tmp_path / "fp32.zarr"),
-                window=(64, 64), overlap=0.25, batch_size=4, tissue_mask=False)
-    ref = np.asarray([s for s in open_prediction(tmp_path / "fp32.zarr") if s.kind == "labels"][0].levels[0])
+    gui, ref = _gui_and_torch_labels(viewer, checkpoint, tmp_path / "fp32.zarr")
     assert (gui == ref).mean() >= 0.99
