@@ -23,7 +23,8 @@ per image (sliding window, the weights the checkpoint predicts with), mean over 
 
 Ends with ``RESULT {"dann_target_gain": ..., "dann_source_drop": ...}`` (Dice points, mean of seeds; gain = DANN
 target Dice - source-only target Dice; drop = DANN source Dice - source-only source Dice); nulls when the data
-are absent. Wall-clock figures on a shared machine are noisy; the comparison is at equal steps.
+are absent. A full (not ``--quick``) run also writes them to ``benchmarks/_cache/last_domain_result.json``, which
+``bench_zoo.py`` reports with their setting and date. Wall-clock figures on a shared machine are noisy; the comparison is at equal steps.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "monuseg_train"
 TARGET_SITES = ("G9", "HE", "B0")
+LAST = Path(__file__).resolve().parent / "_cache" / "last_domain_result.json"  # the last full run's RESULT
 
 
 def site(name: str) -> str:
@@ -179,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         key = m.replace("+", "_")
         out[f"{key}_target_gain"] = round(mean[m]["target"] - base["target"], 2)
         out[f"{key}_source_drop"] = round(mean[m]["source"] - base["source"], 2)
+    if not a.quick:  # bench_zoo.py reports the last full run's keys (its own RESULT carries them)
+        LAST.parent.mkdir(parents=True, exist_ok=True)
+        LAST.write_text(json.dumps(out | {"setting": "stain shift" if a.stain_shift else "site split",
+                                          "steps": a.steps, "seeds": seeds, "methods": methods,
+                                          "date": time.strftime("%Y-%m-%d %H:%M")}))
     print("RESULT " + json.dumps(out))
     return 0
 

@@ -34,8 +34,9 @@ Every model is the registry's "small" preset (``preset(name)``), 1 input channel
   worse). Skipped (null) when ``../shared`` is absent.
 - ``ckpt_mem_ratio``: gradient checkpointing's activation memory with / without for the 3D UNet at 96^3, from
   ``benchmarks/_ckpt_memory.measure()`` where that module exists (null otherwise; ``--quick``: 48^3).
-- ``dann_target_gain`` / ``dann_source_drop``: null here: domain adaptation needs its own source/target split
-  and runs (``benchmarks/bench_domain.py`` prints these keys).
+- ``dann_target_gain`` / ``dann_source_drop``: domain adaptation needs its own source/target split and runs
+  (``benchmarks/bench_domain.py``); they are its last full run's figures (``_cache/last_domain_result.json``),
+  with that run's setting, steps, seeds and date under ``dann_from``, or null when it has not run here.
 
 Run it on a quiet machine: with other jobs on a 2-core machine, 2-thread runs are erratic (threads wait for
 each other) and punish the light model's many small operations most (docs/models.md, "A light model for CPUs").
@@ -101,6 +102,17 @@ def step_times(names: list[str], batch: int, size: int, reps: int) -> dict[str, 
         for n, m in models.items():
             times[n].append(step(m))
     return {n: statistics.median(v) for n, v in times.items()}
+
+
+def last_domain() -> dict:
+    """The DANN keys of ``bench_domain.py``'s last full run (see module), or nulls."""
+    path = Path(__file__).resolve().parent / "_cache" / "last_domain_result.json"
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"dann_target_gain": None, "dann_source_drop": None, "dann_from": None}
+    return {"dann_target_gain": d.get("dann_target_gain"), "dann_source_drop": d.get("dann_source_drop"),
+            "dann_from": {k: d.get(k) for k in ("setting", "steps", "seeds", "date")}}
 
 
 def predict_speed(names: list[str], size: int, rounds: int, folder: Path, streams: int | str = 1) -> dict[str, float]:
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     speedup_default = ratio("mpix_s_streams") if a.streams != 1 else ratio("mpix_s")
     result = {"light_param_ratio": ratio("params"), "light_speedup": speedup_default, "light_dice_drop": drop,
               "ckpt_mem_ratio": ck.get("ckpt_mem_ratio") if ck else None,
-              "dann_target_gain": None, "dann_source_drop": None,
+              **last_domain(),
               "light_speedup_1stream": ratio("mpix_s"), "streams": a.streams,
               "light_step_ratio": ratio("step_s"), "light_model_speedup": ratio("model_ms", inverse=True),
               "ckpt_patch": (ck or {}).get("patch"),
