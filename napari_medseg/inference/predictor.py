@@ -29,7 +29,6 @@ from napari_medseg.inference.events import PredictEvent, PredictResult, Refining
 from napari_medseg.inference.job import make_job
 from napari_medseg.inference.memory import trim
 from napari_medseg.inference.run import PredictionRun
-from napari_medseg.models.devices import cpu_bf16_native
 from napari_medseg.models.normalization import NormConfig
 
 if TYPE_CHECKING:
@@ -82,9 +81,6 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     run = PredictionRun(job, out, resume=resume, overwrite=overwrite, t_start=t_start)
     try:
         yield from run.start()
-        if job.cpu_bf16 and not cpu_bf16_native():
-            yield run.warning("precision bf16: this CPU has no native bfloat16 (AMX or AVX512-BF16), so it is "
-                              "emulated and probably slower than float32; predict with precision fp32 (the default)")
         for item in job.run_blocks(run.store, run.todo, cancel):
             if isinstance(item, FinishedBlock):
                 yield run.block_done(item.box)

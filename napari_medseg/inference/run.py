@@ -31,6 +31,7 @@ from napari_medseg.inference.events import (
 )
 from napari_medseg.inference.job import Job
 from napari_medseg.inference.output import OutputStore, prepare_out, remove_partial_writes
+from napari_medseg.models.devices import cpu_bf16_native
 
 log = logging.getLogger(__name__)
 MANIFEST_WARNINGS = 100  # at most this many warnings are kept in the manifest
@@ -92,6 +93,9 @@ class PredictionRun:
                 yield self.warning("no tissue found (the tissue mask is empty): nothing was predicted and the "
                                    "output is all background; predict without the tissue mask (--tissue-mask off, "
                                    "or untick 'skip background (tissue mask)' in the Predict widget) to predict everywhere")
+        if getattr(self.job, "cpu_bf16", False) and not cpu_bf16_native():
+            yield self.warning("precision bf16: this CPU has no native bfloat16 (AMX or AVX512-BF16), so it is "
+                               "emulated and probably slower than float32; predict with precision fp32 (the default)")
         yield PredictStart(total_blocks=self.total, skipped_blocks=self.job.blocks.n_blocks - self.total,
                            out=self.out, level=self.job.level, shape=self.job.shape, resumed_blocks=self.resumed,
                            name=self.name)

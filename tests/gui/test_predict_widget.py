@@ -282,9 +282,9 @@ def test_bfloat16_from_the_widget(widget, checkpoint, qtbot, tmp_path, monkeypat
     pixel."""
     import json
 
-    from napari_medseg.inference import predictor
+    from napari_medseg.inference import run as run_module
 
-    monkeypatch.setattr(predictor, "cpu_bf16_native", lambda: True)  # no warning on any CI machine
+    monkeypatch.setattr(run_module, "cpu_bf16_native", lambda: True)  # no warning on any CI machine
     viewer, w, img = widget
     w.ckpt_edit.setText(str(checkpoint))
     w.out_edit.setText(str(tmp_path / "bf16.zarr"))

@@ -146,3 +146,24 @@ def test_predict_with_crf_from_the_cli(tmp_path, ckpt, slides, capsys):
     assert "--crf takes ITERATIONS" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "o3"), "--crf", "0"]) == 2
     assert "CRF iterations" in capsys.readouterr().err
+
+
+def test_predict_precision_bf16(tmp_path, ckpt, slides, capsys, monkeypatch):
+    """--precision bf16 predicts (its own run: not resumed into a float32 output) and warns on a CPU that only
+    emulates bfloat16."""
+    from napari_medseg.inference import run as run_module
+
+    monkeypatch.setattr(run_module, "cpu_bf16_native", lambda: False)
+    out = tmp_path / "out"
+    args = ["predict", str(ckpt), str(slides / "s0.tif"), "--out", str(out), "--window", "64", "--tissue-mask", "off",
+            "--device", "cpu"]
+    assert main(args + ["--precision", "bf16"]) == 0
+    err = capsys.readouterr().err
+    assert "no native bfloat16" in err
+    lab = open_prediction(out / "s0.prediction.zarr")[0]
+    assert lab.levels[0].shape == (200, 260) and lab.metadata["status"] == "complete"
+    assert main(args) == 2  # float32 on the bfloat16 output: another run
+    assert "holds a different prediction run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse refuses a precision it does not offer
+        main(args + ["--precision", "fp16"])
+    assert "invalid choice: 'fp16'" in capsys.readouterr().err

@@ -34,9 +34,9 @@ def test_the_runner_computes_in_bfloat16_only_when_asked(unet2d):
 
 
 def test_bf16_is_its_own_job_and_close_to_float32(tmp_path, rgb_source, unet2d, monkeypatch):
-    from napari_medseg.inference import predictor
+    from napari_medseg.inference import run as run_module
 
-    monkeypatch.setattr(predictor, "cpu_bf16_native", lambda: True)  # the same run on any CI machine
+    monkeypatch.setattr(run_module, "cpu_bf16_native", lambda: True)  # the same run on any CI machine
     a = run_predict(rgb_source, unet2d, tmp_path / "a.zarr", **KW)
     b = run_predict(rgb_source, unet2d, tmp_path / "b.zarr", precision="bf16", **KW)
     assert a.blocks_done == b.blocks_done == a.blocks_total
@@ -51,9 +51,9 @@ def test_bf16_is_its_own_job_and_close_to_float32(tmp_path, rgb_source, unet2d, 
 
 
 def test_a_cpu_without_native_bfloat16_is_warned(tmp_path, rgb_source, unet2d, monkeypatch):
-    from napari_medseg.inference import predictor
+    from napari_medseg.inference import run as run_module
 
-    monkeypatch.setattr(predictor, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(run_module, "cpu_bf16_native", lambda: False)
     events = list(predict(rgb_source, unet2d, tmp_path / "w.zarr", precision="bf16", **KW))
     warns = [e.message for e in events if isinstance(e, PredictWarning)]
     assert any("no native bfloat16" in m for m in warns)
