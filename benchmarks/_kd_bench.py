@@ -9,7 +9,8 @@ sees the student's view). Each is scored like the other paths (the held-out mosa
 and HD95 of the membrane class), and timed on it against the teacher (torch fp32, the faster of two rounds).
 
 Keys: ``kd_param_ratio`` (student / teacher parameters), ``kd_dice_frac`` (distilled student Dice / teacher
-Dice, mean of seeds), ``kd_speedup`` (student MPix/s / teacher MPix/s on the mosaic), ``kd_gain_vs_plain``
+Dice, mean of seeds), ``kd_speedup`` (student MPix/s / teacher MPix/s on the mosaic, both with the predictor's
+default model streams, as ``napari-medseg predict`` runs them; ``kd_speedup_1stream`` with one), ``kd_gain_vs_plain``
 (distilled - plain Dice in points, mean of seeds; per seed in ``kd_gain_per_seed``).
 """
 
@@ -57,18 +58,24 @@ def kd_rows(ref: Any, slide: Path, msk: Any, boxes: list, tmp: Path, scores: Any
             ckpts[kind] = ck
             print(f"  student {kind}, seed {seed}: Dice {d:.2f}, HD95 {hd:.2f} px ({train_s:.0f} s training)",
                   flush=True)
-    t_teacher, t_student = [], []
-    for r in range(2):  # the teacher and a student on the same mosaic, alternately; the faster round counts
-        for who, ck in (("teacher", ref.checkpoint), ("student", ckpts["kd"])):
-            lab, dt, _ = run_path(slide, str(ck), tmp / f"kd-time-{who}-{r}.zarr", "torch")
-            (t_teacher if who == "teacher" else t_student).append(dt)
-            if who == "teacher":
-                teacher_dice, teacher_hd = scores(lab, msk, boxes)
+    # the teacher and a student on the same mosaic, alternately, the faster of two rounds: with one model stream
+    # and with the predictor's default model streams ("auto", as napari-medseg predict runs)
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(2):
+        for streams in (1, "auto"):
+            for who, ck in (("teacher", ref.checkpoint), ("student", ckpts["kd"])):
+                lab, dt, _ = run_path(slide, str(ck), tmp / f"kd-time-{who}-{r}-{streams}.zarr", "torch",
+                                      streams=streams)
+                times.setdefault((who, str(streams)), []).append(dt)
+                if who == "teacher":
+                    teacher_dice, teacher_hd = scores(lab, msk, boxes)
     by = {(r["seed"], r["kind"]): r for r in rows}
     gains = [by[(s, "kd")]["dice"] - by[(s, "plain")]["dice"] for s in seeds]
     kd_dice = statistics.mean(by[(s, "kd")]["dice"] for s in seeds)
     return {"kd_param_ratio": round(_params(ckpts["kd"]) / _params(ref.checkpoint), 4),
-            "kd_dice_frac": round(kd_dice / teacher_dice, 4), "kd_speedup": round(min(t_teacher) / min(t_student), 3),
+            "kd_dice_frac": round(kd_dice / teacher_dice, 4),
+            "kd_speedup": round(min(times[("teacher", "auto")]) / min(times[("student", "auto")]), 3),
+            "kd_speedup_1stream": round(min(times[("teacher", "1")]) / min(times[("student", "1")]), 3),
             "kd_gain_vs_plain": round(statistics.mean(gains), 2), "kd_gain_per_seed": [round(g, 2) for g in gains],
             "kd_teacher_dice": round(teacher_dice, 2), "kd_teacher_hd95": round(teacher_hd, 2),
             "kd_student_dice": round(kd_dice, 2),

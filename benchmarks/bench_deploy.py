@@ -77,14 +77,14 @@ def scores(labels: np.ndarray, mask: np.ndarray, boxes) -> tuple[float, float]:
 
 
 def run_path(slide: Path, model, out: Path, backend: str, tta: bool | str = False,
-             precision: str = "auto") -> tuple[np.ndarray, float, float]:
+             precision: str = "auto", streams: int | str = 1) -> tuple[np.ndarray, float, float]:
     import zarr
 
     from napari_medseg.inference.predictor import run_predict
 
     t = time.perf_counter()
     res = run_predict(slide, model, out, window=(256, 256), batch_size=4, tissue_mask=False, overwrite=True,
-                      resume=False, backend=backend, tta=tta, device="cpu", precision=precision)
+                      resume=False, backend=backend, tta=tta, device="cpu", precision=precision, streams=streams)
     dt = time.perf_counter() - t
     lab = np.asarray(zarr.open_group(out, mode="r")["labels"]["prediction"]["0"])
     return lab, dt, res.mpix_s
