@@ -33,6 +33,12 @@ def pytest_configure(config):
         torch.set_num_threads(TEST_THREADS)
     except ImportError:  # pragma: no cover
         pass
+    try:  # the Dask clusters the tests start in this process: no worker profiler walking every thread's frames
+        import dask  # (it crashed the suite once: a segmentation fault in Worker.trigger_profile)
+
+        dask.config.set({"distributed.worker.profile.enabled": False})
+    except ImportError:  # pragma: no cover
+        pass
     # A crash (segmentation fault) prints the stack of the thread that crashed only: with every thread's
     # stack, the one that matters is cut from the end of a long CI log.
     try:

@@ -174,7 +174,11 @@ def make_client(workers: int | None = None, scheduler: str | None = None, thread
             raise MedsegError(f"could not reach the Dask scheduler at {scheduler} ({e}); check the address") from e
     import dask
 
-    with kept_environ(), dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ()}):
+    # no statistical profiler in the workers: it samples every thread's stack 100 times a second (CPU the
+    # prediction wants) by walking other threads' frames, which crashed a process here (a segmentation fault in
+    # Worker.trigger_profile beside torch's threads, CPython's sys._current_frames caveat)
+    with kept_environ(), dask.config.set({"distributed.nanny.pre-spawn-environ": worker_environ(),
+                                          "distributed.worker.profile.enabled": False}):
         cluster = LocalCluster(n_workers=max(1, int(workers or 1)), threads_per_worker=threads_per_worker,
                                processes=processes, dashboard_address=None)
     return Client(cluster)

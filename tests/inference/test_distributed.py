@@ -214,3 +214,20 @@ def test_local_workers_keep_glibcs_own_mmap_threshold(monkeypatch):
         cluster.close()
     assert "MALLOC_TRIM_THRESHOLD_" not in env and env.get("OMP_NUM_THREADS") == "1"
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor left in this process
+
+
+def test_local_workers_run_without_the_stack_profiler():
+    """make_client's workers do not sample every thread's stack (CPU, and a segmentation fault once), whatever the
+    Dask configuration around it says."""
+    import dask
+
+    from napari_medseg.inference.distributed import make_client
+
+    with dask.config.set({"distributed.worker.profile.enabled": True}):
+        client = make_client(workers=1, processes=False)
+    try:
+        (worker,) = client.cluster.workers.values()
+        assert "profile" not in worker.periodic_callbacks and "profile-cycle" not in worker.periodic_callbacks
+    finally:
+        client.close()
+        client.cluster.close()
