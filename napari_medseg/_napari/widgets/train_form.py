@@ -84,6 +84,19 @@ def _combo() -> QComboBox:
     return c
 
 
+def _adv_spin(lo: float, hi: float, value: float, tip: str, *, step: float | None = None, decimals: int | None = None,
+              off: str | None = None, prefix: str = "", suffix: str = ""):
+    """A number field of the Advanced part: ``off`` names its lowest value (e.g. "off"), ``tip`` its
+    ``ADVANCED_TIPS`` entry."""
+    w = _spin(lo, hi, value, step=step, decimals=decimals)
+    if off:
+        w.setSpecialValueText(off)
+    w.setPrefix(prefix)
+    w.setSuffix(suffix)
+    w.setToolTip(ADVANCED_TIPS[tip])
+    return w
+
+
 def _spin(lo: float, hi: float, value: float, step: float | None = None, decimals: int | None = None):
     if decimals is None:
         w = QSpinBox()
@@ -200,9 +213,7 @@ class TrainForm:
         af.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         self.ckpt_check = QCheckBox("gradient checkpointing")
         self.ckpt_check.setToolTip(ADVANCED_TIPS["grad_checkpoint"])
-        self.accum_spin = _spin(1, 64, 1)
-        self.accum_spin.setPrefix("x ")
-        self.accum_spin.setToolTip(ADVANCED_TIPS["accumulate"])
+        self.accum_spin = _adv_spin(1, 64, 1, "accumulate", prefix="x ")
         self.freeze_enc_check = QCheckBox("encoder")
         self.freeze_enc_check.setToolTip(ADVANCED_TIPS["freeze_encoder"])
         self.freeze_bn_check = QCheckBox("batch norm")
@@ -211,34 +222,18 @@ class TrainForm:
         row.addWidget(self.freeze_enc_check)
         row.addWidget(self.freeze_bn_check)
         row.addStretch(1)
-        self.unfreeze_spin = _spin(0, 95, 0, step=5)
-        self.unfreeze_spin.setSpecialValueText("never")
-        self.unfreeze_spin.setSuffix(" % of the run")
-        self.unfreeze_spin.setToolTip(ADVANCED_TIPS["unfreeze_at"])
-        self.bn_reest_spin = _spin(0, 10000, 0)
-        self.bn_reest_spin.setSpecialValueText("off")
-        self.bn_reest_spin.setSuffix(" batches")
-        self.bn_reest_spin.setToolTip(ADVANCED_TIPS["bn_reestimate"])
-        self.enc_lr_spin = _spin(0.01, 10.0, 1.0, step=0.1, decimals=2)
-        self.enc_lr_spin.setPrefix("x ")
-        self.enc_lr_spin.setToolTip(ADVANCED_TIPS["encoder_lr"])
-        self.clip_spin = _spin(0.0, 1000.0, 0.0, step=0.5, decimals=1)
-        self.clip_spin.setSpecialValueText("off")
-        self.clip_spin.setToolTip(ADVANCED_TIPS["clip_grad"])
-        self.smooth_spin = _spin(0.0, 0.5, 0.0, step=0.05, decimals=2)
-        self.smooth_spin.setSpecialValueText("off")
-        self.smooth_spin.setToolTip(ADVANCED_TIPS["label_smoothing"])
+        self.unfreeze_spin = _adv_spin(0, 95, 0, "unfreeze_at", step=5, off="never", suffix=" % of the run")
+        self.bn_reest_spin = _adv_spin(0, 10000, 0, "bn_reestimate", off="off", suffix=" batches")
+        self.enc_lr_spin = _adv_spin(0.01, 10.0, 1.0, "encoder_lr", step=0.1, decimals=2, prefix="x ")
+        self.clip_spin = _adv_spin(0.0, 1000.0, 0.0, "clip_grad", step=0.5, decimals=1, off="off")
+        self.smooth_spin = _adv_spin(0.0, 0.5, 0.0, "label_smoothing", step=0.05, decimals=2, off="off")
         self.weights_edit = QLineEdit()
         self.weights_edit.setPlaceholderText("equal (e.g. 1, 3)")
         self.weights_edit.setToolTip(ADVANCED_TIPS["class_weights"])
         self.deep_check = QCheckBox("deep supervision")
         self.deep_check.setToolTip(ADVANCED_TIPS["deep_supervision"])
-        self.crf_spin = _spin(0.0, 5.0, 0.0, step=0.1, decimals=2)
-        self.crf_spin.setSpecialValueText("off")
-        self.crf_spin.setToolTip(ADVANCED_TIPS["crf_weight"])
-        self.stain_spin = _spin(0.0, 0.5, 0.0, step=0.05, decimals=2)
-        self.stain_spin.setSpecialValueText("off")
-        self.stain_spin.setToolTip(ADVANCED_TIPS["stain_jitter"])
+        self.crf_spin = _adv_spin(0.0, 5.0, 0.0, "crf_weight", step=0.1, decimals=2, off="off")
+        self.stain_spin = _adv_spin(0.0, 0.5, 0.0, "stain_jitter", step=0.05, decimals=2, off="off")
         af.addRow("memory", self.ckpt_check)
         af.addRow("accumulate", self.accum_spin)
         af.addRow("freeze", row)
@@ -306,13 +301,21 @@ class TrainForm:
                 "threads": self.threads_spin.value(), "out": self.out_edit.text(),
                 "preview": self.preview_check.isChecked(), "uncertainty": self.uncert_check.isChecked(),
                 "preview_every": self.preview_every.value(), "preview_confidence": self.preview_confidence.value(),
-                "device": self.device_combo.currentText(), "grad_checkpoint": self.ckpt_check.isChecked(),
-                "accumulate": self.accum_spin.value(), "freeze_encoder": self.freeze_enc_check.isChecked(),
-                "freeze_bn": self.freeze_bn_check.isChecked(), "deep_supervision": self.deep_check.isChecked(),
-                "stain_jitter": self.stain_spin.value(), "crf_weight": self.crf_spin.value(),
-                "bn_reestimate": self.bn_reest_spin.value(), "unfreeze_at": self.unfreeze_spin.value() / 100, "encoder_lr_scale": self.enc_lr_spin.value(),
-                "clip_grad": self.clip_spin.value(), "label_smoothing": self.smooth_spin.value(),
-                "class_weights": self.weights_edit.text().strip()}
+                "device": self.device_combo.currentText(), "class_weights": self.weights_edit.text().strip(),
+                **{k: w.isChecked() for w, k in self._advanced_checks()},
+                **{k: w.value() * unit for w, k, _, unit in self._advanced_spins()}}
+
+    def _advanced_checks(self) -> tuple[tuple[Any, str], ...]:
+        """The Advanced part's tick boxes and their settings keys (all off by default)."""
+        return ((self.ckpt_check, "grad_checkpoint"), (self.freeze_enc_check, "freeze_encoder"),
+                (self.freeze_bn_check, "freeze_bn"), (self.deep_check, "deep_supervision"))
+
+    def _advanced_spins(self) -> tuple[tuple[Any, str, float, float], ...]:
+        """The Advanced part's number fields: (spin, settings key, default setting, setting per spin unit)."""
+        return ((self.accum_spin, "accumulate", 1, 1), (self.stain_spin, "stain_jitter", 0.0, 1),
+                (self.crf_spin, "crf_weight", 0.0, 1), (self.bn_reest_spin, "bn_reestimate", 0, 1),
+                (self.enc_lr_spin, "encoder_lr_scale", 1.0, 1), (self.clip_spin, "clip_grad", 0.0, 1),
+                (self.smooth_spin, "label_smoothing", 0.0, 1), (self.unfreeze_spin, "unfreeze_at", 0.0, 0.01))
 
     def _load_settings(self) -> None:
         from napari_medseg.models import available_models
@@ -356,27 +359,17 @@ class TrainForm:
 
     def _load_advanced(self, s: dict[str, Any]) -> None:
         """The Advanced settings; the part opens when one of them is not the default (so it is seen)."""
-        with contextlib.suppress(TypeError, ValueError):
-            self.accum_spin.setValue(int(s.get("accumulate", 1)))
-        self.ckpt_check.setChecked(bool(s.get("grad_checkpoint", False)))
-        self.freeze_enc_check.setChecked(bool(s.get("freeze_encoder", False)))
-        self.freeze_bn_check.setChecked(bool(s.get("freeze_bn", False)))
-        self.deep_check.setChecked(bool(s.get("deep_supervision", False)))
-        with contextlib.suppress(TypeError, ValueError):
-            self.stain_spin.setValue(float(s.get("stain_jitter", 0.0)))
-        for w, k, default in ((self.crf_spin, "crf_weight", 0.0), (self.bn_reest_spin, "bn_reestimate", 0),
-                              (self.enc_lr_spin, "encoder_lr_scale", 1.0), (self.clip_spin, "clip_grad", 0.0),
-                              (self.smooth_spin, "label_smoothing", 0.0)):
+        for w, k in self._advanced_checks():
+            w.setChecked(bool(s.get(k, False)))
+        changed = any(w.isChecked() for w, _ in self._advanced_checks())
+        for w, k, default, unit in self._advanced_spins():
+            kind = type(w.value())  # int spins take the rounded value (unfreeze_at 0.29 -> 29 %)
             with contextlib.suppress(TypeError, ValueError):
-                w.setValue(type(w.value())(s.get(k, default)))
+                w.setValue(kind(round(float(s.get(k, default)) / unit, 6)) if kind is float
+                           else round(float(s.get(k, default)) / unit))
+            changed = changed or w.value() != kind(round(default / unit, 6))
         self.weights_edit.setText(str(s.get("class_weights", "") or ""))
-        with contextlib.suppress(TypeError, ValueError):
-            self.unfreeze_spin.setValue(round(100 * float(s.get("unfreeze_at", 0.0))))
-        changed = (self.stain_spin.value() > 0 or self.crf_spin.value() > 0 or self.ckpt_check.isChecked()
-                   or self.bn_reest_spin.value() > 0 or self.enc_lr_spin.value() != 1.0 or self.clip_spin.value() > 0
-                   or self.smooth_spin.value() > 0 or bool(self.weights_edit.text()) or self.unfreeze_spin.value() > 0
-                   or self.accum_spin.value() != 1 or self.freeze_enc_check.isChecked()
-                   or self.freeze_bn_check.isChecked() or self.deep_check.isChecked())
+        changed = changed or bool(self.weights_edit.text())
         self.adv_toggle.setChecked(changed)
 
     # -- planned defaults ---------------------------------------------------------------------------
