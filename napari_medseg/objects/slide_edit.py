@@ -80,6 +80,7 @@ class SlideWindow:
     classes_before: np.ndarray  # the class of every id of the slide as read
     class_names: list[str]
     locked: frozenset[int] = field(default_factory=frozenset)
+    table: Any = None  # the slide's object table as ``save_window`` last wrote it (None before)
 
     @property
     def objects(self) -> Objects:
@@ -213,6 +214,7 @@ def save_window(win: SlideWindow) -> dict[str, int]:
         out = pd.concat([t for t in parts if len(t)] or [keep], ignore_index=True)
         out = out.sort_values("id", kind="stable").reset_index(drop=True)
         atomic_write(table_path, lambda fh: fh.write(out.to_csv(index=False).encode()))
+        win.table = out
     win.original = cur.copy()
     win.classes_before = np.asarray(win.objects.classes).copy()
     return {"changed": len(changed), "removed": len(removed), "added": len(added)}

@@ -467,10 +467,13 @@ def test_a_whole_slides_objects_are_proofread_a_view_at_a_time(make_napari_viewe
     edge = sorted(st.window.locked)[0]
     assert w.delete([edge]) is None and "continues outside" in w.messages.entries[-1][2]
     assert not slide.layer.visible  # hidden while its objects are edited in the view's layer
-    counts = objects_slide.save_view(w)
-    assert slide.layer.visible
-    assert counts == {"changed": 2, "removed": 1, "added": 0}
+    objects_slide.save_view(w)  # back on the slide at once; the writing runs in a worker
     assert w.state is slide and "(editing)" not in " ".join(ly.name for ly in viewer.layers)
+    assert not w.edit_view_btn.isEnabled()  # not while the slide is being written
+    qtbot.waitUntil(lambda: w._worker is None, timeout=30000)
+    assert slide.layer.visible and w.edit_view_btn.isEnabled()
+    assert w.last_save == {"changed": 2, "removed": 1, "added": 0}
+    assert not any("closed without saving" in e[2] for e in w.messages.entries)
     lvl0 = zarr.open_group(str(pz), mode="r")["labels/objects/0"][...]
     assert not (lvl0 == a).any() and (lvl0 == b).any()
     assert a not in set(slide.table["id"]) and slide.table.loc[slide.table["id"] == b, "class"].iloc[0] == "lesion"

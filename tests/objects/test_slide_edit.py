@@ -67,6 +67,7 @@ def test_edits_reach_every_level_the_classes_and_the_table(slide):
     lab, cls = read_objects(slide)
     assert not (lab == a).any() and cls[b] == 3 and all(cls[i] == cls[c] for i in new)
     table = pd.read_csv(slide / "objects.csv")
+    pd.testing.assert_frame_equal(win.table, table, check_dtype=False)  # what it wrote, kept for the widget
     assert a not in set(table["id"]) and set(new) <= set(table["id"])
     assert table.loc[table["id"] == b, "class"].iloc[0] == "lesion"
     for i in (c, *new):

@@ -83,6 +83,7 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         self.session = session_for(napari_viewer)
         self.state: ObjectsState | None = None
         self._worker: Any = None
+        self.last_save: dict[str, int] | None = None  # the counts of the last whole-slide save (objects_slide)
         self._undo: list[Any] = []  # "edit" (the editor's history) or a ``Sent`` (a write into the labels)
         self._quiet = False
         self._pending: tuple[Any, Any, Any] | None = None  # the layers and schema of the find under way

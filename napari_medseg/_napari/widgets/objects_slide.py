@@ -212,37 +212,54 @@ def edit_view(widget: Any) -> WindowObjectsState | None:
     return widget.state
 
 
-def save_view(widget: Any) -> dict[str, int] | None:
-    """Write the window's edits into the slide and return to the slide's objects (see module)."""
-    import pandas as pd
-
-    from napari_medseg.objects.slide_edit import save_window
+def save_view(widget: Any) -> None:
+    """Return to the slide's objects at once and write the window's edits into the slide in a worker (see module);
+    the slide's layer shows them when they are written (``widget.last_save``: the counts)."""
+    from napari_medseg._napari.jobs.workers import start_generator_worker
 
     st = widget.state
     if not isinstance(st, WindowObjectsState):
         widget.messages.error("Nothing is being edited: press 'Edit view' on a whole slide's objects first.")
-        return None
-    try:
-        counts = save_window(st.window)
-    except MedsegError as e:
-        widget.messages.error(str(e))
-        return None
+        return
     slide = st.slide
+    widget.state, widget._undo = slide, []  # the edits end here; the layer goes before the slide shows them
     if st.layer in widget.viewer.layers:
         widget.viewer.layers.remove(st.layer)
-    slide.layer.data = objects_levels(st.window.path)  # the levels as written (napari reads them afresh)
-    csv = st.window.path / "objects.csv"
-    if csv.is_file():
-        slide.table = pd.read_csv(csv)
-    slide.layer.visible = True
-    widget.state = slide
-    widget._undo = []
     widget._show_table()
-    widget.viewer.layers.selection.active = slide.layer
+    widget.messages.say("info", "writing the edits into the slide...", toast=False)
+
+    def finished() -> None:
+        slide.layer.visible = True
+        widget._on_finished()
+
+    widget._worker = start_generator_worker(
+        _save_job, st.window, on_event=lambda ev: _saved(widget, slide, *ev), on_finished=finished,
+        notify=widget.messages.error, owner=widget, progress={"total": 0, "desc": "napari-medseg: saving objects"})
+    widget._update_enabled()
+
+
+def _save_job(window: Any) -> Generator[Any, None, None]:
+    """Worker: the window written into the slide (``objects.slide_edit.save_window``), then the slide's table."""
+    import pandas as pd
+
+    from napari_medseg.objects.slide_edit import save_window
+
+    counts = save_window(window)
+    csv = window.path / "objects.csv"
+    table = window.table if window.table is not None else pd.read_csv(csv) if csv.is_file() else None
+    yield counts, table  # the table as written (read only when nothing had to be written)
+
+
+def _saved(widget: Any, slide: SlideObjectsState, counts: dict[str, int], table: Any) -> None:
+    """Main thread: the slide's layer and table as written."""
+    slide.layer.data = objects_levels(Path(str(medseg_meta(slide.layer)["objects"]["path"])))  # read afresh
+    if table is not None:
+        slide.table = table
+    if widget.state is slide:
+        widget._show_table()
+    widget.last_save = counts
     widget.messages.info(f"saved to the slide: {counts['changed']} object(s) changed, {counts['removed']} removed, "
                          f"{counts['added']} added")
-    widget._update_enabled()
-    return counts
 
 
 def slide_edit_buttons(widget: Any) -> tuple[Any, Any]:
@@ -263,7 +280,8 @@ def update_slide_buttons(widget: Any, has: bool) -> None:
     """Enable *Edit view* on a whole slide's objects, *Save to slide* while a window is edited; a window's
     objects go out through the slide (the exports of a part would mislead)."""
     window = isinstance(widget.state, WindowObjectsState)
-    widget.edit_view_btn.setEnabled(has and isinstance(widget.state, SlideObjectsState))
+    idle = getattr(widget, "_worker", None) is None  # not while a find or a save runs
+    widget.edit_view_btn.setEnabled(has and idle and isinstance(widget.state, SlideObjectsState))
     widget.save_view_btn.setEnabled(has and window)
     if window:
         for w in (widget.save_geojson_btn, widget.save_volume_btn, widget.send_btn):
