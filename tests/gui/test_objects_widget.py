@@ -415,7 +415,9 @@ def test_geojson_objects_come_back_in_onto_the_image(make_napari_viewer, qtbot, 
     w = ObjectsWidget(viewer)
     qtbot.addWidget(w)
     w.image_combo.setCurrentIndex(w.image_combo.findText("img"))
-    st = w.import_geojson(gj)
+    assert w.import_geojson(gj)  # read, drawn and measured in a worker
+    qtbot.waitUntil(lambda: w._worker is None, timeout=30000)
+    st = w.state
     assert st is not None, w.messages.entries[-1]
     lab = np.asarray(st.layer.data)
     assert lab.shape == SHAPE and int(lab.max()) == found.n == len(st.table)
@@ -436,10 +438,12 @@ def test_geojson_objects_come_back_in_onto_the_image(make_napari_viewer, qtbot, 
     np.testing.assert_allclose(ca, cb, atol=1e-6)  # a coarser level's pixel centres: (f - 1) / 2 px in
     # errors: no image chosen, a file with no objects on the image
     w.image_combo.setCurrentIndex(0)
-    assert w.import_geojson(gj) is None and "Choose the image" in w.messages.entries[-1][2]
+    assert not w.import_geojson(gj) and "Choose the image" in w.messages.entries[-1][2]
     w.image_combo.setCurrentIndex(w.image_combo.findText("img"))
     (tmp_path / "none.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
-    assert w.import_geojson(tmp_path / "none.geojson") is None and "no polygon objects" in w.messages.entries[-1][2]
+    assert w.import_geojson(tmp_path / "none.geojson")
+    qtbot.waitUntil(lambda: w._worker is None, timeout=30000)
+    assert "no polygon objects" in w.messages.entries[-1][2] and w.state is st  # the objects shown stay
 
 
 def test_a_whole_slides_objects_are_proofread_a_view_at_a_time(make_napari_viewer, qtbot, tmp_path, monkeypatch):
@@ -456,7 +460,10 @@ def test_a_whole_slides_objects_are_proofread_a_view_at_a_time(make_napari_viewe
     assert isinstance(slide, SlideObjectsState) and w.edit_view_btn.isEnabled() and not w.save_view_btn.isEnabled()
     camera_of(viewer).center = (300, 350)
     camera_of(viewer).zoom = 3.0
-    st = objects_slide.edit_view(w)
+    assert objects_slide.edit_view(w)  # the window is read and measured in a worker
+    assert not w.edit_view_btn.isEnabled()  # not twice at once
+    qtbot.waitUntil(lambda: w._worker is None, timeout=30000)
+    st = w.state
     assert isinstance(st, WindowObjectsState) and w.save_view_btn.isEnabled() and w.merge_btn.isEnabled()
     box = st.window.box
     assert 0 < box[0].start < 300 < box[0].stop < 600
@@ -478,7 +485,9 @@ def test_a_whole_slides_objects_are_proofread_a_view_at_a_time(make_napari_viewe
     assert not (lvl0 == a).any() and (lvl0 == b).any()
     assert a not in set(slide.table["id"]) and slide.table.loc[slide.table["id"] == b, "class"].iloc[0] == "lesion"
     assert not (np.asarray(slide.layer.data[0]) == a).any()  # the layer shows the slide as saved
-    st = objects_slide.edit_view(w)  # a view closed without saving: back on the slide, nothing written
+    assert objects_slide.edit_view(w)  # a view closed without saving: back on the slide, nothing written
+    qtbot.waitUntil(lambda: w._worker is None, timeout=30000)
+    st = w.state
     w.delete([b])
     viewer.layers.remove(st.layer)
     assert w.state is slide and slide.layer.visible and (zarr.open_group(str(pz), mode="r")["labels/objects/0"][...]

@@ -104,29 +104,25 @@ class ObjectsOutputMixin:
         self.messages.info(f"counts of {self._counts['region'].nunique()} region(s) saved to {out}")
         return Path(out)
 
-    def import_geojson(self, path: str | Path | None = None) -> Any:
+    def import_geojson(self, path: str | Path | None = None) -> bool:
         """Objects from a QuPath GeoJSON (detections or annotations, level-0 pixel coordinates) onto the chosen
         image: a class layer ``<file> classes`` and its objects layer with their table, to measure, proofread,
         export or send to the training labels like objects found here. A slide too large to hold is read at
-        its first level that fits (``MAX_FIND_PIXELS``); its coordinates are scaled to it."""
-        from napari_medseg._napari.widgets.objects_jobs import (
-            MAX_FIND_PIXELS,
-            Found,
-            layer_pixel_grid,
-            measure,
-        )
-        from napari_medseg.core.classes import ClassSchema
-        from napari_medseg.objects.edit import object_boxes
-        from napari_medseg.objects.geojson import read_geojson_classes
+        its first level that fits (``MAX_FIND_PIXELS``); its coordinates are scaled to it. The file is read,
+        drawn and measured in a worker (``_geojson_job``); True if that started (else a message says why)."""
+        from napari_medseg._napari.jobs.workers import start_generator_worker
+        from napari_medseg._napari.widgets.objects_jobs import MAX_FIND_PIXELS
 
         image = self._image()
         try:
             if image is None:
                 raise MedsegError("Choose the image the objects belong to (Image) first.")
+            if getattr(self, "_worker", None) is not None:
+                raise MedsegError("wait for the running objects job to finish first")
             if path is None:
                 path, _ = QFileDialog.getOpenFileName(self, "Objects from QuPath", "", "GeoJSON (*.geojson *.json)")
                 if not path:
-                    return None
+                    return False
             path = Path(path)
             levels = list(image.data) if getattr(image, "multiscale", False) else [image.data]
             shapes = [tuple(int(s) for s in (lv.shape[:-1] if image.rgb else lv.shape)) for lv in levels]
@@ -136,35 +132,34 @@ class ObjectsOutputMixin:
             if k is None:
                 raise MedsegError(f"{image.name!r} is too large to hold its objects here; import them with "
                                   "'napari-medseg objects import FILE.geojson --like IMAGE --out objects.zarr'")
-            f = shapes[0][-1] / shapes[k][-1]
-            store = self.session.store_for(image)
-            start = list(store.classes.names) if store is not None else ["background"]
-            objects, names = read_geojson_classes(path, shapes[k], start, add_classes=True, scale=f)
-            if objects.n == 0:
-                raise MedsegError(f"{path.name}: no polygon objects on {image.name!r} (is it the image they were "
-                                  "drawn on?)")
-            class_names = [names[v] for v in sorted(names)]
-            used = sorted({class_names[int(c)] for c in objects.classes[1:]})
-            colors = list(store.classes.colors)[:len(class_names)] if store is not None else []
-            schema = ClassSchema(names=tuple(class_names), **({"colors": tuple(colors)} if len(colors) == len(
-                class_names) else {})).with_objects(used, boundary=False)
         except MedsegError as e:
             self.messages.error(str(e))
-            return None
-        s0 = np.asarray(image.scale[-2:], float)
-        pred_values = np.asarray(objects.classes, np.uint16)[objects.labels]
+            return False
+        f = shapes[0][-1] / shapes[k][-1]
+        store = self.session.store_for(image)
+        start = list(store.classes.names) if store is not None else ["background"]
+        colors = list(store.classes.colors) if store is not None else []
         unit = medseg_meta(image).get("unit") or "px"
+        px = tuple(float(v) * f for v in image.scale[-2:])
+        self.messages.say("info", f"reading {path.name}...", toast=False)
+        self._worker = start_generator_worker(
+            _geojson_job, path, image.name, shapes[k], levels[k], start, colors, f, px, unit,
+            on_event=lambda ev: self._geojson_read(image, path, f, unit, *ev), on_finished=self._on_finished,
+            notify=self.messages.error, owner=self, progress={"total": 0, "desc": "napari-medseg: reading GeoJSON"})
+        self._update_enabled()
+        return True
+
+    def _geojson_read(self, image: Any, path: Path, f: float, unit: str, schema: Any, found: Any) -> None:
+        """Main thread: the imported objects' class layer and objects layer (``show_objects``)."""
+        s0 = np.asarray(image.scale[-2:], float)
+        values = np.asarray(found.objects.classes, np.uint16)[found.objects.labels]
         pred = self.viewer.add_labels(
-            pred_values.astype(np.uint8) if len(class_names) < 256 else pred_values, name=f"{path.stem} classes",
+            values.astype(np.uint8) if len(schema.names) < 256 else values, name=f"{path.stem} classes",
             scale=tuple(s0 * f), translate=tuple(np.asarray(image.translate[-2:], float) + (f - 1) / 2 * s0),
             opacity=0.5, visible=False,
             metadata={"napari_medseg": {"classes": schema.to_dict(), "unit": unit, "source": str(path)}})
-        grid = layer_pixel_grid(pred, image)
-        img = np.asarray(grid.image) if grid.image is not None else None
-        table = measure(objects, img, grid, list(schema.names))
-        found = Found(objects, table, object_boxes(objects.labels), pred.data, img, grid, list(schema.names))
+        found.pred = pred.data
         self.show_objects(found, pred, image, schema)
-        return self.state
 
     def export_table(self, path: str | Path | None = None) -> Path | None:
         from napari_medseg.objects.measure import write_table
@@ -275,3 +270,32 @@ class ObjectsOutputMixin:
                            "learn from them (Undo takes them back)")
         self._update_enabled()
         return sent.changed
+
+
+def _geojson_job(path: Path, image_name: str, shape: tuple[int, ...], level: Any, start: list[str],
+                 colors: list[Any], f: float, pixel_size: tuple[float, ...], unit: str) -> Any:
+    """Worker: the GeoJSON's objects drawn on ``level`` (the image's level of ``shape``, ``f`` times coarser than
+    level 0), their schema (the image's classes, the file's added) and their table, as ``(schema, Found)``."""
+    from napari_medseg._napari.widgets.objects_jobs import Found, PixelGrid, measure
+    from napari_medseg.core.classes import ClassSchema
+    from napari_medseg.objects.edit import object_boxes
+    from napari_medseg.objects.geojson import read_geojson_classes
+    from napari_medseg.objects.measure import normalize_unit
+
+    objects, names = read_geojson_classes(path, shape, start, add_classes=True, scale=f)
+    if objects.n == 0:
+        raise MedsegError(f"{path.name}: no polygon objects on {image_name!r} (is it the image they were drawn on?)")
+    class_names = [names[v] for v in sorted(names)]
+    used = sorted({class_names[int(c)] for c in objects.classes[1:]})
+    colors = colors[:len(class_names)]
+    schema = ClassSchema(names=tuple(class_names), **({"colors": tuple(colors)} if len(colors) == len(
+        class_names) else {})).with_objects(used, boundary=False)
+    img = np.asarray(level)
+    try:
+        unit = normalize_unit(str(unit))[0]
+    except MedsegError:
+        unit = "px"
+    grid = PixelGrid(pred=None, image=img, pixel_size=pixel_size if unit != "px" else (1.0, 1.0), unit=unit)
+    table = measure(objects, img, grid, list(schema.names))
+    yield schema, Found(objects, table, object_boxes(objects.labels), np.zeros(0, np.uint8), img, grid,
+                        list(schema.names))

@@ -165,26 +165,54 @@ def _view_box(viewer: Any, layer: Any) -> tuple[slice, ...]:
                  if ax in displayed else slice(0, n) for ax, n in enumerate(shape))
 
 
-def edit_view(widget: Any) -> WindowObjectsState | None:
-    """Open the objects in view of a whole slide for proofreading (see module); None (and a message) if not."""
-    from napari_medseg._napari.widgets.objects_jobs import OBJECTS_KEY, PixelGrid, measure
+def edit_view(widget: Any) -> bool:
+    """Open the objects in view of a whole slide for proofreading (see module): the window is read and measured
+    in a worker (up to ``slide_edit.WINDOW_MAX_PIXELS`` pixels: seconds), then shown (``_opened``). False (and
+    a message) if it cannot start."""
+    from napari_medseg._napari.jobs.workers import start_generator_worker
+
+    st = widget.state
+    if not isinstance(st, SlideObjectsState):
+        widget.messages.error("'Edit view' opens the objects of a whole slide in view; these objects are editable "
+                              "as they are.")
+        return False
+    if getattr(widget, "_worker", None) is not None:
+        widget.messages.error("wait for the running objects job to finish (or its save to be written)")
+        return False
+    path = Path(str(medseg_meta(st.layer).get("objects", {}).get("path", "")))
+    box = _view_box(widget.viewer, st.layer)  # the camera is read here, on the main thread
+    widget.messages.say("info", "reading the objects in view...", toast=False)
+    widget._worker = start_generator_worker(
+        _open_job, path, box, list(st.schema.names), on_event=lambda ev: _opened(widget, st, path, *ev),
+        on_finished=widget._on_finished, notify=widget.messages.error, owner=widget,
+        progress={"total": 0, "desc": "napari-medseg: opening the view's objects"})
+    widget._update_enabled()
+    return True
+
+
+def _open_job(path: Path, box: tuple[slice, ...], schema_names: list[str]) -> Generator[Any, None, None]:
+    """Worker: the window's objects (``objects.slide_edit.open_window``), measured as the slide's table."""
+    from napari_medseg._napari.widgets.objects_jobs import Found, PixelGrid, measure
     from napari_medseg.objects.edit import object_boxes
     from napari_medseg.objects.slide_edit import open_window
     from napari_medseg.objects.stitch import measure_kwargs
     from napari_medseg.objects.tiled import PREDICTION_MANIFEST
 
-    st = widget.state
-    try:
-        if not isinstance(st, SlideObjectsState):
-            raise MedsegError("'Edit view' opens the objects of a whole slide in view; these objects are editable "
-                              "as they are.")
-        path = Path(str(medseg_meta(st.layer).get("objects", {}).get("path", "")))
-        win = open_window(path, _view_box(widget.viewer, st.layer))
-    except MedsegError as e:
-        widget.messages.error(str(e))
-        return None
+    win = open_window(path, box)
+    kw = measure_kwargs(json.loads((path / PREDICTION_MANIFEST).read_text()), len(box))  # as the slide's table
+    grid = PixelGrid(pred=None, image=None, pixel_size=tuple(kw["pixel_size"]), unit=kw["unit"])
+    names = list(win.class_names) or schema_names
+    table = measure(win.objects, None, grid, names, offset=tuple(b.start for b in win.box))
+    yield win, Found(win.objects, table, object_boxes(win.objects.labels), np.zeros(0, np.uint8), None, grid, names)
+
+
+def _opened(widget: Any, st: SlideObjectsState, path: Path, win: Any, found: Any) -> None:
+    """Main thread: the window's objects as an editable layer over the slide's (``widget.state`` the window)."""
+    from napari_medseg._napari.widgets.objects_jobs import OBJECTS_KEY
+
+    if widget.state is not st or st.layer not in widget.viewer.layers:
+        return  # the user moved on (another prediction, the slide's layer deleted) while the window was read
     layer0 = st.layer
-    nd = layer0.ndim
     scale = np.asarray(layer0.scale, float)
     translate = np.asarray(layer0.translate, float) + scale * np.asarray([b.start for b in win.box], float)
     name = f"{layer0.name} (editing)"
@@ -193,23 +221,15 @@ def edit_view(widget: Any) -> WindowObjectsState | None:
     layer = widget.viewer.add_labels(win.objects.labels, name=name, scale=tuple(scale), translate=tuple(translate),
                                      opacity=0.8, metadata={"napari_medseg": {OBJECTS_KEY: {
                                          "window": [[b.start, b.stop] for b in win.box], "path": str(path)}}})
-    kw = measure_kwargs(json.loads((path / PREDICTION_MANIFEST).read_text()), nd)  # as the slide's table
-    grid = PixelGrid(pred=None, image=None, pixel_size=tuple(kw["pixel_size"]), unit=kw["unit"])
-    names = list(win.class_names) or list(st.schema.names)
-    table = measure(win.objects, None, grid, names, offset=tuple(b.start for b in win.box))
-    from napari_medseg._napari.widgets.objects_jobs import Found
-
-    found = Found(win.objects, table, object_boxes(win.objects.labels), np.zeros(0, np.uint8), None, grid, names)
     st.layer.visible = False  # the slide's copy of these objects would show through what the edits change
     widget.state = WindowObjectsState(layer=layer, window=win, slide=st, found=found)
     widget._undo = []
     widget.viewer.layers.selection.active = layer
     layer.events.selected_label.connect(widget._on_selected_label)
     widget._show_table()
-    widget.messages.info(f"editing the {len(table)} objects in view ({len(win.locked)} at its edge are locked); "
-                         "'Save to slide' writes the edits")
+    widget.messages.info(f"editing the {len(found.table)} objects in view ({len(win.locked)} at its edge are "
+                         "locked); 'Save to slide' writes the edits")
     widget._update_enabled()
-    return widget.state
 
 
 def save_view(widget: Any) -> None:
