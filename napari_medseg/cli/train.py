@@ -97,11 +97,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--steps", type=int)
     m.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop after this long")
     m.add_argument("--lr", type=float)
-    m.add_argument("--semi", choices=("none", "pseudo_label", "mean_teacher"), default=None,
+    m.add_argument("--semi", choices=("auto", "none", "pseudo_label", "mean_teacher"), default=None,
                    help="also learn from the unpainted pixels: confidence-thresholded pseudo-labels or Mean Teacher "
-                        "consistency (default none). Each costs a teacher forward pass per step (1.4-1.5x the step "
-                        "time). At equal time on MoNuSeg (3 seeds) pseudo-labels gave +4.3 Dice with paint in a few "
-                        "windows of a few images and -0.3 with 1%% scribbles on every image (benchmarks/RESULTS.md)")
+                        "consistency. Each costs a teacher forward pass per step (1.4-1.5x the step time). At equal "
+                        "time on MoNuSeg (3 seeds) pseudo-labels gave +4.3 Dice with paint in a few windows of a few "
+                        "images and -0.3 to -0.65 with scribbles on every image (benchmarks/RESULTS.md). Default "
+                        "auto (without --config): pseudo-labels while the paint spans at most 40 training patches, "
+                        "labels only beyond; the run's first line says which and why")
     m.add_argument("--mean-teacher", action=argparse.BooleanOptionalAction, default=None,
                    help="same as --semi mean_teacher (--no-mean-teacher: --semi none)")
     m.add_argument("--predict-with", choices=("student", "ema"), default=None,
@@ -175,6 +177,8 @@ def _config(args: argparse.Namespace, spatial_dims: int) -> Any:
             kw[field_] = v
     if args.mean_teacher is not None and args.semi is None:
         kw["semi"] = "mean_teacher" if args.mean_teacher else "none"
+    elif args.semi is None and not args.config:
+        kw["semi"] = "auto"  # pseudo-labels where the paint is localised (TrainConfig.resolve_semi)
     if args.no_library:
         kw["library"] = False
     if args.time_budget is not None and args.steps is None:
@@ -438,7 +442,8 @@ def run(args: argparse.Namespace) -> int:
             log_doc["start"] = _clean({k: v for k, v in ev.__dict__.items() if k != "norm"})
             log_doc["norm"] = ev.norm.to_dict() if ev.norm is not None else None
             msg = (f"training a {ev.model_summary} on {ev.device}: {ev.n_labelled} labelled and "
-                   f"{ev.n_unlabelled} unlabelled images, {ev.n_val_patches} validation patches")
+                   f"{ev.n_unlabelled} unlabelled images, {ev.n_val_patches} validation patches"
+                   + (f"; unpainted pixels: {ev.semi_reason}" if ev.semi_reason else ""))
             (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
         elif isinstance(ev, CheckpointEvent):
             log_doc.setdefault("checkpoints", []).append(ev.__dict__)

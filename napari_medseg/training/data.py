@@ -201,9 +201,10 @@ class ItemView:
         return self.read_level0(self.dense, self.level0_index(start, size))
 
 
-def scan_painted(labels: Any, max_value: int, cap: int, rng: np.random.Generator, name: str
-                 ) -> dict[int, np.ndarray]:
-    """Level-0 coordinates ``(N, ndim)`` of painted pixels per store value (at most ``cap`` per block and value).
+def scan_painted(labels: Any, max_value: int, cap: int, rng: np.random.Generator, name: str,
+                 totals: dict[int, int] | None = None) -> dict[int, np.ndarray]:
+    """Level-0 coordinates ``(N, ndim)`` of painted pixels per store value (at most ``cap`` per block and value);
+    ``totals``, if given, gets every painted pixel counted per value (before the cap).
 
     Uses ``painted_chunks()`` of a label store to visit only chunks that hold paint; numpy arrays are scanned
     whole, other arrays block by block. Raises ``MedsegError`` for values above ``max_value`` or below 0.
@@ -228,6 +229,8 @@ def scan_painted(labels: Any, max_value: int, cap: int, rng: np.random.Generator
         for v in present:
             if v == 0 or v > max_value:
                 continue
+            if totals is not None:
+                totals[int(v)] = totals.get(int(v), 0) + int(counts[v])
             pos = np.flatnonzero(flat == v)
             if pos.size > cap:
                 pos = rng.choice(pos, cap, replace=False)

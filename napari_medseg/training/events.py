@@ -25,6 +25,8 @@ class StartEvent(TrainEvent):
     round: int = 1
     amp: str = "off"  # "bf16", "fp16" or "off"
     norm: Any = None  # the NormConfig every input goes through (for live previews of the same pipeline)
+    semi: str = "none"  # the semi-supervised method this run uses ("auto" resolved)
+    semi_reason: str = ""  # why, when it was chosen by semi="auto"
 
 
 @dataclass

@@ -182,6 +182,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                            val_fraction=cfg.val_fraction, max_val_patches=cfg.max_val_patches, seed=cfg.seed,
                            val_seed=meta.get("val_seed"), val_block=meta.get("val_block"))
     warnings += sampler.warnings
+    cfg, semi_reason = cfg.resolve_semi(sampler.paint_extent, sampler.paint_share)
     kd = None
     if cfg.distill_from is not None:  # the teacher first: a teacher that cannot teach this data fails early
         kd = load_teacher(cfg.distill_from, n_channels=data.n_channels, n_classes=data.classes.n_classes,
@@ -241,7 +242,8 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
         f" ({n_params / 1e6:.2f} M parameters), {model_cfg.in_channels} -> {model_cfg.out_channels} channels",
         n_labelled=len(sampler.labelled_items), n_unlabelled=len(sampler.unlabelled_items),
         init_report=None if report is None else report.summary(), n_params=n_params, patch_size=patch,
-        batch=(run.n_l, run.n_u), n_val_patches=len(val_patches), round=run.round, amp=setup.amp_name, norm=norm)
+        batch=(run.n_l, run.n_u), n_val_patches=len(val_patches), round=run.round, amp=setup.amp_name, norm=norm,
+        semi=cfg.semi, semi_reason=semi_reason)
     for w in warnings:
         yield WarningEvent(w)
     if cfg.bn_reestimate:

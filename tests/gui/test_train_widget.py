@@ -160,7 +160,7 @@ def test_settings_are_remembered(make_napari_viewer, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)
-    assert w.semi_combo.currentData() == "none" and w.ema_check.isChecked()  # the measured defaults
+    assert w.semi_combo.currentData() == "auto" and w.ema_check.isChecked()  # the measured defaults
     w.patch_spin.setValue(96)
     w.semi_combo.setCurrentIndex(w.semi_combo.findData("pseudo_label"))
     w.ema_check.setChecked(False)
@@ -183,7 +183,7 @@ def test_an_older_mean_teacher_setting_does_not_turn_it_back_on(make_napari_view
 
     save_settings(TrainWidget.SETTINGS, {"mean_teacher": True, "mt_weight": 1.0, "patch": 128})
     w = TrainWidget(make_napari_viewer())
-    assert w.patch_spin.value() == 128 and w.semi_combo.currentData() == "none"
+    assert w.patch_spin.value() == 128 and w.semi_combo.currentData() == "auto"  # the default, not Mean Teacher
 
 
 def test_preview_hook_caps_its_share_of_worker_time(monkeypatch):

@@ -72,8 +72,8 @@ def test_patch_and_batch_split():
     assert TrainConfig(batch_size=1, semi="mean_teacher", unlabelled_ratio=0.0).split_batch() == (1, 0)
 
 
-def test_semi_supervised_learning_is_off_by_default():
-    """Defaults must help: no method has beaten supervised training at equal time on bench_semisup.py."""
+def test_semi_supervised_learning_is_off_by_default_in_the_engine():
+    """An API call trains what it names; the CLI and the widget default to "auto" (below)."""
     cfg = TrainConfig()
     assert cfg.semi == "none" and cfg.split_batch() == (cfg.batch_size, 0)
     # the weight average scored above the last weights at equal time (RESULTS.md, issue 15): on by default
@@ -116,3 +116,22 @@ def test_crf_settings_from_the_command_line_and_bad_values():
         TrainConfig(crf_weight=-1)
     with pytest.raises(MedsegError, match="crf_sigma_rgb"):
         TrainConfig(crf_sigma_rgb=0)
+
+
+def test_auto_semi_resolves_by_the_extent_of_the_paint():
+    """Pseudo-labels while the paint spans few patches (where bench_semisup measured a gain), labels only beyond;
+    never with distillation or domain adaptation; other settings untouched."""
+    from napari_medseg.training.config import AUTO_SEMI_MAX_PATCHES
+
+    auto = TrainConfig(semi="auto")
+    cfg, why = auto.resolve_semi(18.0)
+    assert cfg.semi == "pseudo_label" and "pseudo-labels" in why and "18" in why
+    cfg, why = auto.resolve_semi(AUTO_SEMI_MAX_PATCHES + 1)
+    assert cfg.semi == "none" and "labels only" in why
+    assert auto.resolve_semi(AUTO_SEMI_MAX_PATCHES)[0].semi == "pseudo_label"  # the bound is inclusive
+    cfg, why = auto.resolve_semi(18.0, 0.9)  # a fully labelled region: nothing unpainted around it
+    assert cfg.semi == "none" and "too little is unpainted" in why
+    assert auto.replace(domain_adapt="dann").resolve_semi(1.0)[0].semi == "none"
+    assert TrainConfig(semi="auto", distill_from="t.pt").resolve_semi(1.0)[0].semi == "none"
+    same = TrainConfig(semi="mean_teacher")
+    assert same.resolve_semi(1.0) == (same, "")

@@ -81,7 +81,11 @@ def test_cli_trains_from_folders_and_writes_a_log(tmp_path, capsys):
     assert log["result"]["steps"] == 3 and len(log["steps"]) == 3 and log["data"]["labelled"] == 2
     ck = load_checkpoint(log["result"]["last_checkpoint"])
     assert ck.classes.names == ("background", "cells") and ck.model_config.channels == (8, 16)
-    assert "done (steps)" in capsys.readouterr().out
+    out_err = capsys.readouterr()
+    assert "done (steps)" in out_err.out
+    # the CLI's default: semi-supervised learning chosen by the extent of the paint, and the choice said
+    assert log["config"]["semi"] == "auto" and log["start"]["semi"] in ("pseudo_label", "none")
+    assert f"unpainted pixels: {log['start']['semi_reason']}" in out_err.err
 
 
 def test_cli_label_image_and_bad_arguments(tmp_path, capsys):

@@ -296,3 +296,15 @@ def test_starting_from_a_checkpoint_takes_its_widths(tmp_path):
     assert load_checkpoint(res.last_checkpoint).model_config.channels == load_checkpoint(
         first.last_checkpoint).model_config.channels
     assert any(isinstance(e, WarningEvent) and "architecture settings" in e.message for e in events)
+
+
+def test_auto_semi_takes_pseudo_labels_for_localised_paint_and_says_so(tmp_path):
+    """semi="auto" is resolved from the data before the first event: the run trains the chosen method (its steps
+    carry a pseudo-label mask ratio) and the StartEvent and checkpoint name it."""
+    data = blob_data((96, 96), n_items=1, fraction=0.05)
+    events, result = drain(train(tiny_cfg(tmp_path, steps=4, semi="auto", library=False), data))
+    start = events[0]
+    assert start.semi == "pseudo_label" and start.semi_reason.startswith("auto: pseudo-labels")
+    assert load_checkpoint(result.last_checkpoint).meta["train_config"]["semi"] == "pseudo_label"
+    events, _ = drain(train(tiny_cfg(tmp_path, steps=2, semi="none", library=False), data))
+    assert events[0].semi == "none" and events[0].semi_reason == ""

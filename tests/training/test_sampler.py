@@ -142,3 +142,28 @@ def test_2d_model_on_volumes_uses_slices():
     s = PatchSampler(data, (32, 32), 2, val_fraction=0)
     x, y = s.labelled_patch(np.random.default_rng(0))
     assert x.shape == (1, 32, 32) and y.shape == (32, 32)
+
+
+def test_paint_extent_counts_the_patches_the_paint_spans():
+    """Half-patch cells holding paint over the cells of one patch: one stroke spans about one patch, the same
+    pixels spread over an image many; an image without paint adds nothing."""
+    img = np.zeros((512, 512), np.uint8)
+    local = np.zeros((512, 512), np.uint8)
+    local[10:12, 10:60] = 2  # two short strokes over 2 x 2 cells of 32 px (half the patch of 64)
+    local[40:42, 10:60] = 1
+    spread = np.zeros((512, 512), np.uint8)
+    spread[::32, ::32] = 2  # one pixel in every 32 x 32 cell
+    spread[16::32, 16::32] = 1
+
+    def extent(*labels):
+        items = [TrainingItem(ImageSource([img], "YX", (1.0, 1.0), name=f"i{k}"), lab) for k, lab in enumerate(labels)]
+        s = PatchSampler(TrainingData(items, ClassSchema()), (64, 64), 2, val_fraction=0.0)
+        return s.paint_extent, s.paint_share
+
+    assert extent(local) == pytest.approx((4 / 4, 200 / (4 * 32 * 32)))  # cells (0, 0), (0, 1), (1, 0), (1, 1)
+    assert extent(spread) == pytest.approx((256 / 4, 512 / (256 * 32 * 32)))
+    assert extent(local, None) == extent(local)
+    assert extent(local, spread)[0] == pytest.approx(1 + 64)
+    full = np.ones((512, 512), np.uint8)
+    full[:256] = 2
+    assert extent(full) == pytest.approx((64.0, 1.0))  # dense labels: every pixel of its cells painted

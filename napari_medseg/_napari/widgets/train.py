@@ -392,7 +392,8 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                         self._warned.add(ev.message)
                         self.messages.warning(ev.message)
                 case StartEvent():
-                    self.status.setText(f"training on {getattr(ev, 'device', '?')}")
+                    why = getattr(ev, "semi_reason", "")
+                    self.status.setText(f"training on {getattr(ev, 'device', '?')}" + (f"; {why}" if why else ""))
                 case DoneEvent() if self._distilling:
                     ck = ev.best_checkpoint or ev.last_checkpoint
                     self.session.distilled_checkpoint = Path(ck) if ck else None
