@@ -82,6 +82,9 @@ def test_start_events_preview_stop_checkpoint(widget, qtbot, tmp_path):
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert "StartEvent" in events and "DoneEvent" in events
     assert events.count("PreviewEvent") >= 1
+    # the default ("auto") says what it chose for the unpainted pixels, once (not at every round)
+    said = [t for t in _said(w, "info") if t.startswith("unpainted pixels: auto: ")]
+    assert len(said) == 1 and w.semi_combo.currentData() == "auto"
     assert w.start_btn.isEnabled() and w.resume_btn.isEnabled()
     last = w.session.last_checkpoint
     assert last is not None and last.is_file() and str(tmp_path / "run") in str(last)

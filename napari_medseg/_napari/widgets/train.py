@@ -392,8 +392,11 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                         self._warned.add(ev.message)
                         self.messages.warning(ev.message)
                 case StartEvent():
-                    why = getattr(ev, "semi_reason", "")
-                    self.status.setText(f"training on {getattr(ev, 'device', '?')}" + (f"; {why}" if why else ""))
+                    self.status.setText(f"training on {getattr(ev, 'device', '?')}")
+                    method = getattr(ev, "semi_reason", "").partition(" (")[0]  # "auto: pseudo-labels"
+                    if method and method != getattr(self, "_semi_said", None):  # in the log when it changes
+                        self._semi_said = method
+                        self.messages.say("info", f"unpainted pixels: {ev.semi_reason}", toast=False)
                 case DoneEvent() if self._distilling:
                     ck = ev.best_checkpoint or ev.last_checkpoint
                     self.session.distilled_checkpoint = Path(ck) if ck else None

@@ -346,7 +346,7 @@ class TrainForm:
             if k in s:
                 with contextlib.suppress(TypeError, ValueError):
                     w.setValue(type(w.value())(s[k]))
-        # the older "mean_teacher" setting (on by default then) is not carried over: off is the measured default
+        # the older "mean_teacher" setting (on by default then) is not carried over: auto is today's default
         i = self.semi_combo.findData(s.get("semi", "auto"))
         self.semi_combo.setCurrentIndex(max(0, i))
         self.ema_check.setChecked(bool(s.get("ema", True)))

@@ -3,7 +3,7 @@ Advanced part, with the measured figures they quote (benchmarks/RESULTS.md, docs
 
 from __future__ import annotations
 
-SEMI_CHOICES = (("auto: + pseudo-labels while the paint is localised", "auto"),
+SEMI_CHOICES = (("auto (by how you painted)", "auto"),
                 ("labels only (supervised)", "none"), ("+ pseudo-labels (FixMatch-style)", "pseudo_label"),
                 ("+ Mean Teacher consistency", "mean_teacher"))
 SEMI_TOOLTIP = ("Learn also from the unpainted pixels. Costs one extra forward pass per step (1.4-1.5x the step "
@@ -11,7 +11,7 @@ SEMI_TOOLTIP = ("Learn also from the unpainted pixels. Costs one extra forward p
                 "(benchmarks/RESULTS.md, 3 seeds): pseudo-labels gave +4.3 Dice when the paint sits in a few "
                 "windows of a few images, the rest unpainted, and -0.3 to -0.65 (no gain) with scribbles spread "
                 "over every image. 'auto' (the default) uses pseudo-labels while the paint spans at most 40 "
-                "training patches and labels only beyond; the status line says which it chose each round.")
+                "training patches and labels only beyond; the message log says which it chose, and when that changes.")
 DEFAULTS = {"2D": {"patch": 256, "batch": 4}, "3D": {"patch": 64, "batch": 2}}
 ADVANCED_TIPS = {
     "grad_checkpoint": "Gradient checkpointing: keep only each block's input for the backward pass and compute the "
