@@ -9,7 +9,8 @@ reader, tiles decoded on the host as in real use) it reports
 - ``read_mpix_s``: reading and decoding the slide block strip by strip (threads), the pipeline's upper bound;
 - ``run_predict`` (labels only, overlap 0.25, Gaussian blending, window 512, no tissue mask) for the 1x1
   "null model", the benchmark's small UNet and the plugin's default UNet, at batch 4 (the default) and
-  larger batches, mixed precision (bf16 autocast, channels-last: the GPU default) and float32: MPix/s;
+  larger batches and ``batch_size="auto"`` (the default: from free memory), mixed precision (bf16 autocast,
+  channels-last: the GPU default) and float32: MPix/s;
 - the same model's forward passes alone over as many windows, input already on the device
   (``pipeline_vs_model`` = model-alone seconds / end-to-end seconds; 1.0: the pipeline adds nothing);
 - the FLOP bound: the default UNet's FLOPs per window (``torch.utils.flop_counter``) times the windows of the
@@ -95,7 +96,7 @@ def read_speed(src) -> float:
     return float(np.prod(src.shape)) / 1e6 / (time.perf_counter() - t)
 
 
-def predict_once(src, model, dev, batch: int, amp: bool, tmp: Path) -> dict:
+def predict_once(src, model, dev, batch: int | str, amp: bool, tmp: Path) -> dict:
     from napari_medseg.inference import run_predict
 
     out = tmp / "pred.zarr"
@@ -215,16 +216,20 @@ def main() -> None:
     ms = models()
     runs: dict = {}
     plan = [("null", 4, True), ("small_unet", 4, True), ("default_unet", 4, True), ("default_unet", 16, True),
-            ("default_unet", 32, True), ("small_unet", 32, True)]
+            ("default_unet", 32, True), ("small_unet", 32, True), ("default_unet", "auto", True)]
     if "fp32" not in skip:
         plan += [("default_unet", 16, False)]
     if args.quick:
-        plan = plan[:3]
+        plan = plan[:3] + [("default_unet", "auto", True)]
     windows = predict_once(src, ms["null"], dev, 4, True, tmp)["windows"]  # warm-up: reader, allocator, imports
     for name, batch, amp in plan:
         key = f"{name}_b{batch}_{'amp' if amp else 'fp32'}"
-        alone = forward_alone(ms[name], dev, batch, amp, windows)  # first: also warms cuDNN for this shape
-        r = predict_once(src, ms[name], dev, batch, amp, tmp)
+        if batch == "auto":  # the predictor's default: the batch it measured, then that batch alone
+            r = predict_once(src, ms[name], dev, batch, amp, tmp)
+            alone = forward_alone(ms[name], dev, int(r["stats"]["batch_size"]), amp, windows)
+        else:
+            alone = forward_alone(ms[name], dev, batch, amp, windows)  # first: also warms cuDNN for this shape
+            r = predict_once(src, ms[name], dev, batch, amp, tmp)
         r["model_alone_s"] = round(alone, 3)
         r["pipeline_vs_model"] = round(r["model_alone_s"] / r["seconds"], 3)
         runs[key] = r

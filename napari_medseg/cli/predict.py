@@ -54,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--window", type=int, nargs="+", default=None,
                    help="window size, one value or one per model axis (default 512 for 2D, 96 for 3D models)")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", default="auto",
+                   help="windows per forward pass; auto (default): 4 on a CPU (as before), on a GPU as many as half its free "
+                        "memory holds (measured with one window)")
     p.add_argument("--blend", choices=("gaussian", "crop"), default="gaussian")
     p.add_argument("--tta", nargs="?", const="flips", default=None, choices=("flips", "dihedral", "multiscale"),
                    help="test-time augmentation: flips (--tta alone: the window mirrored along each axis, 1 + dims "
@@ -291,8 +293,12 @@ def _run_predict(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise MedsegError(f"--out {out_dir} is a file; give a folder")
-    if int(args.batch_size) < 1:
-        raise MedsegError(f"--batch-size must be >= 1, got {args.batch_size}")
+    from napari_medseg.inference.batching import check_batch_size
+
+    try:
+        args.batch_size = check_batch_size(args.batch_size)
+    except MedsegError as e:
+        raise MedsegError(f"--batch-size: {e}") from None
     if not 0 <= float(args.overlap) < 1:
         raise MedsegError(f"--overlap must be in [0, 1), got {args.overlap}")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from napari_medseg.core.compute import materialize
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.source import ImageSource
 from napari_medseg.core.tissue import TissueMask, compute_tissue_mask
+from napari_medseg.inference.batching import check_batch_size, resolve_batch_size
 from napari_medseg.inference.blocks import TileReader
 from napari_medseg.inference.engine import BlockEngine, FinishedBlock
 from napari_medseg.inference.modelrun import (
@@ -121,7 +122,7 @@ class Job:
     write_probs: str | None
     device: torch.device
     amp: bool
-    batch_size: int
+    batch_size: int | str  # or "auto": from the device when the run starts (``batching.resolve_batch_size``)
     on_corrupt: str
     sigma_scale: float
     grid: WindowGrid
@@ -164,9 +165,17 @@ class Job:
         reader = reader or TileReader(self.source, self.level, on_corrupt=self.on_corrupt, band=band)
         md = self.model.spatial_dims or len(self.window)
         squeeze = 0 if md < len(self.window) else None
-        runner = WindowRunner(self.model.module, self.device, batch_size=self.batch_size, amp=self.amp,
-                              cpu_bf16=self.cpu_bf16, tta=self.tta,
+        auto = self.batch_size == "auto"
+        runner = WindowRunner(self.model.module, self.device, batch_size=1 if auto else int(self.batch_size),
+                              amp=self.amp, cpu_bf16=self.cpu_bf16, tta=self.tta,
                               model_dims=md, squeeze_axis=squeeze, scaled_windows=self.scaled_windows)
+        if auto:  # measured once per job, with the runner that will run it (precision, TTA, layout)
+            if "batch_size" not in self.stats:
+                self.stats["batch_size"] = resolve_batch_size("auto", runner, (self.source.n_channels,
+                                                                                 *self.window))
+            runner.batch_size = int(self.stats["batch_size"])
+        else:
+            self.stats["batch_size"] = int(self.batch_size)
         engine = BlockEngine(plan, reader, runner, self.norm, self.classes.n_classes, sigma_scale=self.sigma_scale,
                              pixel_mask=self.pixel_mask(), streams=self.streams)
         threads = torch.get_num_threads()
@@ -192,7 +201,7 @@ class Job:
 def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Path | LoadedModel, *,
              norm: NormConfig | None = None, classes: ClassSchema | None = None, level: int = 0,
              pixel_size: float | None = None, window: tuple[int, ...] | None = (512, 512), overlap: float = 0.25,
-             batch_size: int = 4, blend: str = "gaussian", tta: bool | str = False,
+             batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False,
              tissue_mask: bool | str | TissueMask = "auto", write_probs: str | None = None, device: str = "auto",
              amp: bool = True, on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
              sigma_scale: float = 0.125, backend: str = "torch", streams: int | str = 1,
@@ -211,8 +220,7 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
         raise MedsegError(f"write_probs must be one of None, 'uint8', 'float16'; got {write_probs!r}")
     if on_corrupt not in ("stop", "skip"):
         raise MedsegError(f"on_corrupt must be 'stop' or 'skip', got {on_corrupt!r}")
-    if int(batch_size) < 1:
-        raise MedsegError(f"batch size must be >= 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
     if backend != "torch" and isinstance(model, LoadedModel):
         raise MedsegError(f"the {backend} backend converts a checkpoint file; this model is already loaded: "
                           "convert it first (inference.backends.backend_model) or pass the checkpoint's path")
@@ -274,7 +282,7 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
         identity["settings"]["precision"] = "bf16"
     amp = bool(amp) and precision != "fp32"
     return Job(src, loaded, level, win, float(overlap), blend, tta_mode(tta), norm, classes, write_probs, dev, amp,
-               int(batch_size), on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout,
+               batch_size, on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout,
                scaled_windows=scaled, streams=resolve_streams(streams, dev, loaded.module), cpu_bf16=cpu_bf16)
 
 

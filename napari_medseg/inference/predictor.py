@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
 def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out: str | Path, *,
             norm: NormConfig | None = None, classes: ClassSchema | None = None, level: int = 0,
-            pixel_size: float | None = None, window=(512, 512), overlap: float = 0.25, batch_size: int = 4,
-            blend: str = "gaussian", tta: bool | str = False, tissue_mask: bool | str = "auto",
+            pixel_size: float | None = None, window=(512, 512), overlap: float = 0.25,
+            batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False, tissue_mask: bool | str = "auto",
             write_probs: str | None = None, device: str = "auto", amp: bool = True,
             cancel: threading.Event | None = None, resume: bool = True, overwrite: bool = False,
             on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
@@ -50,7 +50,9 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     ``model``: an ``nn.Module`` or a checkpoint path (its ``norm`` and ``classes`` are then used).
     ``level`` (or ``pixel_size``, which picks the coarsest level at least that fine) is predicted; the
     output has that level's geometry. ``window``: spatial window (a 2D window over a volume runs slice by
-    slice). ``blend``: ``"gaussian"`` (MONAI's importance map; equal to ``sliding_window_inference``) or
+    slice). ``batch_size``: windows per forward pass, or ``"auto"`` (4 on a CPU; on a GPU as many as half its
+    free memory holds, measured with one window: ``inference.batching``; the result's ``stats["batch_size"]``
+    says which). ``blend``: ``"gaussian"`` (MONAI's importance map; equal to ``sliding_window_inference``) or
     ``"crop"``. ``tta``: test-time augmentation, ``False``, ``True``/``"flips"``, ``"dihedral"`` (2D square
     windows: 4 rotations x mirror) or ``"multiscale"`` (the window at 0.75 / 1 / 1.25 of its size). ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
     a ``TissueMask``. ``write_probs``: None, ``"uint8"`` or ``"float16"``. ``resume``: continue an

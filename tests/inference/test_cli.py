@@ -55,6 +55,10 @@ def test_bad_cli_input(tmp_path, ckpt, slides, capsys):
     assert main(["predict", str(ckpt), str(slides / "s0.tif"), "--out", str(tmp_path / "o"), "--window", "63",
                  "--device", "cpu"]) == 2
     assert "multiples of 2" in capsys.readouterr().err
+    for bad in ("0", "many"):
+        assert main(["predict", str(ckpt), str(slides / "s0.tif"), "--out", str(tmp_path / "o"), "--batch-size",
+                     bad, "--device", "cpu"]) == 2
+        assert "--batch-size: batch size must be 'auto' or an integer >= 1" in capsys.readouterr().err
 
 
 def test_output_names(tmp_path):

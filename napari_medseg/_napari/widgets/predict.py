@@ -145,8 +145,11 @@ class PredictWidget(QWidget):
         self.overlap_spin.setSingleStep(0.05)
         self.overlap_spin.setValue(0.25)
         self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(1, 256)
-        self.batch_spin.setValue(4)
+        self.batch_spin.setRange(0, 256)
+        self.batch_spin.setSpecialValueText("auto")  # 0: 4 on a CPU, from free memory on a GPU (batching.py)
+        self.batch_spin.setValue(0)
+        self.batch_spin.setToolTip("Windows per forward pass. auto: 4 on a CPU (as before); on a GPU as many as "
+                                   "half its free memory holds, measured with one window.")
         self.blend_combo = QComboBox()
         self.blend_combo.addItems(["gaussian", "crop"])
         self.backend_combo = QComboBox()
@@ -248,7 +251,7 @@ class PredictWidget(QWidget):
         s = load_settings(self.SETTINGS)
         self.window_spin.setValue(int(s.get("window", 512)))
         self.overlap_spin.setValue(float(s.get("overlap", 0.25)))
-        self.batch_spin.setValue(int(s.get("batch", 4)))
+        self.batch_spin.setValue(int(s.get("batch", 0)))
         self.blend_combo.setCurrentText(str(s.get("blend", "gaussian")))
         self.backend_combo.setCurrentText(str(s.get("backend", "torch")))
         self.tissue_check.setChecked(bool(s.get("tissue", True)))
@@ -348,7 +351,7 @@ class PredictWidget(QWidget):
             window = (v["window"],) * source.spatial_dims
             self._worker = start_generator_worker(
                 predict_job.predict_and_open, source, str(ckpt), str(out), level=self.level_spin.value(),
-                window=window, overlap=v["overlap"], batch_size=v["batch"], blend=v["blend"],
+                window=window, overlap=v["overlap"], batch_size=v["batch"] or "auto", blend=v["blend"],
                 tta=None if v["tta"] == "none" else v["tta"],
                 tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
                 on_corrupt="skip" if v["skip_corrupt"] else "stop", overwrite=v["overwrite"],
