@@ -24,6 +24,15 @@ reader, tiles decoded on the host as in real use) it reports
 
 Usage: ``python benchmarks/bench_gpu.py [--size 16384] [--device cuda]`` (``--quick``: a 2k slide and a few
 steps, also runs on the CPU to check the script). Last line: ``RESULT {json}``.
+
+On a lent machine whose Python has torch but not this package's other dependencies (2026-12: torch, numpy,
+scipy, scikit-image, tifffile, einops, onnxruntime were there), carry wheels for Python 3.12 of: dask,
+distributed, donfig, google-crc32c, imagecodecs, importlib_metadata, jsonschema, jsonschema-specifications,
+lazy-importer, locket, monai, nibabel, numcodecs, partd, pydicom, pyjpegls, referencing, rpds-py, tblib, tornado,
+zarr, zict (about 48 MB; the versions of this project's environment), install them with ``--target`` and put that
+folder and the repository on ``PYTHONPATH``. Run the CUDA tests (``pytest -m gpu tests/training/test_gpu_paths.py
+tests/inference/test_predict.py tests/inference/test_batching.py``) and this script in two calls, so that one
+failure does not cost both (the one call of 2026-12-05 returned nothing).
 """
 
 from __future__ import annotations
