@@ -25,8 +25,8 @@ reader, tiles decoded on the host as in real use) it reports
 Usage: ``python benchmarks/bench_gpu.py [--size 16384] [--device cuda]`` (``--quick``: a 2k slide and a few
 steps, also runs on the CPU to check the script). Last line: ``RESULT {json}``.
 
-On a lent machine whose Python has torch but not this package's other dependencies (2026-12: torch, numpy,
-scipy, scikit-image, tifffile, einops, onnxruntime were there), carry wheels for Python 3.12 of: dask,
+On a lent machine whose Python has torch but not this package's other dependencies (its package list, 2026-11: torch, numpy,
+scipy, scikit-image, tifffile, einops, onnxruntime, no monai, zarr or dask), carry wheels for Python 3.12 of: dask,
 distributed, donfig, google-crc32c, imagecodecs, importlib_metadata, jsonschema, jsonschema-specifications,
 lazy-importer, locket, monai, nibabel, numcodecs, partd, pydicom, pyjpegls, referencing, rpds-py, tblib, tornado,
 zarr, zict (about 48 MB; the versions of this project's environment), install them with ``--target`` and put that
