@@ -55,8 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="window size, one value or one per model axis (default 512 for 2D, 96 for 3D models)")
     p.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
     p.add_argument("--batch-size", default="auto",
-                   help="windows per forward pass; auto (default): 4 on a CPU (as before), on a GPU as many as half its free "
-                        "memory holds (measured with one window)")
+                   help="windows per forward pass; auto (default): 4 on a CPU (as before), on a GPU as many as "
+                        "half its free memory holds (measured with one window)")
     p.add_argument("--blend", choices=("gaussian", "crop"), default="gaussian")
     p.add_argument("--tta", nargs="?", const="flips", default=None, choices=("flips", "dihedral", "multiscale"),
                    help="test-time augmentation: flips (--tta alone: the window mirrored along each axis, 1 + dims "

@@ -71,17 +71,22 @@ class PixelGrid:
     unit: str
 
 
-def _unit_of(layer: Any) -> str:
+def unit_name(unit: Any) -> str:
+    """The short name of a unit spelling ("um", "mm", ...), "px" for pixels or a unit the tables do not know."""
     from napari_medseg.objects.measure import normalize_unit
 
-    unit = medseg_meta(layer).get("unit")
-    if not unit:
-        units = getattr(layer, "units", None)
-        unit = str(units[-1]) if units is not None and len(units) else "px"
     try:
         return normalize_unit(str(unit))[0]
     except MedsegError:
         return "px"
+
+
+def _unit_of(layer: Any) -> str:
+    unit = medseg_meta(layer).get("unit")
+    if not unit:
+        units = getattr(layer, "units", None)
+        unit = str(units[-1]) if units is not None and len(units) else "px"
+    return unit_name(unit)
 
 
 def layer_pixel_grid(pred: Any, image: Any = None) -> PixelGrid:

@@ -276,12 +276,10 @@ def _geojson_job(path: Path, image_name: str, shape: tuple[int, ...], level: Any
                  colors: list[Any], f: float, pixel_size: tuple[float, ...], unit: str) -> Any:
     """Worker: the GeoJSON's objects drawn on ``level`` (the image's level of ``shape``, ``f`` times coarser than
     level 0), their schema (the image's classes, the file's added) and their table, as ``(schema, Found)``."""
-    from napari_medseg._napari.widgets.objects_jobs import Found, PixelGrid, measure
+    from napari_medseg._napari.widgets.objects_jobs import Found, PixelGrid, measure, unit_name
     from napari_medseg.core.classes import ClassSchema
     from napari_medseg.objects.edit import object_boxes
     from napari_medseg.objects.geojson import read_geojson_classes
-    from napari_medseg.objects.measure import normalize_unit
-
     objects, names = read_geojson_classes(path, shape, start, add_classes=True, scale=f)
     if objects.n == 0:
         raise MedsegError(f"{path.name}: no polygon objects on {image_name!r} (is it the image they were drawn on?)")
@@ -291,10 +289,7 @@ def _geojson_job(path: Path, image_name: str, shape: tuple[int, ...], level: Any
     schema = ClassSchema(names=tuple(class_names), **({"colors": tuple(colors)} if len(colors) == len(
         class_names) else {})).with_objects(used, boundary=False)
     img = np.asarray(level)
-    try:
-        unit = normalize_unit(str(unit))[0]
-    except MedsegError:
-        unit = "px"
+    unit = unit_name(unit)
     grid = PixelGrid(pred=None, image=img, pixel_size=pixel_size if unit != "px" else (1.0, 1.0), unit=unit)
     table = measure(objects, img, grid, list(schema.names))
     yield schema, Found(objects, table, object_boxes(objects.labels), np.zeros(0, np.uint8), img, grid,

@@ -279,6 +279,7 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
             self.messages.info("Training is already running; press Stop first.")
             return
         self._distilling = distil is not None
+        self._semi_said: str | None = None  # each Start says again what "auto" chose
         try:
             job = self._gather(resume, distil)
         except MedsegError as e:
@@ -393,9 +394,8 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                         self.messages.warning(ev.message)
                 case StartEvent():
                     self.status.setText(f"training on {getattr(ev, 'device', '?')}")
-                    method = getattr(ev, "semi_reason", "").partition(" (")[0]  # "auto: pseudo-labels"
-                    if method and method != getattr(self, "_semi_said", None):  # in the log when it changes
-                        self._semi_said = method
+                    if ev.semi_reason and ev.semi != self._semi_said:  # "auto"'s choice: when it changes
+                        self._semi_said = ev.semi
                         self.messages.say("info", f"unpainted pixels: {ev.semi_reason}", toast=False)
                 case DoneEvent() if self._distilling:
                     ck = ev.best_checkpoint or ev.last_checkpoint
