@@ -182,8 +182,8 @@ def save_window(win: SlideWindow) -> dict[str, int]:
     meta.update(classes=classes.tolist(), n=int(len(classes) - 1))
     group.attrs.update({"medseg_objects": meta})
     run_file = win.path / RUN_FILE
-    if run_file.is_file():
-        run = json.loads(run_file.read_text())
+    run = json.loads(run_file.read_text()) if run_file.is_file() else None
+    if run is not None:
         res = run.get("result") or {}
         names = list(meta.get("class_names", []))
         alive = np.zeros(len(classes), bool)
@@ -201,7 +201,7 @@ def save_window(win: SlideWindow) -> dict[str, int]:
     table_path = win.path / TABLE
     if table_path.is_file():
         manifest = json.loads((win.path / PREDICTION_MANIFEST).read_text())
-        settings = json.loads(run_file.read_text()).get("settings", {}) if run_file.is_file() else {}
+        settings = run.get("settings", {}) if run is not None else {}
         kw = dict(measure_kwargs(manifest, cur.ndim), shape=settings.get("features", "basic"))
         table = pd.read_csv(table_path)
         keep = table[~table["id"].isin(changed)]
