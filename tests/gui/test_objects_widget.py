@@ -458,6 +458,9 @@ def test_a_whole_slides_objects_are_proofread_a_view_at_a_time(make_napari_viewe
     viewer, w, _pred, pz, _schema = _whole_slide(make_napari_viewer, qtbot, tmp_path, monkeypatch)
     slide = w.state
     assert isinstance(slide, SlideObjectsState) and w.edit_view_btn.isEnabled() and not w.save_view_btn.isEnabled()
+    viewer.dims.ndisplay = 3  # 'Edit view' needs the 2D view: a message, no worker, no exception
+    assert not objects_slide.edit_view(w) and "2D view" in w.messages.entries[-1][2] and w._worker is None
+    viewer.dims.ndisplay = 2
     camera_of(viewer).center = (300, 350)
     camera_of(viewer).zoom = 3.0
     assert objects_slide.edit_view(w)  # the window is read and measured in a worker

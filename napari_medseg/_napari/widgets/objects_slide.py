@@ -180,7 +180,11 @@ def edit_view(widget: Any) -> bool:
         widget.messages.error("wait for the running objects job to finish (or its save to be written)")
         return False
     path = Path(str(medseg_meta(st.layer).get("objects", {}).get("path", "")))
-    box = _view_box(widget.viewer, st.layer)  # the camera is read here, on the main thread
+    try:
+        box = _view_box(widget.viewer, st.layer)  # the camera is read here, on the main thread
+    except MedsegError as e:  # e.g. the 3D view
+        widget.messages.error(str(e))
+        return False
     widget.messages.say("info", "reading the objects in view...", toast=False)
     widget._worker = start_generator_worker(
         _open_job, path, box, list(st.schema.names), on_event=lambda ev: _opened(widget, st, path, *ev),
@@ -193,7 +197,6 @@ def edit_view(widget: Any) -> bool:
 def _open_job(path: Path, box: tuple[slice, ...], schema_names: list[str]) -> Generator[Any, None, None]:
     """Worker: the window's objects (``objects.slide_edit.open_window``), measured as the slide's table."""
     from napari_medseg._napari.widgets.objects_jobs import Found, PixelGrid, measure
-    from napari_medseg.objects.edit import object_boxes
     from napari_medseg.objects.slide_edit import open_window
     from napari_medseg.objects.stitch import measure_kwargs
     from napari_medseg.objects.tiled import PREDICTION_MANIFEST
@@ -203,7 +206,8 @@ def _open_job(path: Path, box: tuple[slice, ...], schema_names: list[str]) -> Ge
     grid = PixelGrid(pred=None, image=None, pixel_size=tuple(kw["pixel_size"]), unit=kw["unit"])
     names = list(win.class_names) or schema_names
     table = measure(win.objects, None, grid, names, offset=tuple(b.start for b in win.box))
-    yield win, Found(win.objects, table, object_boxes(win.objects.labels), np.zeros(0, np.uint8), None, grid, names)
+    # the boxes the window's editor found (a second pass over up to 2^26 pixels is not needed)
+    yield win, Found(win.objects, table, win.editor.boxes, np.zeros(0, np.uint8), None, grid, names)
 
 
 def _opened(widget: Any, st: SlideObjectsState, path: Path, win: Any, found: Any) -> None:
