@@ -180,7 +180,9 @@ class BlockEngine:
         w = acc[self.n_out]
         covered = w > 0
         if self.gaussian:
-            inv = torch.where(covered, w, torch.ones_like(w))
+            # where nothing was computed the sums are 0, so any positive divisor leaves 0 there: the summed
+            # weights, raised in place to the smallest normal float, divide (no other block-sized buffer)
+            inv = w.clamp_min_(torch.finfo(torch.float32).tiny)
             probs = acc[:n].div_(inv)
             extra = acc[n].div_(inv) if self.extra_fn is not None else None
         else:
@@ -247,11 +249,12 @@ class BlockEngine:
             x = slot["batch"] = self._empty(tuple(raw.shape), torch.float32)
         if raw.dtype.is_floating_point or self.norm.mode == "steps":  # steps: a bioimage.io model's chain
             x.copy_(self.norm.apply(raw))
-        else:  # integers hold no NaN/inf: NormConfig.apply's arithmetic, in place
-            x.copy_(raw)
+        else:  # integers hold no NaN/inf: NormConfig.apply's arithmetic, the first step converting into x
             if self._sub:
-                x.sub_(self._lo)
-            x.div_(self._span)
+                torch.sub(raw, self._lo, out=x)
+                x.div_(self._span)
+            else:
+                torch.div(raw, self._span, out=x)
             if self._clamp:
                 x.clamp_(0.0, 1.0)
         for j, w in enumerate(windows):
