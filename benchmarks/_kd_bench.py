@@ -8,6 +8,12 @@ one adds ``kd_weight x`` logit distillation on every pixel of its patches (``tra
 sees the student's view). Each is scored like the other paths (the held-out mosaic predicted end to end: Dice
 and HD95 of the membrane class), and timed on it against the teacher (torch fp32, the faster of two rounds).
 
+``--kd-mode channel`` distils channel-wise (Shu et al. 2021) instead of per pixel. ``--kd-unlabelled R`` gives
+the distilled student what a user has beside the labels, the images to be predicted, unlabelled: the held-out
+images join its training data without labels and ``unlabelled_ratio=R`` x its batch of windows is drawn from
+anywhere in the images, where only the teacher speaks (the plain student cannot use them: it has no teacher).
+Scoring stays on the held-out labels, which neither student sees.
+
 Keys: ``kd_param_ratio`` (student / teacher parameters), ``kd_dice_frac`` (distilled student Dice / teacher
 Dice, mean of seeds), ``kd_speedup`` (student MPix/s / teacher MPix/s on the mosaic, both with the predictor's
 default model streams, as ``napari-medseg predict`` runs them; ``kd_speedup_1stream`` with one), ``kd_gain_vs_plain``
@@ -32,23 +38,29 @@ def _params(ckpt: Path) -> int:
 
 
 def kd_rows(ref: Any, slide: Path, msk: Any, boxes: list, tmp: Path, scores: Any, run_path: Any, *,
-            steps: int, seeds: list[int], threads: int, kd_weight: float = 1.0) -> dict[str, Any]:
+            steps: int, seeds: list[int], threads: int, kd_weight: float = 1.0, kd_mode: str = "pixel",
+            unlabelled: float = 0.0) -> dict[str, Any]:
     from napari_medseg.models import preset
     from napari_medseg.training import TrainConfig, run_training
-    from napari_medseg.training.datasets import make_training_data
+    from napari_medseg.training.datasets import TrainingData, TrainingItem, make_training_data
 
     data = make_training_data(ref.train, sparse="dense")
+    kd_data = data
+    if unlabelled > 0:  # the images to predict, without their labels (nor their masks: nothing can leak)
+        kd_data = TrainingData(list(data.items) + [TrainingItem(p.image, None, None, name=p.name) for p in ref.test],
+                               data.classes)
     student = preset("light_unet", channels=STUDENT_CHANNELS, num_res_units=1)
     rows: list[dict[str, Any]] = []
     ckpts: dict[str, Path] = {}
     for seed in seeds:
         for kind in ("plain", "kd"):
-            extra = {"distill_from": str(ref.checkpoint), "kd_weight": kd_weight} if kind == "kd" else {}
+            extra = {"distill_from": str(ref.checkpoint), "kd_weight": kd_weight, "kd_mode": kd_mode,
+                     "unlabelled_ratio": unlabelled} if kind == "kd" else {}
             cfg = TrainConfig(model=student, patch_size=(256,), batch_size=8, steps=steps, seed=seed,
                               val_fraction=0.0, library=False, threads=threads,
                               checkpoint_dir=tempfile.mkdtemp(prefix=f"kd-{kind}-"), **extra)
             t = time.perf_counter()
-            res = run_training(cfg, data)
+            res = run_training(cfg, kd_data if kind == "kd" else data)
             train_s = time.perf_counter() - t
             ck = Path(res.last_checkpoint)
             lab, dt, _ = run_path(slide, str(ck), tmp / f"kd-{kind}-{seed}.zarr", "torch")
@@ -80,4 +92,5 @@ def kd_rows(ref: Any, slide: Path, msk: Any, boxes: list, tmp: Path, scores: Any
             "kd_teacher_dice": round(teacher_dice, 2), "kd_teacher_hd95": round(teacher_hd, 2),
             "kd_student_dice": round(kd_dice, 2),
             "kd_plain_dice": round(statistics.mean(by[(s, "plain")]["dice"] for s in seeds), 2),
-            "kd_rows": rows, "kd_steps": steps, "kd_student": list(STUDENT_CHANNELS)}
+            "kd_rows": rows, "kd_steps": steps, "kd_student": list(STUDENT_CHANNELS), "kd_mode": kd_mode,
+            "kd_unlabelled": unlabelled}

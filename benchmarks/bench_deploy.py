@@ -124,6 +124,10 @@ def main() -> int:
     ap.add_argument("--only-kd", action="store_true", help="only the distillation rows (_kd_bench.py)")
     ap.add_argument("--kd-steps", type=int, default=600, help="training steps of each student")
     ap.add_argument("--kd-seeds", default="0,1,2")
+    ap.add_argument("--kd-mode", choices=("pixel", "channel"), default="pixel", help="the distillation loss")
+    ap.add_argument("--kd-unlabelled", type=float, default=0.0, metavar="R",
+                    help="the distilled student also learns from the held-out images, unlabelled: R x its batch "
+                    "from anywhere in the images (see _kd_bench.py)")
     args = ap.parse_args()
     import tifffile
     import torch
@@ -162,7 +166,8 @@ def main() -> int:
         from _kd_bench import kd_rows
 
         kd = kd_rows(ref, slide, msk, boxes, tmp, scores, run_path, steps=20 if args.quick else args.kd_steps,
-                     seeds=[0] if args.quick else [int(x) for x in args.kd_seeds.split(",")], threads=args.threads)
+                     seeds=[0] if args.quick else [int(x) for x in args.kd_seeds.split(",")], threads=args.threads,
+                     kd_mode=args.kd_mode, unlabelled=args.kd_unlabelled)
         if args.only_kd:
             print("RESULT " + json.dumps(kd | {"total_s": round(time.perf_counter() - t0, 1)}))
             return 0
