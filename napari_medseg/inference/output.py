@@ -211,17 +211,14 @@ def _chunk_at(block: int, k: int) -> int:
     return min(chunk_for_block(block), block // 2 ** k)
 
 
-def _compressor(dtype: str = "uint8") -> Any:
-    """Blosc with bit shuffling: zstd for labels and uint8 probabilities (smooth maps of few values compress
-    20-40x), lz4 for float probabilities, whose noisy low bits compress about 1.6x with either codec while
-    zstd writes them at about a quarter of lz4's speed (411 against 1613 MB/s on the 2-core development
-    machine, one thread, 512 x 512 x 2 float32 chunks): on a 2-core machine that was 0.9 of the 7 s a
-    float32 run of an 8k slide took (docs/prediction.md, "Where the time goes")."""
+def _array_kw(dtype: str = "uint8") -> dict[str, Any]:
+    """Array options: Blosc, bit-shuffled: zstd for labels and uint8 probabilities (20-40x), lz4 for float
+    probabilities (1.6x with either codec, lz4 4x faster: benchmarks/RESULTS.md, "lz4 for float probabilities")."""
     import numcodecs
 
-    if str(dtype).startswith("float"):
-        return numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.BITSHUFFLE)
-    return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    cname, level = ("lz4", 5) if str(dtype).startswith("float") else ("zstd", 3)
+    return {"compressors": numcodecs.Blosc(cname=cname, clevel=level, shuffle=numcodecs.Blosc.BITSHUFFLE),
+            "chunk_key_encoding": {"name": "v2", "separator": "/"}, "fill_value": 0}
 
 
 class OutputStore:
@@ -256,10 +253,9 @@ class OutputStore:
             labels = root.require_group("labels")
             labels.attrs.update({"labels": ["prediction"]})
             lg = labels.require_group("prediction")
-            kw = {"compressors": _compressor(), "chunk_key_encoding": {"name": "v2", "separator": "/"},
-                  "fill_value": 0}
             for k in range(layout.n_levels()):
-                lg.create_array(str(k), shape=layout.level_shape(k), chunks=layout.level_chunks(k), dtype="uint8", **kw)
+                lg.create_array(str(k), shape=layout.level_shape(k), chunks=layout.level_chunks(k), dtype="uint8",
+                                **_array_kw())
             method = "argmax of blended softmax"
             if classes.boundary_value is not None:
                 method += f"; object classes only where they exceed the boundary by {OBJECT_MARGIN}, else boundary"
@@ -273,10 +269,9 @@ class OutputStore:
             if layout.write_probs:
                 dtype = layout.write_probs
                 pg = root.require_group("probs")
-                pkw = {**kw, "compressors": _compressor(dtype)}
                 for k in range(layout.n_levels()):
                     pg.create_array(str(k), shape=(layout.n_classes, *layout.level_shape(k)), dtype=dtype,
-                                    chunks=(layout.n_classes, *layout.level_chunks(k)), **pkw)
+                                    chunks=(layout.n_classes, *layout.level_chunks(k)), **_array_kw(dtype))
                 scales = [[1.0, *s] for s in layout.scales()]
                 trans = [[0.0, *t] for t in layout.translations()]
                 pattrs = multiscales_attrs("C" + layout.axes, scales, layout.unit, name=f"{name} probabilities",
@@ -308,10 +303,9 @@ class OutputStore:
     def write_tissue(self, mask: np.ndarray, scale: Sequence[float], translation: Sequence[float], unit: str) -> None:
         """Save the tissue mask (YX, 1 = tissue) as ``labels/tissue``."""
         labels = self.root["labels"]
-        kw = {"compressors": _compressor(), "chunk_key_encoding": {"name": "v2", "separator": "/"}, "fill_value": 0}
         tg = labels.require_group("tissue")
         arr = tg.create_array("0", shape=mask.shape, chunks=tuple(min(1024, s) for s in mask.shape), dtype="uint8",
-                              overwrite=True, **kw)
+                              overwrite=True, **_array_kw())
         arr[...] = mask.astype(np.uint8)
         tg.attrs.update({**multiscales_attrs("YX", [list(scale)], unit, name="tissue mask",
                                              level_translations=[list(translation)]),
