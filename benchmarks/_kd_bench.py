@@ -8,8 +8,9 @@ one adds ``kd_weight x`` logit distillation on every pixel of its patches (``tra
 sees the student's view). Each is scored like the other paths (the held-out mosaic predicted end to end: Dice
 and HD95 of the membrane class), and timed on it against the teacher (torch fp32, the faster of two rounds).
 
-``--kd-mode channel`` distils channel-wise (Shu et al. 2021) instead of per pixel. ``--kd-unlabelled R`` gives
-the distilled student what a user has beside the labels, the images to be predicted, unlabelled: the held-out
+``--kd-mode channel`` distils channel-wise (Shu et al. 2021) instead of per pixel. ``--kd-unlabelled R`` (default
+1, as ``napari-medseg distil``; 0 before 2026-12-05) gives the distilled student what a user has beside the
+labels, the images to be predicted, unlabelled: the held-out
 images join its training data without labels and ``unlabelled_ratio=R`` x its batch of windows is drawn from
 anywhere in the images, where only the teacher speaks (the plain student cannot use them: it has no teacher).
 Scoring stays on the held-out labels, which neither student sees.
@@ -93,4 +94,4 @@ def kd_rows(ref: Any, slide: Path, msk: Any, boxes: list, tmp: Path, scores: Any
             "kd_student_dice": round(kd_dice, 2),
             "kd_plain_dice": round(statistics.mean(by[(s, "plain")]["dice"] for s in seeds), 2),
             "kd_rows": rows, "kd_steps": steps, "kd_student": list(STUDENT_CHANNELS), "kd_mode": kd_mode,
-            "kd_unlabelled": unlabelled}
+            "kd_unlabelled": unlabelled, "kd_weight": kd_weight}

@@ -125,9 +125,11 @@ def main() -> int:
     ap.add_argument("--kd-steps", type=int, default=600, help="training steps of each student")
     ap.add_argument("--kd-seeds", default="0,1,2")
     ap.add_argument("--kd-mode", choices=("pixel", "channel"), default="pixel", help="the distillation loss")
-    ap.add_argument("--kd-unlabelled", type=float, default=0.0, metavar="R",
+    ap.add_argument("--kd-weight", type=float, default=3.0,
+                    help="weight of the distillation loss (3, TrainConfig's default since 2026-12-05; 1 before)")
+    ap.add_argument("--kd-unlabelled", type=float, default=1.0, metavar="R",
                     help="the distilled student also learns from the held-out images, unlabelled: R x its batch "
-                    "from anywhere in the images (see _kd_bench.py)")
+                    "from anywhere in the images (see _kd_bench.py); 1, as napari-medseg distil; 0: labelled only")
     args = ap.parse_args()
     import tifffile
     import torch
@@ -167,7 +169,7 @@ def main() -> int:
 
         kd = kd_rows(ref, slide, msk, boxes, tmp, scores, run_path, steps=20 if args.quick else args.kd_steps,
                      seeds=[0] if args.quick else [int(x) for x in args.kd_seeds.split(",")], threads=args.threads,
-                     kd_mode=args.kd_mode, unlabelled=args.kd_unlabelled)
+                     kd_mode=args.kd_mode, unlabelled=args.kd_unlabelled, kd_weight=args.kd_weight)
         if args.only_kd:
             print("RESULT " + json.dumps(kd | {"total_s": round(time.perf_counter() - t0, 1)}))
             return 0

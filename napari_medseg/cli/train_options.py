@@ -53,7 +53,7 @@ def _memory(c: argparse._ArgumentGroup) -> None:
 def _distillation(k: argparse._ArgumentGroup) -> None:
     k.add_argument("--distill-from", metavar="TEACHER", help="a trained checkpoint or package of ours that teaches "
                    "this model on every pixel, beside the labels")
-    k.add_argument("--kd-weight", type=float, help="weight of the distillation term (default 1)")
+    k.add_argument("--kd-weight", type=float, help="weight of the distillation term (default 3)")
     k.add_argument("--kd-temperature", type=float, help="softmax temperature (default 2)")
     k.add_argument("--kd-mode", choices=("pixel", "channel"), help="pixel (logit KD, default) or channel-wise")
     k.add_argument("--unlabelled-ratio", type=float, help="windows from anywhere per labelled patch (semi-supervised "
