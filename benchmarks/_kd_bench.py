@@ -39,8 +39,8 @@ def _params(ckpt: Path) -> int:
 
 
 def kd_rows(ref: Any, slide: Path, msk: Any, boxes: list, tmp: Path, scores: Any, run_path: Any, *,
-            steps: int, seeds: list[int], threads: int, kd_weight: float = 1.0, kd_mode: str = "pixel",
-            unlabelled: float = 0.0) -> dict[str, Any]:
+            steps: int, seeds: list[int], threads: int, kd_weight: float | None = None, kd_mode: str = "pixel",
+            unlabelled: float = 1.0) -> dict[str, Any]:
     from napari_medseg.models import preset
     from napari_medseg.training import TrainConfig, run_training
     from napari_medseg.training.datasets import TrainingData, TrainingItem, make_training_data
@@ -55,8 +55,8 @@ def kd_rows(ref: Any, slide: Path, msk: Any, boxes: list, tmp: Path, scores: Any
     ckpts: dict[str, Path] = {}
     for seed in seeds:
         for kind in ("plain", "kd"):
-            extra = {"distill_from": str(ref.checkpoint), "kd_weight": kd_weight, "kd_mode": kd_mode,
-                     "unlabelled_ratio": unlabelled} if kind == "kd" else {}
+            extra = {"distill_from": str(ref.checkpoint), "kd_mode": kd_mode, "unlabelled_ratio": unlabelled,
+                     **({} if kd_weight is None else {"kd_weight": kd_weight})} if kind == "kd" else {}
             cfg = TrainConfig(model=student, patch_size=(256,), batch_size=8, steps=steps, seed=seed,
                               val_fraction=0.0, library=False, threads=threads,
                               checkpoint_dir=tempfile.mkdtemp(prefix=f"kd-{kind}-"), **extra)
@@ -94,4 +94,4 @@ def kd_rows(ref: Any, slide: Path, msk: Any, boxes: list, tmp: Path, scores: Any
             "kd_student_dice": round(kd_dice, 2),
             "kd_plain_dice": round(statistics.mean(by[(s, "plain")]["dice"] for s in seeds), 2),
             "kd_rows": rows, "kd_steps": steps, "kd_student": list(STUDENT_CHANNELS), "kd_mode": kd_mode,
-            "kd_unlabelled": unlabelled, "kd_weight": kd_weight}
+            "kd_unlabelled": unlabelled, "kd_weight": TrainConfig().kd_weight if kd_weight is None else kd_weight}

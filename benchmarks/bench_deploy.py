@@ -125,8 +125,8 @@ def main() -> int:
     ap.add_argument("--kd-steps", type=int, default=600, help="training steps of each student")
     ap.add_argument("--kd-seeds", default="0,1,2")
     ap.add_argument("--kd-mode", choices=("pixel", "channel"), default="pixel", help="the distillation loss")
-    ap.add_argument("--kd-weight", type=float, default=3.0,
-                    help="weight of the distillation loss (3, TrainConfig's default since 2026-12-05; 1 before)")
+    ap.add_argument("--kd-weight", type=float, default=None,
+                    help="weight of the distillation loss (default: TrainConfig's, 3 since 2026-12-05; 1 before)")
     ap.add_argument("--kd-unlabelled", type=float, default=1.0, metavar="R",
                     help="the distilled student also learns from the held-out images, unlabelled: R x its batch "
                     "from anywhere in the images (see _kd_bench.py); 1, as napari-medseg distil; 0: labelled only")

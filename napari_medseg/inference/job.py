@@ -217,7 +217,7 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
         raise MedsegError(f"level {level} does not exist; the image has levels 0..{len(src.levels) - 1}")
     level = int(level)
     if write_probs not in PROBS:
-        raise MedsegError(f"write_probs must be one of None, 'uint8', 'float16'; got {write_probs!r}")
+        raise MedsegError(f"write_probs must be one of {', '.join(map(repr, PROBS))}; got {write_probs!r}")
     if on_corrupt not in ("stop", "skip"):
         raise MedsegError(f"on_corrupt must be 'stop' or 'skip', got {on_corrupt!r}")
     batch_size = check_batch_size(batch_size)

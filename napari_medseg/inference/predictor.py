@@ -56,7 +56,7 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     says which). ``blend``: ``"gaussian"`` (MONAI's importance map; equal to ``sliding_window_inference``) or
     ``"crop"``. ``tta``: test-time augmentation, ``False``, ``True``/``"flips"``, ``"dihedral"`` (2D square
     windows: 4 rotations x mirror) or ``"multiscale"`` (the window at 0.75 / 1 / 1.25 of its size). ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
-    a ``TissueMask``. ``write_probs``: None, ``"uint8"`` or ``"float16"``. ``resume``: continue an
+    a ``TissueMask``. ``write_probs``: None, ``"uint8"``, ``"float16"`` or ``"float32"``. ``resume``: continue an
     interrupted run of the same job; ``overwrite``: replace another run's output. ``on_corrupt``:
     ``"stop"`` or ``"skip"`` (predict around unreadable source tiles, with a warning). ``backend``:
     ``"torch"``, ``"onnxruntime"`` or ``"onnxruntime-int8"`` (``inference.backends``: a checkpoint converted

@@ -47,7 +47,7 @@ def test_image_smaller_than_window_is_padded_like_monai(tmp_path, unet2d):
     assert np.abs(read_probs(out) - ref).max() < 1e-5
 
 
-@pytest.mark.parametrize("dtype,codec", [("float32", "lz4"), ("uint8", "zstd")])
+@pytest.mark.parametrize("dtype,codec", [("float32", "lz4"), ("float16", "lz4"), ("uint8", "zstd")])
 def test_probability_codec_follows_dtype(tmp_path, unet2d, dtype, codec):
     """float probabilities compress ~1.6x with either codec: lz4 writes them 4x faster than zstd; uint8
     probabilities and labels keep zstd (20-40x). Both read back as written."""
