@@ -182,7 +182,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
                            val_fraction=cfg.val_fraction, max_val_patches=cfg.max_val_patches, seed=cfg.seed,
                            val_seed=meta.get("val_seed"), val_block=meta.get("val_block"))
     warnings += sampler.warnings
-    cfg, semi_reason = cfg.resolve_semi(sampler.paint_extent, sampler.paint_share)
+    cfg, semi_reason = cfg.resolve_semi(sampler.paint_extent, sampler.paint_share, model_cfg.spatial_dims)
     kd = None
     if cfg.distill_from is not None:  # the teacher first: a teacher that cannot teach this data fails early
         kd = load_teacher(cfg.distill_from, n_channels=data.n_channels, n_classes=data.classes.n_classes,

@@ -121,16 +121,20 @@ def test_crf_settings_from_the_command_line_and_bad_values():
 def test_auto_semi_resolves_by_the_extent_of_the_paint():
     """Pseudo-labels while the paint spans few patches (where bench_semisup measured a gain), labels only beyond;
     never with distillation or domain adaptation; other settings untouched."""
-    from napari_medseg.training.config import AUTO_SEMI_MAX_PATCHES
+    from napari_medseg.training.config import AUTO_CRF_WEIGHT, AUTO_SEMI_MAX_PATCHES
 
     auto = TrainConfig(semi="auto")
     cfg, why = auto.resolve_semi(18.0)
     assert cfg.semi == "pseudo_label" and "pseudo-labels" in why and "18" in why
-    cfg, why = auto.resolve_semi(AUTO_SEMI_MAX_PATCHES + 1)
-    assert cfg.semi == "none" and "labels only" in why
+    cfg, why = auto.resolve_semi(AUTO_SEMI_MAX_PATCHES + 1)  # strokes spread wide (2D): labels + the gated CRF
+    assert cfg.semi == "none" and cfg.crf_weight == AUTO_CRF_WEIGHT and "gated CRF" in why
+    assert auto.replace(crf_weight=0.5).resolve_semi(AUTO_SEMI_MAX_PATCHES + 1)[0].crf_weight == 0.5  # the user's
+    cfg, why = auto.resolve_semi(AUTO_SEMI_MAX_PATCHES + 1, 0.05, spatial_dims=3)  # 3D: not measured, labels only
+    assert cfg.semi == "none" and cfg.crf_weight == 0 and "labels only" in why
+    assert auto.resolve_semi(AUTO_SEMI_MAX_PATCHES)[0].crf_weight == 0  # pseudo-labels alone
     assert auto.resolve_semi(AUTO_SEMI_MAX_PATCHES)[0].semi == "pseudo_label"  # the bound is inclusive
-    cfg, why = auto.resolve_semi(18.0, 0.9)  # a fully labelled region: nothing unpainted around it
-    assert cfg.semi == "none" and "too little is unpainted" in why
+    cfg, why = auto.resolve_semi(300.0, 0.9)  # fully labelled regions: nothing unpainted around them
+    assert cfg.semi == "none" and cfg.crf_weight == 0 and "too little is unpainted" in why
     assert auto.replace(domain_adapt="dann").resolve_semi(1.0)[0].semi == "none"
     assert TrainConfig(semi="auto", distill_from="t.pt").resolve_semi(1.0)[0].semi == "none"
     same = TrainConfig(semi="mean_teacher")

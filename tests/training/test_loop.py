@@ -308,3 +308,19 @@ def test_auto_semi_takes_pseudo_labels_for_localised_paint_and_says_so(tmp_path)
     assert load_checkpoint(result.last_checkpoint).meta["train_config"]["semi"] == "pseudo_label"
     events, _ = drain(train(tiny_cfg(tmp_path, steps=2, semi="none", library=False), data))
     assert events[0].semi == "none" and events[0].semi_reason == ""
+
+
+def test_auto_semi_adds_the_gated_crf_for_strokes_spread_over_the_images(tmp_path):
+    """Paint spread over more than AUTO_SEMI_MAX_PATCHES patches of 2D images: labels with the gated CRF loss at
+    AUTO_CRF_WEIGHT, said in the StartEvent and recorded in the checkpoint's config (which a resumed or next
+    round reads); the same paint with semi="none" trains without it."""
+    from napari_medseg.training.config import AUTO_CRF_WEIGHT
+
+    data = blob_data((192, 192), n_items=2, fraction=0.05)  # 36 patches of 32^2 per image, 5 % painted
+    events, result = drain(train(tiny_cfg(tmp_path, steps=3, semi="auto", library=False), data))
+    start = events[0]
+    assert start.semi == "none" and start.semi_reason.startswith("auto: labels + boundary regulariser")
+    saved = load_checkpoint(result.last_checkpoint).meta["train_config"]
+    assert saved["semi"] == "none" and saved["crf_weight"] == AUTO_CRF_WEIGHT
+    events, result = drain(train(tiny_cfg(tmp_path, steps=2, semi="none", library=False), data))
+    assert load_checkpoint(result.last_checkpoint).meta["train_config"]["crf_weight"] == 0

@@ -394,8 +394,9 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                         self.messages.warning(ev.message)
                 case StartEvent():
                     self.status.setText(f"training on {getattr(ev, 'device', '?')}")
-                    if ev.semi_reason and ev.semi != self._semi_said:  # "auto"'s choice: when it changes
-                        self._semi_said = ev.semi
+                    choice = ev.semi_reason.split(" (")[0]  # "auto: pseudo-labels", "auto: labels only", ...
+                    if choice and choice != self._semi_said:  # "auto"'s choice: when it changes
+                        self._semi_said = choice
                         self.messages.say("info", f"unpainted pixels: {ev.semi_reason}", toast=False)
                 case DoneEvent() if self._distilling:
                     ck = ev.best_checkpoint or ev.last_checkpoint

@@ -11,7 +11,9 @@ SEMI_TOOLTIP = ("Learn also from the unpainted pixels. Costs one extra forward p
                 "(benchmarks/RESULTS.md, 3 seeds): pseudo-labels gave +4.3 Dice when the paint sits in a few "
                 "windows of a few images, the rest unpainted, and -0.3 to -0.65 (no gain) with scribbles spread "
                 "over every image. 'auto' (the default) uses pseudo-labels while the paint spans at most 40 "
-                "training patches and labels only beyond; the message log says which it chose, and when that changes.")
+                "training patches; beyond, labels with the boundary regulariser (gated CRF; 2D strokes spread over the "
+                "images: +0.7 Dice on 1 % MoNuSeg scribbles, +2.0 on 5 % ISBI ones at 300 s) or labels only; the "
+                "message log says which it chose, and when that changes.")
 DEFAULTS = {"2D": {"patch": 256, "batch": 4}, "3D": {"patch": 64, "batch": 2}}
 ADVANCED_TIPS = {
     "grad_checkpoint": "Gradient checkpointing: keep only each block's input for the backward pass and compute the "
@@ -29,9 +31,9 @@ ADVANCED_TIPS = {
                     "0.05 is light, 0.2 strong; off by default (docs/training.md says what it gave).",
     "crf_weight": "Boundary regulariser for scribbles (gated CRF loss): neighbouring pixels that look alike take the "
                   "same class, so an object's edge follows the image, not the stroke 3 px inside it. Costs about 3 % "
-                  "of a step; uses every pixel, painted or not. On 1 % scribbles 0.5-2 gave the last weights +0.7-0.9 "
-                  "Dice, about what the weight average (the EMA box) gives without it, and the weight average "
-                  "nothing more, so it is off by default (docs/training.md).",
+                  "of a step; uses every pixel, painted or not. 'off' here still lets 'auto' add it at 1 for 2D "
+                  "strokes spread over the images (300 s runs, 3 seeds: +0.7 Dice on 1 % MoNuSeg scribbles, +2.0 "
+                  "on 5 % ISBI ones); a weight set here is used with any method (docs/training.md).",
     "freeze_bn": "Fine-tuning: batch-norm layers keep their running statistics (eval mode) and their weights; "
                  "useful with small batches. The U-Net's instance norm has neither (the Attention U-Net uses "
                  "batch norm).",
