@@ -41,7 +41,9 @@ def test_freeze_keeps_live_objects_out_of_collections_and_collects_garbage_first
     assert id(kept) not in ids
     later = _Node()
     assert id(later) in {id(o) for o in gc.get_objects()}
-    assert gc.get_freeze_count() == frozen
+    # a new object does not join the frozen generation (frozen ones may still die by refcount meanwhile, e.g.
+    # a frame of another test's thread: the count can fall, not rise)
+    assert gc.get_freeze_count() <= frozen
 
 
 def test_switched_off(monkeypatch):
