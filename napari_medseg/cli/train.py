@@ -119,8 +119,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--crf-weight", type=float,
                    help="gated CRF loss: like-looking neighbours take the same class (default: 1 when --semi "
                         "auto finds 2D strokes spread over the images, where at 300 s it gained +0.7 Dice on 1 %% "
-                        "MoNuSeg scribbles and +2.0 on 5 %% ISBI ones; 0 otherwise, and 0 counts as unset under auto: --semi "
-                        "none trains on the labels alone; docs/training.md)")
+                        "MoNuSeg scribbles and +2.0 on 5 %% ISBI ones; off otherwise; 0 keeps it off under auto too; "
+                        "docs/training.md)")
     m.add_argument("--loss", choices=("ce_dice", "focal_dice", "ce"))
     m.add_argument("--level", type=int, help="pyramid level to train at")
     m.add_argument("--pixel-size", type=float, help="train at the level with this pixel size (overrides --level)")

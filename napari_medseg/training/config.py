@@ -46,7 +46,8 @@ AUTO_SEMI_MAX_PATCHES = 40.0
 AUTO_SEMI_MAX_SHARE = 0.5
 # ... and beyond that bound, for 2D strokes (share at most AUTO_SEMI_MAX_SHARE), the gated CRF loss at this weight:
 # on 1 % scribbles over every MoNuSeg image it gained +0.88 Dice (last weights) / +0.70 (weight average) at 300 s,
-# 3 of 3 seeds, for 3 % of a step (weight 3: +0.52); at 100 s +0.68 / 0.00. Not in 3D, where it was not measured.
+# 3 of 3 seeds, for 3 % of a step (weight 3: +0.52); at 600 s +1.28 / +1.30; at 100 s +0.68 / 0.00. Not in 3D,
+# where it was not measured.
 AUTO_CRF_WEIGHT = 1.0
 # keys of older configs (checkpoints' ``train_config``) -> what they became; see ``TrainConfig.from_dict``
 LEGACY_KEYS = ("mean_teacher", "rampup_steps")
@@ -85,8 +86,9 @@ class TrainConfig:
     pl_cutmix: float = 0.5  # probability per patch of a CutMix box from another patch of the batch
     pl_class_balance: bool = True  # average the pseudo-label loss per pseudo-class
     # gated CRF loss (training/gated_crf.py): neighbouring pixels that look alike get the same class, over every
-    # pixel of the patch; 0 = off. Scribbles lie inside objects: this says where the objects end.
-    crf_weight: float = 0.0
+    # pixel of the patch; 0 = off, None = not set (off, unless semi="auto" adds it: resolve_semi). Scribbles lie
+    # inside objects: this says where the objects end.
+    crf_weight: float | None = None
     crf_radius: int = 5  # pixels (at the training level) within which pairs count
     crf_sigma_xy: float = 6.0  # pixels
     crf_sigma_rgb: float = 0.4  # standard deviations of the image's intensities
@@ -191,7 +193,7 @@ class TrainConfig:
         for name in ("lr", "ema_decay", "val_fraction", "consistency_weight", "unlabelled_ratio", "weight_decay",
                      "warmup_steps", "rampup", "level", "num_workers", "pl_weight", "teacher_noise", "val_first",
                      "crf_weight", "clip_grad", "bn_reestimate"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise MedsegError(f"{name} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.ema_decay < 1:
             raise MedsegError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
@@ -298,9 +300,9 @@ class TrainConfig:
         """``semi="auto"`` made concrete for paint that spans ``paint_extent`` training patches and covers
         ``paint_share`` of their pixels (``sampler.paint_extent``): pseudo-labels for few patches with most pixels
         unpainted (``AUTO_SEMI_MAX_PATCHES``, ``AUTO_SEMI_MAX_SHARE``); strokes spread wider train on labels with
-        the gated CRF loss (``AUTO_CRF_WEIGHT``, 2D models only, unless ``crf_weight`` is set already); labels only
-        otherwise (and with distillation or domain adaptation, which bring their own use of the unpainted
-        pixels). Returns the config and a sentence saying why; other settings come back unchanged, with an empty
+        the gated CRF loss (``AUTO_CRF_WEIGHT``, 2D models only; a ``crf_weight`` that is set is kept, and
+        0 keeps it off); labels only otherwise (and with distillation or domain adaptation, which bring their own
+        use of the unpainted pixels). Returns the config and a sentence saying why; other settings come back unchanged, with an empty
         sentence."""
         if self.semi != "auto":
             return self, ""
@@ -315,12 +317,13 @@ class TrainConfig:
                 f"auto: pseudo-labels ({where}, at most {AUTO_SEMI_MAX_PATCHES:.0f}: the unpainted pixels around "
                 "the strokes add what the paint does not show)")
         wide = f"{where}, more than {AUTO_SEMI_MAX_PATCHES:.0f}: pseudo-labels did not pay on paint this widespread"
-        if spatial_dims == 2:
-            weight = self.crf_weight or AUTO_CRF_WEIGHT
+        if spatial_dims == 2 and self.crf_weight != 0:
+            weight = AUTO_CRF_WEIGHT if self.crf_weight is None else self.crf_weight
             return self.replace(semi="none", crf_weight=weight), (
                 f"auto: labels + boundary regulariser (gated CRF, weight {weight:g}: {wide}; the unpainted pixels "
                 "place the edges the strokes stop short of)")
-        return self.replace(semi="none"), f"auto: labels only ({wide})"
+        off = "; the gated CRF set to 0" if spatial_dims == 2 else ""
+        return self.replace(semi="none"), f"auto: labels only ({wide}{off})"
 
     def split_batch(self) -> tuple[int, int]:
         """(labelled, unlabelled) patches per step: ``batch_size`` labelled ones, plus, with a semi-supervised
@@ -410,7 +413,7 @@ _KINDS.update({
     "patch_size": ("int_or_ints", True), "time_budget_s": ("float", True), "pixel_size": ("float", True),
     "threads": ("int", True), "checkpoint_dir": ("str", True), "ct_window": ("floats2", False),
     "class_weights": ("floats", True),  # checked by _weights
-    "distill_from": ("str", True),
+    "distill_from": ("str", True), "crf_weight": ("float", True),  # null: unset ("auto" may add it)
 })
 for _f in dataclasses.fields(TrainConfig):
     if _f.name in _KINDS or _f.name == "model":

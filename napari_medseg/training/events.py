@@ -27,6 +27,7 @@ class StartEvent(TrainEvent):
     norm: Any = None  # the NormConfig every input goes through (for live previews of the same pipeline)
     semi: str = "none"  # the semi-supervised method this run uses ("auto" resolved)
     semi_reason: str = ""  # why, when it was chosen by semi="auto"
+    crf_weight: float = 0.0  # the gated CRF loss's weight this run uses (0: off; "auto" may have set it)
 
 
 @dataclass

@@ -238,7 +238,7 @@ class Run:
                 logits[:n_l], yg[:n_l])
         if self.da is not None and n_t:
             total = total + self.cfg.da_weight * self.da.loss(logits, n_l, n_t, progress)
-        if self.cfg.crf_weight > 0:  # on the view the student saw (strong view, CutMix boxes included)
+        if self.cfg.crf_weight:  # on the view the student saw (strong view, CutMix boxes included)
             crf = gated_crf_loss(torch.softmax(logits.float(), 1), xs, radius=self.cfg.crf_radius,
                                  sigma_xy=self.cfg.crf_sigma_xy, sigma_rgb=self.cfg.crf_sigma_rgb)
             total = total + self.cfg.crf_weight * crf

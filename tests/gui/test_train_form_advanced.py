@@ -80,7 +80,7 @@ def test_the_boundary_regulariser_reaches_the_config_and_is_remembered(make_napa
     monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)
-    assert _cfg(w).crf_weight == 0.0 and w.crf_spin.text() == "off"  # off by default
+    assert _cfg(w).crf_weight is None and w.crf_spin.text() == "auto"  # unset: "auto" decides (off otherwise)
     w.crf_spin.setValue(0.5)
     assert _cfg(w).crf_weight == 0.5
     save_settings(w.SETTINGS, w._settings_values())

@@ -109,7 +109,9 @@ def test_crf_settings_from_the_command_line_and_bad_values():
     p = argparse.ArgumentParser()
     add_arguments(p)
     args = p.parse_args(["--images", "i", "--masks", "m", "--out", "o"])
-    assert _config(args, 2).crf_weight == 0.0
+    assert _config(args, 2).crf_weight is None  # not set: off, unless semi="auto" adds it
+    args = p.parse_args(["--images", "i", "--masks", "m", "--out", "o", "--crf-weight", "0"])
+    assert _config(args, 2).crf_weight == 0.0  # set to off, which "auto" keeps
     args = p.parse_args(["--images", "i", "--masks", "m", "--out", "o", "--crf-weight", "0.1"])
     assert _config(args, 2).crf_weight == pytest.approx(0.1)
     with pytest.raises(MedsegError, match="crf_weight"):
@@ -129,12 +131,14 @@ def test_auto_semi_resolves_by_the_extent_of_the_paint():
     cfg, why = auto.resolve_semi(AUTO_SEMI_MAX_PATCHES + 1)  # strokes spread wide (2D): labels + the gated CRF
     assert cfg.semi == "none" and cfg.crf_weight == AUTO_CRF_WEIGHT and "gated CRF" in why
     assert auto.replace(crf_weight=0.5).resolve_semi(AUTO_SEMI_MAX_PATCHES + 1)[0].crf_weight == 0.5  # the user's
+    cfg, why = auto.replace(crf_weight=0.0).resolve_semi(AUTO_SEMI_MAX_PATCHES + 1)  # the user's 0: it stays off
+    assert cfg.semi == "none" and cfg.crf_weight == 0 and "labels only" in why and "set to 0" in why
     cfg, why = auto.resolve_semi(AUTO_SEMI_MAX_PATCHES + 1, 0.05, spatial_dims=3)  # 3D: not measured, labels only
-    assert cfg.semi == "none" and cfg.crf_weight == 0 and "labels only" in why
-    assert auto.resolve_semi(AUTO_SEMI_MAX_PATCHES)[0].crf_weight == 0  # pseudo-labels alone
+    assert cfg.semi == "none" and not cfg.crf_weight and "labels only" in why and "set to 0" not in why
+    assert not auto.resolve_semi(AUTO_SEMI_MAX_PATCHES)[0].crf_weight  # pseudo-labels alone
     assert auto.resolve_semi(AUTO_SEMI_MAX_PATCHES)[0].semi == "pseudo_label"  # the bound is inclusive
     cfg, why = auto.resolve_semi(300.0, 0.9)  # fully labelled regions: nothing unpainted around them
-    assert cfg.semi == "none" and cfg.crf_weight == 0 and "too little is unpainted" in why
+    assert cfg.semi == "none" and not cfg.crf_weight and "too little is unpainted" in why
     assert auto.replace(domain_adapt="dann").resolve_semi(1.0)[0].semi == "none"
     assert TrainConfig(semi="auto", distill_from="t.pt").resolve_semi(1.0)[0].semi == "none"
     same = TrainConfig(semi="mean_teacher")

@@ -320,7 +320,8 @@ def test_auto_semi_adds_the_gated_crf_for_strokes_spread_over_the_images(tmp_pat
     events, result = drain(train(tiny_cfg(tmp_path, steps=3, semi="auto", library=False), data))
     start = events[0]
     assert start.semi == "none" and start.semi_reason.startswith("auto: labels + boundary regulariser")
+    assert start.crf_weight == AUTO_CRF_WEIGHT  # the choice as data, for the widget to compare
     saved = load_checkpoint(result.last_checkpoint).meta["train_config"]
     assert saved["semi"] == "none" and saved["crf_weight"] == AUTO_CRF_WEIGHT
     events, result = drain(train(tiny_cfg(tmp_path, steps=2, semi="none", library=False), data))
-    assert load_checkpoint(result.last_checkpoint).meta["train_config"]["crf_weight"] == 0
+    assert events[0].crf_weight == 0 and not load_checkpoint(result.last_checkpoint).meta["train_config"]["crf_weight"]

@@ -147,7 +147,7 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         unfreeze_at=float(settings.get("unfreeze_at") or 0.0) if settings.get("freeze_encoder") and not distil else 0.0,
         freeze_bn=bool(settings.get("freeze_bn", False)) and not distil,
         deep_supervision=bool(settings.get("deep_supervision", False)), stain_jitter=stain,
-        crf_weight=float(settings.get("crf_weight") or 0.0),
+        crf_weight=float(settings["crf_weight"]) if settings.get("crf_weight") else None,  # the field's "auto": unset
         bn_reestimate=int(settings.get("bn_reestimate") or 0) if settings.get("freeze_bn") and not distil else 0,
         encoder_lr_scale=float(settings.get("encoder_lr_scale") or 1.0), clip_grad=float(settings.get("clip_grad") or 0.0),
         label_smoothing=float(settings.get("label_smoothing") or 0.0),

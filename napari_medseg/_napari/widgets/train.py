@@ -279,7 +279,7 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
             self.messages.info("Training is already running; press Stop first.")
             return
         self._distilling = distil is not None
-        self._semi_said: str | None = None  # each Start says again what "auto" chose
+        self._semi_said: tuple[str, float] | None = None  # each Start says again what "auto" chose
         try:
             job = self._gather(resume, distil)
         except MedsegError as e:
@@ -394,8 +394,8 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                         self.messages.warning(ev.message)
                 case StartEvent():
                     self.status.setText(f"training on {getattr(ev, 'device', '?')}")
-                    choice = ev.semi_reason.split(" (")[0]  # "auto: pseudo-labels", "auto: labels only", ...
-                    if choice and choice != self._semi_said:  # "auto"'s choice: when it changes
+                    choice = (ev.semi, ev.crf_weight) if ev.semi_reason else None  # what "auto" chose
+                    if choice and choice != self._semi_said:  # said when it changes
                         self._semi_said = choice
                         self.messages.say("info", f"unpainted pixels: {ev.semi_reason}", toast=False)
                 case DoneEvent() if self._distilling:

@@ -232,7 +232,7 @@ class TrainForm:
         self.weights_edit.setToolTip(ADVANCED_TIPS["class_weights"])
         self.deep_check = QCheckBox("deep supervision")
         self.deep_check.setToolTip(ADVANCED_TIPS["deep_supervision"])
-        self.crf_spin = _adv_spin(0.0, 5.0, 0.0, "crf_weight", step=0.1, decimals=2, off="off")
+        self.crf_spin = _adv_spin(0.0, 5.0, 0.0, "crf_weight", step=0.1, decimals=2, off="auto")
         self.stain_spin = _adv_spin(0.0, 0.5, 0.0, "stain_jitter", step=0.05, decimals=2, off="off")
         af.addRow("memory", self.ckpt_check)
         af.addRow("accumulate", self.accum_spin)

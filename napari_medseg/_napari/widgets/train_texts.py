@@ -31,9 +31,10 @@ ADVANCED_TIPS = {
                     "0.05 is light, 0.2 strong; off by default (docs/training.md says what it gave).",
     "crf_weight": "Boundary regulariser for scribbles (gated CRF loss): neighbouring pixels that look alike take the "
                   "same class, so an object's edge follows the image, not the stroke 3 px inside it. Costs about 3 % "
-                  "of a step; uses every pixel, painted or not. 'off' here still lets 'auto' add it at 1 for 2D "
-                  "strokes spread over the images (300 s runs, 3 seeds: +0.7 Dice on 1 % MoNuSeg scribbles, +2.0 "
-                  "on 5 % ISBI ones); a weight set here is used with any method (docs/training.md).",
+                  "of a step; uses every pixel, painted or not. 'auto' here: off, unless the unpainted-pixels "
+                  "choice 'auto' adds it at 1, which it does for 2D strokes spread over the images (300 s runs, "
+                  "3 seeds: +0.7 Dice on 1 % MoNuSeg scribbles, +2.0 on 5 % ISBI ones); a weight set here is used "
+                  "with any method (docs/training.md).",
     "freeze_bn": "Fine-tuning: batch-norm layers keep their running statistics (eval mode) and their weights; "
                  "useful with small batches. The U-Net's instance norm has neither (the Attention U-Net uses "
                  "batch norm).",
