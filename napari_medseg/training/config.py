@@ -302,8 +302,8 @@ class TrainConfig:
         unpainted (``AUTO_SEMI_MAX_PATCHES``, ``AUTO_SEMI_MAX_SHARE``); strokes spread wider train on labels with
         the gated CRF loss (``AUTO_CRF_WEIGHT``, 2D models only; a ``crf_weight`` that is set is kept, and
         0 keeps it off); labels only otherwise (and with distillation or domain adaptation, which bring their own
-        use of the unpainted pixels). Returns the config and a sentence saying why; other settings come back unchanged, with an empty
-        sentence."""
+        use of the unpainted pixels). Returns the config and a sentence saying why; other settings come back
+        unchanged, with an empty sentence."""
         if self.semi != "auto":
             return self, ""
         if self.distill_from is not None or self.domain_adapt != "none":
