@@ -20,9 +20,10 @@ Settings (``../shared/data``):
 
 Methods (``--methods``): ``sup`` (painted pixels only), ``auto`` (``semi="auto"``, the CLI's and the Train
 widget's default: ``pl`` while the paint spans few patches with most of their pixels unpainted, ``crf:1`` for
-2D strokes spread wider, else ``sup``; each row says what it chose), ``pl`` (``semi="pseudo_label"``: the unlabelled data are the unpainted pixels of
-the painted patches), ``pl_u25`` (the same plus a
-quarter batch of windows from anywhere, ``unlabelled_ratio=0.25``), ``mt`` (``semi="mean_teacher"`` with the reference recipe), ``full`` (dense labels, upper bound),
+2D strokes spread wider, else ``sup``; each row says what it chose), ``pl`` (``semi="pseudo_label"``: the
+unlabelled data are the unpainted pixels of the painted patches), ``pl_u25`` (the same plus a quarter batch of
+windows from anywhere, ``unlabelled_ratio=0.25``), ``mt`` (``semi="mean_teacher"`` with the reference recipe),
+``full`` (dense labels, upper bound),
 ``crf`` / ``pl_crf`` (``sup`` / ``pl`` plus the gated CRF loss, weight 0.1; ``crf:0.5`` sets another weight, so
 one run can sweep it: ``--methods sup,crf:0.3,crf:1``).
 

@@ -457,3 +457,26 @@ def test_distil_for_deployment_trains_a_light_student_from_the_trained_model(wid
     w.distil_btn.click()  # a semi-supervised form setting does not stop distillation
     qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
     assert not _errors(w), _errors(w)
+
+
+def test_autos_choice_is_said_when_it_changes_between_rounds(widget):
+    """Two of "auto"'s choices share semi="none" (labels only; labels + the gated CRF): the message log tells
+    them apart by the StartEvent's data, and a round that chose as the last one says nothing."""
+    from napari_medseg.training.events import StartEvent
+
+    _, w = widget
+    w._semi_said = None  # as start() leaves it
+
+    def start(semi: str, crf: float, reason: str) -> None:
+        w._on_event(StartEvent(device="cpu", model_summary="m", n_labelled=1, n_unlabelled=0, semi=semi,
+                               semi_reason=reason, crf_weight=crf))
+
+    start("pseudo_label", 0.0, "auto: pseudo-labels (few patches)")
+    start("pseudo_label", 0.0, "auto: pseudo-labels (few patches, other numbers)")
+    start("none", 1.0, "auto: labels + boundary regulariser (gated CRF, weight 1: wide)")
+    start("none", 0.0, "auto: labels only (fully labelled)")
+    start("none", 0.0, "")  # not chosen by "auto": nothing to say
+    said = [t.removeprefix("unpainted pixels: ") for t in _said(w, "info") if t.startswith("unpainted pixels: ")]
+    assert said == ["auto: pseudo-labels (few patches)",
+                    "auto: labels + boundary regulariser (gated CRF, weight 1: wide)",
+                    "auto: labels only (fully labelled)"]
