@@ -102,3 +102,67 @@ def test_the_weighted_loss_equals_the_loss_over_the_selected_pixels(balance):
     (ga,) = torch.autograd.grad(loss, logits)
     (gb,) = torch.autograd.grad(ref, logits)
     assert torch.allclose(ga, gb, atol=1e-7)
+
+
+def test_a_cpu_with_native_bf16_runs_the_teacher_in_bf16_only_with_amp(monkeypatch):
+    from napari_medseg.models import devices
+
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
+    on = devices.select_device("cpu", amp=True)
+    assert on.amp_dtype is None and on.teacher_dtype == torch.bfloat16  # the student still trains in float32
+    assert "the teacher in bf16" in on.describe(teacher=True) and "bf16" not in on.describe()
+    assert devices.select_device("cpu", amp=False).teacher_dtype is None
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)  # emulated bf16 would be slower: float32
+    off = devices.select_device("cpu", amp=True)
+    assert off.teacher_dtype is None and "bf16" not in off.describe(teacher=True)
+    conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+    x = torch.randn(2, 3, 16, 16)
+    with on.teacher_autocast():
+        assert conv(x).dtype == torch.bfloat16
+    with off.teacher_autocast():
+        assert conv(x).dtype == torch.float32
+
+
+def test_bf16_teacher_targets_agree_with_float32():
+    """What the bf16 pass changes: the top class where two classes are within bf16's rounding, and the confidence
+    by about 1 % of it; the pseudo-labels of a trained-looking (confident) net stay the same almost everywhere."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 3, 1))
+    x = torch.randn(4, 3, 64, 64) * 3
+    ref = teacher_targets(net, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = teacher_targets(net, x)
+    assert low.conf.dtype == torch.float32 and low.label.dtype == torch.int64
+    assert float((low.label == ref.label).float().mean()) > 0.98
+    assert float((low.conf - ref.conf).abs().max()) < 0.05
+    confident = (ref.conf > 0.9) & (ref.conf - 0.9).abs().gt(0.02)
+    assert bool(((low.conf > 0.9) == (ref.conf > 0.9))[confident].all())
+
+
+def test_training_passes_the_teacher_through_its_autocast(tmp_path, monkeypatch):
+    """The wiring: with a bf16 teacher (a native-bf16 CPU and amp on), the pseudo-label teacher's pass runs under
+    bf16 autocast; with amp off, in float32."""
+    from helpers import drain
+
+    from napari_medseg.models import devices
+    from napari_medseg.training import run_state, train
+
+    from ._synth import blob_data, tiny_cfg
+
+    seen = []
+
+    def spy(teacher, x):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return teacher_targets(teacher, x)
+
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(run_state, "teacher_targets", spy)
+    data = blob_data((96, 96), n_items=2, fraction=0.1)
+    for amp, want in ((True, torch.bfloat16), (False, None)):
+        seen.clear()
+        events, _ = drain(train(tiny_cfg(tmp_path / str(amp), steps=3, device="cpu", amp=amp, semi="pseudo_label",
+                                         pl_start=0.0, pl_full=0.0, val_fraction=0.0), data))
+        assert seen and all(d == want for d in seen)
+        assert ("the teacher in bf16" in events[0].device) == amp  # the StartEvent says so
+    events, _ = drain(train(tiny_cfg(tmp_path / "sup", steps=1, device="cpu", val_fraction=0.0), data))
+    assert "bf16" not in events[0].device  # no teacher, nothing to say
