@@ -99,7 +99,8 @@ def select_device(name: str = "auto", amp: bool = True, channels_last: bool = Tr
             raise MedsegError("device 'mps' was asked for but torch sees no Apple GPU; choose 'cpu' or 'auto'.")
         return DeviceSetup(torch.device("mps"), None, False, False)
     if name == "cpu":  # float32 training; with amp, the teacher's passes in bf16 where the CPU has it natively
-        return DeviceSetup(torch.device("cpu"), None, False, False, torch.bfloat16 if amp and cpu_bf16_native() else None)
+        teacher = torch.bfloat16 if amp and cpu_bf16_native() else None
+        return DeviceSetup(torch.device("cpu"), None, False, False, teacher)
     raise MedsegError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
 
 
