@@ -7,9 +7,10 @@ teacher, losses, AdamW, weight EMA; validation off) on the same data, and the me
 rounds, so a drift of the machine falls on all of them alike. The semi-supervised terms count from the first step
 (``pl_start=0``), which is their cost for most of a real run (the pseudo-labels start at 20 % of it).
 
-Methods (``--methods``): ``sup`` (labels only), ``pl`` (pseudo-labels, the teacher's pass in bfloat16 on a CPU
-with native bfloat16, ``amp=True``: the default), ``pl_f32`` (the teacher in float32, ``amp=False``), ``crf``
-(labels + the gated CRF at weight 1), ``mt`` (Mean Teacher). Data: MoNuSeg's ``monuseg_local`` setting of
+Methods (``--methods``): ``bench_semisup``'s names (its ``method_config``), e.g. ``sup`` (labels only), ``pl``
+(pseudo-labels, the teacher's pass in bfloat16 on a CPU with native bfloat16, ``amp=True``: the default),
+``pl_f32`` (the teacher in float32, ``amp=False``), ``crf:1`` (labels + the gated CRF at weight 1), ``mt``
+(Mean Teacher); ``sup`` must be among them. Data: MoNuSeg's ``monuseg_local`` setting of
 ``bench_semisup`` (scribbles in 2 windows of 5 images), patch 256, batch 8, 2 threads.
 
 Last line: ``RESULT {"step_ratio_pl", "step_ratio_pl_f32", ..., "step_s_sup", "bf16_teacher", ...}``: per
@@ -30,13 +31,10 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_semisup import DATA, setting_data  # noqa: E402  (the same data and split)
+from bench_semisup import DATA, method_config, setting_data  # noqa: E402  (the same data, split and methods)
 
 from napari_medseg.models.devices import select_device  # noqa: E402
 from napari_medseg.training import StepEvent, train  # noqa: E402
-
-METHODS = {"sup": {"semi": "none"}, "pl": {"semi": "pseudo_label"}, "pl_f32": {"semi": "pseudo_label", "amp": False},
-           "crf": {"semi": "none", "crf_weight": 1.0}, "mt": {"semi": "mean_teacher"}}
 
 
 def step_times(cfg, data, warmup: int) -> list[float]:
@@ -47,7 +45,7 @@ def step_times(cfg, data, warmup: int) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default="sup,pl,pl_f32", help=f"comma-separated: {', '.join(METHODS)}")
+    ap.add_argument("--methods", default="sup,pl,pl_f32", help="comma-separated names of bench_semisup's methods")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=40, help="steps per method and round (the first 8 not timed)")
     ap.add_argument("--threads", type=int, default=2)
@@ -55,9 +53,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 rounds of 12 steps on 128 px patches (a smoke test)")
     args = ap.parse_args()
     methods = args.methods.split(",")
-    bad = [m for m in methods if m not in METHODS]
-    if bad or "sup" not in methods:
-        raise SystemExit(f"unknown methods {bad}: choose from {', '.join(METHODS)}, sup among them")
+    changes = {m: method_config(m) for m in methods}  # an unknown name exits with the list of known ones
+    if "sup" not in methods:
+        raise SystemExit("--methods: sup must be among them (every ratio is over it)")
     root = Path(args.data)
     if not (root / "monuseg_train").is_dir():
         print(f"skipped: no MoNuSeg at {root / 'monuseg_train'}")
@@ -74,7 +72,7 @@ def main() -> None:
     for r in range(rounds):
         this = {}
         for m in methods if r % 2 == 0 else methods[::-1]:  # alternate the order: no method always runs first
-            cfg = base.replace(**METHODS[m], seed=r, checkpoint_dir=tempfile.mkdtemp(prefix=f"step_cost_{m}_"))
+            cfg = base.replace(**changes[m], seed=r, checkpoint_dir=tempfile.mkdtemp(prefix=f"step_cost_{m}_"))
             t = step_times(cfg, data, warmup)
             this[m] = statistics.median(t)
             per[m] += t
