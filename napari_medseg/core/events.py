@@ -18,13 +18,18 @@ R = TypeVar("R")
 def drive(gen: Generator[E, Any, R], on_event: Callable[[E], Any] | None = None) -> R:
     """Run ``gen`` to its end, calling ``on_event(event)`` for each event it yields; return its return value.
 
-    An exception from the generator or from ``on_event`` propagates; the generator is then left as it is
-    (the caller closes it if it must run its ``finally`` blocks at once).
+    An exception from the generator or from ``on_event`` propagates, after the generator is closed: its
+    ``finally`` blocks run at once, not whenever a kept traceback lets it go (a training run gives back the
+    process-wide settings it holds, ``core.heap``).
     """
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_event is not None:
-            on_event(ev)
+    try:
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            if on_event is not None:
+                on_event(ev)
+    except BaseException:
+        gen.close()
+        raise

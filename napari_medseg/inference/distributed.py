@@ -189,7 +189,7 @@ def worker_environ() -> dict[str, Any]:
     OpenBLAS thread) without ``MALLOC_TRIM_THRESHOLD_``. Dask sets it to 64 KiB, which also fixes glibc's mmap
     threshold, so every large tensor is mapped and unmapped afresh: the model ran 1.6x slower in a worker
     (74 against 46 ms per batch of 4 x 512^2, benchmarks/bench_dask_scaling.py). The predictor returns memory
-    itself (``memory.trim`` after each written block)."""
+    itself (``core.heap.trim`` after each written block)."""
     import dask
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})

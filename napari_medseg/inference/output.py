@@ -42,7 +42,7 @@ import numpy as np
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.files import write_json_atomic
-from napari_medseg.inference.memory import trim
+from napari_medseg.core.heap import trim
 from napari_medseg.io.ngff_meta import image_label_attrs, multiscales_attrs
 
 log = logging.getLogger(__name__)

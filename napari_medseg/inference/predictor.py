@@ -23,11 +23,11 @@ import torch.nn as nn
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.events import drive
+from napari_medseg.core.heap import trim
 from napari_medseg.core.source import ImageSource
 from napari_medseg.inference.engine import FinishedBlock
 from napari_medseg.inference.events import PredictEvent, PredictResult, Refining
 from napari_medseg.inference.job import make_job
-from napari_medseg.inference.memory import trim
 from napari_medseg.inference.run import PredictionRun
 from napari_medseg.models.normalization import NormConfig
 

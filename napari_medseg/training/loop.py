@@ -29,6 +29,7 @@ import torch.nn as nn
 from napari_medseg.core.courtesy import Courtesy
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.events import drive
+from napari_medseg.core.heap import reuse_freed_memory
 from napari_medseg.models.checkpoint import Checkpoint, load_state_dict_report
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.models.devices import DeviceSetup, free_memory, is_oom, select_device
@@ -154,7 +155,8 @@ def train(cfg: TrainConfig, data: TrainingData, *, stop: threading.Event | None 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        result = yield from _train(cfg, data, setup, stop, init, preview_hook, preview_every_s, t_start, courtesy)
+        with reuse_freed_memory():  # the step's activations are reused, not mapped afresh (core.heap)
+            result = yield from _train(cfg, data, setup, stop, init, preview_hook, preview_every_s, t_start, courtesy)
     finally:
         if cfg.threads:
             torch.set_num_threads(prev_threads)

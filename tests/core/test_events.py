@@ -27,3 +27,21 @@ def test_drive_lets_errors_through():
     with pytest.raises(ValueError, match="boom"):
         drive(_gen(5, fail_at=2), seen.append)
     assert seen == [0, 1]
+
+
+def test_drive_closes_the_generator_when_the_callback_fails():
+    closed: list[bool] = []
+
+    def gen():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append(True)
+
+    def fail(ev):
+        raise RuntimeError("callback")
+
+    with pytest.raises(RuntimeError, match="callback"):
+        drive(gen(), fail)
+    assert closed == [True]  # its finally ran before the error reached the caller

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import drain
 
+from napari_medseg.core import heap
 from napari_medseg.models.checkpoint import load_checkpoint, load_model
 from napari_medseg.training import (
     CheckpointEvent,
@@ -84,6 +85,13 @@ def test_stop_flag_saves_a_checkpoint_quickly(tmp_path):
             assert load_checkpoint(ev.last_checkpoint).meta["step"] == 3
             break
     assert time.perf_counter() - t_stop < 5.0  # generous: the bound that matters is one step
+
+
+def test_training_reuses_freed_memory_while_it_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv(heap.ENV, raising=False)
+    seen = [heap.reusing() for ev in train(tiny_cfg(tmp_path, steps=3, val_every=10**6), blob_data())
+            if isinstance(ev, StepEvent)]
+    assert seen == [heap._glibc() is not None] * 3 and not heap.reusing()  # glibc's own settings once it ends
 
 
 def test_time_budget(tmp_path):

@@ -12,6 +12,7 @@ its last checkpoint on the new labels (same validation subset, so Dice stays com
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -349,23 +350,25 @@ def run_job(job: dict[str, Any], stop: threading.Event, view: LatestValue, previ
         run_cfg = cfg.replace(steps=max(1, cfg.steps - steps_done), time_budget_s=remaining_t, library=False)
         refreshed = False
         done: Any = None
-        for ev in train(run_cfg, data, stop=inner, init=init, preview_hook=hook, preview_every_s=0.5,
-                        courtesy=job.get("courtesy")):
-            if isinstance(ev, StartEvent):
-                norm_box["norm"] = getattr(ev, "norm", None)
-            if isinstance(ev, (StepEvent, ValidationEvent)) and steps_done:
-                ev = dataclasses.replace(ev, step=ev.step + steps_done)
-            if isinstance(ev, DoneEvent):
-                done = ev
-                if not refreshed:
-                    yield from _land(cfg, dataclasses.replace(ev, steps=ev.steps + steps_done))
-                continue
-            yield ev
-            if labels_box is not None and not refreshed and not stop.is_set():
-                new = labels_box.get()
-                if new is not None and new is not snap:
-                    snap, refreshed = new, True
-                    inner.set()
+        # closed on the way out: the run gives back what it holds (core.heap) even if a traceback keeps this frame
+        with contextlib.closing(train(run_cfg, data, stop=inner, init=init, preview_hook=hook, preview_every_s=0.5,
+                                     courtesy=job.get("courtesy"))) as run_events:
+            for ev in run_events:
+                if isinstance(ev, StartEvent):
+                    norm_box["norm"] = getattr(ev, "norm", None)
+                if isinstance(ev, (StepEvent, ValidationEvent)) and steps_done:
+                    ev = dataclasses.replace(ev, step=ev.step + steps_done)
+                if isinstance(ev, DoneEvent):
+                    done = ev
+                    if not refreshed:
+                        yield from _land(cfg, dataclasses.replace(ev, steps=ev.steps + steps_done))
+                    continue
+                yield ev
+                if labels_box is not None and not refreshed and not stop.is_set():
+                    new = labels_box.get()
+                    if new is not None and new is not snap:
+                        snap, refreshed = new, True
+                        inner.set()
         if not refreshed or stop.is_set() or done is None:
             return
         steps_done += done.steps
