@@ -47,9 +47,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import napari_medseg  # noqa: F401  (before torch: it turns PyTorch's huge pages on, as the CLI and the plugin do)
-
-# isort: split
 import numpy as np
 import torch
 

@@ -14,7 +14,7 @@ Methods (``--methods``): ``bench_semisup``'s names (its ``method_config``), e.g.
 own heap settings (``NAPARI_MEDSEG_HEAP=system``) instead of the training's reuse of freed memory
 (``core.heap.reuse_freed_memory``), so ``--methods sup,sup@system`` measures what the reuse saves.
 ``--thp-compare`` runs each round twice more, in fresh processes with PyTorch's huge pages off and on
-(``THP_MEM_ALLOC_ENABLE``, read once when torch loads), and reports ``thp_ratio_<m>`` (off / on) and
+(``THP_MEM_ALLOC_ENABLE``, read once per process), and reports ``thp_ratio_<m>`` (off / on) and
 ``step_s_<m>_thp_0`` / ``_thp_1``; ``--in-thread`` trains in a new thread, as the Train widget's worker does.
 Data: MoNuSeg's ``monuseg_local`` setting of ``bench_semisup`` (scribbles in 2 windows of 5 images), patch 256,
 batch 8, 2 threads.
@@ -36,9 +36,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-import napari_medseg  # noqa: F401  (before torch: it turns PyTorch's huge pages on, as the CLI and the plugin do)
-
-# isort: split
 import torch
 
 HERE = Path(__file__).resolve().parent

@@ -17,8 +17,9 @@ while training runs, so freed activations are reused by the next step; when the 
 steady-state thresholds are set back (mmap above 32 MiB, trim above 64 MiB: the values its dynamic rule reaches
 in a PyTorch process; glibc's dynamic rule stays off from the first run on, as it does once any threshold is
 set) and the heap is trimmed. A thread other than the main one keeps mapping requests above
-64 MiB (its arena's heaps are at most 64 MiB); there PyTorch's huge pages (``THP_MEM_ALLOC_ENABLE``, which the
-package's import sets) do most of the work. Both, measured side by side: docs/training.md
+64 MiB (its arena's heaps are at most 64 MiB), so the Train widget's worker gains next to nothing; PyTorch's
+own huge pages (``THP_MEM_ALLOC_ENABLE=1``) would help it, but slowed whole-slide prediction in the same
+process, so they are left to the user. Measured side by side: docs/training.md
 (``benchmarks/bench_step_cost.py --thp-compare``). ``NAPARI_MEDSEG_HEAP=system`` leaves glibc's settings
 alone (read at each run's start), and so does a user's own tuning of them (``MALLOC_MMAP_MAX_``,
 ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or ``glibc.malloc`` tunables).

@@ -1,8 +1,5 @@
 import ctypes
 import gc
-import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -103,39 +100,3 @@ def test_the_users_choice_leaves_glibc_alone(monkeypatch, env):
     with heap.reuse_freed_memory() as on:
         assert on is False and not heap.reusing()
 
-
-_THP_PROBE = """
-import os, resource
-import napari_medseg  # before torch, as the CLI and the plugin are
-import torch
-torch.ones(1 << 20)  # a first big tensor: the allocator's one-time setup is not what is counted
-b = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-a = torch.ones(24 << 20)  # 96 MiB, every page written
-print(os.environ.get("THP_MEM_ALLOC_ENABLE"), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - b) / (96 << 8))
-"""
-
-
-def _thp_mode() -> str:
-    """The kernel's transparent huge page mode: always, madvise or never ('' where there is none)."""
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            return f.read().split("[")[1].split("]")[0]
-    except (OSError, IndexError):
-        return ""
-
-
-@pytest.mark.skipif(_thp_mode() in ("", "never"), reason="Linux with transparent huge pages")
-@pytest.mark.parametrize("user_value", [None, "0"])
-def test_importing_the_package_puts_torch_on_huge_pages_unless_the_user_said_no(user_value):
-    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
-    if user_value is not None:
-        env["THP_MEM_ALLOC_ENABLE"] = user_value
-    out = subprocess.run([sys.executable, "-c", _THP_PROBE], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    value, faults_per_page = out.stdout.split()
-    if user_value is None:  # 2 MiB pages: one fault per 512 small pages, where 4 KiB pages fault one by one
-        assert value == "1" and float(faults_per_page) < 0.5, out.stdout
-    else:
-        assert value == "0", out.stdout
-        if _thp_mode() == "madvise":  # (with "always" every big mapping gets huge pages anyway)
-            assert float(faults_per_page) > 0.5, out.stdout
