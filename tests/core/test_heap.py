@@ -99,4 +99,3 @@ def test_the_users_choice_leaves_glibc_alone(monkeypatch, env):
         monkeypatch.setenv(k, v)
     with heap.reuse_freed_memory() as on:
         assert on is False and not heap.reusing()
-

@@ -88,7 +88,8 @@ def test_stop_flag_saves_a_checkpoint_quickly(tmp_path):
 
 
 def test_training_reuses_freed_memory_while_it_runs(tmp_path, monkeypatch):
-    monkeypatch.delenv(heap.ENV, raising=False)
+    for k in (heap.ENV, *heap.USER_TUNING, "GLIBC_TUNABLES"):  # a user's own tuning would leave glibc alone
+        monkeypatch.delenv(k, raising=False)
     seen = [heap.reusing() for ev in train(tiny_cfg(tmp_path, steps=3, val_every=10**6), blob_data())
             if isinstance(ev, StepEvent)]
     assert seen == [heap._glibc() is not None] * 3 and not heap.reusing()  # glibc's own settings once it ends
