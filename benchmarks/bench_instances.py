@@ -24,7 +24,8 @@ slide: 50000); else null.
 
 ``--quick``: 60 s of training on 128 px patches, 3 held-out images (a smoke test: the model is far from
 trained). ``--oracle``: no model; the held-out masks' own 3-class form goes through the same post-processing and
-scoring (the recipe's ceiling). Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
+scoring (the recipe's ceiling). ``--contact-weight X`` trains with the separation weights between close objects
+(``TrainConfig.contact_weight``, ``training/contact.py``). Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
 "aji_watershed_baseline", "instance_overhead", "big_slide_rss_mb", "dice", ...}``.
 """
 
@@ -52,6 +53,7 @@ from napari_medseg.inference.results import open_prediction  # noqa: E402
 from napari_medseg.objects.instances import find_objects, watershed_objects  # noqa: E402
 from napari_medseg.objects.metrics import aji, instance_scores  # noqa: E402
 from napari_medseg.training import run_training  # noqa: E402
+from napari_medseg.training.config import TrainConfig  # noqa: E402
 from napari_medseg.training.datasets import make_training_data  # noqa: E402
 
 SCHEMA = ClassSchema(("background", "nucleus")).with_objects(["nucleus"])
@@ -130,6 +132,9 @@ def main() -> None:
     ap.add_argument("--class-weights", default="", help="comma-separated cross-entropy weights, background first "
                     "(background, nucleus, object boundary)")
     ap.add_argument("--stain-jitter", type=float, default=0.0, help="TrainConfig.stain_jitter (H&E augmentation)")
+    ap.add_argument("--contact-weight", type=float, default=0.0,
+                    help="TrainConfig.contact_weight (separation weights between close objects, training/contact.py)")
+    ap.add_argument("--contact-radius", type=int, default=TrainConfig.contact_radius)
     ap.add_argument("--keep", default="", help="copy the trained checkpoint to this path")
     ap.add_argument("--oracle", action="store_true", help="no training: score the recipe on the held-out masks' own "
                     "3-class form (interior / 2-px boundary / background), its ceiling with a perfect model")
@@ -161,6 +166,8 @@ def main() -> None:
         base = base.replace(class_weights=tuple(float(v) for v in args.class_weights.split(",")))
     if args.stain_jitter:
         base = base.replace(stain_jitter=args.stain_jitter)
+    if args.contact_weight:
+        base = base.replace(contact_weight=args.contact_weight, contact_radius=args.contact_radius)
     cfg = base.replace(library=False, steps=10**9, time_budget_s=budget, device=args.device, threads=args.threads, val_fraction=0.0,
                        val_every=10**9, num_workers=1, seed=args.seed, checkpoint_dir=str(work / "ck"))
     t0 = time.perf_counter()

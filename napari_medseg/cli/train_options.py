@@ -80,6 +80,11 @@ def _losses(b: argparse._ArgumentGroup) -> None:
                    "ramps up from 0 (default 0.5)")
     b.add_argument("--deep-supervision", action="store_true", default=None, help="the loss on every output head "
                    "(unetpp), the deepest weighing most")
+    b.add_argument("--contact-weight", type=float, metavar="X", help="separation weights for objects (--objects): "
+                   "the cross-entropy weighs 1 + X on the painted pixels between two close objects, the gaps that "
+                   "split touching nuclei (default 0: off; docs/objects.md)")
+    b.add_argument("--contact-radius", type=int, metavar="PX", help="with --contact-weight: pixels with two objects "
+                   "within this many pixels are weighted (default 5)")
 
 
 def _same(*names: str) -> tuple[tuple[str, str], ...]:
@@ -96,8 +101,9 @@ DISTILLATION = OptionGroup("distillation (docs/deployment.md; napari-medseg dist
 DOMAIN = OptionGroup("domain adaptation (docs/training.md; --target-images is read with the data)", _domain,
                      _same("domain_adapt", "da_weight", "da_rampup", "da_target_ratio"))
 
-LOSSES = OptionGroup("boundary losses and deep supervision (docs/training.md)", _losses,
-                     _same("boundary_loss", "boundary_weight", "boundary_rampup", "deep_supervision"))
+LOSSES = OptionGroup("boundary losses, deep supervision and separation weights (docs/training.md)", _losses,
+                     _same("boundary_loss", "boundary_weight", "boundary_rampup", "deep_supervision",
+                           "contact_weight", "contact_radius"))
 
 #: every group, in the order ``--help`` lists them
 GROUPS: list[OptionGroup] = [MEMORY, LOSSES, DISTILLATION, DOMAIN]

@@ -77,7 +77,7 @@ def ramp(progress: float, rampup: float) -> float:
 class DeepSupervision:
     """The painted-pixel loss over every head, weighted 1, 1/2, 1/4 ... from the deepest (the last head)."""
 
-    def __init__(self, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, loss: Callable[..., torch.Tensor]) -> None:
         self.loss = loss
 
     @staticmethod
@@ -86,8 +86,11 @@ class DeepSupervision:
         s = sum(w)
         return [v / s for v in w]
 
-    def __call__(self, heads: Sequence[torch.Tensor], store: torch.Tensor) -> torch.Tensor:
-        return sum(w * self.loss(h, store) for w, h in zip(self.weights(len(heads)), heads))
+    def __call__(self, heads: Sequence[torch.Tensor], store: torch.Tensor,
+                 pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
+        if pixel_weights is None:
+            return sum(w * self.loss(h, store) for w, h in zip(self.weights(len(heads)), heads))
+        return sum(w * self.loss(h, store, pixel_weights) for w, h in zip(self.weights(len(heads)), heads))
 
 
 def forward_heads(model: nn.Module, x: torch.Tensor, deep: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:

@@ -160,6 +160,10 @@ class TrainConfig:
     boundary_weight: float = 0.5
     boundary_rampup: float = 0.5
     deep_supervision: bool = False  # the loss on every output head (models with heads: unetpp)
+    # separation weights (training/contact.py): the cross-entropy weighs 1 + contact_weight on the painted pixels
+    # that have two objects within contact_radius px (the gaps between close nuclei); needs object classes; 0 = off
+    contact_weight: float = 0.0
+    contact_radius: int = 5
 
     def __post_init__(self) -> None:
         if self.eval_model == "teacher":  # older name of the same weights
@@ -277,6 +281,12 @@ class TrainConfig:
         if self.boundary_weight < 0 or not 0 <= self.boundary_rampup <= 1:
             raise MedsegError(f"boundary_weight must be >= 0 and boundary_rampup in [0, 1], got "
                               f"{self.boundary_weight} and {self.boundary_rampup}")
+        if not (self.contact_weight >= 0 and math.isfinite(self.contact_weight)) or self.contact_radius < 1:
+            raise MedsegError(f"contact_weight must be a finite number >= 0 and contact_radius at least 1 pixel, got "
+                              f"{self.contact_weight} and {self.contact_radius}")
+        if self.contact_weight and self.loss == "focal_dice":
+            raise MedsegError("contact_weight weighs the cross-entropy per pixel; the focal loss takes no pixel "
+                              "weights: use loss 'ce_dice' or 'ce', or contact_weight 0")
 
     # -- derived -----------------------------------------------------------------------------------
     def patch_for(self, spatial_dims: int) -> tuple[int, ...]:

@@ -30,8 +30,9 @@ class SparseSegLoss(nn.Module):
     ``forward(logits, store)`` returns the loss (0 with a gradient path if nothing is painted in the batch).
     ``label_smoothing`` (epsilon) smooths the cross-entropy's targets (torch's: (1 - eps) on the painted class,
     eps / C spread over all); ``class_weights`` (one per model channel, background first) weight the
-    cross-entropy or focal term per target class (a weighted mean over the painted pixels). The Dice term is
-    neither smoothed nor weighted.
+    cross-entropy or focal term per target class (a weighted mean over the painted pixels). ``forward``'s
+    ``pixel_weights`` ``(N, *S)`` (e.g. ``contact.ContactWeights``) weight the cross-entropy per pixel too (the
+    focal term takes none). The Dice term is neither smoothed nor weighted.
     """
 
     def __init__(self, kind: str = "ce_dice", focal_gamma: float = 2.0, dice_weight: float = 1.0,
@@ -49,17 +50,27 @@ class SparseSegLoss(nn.Module):
         self.focal = FocalLoss(to_onehot_y=True, use_softmax=True, gamma=focal_gamma, ignore_index=IGNORE,
                                weight=None if class_weights is None else [float(v) for v in class_weights])
 
-    def forward(self, logits: torch.Tensor, store: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, store: torch.Tensor,
+                pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
         logits = logits.float()
         target = store_to_target(store)
         if not bool((target >= 0).any()):
             return logits.sum() * 0.0
         if self.kind == "focal_dice":
+            if pixel_weights is not None:
+                raise ValueError("the focal term takes no pixel weights")
             first = self.focal(logits, target)
         else:
             w = None if self.class_weights is None else self.class_weights.to(logits.device)
             first = F.cross_entropy(logits, target[:, 0], weight=w, ignore_index=IGNORE,
-                                    label_smoothing=self.label_smoothing)
+                                    label_smoothing=self.label_smoothing,
+                                    reduction="mean" if pixel_weights is None else "none")
+            if pixel_weights is not None:  # the weighted mean torch takes with class weights, per pixel too
+                t = target[:, 0]
+                per = pixel_weights.to(first.dtype) * (t >= 0)
+                if w is not None:
+                    per = per * w[t.clamp_min(0)]
+                first = (first * pixel_weights.to(first.dtype)).sum() / per.sum().clamp_min(1e-12)
         if self.kind == "ce":
             return first
         return first + self.dice_weight * self.dice(logits, target)

@@ -32,6 +32,7 @@ from napari_medseg.training.boundary import (
     ramp,
 )
 from napari_medseg.training.config import TrainConfig
+from napari_medseg.training.contact import ContactWeights
 from napari_medseg.training.data import TrainingData
 from napari_medseg.training.distill import kd_loss
 from napari_medseg.training.domain import DomainAdapter, check_domain_data, split_domains
@@ -122,6 +123,8 @@ class Run:
         if cfg.deep_supervision:
             check_deep_supervision(model, model_cfg.name)
         self.deep = DeepSupervision(self.loss_fn) if cfg.deep_supervision else None
+        self.contact = (ContactWeights([v + 1 for v in data.classes.object_values], cfg.contact_weight,
+                                       cfg.contact_radius) if cfg.contact_weight else None)
 
     def images(self) -> list[str]:
         """The training images, as paths where they have one (else their names), for the checkpoint's meta."""
@@ -246,7 +249,8 @@ class Run:
 
     def _sup(self, logits: torch.Tensor, heads: list[torch.Tensor] | None, y: torch.Tensor) -> torch.Tensor:
         """The painted-pixel loss: of the output, or of every head (deep supervision)."""
-        return self.loss_fn(logits, y) if heads is None else self.deep(heads, y)
+        w = None if self.contact is None else self.contact(y)  # separation weights (contact.py)
+        return self.loss_fn(logits, y, w) if heads is None else self.deep(heads, y, w)
 
     def halve_batch(self) -> str:
         total = self.n_l + self.n_u

@@ -17,6 +17,12 @@ def _cfg(w):
     return build_config(w._settings_values(), ImageSource([img], "YX", (1.0, 1.0), name="img"), ClassSchema(), None)
 
 
+def _reopened(w, viewer):
+    """The settings saved and a second widget opened on them (what the next session sees)."""
+    save_settings(w.SETTINGS, w._settings_values())
+    return TrainWidget(viewer)
+
+
 def test_advanced_controls_reach_the_config_and_are_remembered(make_napari_viewer, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
     viewer = make_napari_viewer()
@@ -33,8 +39,7 @@ def test_advanced_controls_reach_the_config_and_are_remembered(make_napari_viewe
     assert "x 3 accumulated" in w.plan_label.text()
     cfg = _cfg(w)
     assert (cfg.grad_checkpoint, cfg.accumulate, cfg.freeze, cfg.freeze_bn) == (True, 3, "encoder", True)
-    save_settings(w.SETTINGS, w._settings_values())
-    w2 = TrainWidget(viewer)
+    w2 = _reopened(w, viewer)
     assert w2.adv_toggle.isChecked() and w2.accum_spin.value() == 3 and w2.freeze_enc_check.isChecked()
     assert w2.ckpt_check.isChecked() and w2.freeze_bn_check.isChecked()
     w.shutdown()
@@ -48,8 +53,7 @@ def test_deep_supervision_reaches_the_config_and_is_remembered(make_napari_viewe
     assert _cfg(w).deep_supervision is False
     w.deep_check.setChecked(True)
     assert _cfg(w).deep_supervision is True
-    save_settings(w.SETTINGS, w._settings_values())
-    w2 = TrainWidget(viewer)
+    w2 = _reopened(w, viewer)
     assert w2.deep_check.isChecked() and w2.adv_toggle.isChecked()  # not the default: the part opens
     w.shutdown()
     w2.shutdown()
@@ -69,8 +73,7 @@ def test_stain_jitter_reaches_the_config_for_rgb_and_is_refused_for_grey(make_na
     assert build_config(w._settings_values(), rgb, ClassSchema(), None).stain_jitter == 0.05
     with pytest.raises(MedsegError, match="'img' has 1 channel"):
         _cfg(w)
-    save_settings(w.SETTINGS, w._settings_values())
-    w2 = TrainWidget(viewer)
+    w2 = _reopened(w, viewer)
     assert w2.stain_spin.value() == 0.05 and w2.adv_toggle.isChecked()
     w.shutdown()
     w2.shutdown()
@@ -83,8 +86,7 @@ def test_the_boundary_regulariser_reaches_the_config_and_is_remembered(make_napa
     assert _cfg(w).crf_weight is None and w.crf_spin.text() == "auto"  # unset: "auto" decides (off otherwise)
     w.crf_spin.setValue(0.5)
     assert _cfg(w).crf_weight == 0.5
-    save_settings(w.SETTINGS, w._settings_values())
-    w2 = TrainWidget(viewer)
+    w2 = _reopened(w, viewer)
     assert w2.crf_spin.value() == 0.5 and w2.adv_toggle.isChecked()  # a non-default opens the part
     w.shutdown()
     w2.shutdown()
@@ -114,8 +116,7 @@ def test_fine_tuning_and_loss_controls_reach_the_config_and_are_remembered(make_
     assert (cfg.freeze_bn, cfg.bn_reestimate, cfg.encoder_lr_scale, cfg.clip_grad, cfg.label_smoothing) == (
         True, 20, 0.1, 1.0, 0.1)
     assert cfg.class_weights == (1.0, 3.0)
-    save_settings(w.SETTINGS, w._settings_values())
-    w2 = TrainWidget(viewer)
+    w2 = _reopened(w, viewer)
     assert w2.adv_toggle.isChecked() and w2.bn_reest_spin.value() == 20 and w2.enc_lr_spin.value() == 0.1
     assert w2.clip_spin.value() == 1.0 and w2.smooth_spin.value() == 0.1 and w2.weights_edit.text() == "1, 3"
     w.weights_edit.setText("1, 2, 3")
@@ -133,5 +134,27 @@ def test_fine_tuning_and_loss_controls_reach_the_config_and_are_remembered(make_
     w.unfreeze_spin.setValue(50)  # ... unless it is unfrozen part way, at lr x that scale
     cfg = _cfg(w)
     assert (cfg.freeze, cfg.unfreeze_at, cfg.encoder_lr_scale) == ("encoder", 0.5, 0.1)
+    w.shutdown()
+    w2.shutdown()
+
+
+def test_object_gaps_reach_the_config_with_object_classes_and_are_refused_without(make_napari_viewer, tmp_path,
+                                                                                  monkeypatch):
+    import pytest
+
+    from napari_medseg.core.errors import MedsegError
+
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    viewer = make_napari_viewer()
+    w = TrainWidget(viewer)
+    assert _cfg(w).contact_weight == 0.0 and w.contact_spin.text() == "off"
+    w.contact_spin.setValue(10.0)
+    img = ImageSource([np.zeros((64, 64), np.uint8)], "YX", (1.0, 1.0), name="img")
+    nuclei = ClassSchema(("background", "nucleus")).with_objects(["nucleus"])
+    assert build_config(w._settings_values(), img, nuclei, None).contact_weight == 10.0
+    with pytest.raises(MedsegError, match="no class is marked as objects"):
+        _cfg(w)
+    w2 = _reopened(w, viewer)
+    assert w2.contact_spin.value() == 10.0 and w2.adv_toggle.isChecked()
     w.shutdown()
     w2.shutdown()

@@ -136,6 +136,10 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
     budget = float(settings.get("budget") or 0)
     stain = float(settings.get("stain_jitter") or 0.0)
     check_stain_channels(stain, source.n_channels, f"{source.name!r} has")  # before the run starts, in the form
+    contact = float(settings.get("contact_weight") or 0.0)
+    if contact and not classes.objects:
+        raise MedsegError("'object gaps' weighs the pixels between two objects, but no class is marked as objects: "
+                          "mark the object classes in the Annotate widget, or set 'object gaps' to off")
     distil = settings.get("distill_from")  # "Distil for deployment": plain supervised + the teacher, all trainable
     return TrainConfig(
         model=mcfg, patch_size=planned_patch(settings, source, mcfg), batch_size=int(settings.get("batch", 4)),
@@ -153,6 +157,7 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         encoder_lr_scale=float(settings.get("encoder_lr_scale") or 1.0), clip_grad=float(settings.get("clip_grad") or 0.0),
         label_smoothing=float(settings.get("label_smoothing") or 0.0),
         class_weights=class_weights(settings.get("class_weights"), classes),
+        contact_weight=contact,
         # "Distil for deployment": the trained model teaches, on windows from anywhere too (training.distill)
         distill_from=distil, unlabelled_ratio=1.0 if distil else 0.0,
     )

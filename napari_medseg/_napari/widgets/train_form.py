@@ -198,8 +198,8 @@ class TrainForm:
     def _build_advanced(self, f: QFormLayout) -> None:
         """The collapsed "Advanced" part: memory (gradient checkpointing, accumulation), fine-tuning (freeze
         the encoder, freeze batch norm and re-estimate it, the encoder's learning rate), gradient clipping, deep
-        supervision, label smoothing, class weights, the boundary regulariser for scribbles (gated CRF) and H&E
-        stain jitter. The other craft settings are CLI / config only
+        supervision, label smoothing, class weights, the boundary regulariser for scribbles (gated CRF), H&E
+        stain jitter and the separation weights between close objects. The other craft settings are CLI / config only
         (docs/training.md): boundary losses need dense masks, domain adaptation a folder of target images."""
         self.adv_toggle = QToolButton()
         self.adv_toggle.setText("Advanced")
@@ -234,6 +234,8 @@ class TrainForm:
         self.deep_check.setToolTip(ADVANCED_TIPS["deep_supervision"])
         self.crf_spin = _adv_spin(0.0, 5.0, 0.0, "crf_weight", step=0.1, decimals=2, off="auto")
         self.stain_spin = _adv_spin(0.0, 0.5, 0.0, "stain_jitter", step=0.05, decimals=2, off="off")
+        self.contact_spin = _adv_spin(0.0, 50.0, 0.0, "contact_weight", step=1.0, decimals=1, off="off",
+                                      prefix="+ ")
         af.addRow("memory", self.ckpt_check)
         af.addRow("accumulate", self.accum_spin)
         af.addRow("freeze", row)
@@ -246,6 +248,7 @@ class TrainForm:
         af.addRow("class weights", self.weights_edit)
         af.addRow("boundary (CRF)", self.crf_spin)
         af.addRow("stain jitter", self.stain_spin)
+        af.addRow("object gaps", self.contact_spin)
         self.adv_box.setVisible(False)
         self.adv_toggle.toggled.connect(self._show_advanced)
         f.addRow(self.adv_toggle)
@@ -315,7 +318,8 @@ class TrainForm:
         return ((self.accum_spin, "accumulate", 1, 1), (self.stain_spin, "stain_jitter", 0.0, 1),
                 (self.crf_spin, "crf_weight", 0.0, 1), (self.bn_reest_spin, "bn_reestimate", 0, 1),
                 (self.enc_lr_spin, "encoder_lr_scale", 1.0, 1), (self.clip_spin, "clip_grad", 0.0, 1),
-                (self.smooth_spin, "label_smoothing", 0.0, 1), (self.unfreeze_spin, "unfreeze_at", 0.0, 0.01))
+                (self.smooth_spin, "label_smoothing", 0.0, 1), (self.unfreeze_spin, "unfreeze_at", 0.0, 0.01),
+                (self.contact_spin, "contact_weight", 0.0, 1))
 
     def _load_settings(self) -> None:
         from napari_medseg.models import available_models

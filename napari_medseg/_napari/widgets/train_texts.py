@@ -51,6 +51,10 @@ ADVANCED_TIPS = {
                        "and s spread over the others. Off by default.",
     "class_weights": "Weights of the classes in the cross-entropy, background first, one per class (e.g. 1, 3 to "
                      "weigh a rare foreground class 3x). Empty: all equal.",
+    "contact_weight": "Separation weights for objects (classes marked as objects): the painted pixels that have two "
+                      "objects within 5 px (the rims and the gap between close nuclei) weigh 1 + this in the "
+                      "cross-entropy, so the model learns to split touching objects (the U-Net paper's weight map). "
+                      "Off by default; docs/objects.md says what it gave.",
 }
 PATCH_TOOLTIP = ("The patch's in-plane size (Y and X). In 3D the Z size covers the same millimetres (fewer slices "
                  "when slices are thicker than pixels) and no axis is larger than the volume; the line below shows "
