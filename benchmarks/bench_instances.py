@@ -25,7 +25,8 @@ slide: 50000); else null.
 ``--quick``: 60 s of training on 128 px patches, 3 held-out images (a smoke test: the model is far from
 trained). ``--oracle``: no model; the held-out masks' own 3-class form goes through the same post-processing and
 scoring (the recipe's ceiling). ``--contact-weight X`` trains with the separation weights between close objects
-(``TrainConfig.contact_weight``, ``training/contact.py``). Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
+(``TrainConfig.contact_weight``, ``training/contact.py``; its default with object classes is 10, ``0`` turns it
+off). Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
 "aji_watershed_baseline", "instance_overhead", "big_slide_rss_mb", "dice", ...}``.
 """
 
@@ -132,8 +133,9 @@ def main() -> None:
     ap.add_argument("--class-weights", default="", help="comma-separated cross-entropy weights, background first "
                     "(background, nucleus, object boundary)")
     ap.add_argument("--stain-jitter", type=float, default=0.0, help="TrainConfig.stain_jitter (H&E augmentation)")
-    ap.add_argument("--contact-weight", type=float, default=0.0,
-                    help="TrainConfig.contact_weight (separation weights between close objects, training/contact.py)")
+    ap.add_argument("--contact-weight", type=float, default=None,
+                    help="TrainConfig.contact_weight (separation weights between close objects, training/contact.py; "
+                         "default: TrainConfig's, 10 with object classes; 0: off)")
     ap.add_argument("--contact-radius", type=int, default=TrainConfig.contact_radius)
     ap.add_argument("--keep", default="", help="copy the trained checkpoint to this path")
     ap.add_argument("--oracle", action="store_true", help="no training: score the recipe on the held-out masks' own "
@@ -166,8 +168,9 @@ def main() -> None:
         base = base.replace(class_weights=tuple(float(v) for v in args.class_weights.split(",")))
     if args.stain_jitter:
         base = base.replace(stain_jitter=args.stain_jitter)
-    if args.contact_weight:
-        base = base.replace(contact_weight=args.contact_weight, contact_radius=args.contact_radius)
+    base = base.replace(contact_radius=args.contact_radius)
+    if args.contact_weight is not None:
+        base = base.replace(contact_weight=args.contact_weight)
     cfg = base.replace(library=False, steps=10**9, time_budget_s=budget, device=args.device, threads=args.threads, val_fraction=0.0,
                        val_every=10**9, num_workers=1, seed=args.seed, checkpoint_dir=str(work / "ck"))
     t0 = time.perf_counter()
@@ -190,7 +193,7 @@ def main() -> None:
     slide = slide_numbers(args.slide_size, work / "slide", args.threads)
     out = {k: mean(rows, k) for k in ("aji", "pq", "f1_50", "count_error", "aji_watershed_baseline")}
     out.update(slide)
-    out.update({"dice": mean(rows, "dice"), "steps": res.steps, "budget_s": budget, "n_test": len(rows),
+    out.update({"dice": mean(rows, "dice"), "steps": res.steps, "contact_weight": cfg.contact_for(True), "budget_s": budget, "n_test": len(rows),
                 "eval_s": round(eval_s, 1), "quick": args.quick})
     print(f"total {time.perf_counter() - t0:.0f} s on {args.device}")
     print("RESULT " + json.dumps(out))

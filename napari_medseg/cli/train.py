@@ -445,7 +445,9 @@ def run(args: argparse.Namespace) -> int:
             log_doc["norm"] = ev.norm.to_dict() if ev.norm is not None else None
             msg = (f"training a {ev.model_summary} on {ev.device}: {ev.n_labelled} labelled and "
                    f"{ev.n_unlabelled} unlabelled images, {ev.n_val_patches} validation patches"
-                   + (f"; unpainted pixels: {ev.semi_reason}" if ev.semi_reason else ""))
+                   + (f"; unpainted pixels: {ev.semi_reason}" if ev.semi_reason else "")
+                   + (f"; the pixels between close objects weigh {1 + ev.contact_weight:g}x (--contact-weight)"
+                      if ev.contact_weight else ""))
             (bar.write(msg) if bar is not None else print(msg, file=sys.stderr))
         elif isinstance(ev, CheckpointEvent):
             log_doc.setdefault("checkpoints", []).append(ev.__dict__)

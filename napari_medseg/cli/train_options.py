@@ -82,7 +82,7 @@ def _losses(b: argparse._ArgumentGroup) -> None:
                    "(unetpp), the deepest weighing most")
     b.add_argument("--contact-weight", type=float, metavar="X", help="separation weights for objects (--objects): "
                    "the cross-entropy weighs 1 + X on the painted pixels between two close objects, the gaps that "
-                   "split touching nuclei (default 0: off; docs/objects.md)")
+                   "split touching nuclei (default: 10 with object classes, else off; 0: off; docs/objects.md)")
     b.add_argument("--contact-radius", type=int, metavar="PX", help="with --contact-weight: pixels with two objects "
                    "within this many pixels are weighted (default 5)")
 

@@ -49,6 +49,11 @@ AUTO_SEMI_MAX_SHARE = 0.5
 # 3 of 3 seeds, for 3 % of a step (weight 3: +0.52); at 600 s +1.28 / +1.30; at 100 s +0.68 / 0.00. Not in 3D,
 # where it was not measured.
 AUTO_CRF_WEIGHT = 1.0
+# the separation weight (training/contact.py) a run with object classes takes when contact_weight is unset: on
+# MoNuSeg with full labels, 600 s on 2 CPU threads, it raised the held-out AJI from 0.490 to 0.529 (+0.039 in each
+# of 3 paired seeds; the dense images 0.33 -> 0.43) at the same Dice, for 6-10 % of a step (benchmarks/RESULTS.md,
+# "separation weights"); 0 keeps it off
+AUTO_CONTACT_WEIGHT = 10.0
 # keys of older configs (checkpoints' ``train_config``) -> what they became; see ``TrainConfig.from_dict``
 LEGACY_KEYS = ("mean_teacher", "rampup_steps")
 
@@ -161,8 +166,9 @@ class TrainConfig:
     boundary_rampup: float = 0.5
     deep_supervision: bool = False  # the loss on every output head (models with heads: unetpp)
     # separation weights (training/contact.py): the cross-entropy weighs 1 + contact_weight on the painted pixels
-    # that have two objects within contact_radius px (the gaps between close nuclei); needs object classes; 0 = off
-    contact_weight: float = 0.0
+    # that have two objects within contact_radius px (the gaps between close nuclei). None (auto): AUTO_CONTACT_WEIGHT
+    # when the data have object classes (and the loss is not focal), else off; 0 = off
+    contact_weight: float | None = None
     contact_radius: int = 5
 
     def __post_init__(self) -> None:
@@ -281,12 +287,20 @@ class TrainConfig:
         if self.boundary_weight < 0 or not 0 <= self.boundary_rampup <= 1:
             raise MedsegError(f"boundary_weight must be >= 0 and boundary_rampup in [0, 1], got "
                               f"{self.boundary_weight} and {self.boundary_rampup}")
-        if not (self.contact_weight >= 0 and math.isfinite(self.contact_weight)) or self.contact_radius < 1:
+        if self.contact_weight is not None and not (self.contact_weight >= 0 and math.isfinite(self.contact_weight)) \
+                or self.contact_radius < 1:
             raise MedsegError(f"contact_weight must be a finite number >= 0 and contact_radius at least 1 pixel, got "
                               f"{self.contact_weight} and {self.contact_radius}")
         if self.contact_weight and self.loss == "focal_dice":
             raise MedsegError("contact_weight weighs the cross-entropy per pixel; the focal loss takes no pixel "
                               "weights: use loss 'ce_dice' or 'ce', or contact_weight 0")
+
+    def contact_for(self, has_objects: bool) -> float:
+        """The separation weight this run uses: ``contact_weight`` when set, else (auto) ``AUTO_CONTACT_WEIGHT``
+        for data with object classes and a cross-entropy loss, 0 otherwise."""
+        if self.contact_weight is not None:
+            return float(self.contact_weight)
+        return AUTO_CONTACT_WEIGHT if has_objects and self.loss != "focal_dice" else 0.0
 
     # -- derived -----------------------------------------------------------------------------------
     def patch_for(self, spatial_dims: int) -> tuple[int, ...]:
@@ -424,6 +438,7 @@ _KINDS.update({
     "threads": ("int", True), "checkpoint_dir": ("str", True), "ct_window": ("floats2", False),
     "class_weights": ("floats", True),  # checked by _weights
     "distill_from": ("str", True), "crf_weight": ("float", True),  # null: unset ("auto" may add it)
+    "contact_weight": ("float", True),  # null: auto (on with object classes)
 })
 for _f in dataclasses.fields(TrainConfig):
     if _f.name in _KINDS or _f.name == "model":

@@ -18,7 +18,8 @@ between them (rims and gap). The loss
 not weighted. Unpainted pixels (store value 0) are neither objects nor weighted.
 
 Cost: one ``scipy.ndimage.label`` per patch and a maximum and a minimum filter (separable, scipy's): about
-17 ms for a batch of 8 x 256^2 on one core, some 6 % of a CPU step of the default UNet.
+17 ms for a batch of 8 x 256^2 on one core; the default UNet ran 6-10 % fewer CPU steps in the same time
+(600 s on MoNuSeg).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ class StartEvent(TrainEvent):
     semi: str = "none"  # the semi-supervised method this run uses ("auto" resolved)
     semi_reason: str = ""  # why, when it was chosen by semi="auto"
     crf_weight: float = 0.0  # the gated CRF loss's weight this run uses (0: off; "auto" may have set it)
+    contact_weight: float = 0.0  # the separation weight between close objects this run uses (0: off)
 
 
 @dataclass

@@ -246,7 +246,8 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
         n_labelled=len(sampler.labelled_items), n_unlabelled=len(sampler.unlabelled_items),
         init_report=None if report is None else report.summary(), n_params=n_params, patch_size=patch,
         batch=(run.n_l, run.n_u), n_val_patches=len(val_patches), round=run.round, amp=setup.amp_name, norm=norm,
-        semi=cfg.semi, semi_reason=semi_reason, crf_weight=cfg.crf_weight or 0.0)
+        semi=cfg.semi, semi_reason=semi_reason, crf_weight=cfg.crf_weight or 0.0,
+        contact_weight=run.contact.weight if run.contact is not None else 0.0)
     for w in warnings:
         yield WarningEvent(w)
     if cfg.bn_reestimate:

@@ -123,8 +123,9 @@ class Run:
         if cfg.deep_supervision:
             check_deep_supervision(model, model_cfg.name)
         self.deep = DeepSupervision(self.loss_fn) if cfg.deep_supervision else None
-        self.contact = (ContactWeights([v + 1 for v in data.classes.object_values], cfg.contact_weight,
-                                       cfg.contact_radius) if cfg.contact_weight else None)
+        objects = () if data is None else data.classes.object_values  # (tests build a Run without data)
+        contact = cfg.contact_for(bool(objects))  # separation weights: auto = on with object classes
+        self.contact = ContactWeights([v + 1 for v in objects], contact, cfg.contact_radius) if contact else None
 
     def images(self) -> list[str]:
         """The training images, as paths where they have one (else their names), for the checkpoint's meta."""
@@ -249,7 +250,9 @@ class Run:
 
     def _sup(self, logits: torch.Tensor, heads: list[torch.Tensor] | None, y: torch.Tensor) -> torch.Tensor:
         """The painted-pixel loss: of the output, or of every head (deep supervision)."""
-        w = None if self.contact is None else self.contact(y)  # separation weights (contact.py)
+        if self.contact is None:
+            return self.loss_fn(logits, y) if heads is None else self.deep(heads, y)
+        w = self.contact(y)  # separation weights (contact.py)
         return self.loss_fn(logits, y, w) if heads is None else self.deep(heads, y, w)
 
     def halve_batch(self) -> str:

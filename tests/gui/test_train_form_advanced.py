@@ -138,23 +138,25 @@ def test_fine_tuning_and_loss_controls_reach_the_config_and_are_remembered(make_
     w2.shutdown()
 
 
-def test_object_gaps_reach_the_config_with_object_classes_and_are_refused_without(make_napari_viewer, tmp_path,
+def test_object_gaps_reach_the_config_for_object_classes_only_and_are_remembered(make_napari_viewer, tmp_path,
                                                                                   monkeypatch):
-    import pytest
-
-    from napari_medseg.core.errors import MedsegError
+    from napari_medseg.training.config import AUTO_CONTACT_WEIGHT
 
     monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
     viewer = make_napari_viewer()
     w = TrainWidget(viewer)
-    assert _cfg(w).contact_weight == 0.0 and w.contact_spin.text() == "off"
-    w.contact_spin.setValue(10.0)
     img = ImageSource([np.zeros((64, 64), np.uint8)], "YX", (1.0, 1.0), name="img")
     nuclei = ClassSchema(("background", "nucleus")).with_objects(["nucleus"])
-    assert build_config(w._settings_values(), img, nuclei, None).contact_weight == 10.0
-    with pytest.raises(MedsegError, match="no class is marked as objects"):
-        _cfg(w)
+    # the default is the CLI's auto value, and it applies to object classes only
+    assert w.contact_spin.value() == AUTO_CONTACT_WEIGHT and w.contact_spin.text() == "+ 10.0"
+    assert build_config(w._settings_values(), img, nuclei, None).contact_weight == AUTO_CONTACT_WEIGHT
+    assert _cfg(w).contact_weight == 0.0
+    w.contact_spin.setValue(0.0)
+    assert w.contact_spin.text() == "off"
+    assert build_config(w._settings_values(), img, nuclei, None).contact_weight == 0.0
+    w.contact_spin.setValue(20.0)
+    assert build_config(w._settings_values(), img, nuclei, None).contact_weight == 20.0
     w2 = _reopened(w, viewer)
-    assert w2.contact_spin.value() == 10.0 and w2.adv_toggle.isChecked()
+    assert w2.contact_spin.value() == 20.0 and w2.adv_toggle.isChecked()
     w.shutdown()
     w2.shutdown()

@@ -10,7 +10,10 @@ from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.source import ImageSource
 from napari_medseg.models.config import ModelConfig
 from napari_medseg.training import TrainConfig, TrainingData, TrainingItem, run_training
+from napari_medseg.training.config import AUTO_CONTACT_WEIGHT
 from napari_medseg.training.contact import ContactWeights
+from napari_medseg.training.events import StartEvent
+from napari_medseg.training.loop import train
 from napari_medseg.training.losses import SparseSegLoss
 
 NUC = ClassSchema(("background", "nucleus")).with_objects(["nucleus"])  # store: 1 bg, 2 nucleus, 3 boundary
@@ -76,7 +79,14 @@ def test_bad_settings_are_refused():
         TrainConfig(contact_weight=float("nan"))
     with pytest.raises(MedsegError, match="focal"):
         TrainConfig(contact_weight=5.0, loss="focal_dice")
-    assert TrainConfig().contact_weight == 0  # off by default
+    # unset (auto): on with object classes and a cross-entropy, off otherwise; 0 is off, a value is kept
+    auto = TrainConfig()
+    assert auto.contact_weight is None
+    assert (auto.contact_for(True), auto.contact_for(False)) == (AUTO_CONTACT_WEIGHT, 0.0)
+    assert TrainConfig(loss="focal_dice").contact_for(True) == 0.0
+    assert TrainConfig(contact_weight=0.0).contact_for(True) == 0.0
+    assert TrainConfig(contact_weight=3.0).contact_for(False) == 3.0
+    assert TrainConfig.from_dict({"contact_weight": None}).contact_weight is None
 
 
 def test_pixel_weights_give_a_weighted_mean_of_the_cross_entropy():
@@ -128,6 +138,16 @@ def test_a_run_uses_the_weights_and_refuses_them_without_objects(tmp_path, monke
     res = run_training(cfg, TrainingData([_item(paint)], NUC))
     assert res.steps == 3 and len(seen) == 3
     assert max(seen) == 6.0  # some patch held the gap between the two nuclei
+    # unset: the default weight with object classes (and the start event says so), none without them
+    seen.clear()
+    events = list(train(cfg.replace(contact_weight=None, checkpoint_dir=str(tmp_path / "ck3")),
+                        TrainingData([_item(paint)], NUC)))
+    assert max(seen) == 1.0 + AUTO_CONTACT_WEIGHT
+    assert [e.contact_weight for e in events if isinstance(e, StartEvent)] == [AUTO_CONTACT_WEIGHT]
+    seen.clear()
+    events = list(train(cfg.replace(contact_weight=None, checkpoint_dir=str(tmp_path / "ck4")),
+                        TrainingData([_item(paint)], ClassSchema(("background", "nucleus")))))
+    assert not seen and [e.contact_weight for e in events if isinstance(e, StartEvent)] == [0.0]
     with pytest.raises(MedsegError, match="no class is an object class"):
         run_training(cfg.replace(checkpoint_dir=str(tmp_path / "ck2")),
                      TrainingData([_item(paint)], ClassSchema(("background", "nucleus"))))
@@ -141,7 +161,7 @@ def test_cli_flags_reach_the_config():
     p = argparse.ArgumentParser()
     add_arguments(p)
     base = ["--images", "i", "--masks", "m", "--out", "o", "--objects", "nucleus"]
-    assert _config(p.parse_args(base), 2).contact_weight == 0.0
+    assert _config(p.parse_args(base), 2).contact_weight is None  # auto
     cfg = _config(p.parse_args(base + ["--contact-weight", "10", "--contact-radius", "4"]), 2)
     assert (cfg.contact_weight, cfg.contact_radius) == (10.0, 4)
     with pytest.raises(MedsegError, match="contact_weight must be"):

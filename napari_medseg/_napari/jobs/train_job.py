@@ -26,6 +26,7 @@ from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import GeometryMismatchError, MedsegError
 from napari_medseg.core.source import ImageSource
 from napari_medseg.labels.snapshot import LabelSnapshot
+from napari_medseg.training.config import AUTO_CONTACT_WEIGHT
 
 log = logging.getLogger(__name__)
 MIN_CONFIDENCE = 0.8  # the live preview draws a class where the model gives it at least this probability
@@ -136,10 +137,8 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
     budget = float(settings.get("budget") or 0)
     stain = float(settings.get("stain_jitter") or 0.0)
     check_stain_channels(stain, source.n_channels, f"{source.name!r} has")  # before the run starts, in the form
-    contact = float(settings.get("contact_weight") or 0.0)
-    if contact and not classes.objects:
-        raise MedsegError("'object gaps' weighs the pixels between two objects, but no class is marked as objects: "
-                          "mark the object classes in the Annotate widget, or set 'object gaps' to off")
+    # 'object gaps' (separation weights) apply to object classes only; the field's default is the CLI's auto value
+    contact = float(settings.get("contact_weight", AUTO_CONTACT_WEIGHT) or 0.0) if classes.objects else 0.0
     distil = settings.get("distill_from")  # "Distil for deployment": plain supervised + the teacher, all trainable
     return TrainConfig(
         model=mcfg, patch_size=planned_patch(settings, source, mcfg), batch_size=int(settings.get("batch", 4)),

@@ -280,6 +280,7 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
             return
         self._distilling = distil is not None
         self._semi_said: tuple[str, float] | None = None  # each Start says again what "auto" chose
+        self._contact_said = 0.0  # each Start says again which separation weight it uses
         try:
             job = self._gather(resume, distil)
         except MedsegError as e:
@@ -398,6 +399,11 @@ class TrainWidget(TabsOnFirstShow, TrainForm, QWidget):
                     if choice and choice != self._semi_said:  # said when it changes
                         self._semi_said = choice
                         self.messages.say("info", f"unpainted pixels: {ev.semi_reason}", toast=False)
+                    if ev.contact_weight and ev.contact_weight != self._contact_said:
+                        self._contact_said = ev.contact_weight
+                        self.messages.say("info", f"objects: the pixels between close objects weigh "
+                                          f"{1 + ev.contact_weight:g}x in the loss ('object gaps', Advanced)",
+                                          toast=False)
                 case DoneEvent() if self._distilling:
                     ck = ev.best_checkpoint or ev.last_checkpoint
                     self.session.distilled_checkpoint = Path(ck) if ck else None

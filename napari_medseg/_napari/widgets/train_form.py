@@ -51,6 +51,7 @@ from napari_medseg._napari.widgets.train_texts import (
     SEMI_CHOICES,
     SEMI_TOOLTIP,
 )
+from napari_medseg.training.config import AUTO_CONTACT_WEIGHT
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,8 @@ class TrainForm:
         self.deep_check.setToolTip(ADVANCED_TIPS["deep_supervision"])
         self.crf_spin = _adv_spin(0.0, 5.0, 0.0, "crf_weight", step=0.1, decimals=2, off="auto")
         self.stain_spin = _adv_spin(0.0, 0.5, 0.0, "stain_jitter", step=0.05, decimals=2, off="off")
-        self.contact_spin = _adv_spin(0.0, 50.0, 0.0, "contact_weight", step=1.0, decimals=1, off="off",
-                                      prefix="+ ")
+        self.contact_spin = _adv_spin(0.0, 50.0, AUTO_CONTACT_WEIGHT, "contact_weight", step=1.0, decimals=1,
+                                      off="off", prefix="+ ")
         af.addRow("memory", self.ckpt_check)
         af.addRow("accumulate", self.accum_spin)
         af.addRow("freeze", row)
@@ -319,7 +320,7 @@ class TrainForm:
                 (self.crf_spin, "crf_weight", 0.0, 1), (self.bn_reest_spin, "bn_reestimate", 0, 1),
                 (self.enc_lr_spin, "encoder_lr_scale", 1.0, 1), (self.clip_spin, "clip_grad", 0.0, 1),
                 (self.smooth_spin, "label_smoothing", 0.0, 1), (self.unfreeze_spin, "unfreeze_at", 0.0, 0.01),
-                (self.contact_spin, "contact_weight", 0.0, 1))
+                (self.contact_spin, "contact_weight", AUTO_CONTACT_WEIGHT, 1))
 
     def _load_settings(self) -> None:
         from napari_medseg.models import available_models
