@@ -51,7 +51,7 @@ AUTO_SEMI_MAX_SHARE = 0.5
 AUTO_CRF_WEIGHT = 1.0
 # the separation weight (training/contact.py) a run with object classes takes when contact_weight is unset: on
 # MoNuSeg with full labels, 600 s on 2 CPU threads, it raised the held-out AJI from 0.490 to 0.529 (+0.039 in each
-# of 3 paired seeds; the dense images 0.33 -> 0.43) at the same Dice, for 6-10 % of a step (benchmarks/RESULTS.md,
+# of 3 paired seeds; the dense images 0.33 -> 0.43) at the same Dice, for ~17 ms of a ~260 ms step (benchmarks/RESULTS.md,
 # "separation weights"); 0 keeps it off
 AUTO_CONTACT_WEIGHT = 10.0
 # keys of older configs (checkpoints' ``train_config``) -> what they became; see ``TrainConfig.from_dict``

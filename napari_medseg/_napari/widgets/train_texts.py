@@ -55,7 +55,7 @@ ADVANCED_TIPS = {
                       "objects within 5 px (the rims and the gap between close nuclei) weigh 1 + this in the "
                       "cross-entropy, so the model learns to split touching objects (the U-Net paper's weight map). "
                       "10 by default, for object classes only (no effect without them): on MoNuSeg nuclei, 10 CPU "
-                      "minutes, it raised the held-out AJI from 0.49 to 0.53 (3 seeds) for 6-10 % of a step.",
+                      "minutes, it raised the held-out AJI from 0.49 to 0.53 (3 seeds) for about 6 % of a step.",
 }
 PATCH_TOOLTIP = ("The patch's in-plane size (Y and X). In 3D the Z size covers the same millimetres (fewer slices "
                  "when slices are thicker than pixels) and no axis is larger than the volume; the line below shows "
