@@ -19,7 +19,8 @@ not weighted. Unpainted pixels (store value 0) are neither objects nor weighted.
 
 Cost: one ``scipy.ndimage.label`` per patch and a maximum and a minimum filter (separable, scipy's): about
 17 ms for a batch of 8 x 256^2 on one core, about 6 % of the default UNet's CPU step (the step counts of 600 s
-runs on MoNuSeg did not move beyond this VM's drift between runs).
+runs on MoNuSeg did not move beyond this VM's drift between runs). On a GPU the patches' labels come to the
+CPU for it and the weights go back: one small copy each way per step.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ class ContactWeights:
     def __init__(self, object_values: Sequence[int], weight: float, radius: int) -> None:
         if not object_values:
             raise MedsegError("contact_weight weighs the gaps between objects, but no class is an object class: "
-                              "mark the classes to count as objects (--objects, or the Train widget's objects) "
+                              "mark the classes to count as objects (--objects, or the objects tick of the class table) "
                               "or set contact_weight to 0")
-        if weight < 0 or int(radius) < 1:
+        if not weight >= 0 or int(radius) < 1:  # NaN too
             raise MedsegError(f"contact_weight must be >= 0 and contact_radius at least 1 pixel, got {weight} and "
                               f"{radius}")
         self.values = np.asarray(sorted({int(v) for v in object_values}))

@@ -74,6 +74,8 @@ def test_bad_settings_are_refused():
     with pytest.raises(MedsegError, match="contact_radius"):
         ContactWeights([2], 10.0, 0)
     with pytest.raises(MedsegError, match="contact_weight must be"):
+        ContactWeights([2], float("nan"), 5)
+    with pytest.raises(MedsegError, match="contact_weight must be"):
         TrainConfig(contact_weight=-1.0)
     with pytest.raises(MedsegError, match="contact_weight must be"):
         TrainConfig(contact_weight=float("nan"))
