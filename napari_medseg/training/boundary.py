@@ -87,10 +87,9 @@ class DeepSupervision:
         return [v / s for v in w]
 
     def __call__(self, heads: Sequence[torch.Tensor], store: torch.Tensor,
-                 pixel_weights: torch.Tensor | None = None) -> torch.Tensor:
-        if pixel_weights is None:
-            return sum(w * self.loss(h, store) for w, h in zip(self.weights(len(heads)), heads))
-        return sum(w * self.loss(h, store, pixel_weights) for w, h in zip(self.weights(len(heads)), heads))
+                 *pixel_weights: torch.Tensor) -> torch.Tensor:
+        """``pixel_weights``: none, or the per-pixel weights every head's loss takes (``SparseSegLoss``)."""
+        return sum(w * self.loss(h, store, *pixel_weights) for w, h in zip(self.weights(len(heads)), heads))
 
 
 def forward_heads(model: nn.Module, x: torch.Tensor, deep: bool) -> tuple[torch.Tensor, list[torch.Tensor] | None]:

@@ -250,10 +250,8 @@ class Run:
 
     def _sup(self, logits: torch.Tensor, heads: list[torch.Tensor] | None, y: torch.Tensor) -> torch.Tensor:
         """The painted-pixel loss: of the output, or of every head (deep supervision)."""
-        if self.contact is None:
-            return self.loss_fn(logits, y) if heads is None else self.deep(heads, y)
-        w = self.contact(y)  # separation weights (contact.py)
-        return self.loss_fn(logits, y, w) if heads is None else self.deep(heads, y, w)
+        weights = () if self.contact is None else (self.contact(y),)  # separation weights (contact.py)
+        return self.loss_fn(logits, y, *weights) if heads is None else self.deep(heads, y, *weights)
 
     def halve_batch(self) -> str:
         total = self.n_l + self.n_u

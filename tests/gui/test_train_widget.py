@@ -480,3 +480,17 @@ def test_autos_choice_is_said_when_it_changes_between_rounds(widget):
     assert said == ["auto: pseudo-labels (few patches)",
                     "auto: labels + boundary regulariser (gated CRF, weight 1: wide)",
                     "auto: labels only (fully labelled)"]
+
+
+def test_the_separation_weight_is_said_at_start(widget):
+    """With object classes a run weighs the pixels between close objects: the message log says by how much,
+    once while it stays the same, and nothing when a run uses none."""
+    from napari_medseg.training.events import StartEvent
+
+    _, w = widget
+    w._contact_said = 0.0  # as start() leaves it
+    for weight in (0.0, 10.0, 10.0, 5.0):
+        w._on_event(StartEvent(device="cpu", model_summary="m", n_labelled=1, n_unlabelled=0, contact_weight=weight))
+    said = [t for t in _said(w, "info") if t.startswith("objects: ")]
+    assert said == ["objects: the pixels between close objects weigh 11x in the loss ('object gaps', Advanced)",
+                    "objects: the pixels between close objects weigh 6x in the loss ('object gaps', Advanced)"]

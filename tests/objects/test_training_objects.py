@@ -131,7 +131,10 @@ def test_cli_objects_option(tmp_path, capsys):
     common = ["train", "--data", str(data), "--steps", "2", "--patch-size", "32", "--batch-size", "2",
               "--channels", "8,16", "--threads", "1", "--workers", "0", "--no-progress", "--val-fraction", "0"]
     assert main([*common, "--classes", "nucleus", "--objects", "nucleus", "--out", str(tmp_path / "r")]) == 0
+    # the separation weights are on by default with object classes, and the start line says so
+    assert "the pixels between close objects weigh 11x (--contact-weight)" in capsys.readouterr().err
     log = json.loads((tmp_path / "r" / "train_log.json").read_text())
+    assert log["start"]["contact_weight"] == 10.0
     assert log["data"]["classes"] == ["background", "nucleus", "object boundary"]
     ck = load_checkpoint(log["result"]["last_checkpoint"])
     assert ck.classes.objects == ("nucleus",) and ck.classes.boundary_value == 2
