@@ -62,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: flips (--tta alone: the window mirrored along each axis, 1 + dims "
                    "passes), dihedral (2D: 4 rotations x mirror, 8 passes) or multiscale (the window at 0.75, 1 and "
                    "1.25 of its size, 3 passes); docs/deployment.md has the cost and the gain")
+    p.add_argument("--zoom", type=float, default=1.0, metavar="FACTOR",
+                   help="show the model every window resampled by FACTOR (0.25-4; default 1: as it is), for objects "
+                   "smaller (> 1) or larger (< 1) than those it learnt from: about FACTOR^2 its time; "
+                   "docs/objects.md, 'Objects of another size'")
     p.add_argument("--crf", nargs="?", const="on", default=None, metavar="ITERATIONS[,RADIUS]",
                    help="refine the labels at the image's edges with a dense CRF after prediction (--crf alone: 5 "
                    "iterations, radius 4 px; writes float16 probabilities if --probs is not given); "
@@ -322,7 +326,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     md = loaded.spatial_dims or 2
     window = _window(args) or fit_window(loaded, (96, 96, 96) if md == 3 else (512, 512))
     settings = dict(level=args.level, pixel_size=args.pixel_size, window=window, overlap=args.overlap,
-                    batch_size=args.batch_size, blend=args.blend, tta=args.tta,
+                    batch_size=args.batch_size, blend=args.blend, tta=args.tta, zoom=args.zoom,
                     tissue_mask={"on": True, "off": False}.get(args.tissue_mask, args.tissue_mask),
                     write_probs=args.probs, device=args.device, amp=not args.no_amp, on_corrupt=args.on_corrupt,
                     crf=_crf(args.crf), streams=args.streams, precision=args.precision)

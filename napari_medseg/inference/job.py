@@ -37,6 +37,7 @@ from napari_medseg.inference.modelrun import (
     model_window,
     norm_for,
     resolve_model,
+    scaled_window,
     tta_identity,
     tta_mode,
     tta_windows,
@@ -135,6 +136,7 @@ class Job:
     scaled_windows: tuple[tuple[int, ...], ...] = ()  # multi-scale TTA's model windows (modelrun.tta_windows)
     streams: int = 1  # CPU: batches through the model at once, one torch thread each (``resolve_streams``)
     cpu_bf16: bool = False  # precision "bf16" on the CPU: the model under bfloat16 autocast
+    zoom_window: tuple[int, ...] | None = None  # the model's window when zoomed (``make_job``'s ``zoom``)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -168,7 +170,8 @@ class Job:
         auto = self.batch_size == "auto"
         runner = WindowRunner(self.model.module, self.device, batch_size=1 if auto else int(self.batch_size),
                               amp=self.amp, cpu_bf16=self.cpu_bf16, tta=self.tta,
-                              model_dims=md, squeeze_axis=squeeze, scaled_windows=self.scaled_windows)
+                              model_dims=md, squeeze_axis=squeeze, scaled_windows=self.scaled_windows,
+                              zoom_window=self.zoom_window)
         if auto:  # measured once per job, with the runner that will run it (precision, TTA, layout)
             if "batch_size" not in self.stats:
                 self.stats["batch_size"] = resolve_batch_size("auto", runner, (self.source.n_channels,
@@ -201,7 +204,7 @@ class Job:
 def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Path | LoadedModel, *,
              norm: NormConfig | None = None, classes: ClassSchema | None = None, level: int = 0,
              pixel_size: float | None = None, window: tuple[int, ...] | None = (512, 512), overlap: float = 0.25,
-             batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False,
+             batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False, zoom: float = 1.0,
              tissue_mask: bool | str | TissueMask = "auto", write_probs: str | None = None, device: str = "auto",
              amp: bool = True, on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
              sigma_scale: float = 0.125, backend: str = "torch", streams: int | str = 1,
@@ -239,6 +242,7 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
         raise MedsegError(f"rotation TTA (dihedral) needs square 2D windows; the window is {win}: use flips")
     out_ch = check_model_input(loaded, src, win, dev, norm)
     scaled: tuple[tuple[int, ...], ...] = ()
+    zoom_win = _zoom_window(loaded, src, win, dev, norm, zoom, tta)
     if tta_mode(tta) == "multiscale":
         md = loaded.spatial_dims or len(win)
         scaled = tta_windows(loaded, win[len(win) - md:])
@@ -280,10 +284,38 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
     cpu_bf16 = precision == "bf16" and dev.type == "cpu"
     if cpu_bf16:  # other numbers than float32: another job (a resumed run never mixes the two)
         identity["settings"]["precision"] = "bf16"
+    if zoom_win is not None:  # the model saw another scale: another job (a resumed run never mixes two)
+        identity["settings"]["zoom"] = float(zoom)
     amp = bool(amp) and precision != "fp32"
     return Job(src, loaded, level, win, float(overlap), blend, tta_mode(tta), norm, classes, write_probs, dev, amp,
                batch_size, on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout,
-               scaled_windows=scaled, streams=resolve_streams(streams, dev, loaded.module), cpu_bf16=cpu_bf16)
+               scaled_windows=scaled, streams=resolve_streams(streams, dev, loaded.module), cpu_bf16=cpu_bf16,
+               zoom_window=zoom_win)
+
+
+#: the zooms a prediction takes (the model's window at most 4x larger or smaller than the image's)
+ZOOM_RANGE = (0.25, 4.0)
+
+
+def _zoom_window(loaded: LoadedModel, src: ImageSource, win: tuple[int, ...], dev: torch.device,
+                 norm: NormConfig, zoom: float, tta: bool | str) -> tuple[int, ...] | None:
+    """The model's window for ``zoom`` (None at 1: no resampling), checked against the model like the window."""
+    try:
+        zoom = float(zoom)
+    except (TypeError, ValueError):
+        raise MedsegError(f"zoom must be a number, got {zoom!r}") from None
+    lo, hi = ZOOM_RANGE
+    if not lo <= zoom <= hi:  # also refuses NaN
+        raise MedsegError(f"zoom must be between {lo} and {hi} (1 = the image as it is; 2 = objects shown to the "
+                          f"model twice as large), got {zoom}")
+    if zoom == 1.0:
+        return None
+    if tta_mode(tta) == "multiscale":
+        raise MedsegError("a zoom and multi-scale TTA do not combine; choose one")
+    md = loaded.spatial_dims or len(win)
+    zw = scaled_window(loaded, win[len(win) - md:], zoom, "a zoom")
+    check_model_input(loaded, src, win[:len(win) - md] + zw, dev, norm)
+    return zw
 
 
 def resolve_streams(streams: int | str, device: torch.device, module: torch.nn.Module | None = None) -> int:

@@ -246,9 +246,9 @@ def tta_identity(tta: bool | str | None) -> bool | str:
     return mode if mode in ("dihedral", "multiscale") else mode == "flips"
 
 
-def tta_windows(loaded: LoadedModel, window: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
-    """The model windows multi-scale TTA runs (``TTA_SCALES`` of ``window``, the model's spatial axes), each
-    moved to the nearest size the model takes; a scale whose size would repeat another is left out."""
+def scaled_window(loaded: LoadedModel, window: tuple[int, ...], scale: float, what: str) -> tuple[int, ...]:
+    """``window`` (the model's spatial axes) times ``scale``, each axis moved to the nearest size the model takes
+    (axes of size 1 stay); ``what`` names the option in the error for a model whose sizes are unknown."""
     if loaded.window_rule:
         def fit(w: float, r: tuple[int, int]) -> int:
             return fit_size(r, int(w + 0.5))
@@ -262,11 +262,16 @@ def tta_windows(loaded: LoadedModel, window: tuple[int, ...]) -> tuple[tuple[int
         def fit(w: float, r: tuple[int, int]) -> int:
             return max(r[0], int(w / r[1] + 0.5) * r[1])
     else:
-        raise MedsegError("multi-scale TTA needs a model whose window sizes are known (a napari-medseg checkpoint "
-                          "or package); use flips")
+        raise MedsegError(f"{what} needs a model whose window sizes are known (a napari-medseg checkpoint or package)")
+    return tuple(int(window[i]) if window[i] == 1 else fit(window[i] * scale, r) for i, r in enumerate(rules))
+
+
+def tta_windows(loaded: LoadedModel, window: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """The model windows multi-scale TTA runs (``TTA_SCALES`` of ``window``, the model's spatial axes), each
+    moved to the nearest size the model takes; a scale whose size would repeat another is left out."""
     out: list[tuple[int, ...]] = []
     for s in TTA_SCALES:
-        w = tuple(int(window[i]) if window[i] == 1 else fit(window[i] * s, r) for i, r in enumerate(rules))
+        w = scaled_window(loaded, window, s, "multi-scale TTA (use flips)")
         if w not in out:
             out.append(w)
     if len(out) < 2:
@@ -296,11 +301,13 @@ class WindowRunner:
                  cpu_bf16: bool = False,
                  tta: bool | str = False, model_dims: int = 2, squeeze_axis: int | None = None,
                  cpu_nhwc: bool = True, keep_module: bool = False,
-                 scaled_windows: tuple[tuple[int, ...], ...] = ()) -> None:
+                 scaled_windows: tuple[tuple[int, ...], ...] = (),
+                 zoom_window: tuple[int, ...] | None = None) -> None:
         """``keep_module``: run the module where it is, its weights' memory format untouched (a model that
         is being trained, previewed between its steps); otherwise it is moved to ``device`` and, on CUDA,
         given channels-last weights. ``scaled_windows``: the model windows of multi-scale TTA
-        (``tta_windows``)."""
+        (``tta_windows``). ``zoom_window``: the model sees every window resampled to this size (the zoom of a
+        prediction, ``scaled_window``) and its probabilities come back to the window's size."""
         if batch_size < 1:
             raise MedsegError(f"batch size must be >= 1, got {batch_size}")
         self.device, self.batch_size = device, int(batch_size)
@@ -309,6 +316,9 @@ class WindowRunner:
         if self.tta_mode == "multiscale" and not scaled_windows:
             raise MedsegError("multi-scale TTA needs the scaled windows (modelrun.tta_windows)")
         self.scaled_windows = tuple(tuple(int(v) for v in w) for w in scaled_windows)
+        if zoom_window is not None and self.tta_mode == "multiscale":
+            raise MedsegError("a zoom and multi-scale TTA do not combine; choose one")
+        self.zoom_window = None if zoom_window is None else tuple(int(v) for v in zoom_window)
         self.amp = bool(amp) and device.type == "cuda"
         # bfloat16 autocast on the CPU (opt-in: oneDNN on AMX / AVX512-BF16 cores, ``devices.cpu_bf16_native``)
         self.cpu_bf16 = bool(cpu_bf16) and device.type == "cpu"
@@ -327,6 +337,15 @@ class WindowRunner:
         self.windows = 0
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[2:])
+        if self.zoom_window is None or self.zoom_window == size:
+            return self._model(x)
+        mode = "bilinear" if x.ndim == 4 else "trilinear"
+        aa = x.ndim == 4 and self.zoom_window[0] < size[0]  # antialiased when a 2D window shrinks
+        y = self._model(F.interpolate(x, size=self.zoom_window, mode=mode, align_corners=False, antialias=aa))
+        return F.interpolate(y, size=size, mode=mode, align_corners=False)
+
+    def _model(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_channels_last:
             x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
         if self.amp:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out: str | Path, *,
             norm: NormConfig | None = None, classes: ClassSchema | None = None, level: int = 0,
             pixel_size: float | None = None, window=(512, 512), overlap: float = 0.25,
-            batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False,
+            batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False, zoom: float = 1.0,
             tissue_mask: bool | str = "auto",
             write_probs: str | None = None, device: str = "auto", amp: bool = True,
             cancel: threading.Event | None = None, resume: bool = True, overwrite: bool = False,
@@ -55,7 +55,10 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     free memory holds, measured with one window: ``inference.batching``; the result's ``stats["batch_size"]``
     says which). ``blend``: ``"gaussian"`` (MONAI's importance map; equal to ``sliding_window_inference``) or
     ``"crop"``. ``tta``: test-time augmentation, ``False``, ``True``/``"flips"``, ``"dihedral"`` (2D square
-    windows: 4 rotations x mirror) or ``"multiscale"`` (the window at 0.75 / 1 / 1.25 of its size). ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
+    windows: 4 rotations x mirror) or ``"multiscale"`` (the window at 0.75 / 1 / 1.25 of its size). ``zoom``: the
+    model sees each window resampled by this factor (0.25-4; 2 = objects twice as large as in the image) and its
+    probabilities come back to the image's pixels: for objects smaller or larger than those the model learnt
+    (docs/objects.md, "Objects of another size"); it costs about zoom^2 the model's time. ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
     a ``TissueMask``. ``write_probs``: None, ``"uint8"``, ``"float16"`` or ``"float32"``. ``resume``: continue an
     interrupted run of the same job; ``overwrite``: replace another run's output. ``on_corrupt``:
     ``"stop"`` or ``"skip"`` (predict around unreadable source tiles, with a warning). ``backend``:
@@ -78,7 +81,7 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     if crf_cfg is not None and write_probs is None:
         write_probs = "float16"
     job = make_job(source, model, norm=norm, classes=classes, level=level, pixel_size=pixel_size, window=window,
-                   overlap=overlap, batch_size=batch_size, blend=blend, tta=tta, tissue_mask=tissue_mask,
+                   overlap=overlap, batch_size=batch_size, blend=blend, tta=tta, zoom=zoom, tissue_mask=tissue_mask,
                    write_probs=write_probs, device=device, amp=amp, on_corrupt=on_corrupt, block=block,
                    sigma_scale=sigma_scale, backend=backend, streams=streams, precision=precision)
     run = PredictionRun(job, out, resume=resume, overwrite=overwrite, t_start=t_start)

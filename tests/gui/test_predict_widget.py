@@ -297,3 +297,29 @@ def test_bfloat16_from_the_widget(widget, checkpoint, qtbot, tmp_path, monkeypat
                for r in runs), [r.read_text()[:300] for r in runs]
     gui, ref = _gui_and_torch_labels(viewer, checkpoint, tmp_path / "fp32.zarr")
     assert (gui == ref).mean() >= 0.99
+
+
+def test_zoom_from_the_widget(widget, checkpoint, qtbot, tmp_path):
+    """The widget's zoom reaches the predictor (the labels equal the headless run at that zoom) and is remembered."""
+    from napari_medseg._napari.layerdata import from_layer
+    from napari_medseg.inference import open_prediction, run_predict
+
+    viewer, w, img = widget
+    w.ckpt_edit.setText(str(checkpoint))
+    w.out_edit.setText(str(tmp_path / "zoom.zarr"))
+    w.window_spin.setValue(64)
+    w.zoom_spin.setValue(2.0)
+    assert w._values()["zoom"] == 2.0
+    w.predict()
+    qtbot.waitUntil(lambda: w._worker is None, timeout=120_000)
+    assert "done" in w.status.text(), w.status.text()
+    layer = viewer.layers["img" + RESULT_SUFFIX]
+    gui = np.asarray(layer.data[0] if layer.multiscale else layer.data)
+    for z in (2.0, 1.0):
+        run_predict(from_layer(viewer.layers["img"]), str(checkpoint), str(tmp_path / f"h{z}.zarr"), window=(64, 64),
+                    overlap=w._values()["overlap"], batch_size=4, tissue_mask=False, zoom=z)
+    ref, plain = (np.asarray([s for s in open_prediction(tmp_path / f"h{z}.zarr") if s.kind == "labels"][0].levels[0])
+                  for z in (2.0, 1.0))
+    assert (gui == ref).mean() >= 0.9999
+    assert (gui != plain).any()  # the zoom changed the result
+    assert PredictWidget(viewer).zoom_spin.value() == 2.0

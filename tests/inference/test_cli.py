@@ -152,6 +152,21 @@ def test_predict_with_crf_from_the_cli(tmp_path, ckpt, slides, capsys):
     assert "CRF iterations" in capsys.readouterr().err
 
 
+def test_predict_zoom_from_the_cli(tmp_path, ckpt, slides, capsys):
+    import zarr
+
+    base = ["predict", str(ckpt), str(slides / "s0.tif"), "--window", "64", "--tissue-mask", "off", "--device", "cpu",
+            "--probs", "float32"]
+    probs = []
+    for z in ("1", "2"):
+        assert main(base + ["--out", str(tmp_path / z), "--zoom", z]) == 0
+        probs.append(zarr.open_group(str(tmp_path / z / "s0.prediction.zarr"), mode="r")["probs/0"][:])
+    assert probs[0].shape == probs[1].shape  # the image's own pixels
+    assert abs(probs[0] - probs[1]).max() > 1e-3  # the model saw another scale
+    assert main(base + ["--out", str(tmp_path / "bad"), "--zoom", "0.1"]) == 2
+    assert "zoom must be between 0.25 and 4" in capsys.readouterr().err
+
+
 def test_predict_precision_bf16(tmp_path, ckpt, slides, capsys, monkeypatch):
     """--precision bf16 predicts (its own run: not resumed into a float32 output) and warns on a CPU that only
     emulates bfloat16."""

@@ -58,6 +58,7 @@ from napari_medseg._napari.widgets.model_library import (
     model_path_row,
 )
 from napari_medseg._napari.widgets.predict_preview import PreviewBox
+from napari_medseg._napari.widgets.predict_texts import CRF_HELP, ZOOM_HELP
 from napari_medseg._napari.widgets.qt_helpers import button_row, combo_layer, fill_layer_combo, path_row
 from napari_medseg._napari.widgets.settings import load_settings, save_settings
 from napari_medseg.core.errors import MedsegError
@@ -66,10 +67,6 @@ from napari_medseg.inference.events import Refining
 
 log = logging.getLogger(__name__)
 
-CRF_HELP = ("After the blocks, a dense CRF pulls the labels to the image's edges (inference.crf: 5 mean-field\n"
-            "iterations, radius 4 px; tile-consistent). It needs the class probabilities (written as float16).\n"
-            "On ISBI (thin EM membranes) it cut HD95 by 4-4.5 px but lost 0.6-1.3 Dice points, at 8-12 times\n"
-            "the prediction's own time (docs/deployment.md): off by default.")
 OUT_PLACEHOLDER = "beside the image, or in your napari-medseg data folder: <name>.prediction.zarr"
 
 
@@ -170,6 +167,11 @@ class PredictWidget(QWidget):
                                   "mirror (8 passes, 2D only); multiscale: the window at 0.75, 1 and 1.25 of its "
                                   "size (3 passes).\nMeasured on ISBI: flips +0.6 Dice for 2.2-2.6x the time, "
                                   "multiscale +0.4 for 2.5x (docs/deployment.md).")
+        self.zoom_spin = QDoubleSpinBox()
+        self.zoom_spin.setRange(0.25, 4.0)
+        self.zoom_spin.setSingleStep(0.25)
+        self.zoom_spin.setValue(1.0)
+        self.zoom_spin.setToolTip(ZOOM_HELP)
         self.crf_check = QCheckBox("refine edges (CRF)")
         self.crf_check.setToolTip(CRF_HELP)
         self.probs_check = QCheckBox("write class probabilities")
@@ -198,6 +200,7 @@ class PredictWidget(QWidget):
         f.addRow("blending", self.blend_combo)
         f.addRow("runs on", self.backend_combo)
         f.addRow("test-time aug.", self.tta_combo)
+        f.addRow("zoom", self.zoom_spin)
         f.addRow(self.tissue_check)
         f.addRow(self.crf_check)
         f.addRow(self.probs_check)
@@ -245,7 +248,8 @@ class PredictWidget(QWidget):
                 "tissue": self.tissue_check.isChecked(), "tta": self.tta_combo.currentText(),
                 "probs": self.probs_check.isChecked(), "process": self.process_check.isChecked(),
                 "skip_corrupt": self.skip_check.isChecked(), "overwrite": self.overwrite_check.isChecked(),
-                "backend": self.backend_combo.currentText(), "crf": self.crf_check.isChecked()}
+                "backend": self.backend_combo.currentText(), "crf": self.crf_check.isChecked(),
+                "zoom": self.zoom_spin.value()}
 
     def _load_settings(self) -> None:
         s = load_settings(self.SETTINGS)
@@ -257,6 +261,7 @@ class PredictWidget(QWidget):
         self.tissue_check.setChecked(bool(s.get("tissue", True)))
         tta = s.get("tta", "none")  # settings of older versions hold True / False
         self.tta_combo.setCurrentText(("flips" if tta else "none") if isinstance(tta, bool) else str(tta))
+        self.zoom_spin.setValue(float(s.get("zoom", 1.0)))
         self.probs_check.setChecked(bool(s.get("probs", False)))
         self.crf_check.setChecked(bool(s.get("crf", False)))
         self.process_check.setChecked(bool(s.get("process", False)))
@@ -352,7 +357,7 @@ class PredictWidget(QWidget):
             self._worker = start_generator_worker(
                 predict_job.predict_and_open, source, str(ckpt), str(out), level=self.level_spin.value(),
                 window=window, overlap=v["overlap"], batch_size=v["batch"] or "auto", blend=v["blend"],
-                tta=None if v["tta"] == "none" else v["tta"],
+                tta=None if v["tta"] == "none" else v["tta"], zoom=v["zoom"],
                 tissue_mask="auto" if v["tissue"] else False, write_probs="uint8" if v["probs"] else None,
                 on_corrupt="skip" if v["skip_corrupt"] else "stop", overwrite=v["overwrite"],
                 # in this process the work pauses while the user moves the view; a child process runs on
