@@ -26,7 +26,10 @@ slide: 50000); else null.
 trained). ``--oracle``: no model; the held-out masks' own 3-class form goes through the same post-processing and
 scoring (the recipe's ceiling). ``--contact-weight X`` trains with the separation weights between close objects
 (``TrainConfig.contact_weight``, ``training/contact.py``; its default with object classes is 10, ``0`` turns it
-off). Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
+off). ``--zoom Z`` predicts at that zoom (``inference.predict``'s ``zoom``); ``--zoom per-image`` chooses each
+image's zoom from the objects found at zoom 1 (``objects.sizes.zoom_for``, the training masks' median diameter as
+the reference). ``--checkpoint PATH`` scores a checkpoint kept from an earlier run (``--keep``) without training.
+Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
 "aji_watershed_baseline", "instance_overhead", "big_slide_rss_mb", "dice", ...}``.
 """
 
@@ -53,6 +56,7 @@ from napari_medseg.inference.predictor import run_predict  # noqa: E402
 from napari_medseg.inference.results import open_prediction  # noqa: E402
 from napari_medseg.objects.instances import find_objects, watershed_objects  # noqa: E402
 from napari_medseg.objects.metrics import aji, instance_scores  # noqa: E402
+from napari_medseg.objects.sizes import median_diameter, zoom_for  # noqa: E402
 from napari_medseg.training import run_training  # noqa: E402
 from napari_medseg.training.config import TrainConfig  # noqa: E402
 from napari_medseg.training.datasets import make_training_data  # noqa: E402
@@ -61,13 +65,30 @@ SCHEMA = ClassSchema(("background", "nucleus")).with_objects(["nucleus"])
 MIN_SIZE = 10  # pixels: smaller objects and interior seeds are speckle (MoNuSeg nuclei are ~50-500 px at 40x)
 
 
-def predict_image(ckpt: str, pair, out_dir: Path, device: str) -> np.ndarray:
+def predict_image(ckpt: str, pair, out_dir: Path, device: str, zoom: float = 1.0) -> np.ndarray:
     """Prediction values of one whole held-out image by the library's predictor (from the checkpoint)."""
     out = out_dir / f"{pair.name}.zarr"
     run_predict(pair.image, ckpt, out, window=(256, 256), overlap=0.25, tissue_mask=False, device=device,
-                amp=False, overwrite=True)
+                amp=False, overwrite=True, zoom=zoom)
     labels = open_prediction(out)[0]
     return np.asarray(labels.levels[0]).astype(np.uint8)
+
+
+def training_diameter(pairs) -> float:
+    """Median equivalent diameter (px) of the training masks' objects (their connected components), pooled."""
+    sizes = [np.bincount(ndi.label(np.asarray(p.mask) > 0)[0].ravel())[1:] for p in pairs]
+    counts = np.concatenate(sizes)
+    counts = counts[counts >= MIN_SIZE]
+    return float(np.median(2 * np.sqrt(counts / np.pi)))
+
+
+def image_zoom(zoom: str, ckpt: str, pair, work: Path, device: str, reference: float) -> float:
+    """``--zoom``: the number given, or with ``per-image`` the zoom that brings the median diameter of the objects
+    found at zoom 1 to ``reference`` (``objects.sizes.zoom_for``: within 0.5-2)."""
+    if zoom != "per-image":
+        return float(zoom)
+    found = find_objects(predict_image(ckpt, pair, work, device), SCHEMA, min_size=MIN_SIZE, min_seed=MIN_SIZE)
+    return zoom_for(reference, median_diameter(found.labels, MIN_SIZE))
 
 
 def score_image(pred: np.ndarray, mask: np.ndarray) -> dict:
@@ -138,6 +159,11 @@ def main() -> None:
                          "default: TrainConfig's, 10 with object classes; 0: off)")
     ap.add_argument("--contact-radius", type=int, default=TrainConfig.contact_radius)
     ap.add_argument("--keep", default="", help="copy the trained checkpoint to this path")
+    ap.add_argument("--checkpoint", default="", help="no training: score this checkpoint (one trained by this "
+                    "benchmark, e.g. kept with --keep)")
+    ap.add_argument("--zoom", default="1", help="prediction zoom (inference.predict's zoom): a number for every "
+                    "held-out image, or 'per-image': each image at the zoom that brings the median diameter of the "
+                    "objects found at zoom 1 to that of the training masks' objects (objects.sizes.zoom_for)")
     ap.add_argument("--oracle", action="store_true", help="no training: score the recipe on the held-out masks' own "
                     "3-class form (interior / 2-px boundary / background), its ceiling with a perfect model")
     args = ap.parse_args()
@@ -174,26 +200,35 @@ def main() -> None:
     cfg = base.replace(library=False, steps=10**9, time_budget_s=budget, device=args.device, threads=args.threads, val_fraction=0.0,
                        val_every=10**9, num_workers=1, seed=args.seed, checkpoint_dir=str(work / "ck"))
     t0 = time.perf_counter()
-    res = run_training(cfg, data)
-    train_s = time.perf_counter() - t0
-    ckpt = res.best_checkpoint or res.last_checkpoint
-    if args.keep:
-        import shutil
+    steps = None
+    if args.checkpoint:
+        ckpt = args.checkpoint
+        print(f"scoring {ckpt} (no training)")
+    else:
+        res = run_training(cfg, data)
+        steps = res.steps
+        ckpt = res.best_checkpoint or res.last_checkpoint
+        if args.keep:
+            import shutil
 
-        shutil.copy(ckpt, args.keep)
-    print(f"trained {res.steps} steps in {train_s:.0f} s ({args.threads} threads, budget {budget:.0f} s): {ckpt}")
+            shutil.copy(ckpt, args.keep)
+        print(f"trained {res.steps} steps in {time.perf_counter() - t0:.0f} s ({args.threads} threads, budget "
+              f"{budget:.0f} s): {ckpt}")
+    reference = training_diameter(train_p)
     rows = []
     t1 = time.perf_counter()
     for p in test_p:
-        pred = predict_image(ckpt, p, work, args.device)
-        row = {"image": p.name, **score_image(pred, p.mask)}
+        zoom = image_zoom(args.zoom, ckpt, p, work, args.device, reference)
+        pred = predict_image(ckpt, p, work, args.device, zoom)
+        row = {"image": p.name, "zoom": round(zoom, 3), **score_image(pred, p.mask)}
         rows.append(row)
         print("  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     eval_s = time.perf_counter() - t1
     slide = slide_numbers(args.slide_size, work / "slide", args.threads)
     out = {k: mean(rows, k) for k in ("aji", "pq", "f1_50", "count_error", "aji_watershed_baseline")}
     out.update(slide)
-    out.update({"dice": mean(rows, "dice"), "steps": res.steps, "contact_weight": cfg.contact_for(True), "budget_s": budget, "n_test": len(rows),
+    out.update({"dice": mean(rows, "dice"), "steps": steps, "zoom": args.zoom,
+                "zooms": [r["zoom"] for r in rows], "train_diameter_px": round(reference, 2), "contact_weight": cfg.contact_for(True), "budget_s": budget, "n_test": len(rows),
                 "eval_s": round(eval_s, 1), "quick": args.quick})
     print(f"total {time.perf_counter() - t0:.0f} s on {args.device}")
     print("RESULT " + json.dumps(out))
