@@ -99,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--lr", type=float)
     m.add_argument("--semi", choices=("auto", "none", "pseudo_label", "mean_teacher"), default=None,
                    help="also learn from the unpainted pixels: confidence-thresholded pseudo-labels or Mean Teacher "
-                        "consistency. Each costs a teacher forward pass per step (1.4-1.5x the step time). At equal "
+                        "consistency. Each costs a teacher forward pass per step (1.2-1.3x the step time). At equal "
                         "time on MoNuSeg (3 seeds) pseudo-labels gave +4.3 Dice with paint in a few windows of a few "
                         "images and -0.3 to -0.65 with scribbles on every image (benchmarks/RESULTS.md). Default "
                         "auto (without --config): pseudo-labels while the paint spans at most 40 training patches; "
@@ -118,7 +118,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--pl-threshold", type=float, help="pseudo-labels: the confidence they need (default 0.9)")
     m.add_argument("--crf-weight", type=float,
                    help="gated CRF loss: like-looking neighbours take the same class (default: 1 when --semi "
-                        "auto finds 2D strokes spread over the images, where at 300 s it gained +0.7 Dice on 1 %% "
+                        "auto finds 2D strokes spread over the images, where at 300 s it gained +0.9 Dice on 1 %% "
                         "MoNuSeg scribbles and +2.0 on 5 %% ISBI ones; off otherwise; 0 keeps it off under auto too; "
                         "docs/training.md)")
     m.add_argument("--loss", choices=("ce_dice", "focal_dice", "ce"))

@@ -45,8 +45,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 AUTO_SEMI_MAX_PATCHES = 40.0
 AUTO_SEMI_MAX_SHARE = 0.5
 # ... and beyond that bound, for 2D strokes (share at most AUTO_SEMI_MAX_SHARE), the gated CRF loss at this weight:
-# on 1 % scribbles over every MoNuSeg image it gained +0.88 Dice (last weights) / +0.70 (weight average) at 300 s,
-# 3 of 3 seeds, for 3 % of a step (weight 3: +0.52); at 600 s +1.28 / +1.30; at 100 s +0.68 / 0.00. Not in 3D,
+# on 1 % scribbles over every MoNuSeg image it gained +1.14 Dice (last weights) / +0.90 (weight average) at 300 s,
+# 9 of 9 seeds over three runs, for 3 % of a step (weight 3: +0.52); at 600 s +1.28 / +1.30; at 100 s +0.68 / 0.00. Not in 3D,
 # where it was not measured.
 AUTO_CRF_WEIGHT = 1.0
 # the separation weight (training/contact.py) a run with object classes takes when contact_weight is unset: on

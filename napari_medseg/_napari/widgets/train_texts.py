@@ -6,13 +6,13 @@ from __future__ import annotations
 SEMI_CHOICES = (("auto (by how you painted)", "auto"),
                 ("labels only (supervised)", "none"), ("+ pseudo-labels (FixMatch-style)", "pseudo_label"),
                 ("+ Mean Teacher consistency", "mean_teacher"))
-SEMI_TOOLTIP = ("Learn also from the unpainted pixels. Costs one extra forward pass per step (1.4-1.5x the step "
-                "time, so fewer steps fit a time budget). Measured at equal time on MoNuSeg nuclei "
+SEMI_TOOLTIP = ("Learn also from the unpainted pixels. Pseudo-labels cost one extra forward pass per step (1.2-1.3x "
+                "the step time, so fewer steps fit a time budget). Measured at equal time on MoNuSeg nuclei "
                 "(benchmarks/RESULTS.md, 3 seeds): pseudo-labels gave +4.3 Dice when the paint sits in a few "
                 "windows of a few images, the rest unpainted, and -0.3 to -0.65 (no gain) with scribbles spread "
                 "over every image. 'auto' (the default) uses pseudo-labels while the paint spans at most 40 "
                 "training patches; beyond, labels with the boundary regulariser (gated CRF; 2D strokes spread over the "
-                "images: +0.7 Dice on 1 % MoNuSeg scribbles, +2.0 on 5 % ISBI ones at 300 s) or labels only; the "
+                "images: +0.9 Dice on 1 % MoNuSeg scribbles, +2.0 on 5 % ISBI ones at 300 s) or labels only; the "
                 "message log says which it chose, and when that changes.")
 DEFAULTS = {"2D": {"patch": 256, "batch": 4}, "3D": {"patch": 64, "batch": 2}}
 ADVANCED_TIPS = {
@@ -33,7 +33,7 @@ ADVANCED_TIPS = {
                   "same class, so an object's edge follows the image, not the stroke 3 px inside it. Costs about 3 % "
                   "of a step; uses every pixel, painted or not. 'auto' here: off, unless the unpainted-pixels "
                   "choice 'auto' adds it at 1, which it does for 2D strokes spread over the images (300 s runs, "
-                  "3 seeds: +0.7 Dice on 1 % MoNuSeg scribbles, +2.0 on 5 % ISBI ones); a weight set here is used "
+                  "3-9 seeds: +0.9 Dice on 1 % MoNuSeg scribbles, +2.0 on 5 % ISBI ones); a weight set here is used "
                   "with any method (docs/training.md).",
     "freeze_bn": "Fine-tuning: batch-norm layers keep their running statistics (eval mode) and their weights; "
                  "useful with small batches. The U-Net's instance norm has neither (the Attention U-Net uses "
