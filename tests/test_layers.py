@@ -2,7 +2,7 @@
 
 Every import of every module counts, function-local ones too (they are how a wrong-way arrow hides). The
 floors (README, Development): core < io < labels; core < models < training, inference; samples on io;
-objects on io (training uses it for the object boundary class); sharing (bioimage.io, model files, the
+objects on io (training uses it for the object boundary class, inference for the objects' size); sharing (bioimage.io, model files, the
 model library) on models and io, below training and inference; guidance ("where to paint next") on labels
 and inference, below cli; cli on all engine packages; _napari on everything, imported by nothing (the CLI's ``gui`` loads it by name).
 """
@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "labels": {"core", "io"},
     "models": {"core"},
     "training": {"core", "io", "models", "objects", "sharing"},
-    "inference": {"core", "io", "models", "sharing"},
+    "inference": {"core", "io", "models", "objects", "sharing"},
     "samples": {"core", "io"},
     "objects": {"core", "io"},
     "sharing": {"core", "io", "models"},

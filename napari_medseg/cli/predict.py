@@ -62,10 +62,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: flips (--tta alone: the window mirrored along each axis, 1 + dims "
                    "passes), dihedral (2D: 4 rotations x mirror, 8 passes) or multiscale (the window at 0.75, 1 and "
                    "1.25 of its size, 3 passes); docs/deployment.md has the cost and the gain")
-    p.add_argument("--zoom", type=float, default=1.0, metavar="FACTOR",
+    p.add_argument("--zoom", default="1", metavar="FACTOR|auto",
                    help="show the model every window resampled by FACTOR (0.25-4; default 1: as it is), for objects "
-                   "smaller (> 1) or larger (< 1) than those it learnt from: about FACTOR^2 its time; "
-                   "docs/objects.md, 'Objects of another size'")
+                   "smaller (> 1) or larger (< 1) than those it learnt from: about FACTOR^2 its time; auto: the "
+                   "FACTOR that brings the objects of a sample of the image to the size the model learnt (models "
+                   "with object classes); docs/objects.md, 'Objects of another size'")
     p.add_argument("--crf", nargs="?", const="on", default=None, metavar="ITERATIONS[,RADIUS]",
                    help="refine the labels at the image's edges with a dense CRF after prediction (--crf alone: 5 "
                    "iterations, radius 4 px; writes float16 probabilities if --probs is not given); "
@@ -180,6 +181,16 @@ def _streams(text: str) -> int | str:
     if n < 1:
         raise argparse.ArgumentTypeError(f"--streams takes 'auto' or an integer >= 1, got {text!r}")
     return n
+
+
+def _zoom(value: str) -> float | str:
+    """``--zoom`` as ``predict``'s ``zoom``: "auto", or a number (its range is checked by the predictor)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise MedsegError(f"--zoom takes a number (e.g. 1.5) or auto, got {value!r}") from None
 
 
 def _crf(value: str | None) -> dict[str, int] | None:
@@ -326,7 +337,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     md = loaded.spatial_dims or 2
     window = _window(args) or fit_window(loaded, (96, 96, 96) if md == 3 else (512, 512))
     settings = dict(level=args.level, pixel_size=args.pixel_size, window=window, overlap=args.overlap,
-                    batch_size=args.batch_size, blend=args.blend, tta=args.tta, zoom=args.zoom,
+                    batch_size=args.batch_size, blend=args.blend, tta=args.tta, zoom=_zoom(args.zoom),
                     tissue_mask={"on": True, "off": False}.get(args.tissue_mask, args.tissue_mask),
                     write_probs=args.probs, device=args.device, amp=not args.no_amp, on_corrupt=args.on_corrupt,
                     crf=_crf(args.crf), streams=args.streams, precision=args.precision)

@@ -292,7 +292,9 @@ def predict_many(inputs: Sequence[ImageSource | str | Path], model: Any, outs: S
                 yield PredictFailed(source=_input_text(src_in), out=Path(out), message=_failure_message(e))
                 continue
             path, obj = _source_ref(job.source)
-            wsettings = dict(settings, tissue_mask=job.tissue if job.tissue is not None else False)
+            # the workers take the driver's mask and zoom ("auto" measured once, here), not their own
+            wsettings = dict(settings, tissue_mask=job.tissue if job.tissue is not None else False,
+                             zoom=job.stats.get("zoom", 1.0))
             runs.append(run)
             specs.append(TaskSpec(out=str(run.out), source_path=path, source=obj, model=None, settings=wsettings,
                                   identity=job.identity, torch_threads=torch_threads, delay_s=delay_s,

@@ -43,7 +43,7 @@ from napari_medseg.inference.modelrun import (
     tta_windows,
 )
 from napari_medseg.inference.output import Layout, OutputStore
-from napari_medseg.inference.tiling import BlockGrid, BlockPlan, WindowGrid, choose_block, plan_blocks
+from napari_medseg.inference.tiling import BlockGrid, BlockPlan, WindowGrid, default_block, plan_blocks
 from napari_medseg.models.devices import resolve_device
 from napari_medseg.models.normalization import NormConfig
 
@@ -74,17 +74,6 @@ def fingerprint(source: ImageSource, max_bytes: int = 64 << 20) -> str:
             break
     h.update(str([tuple(lv.shape) for lv in source.levels]).encode())
     return h.hexdigest()
-
-
-def default_block(window: tuple[int, ...], intervals: tuple[int, ...], shape: tuple[int, ...],
-                  model_dims: int) -> tuple[int, ...]:
-    if len(shape) == 2:
-        target: tuple[int, ...] = (1536, 1536)
-    elif model_dims == 2:  # a 2D model over a volume, slice by slice
-        target = (16, 1024, 1024)
-    else:
-        target = tuple(max(128, w) for w in window)
-    return choose_block(shape, window, intervals, target)
 
 
 def resolve_tissue(tissue_mask: bool | str | TissueMask, source: ImageSource) -> str | TissueMask | None:
@@ -204,7 +193,7 @@ class Job:
 def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Path | LoadedModel, *,
              norm: NormConfig | None = None, classes: ClassSchema | None = None, level: int = 0,
              pixel_size: float | None = None, window: tuple[int, ...] | None = (512, 512), overlap: float = 0.25,
-             batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False, zoom: float = 1.0,
+             batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False, zoom: float | str = 1.0,
              tissue_mask: bool | str | TissueMask = "auto", write_probs: str | None = None, device: str = "auto",
              amp: bool = True, on_corrupt: str = "stop", block: tuple[int, ...] | None = None,
              sigma_scale: float = 0.125, backend: str = "torch", streams: int | str = 1,
@@ -242,7 +231,6 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
         raise MedsegError(f"rotation TTA (dihedral) needs square 2D windows; the window is {win}: use flips")
     out_ch = check_model_input(loaded, src, win, dev, norm)
     scaled: tuple[tuple[int, ...], ...] = ()
-    zoom_win = _zoom_window(loaded, src, win, dev, norm, zoom, tta)
     if tta_mode(tta) == "multiscale":
         md = loaded.spatial_dims or len(win)
         scaled = tta_windows(loaded, win[len(win) - md:])
@@ -261,6 +249,12 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
     tm = tissue_spec if isinstance(tissue_spec, TissueMask) else (
         compute_tissue_mask(src, method=tissue_spec) if tissue_spec else None)
     ds = src.level_downsample(level)
+    measured = None
+    if isinstance(zoom, str) and zoom.strip().lower() == "auto":  # the objects' size measured on a sample of the tissue (inference.zoom_estimate)
+        from napari_medseg.inference.zoom_estimate import estimate_zoom
+
+        zoom, measured = estimate_zoom(src, loaded, level, norm, tm, dev)
+    zoom_win = _zoom_window(loaded, src, win, dev, norm, zoom, tta)
     if tm is not None:
         tissue_blocks = [b for b in blocks.indices() if tm.any_tissue(blocks.box(b), ds)]
     else:
@@ -287,10 +281,14 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
     if zoom_win is not None:  # the model saw another scale: another job (a resumed run never mixes two)
         identity["settings"]["zoom"] = float(zoom)
     amp = bool(amp) and precision != "fp32"
-    return Job(src, loaded, level, win, float(overlap), blend, tta_mode(tta), norm, classes, write_probs, dev, amp,
+    job = Job(src, loaded, level, win, float(overlap), blend, tta_mode(tta), norm, classes, write_probs, dev, amp,
                batch_size, on_corrupt, sigma_scale, grid, blocks, tm, tissue_blocks, identity, layout,
                scaled_windows=scaled, streams=resolve_streams(streams, dev, loaded.module), cpu_bf16=cpu_bf16,
                zoom_window=zoom_win)
+    job.stats["zoom"] = float(zoom)
+    if measured is not None or loaded.object_diameter is not None:
+        job.stats["object_diameter_px"] = {"learnt": loaded.object_diameter, "here": measured}
+    return job
 
 
 #: the zooms a prediction takes (the model's window at most 4x larger or smaller than the image's)
@@ -303,7 +301,7 @@ def _zoom_window(loaded: LoadedModel, src: ImageSource, win: tuple[int, ...], de
     try:
         zoom = float(zoom)
     except (TypeError, ValueError):
-        raise MedsegError(f"zoom must be a number, got {zoom!r}") from None
+        raise MedsegError(f"zoom must be a number or 'auto', got {zoom!r}") from None
     lo, hi = ZOOM_RANGE
     if not lo <= zoom <= hi:  # also refuses NaN
         raise MedsegError(f"zoom must be between {lo} and {hi} (1 = the image as it is; 2 = objects shown to the "

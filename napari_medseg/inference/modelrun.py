@@ -42,6 +42,9 @@ class LoadedModel:
     was_training: bool = False  # the module's mode when handed in (restored after a run)
     #: window sizes a model from another tool takes, per spatial axis (min, step); step 0: exactly min
     window_rule: tuple[tuple[int, int], ...] | None = None
+    #: the median diameter (pixels at the training level) of the objects it was trained on, from the checkpoint
+    #: (``training.object_sizes``); what ``zoom="auto"`` brings the image's objects to
+    object_diameter: float | None = None
 
 
 def state_hash(module: nn.Module) -> str:
@@ -69,7 +72,7 @@ def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = No
 
     ``model`` may also be a bioimage.io package or an ONNX / TorchScript file (``sharing.open_model_file``):
     its preprocessing, classes and window sizes come with it, and its hash is the weights file's."""
-    ckpt_path = None
+    ckpt_path, diameter = None, None
     config = getattr(model, "medseg_config", None)
     from napari_medseg.sharing.package_files import is_foreign_model_file
 
@@ -95,6 +98,7 @@ def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = No
         config = ckpt.model_config
         norm = norm or ckpt.norm
         classes = classes or ckpt.classes
+        diameter = (ckpt.meta or {}).get("object_diameter_px")
     elif isinstance(model, nn.Module):
         module = model
     else:
@@ -111,7 +115,8 @@ def resolve_model(model: nn.Module | str | Path, *, norm: NormConfig | None = No
         in_ch, dims = getattr(module, "medseg_in_channels", in_ch), module.medseg_spatial_dims
     was_training = bool(module.training)
     return LoadedModel(module.eval(), config if isinstance(config, ModelConfig) else None, norm, classes,
-                       state_hash(module) if hash_weights else "", in_ch, dims, ckpt_path, was_training, rule)
+                       state_hash(module) if hash_weights else "", in_ch, dims, ckpt_path, was_training, rule,
+                       None if diameter is None else float(diameter))
 
 
 def norm_for(norm: NormConfig, source: ImageSource) -> NormConfig:

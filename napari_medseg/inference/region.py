@@ -33,7 +33,6 @@ from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.source import ImageSource, read_box
 from napari_medseg.inference.blocks import ArrayReader
 from napari_medseg.inference.engine import BlockEngine, FinishedBlock
-from napari_medseg.inference.job import default_block
 from napari_medseg.inference.modelrun import (
     LoadedModel,
     WindowRunner,
@@ -43,7 +42,14 @@ from napari_medseg.inference.modelrun import (
     resolve_model,
 )
 from napari_medseg.inference.output import class_labels
-from napari_medseg.inference.tiling import BlockGrid, WindowGrid, box_slices, intersect, plan_blocks
+from napari_medseg.inference.tiling import (
+    BlockGrid,
+    WindowGrid,
+    box_slices,
+    default_block,
+    intersect,
+    plan_blocks,
+)
 from napari_medseg.models.devices import resolve_device
 from napari_medseg.models.normalization import NormConfig
 from napari_medseg.models.uncertainty import predictive_entropy

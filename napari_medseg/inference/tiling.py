@@ -263,3 +263,16 @@ def plan_blocks(grid: WindowGrid, blocks: BlockGrid, todo: Iterable[tuple[int, .
         for b in hit:
             need[b] += 1
     return BlockPlan(grid, blocks, order, compute, targets, need, skipped)
+
+
+def default_block(window: tuple[int, ...], intervals: tuple[int, ...], shape: tuple[int, ...],
+                  model_dims: int) -> tuple[int, ...]:
+    """The output blocks of a run: about 1536^2 for a slide, 16 x 1024^2 for a 2D model over a volume, the
+    window (at least 128) for a 3D model; ``choose_block`` fits them to the window grid."""
+    if len(shape) == 2:
+        target: tuple[int, ...] = (1536, 1536)
+    elif model_dims == 2:  # a 2D model over a volume, slice by slice
+        target = (16, 1024, 1024)
+    else:
+        target = tuple(max(128, w) for w in window)
+    return choose_block(shape, window, intervals, target)

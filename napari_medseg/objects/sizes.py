@@ -26,14 +26,16 @@ def median_diameter(labels: np.ndarray, min_size: int = 0) -> float | None:
         raise MedsegError(f"object sizes need a 2D or 3D label array, got {lab.ndim} dimensions")
     if lab.size == 0 or not np.issubdtype(lab.dtype, np.integer):
         raise MedsegError("object sizes need a non-empty integer label array")
-    counts = np.bincount(lab.ravel().astype(np.int64))[1:]
+    return median_diameter_of_counts(np.bincount(lab.ravel().astype(np.int64))[1:], lab.ndim, min_size)
+
+
+def median_diameter_of_counts(counts: np.ndarray, ndim: int = 2, min_size: int = 0) -> float | None:
+    """``median_diameter`` of objects given by their pixel counts (zeros and those under ``min_size`` left out)."""
+    counts = np.asarray(counts)
     counts = counts[(counts > 0) & (counts >= max(int(min_size), 1))]
     if not counts.size:
         return None
-    if lab.ndim == 2:
-        d = 2.0 * np.sqrt(counts / math.pi)
-    else:
-        d = np.cbrt(6.0 * counts / math.pi)
+    d = 2.0 * np.sqrt(counts / math.pi) if ndim == 2 else np.cbrt(6.0 * counts / math.pi)
     return float(np.median(d))
 
 

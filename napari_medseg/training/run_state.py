@@ -43,6 +43,7 @@ from napari_medseg.training.gated_crf import gated_crf_loss
 from napari_medseg.training.losses import SparseSegLoss, consistency_loss, store_to_target
 from napari_medseg.training.mean_teacher import MeanTeacher
 from napari_medseg.training.metrics import confusion, dense_scores, dice_from_confusion, scores_from_confusion
+from napari_medseg.training.object_sizes import painted_object_diameter
 from napari_medseg.training.prefetch import to_tensors
 from napari_medseg.training.pseudo_label import (
     PseudoLabels,
@@ -337,6 +338,14 @@ class Run:
                          **({"mean_iou": float(sum(fg_iou) / len(fg_iou))} if fg_iou else {})}
         return ev
 
+    def object_diameter(self) -> float | None:
+        """The painted objects' median diameter at the training level (``object_sizes``), measured once."""
+        if not hasattr(self, "_object_diameter"):
+            s = self.sampler
+            self._object_diameter = None if self.data is None else painted_object_diameter(
+                [s.views[i] for i in s.labelled_items], self.data.classes)
+        return self._object_diameter
+
     def save(self, kind: str, step: int) -> str:
         cfg, s = self.cfg, self.sampler
         v0 = s.views[s.labelled_items[0]]
@@ -350,6 +359,7 @@ class Run:
             "semi": cfg.semi, "predict_with": predict_with,
             "val_seed": s.val_seed, "val_block": list(s.val_block), "n_val_pixels_blocks": s.n_val_blocks,
             "train_config": cfg.to_dict(), "images": self.images(), "parent": self.parent, **self.last_val,
+            "object_diameter_px": self.object_diameter(),
         }
         ck = Checkpoint(model_config=self.model_cfg, state_dict=self.model.state_dict(), classes=self.data.classes,
                         norm=self.norm, meta=meta,

@@ -323,3 +323,5 @@ def test_zoom_from_the_widget(widget, checkpoint, qtbot, tmp_path):
     assert (gui == ref).mean() >= 0.9999
     assert (gui != plain).any()  # the zoom changed the result
     assert PredictWidget(viewer).zoom_spin.value() == 2.0
+    w.zoom_spin.setValue(0.0)  # the lowest value reads "auto"
+    assert w.zoom_spin.text() == "auto" and w._values()["zoom"] == "auto"

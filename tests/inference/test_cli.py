@@ -165,6 +165,10 @@ def test_predict_zoom_from_the_cli(tmp_path, ckpt, slides, capsys):
     assert abs(probs[0] - probs[1]).max() > 1e-3  # the model saw another scale
     assert main(base + ["--out", str(tmp_path / "bad"), "--zoom", "0.1"]) == 2
     assert "zoom must be between 0.25 and 4" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "bad2"), "--zoom", "big"]) == 2
+    assert "--zoom takes a number (e.g. 1.5) or auto" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "bad3"), "--zoom", "auto"]) == 2  # no object classes
+    assert "this model has no object classes" in capsys.readouterr().err
 
 
 def test_predict_precision_bf16(tmp_path, ckpt, slides, capsys, monkeypatch):

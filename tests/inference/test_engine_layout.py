@@ -9,10 +9,9 @@ import torch
 
 from napari_medseg.inference.blocks import ArrayReader
 from napari_medseg.inference.engine import BlockEngine, FinishedBlock
-from napari_medseg.inference.job import default_block
 from napari_medseg.inference.modelrun import WindowRunner, probabilities
 from napari_medseg.inference.output import argmax_channels
-from napari_medseg.inference.tiling import BlockGrid, WindowGrid, box_slices, plan_blocks
+from napari_medseg.inference.tiling import BlockGrid, WindowGrid, box_slices, default_block, plan_blocks
 from napari_medseg.models import ModelConfig, NormConfig, build_model
 
 

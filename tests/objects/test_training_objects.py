@@ -182,6 +182,14 @@ def test_short_training_learns_to_split_touching_discs(tmp_path):
     assert obj.n == 2, f"{obj.n} objects after {elapsed:.1f} s"
     left, right = obj.labels[32, mid - 8], obj.labels[32, mid + 8]
     assert left and right and left != right
+    # the checkpoint records the painted objects' size (what predict's zoom="auto" matches)
+    from scipy import ndimage as ndi
+
+    from napari_medseg.inference.modelrun import resolve_model
+    from napari_medseg.objects.sizes import median_diameter
+
+    painted = median_diameter(ndi.label(paint == 2)[0])  # store value 2: nucleus
+    assert resolve_model(res.last_checkpoint).object_diameter == pytest.approx(painted, rel=1e-6)
     # the control: the same paint without the stroke says "one object", and the model learns that too
     res = run_training(cfg.replace(checkpoint_dir=str(tmp_path / "ck2")), _data(mask + 1, img=img))
     pred = sliding_window_predict(res.model, img[None], res.norm, (64, 64)).argmax(0).numpy()

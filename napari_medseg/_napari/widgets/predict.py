@@ -168,7 +168,8 @@ class PredictWidget(QWidget):
                                   "size (3 passes).\nMeasured on ISBI: flips +0.6 Dice for 2.2-2.6x the time, "
                                   "multiscale +0.4 for 2.5x (docs/deployment.md).")
         self.zoom_spin = QDoubleSpinBox()
-        self.zoom_spin.setRange(0.25, 4.0)
+        self.zoom_spin.setRange(0.0, 4.0)  # 0 reads "auto"; 0.25 is the least number
+        self.zoom_spin.setSpecialValueText("auto")
         self.zoom_spin.setSingleStep(0.25)
         self.zoom_spin.setValue(1.0)
         self.zoom_spin.setToolTip(ZOOM_HELP)
@@ -249,7 +250,7 @@ class PredictWidget(QWidget):
                 "probs": self.probs_check.isChecked(), "process": self.process_check.isChecked(),
                 "skip_corrupt": self.skip_check.isChecked(), "overwrite": self.overwrite_check.isChecked(),
                 "backend": self.backend_combo.currentText(), "crf": self.crf_check.isChecked(),
-                "zoom": self.zoom_spin.value()}
+                "zoom": "auto" if self.zoom_spin.value() < 0.25 else self.zoom_spin.value()}
 
     def _load_settings(self) -> None:
         s = load_settings(self.SETTINGS)
@@ -261,7 +262,7 @@ class PredictWidget(QWidget):
         self.tissue_check.setChecked(bool(s.get("tissue", True)))
         tta = s.get("tta", "none")  # settings of older versions hold True / False
         self.tta_combo.setCurrentText(("flips" if tta else "none") if isinstance(tta, bool) else str(tta))
-        self.zoom_spin.setValue(float(s.get("zoom", 1.0)))
+        self.zoom_spin.setValue(0.0 if s.get("zoom") == "auto" else float(s.get("zoom", 1.0)))
         self.probs_check.setChecked(bool(s.get("probs", False)))
         self.crf_check.setChecked(bool(s.get("crf", False)))
         self.process_check.setChecked(bool(s.get("process", False)))

@@ -10,4 +10,6 @@ CRF_HELP = ("After the blocks, a dense CRF pulls the labels to the image's edges
 ZOOM_HELP = ("The model sees each window resampled by this factor; the result keeps the image's pixels.\n"
              "For objects smaller (> 1) or larger (< 1) than those it learnt from: zoom = their diameter there /\n"
              "their diameter here. MoNuSeg nuclei half the training size: AJI 0.39-0.50 -> 0.49-0.63 at 1.3-2\n"
-             "(docs/objects.md). Costs about zoom^2 the model's time; 1 = as it is.")
+             "(docs/objects.md). Costs about zoom^2 the model's time; 1 = as it is.\n"
+             "auto (below 0.25): measured on a sample of the image against the size the model learnt\n"
+             "(models with object classes trained by this version): per image, AJI 0.529 -> 0.575.")

@@ -1,0 +1,67 @@
+"""The size of the painted objects, recorded in the checkpoint so that prediction can show a model objects at
+the size it learnt them (``inference.zoom_estimate``, ``predict(zoom="auto")``; docs/objects.md).
+
+Objects are the connected regions of the object classes in the labels (with the ``object boundary`` class where
+dense masks carry their rims already: those rims belong to the objects they surround), so touching objects
+painted as one region count as one, as in the images the benchmark scores. Regions cut by the edge of a
+painted chunk (not the image's edge) are left out; so are regions under ``MIN_SIZE`` pixels (stray strokes).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_medseg.core.classes import ClassSchema
+from napari_medseg.training.data import _blocks
+
+#: regions smaller than this (pixels at level 0) are not objects
+MIN_SIZE = 10
+
+
+def _regions(block: np.ndarray, values: list[int], cut: list[tuple[bool, bool]]) -> np.ndarray:
+    """Pixel counts of the connected regions of ``values`` in ``block`` that touch no cut edge."""
+    lab, n = ndi.label(np.isin(block, values))
+    if not n:
+        return np.zeros(0, np.int64)
+    keep = np.ones(n + 1, bool)
+    keep[0] = False
+    for ax, (lo, hi) in enumerate(cut):
+        for at, is_cut in ((0, lo), (-1, hi)):
+            if is_cut:
+                keep[np.unique(np.take(lab, at, axis=ax))] = False
+    counts = np.bincount(lab.ravel(), minlength=n + 1)
+    return counts[keep]
+
+
+def painted_object_diameter(views: Sequence[Any], classes: ClassSchema) -> float | None:
+    """Median equivalent diameter (disk in 2D, ball in 3D), in pixels of the training level, of the painted
+    objects of ``views`` (``training.data.ItemView``: their labels are level-0 store values, 0 = unpainted);
+    None without object classes or objects."""
+    if not classes.object_values:
+        return None
+    values = [v + 1 for v in classes.object_values]  # store values
+    if classes.boundary_value is not None:
+        values.append(classes.boundary_value + 1)
+    diameters: list[np.ndarray] = []
+    for v in views:
+        labels = v.item.labels
+        if labels is None:
+            continue
+        shape = tuple(int(s) for s in labels.shape)
+        factor = float(np.mean(v.factor[-2:]))  # in-plane downsample of the training level
+        for off, block in _blocks(labels):
+            block = np.asarray(block)
+            cut = [(o > 0, o + b < n) for o, b, n in zip(off, block.shape, shape)]
+            counts = _regions(block, values, cut)
+            counts = counts[counts >= MIN_SIZE]
+            if counts.size:
+                d = 2.0 * np.sqrt(counts / math.pi) if block.ndim == 2 else np.cbrt(6.0 * counts / math.pi)
+                diameters.append(d / factor)
+    if not diameters:
+        return None
+    return float(np.median(np.concatenate(diameters)))
