@@ -26,8 +26,9 @@ slide: 50000); else null.
 trained). ``--oracle``: no model; the held-out masks' own 3-class form goes through the same post-processing and
 scoring (the recipe's ceiling). ``--contact-weight X`` trains with the separation weights between close objects
 (``TrainConfig.contact_weight``, ``training/contact.py``; its default with object classes is 10, ``0`` turns it
-off). ``--zoom Z`` predicts at that zoom (``inference.predict``'s ``zoom``); ``--zoom per-image`` chooses each
-image's zoom from the objects found at zoom 1 (``objects.sizes.zoom_for``, the training masks' median diameter as
+off). ``--zoom Z`` predicts at that zoom (``inference.predict``'s ``zoom``); ``--zoom auto`` lets the predictor choose (``inference.zoom_estimate``:
+a sample of the image against the objects' size the checkpoint records); ``--zoom per-image`` chooses each
+image's zoom from the objects found in the whole image at zoom 1 (``objects.sizes.zoom_for``, the training masks' median diameter as
 the reference). ``--checkpoint PATH`` scores a checkpoint kept from an earlier run (``--keep``) without training.
 Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
 "aji_watershed_baseline", "instance_overhead", "big_slide_rss_mb", "dice", ...}``.
@@ -65,11 +66,15 @@ SCHEMA = ClassSchema(("background", "nucleus")).with_objects(["nucleus"])
 MIN_SIZE = 10  # pixels: smaller objects and interior seeds are speckle (MoNuSeg nuclei are ~50-500 px at 40x)
 
 
-def predict_image(ckpt: str, pair, out_dir: Path, device: str, zoom: float = 1.0) -> np.ndarray:
-    """Prediction values of one whole held-out image by the library's predictor (from the checkpoint)."""
+def predict_image(ckpt: str, pair, out_dir: Path, device: str, zoom: float | str = 1.0,
+                  used: dict | None = None) -> np.ndarray:
+    """Prediction values of one whole held-out image by the library's predictor (from the checkpoint); ``used``
+    gets the zoom the run used (``zoom="auto"``: the predictor's own choice)."""
     out = out_dir / f"{pair.name}.zarr"
-    run_predict(pair.image, ckpt, out, window=(256, 256), overlap=0.25, tissue_mask=False, device=device,
-                amp=False, overwrite=True, zoom=zoom)
+    res = run_predict(pair.image, ckpt, out, window=(256, 256), overlap=0.25, tissue_mask=False, device=device,
+                      amp=False, overwrite=True, zoom=zoom)
+    if used is not None:
+        used["zoom"] = res.stats.get("zoom", zoom)
     labels = open_prediction(out)[0]
     return np.asarray(labels.levels[0]).astype(np.uint8)
 
@@ -82,9 +87,12 @@ def training_diameter(pairs) -> float:
     return float(np.median(2 * np.sqrt(counts / np.pi)))
 
 
-def image_zoom(zoom: str, ckpt: str, pair, work: Path, device: str, reference: float) -> float:
-    """``--zoom``: the number given, or with ``per-image`` the zoom that brings the median diameter of the objects
-    found at zoom 1 to ``reference`` (``objects.sizes.zoom_for``: within 0.5-2)."""
+def image_zoom(zoom: str, ckpt: str, pair, work: Path, device: str, reference: float) -> float | str:
+    """``--zoom``: the number given, ``auto`` (the predictor chooses: ``inference.zoom_estimate``), or with
+    ``per-image`` the zoom that brings the median diameter of the objects found in the whole image at zoom 1 to
+    ``reference`` (``objects.sizes.zoom_for``: within 0.5-2)."""
+    if zoom == "auto":
+        return zoom
     if zoom != "per-image":
         return float(zoom)
     found = find_objects(predict_image(ckpt, pair, work, device), SCHEMA, min_size=MIN_SIZE, min_seed=MIN_SIZE)
@@ -162,7 +170,8 @@ def main() -> None:
     ap.add_argument("--checkpoint", default="", help="no training: score this checkpoint (one trained by this "
                     "benchmark, e.g. kept with --keep)")
     ap.add_argument("--zoom", default="1", help="prediction zoom (inference.predict's zoom): a number for every "
-                    "held-out image, or 'per-image': each image at the zoom that brings the median diameter of the "
+                    "held-out image, 'auto' (the predictor's choice from a sample of the image and the size the "
+                    "checkpoint records), or 'per-image': each image at the zoom that brings the median diameter of the "
                     "objects found at zoom 1 to that of the training masks' objects (objects.sizes.zoom_for)")
     ap.add_argument("--oracle", action="store_true", help="no training: score the recipe on the held-out masks' own "
                     "3-class form (interior / 2-px boundary / background), its ceiling with a perfect model")
@@ -218,9 +227,10 @@ def main() -> None:
     rows = []
     t1 = time.perf_counter()
     for p in test_p:
-        zoom = image_zoom(args.zoom, ckpt, p, work, args.device, reference)
-        pred = predict_image(ckpt, p, work, args.device, zoom)
-        row = {"image": p.name, "zoom": round(zoom, 3), **score_image(pred, p.mask)}
+        used: dict = {}
+        pred = predict_image(ckpt, p, work, args.device, image_zoom(args.zoom, ckpt, p, work, args.device, reference),
+                             used)
+        row = {"image": p.name, "zoom": round(float(used["zoom"]), 3), **score_image(pred, p.mask)}
         rows.append(row)
         print("  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     eval_s = time.perf_counter() - t1
