@@ -250,10 +250,11 @@ def make_job(source: ImageSource | str | Path, model: torch.nn.Module | str | Pa
         compute_tissue_mask(src, method=tissue_spec) if tissue_spec else None)
     ds = src.level_downsample(level)
     measured = None
-    if isinstance(zoom, str) and zoom.strip().lower() == "auto":  # the objects' size measured on a sample of the tissue (inference.zoom_estimate)
+    if isinstance(zoom, str) and zoom.strip().lower() == "auto":  # objects measured on a sample (zoom_estimate)
         from napari_medseg.inference.zoom_estimate import estimate_zoom
 
         zoom, measured = estimate_zoom(src, loaded, level, norm, tm, dev)
+        zoom = round(zoom, 2)  # a resumed run measures again: float rounding must not make it another job
     zoom_win = _zoom_window(loaded, src, win, dev, norm, zoom, tta)
     if tm is not None:
         tissue_blocks = [b for b in blocks.indices() if tm.any_tissue(blocks.box(b), ds)]

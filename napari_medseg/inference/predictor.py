@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out: str | Path, *,
             norm: NormConfig | None = None, classes: ClassSchema | None = None, level: int = 0,
             pixel_size: float | None = None, window=(512, 512), overlap: float = 0.25,
-            batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False, zoom: float = 1.0,
+            batch_size: int | str = "auto", blend: str = "gaussian", tta: bool | str = False, zoom: float | str = 1.0,
             tissue_mask: bool | str = "auto",
             write_probs: str | None = None, device: str = "auto", amp: bool = True,
             cancel: threading.Event | None = None, resume: bool = True, overwrite: bool = False,
@@ -58,7 +58,9 @@ def predict(source: ImageSource | str | Path, model: nn.Module | str | Path, out
     windows: 4 rotations x mirror) or ``"multiscale"`` (the window at 0.75 / 1 / 1.25 of its size). ``zoom``: the
     model sees each window resampled by this factor (0.25-4; 2 = objects twice as large as in the image) and its
     probabilities come back to the image's pixels: for objects smaller or larger than those the model learnt
-    (docs/objects.md, "Objects of another size"); it costs about zoom^2 the model's time. ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
+    (docs/objects.md, "Objects of another size"); it costs about zoom^2 the model's time. ``"auto"`` (models with
+    object classes whose checkpoint records their size): the zoom that brings the objects of a few sampled regions
+    to that size (``inference.zoom_estimate``; the result's ``stats`` say it). ``tissue_mask``: ``"auto"`` (on for RGB/brightfield slides), True/False, a method name or
     a ``TissueMask``. ``write_probs``: None, ``"uint8"``, ``"float16"`` or ``"float32"``. ``resume``: continue an
     interrupted run of the same job; ``overwrite``: replace another run's output. ``on_corrupt``:
     ``"stop"`` or ``"skip"`` (predict around unreadable source tiles, with a warning). ``backend``:
