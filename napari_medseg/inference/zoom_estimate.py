@@ -6,7 +6,7 @@ spread evenly over the tissue) are predicted at zoom 1 (``region.predict_region`
 whole-slide pass finds them (``output.class_labels``, then ``objects.find_objects``; objects cut by a region's
 edge left out), and the zoom is the learnt diameter over theirs (``objects.sizes.zoom_for``, within 0.5-2). As
 Cellpose brings cells to a fixed diameter; on MoNuSeg's held-out images (nuclei 11-30 px against 24 px in
-training) the per-image zoom raised the AJI from 0.529 to 0.575 (benchmarks/RESULTS.md). The sample costs a few
+training) the zoom chosen this way raised the AJI from 0.529 to 0.574 (benchmarks/RESULTS.md). The sample costs a few
 regions' prediction, small beside a slide's.
 """
 
@@ -29,12 +29,19 @@ SAMPLE_SIDE = 512
 MIN_SIZE = 10  # pixels: smaller objects and seeds are speckle (as the benchmark's)
 
 
+def _starts(n: int, s: int) -> list[int]:
+    """Starts of boxes of ``s`` pixels that cover ``n`` pixels, evenly spaced (the last ends at ``n``)."""
+    if n <= s:
+        return [0]
+    k = -(-n // s)
+    return sorted({round(i * (n - s) / (k - 1)) for i in range(k)})
+
+
 def sample_regions(shape: tuple[int, int], side: int, n: int, keep=None) -> list[tuple[tuple[int, int], ...]]:
-    """Up to ``n`` boxes of ``side`` pixels on a grid over ``shape`` (YX), evenly spread over those ``keep(box)``
-    accepts (all without ``keep``)."""
+    """Up to ``n`` boxes of ``side`` pixels on a grid that covers ``shape`` (YX), evenly spread over those
+    ``keep(box)`` accepts (all without ``keep``)."""
     sy, sx = min(side, shape[0]), min(side, shape[1])
-    boxes = [((y, min(y + sy, shape[0])), (x, min(x + sx, shape[1])))
-             for y in range(0, max(1, shape[0] - sy + 1), sy) for x in range(0, max(1, shape[1] - sx + 1), sx)]
+    boxes = [((y, y + sy), (x, x + sx)) for y in _starts(shape[0], sy) for x in _starts(shape[1], sx)]
     if keep is not None:
         boxes = [b for b in boxes if keep(b)]
     if len(boxes) <= n:

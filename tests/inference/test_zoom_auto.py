@@ -80,3 +80,6 @@ def test_sample_regions_spread_over_what_is_kept():
     kept = sample_regions((2000, 3000), 512, 6, keep=lambda b: b[1][0] >= 1500)
     assert kept and all(b[1][0] >= 1500 for b in kept)
     assert sample_regions((100, 80), 512, 6) == [((0, 100), (0, 80))]  # an image smaller than a region
+    # the grid covers the whole image: the last row and column end at its edges
+    assert sample_regions((1000, 1000), 512, 6) == [((0, 512), (0, 512)), ((0, 512), (488, 1000)),
+                                                    ((488, 1000), (0, 512)), ((488, 1000), (488, 1000))]

@@ -12,4 +12,4 @@ ZOOM_HELP = ("The model sees each window resampled by this factor; the result ke
              "their diameter here. MoNuSeg nuclei half the training size: AJI 0.39-0.50 -> 0.49-0.63 at 1.3-2\n"
              "(docs/objects.md). Costs about zoom^2 the model's time; 1 = as it is.\n"
              "auto (below 0.25): measured on a sample of the image against the size the model learnt\n"
-             "(models with object classes trained by this version): per image, AJI 0.529 -> 0.575.")
+             "(models with object classes trained by this version): per image, AJI 0.529 -> 0.574.")
