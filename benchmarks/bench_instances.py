@@ -28,7 +28,7 @@ scoring (the recipe's ceiling). ``--contact-weight X`` trains with the separatio
 (``TrainConfig.contact_weight``, ``training/contact.py``; its default with object classes is 10, ``0`` turns it
 off). ``--zoom Z`` predicts at that zoom (``inference.predict``'s ``zoom``); ``--zoom auto`` lets the predictor choose (``inference.zoom_estimate``:
 a sample of the image against the objects' size the checkpoint records); ``--zoom per-image`` chooses each
-image's zoom from the objects found in the whole image at zoom 1 (``objects.sizes.zoom_for``, the training masks' median diameter as
+image's zoom from the objects found in the whole image at zoom 1 (``objects.sizes.zoom_for``, the painted objects' median diameter that training records as
 the reference). ``--checkpoint PATH`` scores a checkpoint kept from an earlier run (``--keep``) without training.
 Last line: ``RESULT {"aji", "pq", "f1_50", "count_error",
 "aji_watershed_baseline", "instance_overhead", "big_slide_rss_mb", "dice", ...}``.
@@ -60,7 +60,9 @@ from napari_medseg.objects.metrics import aji, instance_scores  # noqa: E402
 from napari_medseg.objects.sizes import median_diameter, zoom_for  # noqa: E402
 from napari_medseg.training import run_training  # noqa: E402
 from napari_medseg.training.config import TrainConfig  # noqa: E402
+from napari_medseg.training.data import ItemView  # noqa: E402
 from napari_medseg.training.datasets import make_training_data  # noqa: E402
+from napari_medseg.training.object_sizes import painted_object_diameter  # noqa: E402
 
 SCHEMA = ClassSchema(("background", "nucleus")).with_objects(["nucleus"])
 MIN_SIZE = 10  # pixels: smaller objects and interior seeds are speckle (MoNuSeg nuclei are ~50-500 px at 40x)
@@ -77,14 +79,6 @@ def predict_image(ckpt: str, pair, out_dir: Path, device: str, zoom: float | str
         used["zoom"] = res.stats.get("zoom", zoom)
     labels = open_prediction(out)[0]
     return np.asarray(labels.levels[0]).astype(np.uint8)
-
-
-def training_diameter(pairs) -> float:
-    """Median equivalent diameter (px) of the training masks' objects (their connected components), pooled."""
-    sizes = [np.bincount(ndi.label(np.asarray(p.mask) > 0)[0].ravel())[1:] for p in pairs]
-    counts = np.concatenate(sizes)
-    counts = counts[counts >= MIN_SIZE]
-    return float(np.median(2 * np.sqrt(counts / np.pi)))
 
 
 def image_zoom(zoom: str, ckpt: str, pair, work: Path, device: str, reference: float) -> float | str:
@@ -223,7 +217,8 @@ def main() -> None:
             shutil.copy(ckpt, args.keep)
         print(f"trained {res.steps} steps in {time.perf_counter() - t0:.0f} s ({args.threads} threads, budget "
               f"{budget:.0f} s): {ckpt}")
-    reference = training_diameter(train_p)
+    # the reference of --zoom per-image: the size training records in the checkpoint (the same function)
+    reference = painted_object_diameter([ItemView(i, it, 0) for i, it in enumerate(data.items)], data.classes)
     rows = []
     t1 = time.perf_counter()
     for p in test_p:

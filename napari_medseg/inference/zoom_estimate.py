@@ -22,7 +22,7 @@ from napari_medseg.inference.modelrun import LoadedModel
 from napari_medseg.inference.output import class_labels
 from napari_medseg.models.normalization import NormConfig
 from napari_medseg.objects.instances import find_objects
-from napari_medseg.objects.sizes import median_diameter_of_counts, zoom_for
+from napari_medseg.objects.sizes import median_diameter_of_counts, uncut_counts, zoom_for
 
 SAMPLE_REGIONS = 6
 SAMPLE_SIDE = 512
@@ -72,13 +72,7 @@ def estimate_zoom(src: ImageSource, loaded: LoadedModel, level: int, norm: NormC
                             probs_dtype="float32", device=str(device))
         lab = class_labels(torch.from_numpy(np.ascontiguousarray(rp.probs)), classes).numpy()
         objs = find_objects(lab, classes, min_size=MIN_SIZE, min_seed=MIN_SIZE).labels
-        edge = np.zeros(objs.shape, bool)  # a region's edge that is not the image's cuts objects
-        (y0, y1), (x0, x1) = box
-        edge[0, :], edge[-1, :], edge[:, 0], edge[:, -1] = y0 > 0, y1 < shape[0], x0 > 0, x1 < shape[1]
-        cut = np.unique(objs[edge & (objs > 0)])
-        c = np.bincount(objs.ravel().astype(np.int64))
-        c[0] = 0
-        c[cut] = 0
-        counts.append(c[c > 0])
+        # a region's side that is not the image's edge cuts the objects on it
+        counts.append(uncut_counts(objs, [(a > 0, b < n) for (a, b), n in zip(box, shape)]))
     measured = median_diameter_of_counts(np.concatenate(counts) if counts else np.zeros(0, np.int64), 2, MIN_SIZE)
     return zoom_for(loaded.object_diameter, measured), measured

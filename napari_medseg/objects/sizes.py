@@ -35,8 +35,28 @@ def median_diameter_of_counts(counts: np.ndarray, ndim: int = 2, min_size: int =
     counts = counts[(counts > 0) & (counts >= max(int(min_size), 1))]
     if not counts.size:
         return None
-    d = 2.0 * np.sqrt(counts / math.pi) if ndim == 2 else np.cbrt(6.0 * counts / math.pi)
-    return float(np.median(d))
+    return float(np.median(equivalent_diameters(counts, ndim)))
+
+
+def equivalent_diameters(counts: np.ndarray, ndim: int = 2) -> np.ndarray:
+    """The diameter of the disk (2D) or ball (3D) of each pixel count."""
+    counts = np.asarray(counts, np.float64)
+    return 2.0 * np.sqrt(counts / math.pi) if ndim == 2 else np.cbrt(6.0 * counts / math.pi)
+
+
+def uncut_counts(labels: np.ndarray, cut: list[tuple[bool, bool]]) -> np.ndarray:
+    """Pixel counts of the objects of an instance label array (0 = background) that touch none of its cut edges:
+    ``cut[axis] = (low side cut, high side cut)``, e.g. a window's sides that are not the image's edges, where an
+    object may go on outside."""
+    lab = np.asarray(labels).astype(np.int64, copy=False)
+    counts = np.bincount(lab.ravel())
+    keep = counts > 0
+    keep[0] = False
+    for ax, (lo, hi) in enumerate(cut):
+        for at, is_cut in ((0, lo), (-1, hi)):
+            if is_cut:
+                keep[np.unique(np.take(lab, at, axis=ax))] = False
+    return counts[keep]
 
 
 def zoom_for(reference: float, measured: float | None, lo: float = 0.5, hi: float = 2.0) -> float:

@@ -9,7 +9,6 @@ painted chunk (not the image's edge) are left out; so are regions under ``MIN_SI
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,25 +16,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_medseg.core.classes import ClassSchema
+from napari_medseg.objects.sizes import equivalent_diameters, uncut_counts
 from napari_medseg.training.data import _blocks
 
 #: regions smaller than this (pixels at level 0) are not objects
 MIN_SIZE = 10
-
-
-def _regions(block: np.ndarray, values: list[int], cut: list[tuple[bool, bool]]) -> np.ndarray:
-    """Pixel counts of the connected regions of ``values`` in ``block`` that touch no cut edge."""
-    lab, n = ndi.label(np.isin(block, values))
-    if not n:
-        return np.zeros(0, np.int64)
-    keep = np.ones(n + 1, bool)
-    keep[0] = False
-    for ax, (lo, hi) in enumerate(cut):
-        for at, is_cut in ((0, lo), (-1, hi)):
-            if is_cut:
-                keep[np.unique(np.take(lab, at, axis=ax))] = False
-    counts = np.bincount(lab.ravel(), minlength=n + 1)
-    return counts[keep]
 
 
 def painted_object_diameter(views: Sequence[Any], classes: ClassSchema) -> float | None:
@@ -57,11 +42,10 @@ def painted_object_diameter(views: Sequence[Any], classes: ClassSchema) -> float
         for off, block in _blocks(labels):
             block = np.asarray(block)
             cut = [(o > 0, o + b < n) for o, b, n in zip(off, block.shape, shape)]
-            counts = _regions(block, values, cut)
+            counts = uncut_counts(ndi.label(np.isin(block, values))[0], cut)
             counts = counts[counts >= MIN_SIZE]
             if counts.size:
-                d = 2.0 * np.sqrt(counts / math.pi) if block.ndim == 2 else np.cbrt(6.0 * counts / math.pi)
-                diameters.append(d / factor)
+                diameters.append(equivalent_diameters(counts, block.ndim) / factor)
     if not diameters:
         return None
     return float(np.median(np.concatenate(diameters)))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_medseg.core.errors import MedsegError
-from napari_medseg.objects.sizes import median_diameter, zoom_for
+from napari_medseg.objects.sizes import median_diameter, uncut_counts, zoom_for
 
 
 def _disks(radii, size=200):
@@ -48,3 +48,14 @@ def test_zoom_for():
         zoom_for(0, 10)
     with pytest.raises(MedsegError, match="bounds"):
         zoom_for(24, 10, lo=1.5)
+
+
+def test_uncut_counts_leave_out_objects_on_cut_sides():
+    lab = np.zeros((10, 10), np.int32)
+    lab[0:3, 4:6] = 1  # on the top side
+    lab[4:6, 4:6] = 2  # inside
+    lab[7:10, 0:2] = 3  # on the bottom and left sides
+    assert sorted(uncut_counts(lab, [(False, False), (False, False)])) == [4, 6, 6]  # no side cut: all
+    assert sorted(uncut_counts(lab, [(True, False), (False, False)])) == [4, 6]  # top cut: object 1 out
+    assert list(uncut_counts(lab, [(True, True), (True, True)])) == [4]  # every side cut: the inner one only
+    assert uncut_counts(np.zeros((4, 4), np.int32), [(True, True), (True, True)]).size == 0
