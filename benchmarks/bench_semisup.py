@@ -20,8 +20,9 @@ Settings (``../shared/data``):
 
 Methods (``--methods``): ``sup`` (painted pixels only), ``auto`` (``semi="auto"``, the CLI's and the Train
 widget's default: ``pl`` while the paint spans few patches with most of their pixels unpainted, ``crf:1`` for
-2D strokes spread wider, else ``sup``; each row says what it chose; on a CPU with native bfloat16 the teacher's
-passes run in it), ``auto_f32`` / ``pl_f32`` (``auto`` / ``pl`` with ``amp=False``: the teacher in float32),
+2D strokes spread wider, else ``sup``; each row says what it chose; on a CPU with native bfloat16 every method
+trains under bfloat16 autocast, ``amp=True``), ``sup_f32`` / ``auto_f32`` / ``pl_f32`` (``sup`` / ``auto`` / ``pl``
+with ``amp=False``: float32),
 ``pl`` (``semi="pseudo_label"``: the unlabelled data are the unpainted pixels of the painted patches), ``pl_u25`` (the same plus a quarter batch of
 windows from anywhere, ``unlabelled_ratio=0.25``), ``mt`` (``semi="mean_teacher"`` with the reference recipe),
 ``full`` (dense labels, upper bound),
@@ -61,9 +62,10 @@ from napari_medseg.training.sparsify import scribbles
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # method -> TrainConfig changes (every run also keeps a weight EMA, scored beside the student)
 METHODS = {"sup": {"semi": "none"}, "pl": {"semi": "pseudo_label"},  # the unpainted pixels of painted patches
-           "pl_f32": {"semi": "pseudo_label", "amp": False},  # the teacher's passes in float32 on a CPU
+           "sup_f32": {"semi": "none", "amp": False},  # float32 on a CPU with native bf16 (amp: bf16 autocast)
+           "pl_f32": {"semi": "pseudo_label", "amp": False},  # the same in float32 on a CPU with native bf16
            "auto": {"semi": "auto"},  # the CLI's and the widget's default: pl or sup by the paint's extent
-           "auto_f32": {"semi": "auto", "amp": False},  # the same with the teacher's passes in float32 on a CPU
+           "auto_f32": {"semi": "auto", "amp": False},  # the same in float32 on a CPU with native bf16
            "pl_u25": {"semi": "pseudo_label", "unlabelled_ratio": 0.25},  # + a quarter batch of windows anywhere
            "mt": {"semi": "mean_teacher"}, "full": {"semi": "none"},
            "crf": {"semi": "none", "crf_weight": 0.1},  # + the gated CRF loss (training/gated_crf.py)

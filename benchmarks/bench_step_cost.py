@@ -7,9 +7,9 @@ teacher, losses, AdamW, weight EMA; validation off) on the same data, and the me
 rounds, so a drift of the machine falls on all of them alike. The semi-supervised terms count from the first step
 (``pl_start=0``), which is their cost for most of a real run (the pseudo-labels start at 20 % of it).
 
-Methods (``--methods``): ``bench_semisup``'s names (its ``method_config``), e.g. ``sup`` (labels only), ``pl``
-(pseudo-labels, the teacher's pass in bfloat16 on a CPU with native bfloat16, ``amp=True``: the default),
-``pl_f32`` (the teacher in float32, ``amp=False``), ``crf:1`` (labels + the gated CRF at weight 1), ``mt``
+Methods (``--methods``): ``bench_semisup``'s names (its ``method_config``), e.g. ``sup`` (labels only; with
+``amp=True``, the default, the step runs under bfloat16 autocast on a CPU with native bfloat16), ``sup_f32``
+(labels only, float32: ``amp=False``), ``pl`` (pseudo-labels), ``pl_f32`` (the same in float32), ``crf:1`` (labels + the gated CRF at weight 1), ``mt``
 (Mean Teacher); ``sup`` must be among them. A name with ``@system`` (``sup@system``) runs that method with glibc's
 own heap settings (``NAPARI_MEDSEG_HEAP=system``) instead of the training's reuse of freed memory
 (``core.heap.reuse_freed_memory``), so ``--methods sup,sup@system`` measures what the reuse saves.
@@ -19,9 +19,9 @@ own heap settings (``NAPARI_MEDSEG_HEAP=system``) instead of the training's reus
 Data: MoNuSeg's ``monuseg_local`` setting of ``bench_semisup`` (scribbles in 2 windows of 5 images), patch 256,
 batch 8, 2 threads.
 
-Last line: ``RESULT {"step_ratio_pl", "step_ratio_pl_f32", ..., "step_s_sup", "bf16_teacher", ...}``: per
+Last line: ``RESULT {"step_ratio_pl", "step_ratio_pl_f32", ..., "step_s_sup", "cpu_bf16", ...}``: per
 method the median over rounds of (its median step time / sup's of the same round); ``step_s_<m>`` the median step
-time in seconds; ``bf16_teacher`` whether this CPU runs the teacher in bfloat16.
+time in seconds; ``cpu_bf16`` whether this CPU trains under bfloat16 autocast with ``amp`` on.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def main() -> None:
     out.update({f"step_ratio_{m}_rounds": [round(x, 3) for x in v] for m, v in ratios.items()})
     out.update({f"step_s_{m}": round(statistics.median(v), 4) for m, v in per.items()})
     setup = select_device("cpu", amp=True)
-    out.update({"bf16_teacher": setup.teacher_dtype == torch.bfloat16, "rounds": rounds, "steps": steps,
+    out.update({"cpu_bf16": setup.amp_dtype == torch.bfloat16, "rounds": rounds, "steps": steps,
                 "threads": args.threads, "quick": args.quick, "in_thread": args.in_thread})
     print("RESULT " + json.dumps(out))
 

@@ -1,5 +1,6 @@
 """Device choice and mixed precision: CUDA (bf16 autocast where supported, fp16 with a grad scaler otherwise,
-channels_last), Apple MPS, or the CPU with a caller-set thread count."""
+channels_last), Apple MPS, or the CPU with a caller-set thread count (bf16 autocast where the CPU computes
+bfloat16 natively: a training step about 1.4x faster, benchmarks/RESULTS.md, issue 18)."""
 
 from __future__ import annotations
 
@@ -20,21 +21,18 @@ class DeviceSetup:
     amp_dtype: torch.dtype | None  # None: full float32
     use_scaler: bool  # fp16 needs a GradScaler
     channels_last: bool
-    # the no-grad teacher passes of semi-supervised training (pseudo-label and Mean Teacher targets) where the
-    # run has no autocast of its own: bfloat16 on a CPU that computes it natively (select_device with amp on)
-    teacher_dtype: torch.dtype | None = None
 
     @property
     def amp_name(self) -> str:
         return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "off")  # type: ignore[arg-type]
 
-    def describe(self, teacher: bool = False) -> str:
-        """The device in words; ``teacher``: the run has a teacher pass (says so where it runs in bf16 on a CPU)."""
+    def describe(self) -> str:
+        """The device in words."""
         if self.device.type == "cuda":
             name = torch.cuda.get_device_name(self.device)
             return f"cuda ({name}, amp {self.amp_name}{', channels_last' if self.channels_last else ''})"
         if self.device.type == "cpu":
-            bf16 = ", the teacher in bf16" if teacher and self.teacher_dtype == torch.bfloat16 else ""
+            bf16 = ", bf16" if self.amp_dtype == torch.bfloat16 else ""
             return f"cpu ({torch.get_num_threads()} threads{bf16})"
         return self.device.type
 
@@ -42,16 +40,6 @@ class DeviceSetup:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def teacher_autocast(self):
-        """Autocast for a teacher's no-grad pass: the run's own mixed precision where it has one, else
-        ``teacher_dtype``. Its output is only thresholded and compared (top class, confidence >= a threshold,
-        consistency targets), so bfloat16 costs nothing measurable there and saves about a third of the pass
-        on a CPU with native bfloat16 (benchmarks/RESULTS.md, issue 15)."""
-        dtype = self.amp_dtype or self.teacher_dtype
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def memory_format(self, spatial_dims: int) -> torch.memory_format:
         if not self.channels_last:
@@ -98,9 +86,9 @@ def select_device(name: str = "auto", amp: bool = True, channels_last: bool = Tr
         if not mps_available():
             raise MedsegError("device 'mps' was asked for but torch sees no Apple GPU; choose 'cpu' or 'auto'.")
         return DeviceSetup(torch.device("mps"), None, False, False)
-    if name == "cpu":  # float32 training; with amp, the teacher's passes in bf16 where the CPU has it natively
-        teacher = torch.bfloat16 if amp and cpu_bf16_native() else None
-        return DeviceSetup(torch.device("cpu"), None, False, False, teacher)
+    if name == "cpu":  # with amp, bf16 autocast where the CPU computes it natively (else emulated: slower)
+        dtype = torch.bfloat16 if amp and cpu_bf16_native() else None
+        return DeviceSetup(torch.device("cpu"), dtype, False, False)
     raise MedsegError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
 
 

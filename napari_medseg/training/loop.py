@@ -240,7 +240,7 @@ def _train(cfg: TrainConfig, data: TrainingData, setup: DeviceSetup, stop: threa
     n_params = sum(p.numel() for p in model.parameters())
     val_patches = sampler.validation_patches()
     yield StartEvent(
-        device=setup.describe(teacher=cfg.semi in ("pseudo_label", "mean_teacher")),
+        device=setup.describe(),
         model_summary=f"{model_cfg.spatial_dims}D {model_cfg.name} {list(model_cfg.channels)}"
         f" ({n_params / 1e6:.2f} M parameters), {model_cfg.in_channels} -> {model_cfg.out_channels} channels",
         n_labelled=len(sampler.labelled_items), n_unlabelled=len(sampler.unlabelled_items),

@@ -200,7 +200,7 @@ class Run:
                 was = teacher.training
                 teacher.eval()
                 try:
-                    with self.setup.teacher_autocast():
+                    with self.setup.autocast():
                         pl = teacher_targets(teacher, xg.contiguous(memory_format=self.mf))
                 finally:
                     teacher.train(was)
@@ -230,7 +230,7 @@ class Run:
                 on = self.cfg.consistency_on
                 first = n_l if on == "unlabelled" else 0
                 if xg.shape[0] > first:
-                    with self.setup.teacher_autocast():
+                    with self.setup.autocast():
                         probs, mask = self.mt.targets(xg[first:].contiguous(memory_format=self.mf), progress)
                     if on == "unpainted":
                         unpainted = yg[first:] == 0

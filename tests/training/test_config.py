@@ -143,3 +143,17 @@ def test_auto_semi_resolves_by_the_extent_of_the_paint():
     assert TrainConfig(semi="auto", distill_from="t.pt").resolve_semi(1.0)[0].semi == "none"
     same = TrainConfig(semi="mean_teacher")
     assert same.resolve_semi(1.0) == (same, "")
+
+
+def test_no_amp_from_the_command_line_trains_in_float32():
+    """``--no-amp`` turns mixed precision off (bf16 autocast on a CPU with native bf16, AMP on a GPU); it is on
+    by default."""
+    import argparse
+
+    from napari_medseg.cli.train import _config, add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    base = ["--images", "i", "--masks", "m", "--out", "o"]
+    assert _config(p.parse_args(base), 2).amp is True
+    assert _config(p.parse_args(base + ["--no-amp"]), 2).amp is False

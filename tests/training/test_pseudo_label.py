@@ -104,22 +104,23 @@ def test_the_weighted_loss_equals_the_loss_over_the_selected_pixels(balance):
     assert torch.allclose(ga, gb, atol=1e-7)
 
 
-def test_a_cpu_with_native_bf16_runs_the_teacher_in_bf16_only_with_amp(monkeypatch):
+def test_a_cpu_with_native_bf16_trains_in_bf16_only_with_amp(monkeypatch):
     from napari_medseg.models import devices
 
     monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
     on = devices.select_device("cpu", amp=True)
-    assert on.amp_dtype is None and on.teacher_dtype == torch.bfloat16  # the student still trains in float32
-    assert "the teacher in bf16" in on.describe(teacher=True) and "bf16" not in on.describe()
-    assert devices.select_device("cpu", amp=False).teacher_dtype is None
+    assert on.amp_dtype == torch.bfloat16 and not on.use_scaler  # bf16 needs no grad scaler
+    assert on.describe().endswith("bf16)") and on.amp_name == "bf16"
+    f32 = devices.select_device("cpu", amp=False)
+    assert f32.amp_dtype is None and "bf16" not in f32.describe()
     monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)  # emulated bf16 would be slower: float32
     off = devices.select_device("cpu", amp=True)
-    assert off.teacher_dtype is None and "bf16" not in off.describe(teacher=True)
+    assert off.amp_dtype is None and "bf16" not in off.describe()
     conv = torch.nn.Conv2d(3, 2, 3, padding=1)
     x = torch.randn(2, 3, 16, 16)
-    with on.teacher_autocast():
+    with on.autocast():
         assert conv(x).dtype == torch.bfloat16
-    with off.teacher_autocast():
+    with off.autocast():
         assert conv(x).dtype == torch.float32
 
 
@@ -139,9 +140,9 @@ def test_bf16_teacher_targets_agree_with_float32():
     assert bool(((low.conf > 0.9) == (ref.conf > 0.9))[confident].all())
 
 
-def test_training_passes_the_teacher_through_its_autocast(tmp_path, monkeypatch):
-    """The wiring: with a bf16 teacher (a native-bf16 CPU and amp on), the pseudo-label teacher's pass runs under
-    bf16 autocast; with amp off, in float32."""
+def test_training_runs_student_and_teacher_under_bf16_autocast_with_amp(tmp_path, monkeypatch):
+    """The wiring: on a native-bf16 CPU with amp on, the student's forward pass and the pseudo-label teacher's
+    run under bf16 autocast, and the StartEvent says so; with amp off, both in float32."""
     from helpers import drain
 
     from napari_medseg.models import devices
@@ -149,20 +150,30 @@ def test_training_passes_the_teacher_through_its_autocast(tmp_path, monkeypatch)
 
     from ._synth import blob_data, tiny_cfg
 
-    seen = []
+    teacher_seen, student_seen = [], []
 
-    def spy(teacher, x):
-        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+    def dtype_now():
+        return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+
+    def spy_teacher(teacher, x):
+        teacher_seen.append(dtype_now())
         return teacher_targets(teacher, x)
 
+    real_forward = run_state.forward_heads
+
+    def spy_student(model, x, deep):
+        student_seen.append(dtype_now())
+        return real_forward(model, x, deep)
+
     monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
-    monkeypatch.setattr(run_state, "teacher_targets", spy)
+    monkeypatch.setattr(run_state, "teacher_targets", spy_teacher)
+    monkeypatch.setattr(run_state, "forward_heads", spy_student)
     data = blob_data((96, 96), n_items=2, fraction=0.1)
     for amp, want in ((True, torch.bfloat16), (False, None)):
-        seen.clear()
+        teacher_seen.clear()
+        student_seen.clear()
         events, _ = drain(train(tiny_cfg(tmp_path / str(amp), steps=3, device="cpu", amp=amp, semi="pseudo_label",
                                          pl_start=0.0, pl_full=0.0, val_fraction=0.0), data))
-        assert seen and all(d == want for d in seen)
-        assert ("the teacher in bf16" in events[0].device) == amp  # the StartEvent says so
-    events, _ = drain(train(tiny_cfg(tmp_path / "sup", steps=1, device="cpu", val_fraction=0.0), data))
-    assert "bf16" not in events[0].device  # no teacher, nothing to say
+        assert teacher_seen and all(d == want for d in teacher_seen)
+        assert student_seen and all(d == want for d in student_seen)
+        assert ("bf16" in events[0].device) == amp and events[0].amp == ("bf16" if amp else "off")
