@@ -66,8 +66,10 @@ def test_events_checkpoints_and_meta(tmp_path):
 
 @pytest.mark.slow
 def test_learns_blobs(tmp_path):
+    # 160 steps: at 80 the validation Dice sat on the bound (0.82 float32, 0.80 bf16, 0.65-0.69 with seed 1);
+    # at 160 it is 0.91-0.92 either way
     data = blob_data((128, 128), n_items=2, dense=True, fraction=0.03)
-    cfg = tiny_cfg(tmp_path, steps=80, val_every=80, val_fraction=0.3, patch_size=(48,), batch_size=8)
+    cfg = tiny_cfg(tmp_path, steps=160, val_every=160, val_fraction=0.3, patch_size=(48,), batch_size=8)
     result = run_training(cfg, data)
     assert result.best_dice is not None and result.best_dice > 0.8
 
