@@ -160,3 +160,24 @@ def test_object_gaps_reach_the_config_for_object_classes_only_and_are_remembered
     assert w2.contact_spin.value() == 20.0 and w2.adv_toggle.isChecked()
     w.shutdown()
     w2.shutdown()
+
+
+def test_a_float32_cpu_choice_where_the_cpu_trains_in_bf16(make_napari_viewer, tmp_path, monkeypatch):
+    """On a CPU with native bfloat16, "cpu" trains under bf16 autocast; the device list also offers
+    "cpu (float32)", which reaches the config as amp off on the CPU. Elsewhere there is nothing to choose."""
+    from napari_medseg._napari.widgets import train_form
+    from napari_medseg.models import devices
+
+    monkeypatch.setenv("NAPARI_MEDSEG_CONFIG", str(tmp_path / "cfg"))
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
+    assert train_form.available_devices()[-2:] == ["cpu", train_form.FLOAT32_CPU]
+    w = TrainWidget(make_napari_viewer())
+    w.device_combo.clear()
+    w.device_combo.addItems(train_form.available_devices())
+    w.device_combo.setCurrentText("cpu")
+    assert _cfg(w).device == "cpu" and _cfg(w).amp is True
+    w.device_combo.setCurrentText(train_form.FLOAT32_CPU)
+    cfg = _cfg(w)
+    assert cfg.device == "cpu" and cfg.amp is False
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)
+    assert train_form.FLOAT32_CPU not in train_form.available_devices()

@@ -145,6 +145,7 @@ def build_config(settings: dict[str, Any], source: ImageSource, classes: ClassSc
         lr=float(settings.get("lr", 1e-3)), steps=int(settings.get("steps", 2000)),
         time_budget_s=budget if budget > 0 else None, semi="none" if distil else str(settings.get("semi", "auto")),
         eval_model="ema" if settings.get("ema", True) else "student", device=device_name(settings.get("device", "")),
+        amp=not str(settings.get("device", "")).endswith("(float32)"),  # the form's "cpu (float32)"
         threads=int(settings.get("threads") or 1), checkpoint_dir=out, num_workers=1,
         grad_checkpoint=bool(settings.get("grad_checkpoint", False)), accumulate=int(settings.get("accumulate", 1)),
         freeze="encoder" if settings.get("freeze_encoder") and not distil else "none",

@@ -56,6 +56,10 @@ from napari_medseg.training.config import AUTO_CONTACT_WEIGHT
 log = logging.getLogger(__name__)
 
 
+#: the device choice that trains on a CPU with native bfloat16 in float32 (``amp`` off)
+FLOAT32_CPU = "cpu (float32)"
+
+
 def available_devices() -> list[str]:
     import torch
 
@@ -65,6 +69,10 @@ def available_devices() -> list[str]:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         devs.append("mps")
     devs.append("cpu")
+    from napari_medseg.models.devices import cpu_bf16_native
+
+    if cpu_bf16_native():  # "cpu" trains under bfloat16 autocast there (docs/training.md, Devices)
+        devs.append(FLOAT32_CPU)
     return devs
 
 
