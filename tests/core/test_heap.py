@@ -36,15 +36,19 @@ class _MallInfo2(ctypes.Structure):
 
 
 def _mapped_afresh(mb: int = 96) -> bool:
-    """Whether glibc serves a request of ``mb`` MiB with a fresh mmap (its count of mapped bytes grows by as
-    much), rather than from memory the heap keeps; a kernel's huge pages do not change the answer."""
+    """Whether glibc serves a request of ``mb`` MiB more than all the heap's free memory with a fresh mmap (its
+    count of mapped bytes grows by as much), rather than from memory the heap keeps; a kernel's huge pages do not
+    change the answer. The request is larger than the heap's free chunks together, so that what earlier tests left
+    free inside the heap (e.g. the trim test's 500 MB, fragmented below live objects) cannot serve it."""
     libc = heap._glibc()
     libc.malloc.argtypes, libc.malloc.restype = [ctypes.c_size_t], ctypes.c_void_p
     libc.free.argtypes, libc.free.restype = [ctypes.c_void_p], None
     libc.mallinfo2.restype = _MallInfo2
-    before = libc.mallinfo2().hblkhd
-    p = libc.malloc(mb << 20)
-    mapped = libc.mallinfo2().hblkhd - before >= mb << 20
+    info = libc.mallinfo2()
+    size = (mb << 20) + info.fordblks
+    before = info.hblkhd
+    p = libc.malloc(size)
+    mapped = libc.mallinfo2().hblkhd - before >= size
     libc.free(p)
     return mapped
 
