@@ -4,6 +4,8 @@
   training patch, counted once per model config: a forward pass under ``saved_tensors_hooks`` on the meta
   device (shapes only, no compute), or a real pass at the smallest input where the meta device cannot run
   the model, or a table value where that would be slow. It is linear in the voxels for every model here.
+  ``half=True``: the same under 16-bit autocast (the step's ``amp`` on a GPU, or on a CPU that computes
+  bfloat16 natively), about half: counted from two real CPU passes under bfloat16 autocast.
 - ``estimate_memory``: the bytes one training step needs, on the host and on the training device: the
   activations times ``ACTIVATION_FACTOR`` (their gradients and the convolutions' workspace come on top),
   the weights and optimiser state, the step's float copies of the batch (normalisation, augmentation grid),
@@ -59,6 +61,9 @@ EDGE_MAX = {2: 256, 3: 128}
 EDGE_FLOOR = {2: 128, 3: 64}
 #: bytes per voxel where counting would take seconds (3D Swin-UNETR's smallest input is 64^3)
 FALLBACK_BYTES_PER_VOXEL = 4000.0
+#: saved activations under 16-bit autocast / float32 where they are not counted: measured 0.50-0.61 for the
+#: U-Nets (convolution outputs in bfloat16, a few float32 reductions), 0.69 for the 2D Swin-UNETR
+HALF_SHARE_FALLBACK = 0.7
 
 
 @dataclass(frozen=True)
@@ -97,13 +102,16 @@ def size_text(patch: tuple[int, ...]) -> str:
 
 # -- the network's activations -----------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
-def activation_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool = False) -> float:
+def activation_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool = False, half: bool = False) -> float:
     """Bytes the network saves for backward per input voxel (batch 1), counted once per config.
 
     ``checkpointed`` (``TrainConfig.grad_checkpoint``): what the checkpointed blocks keep (their inputs) plus
-    the largest block's own activations, which the backward pass recomputes and holds, one block at a time."""
+    the largest block's own activations, which the backward pass recomputes and holds, one block at a time.
+    ``half``: under bfloat16 autocast (see ``_half_bytes_per_voxel``)."""
     from napari_medseg.models.registry import min_input_size
 
+    if half:
+        return _half_bytes_per_voxel(model_cfg, checkpointed)
     size = min_input_size(model_cfg)
     shape = (size,) * model_cfg.spatial_dims
     try:
@@ -118,6 +126,41 @@ def activation_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool = Fals
         log.exception("could not count the activations of %s; using %s B/voxel", model_cfg.name,
                       FALLBACK_BYTES_PER_VOXEL)
         return FALLBACK_BYTES_PER_VOXEL
+
+
+def _half_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool) -> float:
+    """Saved bytes per voxel under bfloat16 autocast: the growth between two real CPU passes, at the smallest
+    input and at twice its edge (the autocast's bfloat16 copies of the weights are saved too, the same at both
+    sizes, so they drop out of the difference). ``HALF_SHARE_FALLBACK`` x the float32 count where the larger
+    pass would be slow (more than 300k voxels) or fails."""
+    import torch
+
+    from napari_medseg.models.registry import min_input_size
+
+    full = activation_bytes_per_voxel(model_cfg, checkpointed)
+    size = min_input_size(model_cfg)
+    small, large = ((s,) * model_cfg.spatial_dims for s in (size, 2 * size))
+    if math.prod(large) <= 300_000:
+        try:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                grown = _saved_bytes(model_cfg, large, "cpu", checkpointed) - _saved_bytes(
+                    model_cfg, small, "cpu", checkpointed)
+            return min(full, grown / (math.prod(large) - math.prod(small)))
+        except Exception as e:
+            log.debug("bfloat16 count failed for %s (%s)", model_cfg.name, e)
+    return HALF_SHARE_FALLBACK * full
+
+
+def half_precision_step(cfg: TrainConfig, device_type: str) -> bool:
+    """Whether ``cfg``'s step runs under 16-bit autocast on ``device_type`` (as ``select_device`` sets it up):
+    ``amp`` on a CUDA GPU, or on a CPU that computes bfloat16 natively."""
+    if not cfg.amp or device_type not in ("cpu", "cuda"):
+        return False
+    if device_type == "cuda":
+        return True
+    from napari_medseg.models.devices import cpu_bf16_native
+
+    return cpu_bf16_native()
 
 
 def _saved_bytes(model_cfg: ModelConfig, shape: tuple[int, ...], device: str, checkpointed: bool = False) -> int:
@@ -193,7 +236,8 @@ def estimate_memory(cfg: TrainConfig, model_cfg: ModelConfig, patch: tuple[int, 
     vox = math.prod(int(p) for p in patch)
     n_l, n_u = cfg.split_batch()
     n = n_l + n_u
-    act = ACTIVATION_FACTOR * activation_bytes_per_voxel(model_cfg, cfg.grad_checkpoint) * vox * n
+    half = half_precision_step(cfg, device_type)
+    act = ACTIVATION_FACTOR * activation_bytes_per_voxel(model_cfg, cfg.grad_checkpoint, half) * vox * n
     if cfg.semi != "none":  # the teacher's no-grad pass: one layer's outputs at a time, and its probabilities
         act += n * vox * 4 * (model_cfg.out_channels * 2 + 16)
     params = n_parameters(model_cfg) * (PARAM_BYTES + (8 if cfg.keeps_ema else 0))
@@ -356,4 +400,4 @@ def image_geometry(source: object, level: int = 0) -> tuple[tuple[int, ...], tup
 
 
 __all__ = ["MemoryEstimate", "Plan", "activation_bytes_per_voxel", "available_memory", "default_edge",
-           "estimate_memory", "fit_to_memory", "image_geometry", "patch_for_edge", "usable_memory"]
+           "estimate_memory", "fit_to_memory", "half_precision_step", "image_geometry", "patch_for_edge", "usable_memory"]
