@@ -136,10 +136,8 @@ def test_launch_tabs_the_widgets_in_one_narrow_dock(make_napari_viewer, qtbot):
     _assert_napari_docks_not_squeezed(window)
     wide = {d.windowTitle(): d.minimumSizeHint().width() for d in docks
             if d.minimumSizeHint().width() > dock_layout.DOCK_WIDTH + 5}
-    if wide:
-        pytest.xfail(f"these widgets need more than {dock_layout.DOCK_WIDTH} px: {wide} (canvas "
-                     f"{_canvas_width(viewer)} of {WIDTH} px)")
-    assert _canvas_width(viewer) >= CANVAS_SHARE * WIDTH
+    assert not wide, f"these widgets need more than {dock_layout.DOCK_WIDTH} px: {wide}"  # two buttons a row
+    assert _canvas_width(viewer) >= CANVAS_SHARE * WIDTH, f"canvas {_canvas_width(viewer)} of {WIDTH} px"
 
 
 def test_plugins_menu_tabs_the_widgets_and_keeps_the_canvas(make_napari_viewer, qtbot):

@@ -59,7 +59,7 @@ def test_second_run_on_the_same_output_replaces_its_layer(viewer, qtbot, tmp_pat
     assert_idle(w)
     assert_one_sentence(w.status.text())
     assert "holds a different prediction run" in w.status.text() and "overwrite=True" not in w.status.text()
-    assert "Tick 'replace another run's prediction in the output'" in w.messages.entries[-1][2]
+    assert "Tick 'replace another run's output'" in w.messages.entries[-1][2]
     assert [lay.name for lay in viewer.layers] == ["my result", "img"]  # the refused run removes nothing
     w.overwrite_check.setChecked(True)
     w.predict()

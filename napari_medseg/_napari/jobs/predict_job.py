@@ -136,7 +136,7 @@ def widget_hint(cause: BaseException | str) -> str | None:
         return ("Tick 'predict around unreadable tiles' to predict the rest of the image, or repair or "
                 "reconvert the image file.")
     if "holds a different prediction run" in text:
-        return "Tick 'replace another run's prediction in the output', or choose another output."
+        return "Tick 'replace another run's output', or choose another output."
     return None
 
 

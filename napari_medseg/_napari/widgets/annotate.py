@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -119,7 +120,7 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         form.addRow(self.status_label)
-        row = QHBoxLayout()
+        grid = QGridLayout()  # two buttons a row: the dock stays narrow (tests/gui/test_dock_layout.py)
         self.labels_file_button = QPushButton("Labels file...")
         self.labels_file_button.setToolTip("Open other labels for this image (a .labels.zarr folder), or "
                                            "choose a project folder to keep them in")
@@ -127,11 +128,6 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         self.view_only_check = QCheckBox("view only")
         self.view_only_check.setToolTip("Look at labels someone else is editing, without changing them")
         self.view_only_check.toggled.connect(self._on_view_only_toggled)
-        row.addWidget(self.labels_file_button)
-        row.addWidget(self.view_only_check)
-        row.addStretch(1)
-        form.addRow(row)
-        btns = QHBoxLayout()
         self.paint_here_button = QPushButton("Paint here")
         self.paint_here_button.setToolTip("Move the editable window to the current view")
         self.paint_here_button.clicked.connect(self.paint_here)
@@ -140,9 +136,12 @@ class AnnotateWidget(ClassTableMixin, QWidget):
         self.save_as_button = QPushButton("Save a copy elsewhere...")
         self.save_as_button.setToolTip("Write the labels to another folder and keep painting there")
         self.save_as_button.clicked.connect(lambda: self.save_as())
-        for b in (self.paint_here_button, self.save_button, self.save_as_button):
-            btns.addWidget(b)
-        form.addRow(btns)
+        grid.addWidget(self.labels_file_button, 0, 0)
+        grid.addWidget(self.view_only_check, 0, 1)
+        grid.addWidget(self.paint_here_button, 1, 0)
+        grid.addWidget(self.save_button, 1, 1)
+        grid.addWidget(self.save_as_button, 2, 0, 1, 2)
+        form.addRow(grid)
         root.addWidget(box)
         root.addWidget(self._build_class_box())
 

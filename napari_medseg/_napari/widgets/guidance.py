@@ -141,10 +141,10 @@ class NextRegionBox(QGroupBox):
         self.next_button = QPushButton("Next region to paint")
         self.next_button.setToolTip("Go to the best ranked region that is not painted yet (as painted now)")
         self.next_button.clicked.connect(self.next_region)
-        self.rerank_check = QCheckBox("re-rank after training")
+        self.rerank_check = QCheckBox("auto re-rank")
         self.rerank_check.setChecked(True)
-        self.rerank_check.setToolTip("Each time the Train widget finishes a run, rank again with the model it "
-                                     "trained (in the background)")
+        self.rerank_check.setToolTip("Re-rank after training: each time the Train widget finishes a run, rank "
+                                     "again with the model it trained (in the background)")
         nxt.addWidget(self.next_button)
         nxt.addWidget(self.rerank_check)
         nxt.addStretch(1)

@@ -144,7 +144,7 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         g = QGridLayout(edit)
         self.ids_edit = QLineEdit()
         self.ids_edit.setPlaceholderText("ids, e.g. 3 7 (or select rows)")
-        g.addWidget(self.ids_edit, 0, 0, 1, 3)
+        g.addWidget(self.ids_edit, 0, 0, 1, 2)
         self.merge_btn = QPushButton("Merge")
         self.split_btn = QPushButton("Split")
         self.split_btn.setToolTip("Cut the object under the last line or path drawn in the Shapes layer (or "
@@ -165,12 +165,12 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         self.regions_btn.setToolTip("Count and density per class in each polygon, rectangle or ellipse of the "
                                     "Shapes layer")
         self.save_counts_btn = QPushButton("Counts...")  # the counts per region as CSV, TSV or Parquet
-        g.addWidget(self.regions_btn, 4, 0)
-        g.addWidget(self.save_counts_btn, 4, 1)
-        g.addWidget(self.undo_btn, 4, 2)
+        g.addWidget(self.regions_btn, 4, 0, 1, 2)  # the wide buttons span two columns: the dock stays narrow
+        g.addWidget(self.save_counts_btn, 4, 2)
         self.edit_view_btn, self.save_view_btn = slide_edit_buttons(self)
-        g.addWidget(self.edit_view_btn, 5, 0, 1, 2)
-        g.addWidget(self.save_view_btn, 5, 2)
+        g.addWidget(self.edit_view_btn, 5, 0)
+        g.addWidget(self.save_view_btn, 5, 1, 1, 2)
+        g.addWidget(self.undo_btn, 0, 2)  # beside the ids: undoes the last merge, split, delete or class
         self.merge_btn.clicked.connect(lambda: self.merge())
         self.split_btn.clicked.connect(lambda: self.split())
         self.delete_btn.clicked.connect(lambda: self.delete())

@@ -124,6 +124,7 @@ class PredictWidget(QWidget):
         self.messages = MessageLog(lines=6)  # the last messages in full
         box = QGroupBox("Predict whole image")
         f = QFormLayout(box)
+        f.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # a field under its label when narrow
         self.image_combo = QComboBox()
         self.image_combo.currentTextChanged.connect(self._show_default_out)
         ck, self.ckpt_edit = model_path_row("the last trained checkpoint", self, title="Model")
@@ -176,20 +177,22 @@ class PredictWidget(QWidget):
         self.crf_check = QCheckBox("refine edges (CRF)")
         self.crf_check.setToolTip(CRF_HELP)
         self.probs_check = QCheckBox("write class probabilities")
-        self.process_check = QCheckBox("run in a separate process (finishes sooner)")
-        self.process_check.setToolTip("The model, tile reads and writes run in their own process at a lower "
-                                      "priority, not sharing the viewer's Python lock: the image is predicted "
-                                      "15-28 % sooner, after a few seconds to start. On a CPU it also runs "
-                                      "as many batches at once as torch has threads (model streams: the "
-                                      "light model about 2x, the UNet 1.2-1.3x faster on 2 cores).")
+        self.process_check = QCheckBox("run in its own process")
+        self.process_check.setToolTip("Finishes sooner: the model, tile reads and writes run in their "
+                                      "own process at a lower priority, not sharing the viewer's "
+                                      "Python lock: the image is predicted 15-28 % sooner, after a "
+                                      "few seconds to start. On a CPU it also runs as many batches at "
+                                      "once as torch has threads (model streams: the light model "
+                                      "about 2x, the UNet 1.2-1.3x faster on 2 cores).")
         self.process_check.setChecked(False)
         self.skip_check = QCheckBox("predict around unreadable tiles")
         self.skip_check.setToolTip("A tile of the image that cannot be decoded is reported and the windows "
                                    "over it are left out; otherwise the prediction stops there.")
-        self.overwrite_check = QCheckBox("replace another run's prediction in the output")
-        self.overwrite_check.setToolTip("An output holding a prediction made with another model or settings "
-                                        "is deleted and predicted again; otherwise such an output is refused. "
-                                        "The same run is always resumed.")
+        self.overwrite_check = QCheckBox("replace another run's output")
+        self.overwrite_check.setToolTip("Replace another run's prediction in the output: an output "
+                                        "holding a prediction made with another model or settings is "
+                                        "deleted and predicted again; otherwise such an output is "
+                                        "refused. The same run is always resumed.")
         f.addRow("image", self.image_combo)
         f.addRow("model", ck)
         f.addRow("from library", self.library)
@@ -219,10 +222,11 @@ class PredictWidget(QWidget):
 
         corr = QGroupBox("Correction round")
         g = QVBoxLayout(corr)
-        self.accept_btn = QPushButton("Accept prediction in view into the labels")
-        self.accept_btn.setToolTip("Writes the prediction of the current view into this image's labels where "
-                                   "nothing is painted yet; your own strokes are never overwritten. Correct, then "
-                                   "train again.")
+        self.accept_btn = QPushButton("Accept view into labels")
+        self.accept_btn.setToolTip("Accept the prediction in view into the labels: writes the "
+                                   "prediction of the current view into this image's labels where "
+                                   "nothing is painted yet; your own strokes are never overwritten. "
+                                   "Correct, then train again.")
         self.accept_btn.clicked.connect(self.accept_view)
         g.addWidget(self.accept_btn)
         lay.addWidget(corr)

@@ -29,12 +29,10 @@ import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
+    QGridLayout,
     QGroupBox,
-    QHBoxLayout,
-    QLabel,
     QPushButton,
     QSpinBox,
-    QVBoxLayout,
 )
 
 from napari_medseg._napari.jobs.predict_job import confident_labels, failure_sentence
@@ -209,9 +207,7 @@ class PreviewBox(QGroupBox):
         self._worker: Any = None
         self._image: Any = None
         self._what = "Preview"  # what runs: the word a failure starts with
-        rows = QVBoxLayout(self)
-        row = QHBoxLayout()
-        rows.addLayout(row)
+        grid = QGridLayout(self)  # buttons on the left, their settings on the right: the dock stays narrow
         self.preview_btn = QPushButton("Preview view")
         self.preview_btn.setToolTip(f"Predicts the region in view (at most {PREVIEW_MAX_PX} x {PREVIEW_MAX_PX} "
                                     "pixels of the pyramid level above) with the checkpoint, in a few seconds, "
@@ -223,11 +219,9 @@ class PreviewBox(QGroupBox):
         self.confidence_spin.setValue(float(load_settings(self.SETTINGS).get("min_confidence", MIN_CONFIDENCE)))
         self.confidence_spin.setToolTip("Pixels the model is less sure of are not drawn (an untrained model's "
                                         "noise stays hidden); 0 draws every pixel.")
-        row.addWidget(self.preview_btn)
-        row.addWidget(QLabel("min confidence"))
-        row.addWidget(self.confidence_spin)
-        row2 = QHBoxLayout()
-        rows.addLayout(row2)
+        self.confidence_spin.setPrefix("min ")  # "min 0.90": the minimum confidence, in few pixels
+        grid.addWidget(self.preview_btn, 0, 0)
+        grid.addWidget(self.confidence_spin, 0, 1)
         self.explain_btn = QPushButton("Explain view")
         self.explain_btn.setToolTip("Where the model looks in the region in view: Grad-CAM of the class (the class's "
                                     "score over the pixels predicted as it, traced back to the bottleneck) or the "
@@ -242,10 +236,10 @@ class PreviewBox(QGroupBox):
         self.class_spin = QSpinBox()
         self.class_spin.setRange(1, 255)
         self.class_spin.setToolTip("The class to explain (1 = the first class after background)")
-        row2.addWidget(self.explain_btn)
-        row2.addWidget(self.kind_combo)
-        row2.addWidget(QLabel("class"))
-        row2.addWidget(self.class_spin)
+        self.class_spin.setPrefix("class ")
+        grid.addWidget(self.explain_btn, 1, 0)
+        grid.addWidget(self.kind_combo, 1, 1)
+        grid.addWidget(self.class_spin, 2, 1)
 
     @property
     def running(self) -> bool:
