@@ -400,4 +400,5 @@ def image_geometry(source: object, level: int = 0) -> tuple[tuple[int, ...], tup
 
 
 __all__ = ["MemoryEstimate", "Plan", "activation_bytes_per_voxel", "available_memory", "default_edge",
-           "estimate_memory", "fit_to_memory", "half_precision_step", "image_geometry", "patch_for_edge", "usable_memory"]
+           "estimate_memory", "fit_to_memory", "half_precision_step", "image_geometry", "patch_for_edge",
+           "usable_memory"]

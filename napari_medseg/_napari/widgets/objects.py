@@ -153,6 +153,8 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         self.class_combo = QComboBox()
         self.set_class_btn = QPushButton("Set class")
         self.undo_btn = QPushButton("Undo")
+        self.undo_btn.setToolTip("Undo the last edit (merge, split, delete, set class) or the last send to the "
+                                 "training labels")
         for i, b in enumerate((self.merge_btn, self.split_btn, self.delete_btn)):
             g.addWidget(b, 1, i)
         g.addWidget(self.class_combo, 2, 0, 1, 2)
@@ -170,7 +172,7 @@ class ObjectsWidget(TabsOnFirstShow, ObjectsOutputMixin, QWidget):
         self.edit_view_btn, self.save_view_btn = slide_edit_buttons(self)
         g.addWidget(self.edit_view_btn, 5, 0)
         g.addWidget(self.save_view_btn, 5, 1, 1, 2)
-        g.addWidget(self.undo_btn, 0, 2)  # beside the ids: undoes the last merge, split, delete or class
+        g.addWidget(self.undo_btn, 0, 2)  # beside the ids: undoes the last edit or send to the training labels
         self.merge_btn.clicked.connect(lambda: self.merge())
         self.split_btn.clicked.connect(lambda: self.split())
         self.delete_btn.clicked.connect(lambda: self.delete())

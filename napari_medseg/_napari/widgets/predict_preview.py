@@ -217,8 +217,8 @@ class PreviewBox(QGroupBox):
         self.confidence_spin.setRange(0.0, 0.99)
         self.confidence_spin.setSingleStep(0.05)
         self.confidence_spin.setValue(float(load_settings(self.SETTINGS).get("min_confidence", MIN_CONFIDENCE)))
-        self.confidence_spin.setToolTip("Pixels the model is less sure of are not drawn (an untrained model's "
-                                        "noise stays hidden); 0 draws every pixel.")
+        self.confidence_spin.setToolTip("Min confidence: pixels the model is less sure of are not drawn (an "
+                                        "untrained model's noise stays hidden); 0 draws every pixel.")
         self.confidence_spin.setPrefix("min ")  # "min 0.90": the minimum confidence, in few pixels
         grid.addWidget(self.preview_btn, 0, 0)
         grid.addWidget(self.confidence_spin, 0, 1)
