@@ -58,7 +58,13 @@ from napari_medseg._napari.widgets.model_library import (
     model_path_row,
 )
 from napari_medseg._napari.widgets.predict_preview import PreviewBox
-from napari_medseg._napari.widgets.predict_texts import CRF_HELP, ZOOM_HELP
+from napari_medseg._napari.widgets.predict_texts import (
+    ACCEPT_HELP,
+    CRF_HELP,
+    OVERWRITE_HELP,
+    PROCESS_HELP,
+    ZOOM_HELP,
+)
 from napari_medseg._napari.widgets.qt_helpers import button_row, combo_layer, fill_layer_combo, path_row
 from napari_medseg._napari.widgets.settings import load_settings, save_settings
 from napari_medseg.core.errors import MedsegError
@@ -178,21 +184,13 @@ class PredictWidget(QWidget):
         self.crf_check.setToolTip(CRF_HELP)
         self.probs_check = QCheckBox("write class probabilities")
         self.process_check = QCheckBox("run in its own process")
-        self.process_check.setToolTip("Finishes sooner: the model, tile reads and writes run in their "
-                                      "own process at a lower priority, not sharing the viewer's "
-                                      "Python lock: the image is predicted 15-28 % sooner, after a "
-                                      "few seconds to start. On a CPU it also runs as many batches at "
-                                      "once as torch has threads (model streams: the light model "
-                                      "about 2x, the UNet 1.2-1.3x faster on 2 cores).")
+        self.process_check.setToolTip(PROCESS_HELP)
         self.process_check.setChecked(False)
         self.skip_check = QCheckBox("predict around unreadable tiles")
         self.skip_check.setToolTip("A tile of the image that cannot be decoded is reported and the windows "
                                    "over it are left out; otherwise the prediction stops there.")
         self.overwrite_check = QCheckBox("replace another run's output")
-        self.overwrite_check.setToolTip("Replace another run's prediction in the output: an output "
-                                        "holding a prediction made with another model or settings is "
-                                        "deleted and predicted again; otherwise such an output is "
-                                        "refused. The same run is always resumed.")
+        self.overwrite_check.setToolTip(OVERWRITE_HELP)
         f.addRow("image", self.image_combo)
         f.addRow("model", ck)
         f.addRow("from library", self.library)
@@ -223,10 +221,7 @@ class PredictWidget(QWidget):
         corr = QGroupBox("Correction round")
         g = QVBoxLayout(corr)
         self.accept_btn = QPushButton("Accept view into labels")
-        self.accept_btn.setToolTip("Accept the prediction in view into the labels: writes the "
-                                   "prediction of the current view into this image's labels where "
-                                   "nothing is painted yet; your own strokes are never overwritten. "
-                                   "Correct, then train again.")
+        self.accept_btn.setToolTip(ACCEPT_HELP)
         self.accept_btn.clicked.connect(self.accept_view)
         g.addWidget(self.accept_btn)
         lay.addWidget(corr)
