@@ -6,8 +6,11 @@ carry a regression output: the default U-Net (``build_model``) on the 20 MoNuSeg
 autocast on a CPU that has it), trained for ``--budget`` seconds with the 3-class target the product uses (2-px
 rims of the ground-truth components as boundary) and, with ``--arm dist``, a fourth output: each object's
 Euclidean distance to its edge over its maximum (0 outside objects, 1 at its centre; Naylor et al. 2018,
-HoVer-Net's normalised distance), mean-squared error on its sigmoid, weight 2. No separation weights, no zoom,
-no stain handling: its AJI is below the product's; compare arms of this loop with each other.
+HoVer-Net's normalised distance), mean-squared error on its sigmoid, weight 2. By default no separation weights,
+no zoom, no stain handling: its AJI is then below the product's; compare arms of this loop with each other.
+``--contact W`` adds the product's separation weights (``training.contact.ContactWeights``, radius 5) to the
+cross-entropy, and ``--zooms`` predicts each held-out image at a given zoom (e.g. the ones the product's
+``zoom="auto"`` chose), its output resized back: with both the recipe reaches the product's AJI.
 
 Scored on the 10 held-out images (MONAI's sliding window, 256 px, overlap 0.25, Gaussian, bfloat16 where training used it), AJI / F1 at IoU 0.5
 / PQ against the components of the masks, for:
@@ -19,6 +22,8 @@ Scored on the 10 held-out images (MONAI's sliding window, 256 px, overlap 0.25, 
 
     python benchmarks/probe_distance_head.py --arm cls --seed 0 --budget 600
     python benchmarks/probe_distance_head.py --arm dist --seed 0 --budget 600
+    python benchmarks/probe_distance_head.py --arm dist --seed 0 --budget 600 --contact 10 \
+        --zooms 1.14,1.22,1.02,1.00,2.00,1.63,1.31,1.24,1.04,1.24
 """
 
 from __future__ import annotations
@@ -97,12 +102,15 @@ class Crops:
         return tuple(torch.from_numpy(np.ascontiguousarray(np.stack(v))) for v in (xs, cs, ds))  # type: ignore
 
 
-def train(arm: str, crops: Crops, budget: float) -> tuple[torch.nn.Module, int]:
+def train(arm: str, crops: Crops, budget: float, contact: float = 0.0) -> tuple[torch.nn.Module, int]:
     net = build_model(ModelConfig(name="unet", spatial_dims=2, in_channels=3, out_channels=4 if arm == "dist" else 3))
     opt = torch.optim.AdamW(net.parameters(), lr=LR, weight_decay=1e-4)
     from napari_medseg.models.devices import cpu_bf16_native
 
     dtype = torch.bfloat16 if cpu_bf16_native() else None
+    from napari_medseg.training.contact import ContactWeights
+
+    weigh = ContactWeights([2], contact, 5) if contact else None  # store values: 1 background, 2 nucleus, 3 rim
     t0, steps = time.time(), 0
     net.train()
     while time.time() - t0 < budget:
@@ -115,7 +123,12 @@ def train(arm: str, crops: Crops, budget: float) -> tuple[torch.nn.Module, int]:
         pr = out[:, :3].softmax(1)
         oh = F.one_hot(c, 3).permute(0, 3, 1, 2).float()
         dice = ((2 * (pr * oh).sum((0, 2, 3)) + 1) / (pr.sum((0, 2, 3)) + oh.sum((0, 2, 3)) + 1)).mean()
-        loss = F.cross_entropy(out[:, :3], c) + 1 - dice
+        if weigh is None:
+            ce = F.cross_entropy(out[:, :3], c)
+        else:
+            w = weigh(c + 1)
+            ce = (F.cross_entropy(out[:, :3], c, reduction="none") * w).sum() / w.sum()
+        loss = ce + 1 - dice
         if arm == "dist":
             loss = loss + DIST_WEIGHT * F.mse_loss(torch.sigmoid(out[:, 3]), d.float())
         opt.zero_grad(set_to_none=True)
@@ -148,6 +161,10 @@ def main() -> None:
     ap.add_argument("--arm", choices=("cls", "dist"), default="dist")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--budget", type=float, default=600.0, help="training seconds")
+    ap.add_argument("--contact", type=float, default=0.0,
+                    help="separation weight (training/contact.py, radius 5); the product's default is 10")
+    ap.add_argument("--zooms", default="", help="comma-separated zoom per held-out image (predicted at that zoom, "
+                    "resized back), e.g. the ones the product's zoom='auto' chose; empty: zoom 1")
     a = ap.parse_args()
     from monai.inferers import sliding_window_inference
 
@@ -155,15 +172,22 @@ def main() -> None:
     torch.set_num_threads(2)
     train_p, test_p, _, _ = B.setting_data("monuseg_5pct", B.DATA, quick=False)
     crops = Crops(train_p, np.random.default_rng(a.seed))
-    net, steps = train(a.arm, crops, a.budget)
+    net, steps = train(a.arm, crops, a.budget, a.contact)
+    zooms = [float(z) for z in a.zooms.split(",")] if a.zooms else [1.0] * len(test_p)
     from napari_medseg.models.devices import cpu_bf16_native
 
     bf16 = cpu_bf16_native()
     rows: dict[str, list[dict]] = {}
-    for p in test_p:
+    for p, zoom in zip(test_p, zooms, strict=True):
         x = torch.from_numpy(crops.normalise(pixels(p.image).astype(np.float32) / 255.0).transpose(2, 0, 1)[None].copy())
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            o = sliding_window_inference(x, (PATCH, PATCH), BATCH, net, overlap=0.25, mode="gaussian").float()[0]
+            size = x.shape[-2:]
+            if zoom != 1.0:
+                x = F.interpolate(x, scale_factor=zoom, mode="bilinear", align_corners=False)
+            o = sliding_window_inference(x, (PATCH, PATCH), BATCH, net, overlap=0.25, mode="gaussian").float()
+            if zoom != 1.0:
+                o = F.interpolate(o, size=size, mode="bilinear", align_corners=False)
+            o = o[0]
         gt = ndi.label(pixels(p.mask) > 0)[0]
         pred = o[:3].argmax(0).numpy().astype(np.uint8)
         found = {"cls": find_objects(pred, B.SCHEMA, min_size=B.MIN_SIZE, min_seed=B.MIN_SIZE).labels}
@@ -174,7 +198,8 @@ def main() -> None:
                 found[f"dist_t{t}"] = distance_objects(dist, pred > 0, t)
         for k, lab in found.items():
             rows.setdefault(k, []).append(instance_scores(gt, lab))
-    res: dict = {"arm": a.arm, "seed": a.seed, "steps": steps, "budget_s": a.budget}
+    res: dict = {"arm": a.arm, "seed": a.seed, "steps": steps, "budget_s": a.budget, "contact": a.contact,
+                 "zooms": a.zooms or None}
     for k, v in rows.items():
         res[k] = {m: round(float(np.mean([s[m] for s in v])), 4) for m in ("aji", "f1_50", "pq")}
     print("RESULT " + json.dumps(res))
