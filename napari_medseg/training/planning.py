@@ -108,10 +108,23 @@ def activation_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool = Fals
     ``checkpointed`` (``TrainConfig.grad_checkpoint``): what the checkpointed blocks keep (their inputs) plus
     the largest block's own activations, which the backward pass recomputes and holds, one block at a time.
     ``half``: under bfloat16 autocast (see ``_half_bytes_per_voxel``)."""
+    value = _half_bytes_per_voxel(model_cfg, checkpointed) if half else _float_bytes_per_voxel(model_cfg, checkpointed)
+    _COUNTED.add((model_cfg, bool(checkpointed), bool(half)))
+    return value
+
+
+_COUNTED: set[tuple[ModelConfig, bool, bool]] = set()
+
+
+def activation_count_ready(model_cfg: ModelConfig, checkpointed: bool = False, half: bool = False) -> bool:
+    """Whether ``activation_bytes_per_voxel`` has counted this config already (then it answers at once; the
+    first count runs passes of the network: 0.1-1.2 s on a 2-core CPU, so a widget runs it off its thread)."""
+    return (model_cfg, bool(checkpointed), bool(half)) in _COUNTED
+
+
+def _float_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool) -> float:
     from napari_medseg.models.registry import min_input_size
 
-    if half:
-        return _half_bytes_per_voxel(model_cfg, checkpointed)
     size = min_input_size(model_cfg)
     shape = (size,) * model_cfg.spatial_dims
     try:
@@ -399,6 +412,6 @@ def image_geometry(source: object, level: int = 0) -> tuple[tuple[int, ...], tup
             tuple(float(s) for s in np.asarray(source.level_pixel_size(lv))))  # type: ignore[attr-defined]
 
 
-__all__ = ["MemoryEstimate", "Plan", "activation_bytes_per_voxel", "available_memory", "default_edge",
-           "estimate_memory", "fit_to_memory", "half_precision_step", "image_geometry", "patch_for_edge",
+__all__ = ["MemoryEstimate", "Plan", "activation_bytes_per_voxel", "activation_count_ready", "available_memory",
+           "default_edge", "estimate_memory", "fit_to_memory", "half_precision_step", "image_geometry", "patch_for_edge",
            "usable_memory"]

@@ -333,6 +333,31 @@ def _free(monkeypatch, gib: float) -> None:
                         lambda device_type="cpu": planning.MemoryEstimate(host=int(gib * planning.GIB), device=0))
 
 
+def test_plan_line_counts_a_new_model_off_the_main_thread(widget3d, monkeypatch, qtbot):
+    """The first count of a model config's activations runs passes of the network (0.1-1.2 s): the plan line
+    says it is counting, a worker counts, and the line then gives the memory; the main thread never counts."""
+    import threading
+
+    _, w = widget3d
+    _free(monkeypatch, 32)
+    w.dims_combo.setCurrentText("3D")
+    counted_on: list[bool] = []
+    real = planning._float_bytes_per_voxel
+
+    def spy(*a, **k):
+        counted_on.append(threading.current_thread() is threading.main_thread())
+        return real(*a, **k)
+
+    monkeypatch.setattr(planning, "_float_bytes_per_voxel", spy)
+    planning.activation_bytes_per_voxel.cache_clear()
+    monkeypatch.setattr(planning, "_COUNTED", set())
+    w.arch_combo.setCurrentText("attention_unet")
+    assert "counting the memory" in w.plan_label.text()
+    qtbot.waitUntil(lambda: "GB" in w.plan_label.text(), timeout=30_000)
+    assert counted_on and not any(counted_on)  # counted, and only by the worker
+    assert "runs as" in w.plan_label.text() and "counting" not in w.plan_label.text()
+
+
 def test_choosing_3d_plans_patch_and_batch_from_the_volume(widget3d, monkeypatch):
     _, w = widget3d
     _free(monkeypatch, 32)

@@ -128,6 +128,7 @@ class TrainForm:
 
     # -- layout -------------------------------------------------------------------------------------
     def _build_form(self, lay: Any) -> None:
+        self._counting: set[Any] = set()  # model configs whose activations a worker is counting (plan line)
         data = QGroupBox("Data")
         f = _form(data)
         self.image_combo = _combo()
@@ -453,6 +454,11 @@ class TrainForm:
                 dev = device_type(self.device_combo.currentText())
                 cfg = TrainConfig(model=mcfg, batch_size=self.batch_spin.value(),
                                   semi=self.semi_combo.currentData())
+                count = (mcfg, cfg.grad_checkpoint, planning.half_precision_step(cfg, dev))
+                if not planning.activation_count_ready(*count):  # its first count runs the network: not here
+                    self.plan_label.setText(text + " · counting the memory it needs…")
+                    self._count_in_background(count)
+                    return
                 est = planning.estimate_memory(cfg, mcfg, patch, mcfg.in_channels,
                                                src.dtype.itemsize if src is not None else 2, dev)
                 usable = planning.usable_memory(planning.available_memory(dev))
@@ -461,6 +467,26 @@ class TrainForm:
             self.plan_label.setText(text)
         except Exception:  # a hint only
             log.debug("plan line not updated", exc_info=True)
+
+
+    def _count_in_background(self, count: tuple[Any, bool, bool]) -> None:
+        """Count a model config's activations (``planning.activation_bytes_per_voxel``: passes of the network,
+        0.1-1.2 s) in a worker, then update the plan line; once per config."""
+        from napari_medseg._napari.jobs.workers import start_generator_worker
+        from napari_medseg.training import planning
+
+        counting = self._counting
+        if count in counting:
+            return
+        counting.add(count)
+
+        def work() -> Any:
+            planning.activation_bytes_per_voxel(*count)
+            yield count
+
+        start_generator_worker(work, on_event=lambda _c: self._update_plan_label(),
+                               on_finished=lambda: counting.discard(count), owner=self.plan_label,
+                               notify=lambda m: log.debug("activation count failed: %s", m))
 
 
 def _describe(s: dict[str, Any]) -> str:
