@@ -3,6 +3,7 @@ errors back to the main thread as callbacks and napari notifications."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -200,4 +201,33 @@ def leave_room_for_qt(spare: int = 1) -> int:
     return pool.maxThreadCount()
 
 
-__all__ = ["leave_room_for_qt", "show_error", "show_info", "show_warning", "start_generator_worker", "user_message"]
+#: how long the interpreter's exit waits for workers still running (``wait_at_exit``)
+EXIT_WAIT_S = 10.0
+
+
+def wait_at_exit(timeout_s: float = EXIT_WAIT_S) -> bool:
+    """Let the workers still running end before Python tears down their Qt signal objects (at most
+    ``timeout_s``); returns whether they all ended.
+
+    Closing the viewer stops the work (the widgets set their stop events when they go), but a pass takes a
+    moment to notice. A worker that warns or finishes after the interpreter's clean-up deleted its superqt
+    signals raises "wrapped C/C++ object of type GeneratorWorkerSignals has been deleted" in its thread and
+    the process ends with "Aborted" (seen with the ranking that follows a training run, closed by
+    ``benchmarks/bench_ui_latency.py --quick``). Registered with ``atexit``, which runs before that
+    clean-up."""
+    try:
+        from qtpy.QtCore import QThreadPool
+
+        pool = QThreadPool.globalInstance()
+        if pool is None or pool.activeThreadCount() == 0:
+            return True
+        return bool(pool.waitForDone(int(timeout_s * 1000)))
+    except Exception:  # pragma: no cover - Qt already gone
+        return True
+
+
+atexit.register(wait_at_exit)
+
+
+__all__ = ["leave_room_for_qt", "show_error", "show_info", "show_warning", "start_generator_worker", "user_message",
+           "wait_at_exit"]
