@@ -217,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-stacks", action="store_true", help="no stack sampling during stalls (the probe only)")
     ap.add_argument("--verbose", action="store_true", help="print the most sampled main-thread stacks")
     ap.add_argument("--json", type=Path, default=None, help="also write the full result here")
+    ap.add_argument("--loaded", action="store_true", help="add the control phase 'napari_loaded': napari alone "
+                    "while a thread runs the default U-Net's forward pass on batches of 4 x 256^2 at the workers' "
+                    "priority (no plugin layer, no plugin code on the main thread): the floor the CPU load alone "
+                    "sets; the ratios to it are reported beside the ratios to napari alone")
     args = ap.parse_args(argv)
     idle_s = args.idle_s if args.idle_s is not None else (5.0 if args.quick else 20.0)
     train_s = args.train_s if args.train_s is not None else (22.0 if args.quick else 120.0)
@@ -254,12 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     # (napari's own layer list too: the widgets filter its zoom events, see _napari/layer_list_events)
     from napari_medseg._napari.layer_list_events import unfiltered
 
-    with unfiltered(viewer):
+    def moves_alone(name: str) -> None:
         cam.start()
-        probe.start("napari")
+        probe.start(name)
         run_for(idle_s)
-        phases["napari"] = probe.stop()
+        phases[name] = probe.stop()
         cam.stop()
+
+    with unfiltered(viewer):
+        moves_alone("napari")
+        if args.loaded:
+            with cpu_load(image):
+                moves_alone("napari_loaded")
 
     paint = paint_region(viewer, aw, gt, region)
     print(f"painted {paint['painted_pixels']} px in {paint['dabs']} brush dabs ({paint['paint_s']} s), "
@@ -403,8 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     stall_max = max(phases["train"].summary()["max_ms"], phases["predict"].summary()["max_ms"])
     alone = phases["napari"].summary()["p99_ms"]
     ratios = {k: round(phases[k].summary()["p99_ms"] / alone, 3) if alone else None for k in ("train", "predict")}
+    loaded = {}
+    if "napari_loaded" in phases:
+        floor = phases["napari_loaded"].summary()["p99_ms"]
+        loaded = {"napari_loaded_p99_ms": floor, "loaded_vs_alone": round(floor / alone, 3) if alone else None,
+                  **{f"{k}_vs_loaded": round(phases[k].summary()["p99_ms"] / floor, 3) if floor else None
+                     for k in ("train", "predict")}}
     result = {
-        "train_p99_ratio": ratios["train"], "predict_p99_ratio": ratios["predict"], "napari_p99_ms": alone,
+        "train_p99_ratio": ratios["train"], "predict_p99_ratio": ratios["predict"], "napari_p99_ms": alone, **loaded,
         "stall_ms_p99": ws["p99_ms"], "stall_ms_max": stall_max,
         "first_preview_s": None if first_preview is None else round(first_preview, 2),
         "preview_interval_s": round(float(np.median(intervals)), 2) if intervals else None,
@@ -427,6 +443,43 @@ def main(argv: list[str] | None = None) -> int:
     viewer.close()
     print("RESULT " + json.dumps(result), flush=True)
     return 0
+
+
+class cpu_load:
+    """The ``--loaded`` control: while open, a thread at the workers' priority (``background_priority``) runs
+    the Train widget's default U-Net forward on batches of 4 x 256^2 with torch's own thread count, as the
+    prediction's model does, and nothing else: no layer, no event, no plugin code on the main thread."""
+
+    def __init__(self, image: Any) -> None:
+        import threading
+
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(int(image.data[0].shape[-1]) if image.rgb else 1,),
+                                       daemon=True, name="bench-cpu-load")
+        self.passes = 0
+
+    def _run(self, channels: int) -> None:
+        import torch
+
+        from napari_medseg._napari.jobs.workers import background_priority
+        from napari_medseg.models.config import ModelConfig
+        from napari_medseg.models.registry import build_model
+
+        net = build_model(ModelConfig(in_channels=channels, out_channels=4)).eval()
+        x = torch.randn(4, channels, 256, 256)
+        with background_priority(), torch.inference_mode():
+            while not self.stop.is_set():
+                net(x)
+                self.passes += 1
+
+    def __enter__(self) -> cpu_load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+        print(f"cpu load: {self.passes} forward passes of 4 x 256^2", flush=True)
 
 
 def camera_of_viewer(viewer: Any) -> Any:

@@ -44,6 +44,37 @@ def test_zoom_events_no_longer_repaint_the_layer_list(viewer, monkeypatch):
     assert "renamed" in [model.index(i).data() for i in range(model.rowCount())]
 
 
+def test_refresh_and_paint_events_no_longer_repaint_it_but_thumbnails_do(viewer, monkeypatch):
+    """A preview refresh or a prediction block emits reload / set_data / data / _extent_augmented several times a
+    second, a brush dab emits paint: none changes what the list shows; the thumbnail that follows still
+    reaches its role."""
+    monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "1")
+    model = lle.layer_list_model(viewer)
+    layer = viewer.layers["labels"]
+    roles: list[list[int]] = []
+    model.dataChanged.connect(lambda a, b, r=(): roles.append(list(r)))
+    layer.events.reload(layer=layer)
+    assert [] in roles, "napari's layer list repainted all roles on reload before: nothing to filter"
+    assert lle.quiet_zoom_events(viewer)
+    roles.clear()
+    for kind in ("reload", "set_data", "data", "_extent_augmented", "paint"):
+        getattr(layer.events, kind)(layer=layer)
+    assert [] not in roles  # no "all roles changed" (a thumbnail the layer redraws may follow, with its role)
+    roles.clear()
+    layer.data = np.ones((64, 64), np.uint8)  # a real change: its thumbnail still updates the row
+    assert any(roles)  # the thumbnail role arrives (other events of a data change may still pass whole)
+
+
+def test_zoom_only_setting_keeps_the_first_filter(viewer, monkeypatch):
+    monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "zoom")
+    assert lle.quiet_zoom_events(viewer)
+    rows = _changes(lle.layer_list_model(viewer))
+    viewer.layers["labels"].events.scale_factor()
+    assert rows == []
+    viewer.layers["labels"].events.reload(layer=viewer.layers["labels"])
+    assert rows
+
+
 def test_switched_off(viewer, monkeypatch):
     monkeypatch.setenv("NAPARI_MEDSEG_LAYER_LIST_FILTER", "0")
     assert not lle.quiet_zoom_events(viewer)
