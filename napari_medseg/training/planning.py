@@ -101,7 +101,7 @@ def size_text(patch: tuple[int, ...]) -> str:
 
 
 # -- the network's activations -----------------------------------------------------------------------
-@functools.lru_cache(maxsize=32)
+@functools.cache  # unbounded, as ``_COUNTED`` is: a session meets a handful of configs
 def activation_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool = False, half: bool = False) -> float:
     """Bytes the network saves for backward per input voxel (batch 1), counted once per config.
 

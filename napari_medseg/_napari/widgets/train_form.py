@@ -468,7 +468,6 @@ class TrainForm:
         except Exception:  # a hint only
             log.debug("plan line not updated", exc_info=True)
 
-
     def _count_in_background(self, count: tuple[Any, bool, bool]) -> None:
         """Count a model config's activations (``planning.activation_bytes_per_voxel``: passes of the network,
         0.1-1.2 s) in a worker, then update the plan line; once per config."""
