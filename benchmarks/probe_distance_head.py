@@ -163,8 +163,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=600.0, help="training seconds")
     ap.add_argument("--contact", type=float, default=0.0,
                     help="separation weight (training/contact.py, radius 5); the product's default is 10")
-    ap.add_argument("--zooms", default="", help="comma-separated zoom per held-out image (predicted at that zoom, "
-                    "resized back), e.g. the ones the product's zoom='auto' chose; empty: zoom 1")
+    ap.add_argument("--zooms", default="", help="comma-separated zoom per held-out image, in the order of "
+                    "bench_semisup's split (G9 x4, HE x3, KB, NH, RD), each predicted at its zoom and resized back, "
+                    "e.g. the ones the product's zoom='auto' chose; empty: zoom 1")
     a = ap.parse_args()
     from monai.inferers import sliding_window_inference
 
