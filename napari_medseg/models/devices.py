@@ -6,6 +6,7 @@ benchmarks/RESULTS.md, issue 18)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -48,10 +49,12 @@ class DeviceSetup:
         return torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
 
 
+@functools.cache
 def cpu_bf16_native() -> bool:
     """Whether this CPU computes bfloat16 natively (AMX or AVX512-BF16), where PyTorch's oneDNN runs bfloat16
     convolutions about twice as fast as float32 (elsewhere they are emulated and slower). Linux: the CPU's flags;
-    elsewhere oneDNN's own answer (which also says yes for plain AVX512)."""
+    elsewhere oneDNN's own answer (which also says yes for plain AVX512). Read once per process: the Train
+    widget's plan line asks on every change of a setting."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

@@ -101,25 +101,27 @@ def size_text(patch: tuple[int, ...]) -> str:
 
 
 # -- the network's activations -----------------------------------------------------------------------
-@functools.cache  # unbounded, as ``_COUNTED`` is: a session meets a handful of configs
+#: counted activations per (model config, checkpointed, half): the one record of what is counted
+_COUNTS: dict[tuple[ModelConfig, bool, bool], float] = {}
+
+
 def activation_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool = False, half: bool = False) -> float:
     """Bytes the network saves for backward per input voxel (batch 1), counted once per config.
 
     ``checkpointed`` (``TrainConfig.grad_checkpoint``): what the checkpointed blocks keep (their inputs) plus
     the largest block's own activations, which the backward pass recomputes and holds, one block at a time.
     ``half``: under bfloat16 autocast (see ``_half_bytes_per_voxel``)."""
-    value = _half_bytes_per_voxel(model_cfg, checkpointed) if half else _float_bytes_per_voxel(model_cfg, checkpointed)
-    _COUNTED.add((model_cfg, bool(checkpointed), bool(half)))
-    return value
-
-
-_COUNTED: set[tuple[ModelConfig, bool, bool]] = set()
+    key = (model_cfg, bool(checkpointed), bool(half))
+    if key not in _COUNTS:
+        _COUNTS[key] = (_half_bytes_per_voxel(model_cfg, checkpointed) if half
+                        else _float_bytes_per_voxel(model_cfg, checkpointed))
+    return _COUNTS[key]
 
 
 def activation_count_ready(model_cfg: ModelConfig, checkpointed: bool = False, half: bool = False) -> bool:
     """Whether ``activation_bytes_per_voxel`` has counted this config already (then it answers at once; the
     first count runs passes of the network: 0.1-1.2 s on a 2-core CPU, so a widget runs it off its thread)."""
-    return (model_cfg, bool(checkpointed), bool(half)) in _COUNTED
+    return (model_cfg, bool(checkpointed), bool(half)) in _COUNTS
 
 
 def _float_bytes_per_voxel(model_cfg: ModelConfig, checkpointed: bool) -> float:

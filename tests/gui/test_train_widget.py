@@ -349,8 +349,7 @@ def test_plan_line_counts_a_new_model_off_the_main_thread(widget3d, monkeypatch,
         return real(*a, **k)
 
     monkeypatch.setattr(planning, "_float_bytes_per_voxel", spy)
-    planning.activation_bytes_per_voxel.cache_clear()
-    monkeypatch.setattr(planning, "_COUNTED", set())
+    monkeypatch.setattr(planning, "_COUNTS", {})  # nothing counted yet
     w.arch_combo.setCurrentText("attention_unet")
     assert "counting the memory" in w.plan_label.text()
     qtbot.waitUntil(lambda: "GB" in w.plan_label.text(), timeout=30_000)

@@ -80,7 +80,12 @@ def test_the_native_check_reads_the_cpu_flags(monkeypatch, tmp_path):
             return real(path, *a, **k)
         return _open
 
-    monkeypatch.setattr(builtins, "open", fake("fpu avx2 avx512f amx_bf16 amx_tile"))
-    assert devices.cpu_bf16_native()
-    monkeypatch.setattr(builtins, "open", fake("fpu avx2 avx512f avx512bw"))
-    assert not devices.cpu_bf16_native()
+    try:  # the answer is read once per process (cached): cleared around each fake CPU
+        devices.cpu_bf16_native.cache_clear()
+        monkeypatch.setattr(builtins, "open", fake("fpu avx2 avx512f amx_bf16 amx_tile"))
+        assert devices.cpu_bf16_native()
+        devices.cpu_bf16_native.cache_clear()
+        monkeypatch.setattr(builtins, "open", fake("fpu avx2 avx512f avx512bw"))
+        assert not devices.cpu_bf16_native()
+    finally:
+        devices.cpu_bf16_native.cache_clear()  # the real CPU's answer for the tests after this one
