@@ -191,6 +191,7 @@ def worker_environ() -> dict[str, Any]:
     (74 against 46 ms per batch of 4 x 512^2, benchmarks/bench_dask_scaling.py). The predictor returns memory
     itself (``core.heap.trim`` after each written block)."""
     import dask
+    import distributed  # noqa: F401  (its import registers the defaults read here; without it the result is {})
 
     env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
