@@ -18,6 +18,11 @@ region (all four classes). Then, while a script pans and zooms the canvas like a
    separate process*; ``both``: ``predict`` in a thread first, then ``predict_process``, side by side)
    (``--quick``: cancelled after a few seconds; the full run goes to the end).
 
+Control phases: ``--loaded`` adds ``napari_loaded`` (napari alone under the prediction model's CPU load,
+``_ui_controls.cpu_load``); ``--hidden-result`` adds ``predict_hidden`` (the prediction again with the result
+layers' eyes unticked, ``_ui_controls.hidden_results``): together they split the predict phase's ratio into the
+CPU load, drawing the growing result, and the rest of the plugin's main-thread work.
+
 napari runs with asynchronous slicing, as ``napari-medseg gui`` starts it (``--sync-slicing``: napari's
 default, tile reads on the main thread). A 10 ms ``QTimer`` on the main thread measures stalls (actual interval - 10 ms); a watchdog thread samples
 the main thread's stack during stalls over 40 ms and the most frequent sites are printed per phase.
@@ -36,6 +41,7 @@ first start, step and preview events reached the main thread (``train.first_even
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -221,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                     "while a thread runs the default U-Net's forward pass on batches of 4 x 256^2 at the workers' "
                     "priority (no plugin layer, no plugin code on the main thread): the floor the CPU load alone "
                     "sets; the ratios to it are reported beside the ratios to napari alone")
+    ap.add_argument("--hidden-result", action="store_true", help="add the control phase 'predict_hidden' after "
+                    "'predict': the same prediction (into another output, in a thread) with every result layer's "
+                    "eye unticked, as a user who hides it to pan: what drawing the growing result costs")
     args = ap.parse_args(argv)
     idle_s = args.idle_s if args.idle_s is not None else (5.0 if args.quick else 20.0)
     train_s = args.train_s if args.train_s is not None else (22.0 if args.quick else 120.0)
@@ -239,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     settings.experimental.async_ = not args.sync_slicing  # as `napari-medseg gui` runs napari
     settings.application.gui_notification_level = "none"  # no toasts over the canvas (logged instead)
     from _gui_probe import CameraScript, StallProbe, run_for, screenshot, wait_until
+    from _ui_controls import cpu_load, hidden_results
+
+    from napari_medseg._napari.jobs.predict_job import RESULT_SUFFIX
 
     t_all = time.perf_counter()
     env = setup_viewer(tmp)
@@ -351,32 +363,34 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.predict_threads)
     modes = ["thread", "process"] if args.predict_in == "both" else [args.predict_in]
+    modes += ["hidden"] if args.hidden_result else []
     pred_runs: dict[str, Any] = {}
     for mode in modes:
         # the widget's default (a thread) is the headline "predict" phase; with both, the other is beside it
-        phase = "predict" if (len(modes) == 1 or mode == "thread") else f"predict_{mode}"
+        phase = "predict" if mode == modes[0] or mode == "thread" else f"predict_{mode}"
         pw.process_check.setChecked(mode == "process")
         pw.out_edit.setText(str(tmp / f"slide.prediction.{mode}.zarr"))
         blocks.clear()
-        cam.start()
-        probe.start(phase)
-        t_pred = time.perf_counter()
-        pw.predict()
-        if pw._worker is None:
-            raise RuntimeError(f"prediction did not start: {pw.status.text()}")
-        done = wait_until(lambda: pw._worker is None, predict_s)
-        if not done:
-            pw.cancel()
-            wait_until(lambda: pw._worker is None, 120.0)
-        phases[phase] = probe.stop()
-        cam.stop()
+        with hidden_results(viewer, RESULT_SUFFIX) if mode == "hidden" else contextlib.nullcontext():
+            cam.start()
+            probe.start(phase)
+            t_pred = time.perf_counter()
+            pw.predict()
+            if pw._worker is None:
+                raise RuntimeError(f"prediction did not start: {pw.status.text()}")
+            done = wait_until(lambda: pw._worker is None, predict_s)
+            if not done:
+                pw.cancel()
+                wait_until(lambda: pw._worker is None, 120.0)
+            phases[phase] = probe.stop()
+            cam.stop()
         pred_runs[mode] = {"seconds": round(time.perf_counter() - t_pred, 1), "cancelled": not done,
                            "first_block_s": round(blocks[0][0] - t_pred, 2) if blocks else None,
                            "blocks_done": blocks[-1][1] if blocks else 0,
                            "blocks_total": blocks[-1][2] if blocks else 0, "status": pw.status.text()}
         print(f"prediction ({mode}): {pred_runs[mode]['status']}", flush=True)
         run_for(2.0)
-    head_mode = "thread" if len(modes) > 1 else modes[0]
+    head_mode = "thread" if "thread" in modes else modes[0]
     pred_info = {**pred_runs[head_mode], "mode": head_mode, "runs": pred_runs}
     if args.screenshots:
         c = camera_of_viewer(viewer)
@@ -418,7 +432,9 @@ def main(argv: list[str] | None = None) -> int:
         floor = phases["napari_loaded"].summary()["p99_ms"]
         loaded = {"napari_loaded_p99_ms": floor, "loaded_vs_alone": round(floor / alone, 3) if alone else None,
                   **{f"{k}_vs_loaded": round(phases[k].summary()["p99_ms"] / floor, 3) if floor else None
-                     for k in ("train", "predict")}}
+                     for k in ("train", "predict", "predict_hidden") if k in phases}}
+    if "predict_hidden" in phases:
+        loaded["predict_hidden_p99_ratio"] = round(phases["predict_hidden"].summary()["p99_ms"] / alone, 3)
     result = {
         "train_p99_ratio": ratios["train"], "predict_p99_ratio": ratios["predict"], "napari_p99_ms": alone, **loaded,
         "stall_ms_p99": ws["p99_ms"], "stall_ms_max": stall_max,
@@ -443,43 +459,6 @@ def main(argv: list[str] | None = None) -> int:
     viewer.close()
     print("RESULT " + json.dumps(result), flush=True)
     return 0
-
-
-class cpu_load:
-    """The ``--loaded`` control: while open, a thread at the workers' priority (``background_priority``) runs
-    the Train widget's default U-Net forward on batches of 4 x 256^2 with torch's own thread count, as the
-    prediction's model does, and nothing else: no layer, no event, no plugin code on the main thread."""
-
-    def __init__(self, image: Any) -> None:
-        import threading
-
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(int(image.data[0].shape[-1]) if image.rgb else 1,),
-                                       daemon=True, name="bench-cpu-load")
-        self.passes = 0
-
-    def _run(self, channels: int) -> None:
-        import torch
-
-        from napari_medseg._napari.jobs.workers import background_priority
-        from napari_medseg.models.config import ModelConfig
-        from napari_medseg.models.registry import build_model
-
-        net = build_model(ModelConfig(in_channels=channels, out_channels=4)).eval()
-        x = torch.randn(4, channels, 256, 256)
-        with background_priority(), torch.inference_mode():
-            while not self.stop.is_set():
-                net(x)
-                self.passes += 1
-
-    def __enter__(self) -> cpu_load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        self.thread.join()
-        print(f"cpu load: {self.passes} forward passes of 4 x 256^2", flush=True)
 
 
 def camera_of_viewer(viewer: Any) -> Any:
