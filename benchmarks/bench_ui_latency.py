@@ -8,9 +8,10 @@ scribbles sampled from the slide's ground truth through the editable Labels laye
 region (all four classes). Then, while a script pans and zooms the canvas like a user (smooth 1 s moves at
 30 Hz between overview, region and close-ups, with short pauses):
 
-1. ``idle``: nothing else runs (the baseline: drawing and tile loading alone);
-0. ``napari``: the same moves before the plugin holds any layer (napari and OpenGL alone on this machine;
-   napari's own layer list, without the filter of its zoom events that the widgets put in place);
+0. ``napari``: the same moves before the plugin holds any layer (napari and OpenGL alone on this machine: the
+   widgets are docked, no label store is open yet; napari's own layer list, without the filter of its zoom
+   events that the widgets put in place);
+1. ``idle``: the label store is open and its annotation window follows the view; nothing else runs;
 2. ``train``: the Train widget trains on the CPU (Start pressed; widget defaults: UNet, patch 256, batch 4,
    supervised (``--semi``), ``threads`` spin = 1 so the GUI keeps a core) with the live preview of the view on;
 3. ``predict``: the Predict widget predicts the whole slide at level 0 with the checkpoint of phase 2, in a
@@ -151,8 +152,6 @@ def setup_viewer(tmp: Path) -> dict[str, Any]:
     for name, w in (("Annotate", aw), ("Predict", pw), ("Train", tw)):
         docks[name] = viewer.window.add_dock_widget(w, name=name, area="right", tabify=True)
     aw.image_combo.setCurrentText(image.name)
-    if not aw.open_store(tmp / "slide.labels.zarr"):
-        raise RuntimeError("the Annotate widget could not create a label store")
     return {"viewer": viewer, "image": image, "gt": gt, "annotate": aw, "train": tw, "predict": pw,
             "docks": docks, "open_s": open_s}
 
@@ -283,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
             with cpu_load(image):
                 moves_alone("napari_loaded")
 
+    # the label store (and its annotation window, which follows the view) only now: the phases above are
+    # napari's alone (before 2026-12-07 the store was open in them, and its window moves ran in them)
+    if not aw.open_store(tmp / "slide.labels.zarr"):
+        raise RuntimeError("the Annotate widget could not create a label store")
+    run_for(1.0)
     paint = paint_region(viewer, aw, gt, region)
     print(f"painted {paint['painted_pixels']} px in {paint['dabs']} brush dabs ({paint['paint_s']} s), "
           f"per class {paint['painted_per_class']}, off-class {paint['painted_wrong']}", flush=True)

@@ -109,6 +109,40 @@ def test_tissue_mask_layer_comes_hidden_at_the_end(widget, qtbot, tmp_path):
     assert names.count("img tissue mask") == 1 and names.count("img" + RESULT_SUFFIX) == 1
 
 
+def test_a_result_hidden_by_the_user_stays_hidden_and_shows_the_latest_blocks_again(widget, qtbot, tmp_path):
+    """Unticking the result's eye is how a user pans a slide smoothly while it is predicted (drawing the growing
+    result is most of what prediction costs the viewer, docs/gui-loop.md): the run must not show it again,
+    must not redraw it while hidden, and ticking it back must show the blocks finished meanwhile."""
+    viewer, w, img = widget
+    run = RunLayers(viewer, viewer.layers["img"], tmp_path / "x.zarr")
+    levels = [np.zeros((300, 260), np.uint8), np.zeros((150, 130), np.uint8)]  # written in place as blocks finish
+
+    def write(rows: slice, value: int) -> tuple[slice, slice]:
+        for k, lev in enumerate(levels):
+            lev[rows.start // 2**k:rows.stop // 2**k, :100 // 2**k] = value
+        return rows, slice(0, 100)
+
+    opened = [(levels, {"name": "x prediction", "scale": (0.5, 0.5), "translate": (0.0, 0.0)}, "labels")]
+    run.started(resumed_blocks=0)
+    run.layers_opened(opened)
+    run.block_done(write(slice(0, 100), 1))
+    res = viewer.layers["img" + RESULT_SUFFIX]
+    qtbot.waitUntil(lambda: res.visible, timeout=5_000)
+    viewer.reset_view()
+    res.visible = False  # the user unticks the eye
+    redraws = []
+    res.events.set_data.connect(lambda e: redraws.append(e))
+    run.last_refresh = 0.0  # the next block may redraw at once (REFRESH_S passed)
+    run.block_done(write(slice(100, 200), 2))
+    write(slice(200, 300), 1)
+    run.finished(blocks_done=3)
+    qtbot.wait(100)
+    assert not res.visible, "the run showed a result layer the user had hidden"
+    assert not redraws, "a hidden result layer was redrawn"
+    res.visible = True  # ticked back: napari re-slices what is there now
+    qtbot.waitUntil(lambda: (np.asarray(res._slice.image.raw) == 2).any(), timeout=5_000)
+
+
 def test_predict_without_checkpoint_is_explained(widget, monkeypatch):
     _, w, _ = widget
     toasts: list[str] = []
