@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from napari_medseg._napari import napari_compat as compat
 from napari_medseg._napari.layerdata import medseg_meta
 
 log = logging.getLogger(__name__)
@@ -153,7 +152,7 @@ def _upsert(viewer: Any, name: str, kind: str, data: Any, **kwargs: Any) -> Any:
             for k, v in kwargs.items():
                 if k in ("translate", "scale", "opacity", "colormap", "contrast_limits", "visible"):
                     setattr(layer, k, v)
-            compat.set_data(layer, data)  # a multiscale layer keeps its level (napari_compat.set_data)
+            layer.data = data
             return layer
         viewer.layers.remove(layer)
     return add_then_show(viewer, kind, data, name=name, **kwargs)

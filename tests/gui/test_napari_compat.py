@@ -44,37 +44,6 @@ def test_reset_undo_history_keeps_the_mode(make_napari_viewer):
     assert not layer.editable
 
 
-def test_replace_multiscale_data_drops_the_cached_coarsest_level(make_napari_viewer):
-    viewer = make_napari_viewer()
-    levels = [np.zeros((400, 400), np.uint8), np.zeros((200, 200), np.uint8), np.zeros((100, 100), np.uint8)]
-    layer = viewer.add_labels(levels, multiscale=True)
-    layer.locked_data_level = 2
-    assert layer.get_value((300, 300)) == (2, 0)
-    levels[2][75, 75] = 3  # the content changed in place (the store was written)
-    compat.replace_multiscale_data(layer, levels)
-    assert layer.get_value((300, 300)) == (2, 3) and not layer.editable
-
-
-def test_replacing_a_multiscale_layers_data_zoomed_in_keeps_a_slice_to_draw(make_napari_viewer, qtbot):
-    """napari 0.9 puts a multiscale layer back on its coarsest level when its data is replaced, with the corners
-    of the finer level it showed: the slice is then empty and vispy's draw raises (PyQt6 aborts the viewer;
-    found by opening a label store zoomed in). ``set_data`` keeps the level, so the slice stays the view's."""
-    viewer = make_napari_viewer(show=True)
-    viewer.window.resize(900, 700)
-    levels = [np.ones((4096 // 2**k,) * 2, np.uint8) for k in range(4)]
-    layer = viewer.add_labels(levels, multiscale=True)
-    viewer.camera.center, viewer.camera.zoom = (2000.0, 2600.0), 0.8
-    qtbot.waitUntil(lambda: layer.data_level < 3)
-    QApplication.processEvents()
-    shown = layer.data_level
-    compat.set_data(layer, levels)
-    assert layer.data_level == shown
-    layer.refresh()
-    assert np.asarray(layer._slice.image.raw).size > 0, "an empty slice: vispy cannot draw it"
-    compat.replace_multiscale_data(layer, levels)  # the painting controller's route to set_data
-    assert layer.data_level == shown and np.asarray(layer._slice.image.raw).size > 0
-
-
 def test_show_outline_draws_the_layer_extent(make_napari_viewer):
     viewer = make_napari_viewer()
     layer = viewer.add_labels(np.zeros((50, 60), np.uint8))
@@ -90,11 +59,9 @@ def test_compat_functions_warn_nothing_through_the_proxy(make_napari_viewer):
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         layer = proxy.add_labels(np.zeros((50, 60), np.uint8))
-        ms = proxy.add_labels([np.zeros((64, 64), np.uint8), np.zeros((32, 32), np.uint8)], multiscale=True)
         compat.canvas_size(proxy)
         layer.mode = "paint"
         compat.reset_undo_history(layer)
-        compat.replace_multiscale_data(ms, [np.zeros((64, 64), np.uint8), np.zeros((32, 32), np.uint8)])
         compat.show_outline(layer)
     assert _private_warnings(record) == []
 

@@ -158,6 +158,24 @@ def test_zoomed_out_overview_shows_new_paint(slide):
     assert ctl.overview_layer.get_value(world, world=True) == (3, 3)
 
 
+def test_window_moves_zoomed_in_refresh_the_overview_without_replacing_its_data(slide):
+    """The overview is refreshed on every window move. Replacing a multiscale layer's data puts napari 0.9 on its
+    coarsest level with the corners of the finer level it showed: the next slice is empty and vispy's draw
+    raises, which aborts a PyQt6 viewer (opening a label store zoomed in on a slide did it). The overview's
+    coarsest level is refilled in place instead: the layer keeps its data and the level napari chose."""
+    viewer, store, ctl = slide
+    _goto(viewer, ctl, 1500, 2000, zoom=1.0)
+    ctl.overview_layer.locked_data_level = 1  # a finer level than the coarsest, as zoomed in
+    replaced = []
+    ctl.overview_layer.events.data.connect(lambda e: replaced.append(e))
+    store.write((slice(2940, 2960), slice(3940, 3960)), 3)  # outside any window here
+    _goto(viewer, ctl, 500, 500, zoom=1.0)  # the window moves: the overview is refreshed
+    assert ctl.overview_layer.data_level == 1 and not replaced
+    coarse = np.asarray(ctl.overview_layer.data[-1])  # the array napari keeps for the zoomed-out view
+    f = store.level_shapes[0][0] // coarse.shape[0]
+    assert (coarse[2950 // f, 3950 // f] == 3), "the refreshed coarsest level lacks the new labels"
+
+
 def test_external_writes_reach_the_window_and_are_not_overwritten(slide):
     viewer, store, ctl = slide
     _goto(viewer, ctl, 1500, 2000)

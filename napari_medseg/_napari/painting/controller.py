@@ -39,14 +39,13 @@ from qtpy.QtCore import QObject, QThread, QTimer, Signal
 from napari_medseg._napari import napari_compat as compat
 from napari_medseg._napari.layerdata import store_colormap, units_of
 from napari_medseg._napari.layers import camera_of
-from napari_medseg._napari.painting.store_overview import overview_levels
+from napari_medseg._napari.painting.store_overview import StoreOverview
 from napari_medseg._napari.painting.window_edits import TrackedLabels, WindowEdits, WriteJob, touched_box
 from napari_medseg._napari.painting.window_geometry import Window, WindowGeometry
 from napari_medseg._napari.painting.window_prefetch import Request, WindowPrefetch
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
 from napari_medseg.core.grid import Chunk
-from napari_medseg.labels.chunks import LevelArray
 from napari_medseg.labels.ops import extend_classes, set_classes
 from napari_medseg.labels.store import LabelStore
 
@@ -110,10 +109,10 @@ class PaintingController(QObject):
         self._scale, self._translate = self._geometry()
         units = units_of(image_layer, store.ndim)
         self.overview_layer = None
-        self._overview_levels: list[LevelArray] = []
+        self._overview: StoreOverview | None = None
         if store.ndim == 2 and not self.geom.fits_whole:  # a volume's window follows the slice slider instead
-            self._overview_levels = overview_levels(store, self._window_or_none)
-            levels = self._overview_levels
+            self._overview = StoreOverview(store, self._window_or_none)
+            levels = self._overview.levels
             self.overview_layer = viewer.add_labels(
                 levels if len(levels) > 1 else levels[0], name=f"{base} annotations (overview)",
                 multiscale=len(levels) > 1, scale=self._scale, translate=self._translate,
@@ -437,9 +436,10 @@ class PaintingController(QObject):
                 self._refresh_overview()
 
     def _refresh_overview(self) -> None:
-        """Re-read the overview, its cached coarsest level included (see ``napari_compat``)."""
-        if self.overview_layer is not None:
-            compat.replace_multiscale_data(self.overview_layer, self._overview_levels)
+        """Re-read the overview, its coarsest level included (refilled in place: see ``store_overview``)."""
+        if self.overview_layer is not None and self._overview is not None:
+            self._overview.refill()
+            self.overview_layer.refresh()
 
     @property
     def unsaved(self) -> bool:
