@@ -152,6 +152,14 @@ def setup_viewer(tmp: Path) -> dict[str, Any]:
     for name, w in (("Annotate", aw), ("Predict", pw), ("Train", tw)):
         docks[name] = viewer.window.add_dock_widget(w, name=name, area="right", tabify=True)
     aw.image_combo.setCurrentText(image.name)
+    # the Annotate widget opens the chosen image's labels by itself a moment later (a timer): held back here,
+    # so that the napari-alone phases run without the plugin's label store and annotation window (main opens
+    # the store after them)
+    from napari_medseg._napari.napari_compat_layers import unwrap
+
+    aw._open_timer.stop()
+    aw._image_switched = False
+    aw._opened_for.add(unwrap(image))
     return {"viewer": viewer, "image": image, "gt": gt, "annotate": aw, "train": tw, "predict": pw,
             "docks": docks, "open_s": open_s}
 
