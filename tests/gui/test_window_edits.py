@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_medseg._napari.painting.window_edits import WindowEdits
+from napari_medseg._napari.painting.window_edits import WindowEdits, resident, same
 from napari_medseg._napari.painting.window_geometry import WindowGeometry
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.labels.store import LabelStore
@@ -100,3 +100,37 @@ def test_coarse_values_beyond_the_schema_stay_unsaved():
     job.run(store, origin=None)
     assert store.painted_chunks() == [(6, 6)] and (store.read((slice(400, 404), slice(400, 404))) == 2).all()
     store.close()
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_resident_maps_every_page_of_a_window_read_from_zeros():
+    """``np.zeros`` leaves pages unmapped until first touched; ``resident`` touches them all (in the calling
+    thread, the writer thread for a window move) and keeps the values."""
+    a = np.zeros((8192, 8192), np.uint8)  # 64 MB, unmapped
+    a[5, 7] = 3
+    before = _rss_bytes()
+    out = resident(a)
+    grown = _rss_bytes() - before
+    assert out is a and grown > 0.9 * a.nbytes
+    assert int(a.sum()) == 3 and a[5, 7] == 3
+    resident(np.zeros((0, 5), np.uint8))  # empty and strided arrays are left as they are
+    b = np.arange(24, dtype=np.uint16).reshape(4, 6)[:, ::2]
+    assert resident(b) is b and (b == np.arange(24, dtype=np.uint16).reshape(4, 6)[:, ::2]).all()
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (3000, 500), (40, 3, 700), ()])
+def test_same_agrees_with_array_equal_in_every_block(shape):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 4, shape).astype(np.uint8)
+    assert same(a, a.copy()) and same(a, a)
+    if a.size:
+        for i in (0, a.size // 2, a.size - 1):  # a difference in the first, a middle and the last block
+            b = a.copy()
+            b.flat[i] = 9
+            assert not same(a, b) and not np.array_equal(a, b)
+    assert not same(a, np.zeros((*shape, 1), np.uint8))  # another shape

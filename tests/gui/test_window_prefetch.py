@@ -93,6 +93,27 @@ def test_a_prefetched_window_is_dropped_if_the_old_one_changed_meanwhile(slide, 
     assert store.read((slice(510, 511), slice(510, 511)))[0, 0] == 2
 
 
+def test_an_edit_around_the_door_before_the_writer_thread_copies_the_window_is_caught_too(slide, qtbot):
+    """The writer thread copies the old window itself (no window-sized copy on the GUI thread): an untracked
+    edit made before that copy is in the snapshot, and the safety net finds that the store lacks it."""
+    viewer, store, ctl = slide
+    look_at(viewer, ctl, 500, 500, 4.0)
+    ctl.follow_view()
+    first = ctl.window
+    gate = threading.Event()
+    ctl._executor.submit(gate.wait, 5)  # the writer thread is busy: the prefetch waits in its queue
+    look_at(viewer, ctl, 2050, 3050, 4.0)
+    qtbot.waitUntil(lambda: ctl.prefetch.current is not None, timeout=5000)
+    req = ctl.prefetch.current
+    assert req.snapshot is None  # not copied yet
+    np.asarray(ctl.layer.data)[520 - first[0].start, 530 - first[1].start] = 3  # untracked
+    gate.set()
+    qtbot.waitUntil(lambda: ctl.window != first, timeout=5000)
+    assert req.snapshot is not None and req.snapshot[520 - first[0].start, 530 - first[1].start] == 3
+    assert ctl.prefetch.refused == 1 and ctl.prefetch.used == 0  # moved the synchronous way, saving first
+    assert store.read((slice(520, 521), slice(530, 531)))[0, 0] == 3
+
+
 def test_unsaved_edits_move_the_window_the_synchronous_way(slide, qtbot):
     viewer, store, ctl = slide
     look_at(viewer, ctl, 500, 500, 4.0)

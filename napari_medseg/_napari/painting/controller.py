@@ -251,18 +251,19 @@ class PaintingController(QObject):
             return
         data = self.prefetch.take(req, self.layer.data, self._writes, self._stroke)
         if data is not None:
-            self.move_window(req.window, level=req.level, flush=False, data=data)
+            self.move_window(req.window, level=req.level, flush=False, data=data, baseline=req.baseline)
         elif self._stroke:
             self._follow_timer.start()  # after the stroke
         else:
             self.follow_view()  # the synchronous way: save, then read
 
     def move_window(self, window: Window, *, level: int | None = None, flush: bool = True,
-                    force: bool = False, data: np.ndarray | None = None) -> bool:
+                    force: bool = False, data: np.ndarray | None = None,
+                    baseline: np.ndarray | None = None) -> bool:
         """Show ``window`` (store pixels) at pyramid ``level`` (default: the view's if it fits). Edits of
         the old window are saved first; if some cannot be (labels beyond the class schema) the window stays
-        and the user is told. ``data``: the window as already read (``window_prefetch``). Returns True if
-        moved."""
+        and the user is told. ``data``: the window as already read, ``baseline`` its copy
+        (``window_prefetch``). Returns True if moved."""
         self.prefetch.cancel()
         window = tuple(slice(int(w.start), int(w.stop)) for w in window)
         if level is None:  # the view's level if the window can be shown at it (e.g. "Paint here")
@@ -277,7 +278,7 @@ class PaintingController(QObject):
                              "previous message). Fix them first.")
                 return False
         t0 = time.perf_counter()
-        data = self.edits.load(window, level, data).view(TrackedLabels)
+        data = self.edits.load(window, level, data, baseline).view(TrackedLabels)
         data.on_write = self._on_write
         old = self.layer.data
         if isinstance(old, TrackedLabels):

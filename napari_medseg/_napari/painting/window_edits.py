@@ -32,6 +32,32 @@ from napari_medseg.core.grid import Chunk, chunks_in_box
 from napari_medseg.labels.chunks import pool_max
 
 WRITE_BATCH_CHUNKS = 64  # chunks per store write when expanding coarse edits (bounds the memory of a big fill)
+PAGE_BYTES = 4096
+COMPARE_BLOCK_BYTES = 1 << 20
+
+
+def resident(a: np.ndarray) -> np.ndarray:
+    """``a`` with each of its memory pages written once, in the calling thread. A store read starts from
+    ``np.zeros``, whose pages the kernel maps only when first touched; each first touch is a page fault
+    (10-20 us on a VM: 50-80 ms for a 16 MB window), paid by whichever thread reads the page first. Done in
+    the writer thread, the GUI thread's compares and texture uploads of a new window do not pay it."""
+    if a.size and a.flags.c_contiguous:
+        flat = a.reshape(-1)
+        step = max(PAGE_BYTES // a.itemsize, 1)
+        flat[::step] = flat[::step].copy()
+    return a
+
+
+def same(a: np.ndarray, b: np.ndarray) -> bool:
+    """``np.array_equal`` in blocks of ~1 MB along the first axis: no window-sized temporary, whose fresh
+    pages would cost the GUI thread as much as the comparison itself (see ``resident``)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    if a.ndim == 0 or a.size == 0:
+        return bool(np.array_equal(a, b))
+    rows = max(1, COMPARE_BLOCK_BYTES // max(1, a[0].nbytes))
+    return all(np.array_equal(a[i:i + rows], b[i:i + rows]) for i in range(0, a.shape[0], rows))
 
 
 class TrackedLabels(np.ndarray):
@@ -121,18 +147,21 @@ class WindowEdits:
         return tuple(c.start for c in self.geom.cells(self.window, self.level))
 
     def read(self, window: Window, level: int) -> np.ndarray:
-        """``window`` at ``level`` as the store holds it (no state changes: safe in the writer thread)."""
+        """``window`` at ``level`` as the store holds it, every page ``resident`` (no state changes: safe in
+        the writer thread)."""
         if level == 0:
-            return self.store.read(window)
-        return np.asarray(self.store.level_array(level)[self.geom.cells(window, level)])
+            return resident(self.store.read(window))
+        return resident(np.asarray(self.store.level_array(level)[self.geom.cells(window, level)]))
 
-    def load(self, window: Window, level: int, data: np.ndarray | None = None) -> np.ndarray:
-        """Read ``window`` at ``level`` (the layer's new data; ``data``: already read) and track it afresh."""
+    def load(self, window: Window, level: int, data: np.ndarray | None = None,
+             baseline: np.ndarray | None = None) -> np.ndarray:
+        """Read ``window`` at ``level`` (the layer's new data; ``data``: already read) and track it afresh;
+        ``baseline``: a copy of ``data`` made beforehand (a coarse window's cell values when read)."""
         data = self.read(window, level) if data is None else data
         with self._lock:
             self._originals = {}
         self.window, self.level, self.dirty = window, level, set()
-        self.loaded = data.copy() if level else None
+        self.loaded = (data.copy() if baseline is None else baseline) if level else None
         return data
 
     # -- geometry helpers ---------------------------------------------------------------------------
@@ -180,9 +209,9 @@ class WindowEdits:
             return
         with self._lock:
             self.dirty.update(self._originals)  # rewritten before: they may have to go back
-        changed = data != self.loaded
-        if not changed.any():
+        if same(data, self.loaded):  # the common case, without a window-sized temporary
             return
+        changed = data != self.loaded
         ch, f, o = self.store.chunks, self.factor, self.origin
         grids = []
         for a, w in enumerate(self.window):  # per axis: the cells each chunk of the window covers
