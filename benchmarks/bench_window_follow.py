@@ -8,8 +8,9 @@ Run under an X server (``xvfb-run -a python benchmarks/bench_window_follow.py [-
 
 - ``sync``: ``follow_view()`` as before: the safety-net comparison of the old window with the store, the read
   of the new window and the layer's new data, all on the GUI thread;
-- ``background``: what the debounced camera handler now does: the request (a snapshot of the old window) on
-  the GUI thread, both reads in the writer thread, then the layer's new data on the GUI thread.
+- ``background``: what the debounced camera handler now does: the request on the GUI thread; the snapshot of
+  the old window, both reads and the new window's page mapping in the writer thread; then the check of the
+  old window against the snapshot and the layer's new data on the GUI thread.
 
 For each: the GUI thread's time per move (p50 / max, ms; the background way's two parts added) and the wall
 time until the window shows the new place. Last line: ``RESULT {"gui_ms_p50_sync", "gui_ms_p50_background",

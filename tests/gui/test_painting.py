@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
+from painting_gui_helpers import look_at
 
 from napari_medseg._napari.layerdata import from_layer
 from napari_medseg._napari.layers import camera_of
@@ -274,3 +275,32 @@ def test_touched_box_covers_napari_index_forms():
     assert touched_box((4, Ellipsis), shape) == ([4, 0], [5, 200])
     assert touched_box(np.zeros(shape, bool), shape) == ([0, 0], [100, 200])
     assert touched_box((np.array([], int), np.array([], int)), shape) is None
+
+
+def test_the_overview_shows_only_while_the_view_reaches_beyond_the_window_and_obeys_the_users_eye(slide):
+    """Inside the window the overview is blank, so it is hidden (neither sliced nor drawn) while the window
+    covers the view; it shows when the view reaches beyond (before the window follows), and once the user
+    unticks its eye it stays hidden until ticked again."""
+    viewer, store, ctl = slide
+    ov = ctl.overview_layer
+    _goto(viewer, ctl, 1500, 2000)  # zoomed in: the 1024 px window covers the view
+    assert ctl.geom.beyond(ctl.window, *ctl.view_box()) is False and not ov.visible
+    look_at(viewer, ctl, 2800, 3800, 4.0)  # panned away; the window has not followed yet
+    assert ctl.geom.beyond(ctl.window, *ctl.view_box()) and ov.visible
+    ctl.follow_view()
+    assert not ov.visible
+    camera_of(viewer).zoom = 0.05  # the whole slide: shown by a coarse window, which covers it all
+    assert ov.visible  # the view is wider than the window until it follows
+    ctl.follow_view()
+    assert ctl.level > 0 and not ov.visible
+    ov.visible = False  # the user unticks it: it stays hidden wherever the view goes
+    _goto(viewer, ctl, 1500, 2000)
+    look_at(viewer, ctl, 100, 100, 4.0)
+    assert not ov.visible
+    ov.visible = True  # ticked again: shown only where needed, as before
+    ctl.follow_view()
+    assert not ov.visible
+    ctl.close()
+    ov.visible = True  # a closed controller no longer hides it
+    look_at(viewer, ctl, 1500, 2000, 4.0)
+    assert ov.visible

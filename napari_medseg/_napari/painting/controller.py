@@ -19,7 +19,8 @@ sync:
   strokes of the last ``MAX_UNSAVED_S`` seconds plus the time to write them (``AUTOSAVE_NOTE``);
 - the undo history covers the strokes since the window last moved (or changed resolution);
 - the overview (slides) is a multiscale, read-only Labels layer over the whole store, blank inside the
-  window (``store_overview``), so every annotation is visible at any zoom.
+  window (``store_overview``), so every annotation is visible at any zoom; it is hidden while the window
+  covers the view.
 
 Only napari's public API is used (``napari_compat``): a dock widget's viewer is a ``PublicOnlyProxy``.
 """
@@ -112,12 +113,9 @@ class PaintingController(QObject):
         self._overview: StoreOverview | None = None
         if store.ndim == 2 and not self.geom.fits_whole:  # a volume's window follows the slice slider instead
             self._overview = StoreOverview(store, self._window_or_none)
-            levels = self._overview.levels
-            self.overview_layer = viewer.add_labels(
-                levels if len(levels) > 1 else levels[0], name=f"{base} annotations (overview)",
-                multiscale=len(levels) > 1, scale=self._scale, translate=self._translate,
+            self.overview_layer = self._overview.add_layer(
+                viewer, f"{base} annotations (overview)", scale=self._scale, translate=self._translate,
                 colormap=store_colormap(store.classes), opacity=0.8, **units)
-            self.overview_layer.editable = False
         self.layer = viewer.add_labels(self._empty(), name=f"{base} annotations", scale=self._scale,
                                        translate=self._translate, colormap=store_colormap(store.classes),
                                        opacity=0.8, **units)
@@ -217,6 +215,12 @@ class PaintingController(QObject):
     def _on_camera(self, event: Any = None) -> None:
         if self.follow and not self._closed:
             self._follow_timer.start()
+        self._show_overview_if_needed()
+
+    def _show_overview_if_needed(self) -> None:
+        """The overview is shown only while the view reaches beyond the window (``store_overview``)."""
+        if self._overview is not None and not self._closed:
+            self._overview.show(self.geom.beyond(self.window, *self.view_box()))
 
     def follow_view(self, background: bool = False) -> None:
         """Put the window over the view at the finest level that covers it, if it is not there yet;
@@ -292,6 +296,7 @@ class PaintingController(QObject):
         self.layer.editable = self.store.writable  # setting data makes a Labels layer editable again
         compat.reset_undo_history(self.layer)  # undo history refers to the old window's pixels
         self._refresh_overview()
+        self._show_overview_if_needed()
         log.debug("window moved to %s at level %d in %.3f s", window, level, time.perf_counter() - t0)
         self.window_moved.emit(window)
         return True
@@ -431,16 +436,14 @@ class PaintingController(QObject):
         self._refresh_overview()
 
     def _after_flush(self, info: Any) -> None:
-        if self.overview_layer is not None and not self._closed and self.overview_layer.visible:
-            lo, hi = self.view_box()
-            if any(a < w.start or b > w.stop for w, a, b in zip(self.window, lo, hi)):
-                self._refresh_overview()
+        if self.overview_layer is not None and not self._closed and self.overview_layer.visible \
+                and self.geom.beyond(self.window, *self.view_box()):
+            self._refresh_overview()
 
     def _refresh_overview(self) -> None:
         """Re-read the overview, its coarsest level included (refilled in place: see ``store_overview``)."""
-        if self.overview_layer is not None and self._overview is not None:
-            self._overview.refill()
-            self.overview_layer.refresh()
+        if self._overview is not None:
+            self._overview.refresh()
 
     @property
     def unsaved(self) -> bool:
@@ -488,6 +491,8 @@ class PaintingController(QObject):
                     em.disconnect(cb)
             with contextlib.suppress(ValueError):
                 self.layer.mouse_drag_callbacks.remove(self._on_press)
+            if self._overview is not None:
+                self._overview.close()
             self._executor.shutdown(wait=True)
             self.store.remove_listener(self._on_store_change)
             if isinstance(self.layer.data, TrackedLabels):

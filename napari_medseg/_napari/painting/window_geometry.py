@@ -114,6 +114,11 @@ class WindowGeometry:
                 return k, True
         return self.n_levels - 1, False
 
+    def beyond(self, window: Window, lo: Sequence[float], hi: Sequence[float]) -> bool:
+        """Does the view box ``lo``..``hi`` (store pixels, clipped to the store here) reach beyond ``window``?"""
+        return any(max(0.0, a) < w.start or min(float(s), b) > w.stop
+                   for w, a, b, s in zip(window, lo, hi, self.shape))
+
     def fits_level(self, window: Window, level: int) -> bool:
         """Can ``window`` be shown at ``level``: within its cap, starting on its alignment?"""
         f, al, cap = self.factors[level], self.align(level), self.cap(level)
