@@ -3,7 +3,9 @@ background read (``_napari/painting/window_prefetch``), side by side in one view
 
 Run under an X server (``xvfb-run -a python benchmarks/bench_window_follow.py [--quick]``). On the synthetic
 50,000 x 50,000 px slide of ``bench_paint`` with a label store whose every chunk in the visited area is painted
-(so each read decompresses real chunks), the camera jumps ``--moves`` times to a new place at full resolution
+(so each read decompresses real chunks; ``--sparse``: only a 1024 px square in the middle of each window, as
+on a slide where most of the tissue is not yet painted, so most of each window is read as zeros), the camera
+jumps ``--moves`` times to a new place at full resolution
 (the window, 4096 x 4096 px, must move each time); moves alternate between the two ways:
 
 - ``sync``: ``follow_view()`` as before: the safety-net comparison of the old window with the store, the read
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--moves", type=int, default=24)
+    ap.add_argument("--sparse", action="store_true", help="paint a 1024 px square per window, not all of it")
     a = ap.parse_args(argv)
     from napari_medseg._napari.painting.controller import PaintingController
     from napari_medseg.core.classes import ClassSchema
@@ -50,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
                               pixel_size=img.pixel_size, unit=img.unit, image_shape=img.shape)
     rng = np.random.default_rng(0)
     centers = [(8000 + 6000 * (i % 4), 8000 + 6000 * (i // 4 % 6)) for i in range(moves)]
+    half = 512 if a.sparse else 2560
     for cy, cx in centers:  # paint the area each window covers: noisy labels, every chunk written
-        y0, x0 = cy - 2560, cx - 2560
-        store.write((slice(y0, y0 + 5120), slice(x0, x0 + 5120)),
-                    rng.integers(0, 4, (5120, 5120), dtype=np.uint8) * (rng.random((5120, 5120)) < 0.3))
+        y0, x0, n = cy - half, cx - half, 2 * half
+        store.write((slice(y0, y0 + n), slice(x0, x0 + n)),
+                    rng.integers(0, 4, (n, n), dtype=np.uint8) * (rng.random((n, n)) < 0.3))
     ctl = PaintingController(viewer, store, image_layer)
     gui: dict[str, list[float]] = {"sync": [], "background": []}
     wall: list[float] = []
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
            "gui_ms_p50_background": round(float(np.median(gui["background"])), 1),
            "gui_ms_max_sync": round(max(gui["sync"]), 1), "gui_ms_max_background": round(max(gui["background"]), 1),
            "wall_ms_p50_background": round(float(np.median(wall)), 1),
-           "used": ctl.prefetch.used, "refused": ctl.prefetch.refused, "moves": moves, "window": ctl.max_window}
+           "used": ctl.prefetch.used, "refused": ctl.prefetch.refused, "moves": moves, "window": ctl.max_window,
+           "sparse": a.sparse}
     res["gui_ratio_p50"] = round(res["gui_ms_p50_background"] / res["gui_ms_p50_sync"], 3)
     ctl.close()
     store.close()

@@ -10,7 +10,9 @@ import pytest
 from painting_gui_helpers import line, look_at, qt_stroke
 from test_painting import CLASSES, PS
 
+from napari_medseg._napari.painting import window_prefetch
 from napari_medseg._napari.painting.controller import PaintingController
+from napari_medseg._napari.painting.window_edits import resident
 from napari_medseg.labels.store import LabelStore
 
 
@@ -42,17 +44,21 @@ def _reads_on(ctl) -> list[str]:
     return names
 
 
-def test_the_window_follows_the_camera_reading_in_the_writer_thread(slide, qtbot):
+def test_the_window_follows_the_camera_reading_in_the_writer_thread(slide, qtbot, monkeypatch):
     viewer, store, ctl = slide
     store.write((slice(2000, 2100), slice(3000, 3100)), 3)  # something to find at the new place
     look_at(viewer, ctl, 500, 500, 4.0)
     ctl.follow_view()
     threads = _reads_on(ctl)
+    mapped: list[str] = []  # the new window's pages are mapped there too, not on the GUI thread
+    monkeypatch.setattr(window_prefetch, "resident",
+                        lambda a: (mapped.append(threading.current_thread().name), resident(a))[1])
     first = ctl.window
     look_at(viewer, ctl, 2050, 3050, 4.0)  # the camera moves: the debounced handler follows
     qtbot.waitUntil(lambda: ctl.window != first, timeout=5000)
     assert ctl.prefetch.used == 1 and ctl.prefetch.refused == 0
     assert threads and all(t.startswith("medseg-flush") for t in threads), threads
+    assert len(mapped) == 1 and mapped[0].startswith("medseg-flush")
     w = ctl.window
     assert w[0].start <= 2050 < w[0].stop and w[1].start <= 3050 < w[1].stop
     y0, x0 = 2000 - w[0].start, 3000 - w[1].start

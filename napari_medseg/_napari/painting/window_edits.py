@@ -147,11 +147,10 @@ class WindowEdits:
         return tuple(c.start for c in self.geom.cells(self.window, self.level))
 
     def read(self, window: Window, level: int) -> np.ndarray:
-        """``window`` at ``level`` as the store holds it, every page ``resident`` (no state changes: safe in
-        the writer thread)."""
+        """``window`` at ``level`` as the store holds it (no state changes: safe in the writer thread)."""
         if level == 0:
-            return resident(self.store.read(window))
-        return resident(np.asarray(self.store.level_array(level)[self.geom.cells(window, level)]))
+            return self.store.read(window)
+        return np.asarray(self.store.level_array(level)[self.geom.cells(window, level)])
 
     def load(self, window: Window, level: int, data: np.ndarray | None = None,
              baseline: np.ndarray | None = None) -> np.ndarray:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_medseg._napari.painting.window_edits import WindowEdits, same
+from napari_medseg._napari.painting.window_edits import WindowEdits, resident, same
 from napari_medseg._napari.painting.window_geometry import Window
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class WindowPrefetch:
             req.snapshot = np.array(req.source)
             req.source = None
             differ = self.edits.differing_chunks(req.snapshot, req.old_window)
-        data = self.edits.read(req.window, req.level)
+        data = resident(self.edits.read(req.window, req.level))
         if req.level:
             req.baseline = data.copy()
         return differ, data
