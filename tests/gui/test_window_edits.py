@@ -5,6 +5,9 @@ that are not a multiple of the level's factor."""
 
 from __future__ import annotations
 
+import mmap
+import os
+
 import numpy as np
 import pytest
 
@@ -107,11 +110,12 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs Linux /proc")
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
 def test_resident_maps_every_page_of_a_window_read_from_zeros():
     """``np.zeros`` leaves pages unmapped until first touched; ``resident`` touches them all (in the calling
     thread, the writer thread for a window move) and keeps the values."""
-    a = np.zeros((8192, 8192), np.uint8)  # 64 MB, unmapped
+    buf = mmap.mmap(-1, 8192 * 8192)  # 64 MB of fresh zero pages, as a large np.zeros gets, whatever malloc does
+    a = np.frombuffer(buf, np.uint8).reshape(8192, 8192)
     a[5, 7] = 3
     before = _rss_bytes()
     out = resident(a)
