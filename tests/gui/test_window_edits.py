@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from napari_medseg._napari.painting.window_edits import WindowEdits, resident, same
-from napari_medseg._napari.painting.window_geometry import WindowGeometry
+from napari_medseg._napari.painting.window_geometry import WindowGeometry, store_transform
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.labels.store import LabelStore
 
@@ -138,3 +138,11 @@ def test_same_agrees_with_array_equal_in_every_block(shape):
             b.flat[i] = 9
             assert not same(a, b) and not np.array_equal(a, b)
     assert not same(a, np.zeros((*shape, 1), np.uint8))  # another shape
+
+
+def test_store_transform_puts_store_pixels_on_the_images_pixels():
+    assert store_transform((0.5, 0.5)) == ((0.5, 0.5), (0.0, 0.0))
+    # the same pixel size: the image's own translate; twice as coarse: centred between two image pixels
+    assert store_transform((0.5, 0.5), (1, 0.5, 0.5), (0, 10.0, 20.0)) == ((0.5, 0.5), (10.0, 20.0))
+    scale, tr = store_transform((1.0, 2.0), (0.5, 0.5), (10.0, 20.0))
+    assert scale == (1.0, 2.0) and tr == pytest.approx((10.25, 20.75))

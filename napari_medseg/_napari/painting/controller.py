@@ -42,7 +42,7 @@ from napari_medseg._napari.layerdata import store_colormap, units_of
 from napari_medseg._napari.layers import camera_of
 from napari_medseg._napari.painting.store_overview import StoreOverview
 from napari_medseg._napari.painting.window_edits import TrackedLabels, WindowEdits, WriteJob, touched_box
-from napari_medseg._napari.painting.window_geometry import Window, WindowGeometry
+from napari_medseg._napari.painting.window_geometry import Window, WindowGeometry, store_transform
 from napari_medseg._napari.painting.window_prefetch import Request, WindowPrefetch
 from napari_medseg.core.classes import ClassSchema
 from napari_medseg.core.errors import MedsegError
@@ -107,7 +107,8 @@ class PaintingController(QObject):
         self.level = 0  # the pyramid level the window shows (0: full resolution)
 
         base = name or (image_layer.name if image_layer is not None else "labels")
-        self._scale, self._translate = self._geometry()
+        self._scale, self._translate = store_transform(
+            store.pixel_size, *((image_layer.scale, image_layer.translate) if image_layer is not None else ()))
         units = units_of(image_layer, store.ndim)
         self.overview_layer = None
         self._overview: StoreOverview | None = None
@@ -157,19 +158,6 @@ class PaintingController(QObject):
     def factor(self) -> tuple[int, ...]:
         """Store pixels per layer pixel, per axis (1 at full resolution)."""
         return self.geom.factors[self.level]
-
-    def _geometry(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """napari ``scale`` and ``translate`` of store pixel (0, ..) so it sits on the image's pixels."""
-        nd = self.store.ndim
-        scale = tuple(self.store.pixel_size)
-        translate = [0.0] * nd
-        if self.image_layer is not None:
-            img_scale = tuple(self.image_layer.scale[-nd:])
-            img_tr = tuple(self.image_layer.translate[-nd:])
-            for a in range(nd):
-                f = scale[a] / img_scale[a] if img_scale[a] else 1.0
-                translate[a] = img_tr[a] + (f - 1) / 2 * img_scale[a]  # a declared level's pixel centres
-        return scale, tuple(translate)
 
     def _window_or_none(self) -> Window | None:
         return self.window if any(w.stop > w.start for w in self.window) else None

@@ -21,6 +21,20 @@ from napari_medseg.labels.chunks import cumulative_factors
 Window = tuple[slice, ...]
 
 
+def store_transform(pixel_size: Sequence[float], image_scale: Sequence[float] | None = None,
+                    image_translate: Sequence[float] | None = None
+                    ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """napari ``scale`` and ``translate`` of store pixel (0, ..) so that it sits on the pixels of the image
+    layer with ``image_scale`` / ``image_translate`` (their last axes; none: at the origin). A store declared
+    at a coarser level than the image has its pixel centres between the image's."""
+    nd = len(pixel_size)
+    scale = tuple(float(p) for p in pixel_size)
+    if image_scale is None or image_translate is None:
+        return scale, (0.0,) * nd
+    img_scale, img_tr = tuple(image_scale)[-nd:], tuple(image_translate)[-nd:]
+    return scale, tuple(t + ((s / q if q else 1.0) - 1) / 2 * q for s, q, t in zip(scale, img_scale, img_tr))
+
+
 class WindowGeometry:
     """Window sizes, alignment and levels for one store (``shape``, ``chunks``, ``level_shapes`` and
     ``level_factors`` as ``LabelStore`` has them)."""
