@@ -22,7 +22,10 @@ region (all four classes). Then, while a script pans and zooms the canvas like a
 Control phases: ``--loaded`` adds ``napari_loaded`` (napari alone under the prediction model's CPU load,
 ``_ui_controls.cpu_load``); ``--hidden-result`` adds ``predict_hidden`` (the prediction again with the result
 layers' eyes unticked, ``_ui_controls.hidden_results``): together they split the predict phase's ratio into the
-CPU load, drawing the growing result, and the rest of the plugin's main-thread work.
+CPU load, drawing the growing result, and the rest of the plugin's main-thread work. ``--layers-floor 2,3``
+adds ``napari_layers2`` and ``napari_layers3``: napari under that CPU load with 2 or 3 plain Labels layers over
+the slide and no plugin code (``_ui_controls.plain_layers``), the floor that drawing the loop's extra layers
+sets on this machine's OpenGL. Each phase reports the layers it drew (share of the phase, ``LayersShown``).
 
 napari runs with asynchronous slicing, as ``napari-medseg gui`` starts it (``--sync-slicing``: napari's
 default, tile reads on the main thread). A 10 ms ``QTimer`` on the main thread measures stalls (actual interval - 10 ms); a watchdog thread samples
@@ -237,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden-result", action="store_true", help="add the control phase 'predict_hidden' after "
                     "'predict': the same prediction (into another output, in a thread) with every result layer's "
                     "eye unticked, as a user who hides it to pan: what drawing the growing result costs")
+    ap.add_argument("--layers-floor", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="comma-separated layer counts, e.g. 2,3: a control phase 'napari_layersN' for each, napari "
+                         "with N plain Labels layers over the slide under the CPU load of --loaded and no plugin code "
+                         "(_ui_controls.plain_layers): what drawing the loop's extra layers costs by itself")
     args = ap.parse_args(argv)
     idle_s = args.idle_s if args.idle_s is not None else (5.0 if args.quick else 20.0)
     train_s = args.train_s if args.train_s is not None else (22.0 if args.quick else 120.0)
@@ -255,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     settings.experimental.async_ = not args.sync_slicing  # as `napari-medseg gui` runs napari
     settings.application.gui_notification_level = "none"  # no toasts over the canvas (logged instead)
     from _gui_probe import CameraScript, StallProbe, run_for, screenshot, wait_until
-    from _ui_controls import cpu_load, hidden_results
+    from _ui_controls import LayersShown, cpu_load, hidden_results, plain_layers
+    from _ui_report import control_ratios, print_phases
 
     from napari_medseg._napari.jobs.predict_job import RESULT_SUFFIX
 
@@ -270,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     keys = keyframes(region, canvas_size(viewer), mpp, size)
     cam = CameraScript(viewer, keys, move_s=1.0, pause_s=0.6)
     probe = StallProbe(10, sample_stacks=not args.no_stacks)
+    shown = LayersShown(viewer)  # which layers each phase drew
     phases: dict[str, Any] = {}
 
     # 0. napari alone: the same camera moves over the sample slide before the plugin holds any layer of
@@ -280,8 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     def moves_alone(name: str) -> None:
         cam.start()
         probe.start(name)
+        shown.start(name)
         run_for(idle_s)
         phases[name] = probe.stop()
+        shown.stop()
         cam.stop()
 
     with unfiltered(viewer):
@@ -289,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.loaded:
             with cpu_load(image):
                 moves_alone("napari_loaded")
+        for n in args.layers_floor:
+            with cpu_load(image), plain_layers(viewer, image, n):
+                run_for(1.0)  # napari builds the layers' controls and visuals first
+                moves_alone(f"napari_layers{n}")
 
     # the label store (and its annotation window, which follows the view) only now: the phases above are
     # napari's alone (before 2026-12-07 the store was open in them, and its window moves ran in them)
@@ -305,8 +320,10 @@ def main(argv: list[str] | None = None) -> int:
     env["docks"]["Train"].raise_()
     cam.start()
     probe.start("idle")
+    shown.start("idle")
     run_for(idle_s)
     phases["idle"] = probe.stop()
+    shown.stop()
 
     # 2. train while panning
     configure_train(tw, args, tmp / "run")
@@ -325,12 +342,14 @@ def main(argv: list[str] | None = None) -> int:
 
     tw._on_event = record
     probe.start("train")
+    shown.start("train")
     t_start = time.perf_counter()
     tw.start()
     if tw._worker is None:
         raise RuntimeError(f"training did not start: {tw.status.text()}")
     run_for(train_s)
     phases["train"] = probe.stop()
+    shown.stop()
     cam.stop()
     first_preview = tw._first_preview_s
     intervals = list(tw._preview_intervals)
@@ -388,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         with hidden_results(viewer, RESULT_SUFFIX) if mode == "hidden" else contextlib.nullcontext():
             cam.start()
             probe.start(phase)
+            shown.start(phase)
             t_pred = time.perf_counter()
             pw.predict()
             if pw._worker is None:
@@ -397,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                 pw.cancel()
                 wait_until(lambda: pw._worker is None, 120.0)
             phases[phase] = probe.stop()
+            shown.stop()
             cam.stop()
         pred_runs[mode] = {"seconds": round(time.perf_counter() - t_pred, 1), "cancelled": not done,
                            "first_block_s": round(blocks[0][0] - t_pred, 2) if blocks else None,
@@ -417,44 +438,20 @@ def main(argv: list[str] | None = None) -> int:
         shots["whole_slide_prediction"] = screenshot(viewer, ROOT / "docs/images/whole_slide_prediction.png")
 
     # report
-    for ph in phases.values():
-        s = ph.summary()
-        print(f"[{s['phase']:>7}] {s['seconds']:6.1f} s  ticks {s['ticks']:5d}  p50 {s['p50_ms']:6.1f}  "
-              f"p99 {s['p99_ms']:7.1f}  max {s['max_ms']:7.1f} ms  >50 ms: {s['n_over_50ms']}  "
-              f">250 ms: {s['n_over_250ms']}", flush=True)
-        print("           Python GC pauses: " + (", ".join(f"{g} {v['n']} x, {v['total_ms']:.0f} ms in all, max "
-                                                          f"{v['max_ms']:.0f} ms" for g, v in s["gc"].items())
-                                                 or "none"), flush=True)
-        for site, n in ph.top_sites(6):
-            print(f"           {n:4d} samples  {site}")
-        for site, n in ph.plugin_sites.most_common(4):
-            print(f"           {n:4d} samples in plugin code: {site}")
-        for ms, culprits, stack in ph.long_stalls:
-            print(f"           stall of {ms:.0f} ms: " + ", ".join(f"{c} ({n})" for c, n in culprits))
-            if args.verbose:
-                print(f"             {stack}")
-        if args.verbose:
-            for st, n in ph.full_stacks.most_common(4):
-                print(f"        stack ({n}): {st}")
+    print_phases(phases, shown, verbose=args.verbose)
     worse = max((phases["train"], phases["predict"]), key=lambda p: p.summary()["p99_ms"])
     ws = worse.summary()
     stall_max = max(phases["train"].summary()["max_ms"], phases["predict"].summary()["max_ms"])
     alone = phases["napari"].summary()["p99_ms"]
     ratios = {k: round(phases[k].summary()["p99_ms"] / alone, 3) if alone else None for k in ("train", "predict")}
-    controls = {}  # the control phases' figures (--loaded, --hidden-result)
-    if "napari_loaded" in phases:
-        floor = phases["napari_loaded"].summary()["p99_ms"]
-        controls = {"napari_loaded_p99_ms": floor, "loaded_vs_alone": round(floor / alone, 3) if alone else None,
-                  **{f"{k}_vs_loaded": round(phases[k].summary()["p99_ms"] / floor, 3) if floor else None
-                     for k in ("train", "predict", "predict_hidden") if k in phases}}
-    if "predict_hidden" in phases:
-        controls["predict_hidden_p99_ratio"] = round(phases["predict_hidden"].summary()["p99_ms"] / alone, 3)
+    controls = control_ratios(phases, alone, args.layers_floor)  # --loaded, --layers-floor, --hidden-result
     result = {
         "train_p99_ratio": ratios["train"], "predict_p99_ratio": ratios["predict"], "napari_p99_ms": alone, **controls,
         "stall_ms_p99": ws["p99_ms"], "stall_ms_max": stall_max,
         "first_preview_s": None if first_preview is None else round(first_preview, 2),
         "preview_interval_s": round(float(np.median(intervals)), 2) if intervals else None,
-        "worse_phase": ws["phase"], "phases": {k: v.summary() for k, v in phases.items()},
+        "worse_phase": ws["phase"],
+        "phases": {k: {**v.summary(), "layers_shown": shown.fractions(k)} for k, v in phases.items()},
         "train": train_info, "predict": pred_info, "paint": paint,
         "targets_met": {"train_p99_ratio<=1.1": ratios["train"] is not None and ratios["train"] <= 1.1,
                         "predict_p99_ratio<=1.2": ratios["predict"] is not None and ratios["predict"] <= 1.2,
