@@ -89,6 +89,14 @@ def overlaps(a: tuple[slice, ...], b: tuple[slice, ...]) -> bool:
     return all(x.start < y.stop and y.start < x.stop for x, y in zip(a[-n:], b[-n:]))
 
 
+def lies_over(layer: Any, other: Any) -> bool:
+    """Whether two layers share some of the plane: their in-plane world extents intersect."""
+    a, b = np.asarray(layer.extent.world, float), np.asarray(other.extent.world, float)
+    n = min(a.shape[1], b.shape[1], 2)
+    a, b = a[:, -n:], b[:, -n:]
+    return bool(np.all(a[0] < b[1]) and np.all(b[0] < a[1]))
+
+
 class LatestValue:
     """A thread-safe box holding the newest value (the GUI writes the view; a worker reads it)."""
 

@@ -427,3 +427,20 @@ def test_a_volume_is_ranked_and_next_goes_to_the_region_slices(make_napari_viewe
     finally:
         box.shutdown()
         w.close_store()
+
+
+def test_a_ranking_after_training_comes_hidden_under_a_whole_image_result(annotate, qtbot, tmp_path):
+    """The ranking that follows a training run is nobody's request at that moment: over a whole-image result the
+    user is watching, its new heat map comes hidden (said in the log); ranked on request, it is shown."""
+    viewer, _w, box = annotate
+    img = viewer.layers["slide"]
+    result = viewer.add_labels(np.zeros(SHAPE, np.uint8), name="slide prediction", scale=SCALE, translate=TRANSLATE,
+                               metadata={"napari_medseg": {"ngff_path": "labels/prediction"}})
+    assert box.rank(make_checkpoint(tmp_path / "a.pt"), quiet=True)
+    qtbot.waitUntil(lambda: not box.running, timeout=120_000)
+    qtbot.wait(60)
+    heat = viewer.layers[HEATMAP_LAYER]
+    assert not heat.visible and result.visible and img.visible
+    assert any("comes hidden under the whole-image prediction of slide" in t for t in _said(box, "info"))
+    _rank(qtbot, box, make_checkpoint(tmp_path / "b.pt", seed=1))  # asked for: shown
+    assert viewer.layers[HEATMAP_LAYER] is heat and heat.visible

@@ -124,3 +124,44 @@ def test_confident_labels_and_region_at_level():
                                                                                       slice(238, 1262))
     with pytest.raises(Exception, match="level 2 does not exist"):
         region_at_level((slice(0, 10), slice(0, 10)), src, 2)
+
+
+def test_a_whole_image_result_hides_the_previews_of_its_view(viewer, qtbot, tmp_path):
+    """Half-transparent layers over the same pixels mix their colours, and every visible layer costs a
+    software-OpenGL viewer a share of each frame (issue 23): once a whole-image result is shown, the overlays
+    of that image (the widget's own preview, the Train widget's live preview and the "where to paint next" heat
+    map over it) are hidden, said once in the log. A live preview beside the image, and a run whose result the
+    user hid, leave them as they are."""
+    from napari_medseg._napari.widgets.guidance_parts import HEATMAP_ROLE
+    from napari_medseg._napari.widgets.predict_preview import hide_view_previews
+    from napari_medseg._napari.widgets.train import PREVIEW_LAYER
+
+    w = make_widget(viewer)
+    w.ckpt_edit.setText(str(make_checkpoint(tmp_path / "m.pt")))
+    w.preview_box.preview()
+    qtbot.waitUntil(lambda: not w.preview_box.running, timeout=60_000)
+    ours = viewer.layers["img" + PREVIEW_SUFFIX]
+    live = viewer.add_labels(np.zeros((40, 40), np.uint8), name=PREVIEW_LAYER, scale=(0.5, 0.5), translate=(20, 20))
+    heat = viewer.add_image(np.zeros((10, 9), np.float32), name="where to paint next", scale=(15.0, 15.0),
+                            metadata={"napari_medseg": {"role": HEATMAP_ROLE}})
+    qtbot.waitUntil(lambda: ours.visible, timeout=5_000)
+    w.out_edit.setText(str(tmp_path / "out.zarr"))
+    w.predict()
+    wait_idle(qtbot, w)
+    result = viewer.layers["img" + RESULT_SUFFIX]
+    qtbot.waitUntil(lambda: result.visible, timeout=5_000)
+    assert not ours.visible and not live.visible and not heat.visible and result.visible
+    told = [text for _, _, text in w.messages.entries if text.startswith("Hidden while the whole-image result")]
+    assert len(told) == 1 and "'img preview'" in told[0] and f"'{PREVIEW_LAYER}'" in told[0]
+    assert ours in viewer.layers and live in viewer.layers and heat in viewer.layers  # hidden, not removed
+
+    result.visible = False  # the user hides the result and shows the previews: a second run leaves them so
+    ours.visible = live.visible = True
+    w.predict()  # resumed (nothing left to do), its layer shown again in the place of the hidden one
+    wait_idle(qtbot, w)
+    assert ours.visible and live.visible and not viewer.layers["img" + RESULT_SUFFIX].visible
+
+    live.translate = (1000.0, 1000.0)  # a live preview of somewhere else (beyond the image) stays shown
+    assert hide_view_previews(viewer, viewer.layers["img"]) == ["img" + PREVIEW_SUFFIX]
+    assert live.visible and not ours.visible
+    assert len([t for _, _, t in w.messages.entries if t.startswith("Hidden while")]) == 1  # said once

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import numpy as np
 
 from napari_medseg._napari.jobs.workers import user_message
 from napari_medseg._napari.layerdata import LayerData, medseg_meta, prediction_layer_data, units_of
-from napari_medseg._napari.layers import add_then_show, overlaps, view_at_level0
+from napari_medseg._napari.layers import add_then_show, lies_over, overlaps, view_at_level0
 from napari_medseg.inference import BlockDone, PredictDone, PredictStart
 from napari_medseg.inference.blocks import CorruptTileError
 
@@ -166,8 +166,10 @@ class RunLayers:
     and done in this run); nothing is shown before the first. ``added``: the layers this run put on the
     canvas, each with whether it took the place of an earlier layer of the output (``discard``)."""
 
-    def __init__(self, viewer: Any, image: Any, out: Path) -> None:
+    def __init__(self, viewer: Any, image: Any, out: Path,
+                 on_shown: Callable[[Any], None] | None = None) -> None:
         self.viewer, self.image, self.out = viewer, image, Path(out)
+        self.on_shown = on_shown  # called with the result layer when this run puts it on the canvas shown
         self.opened: list[LayerData] | None = None
         self.overviews: list[OverviewLevel] = []  # overview levels opened on the main thread (refilled here)
         self.result: Any = None
@@ -256,6 +258,8 @@ class RunLayers:
             self.viewer.layers.remove(old)
         # cache=False: napari's dask cache would keep serving the chunks read before their blocks finished
         layer = add_then_show(self.viewer, "labels", data, cache=False, visible=visible, **kw)
+        if visible and self.on_shown is not None:  # a result (a tissue mask comes hidden), not hidden by the user
+            self.on_shown(layer)
         if index is not None:
             at = self.viewer.layers.index(layer)
             if at != index:
@@ -307,6 +311,12 @@ class RunLayers:
         return gone
 
 
+def result_shown_over(viewer: Any, image: Any) -> bool:
+    """Whether a whole-image result (a run's prediction layer, by its metadata) is shown over ``image``."""
+    return any(lay.visible and medseg_meta(lay).get("ngff_path") == "labels/prediction" and lies_over(lay, image)
+               for lay in viewer.layers)
+
+
 def remove_output_layers(viewer: Any, out: Path, image_name: str) -> None:
     """Remove the layers of ``out`` (result and tissue mask): its content is about to be replaced."""
     for part, suffix in (("labels/prediction", RESULT_SUFFIX), ("labels/tissue", MASK_SUFFIX)):
@@ -315,7 +325,7 @@ def remove_output_layers(viewer: Any, out: Path, image_name: str) -> None:
             viewer.layers.remove(layer)
 
 
-__all__ = ["MASK_SUFFIX", "REFRESH_S", "RESULT_SUFFIX", "OverviewLevel", "ResultLayers",
+__all__ = ["MASK_SUFFIX", "REFRESH_S", "RESULT_SUFFIX", "OverviewLevel", "ResultLayers", "result_shown_over",
            "RunLayers", "failure_sentence", "output_layer", "predict_and_open",
            "remove_output_layers", "widget_hint", "with_overview"]
 

@@ -40,6 +40,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from napari_medseg._napari.jobs.predict_job import result_shown_over
 from napari_medseg._napari.layerdata import units_of
 from napari_medseg._napari.layers import upsert_layer
 from napari_medseg._napari.napari_compat_layers import unwrap
@@ -307,8 +308,13 @@ class NextRegionBox(QGroupBox):
                 heat.visible = True
             return heat
         meta = {"napari_medseg": {"role": HEATMAP_ROLE}}
+        # a ranking nobody asked for just now (after training) does not cover a whole-image result being watched
+        hidden = self._quiet and result_shown_over(self.viewer, layer)
+        if hidden:
+            self.messages.say("info", f"The heat map '{HEATMAP_LAYER}' comes hidden under the whole-image prediction "
+                                      f"of {layer.name}; its eye in the layer list shows it.", toast=False)
         heat = upsert_layer(self.viewer, HEATMAP_LAYER, "image", data, scale=scale, translate=translate,
-                            contrast_limits=limits, metadata=meta, colormap=heatmap_colormap(),
+                            contrast_limits=limits, metadata=meta, colormap=heatmap_colormap(), visible=not hidden,
                             opacity=HEATMAP_OPACITY, blending="translucent", **units_of(layer, data.ndim))
         layers = self.viewer.layers
         at, over = layers.index(heat), layers.index(layer) + 1

@@ -343,7 +343,8 @@ class PredictWidget(QWidget):
         self._warned = set()
         if v["overwrite"]:  # the output's content is deleted when the run starts: so goes what showed it
             remove_output_layers(self.viewer, out, layer.name)
-        self._run = RunLayers(self.viewer, layer, out)
+        self._run = RunLayers(self.viewer, layer, out,
+                              on_shown=lambda _: self.preview_box.covered_by_result(layer))
         self._set_running(True)
         self.status.setText(f"predicting into {out}…")
         try:

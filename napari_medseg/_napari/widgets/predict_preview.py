@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 from napari_medseg._napari.jobs.predict_job import confident_labels, failure_sentence
 from napari_medseg._napari.jobs.workers import start_generator_worker, user_message
 from napari_medseg._napari.layerdata import medseg_meta, prediction_colormap, units_of
-from napari_medseg._napari.layers import add_then_show, view_at_level0
+from napari_medseg._napari.layers import add_then_show, lies_over, view_at_level0
 from napari_medseg._napari.session import session_for
 from napari_medseg._napari.widgets.settings import load_settings, save_settings
 from napari_medseg.core.errors import MedsegError
@@ -165,6 +165,28 @@ def preview_layer(viewer: Any, image: Any) -> Any:
     return None
 
 
+def hide_view_previews(viewer: Any, image: Any) -> list[str]:
+    """Untick the eyes of the overlays that a whole-image result of ``image`` now covers: this widget's
+    preview of ``image``, and the Train widget's live preview and the "where to paint next" heat map where
+    they lie over ``image``. Half-transparent layers over the same pixels mix their colours (the previewed
+    region looks unlike the rest of the result, the heat map's cells tint it); and on a software-OpenGL
+    machine every visible layer over the canvas costs napari about a fifth of its frame time
+    (``benchmarks/RESULTS.md``, issue 23). Nothing is removed: ticking an eye brings an overlay back.
+    Returns the names of the layers hidden."""
+    from napari_medseg._napari.widgets.guidance_parts import is_heatmap_layer
+    from napari_medseg._napari.widgets.train import PREVIEW_LAYER
+
+    ours = preview_layer(viewer, image)
+    others = [lay for lay in viewer.layers if (lay.name == PREVIEW_LAYER or is_heatmap_layer(lay))
+              and lay is not ours and lies_over(lay, image)]
+    hidden = []
+    for lay in [ours, *others]:
+        if lay is not None and lay.visible:
+            lay.visible = False
+            hidden.append(lay.name)
+    return hidden
+
+
 def show_preview(viewer: Any, image: Any, result: PreviewResult) -> Any:
     """Put the preview over ``image``: the existing preview layer gets the new data in place, else a Labels
     layer is added (semi-transparent, read-only for the Train widget). Returns the layer."""
@@ -207,6 +229,7 @@ class PreviewBox(QGroupBox):
         self._worker: Any = None
         self._image: Any = None
         self._what = "Preview"  # what runs: the word a failure starts with
+        self._told_hidden = False  # said once that a whole-image result hid the overlays
         grid = QGridLayout(self)  # buttons on the left, their settings on the right: the dock stays narrow
         self.preview_btn = QPushButton("Preview view")
         self.preview_btn.setToolTip(f"Predicts the region in view (at most {PREVIEW_MAX_PX} x {PREVIEW_MAX_PX} "
@@ -244,6 +267,15 @@ class PreviewBox(QGroupBox):
     @property
     def running(self) -> bool:
         return self._worker is not None
+
+    def covered_by_result(self, image: Any) -> None:
+        """A whole-image result of ``image`` is on the canvas: the previews and the heat map over it are
+        hidden (``hide_view_previews``), said once in the log."""
+        hidden = hide_view_previews(self.viewer, image)
+        if hidden and not self._told_hidden:
+            self._told_hidden = True
+            self.messages.say("info", f"Hidden while the whole-image result is shown (it covers the same pixels): "
+                              f"{', '.join(repr(n) for n in hidden)}; tick an eye to compare.", toast=False)
 
     def preview(self) -> None:
         """Predict the region in view with the checkpoint (``preview_view``), in a worker thread."""
