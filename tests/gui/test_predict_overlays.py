@@ -133,7 +133,7 @@ def test_a_whole_image_result_hides_the_previews_of_its_view(viewer, qtbot, tmp_
     map over it) are hidden, said once in the log. A live preview beside the image, and a run whose result the
     user hid, leave them as they are."""
     from napari_medseg._napari.widgets.guidance_parts import HEATMAP_ROLE
-    from napari_medseg._napari.widgets.predict_preview import hide_view_previews
+    from napari_medseg._napari.widgets.predict_preview import hide_covered_overlays
     from napari_medseg._napari.widgets.train import PREVIEW_LAYER
 
     w = make_widget(viewer)
@@ -162,6 +162,6 @@ def test_a_whole_image_result_hides_the_previews_of_its_view(viewer, qtbot, tmp_
     assert ours.visible and live.visible and not viewer.layers["img" + RESULT_SUFFIX].visible
 
     live.translate = (1000.0, 1000.0)  # a live preview of somewhere else (beyond the image) stays shown
-    assert hide_view_previews(viewer, viewer.layers["img"]) == ["img" + PREVIEW_SUFFIX]
+    assert hide_covered_overlays(viewer, viewer.layers["img"]) == ["img" + PREVIEW_SUFFIX]
     assert live.visible and not ours.visible
     assert len([t for _, _, t in w.messages.entries if t.startswith("Hidden while")]) == 1  # said once

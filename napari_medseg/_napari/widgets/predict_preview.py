@@ -15,6 +15,8 @@ What the preview layer shows, and why:
   with at most 0.2 % false foreground (``docs/prediction.md``, "Preview of the view");
 - a second preview of the same image replaces the data of its preview layer (one layer per image,
   ``<image> preview``), never adds another.
+- a whole-image result of the image, once shown, hides it, and the Train widget's live preview and the heat
+  map where they lie over the image (``hide_covered_overlays``: eyes unticked, said once in the log).
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ def preview_layer(viewer: Any, image: Any) -> Any:
     return None
 
 
-def hide_view_previews(viewer: Any, image: Any) -> list[str]:
+def hide_covered_overlays(viewer: Any, image: Any) -> list[str]:
     """Untick the eyes of the overlays that a whole-image result of ``image`` now covers: this widget's
     preview of ``image``, and the Train widget's live preview and the "where to paint next" heat map where
     they lie over ``image``. Half-transparent layers over the same pixels mix their colours (the previewed
@@ -270,8 +272,8 @@ class PreviewBox(QGroupBox):
 
     def covered_by_result(self, image: Any) -> None:
         """A whole-image result of ``image`` is on the canvas: the previews and the heat map over it are
-        hidden (``hide_view_previews``), said once in the log."""
-        hidden = hide_view_previews(self.viewer, image)
+        hidden (``hide_covered_overlays``), said once in the log."""
+        hidden = hide_covered_overlays(self.viewer, image)
         if hidden and not self._told_hidden:
             self._told_hidden = True
             self.messages.say("info", f"Hidden while the whole-image result is shown (it covers the same pixels): "
